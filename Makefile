@@ -1,0 +1,45 @@
+# caffeseg — the two commands a fresh machine needs are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+DATA   ?= data
+PYTEST_ARGS ?=
+
+.PHONY: install serve test proto check-proto browser-deps lint-py39 bench clean
+
+install: $(STAMP)
+
+# Re-install only when the project description changes; torch comes from the CPU wheel on disk.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/caffeseg serve --host $(HOST) --port $(PORT) --data $(DATA)
+
+# Chromium for the browser tests comes from Debian; installed only when missing.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install chromium; browser tests will be skipped"; }
+
+test: install browser-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Regenerate engine/proto/caffe_pb2.py from engine/proto/caffe.proto with the pinned protoc.
+proto: install
+	$(PY) -m grpc_tools.protoc -Iengine/proto --python_out=engine/proto engine/proto/caffe.proto
+
+bench: install
+	$(PY) bench/engine_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

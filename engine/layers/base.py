@@ -1,0 +1,107 @@
+"""The contract every engine layer follows.
+
+A layer is a small object built from its ``LayerParameter``. The net owns the blobs; a layer
+sees plain torch tensors:
+
+* ``setup(bottom_shapes)`` reads and checks the parameters and returns the layer's parameter
+  tensors (weights, biases, BatchNorm statistics), already filled by their fillers. The net
+  wraps them in ``Blob`` objects (``net.params[name]``); a caffemodel may later overwrite them.
+* ``reshape(bottom_shapes)`` returns the top shapes (Caffe calls Reshape before every Forward;
+  the net calls this at construction and whenever input shapes change).
+* ``forward(bottoms, params)`` computes the tops from torch tensors with torch operations.
+  When the net needs gradients it calls ``forward`` with autograd recording, and the default
+  backward is autograd through exactly that computation. Layers whose gradient differs from
+  what autograd would produce (Caffe-specific rules), or that need a faster kernel, set
+  ``explicit_backward = True`` and implement ``backward``.
+
+Caffe's gradient bookkeeping (bottom diffs overwritten, param diffs accumulated, implicit
+splits summing) is the net's job, not the layer's.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+
+from engine.proto import caffe_pb2
+
+Shape = tuple[int, ...]
+
+_REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register(cls: type["Layer"]) -> type["Layer"]:
+    """Class decorator: make ``cls`` the implementation of ``cls.type`` (the prototxt type string)."""
+    if not cls.type:
+        raise ValueError(f"{cls.__name__} has no type string")
+    _REGISTRY[cls.type] = cls
+    return cls
+
+
+def layer_class(type_name: str) -> type["Layer"] | None:
+    """The class registered for a prototxt type string, or None."""
+    return _REGISTRY.get(type_name)
+
+
+def registered_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class LayerError(ValueError):
+    """A layer's parameters or inputs break one of Caffe's rules; the message names the layer."""
+
+
+class Layer:
+    #: prototxt ``type`` string this class implements
+    type: ClassVar[str] = ""
+    #: allowed numbers of bottoms/tops (None = any)
+    exact_bottoms: ClassVar[int | None] = None
+    min_bottoms: ClassVar[int | None] = None
+    max_bottoms: ClassVar[int | None] = None
+    exact_tops: ClassVar[int | None] = None
+    min_tops: ClassVar[int | None] = None
+    max_tops: ClassVar[int | None] = None
+    #: True for Caffe's LossLayer subclasses: top[0] weighs 1 unless loss_weight says otherwise
+    is_loss: ClassVar[bool] = False
+    #: True when the layer implements ``backward`` itself instead of relying on autograd
+    explicit_backward: ClassVar[bool] = False
+    #: False for layers that may not run in place (Flatten, Reshape, Split)
+    allows_in_place: ClassVar[bool] = True
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int):
+        self.param = param
+        self.name = param.name
+        self.phase = phase  # caffe_pb2.TRAIN or caffe_pb2.TEST
+
+    def fail(self, message: str) -> LayerError:
+        """An error that names this layer, for ``raise self.fail(...)``."""
+        return LayerError(f"layer '{self.name}' ({self.type}): {message}")
+
+    # -- construction -------------------------------------------------------------------
+    def setup(self, bottom_shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        """Check parameters; return freshly filled parameter tensors (float32, CPU)."""
+        return []
+
+    def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        """Top shapes for the given bottom shapes."""
+        raise NotImplementedError
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        """Whether a gradient may flow to this bottom (loss layers refuse their label input)."""
+        return True
+
+    # -- computation --------------------------------------------------------------------
+    def forward(self, bottoms: list[torch.Tensor], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def backward(
+        self,
+        bottoms: list[torch.Tensor],
+        params: list[torch.Tensor],
+        tops: list[torch.Tensor],
+        top_diffs: list[torch.Tensor],
+        propagate_down: list[bool],
+        param_propagate_down: list[bool],
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Only for ``explicit_backward`` layers: (bottom diffs, param diffs to accumulate)."""
+        raise NotImplementedError
