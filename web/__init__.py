@@ -1,0 +1,91 @@
+"""caffeseg's web front end: a DIGITS-style workbench in Flask.
+
+``create_app(config=None)`` builds the app. ``config`` is a dict (or an object with the same
+attribute names); see ``web.config.DEFAULTS`` for the keys. ``config["BACKEND"]`` may supply a
+ready backend object (tests do); otherwise the app opens ``jobs.service`` on ``JOBS_DIR``.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from web import config as config_module
+from web.backend import BadRequest, NotFound, Unavailable
+from web.safety import UnsafePath
+
+log = logging.getLogger(__name__)
+csrf = CSRFProtect()
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _error(status: int, message: str, **extra):
+    if _wants_json():
+        return jsonify({"error": message, "status": status, **extra}), status
+    return render_template("error.html", status=status, message=message), status
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return _error(400, f"The form expired or was not sent by this site ({exc.description}). "
+                           "Reload the page and try again.")
+
+    @app.errorhandler(UnsafePath)
+    def unsafe(exc):
+        return _error(400, str(exc))
+
+    @app.errorhandler(NotFound)
+    def not_found(exc):
+        return _error(404, str(exc) or "not found")
+
+    @app.errorhandler(Unavailable)
+    def unavailable(exc):
+        return _error(501, str(exc))
+
+    @app.errorhandler(BadRequest)
+    def bad_request(exc):
+        extra = {k: getattr(exc, k) for k in ("line", "column") if getattr(exc, k, None) is not None}
+        return _error(400, str(exc), fields=exc.field_errors, **extra)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.exception("unhandled error on %s", request.path)
+        return _error(500, f"Internal error: {type(exc).__name__}: {exc}")
+
+
+def _open_backend(settings: dict):
+    if settings.get("BACKEND") is not None:
+        return settings["BACKEND"]
+    from web.service_backend import ServiceBackend
+    return ServiceBackend(settings)
+
+
+def create_app(config=None) -> Flask:
+    settings = config_module.resolve(config)
+    app = Flask(__name__)
+    app.config.update({k: v for k, v in settings.items() if k != "BACKEND"})
+    app.extensions["caffeseg_backend"] = _open_backend(settings)
+    csrf.init_app(app)
+
+    from web.views import api, datasets, files, home, inference, models
+    for module in (home, datasets, models, inference, files):
+        app.register_blueprint(module.bp)
+    # The JSON API authenticates state changes by requiring a JSON body or a custom header,
+    # which a cross-site form cannot send; the browser pages send both the header and the token.
+    csrf.exempt(api.bp)
+    app.register_blueprint(api.bp)
+
+    from web import templating
+    templating.install(app)
+    _register_errors(app)
+    return app

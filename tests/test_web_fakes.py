@@ -1,0 +1,186 @@
+"""An in-memory backend and plugin for the web tests (the real jobs service is tested by its own
+suite). The module also checks the fake itself, so a change in the web's backend contract that
+the fake no longer follows shows up here first."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from web.backend import Backend, BadRequest, NotFound
+from web.plugins import FieldSpec, PluginInfo
+
+SUNNYBROOK_FIELDS = [
+    FieldSpec("image_folder", "Image folder", "path", None, "Folder of DICOM cases", required=True),
+    FieldSpec("contour_folder", "Contour folder", "path", None, "Folder of expert contours", required=True),
+    FieldSpec("channel_conversion", "Channel conversion", "choice", "L", "Grayscale or RGB",
+              [("L", "Grayscale"), ("RGB", "RGB")]),
+    FieldSpec("val_pct", "% for validation", "int", 10, "Share of records for validation", minimum=0, maximum=100),
+    FieldSpec("contour_type", "Contour type", "choice", "inner", "Which contours",
+              [("inner", "Inner"), ("inner+outer", "Inner and outer")]),
+    FieldSpec("split", "Split by", "choice", "slice", "Slice or patient", [("slice", "Slice"), ("patient", "Patient")]),
+    FieldSpec("seed", "Seed", "int", 0, "Random seed of the split"),
+]
+
+
+def fake_plugin() -> PluginInfo:
+    return PluginInfo(id="sunnybrook", title="Sunnybrook LV Segmentation", category="Images",
+                      fields=list(SUNNYBROOK_FIELDS), classes=["background", "lv"], palette=[[0, 0, 0], [255, 0, 0]])
+
+
+def _feature(index: int) -> np.ndarray:
+    """A 16-bit image with a bright disc and a few hot pixels (the windowing must ignore them)."""
+    yy, xx = np.mgrid[:32, :32]
+    img = 200 + 10 * ((xx + index) % 7)
+    img = img + (((yy - 16) ** 2 + (xx - 16) ** 2) < 36) * 1500
+    img[0, 0] = 60000
+    return img.astype(np.uint16)[None]
+
+
+def _label(index: int) -> np.ndarray:
+    yy, xx = np.mgrid[:32, :32]
+    return (((yy - 16) ** 2 + (xx - 16) ** 2) < 36).astype(np.uint8)
+
+
+class FakeBackend(Backend):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.jobs_: dict[str, dict] = {}
+        self.calls: list[tuple] = []
+        self.iteration = 0
+        self.next_id = 1
+
+    # helpers for tests
+    def add_job(self, kind, name, status="Done", **extra) -> str:
+        job_id = f"20260101-000000-{self.next_id:04d}"
+        self.next_id += 1
+        d = self.root / job_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "log.txt").write_text(f"log of {name}\n")
+        job = {"id": job_id, "kind": kind, "name": name, "group": extra.pop("group", ""), "status": status,
+               "submitted": time.time(), "elapsed": 12.0, "progress": 1.0 if status == "Done" else 0.3,
+               "metrics": {}, "dir": str(d), "files": [{"name": "log.txt", "size": 12}],
+               "history": [{"status": "Waiting", "time": time.time() - 5}, {"status": status, "time": time.time()}],
+               "log": f"log of {name}\n", "size": 1234}
+        if kind == "dataset":
+            job["info"] = {"counts": {"train": 4, "val": 2}, "feature_shape": [1, 32, 32], "feature_dtype": "uint16",
+                           "label_shape": [1, 32, 32], "label_dtype": "uint8", "classes": ["background", "lv"],
+                           "palette": [[0, 0, 0], [255, 0, 0]]}
+            job["summary"] = {"train_count": 4, "val_count": 2, "feature_shape": [1, 32, 32], "classes": ["background", "lv"]}
+        if kind == "model":
+            (d / "snapshot_iter_4.caffemodel").write_bytes(b"weights")
+            job["snapshots"] = [{"iteration": 4, "epoch": 1.0, "file": "snapshot_iter_4.caffemodel", "size": 7}]
+            job["metrics"] = {"train/loss": {"last": 0.5, "min": 0.4, "max": 0.9, "spark": [0.9, 0.7, 0.5]}}
+        job.update(extra)
+        self.jobs_[job_id] = job
+        return job_id
+
+    # Backend contract
+    def jobs(self, kind=None):
+        return [dict(j) for j in self.jobs_.values() if kind is None or j["kind"] == kind]
+
+    def job(self, job_id):
+        if job_id not in self.jobs_:
+            raise NotFound(f"job {job_id} does not exist")
+        return dict(self.jobs_[job_id])
+
+    def metrics(self, job_id, since=0):
+        self.job(job_id)
+        self.iteration += 2
+        its = [i for i in range(self.iteration) if i >= since]
+        return {"status": self.jobs_[job_id]["status"], "progress": min(1.0, self.iteration / 20), "eta": 30,
+                "iteration": self.iteration, "iters_per_epoch": 4,
+                "series": {"train/loss": [[i, 1.0 / (1 + i)] for i in its],
+                           "lr": [[i, 0.01] for i in its],
+                           "val/dice": [[i, 0.1 * i] for i in its if i % 4 == 3]}}
+
+    def abort(self, job_id):
+        self.calls.append(("abort", job_id))
+        self.job(job_id)
+        self.jobs_[job_id]["status"] = "Aborted"
+
+    def resume(self, job_id):
+        self.calls.append(("resume", job_id))
+        self.jobs_[job_id]["status"] = "Running"
+
+    def delete(self, job_id):
+        self.calls.append(("delete", job_id))
+        job = self.job(job_id)
+        users = [j["name"] for j in self.jobs_.values() if j.get("dataset_id") == job_id]
+        if users:
+            raise ValueError(f"dataset is used by {', '.join(users)}")
+        del self.jobs_[job_id]
+
+    def clone(self, job_id):
+        job = self.job(job_id)
+        if job["kind"] == "dataset":
+            return {"plugin": "sunnybrook", "values": {"val_pct": 25, "split": "patient"},
+                    "options": {"encoding": "png"}}
+        return {"dataset": job.get("dataset_id"), "base_lr": [0.01, 0.001], "epochs": 3,
+                "network_source": "custom", "custom_network": "name: 'x'"}
+
+    def create_dataset(self, plugin_id, values, options):
+        self.calls.append(("create_dataset", plugin_id, values, options))
+        if values.get("val_pct") == 100:
+            raise BadRequest("no training records would be left", {"val_pct": "must be below 100"})
+        return self.add_job("dataset", options["dataset_name"], status="Running", group=options.get("group_name") or "")
+
+    def create_model(self, options):
+        self.calls.append(("create_model", options))
+        ids = []
+        for lr in options["base_lr"]:
+            ids.append(self.add_job("model", f"{options['model_name']} lr={lr}", status="Running",
+                                    dataset_id=options["dataset"], group=options.get("group_name") or ""))
+        return ids
+
+    def dataset_records(self, job_id, stage, offset, limit):
+        self.job(job_id)
+        n = 4 if stage == "train" else 2
+        recs = [{"index": i, "key": f"{i:08d}", "name": f"SC-HF-NI-3 / {48 + i:04d}"} for i in range(n)]
+        return {"total": n, "records": recs[offset:offset + limit]}
+
+    def dataset_record(self, job_id, stage, index):
+        self.job(job_id)
+        if index >= (4 if stage == "train" else 2):
+            raise NotFound(f"no record {index} in {stage}")
+        return _feature(index), _label(index), {"palette": [[0, 0, 0], [255, 0, 0]]}
+
+    def standard_networks(self):
+        return [{"name": "fcn_tiny", "title": "FCN tiny", "description": "test net", "text": "name: 'tiny'\n"}]
+
+    def evaluation(self, job_id):
+        self.job(job_id)
+        return {"summary": {"dice": {"mean": 0.8, "std": 0.1, "min": 0.5, "max": 0.95}},
+                "worst": [{"key": "00000001", "name": "SC-HF-NI-3 / 0049", "dice": 0.5, "iou": 0.33}],
+                "worst_columns": ["dice", "iou"]}
+
+    def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
+        self.calls.append(("infer", job_id, snapshot, record, image_path, visualize))
+        if record is not None and record not in ("00000000", "00000001"):
+            raise BadRequest(f"no validation record {record}")
+        label = _label(0) if record else None
+        pred = np.roll(_label(0), 1, axis=1)
+        result = {"image": _feature(0), "prediction": pred, "label": label, "classes": ["background", "lv"],
+                  "palette": [[0, 0, 0], [255, 0, 0]], "snapshot": snapshot or 4,
+                  "metrics": {"dice": 0.9, "iou": 0.82, "area_pred_px": int(pred.sum())} if record else {}}
+        if visualize:
+            result["layers"] = [{"name": "conv1", "kind": "activation", "shape": [1, 4, 32, 32], "mean": 0.1,
+                                 "std": 0.2, "hist": {"counts": [1, 5, 2], "edges": [0, 1, 2, 3]}}]
+        return result
+
+    def download(self, job_id, snapshot=None):
+        job = self.job(job_id)
+        path = Path(job["dir"]) / "model.tar.gz"
+        path.write_bytes(b"archive")
+        return str(path)
+
+
+def test_fake_backend_follows_the_contract(tmp_path):
+    fake = FakeBackend(tmp_path)
+    ds = fake.add_job("dataset", "d")
+    assert fake.job(ds)["kind"] == "dataset"
+    feature, label, meta = fake.dataset_record(ds, "train", 0)
+    assert feature.dtype == np.uint16 and feature.shape == (1, 32, 32) and label.shape == (32, 32)
+    m = fake.metrics(ds, since=0)
+    assert set(m["series"]) == {"train/loss", "lr", "val/dice"}

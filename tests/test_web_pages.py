@@ -1,0 +1,338 @@
+"""Every page and form of the web app through Flask's test client, on a fake backend."""
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+
+from test_web_fakes import FakeBackend, fake_plugin
+from web import create_app
+
+
+@pytest.fixture
+def env(tmp_path):
+    data = tmp_path / "data"
+    (data / "sunny" / "images").mkdir(parents=True)
+    (data / "sunny" / "contours").mkdir(parents=True)
+    (data / "layers.py").write_text("import caffe\n")
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+                      "WTF_CSRF_ENABLED": False, "TESTING": True})
+    return app, app.test_client(), fake, data
+
+
+def dataset_form(data, **over):
+    form = {"image_folder": str(data / "sunny" / "images"), "contour_folder": str(data / "sunny" / "contours"),
+            "channel_conversion": "L", "val_pct": "10", "contour_type": "inner", "split": "slice", "seed": "0",
+            "encoding": "none", "encoder_batch_size": "32", "encoder_threads": "2", "db_backend": "lmdb",
+            "enforce_same_shape": "y", "group_name": "", "dataset_name": "sunny"}
+    form.update(over)
+    return form
+
+
+def model_form(dataset_id, **over):
+    form = {"dataset": dataset_id, "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "step",
+            "lr_step_size": "33", "lr_gamma": "0.1", "lr_power": "0.75", "lr_step_values": "50,85",
+            "mean_subtraction": "image", "network_source": "standard", "standard_network": "fcn_tiny",
+            "model_name": "m1"}
+    form.update(over)
+    return form
+
+
+def test_home_lists_jobs_in_tabs_with_groups_and_metrics(env):
+    app, client, fake, _ = env
+    fake.add_job("dataset", "sunny-ds", group="lab")
+    fake.add_job("model", "fcn-model")
+    html = client.get("/").get_data(as_text=True)
+    assert "Datasets" in html and "Models" in html and "Pretrained Models" in html
+    assert "sunny-ds" in html and "fcn-model" in html and "lab" in html
+    assert "train/loss" in html and "<svg class=\"spark\"" in html
+    # The New Dataset / New Model menus come from the plugin.
+    assert "Sunnybrook LV Segmentation" in html and "/datasets/new/sunnybrook" in html
+
+
+def test_home_when_service_is_missing_says_so(tmp_path):
+    from web.backend import Backend
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": Backend(), "PLUGINS": [fake_plugin()]})
+    resp = app.test_client().get("/")
+    assert resp.status_code == 200
+    assert "not available" in resp.get_data(as_text=True)
+
+
+def test_bulk_delete_and_abort(env):
+    app, client, fake, _ = env
+    a = fake.add_job("model", "a", status="Running")
+    b = fake.add_job("model", "b", status="Running")
+    resp = client.post("/jobs/bulk", data={"action": "abort", "job_ids": [a, b], "tab": "model"})
+    assert resp.status_code == 302
+    assert fake.job(a)["status"] == "Aborted" and fake.job(b)["status"] == "Aborted"
+    client.post("/jobs/bulk", data={"action": "delete", "job_ids": [a, "../etc"], "tab": "model"})
+    assert a not in fake.jobs_
+    html = client.get("/?tab=model").get_data(as_text=True)
+    assert "invalid job id" in html
+
+
+def test_dataset_form_has_plugin_and_generic_fields_with_help(env):
+    app, client, fake, _ = env
+    html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
+    for name in ("image_folder", "contour_folder", "channel_conversion", "val_pct", "contour_type", "split", "seed",
+                 "encoding", "encoder_batch_size", "encoder_threads", "db_backend", "enforce_same_shape",
+                 "group_name", "dataset_name"):
+        assert f'name="{name}"' in html, name
+    assert html.count('class="help"') >= 14
+    assert 'data-path-complete' in html
+
+
+def test_dataset_form_valid_submission_creates_job(env):
+    app, client, fake, data = env
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, group_name="g1"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    call = [c for c in fake.calls if c[0] == "create_dataset"][0]
+    assert call[1] == "sunnybrook"
+    assert call[2]["val_pct"] == 10 and call[2]["image_folder"] == str((data / "sunny" / "images").resolve())
+    assert call[3]["dataset_name"] == "sunny" and call[3]["group_name"] == "g1"
+    assert "/datasets/" in resp.headers["Location"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("image_folder", "/etc", "outside the allowed data folders"),
+    ("image_folder", "{data}/missing", "does not exist"),
+    ("val_pct", "150", "between"),
+    ("dataset_name", "", "give the dataset a name"),
+    ("encoder_threads", "0", "between"),
+])
+def test_dataset_form_errors_are_shown_beside_the_fields(env, field, value, message):
+    app, client, fake, data = env
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, **{field: value.format(data=data)}))
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    block = re.search(rf'id="field-{field}"(.*?)(id="field-|</section>)', html, re.S).group(1)
+    assert 'class="field-error"' in block and message in block, block
+    assert not [c for c in fake.calls if c[0] == "create_dataset"]
+
+
+def test_dataset_backend_refusal_goes_beside_the_field(env):
+    app, client, fake, data = env
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, val_pct="100"))
+    assert resp.status_code == 400
+    assert "must be below 100" in resp.get_data(as_text=True)
+
+
+def test_csrf_is_enforced_when_enabled(tmp_path):
+    fake = FakeBackend(tmp_path / "jobs")
+    data = tmp_path / "data"
+    (data / "sunny" / "images").mkdir(parents=True)
+    (data / "sunny" / "contours").mkdir(parents=True)
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()], "WTF_CSRF_ENABLED": True})
+    client = app.test_client()
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data))
+    assert resp.status_code == 400 and "form expired" in resp.get_data(as_text=True)
+    job = fake.add_job("model", "m", status="Running")
+    assert client.post(f"/models/{job}/abort").status_code == 400
+    assert fake.job(job)["status"] == "Running"
+    # With the token from the page the same post works.
+    html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, csrf_token=token))
+    assert resp.status_code == 302
+
+
+def test_dataset_page_explorer_and_pngs(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert "uint16" in html and "[1, 32, 32]" in html and "log.txt" in html and fake.job(ds)["dir"] in html
+    assert "Clone" in html and "Delete" in html
+    html = client.get(f"/datasets/{ds}/explore?stage=val").get_data(as_text=True)
+    assert "SC-HF-NI-3 / 0048" in html and "2 records" in html
+    png = client.get(f"/datasets/{ds}/records/train/0/feature.png")
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    import cv2
+    img = cv2.imdecode(np.frombuffer(png.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # The hot pixel (60000) must not crush the picture: the disc (1700) is near white, background dark.
+    assert img.shape == (32, 32) and img[16, 16] > 200 and img[30, 2] < 60
+    lab = client.get(f"/datasets/{ds}/records/train/0/label.png")
+    lab_img = cv2.imdecode(np.frombuffer(lab.data, np.uint8), cv2.IMREAD_COLOR)
+    assert tuple(lab_img[16, 16]) == (0, 0, 255)  # BGR red from the palette
+    assert client.get(f"/datasets/{ds}/records/train/9/feature.png").status_code == 404
+    assert client.get(f"/datasets/{ds}/explore?stage=bogus").status_code == 400
+
+
+def test_dataset_clone_prefills_and_delete(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    html = client.get(f"/datasets/{ds}/clone").get_data(as_text=True)
+    assert 'value="25"' in html and "sunny-ds (clone)" in html
+    assert re.search(r'<option selected value="patient">|<option value="patient" selected', html)
+    model = fake.add_job("model", "m", dataset_id=ds)
+    resp = client.post(f"/datasets/{ds}/delete", follow_redirects=True)
+    assert "used by m" in resp.get_data(as_text=True)
+    fake.delete(model)
+    resp = client.post(f"/datasets/{ds}/delete")
+    assert resp.status_code == 302 and ds not in fake.jobs_
+
+
+def test_invalid_and_unknown_job_ids(env):
+    app, client, fake, _ = env
+    assert client.get("/datasets/..%2F..%2Fetc").status_code in (400, 404)
+    assert client.get("/models/not.valid").status_code == 400
+    assert client.get("/models/20990101-000000-9999").status_code == 404
+    ds = fake.add_job("dataset", "d")
+    assert client.get(f"/models/{ds}").status_code == 404  # a dataset is not a model
+
+
+def test_model_form_renders_every_option(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    html = client.get(f"/models/new?dataset={ds}").get_data(as_text=True)
+    for name in ("dataset", "python_layer_server_file", "python_layer_upload", "epochs", "snapshot_interval",
+                 "val_interval", "random_seed", "batch_size", "batch_accumulation", "solver_type", "base_lr",
+                 "weight_decay", "lr_policy", "lr_step_size", "lr_gamma", "lr_power", "lr_step_values",
+                 "mean_subtraction", "crop_size", "custom_network", "pretrained_model", "group_name", "model_name"):
+        assert f'name="{name}"' in html, name
+    assert "Standard Networks" in html and "Previous Networks" in html and "Pretrained Networks" in html
+    assert "Custom Network" in html and "Visualize" in html and "Show advanced learning rate options" in html
+    assert "runs on this server" in html and "FCN tiny" in html
+
+
+def test_model_form_creates_one_job_per_learning_rate(env):
+    app, client, fake, data = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    resp = client.post("/models/new", data=model_form(ds, base_lr="0.01, 0.001", batch_size="2,4",
+                                                      python_layer_server_file=str(data / "layers.py")))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    options = [c for c in fake.calls if c[0] == "create_model"][0][1]
+    assert options["base_lr"] == [0.01, 0.001] and options["batch_size"] == [2, 4]
+    assert options["lr_step_values"] == [50.0, 85.0] and options["standard_network"] == "fcn_tiny"
+    assert options["python_layer_server_file"] == str((data / "layers.py").resolve())
+
+
+def test_model_form_upload_and_single_job_redirect(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    data = model_form(ds, network_source="custom", custom_network="name: 'c'\n")
+    data["python_layer_upload"] = (io.BytesIO(b"import caffe\n"), "dice.py")
+    resp = client.post("/models/new", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 302 and "/models/" in resp.headers["Location"]
+    options = [c for c in fake.calls if c[0] == "create_model"][0][1]
+    assert options["python_layer_upload"] == {"filename": "dice.py", "content": b"import caffe\n"}
+    assert options["custom_network"] == "name: 'c'\n"
+
+
+@pytest.mark.parametrize("over,field,message", [
+    ({"base_lr": "0.1, abc"}, "base_lr", "numbers separated by commas"),
+    ({"base_lr": "-1"}, "base_lr", "greater than 0"),
+    ({"batch_size": "2.5"}, "batch_size", "whole number"),
+    ({"epochs": "0"}, "epochs", "between"),
+    ({"dataset": ""}, "dataset", "choose a dataset"),
+    ({"network_source": "custom", "custom_network": ""}, "custom_network", "paste or write a network"),
+    ({"python_layer_server_file": "/etc/passwd"}, "python_layer_server_file", "outside the allowed data folders"),
+    ({"pretrained_model": "/etc/passwd"}, "pretrained_model", "outside the allowed data folders"),
+])
+def test_model_form_invalid_input(env, over, field, message):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    resp = client.post("/models/new", data=model_form(ds, **over))
+    assert resp.status_code == 400
+    html = resp.get_data(as_text=True)
+    assert message in html, field
+    assert not [c for c in fake.calls if c[0] == "create_model"]
+
+
+def test_python_layer_upload_can_be_disabled(tmp_path):
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+                      "WTF_CSRF_ENABLED": False, "ALLOW_PYTHON_LAYER_UPLOAD": False})
+    client = app.test_client()
+    ds = fake.add_job("dataset", "d")
+    assert "Uploading Python layers is disabled" in client.get("/models/new").get_data(as_text=True)
+    data = model_form(ds)
+    data["python_layer_upload"] = (io.BytesIO(b"import os\n"), "evil.py")
+    resp = client.post("/models/new", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 400 and "disabled" in resp.get_data(as_text=True)
+
+
+def test_upload_size_limit(tmp_path):
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+                      "WTF_CSRF_ENABLED": False, "MAX_CONTENT_LENGTH": 1000})
+    ds = fake.add_job("dataset", "d")
+    data = model_form(ds)
+    data["python_layer_upload"] = (io.BytesIO(b"#" * 5000), "big.py")
+    resp = app.test_client().post("/models/new", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 413
+
+
+def test_model_page_and_actions(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    m = fake.add_job("model", "fcn", status="Running", dataset_id=ds, eta=40)
+    html = client.get(f"/models/{m}").get_data(as_text=True)
+    assert f"/api/jobs/{m}/metrics" in html and "snapshot_iter_4.caffemodel" in html
+    assert "Abort" in html and "Clone" in html and "Download model" in html and "Worst validation records" in html
+    assert "SC-HF-NI-3 / 0049" in html
+    assert client.post(f"/models/{m}/abort").status_code == 302
+    assert fake.job(m)["status"] == "Aborted"
+    assert "Resume" in client.get(f"/models/{m}").get_data(as_text=True)
+    client.post(f"/models/{m}/resume")
+    assert fake.job(m)["status"] == "Running"
+    resp = client.get(f"/models/{m}/download")
+    assert resp.status_code == 200 and resp.data == b"archive"
+    html = client.get(f"/models/{m}/clone").get_data(as_text=True)
+    assert "0.01, 0.001" in html and "fcn (clone)" in html
+    assert client.post(f"/models/{m}/delete").status_code == 302 and m not in fake.jobs_
+
+
+def test_job_files_are_served_and_confined(env):
+    app, client, fake, _ = env
+    m = fake.add_job("model", "fcn")
+    resp = client.get(f"/jobs/{m}/files/log.txt")
+    assert resp.status_code == 200 and b"log of fcn" in resp.data
+    assert client.get(f"/jobs/{m}/files/snapshot_iter_4.caffemodel").data == b"weights"
+    assert client.get(f"/jobs/{m}/files/../../etc/passwd").status_code in (400, 404)
+    assert client.get(f"/jobs/{m}/files/.hidden").status_code == 400
+    assert client.get(f"/jobs/{m}/files/missing.txt").status_code == 404
+
+
+def test_inference_record_result_and_compare(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds")
+    m = fake.add_job("model", "fcn", dataset_id=ds)
+    html = client.get(f"/models/{m}/infer").get_data(as_text=True)
+    assert "SC-HF-NI-3 / 0049" in html and "Iteration 4" in html
+    resp = client.post(f"/models/{m}/infer", data={"snapshot": "4", "record": "00000001", "visualize": "y",
+                                                   "which": "record"})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "dice" in page and "0.9" in page and "ov-opacity" in page and "conv1" in page
+    assert fake.calls[-1] == ("infer", m, 4, "00000001", None, True)
+    token = resp.headers["Location"].rsplit("/", 1)[1]
+    for name in ("image", "prediction", "label"):
+        r = client.get(f"/models/{m}/inference/{token}/{name}.png")
+        assert r.status_code == 200 and r.mimetype == "image/png", name
+    assert client.get(f"/models/{m}/inference/nope/image.png").status_code == 404
+    # Links from the evaluation table run the record directly.
+    assert client.get(f"/models/{m}/infer/record/00000000").status_code == 302
+    m2 = fake.add_job("model", "fcn2", dataset_id=ds)
+    html = client.get(f"/compare?models={m}&models={m2}&record=00000001").get_data(as_text=True)
+    assert html.count('class="overlay-view"') == 2 and "fcn2" in html
+
+
+def test_inference_upload(env):
+    app, client, fake, _ = env
+    m = fake.add_job("model", "fcn")
+    resp = client.post(f"/models/{m}/infer", data={"snapshot": "4", "which": "image",
+                                                   "image": (io.BytesIO(b"\x89PNG fake"), "slice.png")},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 302
+    path = fake.calls[-1][4]
+    assert path.startswith(fake.job(m)["dir"]) and path.endswith("slice.png")
+    resp = client.post(f"/models/{m}/infer", data={"which": "image", "image": (io.BytesIO(b"x"), "a.exe")},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 400 and "PNG, TIFF or DICOM" in resp.get_data(as_text=True)
+    resp = client.post(f"/models/{m}/infer", data={"which": "record", "record": ""})
+    assert resp.status_code == 400 and "choose a validation record" in resp.get_data(as_text=True)

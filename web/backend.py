@@ -1,0 +1,107 @@
+"""What the web asks of the rest of the product, in one place.
+
+Views talk only to a ``Backend``. ``web.service_backend.ServiceBackend`` implements it on top
+of ``jobs.service``; tests may pass any object with the same methods through
+``create_app({"BACKEND": ...})``. A method the underlying service does not offer raises
+``Unavailable`` and the page shows "not available" instead of failing.
+
+Shapes returned (plain dicts, JSON-ready):
+
+* job summary: ``id, kind ('dataset'|'model'|'pretrained'), name, group, status, submitted
+  (epoch seconds), elapsed (s), progress (0..1 or None), metrics {name: {last, min, max,
+  spark: [values]}}``
+* job detail: the summary plus ``dir, files [{name, size}], history [{status, time}], log,
+  error`` and, for datasets, ``info`` (dataset.json); for models ``snapshots [{iteration,
+  epoch, file, size}], dataset_id, eta, options``
+* metrics: ``{status, progress, eta, iteration, iters_per_epoch, series: {name: [[iter, value], ...]}}``
+  where ``name`` is ``train/<output>``, ``val/<output>`` or ``lr``
+"""
+from __future__ import annotations
+
+
+class Unavailable(RuntimeError):
+    """The feature is not provided by the installed jobs service (yet)."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+class BadRequest(ValueError):
+    """Input the backend refuses; the message is shown to the user beside the form."""
+
+    def __init__(self, message: str, field_errors: dict | None = None):
+        super().__init__(message)
+        self.field_errors = field_errors or {}
+
+
+class Backend:
+    """Every method raises Unavailable; implementations override what they can do."""
+
+    def _missing(self, what: str):
+        raise Unavailable(f"{what} is not available in this installation")
+
+    # -- listing and lifecycle ---------------------------------------------------------
+    def jobs(self, kind: str | None = None) -> list[dict]:
+        self._missing("job listing")
+
+    def job(self, job_id: str) -> dict:
+        self._missing("job details")
+
+    def metrics(self, job_id: str, since: int = 0) -> dict:
+        self._missing("metric series")
+
+    def abort(self, job_id: str) -> None:
+        self._missing("abort")
+
+    def delete(self, job_id: str) -> None:
+        self._missing("delete")
+
+    def resume(self, job_id: str) -> None:
+        self._missing("resume")
+
+    def clone(self, job_id: str) -> dict:
+        """Form values that recreate the job (the new-job form is shown prefilled)."""
+        self._missing("clone")
+
+    # -- creation ----------------------------------------------------------------------
+    def create_dataset(self, plugin_id: str, values: dict, options: dict) -> str:
+        self._missing("dataset creation")
+
+    def create_model(self, options: dict) -> list[str]:
+        self._missing("model creation")
+
+    # -- datasets ------------------------------------------------------------------------
+    def dataset_records(self, job_id: str, stage: str, offset: int, limit: int) -> dict:
+        """``{total, records: [{index, key, name}]}`` for one stage (train/val)."""
+        self._missing("dataset explorer")
+
+    def dataset_record(self, job_id: str, stage: str, index: int):
+        """``(feature C×H×W ndarray, label H×W ndarray or None, meta dict)``."""
+        self._missing("dataset explorer")
+
+    # -- networks ------------------------------------------------------------------------
+    def standard_networks(self) -> list[dict]:
+        """``[{name, title, text}]`` from the project's ``prototxt/`` folder."""
+        return []
+
+    def pretrained_models(self) -> list[dict]:
+        return []
+
+    def inspect_network(self, text: str, dataset_id: str | None = None) -> dict:
+        self._missing("network visualization")
+
+    # -- evaluation / inference -------------------------------------------------------
+    def evaluation(self, job_id: str) -> dict:
+        self._missing("evaluation")
+
+    def infer(self, job_id: str, snapshot: int | None, *, record: str | None = None,
+              image_path: str | None = None, visualize: bool = False) -> dict:
+        """``{image: ndarray H×W or C×H×W, prediction: H×W int, label: H×W or None,
+        classes: [names], palette: [[r,g,b]], metrics: {...}, layers: [{name, kind, shape,
+        mean, std, hist}]}``."""
+        self._missing("inference")
+
+    def download(self, job_id: str, snapshot: int | None = None) -> str:
+        """Path of a model archive ready to send."""
+        self._missing("model download")

@@ -1,0 +1,80 @@
+"""Default settings of the web app and how a caller overrides them.
+
+``create_app(config)`` accepts a dict (or a ``jobs`` config object with the same attribute
+names). Every key can also come from the environment as ``CAFFESEG_<KEY>``; explicit config
+wins over the environment, which wins over these defaults.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+DEFAULTS = {
+    # Root of everything the app owns: jobs live in DATA_DIR/jobs unless JOBS_DIR says otherwise.
+    "DATA_DIR": "data",
+    "JOBS_DIR": None,
+    # Folders the server-side path fields may point into (autocomplete and validation).
+    # None = DATA_DIR only.
+    "DATA_ROOTS": None,
+    # Uploads (test images, Python layer files) are refused above this size.
+    "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
+    # A Python layer file is code that runs inside the server's training process.
+    "ALLOW_PYTHON_LAYER_UPLOAD": True,
+    "WTF_CSRF_ENABLED": True,
+    # Seconds between the model page's metric polls.
+    "POLL_INTERVAL_S": 2.0,
+    "HOST": "127.0.0.1",
+    "PORT": 5000,
+}
+
+_BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING"}
+
+
+def _from_env(key: str):
+    raw = os.environ.get(f"CAFFESEG_{key}")
+    if raw is None:
+        return None
+    if key in _BOOL_KEYS:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if key == "DATA_ROOTS":
+        return [p for p in raw.split(os.pathsep) if p]
+    if key in ("MAX_CONTENT_LENGTH", "PORT"):
+        return int(raw)
+    return raw
+
+
+def _as_dict(config) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, dict):
+        return dict(config)
+    # A config object (e.g. from the CLI): take its public upper- and lower-case attributes.
+    out = {}
+    for name in dir(config):
+        if not name.startswith("_"):
+            value = getattr(config, name)
+            if not callable(value):
+                out[name.upper()] = value
+    return out
+
+
+def resolve(config=None) -> dict:
+    """The effective settings: defaults < environment < ``config``; paths made absolute."""
+    settings = dict(DEFAULTS)
+    for key in DEFAULTS:
+        env = _from_env(key)
+        if env is not None:
+            settings[key] = env
+    settings.update(_as_dict(config))
+    data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
+    settings["DATA_DIR"] = str(data_dir)
+    jobs_dir = settings.get("JOBS_DIR") or data_dir / "jobs"
+    settings["JOBS_DIR"] = str(Path(jobs_dir).expanduser().resolve())
+    roots = settings.get("DATA_ROOTS") or [str(data_dir)]
+    if isinstance(roots, (str, Path)):
+        roots = [roots]
+    settings["DATA_ROOTS"] = [str(Path(r).expanduser().resolve()) for r in roots]
+    if not settings.get("SECRET_KEY"):
+        settings["SECRET_KEY"] = os.environ.get("CAFFESEG_SECRET_KEY") or secrets.token_hex(32)
+    return settings

@@ -1,0 +1,261 @@
+"""Flask-WTF forms (CSRF-protected) for new datasets and new models.
+
+The dataset form is built per plugin from the plugin's field declarations
+(``web.plugins.FieldSpec``) plus the generic fields every dataset has. Every field carries its
+help text in ``description``; the templates show it as a tooltip.
+"""
+from __future__ import annotations
+
+import re
+
+from flask import current_app
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import (BooleanField, DecimalField, FloatField, HiddenField, IntegerField, RadioField,
+                     SelectField, StringField, TextAreaField)
+from wtforms.validators import DataRequired, InputRequired, NumberRange, Optional, ValidationError
+
+from web.plugins import FieldSpec, PluginInfo
+from web.safety import UnsafePath, within
+
+
+class ServerPath:
+    """The value must name an existing folder/file inside the configured data roots."""
+
+    def __init__(self, must_exist: bool = True, folder: bool | None = None):
+        self.must_exist = must_exist
+        self.folder = folder
+
+    def __call__(self, form, field):
+        if not field.data:
+            return
+        try:
+            path = within(field.data, current_app.config["DATA_ROOTS"])
+        except UnsafePath as exc:
+            raise ValidationError(str(exc)) from None
+        if self.must_exist and not path.exists():
+            raise ValidationError(f"{field.data} does not exist")
+        if self.folder is True and path.exists() and not path.is_dir():
+            raise ValidationError(f"{field.data} is not a folder")
+        if self.folder is False and path.exists() and not path.is_file():
+            raise ValidationError(f"{field.data} is not a file")
+        field.data = str(path)
+
+
+_NUMBER_LIST_RE = re.compile(r"^\s*[0-9.eE+-]+(\s*,\s*[0-9.eE+-]+)*\s*$")
+
+
+class NumberList:
+    """Comma-separated positive numbers ("multiples allowed" fields: one job per value)."""
+
+    def __init__(self, integer: bool = False):
+        self.integer = integer
+
+    def __call__(self, form, field):
+        if not field.data or not field.data.strip():
+            return
+        if not _NUMBER_LIST_RE.match(field.data):
+            raise ValidationError("use numbers separated by commas, e.g. 0.01, 0.001")
+        for part in field.data.split(","):
+            try:
+                value = float(part)
+            except ValueError:
+                raise ValidationError(f"{part.strip()!r} is not a number") from None
+            if value <= 0:
+                raise ValidationError("every value must be greater than 0")
+            if self.integer and value != int(value):
+                raise ValidationError(f"{part.strip()} is not a whole number")
+
+
+def parse_number_list(text: str | None, integer: bool = False) -> list:
+    if not text or not text.strip():
+        return []
+    cast = (lambda s: int(float(s))) if integer else float
+    return [cast(p) for p in text.split(",")]
+
+
+# -- dataset form ------------------------------------------------------------------------
+
+GENERIC_DATASET_FIELDS = ("encoding", "encoder_batch_size", "encoder_threads", "db_backend",
+                          "enforce_same_shape", "group_name", "dataset_name")
+
+
+def _wtf_field(spec: FieldSpec):
+    validators = [InputRequired(message=f"{spec.label} is required")] if spec.required else [Optional()]
+    if spec.kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
+        validators.append(NumberRange(min=spec.minimum, max=spec.maximum))
+    kw = dict(label=spec.label, description=spec.help, default=spec.default)
+    if spec.kind == "path":
+        validators.append(ServerPath(folder=True))
+        field = StringField(validators=validators, render_kw={"data-path-complete": "1"}, **kw)
+    elif spec.kind == "int":
+        field = IntegerField(validators=validators, **kw)
+    elif spec.kind == "float":
+        field = FloatField(validators=validators, **kw)
+    elif spec.kind == "bool":
+        field = BooleanField(validators=[Optional()], **kw)
+    elif spec.kind == "choice":
+        field = SelectField(choices=spec.choices, validators=validators,
+                            **dict(kw, default=None if spec.default is None else str(spec.default)))
+    else:
+        field = StringField(validators=validators, **kw)
+    return field
+
+
+class _DatasetBase(FlaskForm):
+    encoding = SelectField("Feature encoding", choices=[("none", "None (exact values)"), ("png", "PNG (lossless)")],
+                           default="none",
+                           description="How images are stored in the LMDB. 'None' keeps 16-bit values exactly "
+                                       "as floats; PNG is lossless and smaller but slower to decode.")
+    encoder_batch_size = IntegerField("Encoder batch size", default=32,
+                                      validators=[InputRequired(), NumberRange(min=1, max=4096)],
+                                      description="Records written to the database per transaction.")
+    encoder_threads = IntegerField("Encoder threads", default=4,
+                                   validators=[InputRequired(), NumberRange(min=1, max=64)],
+                                   description="Worker processes that read and encode images in parallel.")
+    db_backend = SelectField("DB backend", choices=[("lmdb", "LMDB")], default="lmdb",
+                             description="Database format of the dataset (Caffe's Data layer reads LMDB).")
+    enforce_same_shape = BooleanField("Enforce same shape", default=True,
+                                      description="Refuse (and list in the log) images whose size differs from the "
+                                                  "first one, instead of failing at training time.")
+    group_name = StringField("Group name", validators=[Optional()],
+                             description="Jobs with the same group name are listed together on the home page.")
+    dataset_name = StringField("Dataset name", validators=[DataRequired(message="give the dataset a name")],
+                               description="A name to recognise the dataset by.")
+
+
+def dataset_form_class(plugin: PluginInfo) -> type[FlaskForm]:
+    """A form class with the plugin's own fields first, then the generic dataset fields."""
+    attrs = {}
+    for spec in plugin.fields:
+        if spec.name in GENERIC_DATASET_FIELDS or not spec.name.isidentifier():
+            continue
+        attrs[spec.name] = _wtf_field(spec)
+    attrs["plugin_field_names"] = [s.name for s in plugin.fields if s.name in attrs]
+    return type(f"{plugin.id.capitalize()}DatasetForm", (_DatasetBase,), attrs)
+
+
+# -- model form --------------------------------------------------------------------------
+
+SOLVER_TYPES = [("SGD", "Stochastic gradient descent (SGD)"), ("Nesterov", "Nesterov's accelerated gradient"),
+                ("AdaGrad", "Adaptive gradient (AdaGrad)"), ("RMSProp", "RMSprop"),
+                ("AdaDelta", "AdaDelta"), ("Adam", "Adam")]
+LR_POLICIES = [("fixed", "Fixed"), ("step", "Step down"), ("multistep", "Step down (arbitrary steps)"),
+               ("exp", "Exponential decay"), ("inv", "Inverse decay"), ("poly", "Polynomial decay"),
+               ("sigmoid", "Sigmoid decay")]
+
+
+class ModelForm(FlaskForm):
+    dataset = SelectField("Dataset", choices=[], validators=[DataRequired(message="choose a dataset")],
+                          description="The dataset job whose LMDBs feed the Data layers.")
+    python_layer_server_file = StringField(
+        "Python layer file on the server", validators=[Optional(), ServerPath(folder=False)],
+        render_kw={"data-path-complete": "1"},
+        description="A .py file defining the Python layers the network uses (e.g. the Dice layer). "
+                    "It runs inside the training process on this server.")
+    python_layer_upload = FileField(
+        "…or upload a Python layer file",
+        description="Uploaded code runs on this server with the server's permissions.")
+    epochs = IntegerField("Training epochs", default=30, validators=[InputRequired(), NumberRange(min=1, max=100000)],
+                          description="How many passes over the training set.")
+    snapshot_interval = FloatField("Snapshot interval (in epochs)", default=1,
+                                   validators=[InputRequired(), NumberRange(min=0)],
+                                   description="Save the weights every this many epochs (0 = only at the end).")
+    val_interval = FloatField("Validation interval (in epochs)", default=1,
+                              validators=[InputRequired(), NumberRange(min=0)],
+                              description="Run the validation set every this many epochs (0 = never).")
+    random_seed = IntegerField("Random seed", validators=[Optional()],
+                               description="Makes weight initialisation and data order reproducible. Empty = random.")
+    batch_size = StringField("Batch size", validators=[Optional(), NumberList(integer=True)],
+                             description="Images per iteration; empty = the network's value. "
+                                         "Several comma-separated values create one job per value.")
+    batch_accumulation = IntegerField("Batch accumulation", default=1,
+                                      validators=[InputRequired(), NumberRange(min=1, max=1024)],
+                                      description="Accumulate gradients over this many batches per update "
+                                                  "(Caffe's iter_size).")
+    solver_type = SelectField("Solver type", choices=SOLVER_TYPES, default="SGD",
+                              description="The optimisation algorithm.")
+    base_lr = StringField("Base learning rate", default="0.01",
+                          validators=[DataRequired(message="give a learning rate"), NumberList()],
+                          description="Initial learning rate. Several comma-separated values create one job per value.")
+    weight_decay = FloatField("Weight decay", validators=[Optional(), NumberRange(min=0)],
+                              description="L2 regularisation. Empty = base_lr / 100, the value DIGITS used silently.")
+    lr_policy = SelectField("Policy", choices=LR_POLICIES, default="step",
+                            description="How the learning rate changes during training.")
+    lr_step_size = FloatField("Step size (% of training)", default=33,
+                              validators=[Optional(), NumberRange(min=0, max=100)],
+                              description="step: the rate drops every this % of training; sigmoid: the midpoint.")
+    lr_step_values = StringField("Step values (% of training)", default="50,85",
+                                 validators=[Optional(), NumberList()],
+                                 description="multistep: the % points where the rate drops.")
+    lr_gamma = FloatField("Gamma", default=0.1, validators=[Optional(), NumberRange(min=0)],
+                          description="Factor of each drop (step, multistep, exp, inv, sigmoid).")
+    lr_power = FloatField("Power", default=0.75, validators=[Optional()],
+                          description="Exponent of the inv and poly policies.")
+    mean_subtraction = RadioField("Subtract mean", choices=[("none", "None"), ("image", "Image"), ("pixel", "Pixel")],
+                                  default="image",
+                                  description="Image: the dataset's mean image (mean_file). Pixel: one value per "
+                                              "channel (mean_value).")
+    crop_size = IntegerField("Crop size", validators=[Optional(), NumberRange(min=1)],
+                             description="Random crops of this size in training, centre crops in validation.")
+    network_source = HiddenField(default="standard")
+    standard_network = RadioField("Standard network", choices=[], validators=[Optional()], validate_choice=False)
+    previous_network = RadioField("Previous network", choices=[], validators=[Optional()], validate_choice=False)
+    pretrained_network = RadioField("Pretrained network", choices=[], validators=[Optional()], validate_choice=False)
+    custom_network = TextAreaField("Custom network",
+                                   description="A train_val prototxt; Data layers are wired to the dataset.")
+    pretrained_model = StringField("Pretrained model(s)", validators=[Optional()],
+                                   render_kw={"data-path-complete": "1"},
+                                   description="One or more .caffemodel files (separate with ':'); "
+                                               "layers are matched by name.")
+    group_name = StringField("Group name", validators=[Optional()],
+                             description="Jobs with the same group name are listed together.")
+    model_name = StringField("Model name", validators=[DataRequired(message="give the model a name")],
+                             description="A name to recognise the model by.")
+
+    def validate_pretrained_model(self, field):
+        for part in [p for p in (field.data or "").split(":") if p.strip()]:
+            try:
+                path = within(part.strip(), current_app.config["DATA_ROOTS"])
+            except UnsafePath as exc:
+                raise ValidationError(str(exc)) from None
+            if not path.is_file():
+                raise ValidationError(f"{part} is not a file")
+
+    def validate_custom_network(self, field):
+        if self.network_source.data == "custom" and not (field.data or "").strip():
+            raise ValidationError("paste or write a network, or choose another tab")
+
+    def validate_network_source(self, field):
+        source = field.data or "standard"
+        if source not in ("standard", "previous", "pretrained", "custom"):
+            raise ValidationError("unknown network source")
+        chosen = {"standard": self.standard_network.data, "previous": self.previous_network.data,
+                  "pretrained": self.pretrained_network.data}.get(source)
+        if source != "custom" and not chosen:
+            raise ValidationError(f"choose a {source} network")
+
+    def validate_python_layer_upload(self, field):
+        if field.data and getattr(field.data, "filename", ""):
+            if not current_app.config.get("ALLOW_PYTHON_LAYER_UPLOAD", True):
+                raise ValidationError("Python layer uploads are disabled on this server")
+            if not field.data.filename.endswith(".py"):
+                raise ValidationError("a Python layer file must end in .py")
+
+
+class InferenceForm(FlaskForm):
+    snapshot = SelectField("Snapshot", choices=[], validate_choice=False,
+                           description="Which saved weights to use.")
+    record = SelectField("Record from the validation set", choices=[], validate_choice=False,
+                         validators=[Optional()])
+    image = FileField("Image file (PNG, TIFF, DICOM)")
+    visualize = BooleanField("Show visualizations and statistics",
+                             description="Also report every layer's activations and weights (slower).")
+
+
+class ConfirmForm(FlaskForm):
+    """An empty form: only the CSRF token, for the buttons that change state."""
+
+
+class BulkForm(FlaskForm):
+    action = SelectField(choices=[("delete", "Delete"), ("abort", "Abort")])

@@ -1,0 +1,82 @@
+"""Parse a network and build it with the engine to report every blob's shape.
+
+Data layers need LMDB sources that do not exist yet when the user is still writing the network,
+so each Data layer is replaced by an Input layer with the dataset's feature shape (or a default)
+before the net is built in the TEST phase.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from web.backend import BadRequest, Unavailable
+
+DEFAULT_FEATURE_SHAPE = [1, 256, 256]
+
+
+def _replace_data_layers(net, feature_shape, caffe_pb2):
+    c, h, w = (list(feature_shape) + DEFAULT_FEATURE_SHAPE)[:3] if feature_shape else DEFAULT_FEATURE_SHAPE
+    crop = None
+    keep = []
+    seen_tops = set()
+    for layer in net.layer:
+        if layer.type == "Data":
+            if layer.transform_param.HasField("crop_size"):
+                crop = layer.transform_param.crop_size
+            tops = [t for t in layer.top if t not in seen_tops]
+            if not tops:
+                continue
+            seen_tops.update(tops)
+            hh, ww = (crop, crop) if crop else (h, w)
+            inp = caffe_pb2.LayerParameter(name=layer.name, type="Input")
+            for i, top in enumerate(tops):
+                inp.top.append(top)
+                shape = inp.input_param.shape.add()
+                shape.dim.extend([1, c if i == 0 else 1, hh, ww])
+            keep.append(inp)
+        else:
+            keep.append(layer)
+    del net.layer[:]
+    net.layer.extend(keep)
+
+
+def inspect(text: str, feature_shape=None) -> dict:
+    try:
+        from engine import prototxt
+        from engine.proto import caffe_pb2
+    except ImportError as exc:
+        raise Unavailable(f"the prototxt parser is not available ({exc})") from None
+    try:
+        net = prototxt.parse_net(text, source="custom network")
+    except prototxt.PrototxtError as exc:
+        raise _parse_error(exc) from None
+    layers = [{"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top),
+               "phases": [caffe_pb2.Phase.Name(r.phase) for r in l.include if r.HasField("phase")]}
+              for l in net.layer]
+    _replace_data_layers(net, feature_shape, caffe_pb2)
+    try:
+        import engine
+    except ImportError as exc:
+        return {"layers": layers, "blobs": {}, "note": f"shapes unavailable: the engine cannot be loaded ({exc})"}
+    fd, path = tempfile.mkstemp(suffix=".prototxt")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(prototxt.format_message(net))
+        try:
+            built = engine.Net(path, engine.TEST)
+        except Exception as exc:  # a layer's own check: report it beside the editor
+            err = BadRequest(f"the network does not build: {exc}")
+            raise err from None
+        blobs = {name: list(blob.shape) for name, blob in built.blobs.items()}
+    finally:
+        os.unlink(path)
+    test_names = {l.name for l in net.layer}
+    return {"layers": [l for l in layers if l["name"] in test_names], "blobs": blobs, "phase": "TEST",
+            "note": "Data layers replaced by inputs of the dataset's shape."}
+
+
+def _parse_error(exc) -> BadRequest:
+    err = BadRequest(f"line {getattr(exc, 'line', '?')}: {getattr(exc, 'message', exc)}")
+    err.line = getattr(exc, "line", None)
+    err.column = getattr(exc, "column", None)
+    return err

@@ -1,0 +1,129 @@
+// New-model form: network tabs, "Customize", editor line numbers, Visualize, dataset summary,
+// and the live learning-rate preview.
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("page-data").textContent);
+  const source = document.getElementById("network_source");
+  const editor = document.getElementById("custom_network");
+  const gutter = document.querySelector(".editor .gutter");
+
+  function showTab(name) {
+    source.value = name;
+    document.querySelectorAll("[data-net-tab]").forEach(t => t.classList.toggle("active", t.dataset.netTab === name));
+    document.querySelectorAll("[data-net-panel]").forEach(p => { p.hidden = p.dataset.netPanel !== name; });
+    if (name === "custom") updateGutter();
+  }
+  document.querySelectorAll("[data-net-tab]").forEach(t => t.addEventListener("click", ev => { ev.preventDefault(); showTab(t.dataset.netTab); }));
+  showTab(data.source || "standard");
+
+  function updateGutter() {
+    const lines = editor.value.split("\n").length;
+    let out = "";
+    for (let i = 1; i <= lines; i++) out += i + "\n";
+    gutter.textContent = out;
+    gutter.scrollTop = editor.scrollTop;
+  }
+  editor.addEventListener("input", updateGutter);
+  editor.addEventListener("scroll", () => { gutter.scrollTop = editor.scrollTop; });
+  updateGutter();
+
+  document.querySelectorAll(".customize").forEach(link => link.addEventListener("click", async ev => {
+    ev.preventDefault();
+    let text = "";
+    if (link.dataset.source === "standard") {
+      const net = (data.networks || []).find(n => n.name === link.dataset.name);
+      text = net ? net.text : "";
+    } else {
+      const resp = await fetch("/jobs/" + encodeURIComponent(link.dataset.name) + "/files/original.prototxt");
+      text = resp.ok ? await resp.text() : "# could not load the network of that model";
+    }
+    editor.value = text;
+    showTab("custom");
+  }));
+
+  document.getElementById("visualize").addEventListener("click", async () => {
+    const out = document.getElementById("net-visualization");
+    out.innerHTML = '<p class="muted">Building the network…</p>';
+    try {
+      const net = await apiFetch("/api/network/inspect", { method: "POST", json: { text: editor.value, dataset: document.getElementById("dataset").value } });
+      NetGraph.draw(out, net);
+    } catch (err) {
+      NetGraph.showError(out, err);
+      const line = err.data && err.data.line;
+      if (line) selectLine(line);
+    }
+  });
+
+  function selectLine(line) {
+    const lines = editor.value.split("\n");
+    let start = 0;
+    for (let i = 0; i < line - 1 && i < lines.length; i++) start += lines[i].length + 1;
+    editor.focus();
+    editor.setSelectionRange(start, start + (lines[line - 1] || "").length);
+  }
+
+  // Dataset summary beside the picker.
+  const datasetSelect = document.getElementById("dataset");
+  function datasetInfo() { return (data.datasets || []).find(d => d.id === datasetSelect.value); }
+  function showSummary() {
+    const box = document.getElementById("dataset-summary");
+    const d = datasetInfo();
+    if (!d) { box.textContent = "Choose a dataset to see its summary."; return; }
+    const s = d.summary || {};
+    const parts = [d.status];
+    if (s.train_count !== undefined) parts.push(s.train_count + " train / " + (s.val_count || 0) + " val records");
+    if (s.feature_shape) parts.push("features " + s.feature_shape.join("×") + " " + (s.feature_dtype || ""));
+    if (s.classes) parts.push(s.classes.length + " classes: " + s.classes.join(", "));
+    box.textContent = parts.join(" · ");
+    drawLR();
+  }
+  datasetSelect.addEventListener("change", showSummary);
+  showSummary();
+
+  // Learning-rate preview.
+  const adv = document.getElementById("advanced-lr");
+  const toggle = document.getElementById("show-advanced-lr");
+  toggle.addEventListener("change", () => { adv.hidden = !toggle.checked; drawLR(); });
+  const policy = document.getElementById("lr_policy");
+  function num(id, fallback) { const v = parseFloat(document.getElementById(id).value); return isFinite(v) ? v : fallback; }
+  function firstOf(id, fallback) { const v = parseFloat((document.getElementById(id).value || "").split(",")[0]); return isFinite(v) && v > 0 ? v : fallback; }
+
+  function drawLR() {
+    document.querySelectorAll(".lr-param").forEach(f => { f.hidden = !f.classList.contains("lr-" + policy.value); });
+    if (adv.hidden) return;
+    const d = datasetInfo();
+    const trainCount = (d && d.summary && d.summary.train_count) || 100;
+    const batch = firstOf("batch_size", 16) * Math.max(1, num("batch_accumulation", 1));
+    const epochs = Math.max(1, num("epochs", 1));
+    const itersPerEpoch = Math.max(1, Math.ceil(trainCount / batch));
+    const maxIter = Math.min(itersPerEpoch * epochs, 200000);
+    const params = CaffeLR.solverParams({
+      policy: policy.value, base_lr: firstOf("base_lr", 0.01), gamma: num("lr_gamma", 0.1), power: num("lr_power", 0.75),
+      step_size: num("lr_step_size", 33),
+      step_values: (document.getElementById("lr_step_values").value || "").split(",").map(parseFloat).filter(isFinite),
+    }, maxIter);
+    let rates;
+    try { rates = CaffeLR.schedule(params); } catch (e) { return; }
+    const canvas = document.getElementById("lr-chart");
+    canvas.dataset.rates = JSON.stringify(rates.length > 2000 ? [] : rates);
+    const ctx = canvas.getContext("2d");
+    const W = canvas.width, H = canvas.height, L = 52, B = 20;
+    ctx.clearRect(0, 0, W, H);
+    const hi = Math.max(...rates), lo = 0;
+    ctx.strokeStyle = "#c9ced8"; ctx.beginPath(); ctx.moveTo(L, 4); ctx.lineTo(L, H - B); ctx.lineTo(W - 4, H - B); ctx.stroke();
+    ctx.fillStyle = "#6b7385"; ctx.font = "10px sans-serif";
+    ctx.fillText(hi.toPrecision(3), 4, 12); ctx.fillText("0", L - 12, H - B);
+    ctx.fillText("0", L, H - 6); ctx.fillText(epochs + " epochs", W - 60, H - 6);
+    ctx.strokeStyle = "#2f6fde"; ctx.lineWidth = 1.6; ctx.beginPath();
+    rates.forEach((r, i) => {
+      const x = L + (i / Math.max(1, rates.length - 1)) * (W - L - 6);
+      const y = (H - B) - (r - lo) / ((hi - lo) || 1) * (H - B - 8);
+      if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+    document.getElementById("lr-preview-info").textContent =
+      "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (d ? "" : ", assuming 100 training records") + ")";
+  }
+  document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
+  drawLR();
+})();

@@ -1,0 +1,131 @@
+// Inference result: composites the windowed image, the predicted class map and the label's
+// outline on a canvas. Everything after the first load happens here, without the server.
+(function () {
+  "use strict";
+  const FALSE_COLOUR = [[0, 0, 0], [255, 0, 255], [0, 255, 0], [255, 255, 0], [0, 255, 255], [255, 128, 0], [128, 0, 255]];
+  const LABEL_OUTLINE = [255, 255, 255];
+
+  function loadImage(src) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error("could not load " + src));
+      img.src = src;
+    });
+  }
+
+  function pixels(img) {
+    const c = document.createElement("canvas");
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    return ctx.getImageData(0, 0, c.width, c.height);
+  }
+
+  function classes(imageData) {
+    const out = new Uint8Array(imageData.width * imageData.height);
+    for (let i = 0; i < out.length; i++) out[i] = imageData.data[i * 4];
+    return out;
+  }
+
+  // Pixels whose class differs from a 4-neighbour, grown to the requested width.
+  function outline(map, w, h, width) {
+    const edge = new Uint8Array(w * h);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+      const i = y * w + x, c = map[i];
+      if (!c) continue;
+      if (x === 0 || y === 0 || x === w - 1 || y === h - 1 || map[i - 1] !== c || map[i + 1] !== c || map[i - w] !== c || map[i + w] !== c) edge[i] = c;
+    }
+    if (width <= 1) return edge;
+    const grown = new Uint8Array(w * h), r = width - 1;
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+      const c = edge[y * w + x];
+      if (!c) continue;
+      for (let dy = -r; dy <= r; dy++) for (let dx = -r; dx <= r; dx++) {
+        const yy = y + dy, xx = x + dx;
+        if (yy >= 0 && yy < h && xx >= 0 && xx < w) grown[yy * w + xx] = c;
+      }
+    }
+    return grown;
+  }
+
+  function colour(scheme, palette, c) {
+    if (scheme === "gray") { const v = c ? Math.round(255 * Math.min(1, 0.4 + 0.6 * c / 3)) : 0; return [v, v, v]; }
+    if (scheme === "false") return FALSE_COLOUR[c % FALSE_COLOUR.length];
+    return palette[c] || FALSE_COLOUR[c % FALSE_COLOUR.length];
+  }
+
+  async function setup(view) {
+    const info = JSON.parse(view.dataset.result);
+    const canvas = view.querySelector("canvas");
+    const [img, pred, lab] = await Promise.all([
+      loadImage(view.dataset.image), loadImage(view.dataset.prediction),
+      view.dataset.label ? loadImage(view.dataset.label) : Promise.resolve(null)]);
+    const base = pixels(img), w = base.width, h = base.height;
+    const predMap = classes(pixels(pred));
+    const labMap = lab ? classes(pixels(lab)) : null;
+    canvas.width = w; canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    const q = sel => view.querySelector(sel);
+    const controls = {
+      scheme: q(".ov-colormap"), opacity: q(".ov-opacity"), mask: q(".ov-mask"),
+      outline: q(".ov-outline"), label: q(".ov-label"), width: q(".ov-width"),
+    };
+
+    function render() {
+      const scheme = controls.scheme ? controls.scheme.value : "dataset";
+      const alpha = controls.opacity ? controls.opacity.value / 100 : 0.45;
+      const lw = controls.width ? parseInt(controls.width.value, 10) : 1;
+      const out = ctx.createImageData(w, h);
+      const predEdge = (!controls.outline || controls.outline.checked) ? outline(predMap, w, h, lw) : null;
+      const labEdge = labMap && (!controls.label || controls.label.checked) ? outline(labMap, w, h, lw) : null;
+      const showMask = !controls.mask || controls.mask.checked;
+      for (let i = 0; i < w * h; i++) {
+        let r = base.data[i * 4], g = base.data[i * 4 + 1], b = base.data[i * 4 + 2];
+        const c = predMap[i];
+        if (showMask && c) {
+          const col = colour(scheme, info.palette, c);
+          r = r * (1 - alpha) + col[0] * alpha; g = g * (1 - alpha) + col[1] * alpha; b = b * (1 - alpha) + col[2] * alpha;
+        }
+        if (predEdge && predEdge[i]) [r, g, b] = colour(scheme, info.palette, predEdge[i]);
+        if (labEdge && labEdge[i]) [r, g, b] = LABEL_OUTLINE;
+        out.data[i * 4] = r; out.data[i * 4 + 1] = g; out.data[i * 4 + 2] = b; out.data[i * 4 + 3] = 255;
+      }
+      ctx.putImageData(out, 0, 0);
+      const ov = q(".ov-opacity-value");
+      if (ov) ov.textContent = Math.round(alpha * 100) + "%";
+      canvas.dataset.renders = String((parseInt(canvas.dataset.renders || "0", 10)) + 1);
+      legend(scheme);
+    }
+
+    function legend(scheme) {
+      const ul = q(".ov-legend");
+      if (!ul) return;
+      ul.innerHTML = "";
+      (info.classes || []).forEach((name, c) => {
+        const li = document.createElement("li");
+        const sw = document.createElement("span");
+        sw.className = "swatch";
+        sw.style.background = "rgb(" + colour(scheme, info.palette, c).join(",") + ")";
+        li.appendChild(sw);
+        li.appendChild(document.createTextNode(name + (c === 0 ? "" : " (prediction)")));
+        ul.appendChild(li);
+      });
+      if (labMap) {
+        const li = document.createElement("li");
+        li.innerHTML = '<span class="swatch" style="background: rgb(255,255,255)"></span>label outline';
+        ul.appendChild(li);
+      }
+    }
+
+    Object.values(controls).forEach(c => c && c.addEventListener("input", render));
+    Object.values(controls).forEach(c => c && c.addEventListener("change", render));
+    render();
+    view.dataset.ready = "1";
+  }
+
+  document.querySelectorAll(".overlay-view").forEach(v => setup(v).catch(err => {
+    v.insertAdjacentHTML("beforeend", '<p class="error-text"></p>');
+    v.lastElementChild.textContent = err.message;
+  }));
+})();

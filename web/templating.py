@@ -1,0 +1,95 @@
+"""Jinja filters and globals shared by every template."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+
+from markupsafe import Markup, escape
+
+STATUS_CLASS = {
+    "done": "ok", "running": "run", "waiting": "wait", "initialized": "wait", "queued": "wait",
+    "error": "err", "aborted": "warn", "interrupted": "warn",
+}
+
+
+def duration(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(max(0, float(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h {m:02d}m"
+    if m:
+        return f"{m}m {s:02d}s"
+    return f"{s}s"
+
+
+def timestamp(value) -> str:
+    if value in (None, ""):
+        return "–"
+    if isinstance(value, str):
+        return value
+    return _dt.datetime.fromtimestamp(float(value)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def filesize(n) -> str:
+    if n is None:
+        return "–"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def number(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v) or math.isinf(v):
+        return str(v)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def sparkline(values, width: int = 90, height: int = 22) -> Markup:
+    """A tiny inline SVG of a metric's history (server-side, so tables need no JS)."""
+    vals = [float(v) for v in (values or []) if v is not None and math.isfinite(float(v))]
+    if len(vals) < 2:
+        return Markup('<svg class="spark" width="%d" height="%d"></svg>' % (width, height))
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    step = (width - 2) / (len(vals) - 1)
+    pts = " ".join(f"{1 + i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}"
+                   for i, v in enumerate(vals))
+    return Markup(f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+                  f'<polyline points="{escape(pts)}"/></svg>')
+
+
+def status_class(status) -> str:
+    return STATUS_CLASS.get(str(status or "").lower(), "wait")
+
+
+def install(app) -> None:
+    app.jinja_env.filters.update(duration=duration, timestamp=timestamp, filesize=filesize,
+                                 number=number, sparkline=sparkline, status_class=status_class)
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
+
+    @app.context_processor
+    def globals_():
+        from web.plugins import discover
+        return {"installed_plugins": _cached_plugins(app, discover)}
+
+
+def _cached_plugins(app, discover):
+    cache = app.extensions.setdefault("caffeseg_plugins", {})
+    if "list" not in cache:
+        cache["list"] = app.config.get("PLUGINS") or discover()
+    return cache["list"]

@@ -1,0 +1,220 @@
+"""The JSON API: everything the pages do, for scripts and for the pages' own JavaScript.
+
+Documented in ``web/openapi.yaml`` (served at ``/api/openapi.yaml``). Errors are
+``{"error": message, "status": code}``. Requests that change state must either carry a JSON
+body or the header ``X-Requested-With`` — neither can be produced by a cross-site HTML form,
+which is what CSRF protection has to stop.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from werkzeug.datastructures import MultiDict
+
+from web.backend import BadRequest
+from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
+from web.safety import check_job_id, complete_path
+from web.views.common import backend, load_job, plugin_by_id, plugins
+from web.views.models import MODEL_OPTION_FIELDS, _fill_choices, _options
+from web.views import inference as inference_views
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+@bp.before_request
+def require_non_form_origin():
+    if request.method in SAFE_METHODS:
+        return None
+    if request.is_json or request.headers.get("X-Requested-With"):
+        return None
+    abort(403, "state-changing API calls need a JSON body or the X-Requested-With header")
+
+
+def _body() -> dict:
+    data = request.get_json(silent=True)
+    if data is None:
+        data = request.form.to_dict()
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def _form_errors(form) -> dict:
+    return {name: "; ".join(msgs) for name, msgs in form.errors.items()}
+
+
+@bp.route("/health")
+def health():
+    return jsonify({"status": "ok"})
+
+
+@bp.route("/openapi.yaml")
+def openapi():
+    text = (Path(__file__).resolve().parent.parent / "openapi.yaml").read_text()
+    return Response(text, mimetype="application/yaml")
+
+
+@bp.route("/plugins")
+def list_plugins():
+    return jsonify([{"id": p.id, "title": p.title, "category": p.category,
+                     "fields": [{"name": f.name, "label": f.label, "kind": f.kind, "default": f.default,
+                                 "help": f.help, "choices": f.choices, "required": f.required}
+                                for f in p.fields]} for p in plugins()])
+
+
+@bp.route("/jobs")
+def list_jobs():
+    kind = request.args.get("kind")
+    jobs = backend().jobs(kind)
+    if kind:
+        jobs = [j for j in jobs if j.get("kind") == kind]
+    return jsonify(jobs)
+
+
+@bp.route("/jobs/<job_id>", methods=["GET"])
+def show_job(job_id):
+    job = dict(load_job(job_id))
+    job.pop("log", None)
+    return jsonify(job)
+
+
+@bp.route("/jobs/<job_id>", methods=["DELETE"])
+def delete_job(job_id):
+    load_job(job_id)
+    backend().delete(job_id)
+    return jsonify({"deleted": job_id})
+
+
+@bp.route("/jobs/<job_id>/metrics")
+def metrics(job_id):
+    check_job_id(job_id)
+    since = max(0, request.args.get("since", 0, type=int))
+    return jsonify(backend().metrics(job_id, since))
+
+
+@bp.route("/jobs/<job_id>/log")
+def log(job_id):
+    job = load_job(job_id)
+    return Response(job.get("log") or "", mimetype="text/plain")
+
+
+@bp.route("/jobs/<job_id>/<action>", methods=["POST"])
+def job_action(job_id, action):
+    load_job(job_id)
+    if action == "abort":
+        backend().abort(job_id)
+    elif action == "resume":
+        backend().resume(job_id)
+    elif action == "clone":
+        return jsonify(backend().clone(job_id))
+    else:
+        abort(404, f"unknown action {action!r}; use abort, resume or clone")
+    return jsonify(load_job(job_id) | {"log": None})
+
+
+@bp.route("/datasets", methods=["POST"])
+def create_dataset():
+    body = _body()
+    plugin = plugin_by_id(str(body.get("plugin") or ""))
+    flat = {**(body.get("values") or {}), **(body.get("options") or {})}
+    flat = {k: ("y" if v is True else "" if v is False else v) for k, v in flat.items()}
+    if "enforce_same_shape" not in flat:
+        flat["enforce_same_shape"] = "y"
+    form = dataset_form_class(plugin)(formdata=MultiDict({k: str(v) for k, v in flat.items() if v != ""}),
+                                      meta={"csrf": False})
+    if not form.validate():
+        raise BadRequest("invalid dataset options", _form_errors(form))
+    values = {name: form[name].data for name in form.plugin_field_names}
+    options = {name: form[name].data for name in GENERIC_DATASET_FIELDS}
+    job_id = backend().create_dataset(plugin.id, values, options)
+    return jsonify({"id": job_id, "url": url_for("datasets.show", job_id=job_id)}), 201
+
+
+@bp.route("/datasets/<job_id>/records")
+def dataset_records(job_id):
+    load_job(job_id, "dataset")
+    stage = request.args.get("stage", "train")
+    if stage not in ("train", "val"):
+        raise BadRequest(f"unknown stage {stage!r}; use train or val")
+    offset = max(0, request.args.get("offset", 0, type=int))
+    limit = min(1000, max(1, request.args.get("limit", 50, type=int)))
+    listing = backend().dataset_records(job_id, stage, offset, limit)
+    for rec in listing.get("records", []):
+        rec["feature_url"] = url_for("datasets.record_png", job_id=job_id, stage=stage, index=rec["index"],
+                                     kind="feature")
+        rec["label_url"] = url_for("datasets.record_png", job_id=job_id, stage=stage, index=rec["index"],
+                                   kind="label")
+    return jsonify(listing)
+
+
+@bp.route("/models", methods=["POST"])
+def create_model():
+    body = _body()
+    flat = {}
+    for key, value in body.items():
+        if isinstance(value, list):
+            value = (":" if key == "pretrained_model" else ",").join(str(v) for v in value)
+        if isinstance(value, bool):
+            value = "y" if value else ""
+        if value is not None and value != "":
+            flat[key] = str(value)
+    form = ModelForm(formdata=MultiDict(flat), meta={"csrf": False})
+    _fill_choices(form)
+    if not form.validate():
+        raise BadRequest("invalid model options", _form_errors(form))
+    ids = backend().create_model(_options(form))
+    return jsonify({"ids": ids, "urls": [url_for("models.show", job_id=i) for i in ids]}), 201
+
+
+@bp.route("/networks")
+def networks():
+    return jsonify({"standard": backend().standard_networks(), "pretrained": backend().pretrained_models()})
+
+
+@bp.route("/network/inspect", methods=["POST"])
+def inspect_network():
+    body = _body()
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("send the network as {\"text\": \"...prototxt...\"}")
+    dataset = body.get("dataset") or None
+    if dataset:
+        check_job_id(dataset)
+    return jsonify(backend().inspect_network(text, dataset))
+
+
+@bp.route("/paths/complete")
+def complete():
+    prefix = request.args.get("prefix", "")
+    return jsonify({"prefix": prefix, "roots": current_app.config["DATA_ROOTS"],
+                    "completions": complete_path(prefix, current_app.config["DATA_ROOTS"])})
+
+
+@bp.route("/jobs/<job_id>/evaluation")
+def evaluation(job_id):
+    load_job(job_id, "model")
+    return jsonify(backend().evaluation(job_id))
+
+
+@bp.route("/jobs/<job_id>/infer", methods=["POST"])
+def infer(job_id):
+    job = load_job(job_id, "model")
+    body = _body() if not request.files else request.form.to_dict()
+    snapshot = body.get("snapshot")
+    snapshot = int(snapshot) if str(snapshot or "").isdigit() else None
+    visualize = str(body.get("visualize", "")).lower() in ("1", "true", "yes", "y", "on")
+    upload = request.files.get("image")
+    if upload and upload.filename:
+        path = inference_views.store_upload(job, upload)
+        token = inference_views.run_inference(job, snapshot, image_path=path, visualize=visualize)
+    elif body.get("record"):
+        token = inference_views.run_inference(job, snapshot, record=str(body["record"]), visualize=visualize)
+    else:
+        raise BadRequest("give a validation record key ('record') or upload an image ('image')")
+    result = inference_views.load_result(job, token)
+    urls = {name: url_for("inference.result_png", job_id=job_id, token=token, name=name)
+            for name in ("image", "prediction") + (("label",) if result.get("has_label") else ())}
+    return jsonify(result | {"urls": urls, "page": url_for("inference.result", job_id=job_id, token=token)}), 201

@@ -1,0 +1,34 @@
+"""Small helpers shared by the views."""
+from __future__ import annotations
+
+from flask import current_app
+
+from web.backend import NotFound
+from web.safety import check_job_id
+
+
+def backend():
+    return current_app.extensions["caffeseg_backend"]
+
+
+def plugins():
+    from web.templating import _cached_plugins
+    from web.plugins import discover
+    return _cached_plugins(current_app, discover)
+
+
+def plugin_by_id(plugin_id: str):
+    for p in plugins():
+        if p.id == plugin_id:
+            return p
+    raise NotFound(f"no data plugin called {plugin_id!r} is installed")
+
+
+def load_job(job_id: str, kind: str | None = None) -> dict:
+    check_job_id(job_id)
+    job = backend().job(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    if kind and job.get("kind") != kind:
+        raise NotFound(f"job {job_id} is not a {kind} job")
+    return job

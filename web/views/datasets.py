@@ -1,0 +1,114 @@
+"""New dataset form (built from the plugin), dataset page and the record explorer."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+
+from web import imaging
+from web.backend import BadRequest, Unavailable
+from web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
+from web.safety import check_job_id
+from web.views.common import backend, load_job, plugin_by_id
+
+bp = Blueprint("datasets", __name__, url_prefix="/datasets")
+
+STAGES = ("train", "val")
+PAGE_SIZE = 12
+
+
+def _render_form(plugin, form, clone_of=None):
+    plugin_fields = [form[name] for name in form.plugin_field_names]
+    generic_fields = [form[name] for name in GENERIC_DATASET_FIELDS]
+    return render_template("dataset_new.html", plugin=plugin, form=form, plugin_fields=plugin_fields,
+                           generic_fields=generic_fields, clone_of=clone_of)
+
+
+@bp.route("/new/<plugin_id>", methods=["GET", "POST"])
+def new(plugin_id):
+    plugin = plugin_by_id(plugin_id)
+    form = dataset_form_class(plugin)()
+    if form.validate_on_submit():
+        values = {name: form[name].data for name in form.plugin_field_names}
+        options = {name: form[name].data for name in GENERIC_DATASET_FIELDS}
+        try:
+            job_id = backend().create_dataset(plugin.id, values, options)
+        except BadRequest as exc:
+            for name, message in exc.field_errors.items():
+                if name in form:
+                    form[name].errors = list(form[name].errors) + [message]
+            flash(str(exc), "error")
+            return _render_form(plugin, form), 400
+        except Unavailable as exc:
+            flash(str(exc), "error")
+            return _render_form(plugin, form), 501
+        return redirect(url_for("datasets.show", job_id=job_id))
+    status = 400 if request.method == "POST" else 200
+    return _render_form(plugin, form), status
+
+
+@bp.route("/<job_id>/clone")
+def clone(job_id):
+    job = load_job(job_id, "dataset")
+    values = backend().clone(job_id)
+    plugin = plugin_by_id(values.get("plugin") or job.get("plugin") or "sunnybrook")
+    form_cls = dataset_form_class(plugin)
+    form = form_cls(data={**(values.get("values") or {}), **(values.get("options") or {})}, formdata=None)
+    form.dataset_name.data = f"{job.get('name', job_id)} (clone)"
+    return _render_form(plugin, form, clone_of=job)
+
+
+@bp.route("/<job_id>")
+def show(job_id):
+    job = load_job(job_id, "dataset")
+    info = job.get("info") or {}
+    options = next((info[k] for k in ("form_values", "values", "options") if isinstance(info.get(k), dict)), {})
+    return render_template("dataset_show.html", job=job, info=info, options=options, confirm=ConfirmForm(),
+                           stages=STAGES)
+
+
+@bp.route("/<job_id>/explore")
+def explore(job_id):
+    job = load_job(job_id, "dataset")
+    stage = request.args.get("stage", "train")
+    if stage not in STAGES:
+        abort(400, f"unknown stage {stage!r}; use train or val")
+    page = max(0, request.args.get("page", 0, type=int))
+    try:
+        listing = backend().dataset_records(job_id, stage, page * PAGE_SIZE, PAGE_SIZE)
+        error = None
+    except Unavailable as exc:
+        listing, error = {"total": 0, "records": []}, str(exc)
+    pages = max(1, -(-int(listing.get("total", 0)) // PAGE_SIZE))
+    return render_template("dataset_explore.html", job=job, stage=stage, page=page, pages=pages,
+                           listing=listing, error=error, stages=STAGES)
+
+
+@bp.route("/<job_id>/records/<stage>/<int:index>/<kind>.png")
+def record_png(job_id, stage, index, kind):
+    check_job_id(job_id)
+    if stage not in STAGES or kind not in ("feature", "label"):
+        abort(404)
+    feature, label, meta = backend().dataset_record(job_id, stage, index)
+    if kind == "feature":
+        low = request.args.get("low", 1.0, type=float)
+        high = request.args.get("high", 99.0, type=float)
+        data = imaging.feature_png(feature, low, high)
+    else:
+        if label is None:
+            abort(404, "this record has no label")
+        data = imaging.label_png(label, (meta or {}).get("palette"))
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@bp.route("/<job_id>/delete", methods=["POST"])
+def delete(job_id):
+    load_job(job_id, "dataset")
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400, "missing form token")
+    try:
+        backend().delete(job_id)
+    except (ValueError, RuntimeError) as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("datasets.show", job_id=job_id))
+    flash("Dataset deleted.", "ok")
+    return redirect(url_for("home.index", tab="dataset"))

@@ -1,0 +1,69 @@
+"""Home page: the Datasets / Models / Pretrained Models tabs, and bulk delete/abort."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from web.backend import Unavailable
+from web.forms import BulkForm
+from web.safety import UnsafePath, check_job_id
+from web.views.common import backend
+
+bp = Blueprint("home", __name__)
+
+TABS = (("dataset", "Datasets"), ("model", "Models"), ("pretrained", "Pretrained Models"))
+
+
+def _grouped(jobs: list[dict]) -> "OrderedDict[str, list[dict]]":
+    """Jobs by group name, ungrouped ("") first, newest first inside each group."""
+    groups: "OrderedDict[str, list[dict]]" = OrderedDict([("", [])])
+    for job in sorted(jobs, key=lambda j: j.get("submitted") or 0, reverse=True):
+        groups.setdefault(job.get("group") or "", []).append(job)
+    return groups
+
+
+@bp.route("/")
+def index():
+    try:
+        jobs = backend().jobs()
+        error = None
+    except Unavailable as exc:
+        jobs, error = [], str(exc)
+    tabs = []
+    for kind, title in TABS:
+        mine = [j for j in jobs if j.get("kind") == kind]
+        metric_names = sorted({m for j in mine for m in (j.get("metrics") or {})})
+        tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": len(mine),
+                     "metric_names": metric_names[:4]})
+    active = request.args.get("tab", "dataset")
+    return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm())
+
+
+@bp.route("/jobs/bulk", methods=["POST"])
+def bulk():
+    form = BulkForm()
+    ids = request.form.getlist("job_ids")
+    tab = request.form.get("tab", "dataset")
+    if not form.validate_on_submit():
+        flash("Choose an action.", "error")
+        return redirect(url_for("home.index", tab=tab))
+    done, failed = 0, []
+    for job_id in ids:
+        try:
+            check_job_id(job_id)
+            if form.action.data == "delete":
+                backend().delete(job_id)
+            else:
+                backend().abort(job_id)
+            done += 1
+        except (UnsafePath, Unavailable, LookupError, ValueError) as exc:
+            failed.append(f"{job_id}: {exc}")
+    verb = "deleted" if form.action.data == "delete" else "aborted"
+    if done:
+        flash(f"{done} job(s) {verb}.", "ok")
+    for message in failed:
+        flash(message, "error")
+    if not ids:
+        flash("Select at least one job.", "error")
+    return redirect(url_for("home.index", tab=tab))

@@ -1,0 +1,186 @@
+"""Inference: choose a snapshot and a record (or upload an image); result and compare pages.
+
+Results are rendered once to PNGs (windowed image, class maps) plus ``result.json`` in
+``<job dir>/inference/<token>/``; the result page composes them client-side (opacity, mask,
+outline width) so moving a slider never goes back to the server.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+from flask import Blueprint, Response, abort, render_template, request, url_for, redirect
+from werkzeug.utils import secure_filename
+
+from web import imaging
+from web.backend import BadRequest, Unavailable
+from web.forms import InferenceForm
+from web.safety import FILE_NAME_RE, check_job_id, job_file
+from web.views.common import backend, load_job
+
+bp = Blueprint("inference", __name__)
+
+UPLOAD_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", "")
+TOKEN_BYTES = 8
+
+
+def _val_records(job: dict) -> list[dict]:
+    dataset_id = job.get("dataset_id")
+    if not dataset_id:
+        return []
+    try:
+        return backend().dataset_records(dataset_id, "val", 0, 100000).get("records", [])
+    except (Unavailable, LookupError, ValueError):
+        return []
+
+
+def _snapshot_choices(job: dict) -> list[tuple[str, str]]:
+    snaps = sorted(job.get("snapshots") or [], key=lambda s: s.get("iteration", 0), reverse=True)
+    out = []
+    for s in snaps:
+        epoch = s.get("epoch")
+        label = f"Iteration {s['iteration']}" + (f" (epoch {epoch:g})" if isinstance(epoch, (int, float)) else "")
+        out.append((str(s["iteration"]), label))
+    return out
+
+
+def _form_for(job):
+    form = InferenceForm()
+    form.snapshot.choices = _snapshot_choices(job)
+    records = _val_records(job)
+    form.record.choices = [("", "— choose a record —")] + [(r["key"], r.get("name") or r["key"]) for r in records]
+    return form, records
+
+
+def save_result(job: dict, result: dict, source: str) -> str:
+    """Write the PNGs and result.json of one inference; returns its token."""
+    token = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(TOKEN_BYTES // 2)
+    out = Path(job["dir"]) / "inference" / token
+    out.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(result["image"])
+    (out / "image.png").write_bytes(imaging.feature_png(image))
+    (out / "prediction.png").write_bytes(imaging.class_map_png(result["prediction"]))
+    has_label = result.get("label") is not None
+    if has_label:
+        (out / "label.png").write_bytes(imaging.class_map_png(result["label"]))
+    summary = {
+        "token": token, "source": source, "snapshot": result.get("snapshot"),
+        "classes": list(result.get("classes") or []),
+        "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
+        "metrics": result.get("metrics") or {}, "has_label": has_label,
+        "layers": result.get("layers") or [], "shape": list(np.asarray(result["prediction"]).shape[-2:]),
+    }
+    (out / "result.json").write_text(json.dumps(summary, default=float))
+    return token
+
+
+def load_result(job: dict, token: str) -> dict:
+    if not FILE_NAME_RE.match(token):
+        abort(404)
+    path = job_file(job["dir"], f"inference/{token}/result.json")
+    if not path.is_file():
+        abort(404, f"no inference result {token} for this model")
+    return json.loads(path.read_text())
+
+
+def store_upload(job: dict, upload) -> str:
+    name = secure_filename(upload.filename or "") or "upload"
+    if Path(name).suffix.lower() not in UPLOAD_SUFFIXES:
+        raise BadRequest(f"{upload.filename}: upload a PNG, TIFF or DICOM file", {"image": "unsupported file type"})
+    folder = Path(job["dir"]) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}-{name}"
+    upload.save(str(target))
+    return str(target)
+
+
+def run_inference(job: dict, snapshot, record=None, image_path=None, visualize=False) -> str:
+    result = backend().infer(job["id"], snapshot, record=record, image_path=image_path, visualize=visualize)
+    source = f"record {record}" if record else f"upload {Path(image_path).name}" if image_path else "?"
+    return save_result(job, result, source)
+
+
+@bp.route("/models/<job_id>/infer", methods=["GET", "POST"])
+def infer(job_id):
+    job = load_job(job_id, "model")
+    form, records = _form_for(job)
+    error = None
+    if form.validate_on_submit():
+        snapshot = int(form.snapshot.data) if (form.snapshot.data or "").isdigit() else None
+        upload = form.image.data
+        which = request.form.get("which")
+        try:
+            if upload and getattr(upload, "filename", "") and which != "record":
+                token = run_inference(job, snapshot, image_path=store_upload(job, upload),
+                                      visualize=form.visualize.data)
+            elif form.record.data:
+                token = run_inference(job, snapshot, record=form.record.data, visualize=form.visualize.data)
+            else:
+                raise BadRequest("choose a validation record or upload an image")
+            return redirect(url_for("inference.result", job_id=job_id, token=token))
+        except (BadRequest, Unavailable) as exc:
+            error = str(exc)
+    elif request.method == "POST":
+        error = "; ".join(f"{k}: {', '.join(v)}" for k, v in form.errors.items())
+    status = 400 if request.method == "POST" else 200
+    return render_template("infer_form.html", job=job, form=form, records=records, error=error), status
+
+
+@bp.route("/models/<job_id>/infer/record/<path:key>")
+def infer_record(job_id, key):
+    """Run one validation record through the latest snapshot (links from the evaluation table)."""
+    job = load_job(job_id, "model")
+    token = run_inference(job, request.args.get("snapshot", type=int), record=key)
+    return redirect(url_for("inference.result", job_id=job_id, token=token))
+
+
+@bp.route("/models/<job_id>/inference/<token>")
+def result(job_id, token):
+    job = load_job(job_id, "model")
+    res = load_result(job, token)
+    return render_template("infer_result.html", job=job, result=res)
+
+
+@bp.route("/models/<job_id>/inference/<token>/<name>.png")
+def result_png(job_id, token, name):
+    check_job_id(job_id)
+    if name not in ("image", "prediction", "label"):
+        abort(404)
+    job = load_job(job_id, "model")
+    load_result(job, token)
+    path = job_file(job["dir"], f"inference/{token}/{name}.png")
+    if not path.is_file():
+        abort(404)
+    return Response(path.read_bytes(), mimetype="image/png")
+
+
+@bp.route("/compare")
+def compare():
+    """The same validation record under two or more models, side by side."""
+    model_ids = [check_job_id(m) for m in request.args.getlist("models") if m]
+    record = request.args.get("record", "")
+    models = [j for j in _safe_jobs("model")]
+    panels, error = [], None
+    if model_ids and record:
+        for model_id in model_ids[:6]:
+            job = load_job(model_id, "model")
+            try:
+                token = run_inference(job, None, record=record)
+                panels.append({"job": job, "result": load_result(job, token), "token": token})
+            except (BadRequest, Unavailable, LookupError, ValueError) as exc:
+                panels.append({"job": job, "error": str(exc)})
+    elif model_ids or record:
+        error = "choose at least one model and a record"
+    records = _val_records(load_job(model_ids[0], "model")) if model_ids else []
+    return render_template("compare.html", models=models, chosen=model_ids, record=record, records=records,
+                           panels=panels, error=error)
+
+
+def _safe_jobs(kind):
+    try:
+        return [j for j in backend().jobs(kind) if j.get("kind") == kind]
+    except Unavailable:
+        return []
