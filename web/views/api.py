@@ -42,6 +42,27 @@ def _body() -> dict:
     return data
 
 
+def _with_defaults(form_cls, flat: dict) -> MultiDict:
+    """API bodies may leave out any field that has a default in the form."""
+    blank = form_cls(formdata=None, meta={"csrf": False})
+    merged = {}
+    for field in blank:
+        if field.name in flat or field.type in ("CSRFTokenField", "FileField"):
+            continue
+        if field.type == "BooleanField":
+            if field.data:
+                merged[field.name] = "y"
+        elif field.data not in (None, "") and not isinstance(field.data, (list, dict)):
+            merged[field.name] = str(field.data)
+    for key, value in flat.items():
+        if isinstance(value, bool):
+            if value:
+                merged[key] = "y"
+        elif value is not None and value != "":
+            merged[key] = str(value)
+    return MultiDict(merged)
+
+
 def _form_errors(form) -> dict:
     return {name: "; ".join(msgs) for name, msgs in form.errors.items()}
 
@@ -120,11 +141,8 @@ def create_dataset():
     body = _body()
     plugin = plugin_by_id(str(body.get("plugin") or ""))
     flat = {**(body.get("values") or {}), **(body.get("options") or {})}
-    flat = {k: ("y" if v is True else "" if v is False else v) for k, v in flat.items()}
-    if "enforce_same_shape" not in flat:
-        flat["enforce_same_shape"] = "y"
-    form = dataset_form_class(plugin)(formdata=MultiDict({k: str(v) for k, v in flat.items() if v != ""}),
-                                      meta={"csrf": False})
+    form_cls = dataset_form_class(plugin)
+    form = form_cls(formdata=_with_defaults(form_cls, flat), meta={"csrf": False})
     if not form.validate():
         raise BadRequest("invalid dataset options", _form_errors(form))
     values = {name: form[name].data for name in form.plugin_field_names}
@@ -157,11 +175,8 @@ def create_model():
     for key, value in body.items():
         if isinstance(value, list):
             value = (":" if key == "pretrained_model" else ",").join(str(v) for v in value)
-        if isinstance(value, bool):
-            value = "y" if value else ""
-        if value is not None and value != "":
-            flat[key] = str(value)
-    form = ModelForm(formdata=MultiDict(flat), meta={"csrf": False})
+        flat[key] = value
+    form = ModelForm(formdata=_with_defaults(ModelForm, flat), meta={"csrf": False})
     _fill_choices(form)
     if not form.validate():
         raise BadRequest("invalid model options", _form_errors(form))

@@ -1,0 +1,86 @@
+"""Path safety, percentile windowing and plugin field reading."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from web import imaging
+from web.plugins import field_spec
+from web.safety import UnsafePath, check_job_id, complete_path, job_file, within
+
+
+def test_job_ids():
+    assert check_job_id("20260101-120000-ab12") == "20260101-120000-ab12"
+    for bad in ("", "..", "a/b", "a.b", "-x", "x" * 65, "a b", None):
+        with pytest.raises(UnsafePath):
+            check_job_id(bad)
+
+
+def test_within_roots_resolves_symlinks(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    assert within(root / "sub", [str(root)]) == (root / "sub").resolve()
+    for bad in (root / "link", root / ".." / "outside", "/etc", tmp_path / "rootx"):
+        with pytest.raises(UnsafePath):
+            within(bad, [str(root)])
+
+
+def test_job_file(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    assert job_file(tmp_path, "a.txt") == (tmp_path / "a.txt").resolve()
+    for bad in ("../a.txt", ".hidden", "a/../../b", ""):
+        with pytest.raises(UnsafePath):
+            job_file(tmp_path, bad)
+
+
+def test_complete_path(tmp_path):
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "contours").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    roots = [str(tmp_path)]
+    assert complete_path(str(tmp_path) + "/c", roots) == [str(tmp_path / "cases") + "/", str(tmp_path / "contours") + "/"]
+    assert complete_path(str(tmp_path) + "/n", roots) == [str(tmp_path / "notes.txt")]
+    assert complete_path("/etc/", roots) == []
+
+
+def test_percentile_window_ignores_outliers():
+    img = np.full((20, 20), 100, np.uint16)
+    img[2:8, 2:8] = 1100
+    img[0, 0] = 65535
+    out = imaging.window(img, 1, 99)
+    assert out.dtype == np.uint8
+    assert out[5, 5] == 255 and out[19, 19] == 0
+    # A plain min–max stretch would have put the disc at 1000/65435*255 ≈ 4.
+    flat = imaging.window(np.zeros((4, 4)))
+    assert flat.max() == 0
+
+
+def test_colorize_uses_palette_then_defaults():
+    lab = np.array([[0, 1, 2]], np.uint8)
+    rgb = imaging.colorize(lab, [[1, 2, 3], [4, 5, 6]])
+    assert rgb[0, 0].tolist() == [1, 2, 3] and rgb[0, 1].tolist() == [4, 5, 6]
+    assert rgb[0, 2].tolist() == list(imaging.DEFAULT_PALETTE[2])
+
+
+def test_to_display_shapes():
+    assert imaging.to_display(np.zeros((1, 4, 5))).shape == (4, 5)
+    assert imaging.to_display(np.zeros((3, 4, 5))).shape == (4, 5, 3)
+
+
+def test_field_spec_reads_dicts_and_objects():
+    spec = field_spec({"name": "val_pct", "label": "% for validation", "type": "int", "default": 10,
+                       "help": "share", "min": 0, "max": 100})
+    assert (spec.kind, spec.default, spec.minimum, spec.maximum, spec.help) == ("int", 10, 0, 100, "share")
+    spec = field_spec({"name": "split", "choices": [("slice", "Slice"), "patient"]})
+    assert spec.kind == "choice" and spec.choices == [("slice", "Slice"), ("patient", "patient")]
+
+    class Decl:
+        name = "image_folder"
+        help_text = "where"
+    spec = field_spec(Decl())
+    assert spec.kind == "path" and spec.required and spec.help == "where"
