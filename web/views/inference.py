@@ -99,8 +99,22 @@ def store_upload(job: dict, upload) -> str:
 
 def run_inference(job: dict, snapshot, record=None, image_path=None, visualize=False) -> str:
     result = backend().infer(job["id"], snapshot, record=record, image_path=image_path, visualize=visualize)
-    source = f"record {record}" if record else f"upload {Path(image_path).name}" if image_path else "?"
-    return save_result(job, result, source)
+    if record:
+        names = {r["key"]: r.get("name") for r in _val_records(job)}
+        source = f"record {names.get(record) or record}"
+    else:
+        source = f"upload {Path(image_path).name}" if image_path else "?"
+    token = save_result(job, result, source)
+    if record:
+        _amend_result(job, token, record=record)
+    return token
+
+
+def _amend_result(job, token, **fields):
+    path = Path(job["dir"]) / "inference" / token / "result.json"
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
 
 
 @bp.route("/models/<job_id>/infer", methods=["GET", "POST"])

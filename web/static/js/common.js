@@ -48,7 +48,7 @@
   document.querySelectorAll("[data-path-complete]").forEach(function (input) {
     const list = input.parentElement.querySelector(".path-suggest");
     if (!list) return;
-    let timer = null, active = -1;
+    let timer = null, active = -1, asked = 0;
     function show(items) {
       list.innerHTML = "";
       items.forEach(function (path) {
@@ -66,10 +66,11 @@
       if (path.endsWith("/")) query();
     }
     async function query() {
+      const mine = ++asked;  // only the answer to the latest question is shown
       try {
         const data = await apiFetch("/api/paths/complete?prefix=" + encodeURIComponent(input.value));
-        if (document.activeElement === input) show(data.completions);
-      } catch (e) { show([]); }
+        if (mine === asked && document.activeElement === input) show(data.completions);
+      } catch (e) { if (mine === asked) show([]); }
     }
     input.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(query, 150); });
     input.addEventListener("focus", query);

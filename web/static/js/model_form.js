@@ -78,7 +78,6 @@
     drawLR();
   }
   datasetSelect.addEventListener("change", showSummary);
-  showSummary();
 
   // Learning-rate preview.
   const adv = document.getElementById("advanced-lr");
@@ -125,5 +124,6 @@
       "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (d ? "" : ", assuming 100 training records") + ")";
   }
   document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
+  showSummary();
   drawLR();
 })();
