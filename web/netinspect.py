@@ -7,7 +7,9 @@ before the net is built in the TEST phase.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 from web.backend import BadRequest, Unavailable
 
@@ -59,6 +61,7 @@ def inspect(text: str, feature_shape=None) -> dict:
     except ImportError as exc:
         return {"layers": layers, "blobs": {}, "note": f"shapes unavailable: the engine cannot be loaded ({exc})"}
     fd, path = tempfile.mkstemp(suffix=".prototxt")
+    added = _python_layer_paths()
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(prototxt.format_message(net))
@@ -70,9 +73,23 @@ def inspect(text: str, feature_shape=None) -> dict:
         blobs = {name: list(blob.shape) for name, blob in built.blobs.items()}
     finally:
         os.unlink(path)
+        for p in added:
+            if p in sys.path:
+                sys.path.remove(p)
     test_names = {l.name for l in net.layer}
     return {"layers": [l for l in layers if l["name"] in test_names], "blobs": blobs, "phase": "TEST",
             "note": "Data layers replaced by inputs of the dataset's shape."}
+
+
+def _python_layer_paths() -> list[str]:
+    """Make the project's Python layers importable by ``module:`` name while building."""
+    root = Path(__file__).resolve().parent.parent
+    added = []
+    for folder in (root, root / "python_layers"):
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.append(str(folder))
+            added.append(str(folder))
+    return added
 
 
 def _parse_error(exc) -> BadRequest:

@@ -248,7 +248,7 @@ class ServiceBackend(Backend):
         if isinstance(series, list):  # rows: (iteration, name, value) or dicts
             grouped: dict[str, list] = {}
             for row in series:
-                r = _as_dict(row) if not isinstance(row, (list, tuple)) else dict(zip(("iteration", "name", "value"), row))
+                r = _as_dict(row) if not isinstance(row, (list, tuple)) else dict(zip(("iteration", "name", "value", "phase"), row))
                 name = str(_get(r, "name", "series", "key"))
                 phase = _get(r, "phase", "stage")
                 if phase and "/" not in name and name != "lr":

@@ -1,0 +1,125 @@
+"""The adapter between the web and jobs.service: normalising answers, reading job files."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from web.backend import BadRequest, NotFound, Unavailable
+from web.service_backend import ServiceBackend, _dataset_info_view, _record_names, list_job_files
+
+
+class StubService:
+    def __init__(self, root):
+        self.root = root
+        self.calls = []
+
+    def list_jobs(self, kind=None):
+        return [{"job_id": "ds1", "type": "dataset", "name": "d", "status": "done", "created_at": 1000.0,
+                 "finished_at": 1010.0},
+                {"id": "m1", "kind": "model", "name": "m", "status": "Running", "submitted": time.time() - 5,
+                 "dataset_id": "ds1", "metrics": {"val/dice": [0.1, 0.5, 0.4]}}]
+
+    def show(self, job_id):
+        for j in self.list_jobs():
+            if j.get("id", j.get("job_id")) == job_id:
+                return dict(j, dir=str(self.root / job_id), history=[("Waiting", 1000.0), ("Done", 1010.0)])
+        raise KeyError(f"no job {job_id}")
+
+    def metrics(self, job_id, since):
+        return {"series": [(0, "loss", 0.9, "train"), (1, "loss", 0.8, "train"), (1, "lr", 0.01, None)],
+                "status": "Running", "progress": 0.5}
+
+    def abort(self, job_id):
+        self.calls.append(("abort", job_id))
+
+    def delete(self, job_id):
+        raise ValueError("dataset ds1 is used by model m")
+
+
+@pytest.fixture
+def backend(tmp_path):
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m1" / "snapshot_iter_10.caffemodel").write_bytes(b"0123")
+    (tmp_path / "m1" / "train_val.prototxt").write_text("name: 'x'")
+    (tmp_path / "m1" / "log.txt").write_text("training…")
+    (tmp_path / "ds1").mkdir()
+    (tmp_path / "ds1" / "dataset.json").write_text(json.dumps({
+        "counts": {"train": 3, "val": 1}, "feature_shape": [1, 8, 8], "classes": ["background", "lv"],
+        "records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"}]}}))
+    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
+    b._service = StubService(tmp_path)
+    return b
+
+
+def test_jobs_are_normalised(backend):
+    jobs = {j["id"]: j for j in backend.jobs()}
+    assert jobs["ds1"]["kind"] == "dataset" and jobs["ds1"]["status"] == "Done"
+    assert jobs["ds1"]["elapsed"] == pytest.approx(10.0)
+    assert jobs["m1"]["metrics"]["val/dice"] == {"last": 0.4, "min": 0.1, "max": 0.5, "spark": [0.1, 0.5, 0.4]}
+    assert [j["id"] for j in backend.jobs("model")] == ["m1"]
+
+
+def test_job_detail_reads_files_snapshots_and_dataset_json(backend, tmp_path):
+    m = backend.job("m1")
+    assert m["snapshots"] == [{"iteration": 10, "epoch": None, "file": "snapshot_iter_10.caffemodel", "size": 4}]
+    assert {f["name"] for f in m["files"]} >= {"train_val.prototxt", "log.txt"}
+    assert m["log"] == "training…" and m["dataset_name"] == "d"
+    assert m["history"][1] == {"status": "Done", "time": 1010.0}
+    d = backend.job("ds1")
+    assert d["info"]["counts"] == {"train": 3, "val": 1} and d["summary"]["train_count"] == 3
+    with pytest.raises(NotFound):
+        backend.job("nope")
+
+
+def test_metrics_rows_become_series(backend):
+    m = backend.metrics("m1", since=1)
+    assert m["series"] == {"train/loss": [[1, 0.8]], "lr": [[1, 0.01]]}
+    assert m["status"] == "Running"
+
+
+def test_errors_become_web_errors(backend):
+    with pytest.raises(BadRequest, match="used by model m"):
+        backend.delete("ds1")
+    with pytest.raises(Unavailable):
+        backend.resume("m1")  # the stub has no resume()
+    backend.abort("m1")
+    assert backend.service.calls == [("abort", "m1")]
+
+
+def test_record_names():
+    info = {"records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"},
+                                {"key": "00000001", "name": "custom"}]}}
+    names = _record_names(info, "val")
+    assert names["00000000"] == "SC-HF-NI-3 / 0048" and names["1"] == "custom"
+    assert _record_names({}, "val") == {}
+
+
+def test_dataset_info_view_accepts_nested_stages():
+    view = _dataset_info_view({"stages": {"train": {"count": 5}, "val": {"entries": 2}},
+                               "classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "lv", "color": [255, 0, 0]}]})
+    assert view["counts"] == {"train": 5, "val": 2}
+    assert view["classes"] == ["bg", "lv"] and view["palette"] == [[0, 0, 0], [255, 0, 0]]
+
+
+def test_list_job_files_hides_lmdb_internals(tmp_path):
+    (tmp_path / "train_db" / "features").mkdir(parents=True)
+    (tmp_path / "train_db" / "features" / "data.mdb").write_bytes(b"x")
+    (tmp_path / "mean.binaryproto").write_bytes(b"m")
+    (tmp_path / "python_layers").mkdir()
+    (tmp_path / "python_layers" / "dice.py").write_text("")
+    names = [f["name"] for f in list_job_files(tmp_path)]
+    assert names == ["mean.binaryproto", "python_layers/dice.py"]
+
+
+def test_missing_service_is_unavailable(tmp_path):
+    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
+    try:
+        import jobs.service  # noqa: F401
+    except Exception:
+        with pytest.raises(Unavailable):
+            b.jobs()
+    else:
+        pytest.skip("jobs.service is installed")
