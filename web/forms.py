@@ -16,6 +16,17 @@ from wtforms import (BooleanField, DecimalField, FloatField, HiddenField, Intege
 from wtforms.validators import DataRequired, InputRequired, NumberRange, Optional, ValidationError
 
 from web.plugins import FieldSpec, PluginInfo
+
+try:  # WTForms >= 3.3 deprecates (value, label) tuples in favour of SelectChoice
+    from wtforms.fields.choices import SelectChoice as _SelectChoice
+except ImportError:  # older WTForms: tuples are the only form
+    _SelectChoice = None
+
+
+def choice_list(pairs):
+    """(value, label) pairs in the form the installed WTForms prefers."""
+    pairs = [(str(v), str(l)) for v, l in pairs]
+    return [_SelectChoice(v, l) for v, l in pairs] if _SelectChoice else pairs
 from web.safety import UnsafePath, within
 
 
@@ -95,7 +106,7 @@ def _wtf_field(spec: FieldSpec):
     elif spec.kind == "bool":
         field = BooleanField(validators=[Optional()], **kw)
     elif spec.kind == "choice":
-        field = SelectField(choices=spec.choices, validators=validators,
+        field = SelectField(choices=choice_list(spec.choices), validators=validators,
                             **dict(kw, default=None if spec.default is None else str(spec.default)))
     else:
         field = StringField(validators=validators, **kw)
@@ -103,7 +114,7 @@ def _wtf_field(spec: FieldSpec):
 
 
 class _DatasetBase(FlaskForm):
-    encoding = SelectField("Feature encoding", choices=[("none", "None (exact values)"), ("png", "PNG (lossless)")],
+    encoding = SelectField("Feature encoding", choices=choice_list([("none", "None (exact values)"), ("png", "PNG (lossless)")]),
                            default="none",
                            description="How images are stored in the LMDB. 'None' keeps 16-bit values exactly "
                                        "as floats; PNG is lossless and smaller but slower to decode.")
@@ -113,7 +124,7 @@ class _DatasetBase(FlaskForm):
     encoder_threads = IntegerField("Encoder threads", default=4,
                                    validators=[InputRequired(), NumberRange(min=1, max=64)],
                                    description="Worker processes that read and encode images in parallel.")
-    db_backend = SelectField("DB backend", choices=[("lmdb", "LMDB")], default="lmdb",
+    db_backend = SelectField("DB backend", choices=choice_list([("lmdb", "LMDB")]), default="lmdb",
                              description="Database format of the dataset (Caffe's Data layer reads LMDB).")
     enforce_same_shape = BooleanField("Enforce same shape", default=True,
                                       description="Refuse (and list in the log) images whose size differs from the "
@@ -173,14 +184,14 @@ class ModelForm(FlaskForm):
                                       validators=[InputRequired(), NumberRange(min=1, max=1024)],
                                       description="Accumulate gradients over this many batches per update "
                                                   "(Caffe's iter_size).")
-    solver_type = SelectField("Solver type", choices=SOLVER_TYPES, default="SGD",
+    solver_type = SelectField("Solver type", choices=choice_list(SOLVER_TYPES), default="SGD",
                               description="The optimisation algorithm.")
     base_lr = StringField("Base learning rate", default="0.01",
                           validators=[DataRequired(message="give a learning rate"), NumberList()],
                           description="Initial learning rate. Several comma-separated values create one job per value.")
     weight_decay = FloatField("Weight decay", validators=[Optional(), NumberRange(min=0)],
                               description="L2 regularisation. Empty = base_lr / 100, the value DIGITS used silently.")
-    lr_policy = SelectField("Policy", choices=LR_POLICIES, default="step",
+    lr_policy = SelectField("Policy", choices=choice_list(LR_POLICIES), default="step",
                             description="How the learning rate changes during training.")
     lr_step_size = FloatField("Step size (% of training)", default=33,
                               validators=[Optional(), NumberRange(min=0, max=100)],
@@ -192,7 +203,7 @@ class ModelForm(FlaskForm):
                           description="Factor of each drop (step, multistep, exp, inv, sigmoid).")
     lr_power = FloatField("Power", default=0.75, validators=[Optional()],
                           description="Exponent of the inv and poly policies.")
-    mean_subtraction = RadioField("Subtract mean", choices=[("none", "None"), ("image", "Image"), ("pixel", "Pixel")],
+    mean_subtraction = RadioField("Subtract mean", choices=choice_list([("none", "None"), ("image", "Image"), ("pixel", "Pixel")]),
                                   default="image",
                                   description="Image: the dataset's mean image (mean_file). Pixel: one value per "
                                               "channel (mean_value).")
@@ -258,4 +269,4 @@ class ConfirmForm(FlaskForm):
 
 
 class BulkForm(FlaskForm):
-    action = SelectField(choices=[("delete", "Delete"), ("abort", "Abort")])
+    action = SelectField(choices=choice_list([("delete", "Delete"), ("abort", "Abort")]))

@@ -17,7 +17,7 @@ from werkzeug.utils import secure_filename
 
 from web import imaging
 from web.backend import BadRequest, Unavailable
-from web.forms import InferenceForm
+from web.forms import InferenceForm, choice_list
 from web.safety import FILE_NAME_RE, check_job_id, job_file
 from web.views.common import backend, load_job
 
@@ -49,9 +49,9 @@ def _snapshot_choices(job: dict) -> list[tuple[str, str]]:
 
 def _form_for(job):
     form = InferenceForm()
-    form.snapshot.choices = _snapshot_choices(job)
+    form.snapshot.choices = choice_list(_snapshot_choices(job))
     records = _val_records(job)
-    form.record.choices = [("", "— choose a record —")] + [(r["key"], r.get("name") or r["key"]) for r in records]
+    form.record.choices = choice_list([("", "— choose a record —")] + [(r["key"], r.get("name") or r["key"]) for r in records])
     return form, records
 
 

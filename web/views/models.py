@@ -5,7 +5,7 @@ from flask import (Blueprint, abort, current_app, flash, redirect, render_templa
                    url_for)
 
 from web.backend import BadRequest, Unavailable
-from web.forms import ConfirmForm, ModelForm, parse_number_list
+from web.forms import ConfirmForm, ModelForm, choice_list, parse_number_list
 from web.views.common import backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
@@ -27,14 +27,14 @@ def _safe(call, default):
 def _fill_choices(form: ModelForm) -> dict:
     """Choices that come from the jobs store; returns the lists the template also needs."""
     datasets = [j for j in _safe(lambda: backend().jobs("dataset"), []) if j.get("kind") == "dataset"]
-    form.dataset.choices = [("", "— choose a dataset —")] + [
-        (j["id"], f"{j.get('name', j['id'])} ({j.get('status', '?')})") for j in datasets]
+    form.dataset.choices = choice_list([("", "— choose a dataset —")] + [
+        (j["id"], f"{j.get('name', j['id'])} ({j.get('status', '?')})") for j in datasets])
     networks = _safe(lambda: backend().standard_networks(), [])
-    form.standard_network.choices = [(n["name"], n.get("title", n["name"])) for n in networks]
+    form.standard_network.choices = choice_list((n["name"], n.get("title", n["name"])) for n in networks)
     previous = [j for j in _safe(lambda: backend().jobs("model"), []) if j.get("kind") == "model"]
-    form.previous_network.choices = [(j["id"], j.get("name", j["id"])) for j in previous]
+    form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
     pretrained = _safe(lambda: backend().pretrained_models(), [])
-    form.pretrained_network.choices = [(p["id"], p.get("name", p["id"])) for p in pretrained]
+    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
     return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}
 
 
