@@ -84,3 +84,20 @@ def test_field_spec_reads_dicts_and_objects():
         help_text = "where"
     spec = field_spec(Decl())
     assert spec.kind == "path" and spec.required and spec.help == "where"
+
+
+def test_config_accepts_a_path_a_dict_with_aliases_and_an_object(tmp_path, monkeypatch):
+    from web.config import resolve
+    monkeypatch.delenv("CAFFESEG_DATA_DIR", raising=False)
+    assert resolve(str(tmp_path))["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
+    assert resolve({"data": str(tmp_path)})["DATA_ROOTS"] == [str(tmp_path.resolve())]
+
+    class CliConfig:
+        data_dir = str(tmp_path)
+        jobs_dir = None
+        host = "127.0.0.1"
+    assert resolve(CliConfig())["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
+    monkeypatch.setenv("CAFFESEG_ALLOW_PYTHON_LAYER_UPLOAD", "false")
+    monkeypatch.setenv("CAFFESEG_DATA_ROOTS", f"{tmp_path}:/srv/data")
+    settings = resolve({"DATA_DIR": str(tmp_path)})
+    assert settings["ALLOW_PYTHON_LAYER_UPLOAD"] is False and settings["DATA_ROOTS"][1] == "/srv/data"

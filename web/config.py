@@ -44,18 +44,26 @@ def _from_env(key: str):
     return raw
 
 
+# Other spellings a caller (the CLI, a test) may use for the same settings.
+ALIASES = {"DATA": "DATA_DIR", "DATA_ROOT": "DATA_DIR", "ROOT": "DATA_DIR", "JOBS": "JOBS_DIR",
+           "JOBS_ROOT": "JOBS_DIR", "ROOTS": "DATA_ROOTS", "ALLOWED_ROOTS": "DATA_ROOTS"}
+
+
 def _as_dict(config) -> dict:
     if config is None:
         return {}
+    if isinstance(config, (str, os.PathLike)):
+        return {"DATA_DIR": os.fspath(config)}
     if isinstance(config, dict):
-        return dict(config)
+        return {ALIASES.get(k.upper(), k.upper()) if isinstance(k, str) and k.upper() in ALIASES else k: v
+                for k, v in config.items()}
     # A config object (e.g. from the CLI): take its public upper- and lower-case attributes.
     out = {}
     for name in dir(config):
         if not name.startswith("_"):
             value = getattr(config, name)
             if not callable(value):
-                out[name.upper()] = value
+                out[ALIASES.get(name.upper(), name.upper())] = value
     return out
 
 
@@ -66,7 +74,7 @@ def resolve(config=None) -> dict:
         env = _from_env(key)
         if env is not None:
             settings[key] = env
-    settings.update(_as_dict(config))
+    settings.update({k: v for k, v in _as_dict(config).items() if v is not None or k not in DEFAULTS})
     data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
     settings["DATA_DIR"] = str(data_dir)
     jobs_dir = settings.get("JOBS_DIR") or data_dir / "jobs"
