@@ -155,6 +155,20 @@ def test_ui_lr_preview_follows_caffe_step_policy(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
+    url, fake, _ = fake_site
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    page.click("[data-net-tab=custom]")
+    page.fill("#custom_network", "name: 'n'\n# layer {\n#   name: 'dice'\n# }")
+    page.eval_on_selector("#custom_network", "e => { e.focus(); e.setSelectionRange(e.value.indexOf('# layer'), e.value.length); }")
+    page.keyboard.press("Control+/")
+    assert page.input_value("#custom_network") == "name: 'n'\nlayer {\n  name: 'dice'\n}"
+    assert page.inner_text(".editor .gutter").split() == ["1", "2", "3", "4"]
+    assert page.input_value("#network_source") == "custom"
+    assert not page.js_errors
+
+
 def test_ui_path_autocomplete_and_dataset_form(browser_page, fake_site):
     url, fake, data = fake_site
     (data / "sunny" / "contours").mkdir()

@@ -24,6 +24,31 @@
     gutter.scrollTop = editor.scrollTop;
   }
   editor.addEventListener("input", updateGutter);
+
+  // Ctrl+/ comments or uncomments the selected lines (the lab's "uncomment the Dice layer" step);
+  // Tab inserts two spaces instead of leaving the editor.
+  editor.addEventListener("keydown", ev => {
+    if (ev.key === "Tab" && !ev.shiftKey) {
+      ev.preventDefault();
+      editor.setRangeText("  ", editor.selectionStart, editor.selectionEnd, "end");
+      updateGutter();
+    } else if (ev.key === "/" && (ev.ctrlKey || ev.metaKey)) {
+      ev.preventDefault();
+      toggleComment();
+    }
+  });
+
+  function toggleComment() {
+    const text = editor.value;
+    const start = text.lastIndexOf("\n", editor.selectionStart - 1) + 1;
+    let end = text.indexOf("\n", Math.max(editor.selectionEnd - 1, editor.selectionStart));
+    if (end < 0) end = text.length;
+    const lines = text.slice(start, end).split("\n");
+    const allCommented = lines.every(l => /^\s*#/.test(l) || !l.trim());
+    const changed = lines.map(l => allCommented ? l.replace(/^(\s*)# ?/, "$1") : (l.trim() ? "# " + l : l)).join("\n");
+    editor.setRangeText(changed, start, end, "select");
+    updateGutter();
+  }
   editor.addEventListener("scroll", () => { gutter.scrollTop = editor.scrollTop; });
   updateGutter();
 
