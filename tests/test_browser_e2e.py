@@ -200,3 +200,102 @@ def _full_stack_available() -> str | None:
     except Exception as exc:  # noqa: BLE001 - any missing piece skips with its reason
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+TINY_FCN = """name: "tiny_fcn"
+layer { name: "data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
+layer { name: "label" type: "Data" top: "label" include { stage: "train" } data_param { batch_size: 2 } }
+layer { name: "data" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 2 } }
+layer { name: "label" type: "Data" top: "label" include { stage: "val" } data_param { batch_size: 2 } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { pool: AVE kernel_size: 4 stride: 4 } }
+layer { name: "conv1" type: "Convolution" bottom: "pool" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "score_small" type: "Convolution" bottom: "conv1" top: "score_small"
+  convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "upscore" type: "Deconvolution" bottom: "score_small" top: "score"
+  param { lr_mult: 0 } convolution_param { num_output: 2 group: 2 kernel_size: 4 stride: 4 bias_term: false
+  weight_filler { type: "bilinear" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
+  exclude { stage: "deploy" } loss_param { normalize: true } }
+layer { name: "accuracy" type: "Accuracy" bottom: "score" bottom: "label" top: "accuracy" exclude { stage: "deploy" } }
+"""
+
+
+def _phantom_folders(root: Path) -> tuple[Path, Path]:
+    """The image folder (parent of the case folders with DICOM files) and the contour folder."""
+    dcm = next(root.rglob("*.dcm"))
+    image_folder = dcm.parent.parent
+    contour = next(p for p in root.rglob("contours-manual") if p.is_dir())
+    return image_folder, contour.parent.parent
+
+
+def test_full_workflow(request, tmp_path):
+    """Phantom dataset → slim model trained one epoch → live chart → inference → opacity slider."""
+    missing = _full_stack_available()
+    if missing:
+        pytest.skip(f"the full stack is not installed yet ({missing})")
+    browser_page = request.getfixturevalue("browser_page")
+    from plugin.sunnybrook import phantom
+    from web import create_app
+
+    data = tmp_path / "data"
+    phantom.generate(data / "sample", cases=2, seed=0, slices=3)
+    image_folder, contour_folder = _phantom_folders(data / "sample")
+    app = create_app({"DATA_DIR": str(data), "POLL_INTERVAL_S": 0.5})
+    server = LiveServer(app)
+    page = browser_page
+    try:
+        page.goto(f"{server.url}/")
+        page.hover("text=New Dataset ▾")
+        page.hover(".menu-sub >> nth=0")
+        page.click("text=Sunnybrook LV Segmentation")
+        path_fields = page.eval_on_selector_all("[data-path-complete]", "els => els.map(e => e.id)")
+        page.fill(f"#{path_fields[0]}", str(image_folder))
+        page.fill(f"#{path_fields[1]}", str(contour_folder))
+        page.fill("#dataset_name", "e2e phantom")
+        page.fill("#encoder_threads", "1")
+        shot(page, "e2e_1_dataset_form")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/datasets/*")
+        dataset_url = page.url
+        page.wait_for_selector(".badge:has-text('Done')", timeout=120_000)
+        shot(page, "e2e_2_dataset_page")
+        page.click("text=Explore")
+        page.wait_for_selector(".record img")
+        shot(page, "e2e_3_explore")
+
+        page.goto(dataset_url)
+        page.click("text=New model on this dataset")
+        page.click("[data-net-tab=custom]")
+        page.fill("#custom_network", TINY_FCN)
+        page.fill("#epochs", "1")
+        page.fill("#batch_size", "2")
+        page.fill("#base_lr", "0.001")
+        page.check("input[name=mean_subtraction][value=none]")
+        page.fill("#model_name", "e2e tiny fcn")
+        page.click("#visualize")
+        page.wait_for_selector(".netviz, .net-error")
+        shot(page, "e2e_4_model_form")
+        page.click("#create-model")
+        page.wait_for_url("**/models/*")
+        page.wait_for_function("document.querySelector('#charts').dataset.points > 0", timeout=180_000)
+        shot(page, "e2e_5_training")
+        page.wait_for_function(
+            "['Done', 'Error'].includes((document.querySelector('#job-status .badge') || {}).textContent)",
+            timeout=180_000)
+        page.wait_for_load_state()
+        assert "Done" in page.inner_text("#job-status")
+        shot(page, "e2e_6_model_done")
+
+        page.click("text=Test the model")
+        page.select_option("#record", index=1)
+        page.click("#test-record")
+        page.wait_for_selector(".overlay-view[data-ready='1']", timeout=60_000)
+        page.fill(".ov-opacity", "90")
+        page.dispatch_event(".ov-opacity", "input")
+        assert page.inner_text(".ov-opacity-value") == "90%"
+        shot(page, "e2e_7_inference")
+        assert not page.js_errors
+    finally:
+        server.stop()
