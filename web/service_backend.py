@@ -285,7 +285,15 @@ class ServiceBackend(Backend):
     # -- creation ---------------------------------------------------------------------------
     def create_dataset(self, plugin_id, values, options):
         fn = self._fn("create_dataset")
-        result = fn(plugin_id, values, **_accepted_kwargs(fn, options))
+        kwargs = dict(options)
+        for alias, name in DATASET_OPTION_ALIASES.items():
+            kwargs.setdefault(alias, options.get(name))
+        try:
+            result = fn(plugin_id, values, **_accepted_kwargs(fn, kwargs))
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
         return str(_get(_as_dict(result), "id", "job_id")) if not isinstance(result, str) else result
 
     def create_model(self, options):
@@ -417,6 +425,12 @@ class ServiceBackend(Backend):
 
 
 # -- helpers that shape the service's answers for the templates ------------------------------
+
+# The web's option names → other names a service signature may use for them.
+DATASET_OPTION_ALIASES = {"name": "dataset_name", "group": "group_name", "workers": "encoder_threads",
+                          "threads": "encoder_threads", "batch_size": "encoder_batch_size",
+                          "backend": "db_backend"}
+
 
 def _accepted_kwargs(fn, kwargs: dict) -> dict:
     try:
