@@ -55,18 +55,23 @@ def _read_bytes(path, what):
     return raw
 
 
-def _parse(raw, msg, path, what):
+def _parse(raw, msg, path, what, strict=True):
+    """Parse ``raw`` into ``msg``; with ``strict`` unknown top-level fields are an error."""
     try:
         msg.ParseFromString(raw)
     except DecodeError:
         raise CaffemodelError("%s: not a valid %s (the protobuf data is truncated or corrupt)"
                               % (path, what)) from None
     unknown = _unknown_field_numbers(msg)
-    if unknown:
+    if unknown and strict:
         raise CaffemodelError("%s: not a %s: it holds fields this schema does not define "
                               "(numbers %s); the file is corrupt or of another kind"
-                              % (path, what, ", ".join(map(str, unknown[:8]))))
-    return msg
+                              % (path, what, _numbers(unknown)))
+    return msg, unknown
+
+
+def _numbers(unknown):
+    return ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
 
 
 def parse_caffemodel(raw, source="<bytes>", upgrade=True):
@@ -75,17 +80,22 @@ def parse_caffemodel(raw, source="<bytes>", upgrade=True):
     if raw.startswith(_HDF5_SIGNATURE):
         raise CaffemodelError("%s: is an HDF5 file; only binary protobuf caffemodels are "
                               "supported" % source)
-    net = _parse(raw, caffe_pb2.NetParameter(), source, what)
+    net, unknown = _parse(raw, caffe_pb2.NetParameter(), source, what, strict=False)
     if not len(net.layer) and not len(net.layers):
-        raise CaffemodelError("%s: not a %s: it contains no layers (empty, truncated or "
-                              "another kind of file)" % (source, what))
+        raise CaffemodelError("%s: not a %s: it contains no layers%s (empty, truncated or "
+                              "another kind of file)"
+                              % (source, what, " but fields this schema does not define "
+                                 "(numbers %s)" % _numbers(unknown) if unknown else ""))
+    if unknown:
+        # Caffe forks add NetParameter fields; the layers and weights are still usable.
+        warnings.warn("%s: fields unknown to this schema (numbers %s) are ignored"
+                      % (source, _numbers(unknown)))
     for layer in list(net.layer) + list(net.layers):
         unknown = _unknown_field_numbers(layer)
         if unknown:
             # Caffe forks add layer fields; the weights are still usable, so only warn.
             warnings.warn("%s: layer \"%s\" has fields unknown to this schema (numbers %s); "
-                          "they are ignored" % (source, layer.name,
-                                                ", ".join(map(str, unknown[:8]))))
+                          "they are ignored" % (source, layer.name, _numbers(unknown)))
     if upgrade:
         try:
             for message in upgrade_net(net):
@@ -134,7 +144,7 @@ def read_solverstate(path):
     """Read a binary ``.solverstate`` (SolverState: iter, learned_net, history, current_step)."""
     path = str(path)
     what = "Caffe solver state (.solverstate)"
-    state = _parse(_read_bytes(path, what), caffe_pb2.SolverState(), path, what)
+    state, _ = _parse(_read_bytes(path, what), caffe_pb2.SolverState(), path, what)
     if state.iter < 0 or state.current_step < 0:
         raise CaffemodelError("%s: not a %s: negative iter (%d) or current_step (%d)"
                               % (path, what, state.iter, state.current_step))

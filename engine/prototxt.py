@@ -87,6 +87,8 @@ def _parse(text, message, source):
             raise PrototxtError("not a text prototxt (byte %d is not UTF-8 text); a binary "
                                 "file such as a .caffemodel cannot be read as prototxt"
                                 % err.start, source) from None
+    if text.startswith("\ufeff"):  # editors on Windows add a byte-order mark
+        text = text[1:]
     if "\x00" in text:
         raise PrototxtError("not a text prototxt (it contains NUL bytes); a binary file "
                             "such as a .caffemodel cannot be read as prototxt", source)

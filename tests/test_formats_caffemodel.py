@@ -221,3 +221,12 @@ def test_both_layer_and_layers_is_rejected():
     net.layers.add(name="b", type=caffe_pb2.V1LayerParameter.RELU)
     with pytest.raises(CaffemodelError, match="both"):
         parse_caffemodel(net.SerializeToString(), "both.caffemodel")
+
+
+def test_unknown_top_level_field_with_layers_only_warns():
+    net = caffe_pb2.NetParameter(name="fork")
+    net.layer.add(name="a", type="ReLU")
+    raw = net.SerializeToString() + b"\xb8\x06\x01"  # field 103, varint: a fork's extra field
+    with pytest.warns(UserWarning, match="103"):
+        parsed = parse_caffemodel(raw, "fork.caffemodel")
+    assert [l.name for l in parsed.layer] == ["a"]

@@ -222,3 +222,7 @@ def test_binary_file_as_prototxt(tmp_path):
 def test_missing_prototxt_file():
     with pytest.raises(PrototxtError, match="nope.prototxt: file not found"):
         read_net("nope.prototxt")
+
+
+def test_byte_order_mark_is_accepted():
+    assert parse_net('\ufeffname: "bom"').name == "bom"
