@@ -14,7 +14,7 @@ import re
 from google.protobuf import descriptor_pool, text_format
 
 from engine.proto import caffe_pb2
-from engine.upgrade import UpgradeError, upgrade_net, upgrade_solver
+from engine.upgrade import V1_TYPE_TO_STRING, UpgradeError, upgrade_net, upgrade_solver
 
 
 class PrototxtError(ValueError):
@@ -70,12 +70,19 @@ def _explain(raw):
             names = list(pool.FindEnumTypeByName(type_name).values_by_name)
         except KeyError:
             names = []
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         return 'unknown value "%s" for %s (valid: %s)%s' % (
-            value, _short(type_name), ", ".join(names), _did_you_mean(value, names))
+            value, _short(type_name), shown, _did_you_mean(value, names))
     m = _REPEATED_SINGULAR.search(text)
     if m:
         return 'field "%s" of %s is given more than once (it is not a repeated field)' % (
             m.group(2), _short(m.group(1)))
+    m = re.search(r"Expected string but found: '?([^'\s]*)'?", text)
+    if m:
+        word = m.group(1)
+        # A V1 enum type (CONVOLUTION) in a current-format layer: suggest the type string.
+        return 'expected a quoted string but found %s (write it as "%s")' % (
+            word, V1_TYPE_TO_STRING.get(word) or word)
     return text
 
 

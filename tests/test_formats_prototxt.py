@@ -209,7 +209,9 @@ def test_syntax_error_has_location():
     err = _error('layer { name: "a" \n')
     assert err.line is not None and 'Expected "}"' in err.message
     err = _error('layer { name: conv1 }')
-    assert (err.line, err.column) == (1, 15) and "Expected string" in err.message
+    assert (err.line, err.column) == (1, 15)
+    assert err.message == 'expected a quoted string but found conv1 (write it as "conv1")'
+
 
 
 def test_binary_file_as_prototxt(tmp_path):
@@ -226,3 +228,9 @@ def test_missing_prototxt_file():
 
 def test_byte_order_mark_is_accepted():
     assert parse_net('\ufeffname: "bom"').name == "bom"
+
+
+def test_v1_enum_type_in_current_layer_suggests_type_string():
+    err = _error('layer {\n  name: "c"\n  type: CONVOLUTION\n}')
+    assert err.line == 3
+    assert 'write it as "Convolution"' in err.message
