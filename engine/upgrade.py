@@ -137,30 +137,31 @@ def upgrade_v0_net(net):
 
 
 def _fold_v0_padding_layers(net):
-    """Caffe's UpgradeV0PaddingLayers: a conv/pool fed by a "padding" layer takes its pad."""
-    padding_by_top = {}  # blob name -> padding V1LayerParameter that produced it
+    """Caffe's UpgradeV0PaddingLayers: a conv/pool whose input was last written by a "padding"
+    layer reads that layer's input instead and takes its ``pad``; padding layers disappear."""
+    last_producer = {}  # blob name -> V1 layer that wrote it last
     kept = []
     for v1 in net.layers:
         v0 = v1.layer
-        if v0.type == "padding":
-            if len(v1.bottom) != 1 or len(v1.top) != 1:
-                raise UpgradeError(
-                    'V0 padding layer "%s" must have exactly one bottom and one top' % v0.name)
-            padding_by_top[v1.top[0]] = v1
-            continue
         new = _V1()
         new.CopyFrom(v1)
         for i, bottom in enumerate(v1.bottom):
-            pad_layer = padding_by_top.get(bottom)
-            if pad_layer is None:
+            source = last_producer.get(bottom)
+            if source is None or source.layer.type != "padding":
                 continue
             if v0.type not in ("conv", "pool"):
                 raise UpgradeError(
                     'V0 padding layer "%s" feeds layer "%s" of type "%s"; only conv and pool '
-                    'layers can absorb padding' % (pad_layer.layer.name, v0.name, v0.type))
-            new.layer.pad = pad_layer.layer.pad
-            new.bottom[i] = pad_layer.bottom[0]
-        kept.append(new)
+                    'layers can absorb padding' % (source.layer.name, v0.name, v0.type))
+            if len(v1.bottom) != 1 or len(source.bottom) != 1 or len(source.top) != 1:
+                raise UpgradeError('V0 padding layer "%s" and the layer "%s" it feeds must each '
+                                   'have exactly one input' % (source.layer.name, v0.name))
+            new.layer.pad = source.layer.pad
+            new.bottom[i] = source.bottom[0]
+        if v0.type != "padding":
+            kept.append(new)
+        for top in v1.top:
+            last_producer[top] = v1
     del net.layers[:]
     net.layers.extend(kept)
 
@@ -243,7 +244,6 @@ def _upgrade_v0_layer(v1):
             else:
                 bad(field)
 
-    # Data-layer fields; the DATA ones land in data_param and step 2 moves them on.
     data_params = {"data": v1.data_param, "images": v1.image_data_param,
                    "window_data": v1.window_data_param}
     if v0.HasField("source"):
@@ -253,13 +253,11 @@ def _upgrade_v0_layer(v1):
             targets[t].source = v0.source
         else:
             bad("source")
+    # Caffe sends these to transform_param whatever the layer type.
     for v0_field, field in (("scale", "scale"), ("meanfile", "mean_file"),
                             ("cropsize", "crop_size"), ("mirror", "mirror")):
         if v0.HasField(v0_field):
-            if t in data_params:
-                setattr(data_params[t], field, getattr(v0, v0_field))
-            else:
-                bad(v0_field)
+            setattr(v1.transform_param, field, getattr(v0, v0_field))
     if v0.HasField("batchsize"):
         targets = dict(data_params, hdf5_data=v1.hdf5_data_param)
         if t in targets:

@@ -148,6 +148,8 @@ layers { layer { name: "norm1" type: "lrn" local_size: 3 alpha: 0.1 beta: 0.5 }
 layers { layer { name: "fc" type: "innerproduct" num_output: 5 } bottom: "norm1" top: "fc" }
 layers { layer { name: "drop" type: "dropout" dropout_ratio: 0.3 } bottom: "fc" top: "fc" }
 layers { layer { name: "loss" type: "softmax_loss" } bottom: "fc" bottom: "label" }
+layers { layer { name: "d" type: "data" source: "db" batchsize: 4 meanfile: "m.binaryproto"
+                 cropsize: 3 mirror: true scale: 0.5 } top: "x" }
 '''
 
 
@@ -155,7 +157,7 @@ def test_v0_prototxt_upgrade():
     net = parse_net(V0_NET)
     assert [(l.name, l.type) for l in net.layer] == [
         ("input", "Input"), ("conv1", "Convolution"), ("pool1", "Pooling"), ("norm1", "LRN"),
-        ("fc", "InnerProduct"), ("drop", "Dropout"), ("loss", "SoftmaxWithLoss")]
+        ("fc", "InnerProduct"), ("drop", "Dropout"), ("loss", "SoftmaxWithLoss"), ("d", "Data")]
     conv = net.layer[1]
     assert list(conv.bottom) == ["data"]  # padding layer folded away
     cp = conv.convolution_param
@@ -169,6 +171,18 @@ def test_v0_prototxt_upgrade():
     assert (lrn.local_size, lrn.alpha, lrn.beta) == (3, pytest.approx(0.1), 0.5)
     assert net.layer[4].inner_product_param.num_output == 5
     assert net.layer[5].dropout_param.dropout_ratio == pytest.approx(0.3)
+    data = net.layer[7]
+    assert (data.data_param.source, data.data_param.batch_size) == ("db", 4)
+    tp = data.transform_param
+    assert (tp.mean_file, tp.crop_size, tp.mirror, tp.scale) == ("m.binaryproto", 3, True, 0.5)
+    assert not data.data_param.HasField("mean_file")
+
+
+def test_v0_padding_folds_only_into_conv_or_pool():
+    with pytest.raises(PrototxtError, match='padding layer "p" feeds layer "r"'):
+        parse_net('input: "data"\n'
+                  'layers { layer { name: "p" type: "padding" pad: 1 } bottom: "data" top: "p" }\n'
+                  'layers { layer { name: "r" type: "relu" } bottom: "p" top: "r" }', "v0.prototxt")
 
 
 # ------------------------------------------------------------------ errors
