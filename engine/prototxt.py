@@ -10,6 +10,7 @@ valid name.
 import difflib
 import os
 import re
+import warnings
 
 from google.protobuf import descriptor_pool, text_format
 
@@ -120,12 +121,18 @@ def _read_text(path):
         raise PrototxtError("cannot read: %s" % err.strerror, str(path)) from None
 
 
+def _upgrade_net(net, source):
+    # Caffe only logs these incompatibilities and goes on; so do we, as Python warnings.
+    for message in upgrade_net(net):
+        warnings.warn("%s: %s" % (source, message))
+
+
 def parse_net(text, source="<string>", upgrade=True):
     """Parse a net prototxt (str or bytes) into an upgraded ``NetParameter``."""
     net = _parse(text, caffe_pb2.NetParameter(), source)
     if upgrade:
         try:
-            upgrade_net(net)
+            _upgrade_net(net, source)
         except UpgradeError as err:
             raise PrototxtError(str(err), source) from None
     return net
@@ -143,11 +150,11 @@ def parse_solver(text, source="<string>", upgrade=True):
         try:
             upgrade_solver(solver)
             if solver.HasField("net_param"):
-                upgrade_net(solver.net_param)
+                _upgrade_net(solver.net_param, source)
             if solver.HasField("train_net_param"):
-                upgrade_net(solver.train_net_param)
+                _upgrade_net(solver.train_net_param, source)
             for net in solver.test_net_param:
-                upgrade_net(net)
+                _upgrade_net(net, source)
         except UpgradeError as err:
             raise PrototxtError(str(err), source) from None
     return solver

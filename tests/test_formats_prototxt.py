@@ -248,3 +248,11 @@ def test_v1_enum_type_in_current_layer_suggests_type_string():
     err = _error('layer {\n  name: "c"\n  type: CONVOLUTION\n}')
     assert err.line == 3
     assert 'write it as "Convolution"' in err.message
+
+
+def test_v0_field_on_wrong_layer_type_warns():
+    with pytest.warns(UserWarning, match='v0.prototxt: V0 field "num_output" is not used by '
+                                         'V0 layer "r" of type "relu"'):
+        net = parse_net('layers { layer { name: "r" type: "relu" num_output: 3 } '
+                        'bottom: "x" top: "x" }', "v0.prototxt")
+    assert net.layer[0].type == "ReLU"
