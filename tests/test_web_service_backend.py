@@ -123,3 +123,53 @@ def test_missing_service_is_unavailable(tmp_path):
             b.jobs()
     else:
         pytest.skip("jobs.service is installed")
+
+
+def _write_dataset(job_dir, n=3):
+    from engine.datum import array_to_datum
+    from engine.lmdb_io import LmdbWriter
+    for stage, count in (("train", n), ("val", 1)):
+        for part in ("features", "labels"):
+            path = job_dir / f"{stage}_db" / part
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with LmdbWriter(str(path)) as writer:
+                for i in range(count):
+                    if part == "features":
+                        arr = (np.arange(64, dtype=np.uint16).reshape(1, 8, 8) * 500 + i)
+                    else:
+                        arr = np.zeros((1, 8, 8), np.uint8)
+                        arr[0, 2:5, 2:5] = 1
+                    writer.put(f"{i:08d}", array_to_datum(arr).SerializeToString())
+
+
+def test_dataset_records_read_from_the_lmdbs(backend, tmp_path):
+    pytest.importorskip("engine.lmdb_io")
+    _write_dataset(tmp_path / "ds1")
+    listing = backend.dataset_records("ds1", "val", 0, 10)
+    assert listing == {"total": 1, "records": [{"index": 0, "key": "00000000", "name": "SC-HF-NI-3 / 0048"}]}
+    assert backend.dataset_records("ds1", "train", 1, 1)["records"][0]["key"] == "00000001"
+    feature, label, meta = backend.dataset_record("ds1", "train", 2)
+    # 16-bit values come back exactly (float_data), the label as an H×W class map.
+    assert feature.shape == (1, 8, 8) and feature[0, 7, 7] == 63 * 500 + 2
+    assert label.shape == (8, 8) and label[3, 3] == 1 and label[0, 0] == 0
+    with pytest.raises(NotFound):
+        backend.dataset_record("ds1", "train", 3)
+
+
+def test_network_inspection_reports_parse_errors_with_line(backend):
+    pytest.importorskip("engine.prototxt")
+    with pytest.raises(BadRequest) as info:
+        backend.inspect_network('name: "n"\nlayer {\n  name: "a"\n  typo: 1\n}\n')
+    assert info.value.line == 4 and "typo" in str(info.value)
+    result = backend.inspect_network('name: "n"\nlayer { name: "d" type: "Data" top: "data" top: "label" '
+                                     'include { phase: TRAIN } }\n'
+                                     'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                                     'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    assert [l["name"] for l in result["layers"]] == ["d", "c"]
+    try:
+        import engine
+        engine.Net  # noqa: B018
+    except AttributeError:
+        assert "Shapes unavailable" in result["note"]
+    else:
+        assert result["blobs"]["c"] == [1, 2, 254, 254]

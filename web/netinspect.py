@@ -58,15 +58,19 @@ def inspect(text: str, feature_shape=None) -> dict:
     _replace_data_layers(net, feature_shape, caffe_pb2)
     try:
         import engine
-    except ImportError as exc:
-        return {"layers": layers, "blobs": {}, "note": f"shapes unavailable: the engine cannot be loaded ({exc})"}
+        net_class = engine.Net
+    except (ImportError, AttributeError) as exc:
+        return {"layers": layers, "blobs": {}, "note": f"Shapes unavailable: the engine cannot build nets yet ({exc})."}
     fd, path = tempfile.mkstemp(suffix=".prototxt")
     added = _python_layer_paths()
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(prototxt.format_message(net))
         try:
-            built = engine.Net(path, engine.TEST)
+            try:  # DIGITS-style nets select their validation layers with stage "val"
+                built = net_class(path, engine.TEST, stages=["val"])
+            except TypeError:
+                built = net_class(path, engine.TEST)
         except Exception as exc:  # a layer's own check: report it beside the editor
             err = BadRequest(f"the network does not build: {exc}")
             raise err from None
@@ -76,8 +80,9 @@ def inspect(text: str, feature_shape=None) -> dict:
         for p in added:
             if p in sys.path:
                 sys.path.remove(p)
-    test_names = {l.name for l in net.layer}
-    return {"layers": [l for l in layers if l["name"] in test_names], "blobs": blobs, "phase": "TEST",
+    built_names = set(getattr(built, "_layer_names", None) or [l.name for l in net.layer])
+    return {"layers": [l for l in layers if l["name"] in built_names or l["type"] == "Data"], "blobs": blobs,
+            "phase": "TEST (stage val)",
             "note": "Data layers replaced by inputs of the dataset's shape."}
 
 

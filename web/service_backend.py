@@ -341,9 +341,8 @@ class ServiceBackend(Backend):
     def dataset_record(self, job_id, stage, index):
         job_dir, job = self._dataset_dir(job_id)
         try:
-            from engine.datum import datum_to_array
+            from engine.datum import bytes_to_array
             from engine.lmdb_io import LmdbReader
-            from engine.proto import caffe_pb2
         except ImportError as exc:
             raise Unavailable(f"dataset reading is not available ({exc})") from None
         db = job_dir / f"{stage}_db" / "features"
@@ -357,9 +356,8 @@ class ServiceBackend(Backend):
                 arrays.append(None)
                 continue
             with LmdbReader(str(path)) as reader:
-                datum = caffe_pb2.Datum()
-                datum.ParseFromString(reader.get(keys[index]))
-                arrays.append(datum_to_array(datum))
+                array, _ = bytes_to_array(reader.get(keys[index]), f"{path} key {keys[index]}")
+            arrays.append(array)
         label = arrays[1]
         if label is not None and label.ndim == 3:
             label = label[0]
