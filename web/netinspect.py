@@ -52,9 +52,12 @@ def inspect(text: str, feature_shape=None) -> dict:
         net = prototxt.parse_net(text, source="custom network")
     except prototxt.PrototxtError as exc:
         raise _parse_error(exc) from None
-    layers = [{"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top),
-               "phases": [caffe_pb2.Phase.Name(r.phase) for r in l.include if r.HasField("phase")]}
-              for l in net.layer]
+    layers, shown = [], set()
+    for l in net.layer:
+        if l.type == "Data" and l.name in shown:
+            continue  # the train and val copies of a Data layer are one box in the graph
+        shown.add(l.name)
+        layers.append({"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top)})
     _replace_data_layers(net, feature_shape, caffe_pb2)
     try:
         import engine
@@ -63,6 +66,7 @@ def inspect(text: str, feature_shape=None) -> dict:
         return {"layers": layers, "blobs": {}, "note": f"Shapes unavailable: the engine cannot build nets yet ({exc})."}
     fd, path = tempfile.mkstemp(suffix=".prototxt")
     added = _python_layer_paths()
+    _install_caffe_name(engine)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(prototxt.format_message(net))
@@ -84,6 +88,21 @@ def inspect(text: str, feature_shape=None) -> dict:
     return {"layers": [l for l in layers if l["name"] in built_names or l["type"] == "Data"], "blobs": blobs,
             "phase": "TEST (stage val)",
             "note": "Data layers replaced by inputs of the dataset's shape."}
+
+
+def _install_caffe_name(engine) -> None:
+    """Python layer files say ``import caffe``: let that name the engine unless real pycaffe is loaded."""
+    if "caffe" in sys.modules:
+        return
+    try:
+        from engine import caffe_shim
+        for name in ("install", "install_as_caffe", "activate"):
+            if callable(getattr(caffe_shim, name, None)):
+                getattr(caffe_shim, name)()
+                return
+    except ImportError:
+        pass
+    sys.modules["caffe"] = engine
 
 
 def _python_layer_paths() -> list[str]:
