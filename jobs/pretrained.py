@@ -1,0 +1,198 @@
+"""Known public pretrained Caffe models and a resumable, verified downloader (urllib only).
+
+Checksums recorded here were looked up, not computed by us:
+* bvlc_alexnet: sha1 from BVLC/caffe ``models/bvlc_alexnet/readme.md``; also listed in OpenCV's
+  ``opencv_extra/testdata/dnn/download_models.py``.
+* fcn8s-heavy-pascal: URL from fcn.berkeleyvision.org ``voc-fcn8s/caffemodel-url``; sha1 from
+  OpenCV's ``download_models.py`` (the same URL).
+* VGG16: URL from the VGG page / ksimonyan's gist 211839e770f7b538e2d8. No published checksum was
+  found: the download is checked against the server's Content-Length only (``sha1=None``).
+No byte size is recorded for any of them (none could be verified from a published source); the
+size check uses the server's Content-Length / Content-Range instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+DEFAULT_DIR_NAME = "pretrained-models"
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    url: str
+    filename: str
+    sha1: Optional[str]       # None: no published checksum (size check only)
+    size: Optional[int]       # None: not published; the server's length is used
+    description: str
+    use: str                  # how the project turns it into segmentation weights
+
+
+KNOWN_MODELS = {
+    "bvlc_alexnet": KnownModel(
+        name="bvlc_alexnet",
+        url="http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+        filename="bvlc_alexnet.caffemodel",
+        sha1="9116a64c0fbe4459d18f4bb6b56d647b63920377",
+        size=None,
+        description="BVLC AlexNet, ImageNet ILSVRC2012 classifier (RGB, BGR mean-subtracted input)",
+        use="jobs.surgery.alexnet_to_fcn -> prototxt/fcn_alexnet.prototxt (gray=True for 1-channel data)",
+    ),
+    "fcn8s-heavy-pascal": KnownModel(
+        name="fcn8s-heavy-pascal",
+        url="http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel",
+        filename="fcn8s-heavy-pascal.caffemodel",
+        sha1="c449ea74dd7d83751d1357d6a8c323fcf4038962",
+        size=None,
+        description="FCN-8s trained on PASCAL VOC (21 classes), Long et al. 2015",
+        use="copy_from into prototxt/fcn_8s.prototxt (trunk conv1_1..fc7 loads; 2-class score layers start fresh)",
+    ),
+    "VGG16": KnownModel(
+        name="VGG16",
+        url="http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",
+        filename="VGG_ILSVRC_16_layers.caffemodel",
+        sha1=None,
+        size=None,
+        description="VGG ILSVRC 16-layer classifier (Simonyan & Zisserman 2014)",
+        use="jobs.surgery.vgg16_to_fcn8s -> prototxt/fcn_8s.prototxt",
+    ),
+}
+
+
+class PretrainedError(RuntimeError):
+    """A download that could not be completed or verified; the message names the model and URL."""
+
+
+def default_dir(base=".") -> Path:
+    return Path(base) / DEFAULT_DIR_NAME
+
+
+def sha1_of(path, chunk=CHUNK_BYTES) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model(name) -> KnownModel:
+    if isinstance(name, KnownModel):
+        return name
+    if name not in KNOWN_MODELS:
+        raise PretrainedError("unknown pretrained model %r (known: %s)" % (name, ", ".join(KNOWN_MODELS)))
+    return KNOWN_MODELS[name]
+
+
+def _verify(model: KnownModel, path: Path, expected_size, source):
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise PretrainedError("%s: %s has %d bytes, expected %d (from %s)"
+                              % (model.name, path, size, expected_size, source))
+    if model.sha1:
+        actual = sha1_of(path)
+        if actual != model.sha1.lower():
+            raise PretrainedError("%s: checksum mismatch for %s: sha1 %s, expected %s (from %s)"
+                                  % (model.name, path, actual, model.sha1, source))
+
+
+def _total_from_headers(response, offset):
+    """Full file size from Content-Range (206) or Content-Length (200), or None."""
+    content_range = response.headers.get("Content-Range")
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        if total.isdigit():
+            return int(total)
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit():
+        return int(length) + (offset if response.status == 206 else 0)
+    return None
+
+
+def _download_once(url, partial: Path, timeout, progress):
+    """One HTTP request, resuming from what `partial` holds. Returns the full size if known."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "caffeseg-pretrained/1"})
+    if offset:
+        request.add_header("Range", "bytes=%d-" % offset)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing left to send: the partial file is complete
+            return offset
+        raise
+    with response:
+        if offset and response.status != 206:
+            offset = 0  # the server ignored the Range header: start over
+        total = _total_from_headers(response, offset)
+        with open(partial, "ab" if offset else "wb") as out:
+            done = offset
+            while True:
+                block = response.read(CHUNK_BYTES)
+                if not block:
+                    break
+                out.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+    if total is not None and done < total:
+        raise http.client.IncompleteRead(b"", total - done)
+    return total
+
+
+def fetch(name, dest_dir, url=None, progress: Optional[Callable[[int, Optional[int]], None]] = None,
+          retries=5, timeout=60) -> Path:
+    """Download a known model (or a :class:`KnownModel`) into ``dest_dir`` and verify it.
+
+    ``url`` replaces the published address (a mirror); the checksum stays. An existing verified
+    file is returned without a request. An interrupted transfer continues from the ``.part``
+    file with an HTTP Range request (up to ``retries`` resumptions, also across calls). The size
+    is checked against the known size or the server's length, then the sha1 when one is known;
+    a file that fails the check is deleted and PretrainedError raised.
+    ``progress(bytes_done, total_or_None)`` is called after every chunk.
+    """
+    model = _model(name)
+    source = url or model.url
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / model.filename
+    if target.exists():
+        try:
+            _verify(model, target, model.size, "the catalogue")
+            return target
+        except PretrainedError:
+            target.unlink()  # a stale or corrupt copy: download again
+
+    partial = dest_dir / (model.filename + ".part")
+    last_error = None
+    total = None
+    for _attempt in range(retries + 1):
+        try:
+            total = _download_once(source, partial, timeout, progress)
+            last_error = None
+            break
+        except urllib.error.HTTPError as exc:
+            raise PretrainedError("%s: HTTP %d %s from %s" % (model.name, exc.code, exc.reason, source))
+        except (http.client.IncompleteRead, http.client.HTTPException, ConnectionError,
+                socket.timeout, TimeoutError, urllib.error.URLError) as exc:
+            last_error = exc  # resume with a Range request
+    if last_error is not None:
+        raise PretrainedError("%s: download from %s failed after %d attempts (%s); %d bytes kept in %s, "
+                              "call fetch again to resume" % (model.name, source, retries + 1, last_error,
+                                                              partial.stat().st_size if partial.exists() else 0,
+                                                              partial))
+    try:
+        _verify(model, partial, model.size if model.size is not None else total, source)
+    except PretrainedError:
+        partial.unlink()
+        raise
+    os.replace(partial, target)
+    return target
