@@ -375,3 +375,35 @@ def test_engine_deploy_matches_opencv(name, tmp_path):
 def test_every_prototxt_is_covered():
     found = sorted(os.path.basename(p)[:-len(".prototxt")] for p in glob.glob(os.path.join(PROTOTXT_DIR, "*.prototxt")))
     assert found == sorted(NETS)
+
+
+def _readme_counts():
+    """{file stem: (count for 1 channel, count for 3 channels)} from the README table."""
+    counts = {}
+    for line in open(os.path.join(PROTOTXT_DIR, "README.md")):
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 5 and cells[2].startswith("`") and cells[2].endswith(".prototxt`"):
+            one, three = cells[5].split("/")
+            counts[cells[2].strip("`")[:-len(".prototxt")]] = (int(one.replace(",", "")), int(three.replace(",", "")))
+    return counts
+
+
+def test_readme_parameter_counts():
+    counts = _readme_counts()
+    assert sorted(counts) == sorted(NETS)
+    for name, expected in counts.items():
+        got = []
+        for channels in (1, 3):
+            _, params = infer_shapes(derive(name, "deploy", [1, channels, 256, 256]))
+            got.append(sum(int(np.prod(shape)) for shapes in params.values() for shape in shapes))
+        assert tuple(got) == expected, name
+
+
+@pytest.mark.parametrize("name", ["lab_cnn", "unet", "deeplab_aspp"])
+def test_engine_parameter_counts_match_readme(name, tmp_path):
+    engine = _engine_or_skip()
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(format_message(derive(name, "deploy", [1, 1, 256, 256])))
+    net = engine.Net(str(path), engine.TEST)
+    total = sum(blob.data.size for blobs in net.params.values() for blob in blobs)
+    assert total == _readme_counts()[name][0]
