@@ -372,6 +372,13 @@ def test_engine_deploy_matches_opencv(name, tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("name", ANY_SIZE_NETS)
+def test_any_input_size_from_one_pixel(name):
+    for h in list(range(1, 40)) + [99, 130, 299]:
+        blobs, _ = infer_shapes(derive(name, "deploy", [1, 1, h, h + 3]))
+        assert blobs["score"] == (1, 2, h, h + 3), h
+
+
 def test_every_prototxt_is_covered():
     found = sorted(os.path.basename(p)[:-len(".prototxt")] for p in glob.glob(os.path.join(PROTOTXT_DIR, "*.prototxt")))
     assert found == sorted(NETS)
