@@ -414,3 +414,29 @@ def test_engine_parameter_counts_match_readme(name, tmp_path):
     net = engine.Net(str(path), engine.TEST)
     total = sum(blob.data.size for blobs in net.params.values() for blob in blobs)
     assert total == _readme_counts()[name][0]
+
+
+# ---------------------------------------------------------------- against BVLC Caffe's own run
+
+GOLDEN_ALEXNET_WIDTHS = {"conv1": 16, "conv2": 32, "conv3": 48, "conv4": 48, "conv5": 32, "fc6": 64, "fc7": 64}
+
+
+@pytest.mark.parametrize("case", ["fcn_alexnet_slim_gray", "fcn_alexnet_slim_rgb"])
+def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
+    """Our FCN-AlexNet at the golden widths, with the golden weights, gives BVLC Caffe's `score`
+    (run through OpenCV's importer; our net shifts by -116, so it is fed the input + 116)."""
+    cv2 = pytest.importorskip("cv2")
+    golden_dir = os.path.join(ROOT, "tests", "golden", "nets", case)
+    golden = np.load(os.path.join(golden_dir, "io.npz"))
+    image = golden["input:data"]
+    net_param = derive("fcn_alexnet", "deploy", list(image.shape))
+    for layer in net_param.layer:
+        if layer.name in GOLDEN_ALEXNET_WIDTHS:
+            layer.convolution_param.num_output = GOLDEN_ALEXNET_WIDTHS[layer.name]
+    (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
+    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"),
+                                      os.path.join(golden_dir, "weights.caffemodel"))
+    cv_net.setInput((image + 116.0).astype(np.float32))
+    got = cv_net.forward("score")
+    expected = golden["blob:score"]
+    np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max(), rtol=1e-3)
