@@ -173,3 +173,13 @@ def test_network_inspection_reports_parse_errors_with_line(backend):
         assert "Shapes unavailable" in result["note"]
     else:
         assert result["blobs"]["c"] == [1, 2, 254, 254]
+
+
+def test_standard_networks_come_from_the_prototxt_folder(backend):
+    from web.service_backend import NETWORKS_DIR
+    if not (NETWORKS_DIR / "fcn_alexnet.prototxt").is_file():
+        pytest.skip("prototxt/ has no networks yet")
+    nets = {n["name"]: n for n in backend.standard_networks()}
+    assert nets["fcn_alexnet"]["title"] == "FCN-AlexNet"
+    assert 'name: "fcn_alexnet"' in nets["fcn_alexnet"]["text"]
+    assert nets["fcn_alexnet"]["description"].startswith("FCN-AlexNet")

@@ -54,9 +54,9 @@ def inspect(text: str, feature_shape=None) -> dict:
         raise _parse_error(exc) from None
     layers, shown = [], set()
     for l in net.layer:
-        if l.type == "Data" and l.name in shown:
+        if l.type == "Data" and tuple(l.top) in shown:
             continue  # the train and val copies of a Data layer are one box in the graph
-        shown.add(l.name)
+        shown.add(tuple(l.top))
         layers.append({"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top)})
     _replace_data_layers(net, feature_shape, caffe_pb2)
     try:

@@ -367,14 +367,15 @@ class ServiceBackend(Backend):
     # -- networks ---------------------------------------------------------------------------
     def standard_networks(self):
         out = []
+        titles = _network_titles(NETWORKS_DIR / "README.md")
         if NETWORKS_DIR.is_dir():
             for path in sorted(NETWORKS_DIR.glob("*.prototxt")):
                 if path.name.endswith(("deploy.prototxt", "solver.prototxt")):
                     continue
                 text = path.read_text(errors="replace")
                 first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
-                out.append({"name": path.stem, "title": path.stem.replace("_", " "), "description": first,
-                            "text": text})
+                out.append({"name": path.stem, "title": titles.get(path.name, path.stem.replace("_", " ")),
+                            "description": first, "text": text})
         return out
 
     def pretrained_models(self):
@@ -428,6 +429,17 @@ class ServiceBackend(Backend):
 DATASET_OPTION_ALIASES = {"name": "dataset_name", "group": "group_name", "workers": "encoder_threads",
                           "threads": "encoder_threads", "batch_size": "encoder_batch_size",
                           "backend": "db_backend"}
+
+
+def _network_titles(readme: Path) -> dict:
+    """File name → display name, from the table in prototxt/README.md (| title | `file` | ...)."""
+    titles = {}
+    if readme.is_file():
+        for line in readme.read_text(errors="replace").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 2 and cells[1].startswith("`") and cells[1].endswith(".prototxt`"):
+                titles[cells[1].strip("`")] = cells[0]
+    return titles
 
 
 def _accepted_kwargs(fn, kwargs: dict) -> dict:
