@@ -352,6 +352,17 @@ def test_engine_builds_train_val_deploy(name, tmp_path):
         assert tuple(net.blobs["score"].data.shape) == (1, 2) + size
 
 
+@pytest.mark.parametrize("name", ["lab_cnn", "unet", "deeplab_aspp"])
+@pytest.mark.parametrize("size", [(256, 256), (257, 263)])
+def test_engine_deploy_full_size(name, size, tmp_path):
+    engine = _engine_or_skip()
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(format_message(derive(name, "deploy", [1, 1, size[0], size[1]])))
+    net = engine.Net(str(path), engine.TEST)
+    out = net.forward()["score"]
+    assert tuple(out.shape) == (1, 2) + size
+
+
 @pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
 def test_engine_deploy_matches_opencv(name, tmp_path):
     engine = _engine_or_skip()
