@@ -221,7 +221,8 @@ def test_stage_filtering_follows_digits(name):
     assert "accuracy" in val and "accuracy" not in train and "accuracy" not in deploy
     assert all(l.type != "Data" for l in read_net(net_path(name)).layer if not l.include)
     has_dice = name != "fcn_alexnet"
-    assert ("dice" in val) == has_dice and "dice" not in train and "dice" not in deploy
+    # the lab's Dice block: `exclude { stage: "deploy" }`, so a train and a val curve
+    assert ("dice" in val) == has_dice and ("dice" in train) == has_dice and "dice" not in deploy
 
 
 def test_fcn_alexnet_has_the_lab_dice_block_commented_out():
