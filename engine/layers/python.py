@@ -1,0 +1,245 @@
+"""``type: "Python"`` layers: user classes deriving from ``caffe.Layer`` (notes §2.25).
+
+The user's class sees Caffe's pycaffe contract: ``setup(bottom, top)`` once, ``reshape`` after
+setup and before every forward, ``forward(bottom, top)``, ``backward(top, propagate_down,
+bottom)``, attributes ``param_str``, ``phase`` and ``blobs``. ``bottom``/``top`` are lists of
+blob objects with writable numpy ``.data``/``.diff`` and ``reshape/count/num/channels/height/
+width/shape``.
+
+The engine's layer contract passes torch tensors; ``PythonLayer`` adapts between the two.
+The blob objects it hands to user code are ``LayerBlob`` views that live for one call (their
+arrays are numpy views of CPU tensors; on an accelerator the adapter copies to and from the
+host, since user code is numpy code anyway).
+
+Module lookup, first hit wins: ``PythonLayer.search_dirs`` (set by the net/runner: the job
+folder, the prototxt's folder), the working directory, ``<dir>/python_layers`` for each of
+those, the project's ``python_layers/``, then ``sys.path``. ``import caffe`` inside the module
+resolves to the engine when real pycaffe is absent (``engine.caffe_shim``).
+
+Python layers are not Caffe ``LossLayer``s: their tops weigh 0 unless ``loss_weight`` is given.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engine.layers import base
+from engine.proto import caffe_pb2
+
+_PROJECT_PYTHON_LAYERS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "python_layers")
+
+
+class PythonLayerError(base.LayerError):
+    """User Python-layer code failed; the message names the layer, the user's file and line."""
+
+
+class LayerBlob:
+    """The pycaffe Blob API over numpy arrays, as user Python layers see it."""
+
+    def __init__(self, data: np.ndarray | None = None, diff: np.ndarray | None = None):
+        self._data = np.zeros((0,), np.float32) if data is None else data
+        self._diff = diff
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        # pycaffe's attributes are not assignable; writing through [...] is the supported way
+        raise AttributeError("blob.data cannot be replaced; write into it with blob.data[...] = value")
+
+    @property
+    def diff(self) -> np.ndarray:
+        if self._diff is None or self._diff.shape != self._data.shape:
+            self._diff = np.zeros(self._data.shape, np.float32)
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        raise AttributeError("blob.diff cannot be replaced; write into it with blob.diff[...] = value")
+
+    def reshape(self, *shape):
+        dims = tuple(int(d) for d in shape)
+        if any(d < 0 for d in dims):
+            raise ValueError(f"blob dimensions must be non-negative, got {dims}")
+        if dims != self._data.shape:
+            self._data = np.zeros(dims, np.float32)
+            self._diff = None
+
+    @property
+    def shape(self):
+        return tuple(self._data.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self._data.size)
+
+    def _legacy(self, axis: int) -> int:
+        if self._data.ndim > 4:
+            raise ValueError(f"num/channels/height/width need a blob of at most 4 axes, shape is {self.shape}")
+        return int(self._data.shape[axis]) if axis < self._data.ndim else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+
+class BlobVec(list):
+    """``self.blobs`` of a Python layer, with pycaffe's ``add_blob(*dims)``."""
+
+    def add_blob(self, *dims):
+        self.append(LayerBlob(np.zeros(tuple(int(d) for d in dims), np.float32)))
+
+
+class Layer:
+    """Base class of user Python layers (``caffe.Layer``)."""
+
+    def __init__(self, layer_param=None):
+        self.layer_param = layer_param
+        self.param_str = ""
+        self.phase = caffe_pb2.TRAIN
+        self.blobs = BlobVec()
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+def _user_error(layer_name: str, stage: str, err: BaseException) -> PythonLayerError:
+    """Name the deepest frame of the user's code (not the engine's) with the exception message."""
+    frames = traceback.extract_tb(err.__traceback__)
+    engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    user = [f for f in frames if not os.path.abspath(f.filename).startswith(engine_dir)]
+    where = ""
+    if user:
+        f = user[-1]
+        where = f' at {f.filename}, line {f.lineno}, in {f.name}' + (f': {f.line}' if f.line else "")
+    return PythonLayerError(
+        f"layer '{layer_name}' (Python): {stage} raised {type(err).__name__}: {err}{where}")
+
+
+def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str):
+    from engine import caffe_shim
+    caffe_shim.install()
+    dirs = []
+    for d in list(search_dirs) + [os.getcwd()]:
+        dirs += [d, os.path.join(d, "python_layers")]
+    dirs.append(_PROJECT_PYTHON_LAYERS)
+    dirs = [os.path.abspath(d) for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.split(".")[0] == err.name.split(".")[0]:
+            raise PythonLayerError(
+                f"layer '{layer_name}' (Python): python_param.module '{module_name}' was not found; "
+                f"searched {', '.join(dirs)} and sys.path") from None
+        raise _user_error(layer_name, f"importing module '{module_name}'", err) from err
+    except Exception as err:
+        raise _user_error(layer_name, f"importing module '{module_name}'", err) from err
+    finally:
+        for d in added:
+            if d in sys.path:
+                sys.path.remove(d)
+
+
+@base.register
+class PythonLayer(base.Layer):
+    type = "Python"
+    explicit_backward = True
+    #: folders searched first for python_param.module (the net or job runner sets these)
+    search_dirs: list[str] = []
+
+    def _make_user_layer(self):
+        pp = self.param.python_param
+        if not pp.module or not pp.layer:
+            raise self.fail("python_param needs both 'module' and 'layer'")
+        module = _import_module(pp.module, self.search_dirs, self.name)
+        cls = getattr(module, pp.layer, None)
+        if cls is None:
+            raise PythonLayerError(f"layer '{self.name}' (Python): module '{pp.module}' "
+                                   f"({getattr(module, '__file__', '?')}) has no class '{pp.layer}'")
+        try:
+            user = cls(self.param)
+        except TypeError:
+            user = cls()
+        # Caffe sets these before setup
+        user.param_str = pp.param_str
+        user.phase = int(self.phase)
+        if not hasattr(user, "blobs") or user.blobs is None:
+            user.blobs = BlobVec()
+        return user
+
+    def _call(self, stage, fn, *args):
+        try:
+            return fn(*args)
+        except base.LayerError:
+            raise
+        except Exception as err:
+            raise _user_error(self.name, stage, err) from err
+
+    def setup(self, bottom_shapes):
+        self.user = self._make_user_layer()
+        bottoms = [LayerBlob(np.zeros(s, np.float32)) for s in bottom_shapes]
+        self._tops = [LayerBlob() for _ in self.param.top]
+        self._call("setup", self.user.setup, bottoms, self._tops)
+        # Blobs added in setup become the layer's learnable params
+        return [torch.from_numpy(np.array(b.data, dtype=np.float32, copy=True)) for b in self.user.blobs]
+
+    def reshape(self, bottom_shapes):
+        bottoms = [LayerBlob(np.zeros(s, np.float32)) for s in bottom_shapes]
+        self._call("reshape", self.user.reshape, bottoms, self._tops)
+        return [t.shape for t in self._tops]
+
+    @staticmethod
+    def _host(t: torch.Tensor) -> np.ndarray:
+        t = t.detach()
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            return t.to("cpu", torch.float32).numpy().copy()
+        return t.numpy()
+
+    def _bind_params(self, params):
+        for blob, p in zip(self.user.blobs, params):
+            blob._data = self._host(p)
+            blob._diff = None
+
+    def forward(self, bottoms, params):
+        device = bottoms[0].device if bottoms else (params[0].device if params else torch.device("cpu"))
+        self._bind_params(params)
+        bottom_blobs = [LayerBlob(self._host(b)) for b in bottoms]
+        # Caffe reshapes before every forward; the tops keep their arrays between calls
+        self._call("reshape", self.user.reshape, bottom_blobs, self._tops)
+        self._call("forward", self.user.forward, bottom_blobs, self._tops)
+        return [torch.from_numpy(t.data.copy()).to(device) for t in self._tops]
+
+    def backward(self, bottoms, params, tops, top_diffs, propagate_down, param_propagate_down):
+        device = bottoms[0].device if bottoms else torch.device("cpu")
+        self._bind_params(params)
+        for blob in self.user.blobs:
+            blob._diff = np.zeros(blob._data.shape, np.float32)
+        top_blobs = [LayerBlob(self._host(t).copy(), self._host(d).copy()) for t, d in zip(tops, top_diffs)]
+        bottom_blobs = [LayerBlob(self._host(b), np.zeros(tuple(b.shape), np.float32)) for b in bottoms]
+        self._call("backward", self.user.backward, top_blobs, list(propagate_down), bottom_blobs)
+        bottom_diffs = [torch.from_numpy(b.diff.copy()).to(device) if down else None
+                        for b, down in zip(bottom_blobs, propagate_down)]
+        param_diffs = [torch.from_numpy(b.diff.copy()).to(device) if down else None
+                       for b, down in zip(self.user.blobs, param_propagate_down)]
+        return bottom_diffs, param_diffs

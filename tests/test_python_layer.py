@@ -1,0 +1,142 @@
+"""Python layers: the pycaffe contract, Caffe's golden ScaleShift case, errors users can act on."""
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from engine.layers.python import LayerBlob, PythonLayer, PythonLayerError
+from engine.proto import caffe_pb2
+from engine.prototxt import parse_net, read_net
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "layers", "python_layer")
+
+
+def _layer(param, search_dirs, phase=caffe_pb2.TRAIN):
+    layer = PythonLayer(param, phase)
+    layer.search_dirs = list(search_dirs)
+    return layer
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_modules():
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith(("golden_pylayer", "user_layer_")):
+            del sys.modules[name]
+
+
+def test_golden_scale_shift_forward_and_backward_match_caffe():
+    net = read_net(os.path.join(GOLDEN, "net.prototxt"))
+    io = np.load(os.path.join(GOLDEN, "io.npz"))
+    param = [l for l in net.layer if l.type == "Python"][0]
+    layer = _layer(param, [GOLDEN])
+    x = torch.from_numpy(io["input:x"].copy())
+    assert layer.setup([tuple(x.shape)]) == []
+    assert layer.reshape([tuple(x.shape)]) == [tuple(io["blob:y"].shape)]
+    (y,) = layer.forward([x], [])
+    np.testing.assert_allclose(y.numpy(), io["blob:y"], rtol=1e-6, atol=1e-6)
+    top_diff = torch.from_numpy(io["topdiff:y"].copy())
+    (dx,), _ = layer.backward([x], [], [y], [top_diff], [True], [])
+    np.testing.assert_allclose(dx.numpy(), io["diff:x"], rtol=1e-6, atol=1e-6)
+    # `import caffe` inside the module resolved to the engine
+    assert sys.modules["caffe"].Layer is not None
+
+
+def _write_module(tmp_path, name, body):
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    return tmp_path
+
+
+def _param(module, layer, param_str="", top=("y",), bottom=("x",)):
+    text = 'layer { name: "py" type: "Python" '
+    text += "".join(f'bottom: "{b}" ' for b in bottom) + "".join(f'top: "{t}" ' for t in top)
+    text += f'python_param {{ module: "{module}" layer: "{layer}" param_str: "{param_str}" }} }}'
+    return parse_net(text).layer[0]
+
+
+def test_raising_layer_names_user_file_line_and_message(tmp_path):
+    _write_module(tmp_path, "user_layer_raise", """
+        import caffe
+
+        class Boom(caffe.Layer):
+            def setup(self, bottom, top):
+                pass
+
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].data.shape)
+
+            def forward(self, bottom, top):
+                raise RuntimeError("labels out of range")
+        """)
+    layer = _layer(_param("user_layer_raise", "Boom"), [tmp_path])
+    layer.setup([(1, 2)])
+    with pytest.raises(PythonLayerError) as info:
+        layer.forward([torch.zeros(1, 2)], [])
+    message = str(info.value)
+    assert "layer 'py'" in message and "forward" in message and "labels out of range" in message
+    assert "user_layer_raise.py, line 12" in message
+
+
+def test_missing_module_names_module_and_search_path(tmp_path):
+    layer = _layer(_param("user_layer_nowhere", "X"), [tmp_path])
+    with pytest.raises(PythonLayerError, match=r"'user_layer_nowhere' was not found; searched .*" + str(tmp_path)):
+        layer.setup([(1,)])
+
+
+def test_missing_class_is_named(tmp_path):
+    _write_module(tmp_path, "user_layer_noclass", "import caffe\n")
+    with pytest.raises(PythonLayerError, match="has no class 'Nope'"):
+        _layer(_param("user_layer_noclass", "Nope"), [tmp_path]).setup([(1,)])
+
+
+def test_param_str_phase_blobs_and_reshape_before_every_forward(tmp_path):
+    _write_module(tmp_path, "user_layer_params", """
+        import caffe
+        import numpy as np
+
+        class Affine(caffe.Layer):
+            def setup(self, bottom, top):
+                self.seen = (self.param_str, self.phase)
+                self.blobs.add_blob(bottom[0].channels)
+                self.blobs[0].data[...] = 2.0
+                self.reshapes = 0
+
+            def reshape(self, bottom, top):
+                self.reshapes += 1
+                top[0].reshape(*bottom[0].shape)
+
+            def forward(self, bottom, top):
+                top[0].data[...] = bottom[0].data * self.blobs[0].data[None, :]
+
+            def backward(self, top, propagate_down, bottom):
+                self.blobs[0].diff[...] = (top[0].diff * bottom[0].data).sum(0)
+                if propagate_down[0]:
+                    bottom[0].diff[...] = top[0].diff * self.blobs[0].data[None, :]
+        """)
+    layer = _layer(_param("user_layer_params", "Affine", "hello"), [tmp_path], caffe_pb2.TEST)
+    (w,) = layer.setup([(2, 3)])
+    assert layer.user.seen == ("hello", caffe_pb2.TEST)
+    np.testing.assert_array_equal(w.numpy(), [2, 2, 2])
+    layer.reshape([(2, 3)])
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    params = [torch.tensor([1.0, 2.0, 3.0])]
+    (y,) = layer.forward([x], params)
+    np.testing.assert_array_equal(y.numpy(), x.numpy() * [1, 2, 3])
+    assert layer.user.reshapes == 2
+    (dx,), (dw,) = layer.backward([x], params, [y], [torch.ones(2, 3)], [True], [True])
+    np.testing.assert_array_equal(dw.numpy(), x.numpy().sum(0))
+    np.testing.assert_array_equal(dx.numpy(), np.ones((2, 3)) * [1, 2, 3])
+
+
+def test_layer_blob_legacy_accessors():
+    blob = LayerBlob(np.zeros((2, 3), np.float32))
+    assert (blob.num, blob.channels, blob.height, blob.width, blob.count) == (2, 3, 1, 1, 6)
+    blob.reshape(1, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="at most 4 axes"):
+        blob.num
+    with pytest.raises(AttributeError):
+        blob.data = np.zeros(3)
