@@ -99,8 +99,10 @@ class Solver:
 
     solver_type: str | None = None
 
-    def __init__(self, solver_file: str | caffe_pb2.SolverParameter):
+    def __init__(self, solver_file: str | caffe_pb2.SolverParameter, net_factory: Callable | None = None):
+        """``net_factory(net_param, state, source)`` builds each net (default: the engine ``Net``)."""
         from engine.prototxt import read_solver
+        self._build_net = net_factory or build_net
         if isinstance(solver_file, caffe_pb2.SolverParameter):
             self.param, self.source = solver_file, ""
         else:
@@ -169,7 +171,7 @@ class Solver:
             source = getattr(p, field)
             net_param = self._read_net_file(source)
         state = _merged_state(caffe_pb2.TRAIN, net_param, p.train_state if p.HasField("train_state") else None)
-        self.net = build_net(net_param, state, source)
+        self.net = self._build_net(net_param, state, source)
 
     def _init_test_nets(self):
         p = self.param
@@ -190,7 +192,7 @@ class Solver:
         for i, (net_param, source) in enumerate(specs):
             extra = p.test_state[i] if len(p.test_state) else None
             state = _merged_state(caffe_pb2.TEST, net_param, extra)
-            self.test_nets.append(build_net(net_param, state, source))
+            self.test_nets.append(self._build_net(net_param, state, source))
 
     def _weight_files(self):
         files = []
@@ -420,11 +422,11 @@ _BY_TYPE = {"SGD": SGDSolver, "Nesterov": NesterovSolver, "AdaGrad": AdaGradSolv
             "RMSProp": RMSPropSolver, "AdaDelta": AdaDeltaSolver, "Adam": AdamSolver}
 
 
-def get_solver(solver_file) -> Solver:
+def get_solver(solver_file, net_factory: Callable | None = None) -> Solver:
     """``caffe.get_solver``: the solver class named by the file's ``type`` (default SGD)."""
     from engine.prototxt import read_solver
     param = solver_file if isinstance(solver_file, caffe_pb2.SolverParameter) else read_solver(str(solver_file))
     cls = _BY_TYPE.get(param.type)
     if cls is None:
         raise SolverConfigError(f"{solver_file}: solver type '{param.type}' is not one of {', '.join(_BY_TYPE)}")
-    return cls(solver_file)
+    return cls(solver_file, net_factory)
