@@ -1,0 +1,165 @@
+"""Solver rules that the golden traces do not pin down: LR policies at many iterations,
+configuration errors, smoothed loss, test nets, observers, net/state selection."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.proto import caffe_pb2
+from engine.prototxt import parse_solver
+from engine.solvers import SolverConfigError, get_solver
+from engine.solvers.lr_policy import LearningRate
+from engine.solvers import updates
+
+from tests.test_solvers_golden import ROOT, ReferenceNet, _feed
+
+
+def _rates(text, iters):
+    policy = LearningRate(parse_solver(text))
+    return [policy.rate(i) for i in iters]
+
+
+def test_lr_policies_follow_caffe_formulas():
+    its = [0, 1, 2, 3, 5, 9]
+    np.testing.assert_allclose(_rates('base_lr: 0.1 lr_policy: "fixed"', its), [0.1] * 6, rtol=1e-7)
+    assert _rates('base_lr: 1 lr_policy: "step" gamma: 0.5 stepsize: 2', its) == [1, 1, 0.5, 0.5, 0.25, 0.0625]
+    np.testing.assert_allclose(_rates('base_lr: 1 lr_policy: "exp" gamma: 0.5', its), [0.5 ** i for i in its])
+    np.testing.assert_allclose(_rates('base_lr: 2 lr_policy: "inv" gamma: 0.1 power: 0.75', its),
+                               [2 * (1 + 0.1 * i) ** -0.75 for i in its], rtol=1e-6)
+    np.testing.assert_allclose(_rates('base_lr: 1 lr_policy: "poly" power: 2 max_iter: 10', its),
+                               [(1 - i / 10) ** 2 for i in its])
+    np.testing.assert_allclose(_rates('base_lr: 1 lr_policy: "sigmoid" gamma: 0.5 stepsize: 3', its),
+                               [1 / (1 + math.exp(-0.5 * (i - 3))) for i in its], rtol=1e-6)
+
+
+def test_multistep_advances_at_most_one_step_per_call():
+    policy = LearningRate(parse_solver('base_lr: 1 lr_policy: "multistep" gamma: 0.1 stepvalue: 2 stepvalue: 3'))
+    # jumping straight to iter 10 moves one step per call, like Caffe's stateful counter
+    assert [round(policy.rate(10), 6) for _ in range(3)] == [0.1, 0.01, 0.01]
+    assert policy.current_step == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ('base_lr: 1 lr_policy: "cosine"', "lr_policy 'cosine'"),
+    ('base_lr: 1', "lr_policy '' is not one of"),
+    ('base_lr: 1 lr_policy: "step" stepsize: 0', "needs stepsize > 0"),
+    ('base_lr: 1 lr_policy: "exp" gamma: -1', "needs gamma >= 0"),
+])
+def test_bad_lr_policy_is_named(text, message):
+    with pytest.raises(SolverConfigError, match=message):
+        LearningRate(parse_solver(text))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('type: "AdaGrad" momentum: 0.9', "AdaGrad solver requires momentum 0"),
+    ('type: "RMSProp" rms_decay: 1.5', "rms_decay"),
+    ('type: "Lion"', "solver type 'Lion'"),
+    ('regularization_type: "L3"', "regularization_type 'L3'"),
+])
+def test_bad_solver_fields_are_named(text, message):
+    with pytest.raises(SolverConfigError, match=message):
+        updates.check_solver_param(parse_solver(text))
+
+
+def test_clip_uses_one_global_norm():
+    a, b = torch.tensor([3.0]), torch.tensor([4.0])
+    assert updates.clip_gradients([a, b], 1.0) == 5.0
+    np.testing.assert_allclose([float(a), float(b)], [0.6, 0.8], rtol=1e-6)
+    c = torch.tensor([0.3])
+    updates.clip_gradients([c], 1.0)  # under the threshold: untouched
+    assert float(c) == pytest.approx(0.3)
+
+
+def test_adam_epsilon_is_added_to_uncorrected_sqrt_v():
+    p = parse_solver("momentum: 0.9 momentum2: 0.999 delta: 0.1")
+    g = torch.tensor([0.5])
+    m, v = torch.zeros(1), torch.zeros(1)
+    updates.adam(g, [m, v], 1.0, p, 0)
+    beta1, beta2, delta = 0.9, float(np.float32(0.999)), float(np.float32(0.1))
+    expected = math.sqrt(1 - beta2) / (1 - beta1) * (0.05 / (math.sqrt((1 - beta2) * 0.25) + delta))
+    assert float(g) == pytest.approx(expected, rel=1e-5)
+
+
+def _solver(monkeypatch, extra, case="sgd_fixed"):
+    monkeypatch.chdir(os.path.join(ROOT, case))
+    text = open("solver.prototxt").read() + "\n" + extra
+    param = parse_solver(text, "solver.prototxt")
+    built = []
+
+    def factory(net_param, state, source):
+        net = ReferenceNet(net_param, state, source)
+        net.state = state
+        built.append(net)
+        return net
+
+    solver = get_solver(param, factory)
+    solver.net.copy_from("init.caffemodel")
+    return solver, np.load("trace.npz"), built
+
+
+def test_smoothed_loss_uses_the_average_loss_window(monkeypatch):
+    solver2, trace, _ = _solver(monkeypatch, "average_loss: 2")
+    seen = []
+    solver2.add_iteration_listener(seen.append)
+    _feed(solver2.net, trace, 0)
+    solver2.step(3)
+    losses = [i.loss for i in seen]
+    assert seen[0].smoothed_loss == pytest.approx(losses[0])
+    assert seen[1].smoothed_loss == pytest.approx((losses[0] + losses[1]) / 2)
+    assert seen[2].smoothed_loss == pytest.approx((losses[1] + losses[2]) / 2)
+    assert [i.lr for i in seen] == [pytest.approx(0.05)] * 3
+
+
+def test_callbacks_run_around_the_update(monkeypatch):
+    solver, trace, _ = _solver(monkeypatch, "")
+    events = []
+    solver.add_callback(lambda: events.append(("start", solver.iter)),
+                        lambda: events.append(("grads", solver.iter, float(np.abs(solver.net.params["conv1"][0].diff).sum()) > 0)))
+    _feed(solver.net, trace, 0)
+    solver.step(2)
+    assert events == [("start", 0), ("grads", 0, True), ("start", 1), ("grads", 1, True)]
+
+
+def test_test_nets_states_and_schedule(monkeypatch):
+    extra = ('test_iter: 2 test_interval: 2 test_initialization: false '
+             'train_state { stage: "train" } test_state { stage: "val" level: 3 }')
+    solver, trace, built = _solver(monkeypatch, extra)
+    assert len(solver.test_nets) == 1
+    assert built[0].state.phase == caffe_pb2.TRAIN and list(built[0].state.stage) == ["train"]
+    assert built[1].state.phase == caffe_pb2.TEST and list(built[1].state.stage) == ["val"]
+    assert built[1].state.level == 3
+    results = []
+    solver.add_test_listener(results.append)
+    _feed(solver.net, trace, 0)
+    solver.step(5)
+    assert [r.iter for r in results] == [2, 4]  # not at 0 (test_initialization false)
+    assert set(results[0].outputs) == {"loss"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('train_net: "net.prototxt"', "exactly one of train_net_param, train_net, net_param, net"),
+    ("test_iter: 1", "test nets need test_interval > 0"),
+    ("test_iter: 1 test_interval: 1 test_state { stage: 'a' } test_state { stage: 'b' }", "test_state has 2 entries"),
+])
+def test_net_selection_errors(monkeypatch, extra, message):
+    with pytest.raises(SolverConfigError, match=message):
+        _solver(monkeypatch, extra)
+
+
+def test_weights_field_is_copied_into_every_net(monkeypatch):
+    solver, _, built = _solver(monkeypatch, 'weights: "init.caffemodel" test_iter: 1 test_interval: 10')
+    init = solver.net.params["conv1"][0].data.copy()
+    assert np.abs(init).sum() > 0
+    np.testing.assert_array_equal(built[1].params["conv1"][0].data, init)
+
+
+def test_default_snapshot_prefix_is_the_solver_path_stem(monkeypatch, tmp_path):
+    from engine.solvers import Solver
+    monkeypatch.chdir(os.path.join(ROOT, "sgd_fixed"))
+    text = open("solver.prototxt").read().replace('snapshot_prefix: "snap"', "")
+    path = tmp_path / "my_solver.prototxt"
+    path.write_text(text.replace('net: "net.prototxt"', f'net: "{os.path.join(ROOT, "sgd_fixed", "net.prototxt")}"'))
+    solver = Solver(str(path), ReferenceNet)
+    assert solver.snapshot_paths()[0] == str(tmp_path / "my_solver_iter_0.caffemodel")
