@@ -1,0 +1,323 @@
+"""Training runner: one process per training job, driving a backend through the pycaffe API.
+
+Runs under Python 3.9 with numpy and real pycaffe only (no torch, no protobuf, no project
+imports on the pycaffe path), so the same file works in a BVLC Caffe Docker image.
+
+    python runner.py JOB_DIR [--backend engine|pycaffe|auto] [--resume] [--weights A,B] [--gpu N]
+
+Files it reads in JOB_DIR: ``solver.prototxt`` (as derived), ``train_val.prototxt``, optional
+``job.json`` (``{"epochs": E}``). Files it writes:
+
+* ``solver_run.prototxt``: the derived solver with ``test_interval: 0``, ``snapshot: 0``,
+  ``snapshot_after_train: false`` and ``display: 0``: validation and snapshots are done here, the
+  same way on both backends (Caffe's own test loop would run on top of ours otherwise);
+* ``metrics.jsonl``: one JSON object per line; train lines after every iteration, val lines
+  after every validation: ``{"iter", "phase", "epoch", "lr", "values": {blob: mean}, ...}``.
+  The jobs service ingests this file into SQLite (the runner never needs the database). On
+  resume, lines past the restored iteration are dropped first, so series have no gap or dup;
+* ``snapshot_iter_<N>.caffemodel`` (every one kept) and the newest ``snapshot_iter_<N>.solverstate``;
+* ``runner_status.json``: state (running, done, error, aborted), iteration, message.
+
+Exit codes: 0 done, 2 bad job / backend error, 3 NaN or inf loss, 143 aborted (SIGTERM).
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+EXIT_DONE, EXIT_ERROR, EXIT_NAN, EXIT_ABORTED = 0, 2, 3, 143
+RUN_SOLVER = "solver_run.prototxt"
+METRICS = "metrics.jsonl"
+STATUS = "runner_status.json"
+_OVERRIDDEN = ("test_interval", "snapshot", "snapshot_after_train", "display", "test_initialization")
+
+
+class RunnerError(Exception):
+    pass
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+def write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_solver_fields(text):
+    """Top-level scalar fields of a solver prototxt → {name: [values...]} (strings)."""
+    fields = {}
+    depth = 0
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if depth == 0:
+            m = re.match(r"^([A-Za-z_]\w*)\s*:\s*(.+)$", line)
+            if m and "{" not in m.group(2):
+                fields.setdefault(m.group(1), []).append(m.group(2).strip().strip('"').strip("'"))
+        depth += line.count("{") - line.count("}")
+    return fields
+
+
+def run_solver_text(text):
+    """The derived solver with our overrides (validation and snapshots are done by the runner)."""
+    kept, depth = [], 0
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        m = re.match(r"^([A-Za-z_]\w*)\s*:", line)
+        if not (depth == 0 and m and m.group(1) in _OVERRIDDEN):
+            kept.append(raw)
+        depth += line.count("{") - line.count("}")
+    kept += ["test_interval: 0", "snapshot: 0", "snapshot_after_train: false", "display: 0",
+             "test_initialization: false"]
+    return "\n".join(kept) + "\n"
+
+
+def learning_rate(f, it):
+    """Caffe's SGDSolver::GetLearningRate for iteration ``it`` (0-based)."""
+    def num(name, default=0.0):
+        return float(f.get(name, [default])[0])
+    base, policy = num("base_lr"), f.get("lr_policy", ["fixed"])[0]
+    gamma, power = num("gamma"), num("power")
+    if policy == "fixed":
+        return base
+    if policy == "step":
+        return base * math.pow(gamma, math.floor(it / num("stepsize", 1)))
+    if policy == "exp":
+        return base * math.pow(gamma, it)
+    if policy == "inv":
+        return base * math.pow(1.0 + gamma * it, -power)
+    if policy == "multistep":
+        steps = sum(1 for v in f.get("stepvalue", []) if it >= int(v))
+        return base * math.pow(gamma, steps)
+    if policy == "poly":
+        return base * math.pow(1.0 - float(it) / num("max_iter", 1), power)
+    if policy == "sigmoid":
+        return base * (1.0 / (1.0 + math.exp(-gamma * (it - num("stepsize")))))
+    return float("nan")
+
+
+def snapshot_iteration(path):
+    m = re.search(r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?$", path)
+    return int(m.group(1)) if m else -1
+
+
+def latest_solverstate(job_dir):
+    states = glob.glob(os.path.join(job_dir, "*_iter_*.solverstate"))
+    return max(states, key=snapshot_iteration) if states else None
+
+
+def truncate_metrics(path, last_iter):
+    """Keep only metric lines with iter <= last_iter (a resumed run re-creates the rest)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["iter"] <= last_iter:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError):
+                continue  # a torn last line from a killed run
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def import_backend(name):
+    """The ``caffe`` module for ``engine``, ``pycaffe`` or ``auto``."""
+    if name in ("pycaffe", "auto"):
+        try:
+            import caffe
+            if not getattr(caffe, "__caffeseg_engine__", False) or name == "auto":
+                return caffe
+        except ImportError:
+            if name == "pycaffe":
+                raise RunnerError("backend pycaffe asked for, but 'import caffe' fails on this Python")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        import engine
+    except ImportError as exc:
+        raise RunnerError("the engine backend cannot be imported (%s)" % exc)
+    try:
+        from engine import caffe_shim
+        return caffe_shim.install()
+    except ImportError:
+        sys.modules.setdefault("caffe", engine)
+        return engine
+
+
+def blob_mean(blob):
+    data = blob.data
+    return float(data.mean()) if data.size else float("nan")
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, job_dir, caffe, log=print):
+        self.job_dir = os.path.abspath(job_dir)
+        self.caffe = caffe
+        self.log = log
+        self.stop_requested = False
+        with open(os.path.join(self.job_dir, "solver.prototxt")) as f:
+            text = f.read()
+        self.fields = read_solver_fields(text)
+        with open(os.path.join(self.job_dir, RUN_SOLVER), "w") as f:
+            f.write(run_solver_text(text))
+        self.max_iter = int(self.fields.get("max_iter", ["0"])[0])
+        self.snapshot_every = int(self.fields.get("snapshot", ["0"])[0])
+        self.test_every = int(self.fields.get("test_interval", ["0"])[0])
+        self.test_iter = int(self.fields.get("test_iter", ["0"])[0])
+        self.iter_size = int(self.fields.get("iter_size", ["1"])[0])
+        self.epochs = self._epochs()
+        self.metrics_path = os.path.join(self.job_dir, METRICS)
+
+    def _epochs(self):
+        try:
+            with open(os.path.join(self.job_dir, "job.json")) as f:
+                return float(json.load(f).get("epochs") or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def status(self, state, iteration, message=None):
+        write_json_atomic(os.path.join(self.job_dir, STATUS),
+                          {"state": state, "iter": iteration, "max_iter": self.max_iter,
+                           "message": message, "time": time.time(), "pid": os.getpid()})
+
+    def epoch(self, it):
+        return float(it) * self.epochs / self.max_iter if self.epochs and self.max_iter else None
+
+    def record(self, out, it, phase, values, **extra):
+        line = {"iter": it, "phase": phase, "epoch": self.epoch(it), "values": values}
+        line.update(extra)
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+
+    def validate(self, solver):
+        nets = getattr(solver, "test_nets", None) or []
+        if not nets or self.test_iter < 1:
+            return None
+        net = nets[0]
+        share = getattr(net, "share_with", None)
+        if share is not None:
+            share(solver.net)  # Caffe's Solver::Test does the same before testing
+        sums = {}
+        for _ in range(self.test_iter):
+            net.forward()
+            for name in net.outputs:
+                sums[name] = sums.get(name, 0.0) + blob_mean(net.blobs[name])
+        return {k: v / self.test_iter for k, v in sums.items()}
+
+    def snapshot(self, solver):
+        solver.snapshot()
+        states = glob.glob(os.path.join(self.job_dir, "*_iter_*.solverstate"))
+        newest = max(states, key=snapshot_iteration) if states else None
+        for path in states:
+            if path != newest:
+                os.unlink(path)  # only the newest solverstate is needed to resume
+
+    def run(self, resume=False, weights=(), gpu=None):
+        os.chdir(self.job_dir)
+        if self.job_dir not in sys.path:
+            sys.path.insert(0, self.job_dir)  # Python layer files live in the job folder
+        if gpu is None:
+            self.caffe.set_mode_cpu()
+        else:
+            self.caffe.set_device(int(gpu))
+            self.caffe.set_mode_gpu()
+        solver = self.caffe.get_solver(RUN_SOLVER)
+        if resume:
+            state = latest_solverstate(self.job_dir)
+            if state is None:
+                raise RunnerError("nothing to resume: no .solverstate in %s" % self.job_dir)
+            solver.restore(state)
+            self.log("resumed from %s at iteration %d" % (os.path.basename(state), solver.iter))
+        else:
+            for path in weights:
+                solver.net.copy_from(path)
+                self.log("loaded weights %s" % path)
+        truncate_metrics(self.metrics_path, solver.iter)
+        first_blob = list(solver.net.blobs.keys())[0] if len(solver.net.blobs) else None
+        images_per_iter = (solver.net.blobs[first_blob].data.shape[0] if first_blob else 1) * self.iter_size
+
+        started, start_iter = time.time(), solver.iter
+        self.status("running", solver.iter)
+        with open(self.metrics_path, "a") as out:
+            while solver.iter < self.max_iter:
+                if self.stop_requested:
+                    self.status("aborted", solver.iter, "aborted by the user")
+                    self.log("aborted at iteration %d" % solver.iter)
+                    return EXIT_ABORTED
+                lr = learning_rate(self.fields, solver.iter)
+                t0 = time.time()
+                solver.step(1)
+                it = solver.iter
+                values = {name: blob_mean(solver.net.blobs[name]) for name in solver.net.outputs}
+                done_per_s = (it - start_iter) / max(time.time() - started, 1e-9)
+                self.record(out, it, "train", values, lr=lr,
+                            throughput=images_per_iter / max(time.time() - t0, 1e-9),
+                            eta=(self.max_iter - it) / done_per_s if done_per_s else None)
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    msg = ("%s is %s at iteration %d: training diverged, try a lower learning rate"
+                           % (bad[0], values[bad[0]], it))
+                    self.status("error", it, msg)
+                    self.log(msg)
+                    return EXIT_NAN
+                last = it >= self.max_iter
+                if (self.test_every and it % self.test_every == 0) or (last and self.test_every):
+                    val = self.validate(solver)
+                    if val is not None:
+                        self.record(out, it, "val", val)
+                        self.log("iteration %d val %s" % (it, val))
+                if (self.snapshot_every and it % self.snapshot_every == 0) or last:
+                    self.snapshot(solver)
+                    self.log("snapshot at iteration %d" % it)
+        self.status("done", solver.iter)
+        return EXIT_DONE
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train one caffeseg model job through the pycaffe API.")
+    ap.add_argument("job_dir")
+    ap.add_argument("--backend", choices=("engine", "pycaffe", "auto"), default="auto")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--weights", default="", help="comma-separated .caffemodel files to load first")
+    ap.add_argument("--gpu", type=int, default=None)
+    args = ap.parse_args(argv)
+    runner = None
+    try:
+        caffe = import_backend(args.backend)
+        runner = Runner(args.job_dir, caffe, log=lambda m: print(m, flush=True))
+
+        def on_term(signum, frame):
+            runner.stop_requested = True
+        signal.signal(signal.SIGTERM, on_term)
+        weights = [w for w in args.weights.split(",") if w]
+        return runner.run(resume=args.resume, weights=weights, gpu=args.gpu)
+    except (RunnerError, OSError) as exc:
+        message = str(exc)
+    except Exception as exc:  # the backend's own errors: report them, in one line, in the status
+        message = "%s: %s" % (type(exc).__name__, exc)
+    print("error: " + message, file=sys.stderr, flush=True)
+    if runner is not None or os.path.isdir(args.job_dir):
+        write_json_atomic(os.path.join(os.path.abspath(args.job_dir), STATUS),
+                          {"state": "error", "message": message, "time": time.time()})
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""SQLite (WAL) store of job records, status history and metric series.
+
+One database file in the jobs root (``caffeseg.sqlite``). WAL mode lets the web server read
+while a worker writes; every change is one transaction, so a crash never leaves a half-written
+job. Metric rows are keyed by (job, phase, name, iteration): ingesting the same iteration twice
+replaces the value instead of duplicating it, and "metrics since iteration N" is one index range.
+
+Statuses follow DIGITS: Initialized, Waiting, Running, Done, Error, Aborted, plus Interrupted
+(a job that was Running when its process vanished; it can be resumed).
+"""
+import json
+import os
+import sqlite3
+import threading
+import time
+
+from jobs.paths import DB_NAME, check_job_id
+
+INITIALIZED, WAITING, RUNNING, DONE, ERROR, ABORTED, INTERRUPTED = (
+    "Initialized", "Waiting", "Running", "Done", "Error", "Aborted", "Interrupted")
+FINISHED = (DONE, ERROR, ABORTED)
+ACTIVE = (INITIALIZED, WAITING, RUNNING)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    dataset_id TEXT,
+    group_name TEXT,
+    notes TEXT,
+    options TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    pid INTEGER,
+    metrics_offset INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS status_history (
+    job_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    time REAL NOT NULL,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS status_history_job ON status_history(job_id, time);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL,
+    iteration INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (job_id, iteration, phase, name)
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(ValueError):
+    pass
+
+
+class JobStore:
+    """Thread-safe access to the jobs database (one connection per thread)."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.path = os.path.join(self.root, DB_NAME)
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+
+    # -- connection ---------------------------------------------------------------------
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def _tx(self):
+        return self._Tx(self._db())
+
+    def close(self):
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- jobs ---------------------------------------------------------------------------
+    def add_job(self, job_id, kind, name, job_dir, dataset_id=None, group_name=None, notes=None,
+                options=None, status=INITIALIZED):
+        check_job_id(job_id)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs (id, kind, name, status, dir, created_at, updated_at, dataset_id,"
+                       " group_name, notes, options) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (job_id, kind, name, status, job_dir, now, now, dataset_id, group_name, notes,
+                        json.dumps(options or {}, sort_keys=True)))
+            db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, None))
+        return self.get(job_id)
+
+    def get(self, job_id):
+        row = self._db().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError("no job %s" % job_id)
+        return self._job(row)
+
+    def list(self, kind=None):
+        if kind:
+            rows = self._db().execute("SELECT * FROM jobs WHERE kind=? ORDER BY created_at DESC", (kind,))
+        else:
+            rows = self._db().execute("SELECT * FROM jobs ORDER BY created_at DESC")
+        return [self._job(r) for r in rows.fetchall()]
+
+    def jobs_using_dataset(self, dataset_id):
+        rows = self._db().execute("SELECT * FROM jobs WHERE dataset_id=?", (dataset_id,)).fetchall()
+        return [self._job(r) for r in rows]
+
+    def _job(self, row):
+        job = dict(row)
+        job["options"] = json.loads(job["options"] or "{}")
+        return job
+
+    def update(self, job_id, **fields):
+        allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir"}
+        bad = set(fields) - allowed
+        if bad:
+            raise StoreError("cannot update job fields %s" % sorted(bad))
+        if "options" in fields:
+            fields["options"] = json.dumps(fields["options"], sort_keys=True)
+        sets = ", ".join("%s=?" % k for k in fields)
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET %s, updated_at=? WHERE id=?" % sets,
+                             list(fields.values()) + [time.time(), job_id])
+            if cur.rowcount == 0:
+                raise KeyError("no job %s" % job_id)
+
+    def set_status(self, job_id, status, message=None):
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET status=?, updated_at=?, error=CASE WHEN ?='Error' THEN ? ELSE error END"
+                             " WHERE id=?", (status, now, status, message, job_id))
+            if cur.rowcount == 0:
+                raise KeyError("no job %s" % job_id)
+            db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, message))
+
+    def history(self, job_id):
+        rows = self._db().execute("SELECT status, time, message FROM status_history WHERE job_id=?"
+                                  " ORDER BY time, rowid", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def delete(self, job_id):
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            db.execute("DELETE FROM status_history WHERE job_id=?", (job_id,))
+            db.execute("DELETE FROM metrics WHERE job_id=?", (job_id,))
+
+    def mark_running_interrupted(self):
+        """On start: jobs left Running by a vanished process become Interrupted (resumable)."""
+        ids = [r["id"] for r in self._db().execute("SELECT id FROM jobs WHERE status=?", (RUNNING,))]
+        for job_id in ids:
+            self.set_status(job_id, INTERRUPTED, "the process running this job stopped")
+        return ids
+
+    # -- metrics ------------------------------------------------------------------------
+    def add_metrics(self, job_id, rows):
+        """rows: iterable of (iteration, phase, name, value). Same key → value replaced."""
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
+                           [(job_id, int(i), p, n, None if v is None else float(v)) for i, p, n, v in rows])
+
+    def drop_metrics_after(self, job_id, iteration):
+        with self._tx() as db:
+            db.execute("DELETE FROM metrics WHERE job_id=? AND iteration>?", (job_id, int(iteration)))
+
+    def metrics_since(self, job_id, since=0):
+        """[(iteration, phase, name, value)] with iteration >= since, ordered by iteration."""
+        rows = self._db().execute("SELECT iteration, phase, name, value FROM metrics WHERE job_id=? AND"
+                                  " iteration>=? ORDER BY iteration, phase, name", (job_id, int(since)))
+        return [tuple(r) for r in rows.fetchall()]
