@@ -168,3 +168,27 @@ def test_feature_and_label_layers_stay_paired_record_for_record(tmp_path):
         np.testing.assert_array_equal(f[:, 0, 0, 0] / 10, lab[:, 0, 0, 0])
     f_layer.close()
     l_layer.close()
+
+
+def test_force_gray_decodes_encoded_color_to_one_channel(tmp_path):
+    rgb = np.zeros((3, 4, 4), np.uint8)
+    rgb[2] = 200  # stored C x H x W; array_to_datum/PNG keep channel order as given
+    _write_db(tmp_path / "db", [rgb], encoding="png")
+    layer = _layer(f'layer {{ name: "d" type: "Data" top: "d" transform_param {{ force_gray: true }} '
+                   f'data_param {{ source: "{tmp_path}/db" backend: LMDB batch_size: 1 }} }}')
+    assert layer.reshape([]) == [(1, 1, 4, 4)]
+    out = layer.forward([], [])[0].numpy()
+    layer.close()
+    assert out.shape == (1, 1, 4, 4) and 0 < out[0, 0, 0, 0] < 200
+
+
+def test_rand_skip_starts_within_the_first_records(tmp_path):
+    _indexed_db(tmp_path / "db", 10, h=1, w=1)
+    starts = set()
+    for seed in range(12):
+        rng.set_seed(seed)
+        layer = _layer(f'layer {{ name: "d" type: "Data" top: "d" data_param {{ source: "{tmp_path}/db" '
+                       f'backend: LMDB batch_size: 1 rand_skip: 4 }} }}')
+        starts.add(int(layer.forward([], [])[0].numpy().ravel()[0]) // 100)
+        layer.close()
+    assert starts <= {0, 1, 2, 3} and len(starts) > 1
