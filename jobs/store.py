@@ -172,9 +172,13 @@ class JobStore:
             db.execute("DELETE FROM status_history WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM metrics WHERE job_id=?", (job_id,))
 
-    def mark_running_interrupted(self):
-        """On start: jobs left Running by a vanished process become Interrupted (resumable)."""
-        ids = [r["id"] for r in self._db().execute("SELECT id FROM jobs WHERE status=?", (RUNNING,))]
+    def mark_running_interrupted(self, alive=lambda pid: False):
+        """On start: jobs left Running by a vanished process become Interrupted (resumable).
+
+        ``alive(pid)`` tells whether a job's recorded runner is still running (then it is kept).
+        """
+        rows = self._db().execute("SELECT id, pid FROM jobs WHERE status=?", (RUNNING,)).fetchall()
+        ids = [r["id"] for r in rows if not alive(r["pid"])]
         for job_id in ids:
             self.set_status(job_id, INTERRUPTED, "the process running this job stopped")
         return ids

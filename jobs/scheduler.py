@@ -1,0 +1,186 @@
+"""Running jobs: one subprocess per training job, metrics ingestion, a worker loop.
+
+``Scheduler.train(job)`` starts ``jobs/runner.py`` for a model job and supervises it: it stores
+the runner's pid (so any process can abort it with SIGTERM), ingests ``metrics.jsonl`` into the
+store while it runs, and sets the final status from the runner's exit code. ``Scheduler.loop``
+is the ``caffeseg worker``: it picks Waiting jobs whose dataset is Done (a model whose dataset
+errored fails with it), respecting CPU slots and one training per GPU.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from jobs import runner as runner_mod
+from jobs import store as st
+
+RUNNER_PATH = os.path.abspath(runner_mod.__file__)
+PROJECT_ROOT = os.path.dirname(os.path.dirname(RUNNER_PATH))
+
+
+def ingest_metrics(store, job):
+    """Read new complete lines of the job's metrics.jsonl into the store; returns rows added."""
+    path = os.path.join(job["dir"], runner_mod.METRICS)
+    if not os.path.exists(path):
+        return 0
+    offset = job.get("metrics_offset") or 0
+    if offset > os.path.getsize(path):
+        offset = 0  # the runner rewrote the file on resume; rows are keyed, so re-reading is safe
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1  # a line still being written is left for next time
+    rows = []
+    for line in chunk[:end].decode("utf-8", "replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        it, phase = int(rec["iter"]), rec.get("phase", "train")
+        for name, value in (rec.get("values") or {}).items():
+            rows.append((it, phase, name, value))
+        for name in ("lr", "epoch", "throughput", "eta"):
+            if rec.get(name) is not None:
+                rows.append((it, "", name, rec[name]))
+    if rows:
+        store.add_metrics(job["id"], rows)
+    store.update(job["id"], metrics_offset=offset + end)
+    job["metrics_offset"] = offset + end
+    return len(rows)
+
+
+def read_runner_status(job_dir):
+    try:
+        with open(os.path.join(job_dir, runner_mod.STATUS)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def pid_alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class Scheduler:
+    def __init__(self, store, python=None, backend="auto", cpu_slots=1, gpus=()):
+        self.store = store
+        self.python = python or sys.executable
+        self.backend = backend
+        self.cpu_slots = max(1, int(cpu_slots))
+        self.gpus = list(gpus)
+        self._running = {}  # job id → thread
+        self._lock = threading.Lock()
+
+    # -- one training job -------------------------------------------------------------------
+    def runner_command(self, job, resume=False, gpu=None):
+        cmd = [self.python, RUNNER_PATH, job["dir"], "--backend", self.backend]
+        if resume:
+            cmd.append("--resume")
+        weights = (job.get("options") or {}).get("pretrained") or []
+        if weights and not resume:
+            cmd += ["--weights", ",".join(weights if isinstance(weights, list) else [weights])]
+        if gpu is not None:
+            cmd += ["--gpu", str(gpu)]
+        return cmd
+
+    def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5):
+        """Run the runner for ``job_id`` and wait; returns the final status."""
+        job = self.store.get(job_id)
+        if resume:
+            state = runner_mod.latest_solverstate(job["dir"])
+            last = runner_mod.snapshot_iteration(state) if state else 0
+            self.store.drop_metrics_after(job_id, last)
+            self.store.update(job_id, metrics_offset=0)
+            job["metrics_offset"] = 0
+        env = dict(os.environ)
+        env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
+            proc = subprocess.Popen(self.runner_command(job, resume, gpu), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, cwd=job["dir"])
+        self.store.update(job_id, pid=proc.pid)
+        self.store.set_status(job_id, st.RUNNING, "resumed" if resume else None)
+        while proc.poll() is None:
+            time.sleep(poll)
+            ingest_metrics(self.store, job)
+            if on_progress:
+                on_progress(read_runner_status(job["dir"]))
+        ingest_metrics(self.store, job)
+        return self._finish(job, proc.returncode)
+
+    def _finish(self, job, code):
+        info = read_runner_status(job["dir"])
+        if code == runner_mod.EXIT_DONE:
+            status, msg = st.DONE, None
+        elif code in (runner_mod.EXIT_ABORTED, -signal.SIGTERM):
+            status, msg = st.ABORTED, "aborted"
+        elif code in (runner_mod.EXIT_NAN, runner_mod.EXIT_ERROR):
+            status, msg = st.ERROR, info.get("message") or "the runner failed (see log.txt)"
+        else:  # killed by a signal, power loss...: can be resumed from the last solverstate
+            status, msg = st.INTERRUPTED, "runner stopped (exit %s)" % code
+        self.store.update(job["id"], pid=None)
+        self.store.set_status(job["id"], status, msg)
+        return status
+
+    def abort(self, job_id):
+        """SIGTERM the runner (it stops after the current iteration); Waiting jobs just stop."""
+        job = self.store.get(job_id)
+        if job["status"] == st.RUNNING and pid_alive(job["pid"]):
+            os.kill(int(job["pid"]), signal.SIGTERM)
+            return True
+        if job["status"] in (st.WAITING, st.INITIALIZED, st.RUNNING, st.INTERRUPTED):
+            self.store.set_status(job_id, st.ABORTED, "aborted")
+        return False
+
+    # -- the worker ----------------------------------------------------------------------
+    def ready_jobs(self):
+        """Waiting model jobs whose dataset is Done, oldest first; fails models of bad datasets."""
+        ready = []
+        for job in reversed(self.store.list("model")):
+            if job["status"] != st.WAITING or job["id"] in self._running:
+                continue
+            dataset_status = None
+            if job.get("dataset_id"):
+                try:
+                    dataset_status = self.store.get(job["dataset_id"])["status"]
+                except KeyError:
+                    dataset_status = st.ERROR
+            if dataset_status in (st.ERROR, st.ABORTED):
+                self.store.set_status(job["id"], st.ERROR, "its dataset %s failed" % job["dataset_id"])
+            elif dataset_status in (None, st.DONE):
+                ready.append(job)
+        return ready
+
+    def step(self):
+        """Start what can start now (in threads); returns the started job ids."""
+        started = []
+        with self._lock:
+            for tid in [k for k, t in self._running.items() if not t.is_alive()]:
+                del self._running[tid]
+            for job in self.ready_jobs():
+                if len(self._running) >= (len(self.gpus) or self.cpu_slots):
+                    break
+                busy = {t.gpu for t in self._running.values()}
+                gpu = next((g for g in self.gpus if g not in busy), None)
+                resume = bool((job.get("options") or {}).get("_resume"))
+                t = threading.Thread(target=self.train, args=(job["id"], resume, gpu), daemon=True)
+                t.gpu = gpu
+                self._running[job["id"]] = t
+                t.start()
+                started.append(job["id"])
+        return started
+
+    def loop(self, stop_event=None, poll=1.0):
+        self.store.mark_running_interrupted(pid_alive)
+        stop_event = stop_event or threading.Event()
+        while not stop_event.is_set():
+            self.step()
+            stop_event.wait(poll)

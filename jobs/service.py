@@ -1,0 +1,231 @@
+"""The jobs facade that the web and the CLI both use.
+
+    svc = open_service("/data/jobs")
+    ds = svc.create_dataset("sunnybrook", {...}, name="lv")      # builds now (wait=True)
+    ds = svc.import_dataset("/path/with/dataset.json", "lv")      # an already built dataset
+    [m] = svc.create_model({"dataset_id": ds["id"], "standard_network": "fcn_alexnet",
+                            "epochs": 2, "base_lr": "0.01,0.001", ...})  # one job per sweep value
+    svc.train(m["id"])                 # foreground; or svc.submit(m["id"]) for the worker
+    svc.metrics(m["id"], since=0)      # {"series": [(iter, name, value, phase)], "status", "progress"}
+
+Every job is a dict with at least: id, kind (dataset|model), name, status, dir, created_at,
+updated_at, dataset_id, group_name, notes, options, error. Errors the user can fix raise
+``ServiceError`` (a ValueError) with a message naming the job, file or field; an unknown job id
+raises ``KeyError``.
+"""
+import os
+import shutil
+import time
+
+from jobs import derive
+from jobs import store as st
+from jobs.model_job import ModelJobError, write_model_job
+from jobs.paths import atomic_write_json, check_job_id, job_dir, new_job_id
+from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
+
+
+class ServiceError(ValueError):
+    def __init__(self, message, field_errors=None):
+        ValueError.__init__(self, message)
+        self.field_errors = field_errors
+
+
+def open_service(root, **kwargs):
+    return JobService(root, **kwargs)
+
+
+class JobService:
+    def __init__(self, root, backend="auto", python=None, cpu_slots=1, gpus=()):
+        self.root = os.path.abspath(root)
+        self.store = st.JobStore(self.root)
+        self.scheduler = Scheduler(self.store, python=python, backend=backend, cpu_slots=cpu_slots, gpus=gpus)
+        # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
+        self.store.mark_running_interrupted(pid_alive)
+
+    # -- queries ---------------------------------------------------------------------------
+    def list_jobs(self, kind=None):
+        return self.store.list(kind)
+
+    def show(self, job_id):
+        job = self.store.get(check_job_id(job_id))
+        job["history"] = [(h["status"], h["time"]) for h in self.store.history(job_id)]
+        if job["kind"] == "model":
+            status = read_runner_status(job["dir"])
+            if status.get("max_iter"):
+                job["progress"] = float(status.get("iter") or 0) / status["max_iter"]
+            job["snapshots"] = self.snapshots(job_id)
+        return job
+
+    def snapshots(self, job_id):
+        from jobs.runner import snapshot_iteration
+        folder = self.store.get(job_id)["dir"]
+        names = [n for n in os.listdir(folder) if n.endswith(".caffemodel")] if os.path.isdir(folder) else []
+        return sorted(((snapshot_iteration(n), n) for n in names))
+
+    def metrics(self, job_id, since=0):
+        """Metric rows with iteration >= since: (iteration, name, value, phase or None)."""
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] == "model" and job["status"] == st.RUNNING:
+            ingest_metrics(self.store, job)
+        rows = self.store.metrics_since(job_id, since)
+        status = read_runner_status(job["dir"])
+        progress = float(status.get("iter") or 0) / status["max_iter"] if status.get("max_iter") else None
+        return {"series": [(i, n, v, p or None) for i, p, n, v in rows], "status": job["status"],
+                "progress": progress}
+
+    # -- datasets --------------------------------------------------------------------------------
+    def _new_job(self, kind, name, **kw):
+        job_id = new_job_id()
+        while os.path.exists(job_dir(self.root, job_id)):
+            job_id = new_job_id()
+        folder = job_dir(self.root, job_id)
+        os.makedirs(folder)
+        return self.store.add_job(job_id, kind, name, folder, **kw)
+
+    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build_options):
+        """Build a dataset with the data plugin (jobs.dataset.build_dataset); waits for it."""
+        try:
+            from jobs import dataset as dataset_builder
+        except ImportError as exc:
+            raise ServiceError("the dataset builder is not available (%s)" % exc)
+        job = self._new_job("dataset", name, group_name=group_name, options={"plugin": plugin, "values": values})
+        self.store.set_status(job["id"], st.RUNNING)
+        try:
+            dataset_builder.build_dataset(plugin, values, job["dir"], progress=progress, log=log, **build_options)
+        except Exception as exc:
+            self.store.set_status(job["id"], st.ERROR, str(exc))
+            raise ServiceError("dataset %s failed: %s" % (name, exc))
+        self.store.set_status(job["id"], st.DONE)
+        return self.store.get(job["id"])
+
+    def import_dataset(self, folder, name, group_name=None):
+        """Register an already built dataset folder (with dataset.json): it is copied in."""
+        if not os.path.isfile(os.path.join(folder, "dataset.json")):
+            raise ServiceError("%s has no dataset.json: not a dataset folder" % folder)
+        job = self._new_job("dataset", name, group_name=group_name, options={"imported_from": os.path.abspath(folder)})
+        shutil.rmtree(job["dir"])
+        shutil.copytree(folder, job["dir"])
+        self.store.set_status(job["id"], st.DONE)
+        return self.store.get(job["id"])
+
+    # -- models ------------------------------------------------------------------------------------
+    def create_model(self, options):
+        """Create model job(s). base_lr and batch_size may be comma-separated lists: one job per
+        combination, named "<name> lr=<v> bs=<v>", all in one group. Returns the list of jobs."""
+        options = dict(options)
+        dataset_id = options.get("dataset_id")
+        try:
+            dataset = self.store.get(check_job_id(dataset_id or ""))
+        except (KeyError, ValueError):
+            raise ServiceError("unknown dataset job %r" % (dataset_id,), {"dataset_id": "unknown dataset"})
+        if dataset["kind"] != "dataset":
+            raise ServiceError("job %s is not a dataset" % dataset_id, {"dataset_id": "not a dataset"})
+        if options.get("previous_job_id"):
+            options["previous_job_dir"] = self.store.get(check_job_id(options["previous_job_id"]))["dir"]
+        lrs = derive.sweep(options.get("base_lr", 0.01))
+        batches = derive.sweep(options.get("batch_size") or [None])
+        name = options.get("name") or "model"
+        combos = [(lr, bs) for lr in lrs for bs in batches]
+        group = options.get("group_name") or (name if len(combos) > 1 else None)
+        jobs = []
+        for lr, bs in combos:
+            one = dict(options, base_lr=float(lr), batch_size=int(bs) if bs not in (None, "") else None)
+            label = name if len(combos) == 1 else "%s lr=%s%s" % (name, lr, " bs=%s" % bs if bs else "")
+            job = self._new_job("model", label, dataset_id=dataset_id, group_name=group,
+                                notes=options.get("notes"), options=one)
+            try:
+                write_model_job(job["dir"], dataset["dir"], one)
+            except (ModelJobError, OSError) as exc:
+                self._remove(job)
+                for made in jobs:
+                    self._remove(made)
+                raise ServiceError(str(exc), getattr(exc, "field_errors", None))
+            jobs.append(self.store.get(job["id"]))
+        return jobs
+
+    def train(self, job_id, resume=False, on_progress=None, gpu=None):
+        """Train in the foreground (a runner subprocess); returns the final status."""
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] != "model":
+            raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
+        if job["status"] == st.RUNNING and pid_alive(job["pid"]):
+            raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
+        return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress)
+
+    def submit(self, job_id, resume=False):
+        """Queue a model job for the worker (``caffeseg worker`` or ``start_worker``)."""
+        job = self.store.get(check_job_id(job_id))
+        if resume:
+            job["options"]["_resume"] = True
+            self.store.update(job_id, options=job["options"])
+        self.store.set_status(job_id, st.WAITING)
+
+    def resume(self, job_id, wait=False):
+        job = self.store.get(check_job_id(job_id))
+        if job["status"] not in (st.INTERRUPTED, st.ABORTED, st.ERROR):
+            raise ServiceError("job %s is %s; only Interrupted, Aborted or Error jobs resume" % (job_id, job["status"]))
+        from jobs.runner import latest_solverstate
+        if latest_solverstate(job["dir"]) is None:
+            raise ServiceError("job %s has no .solverstate to resume from" % job_id)
+        if wait:
+            return self.train(job_id, resume=True)
+        self.submit(job_id, resume=True)
+        return st.WAITING
+
+    def start_worker(self):
+        """Run the scheduler loop in a background thread of this process (single-process serve)."""
+        import threading
+        self._stop = threading.Event()
+        t = threading.Thread(target=self.scheduler.loop, args=(self._stop,), daemon=True)
+        t.start()
+        return t
+
+    def abort(self, job_id):
+        return self.scheduler.abort(check_job_id(job_id))
+
+    # -- editing -------------------------------------------------------------------------------------
+    def delete(self, job_id):
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] == "dataset":
+            users = self.store.jobs_using_dataset(job_id)
+            if users:
+                raise ServiceError("dataset %s is used by model(s) %s; delete them first" %
+                                   (job["name"], ", ".join("%s (%s)" % (u["name"], u["id"]) for u in users)))
+        if job["status"] == st.RUNNING and pid_alive(job["pid"]):
+            raise ServiceError("job %s is running; abort it first" % job_id)
+        self._remove(job)
+
+    def _remove(self, job):
+        self.store.delete(job["id"])
+        shutil.rmtree(job["dir"], ignore_errors=True)
+
+    def rename(self, job_id, name):
+        self.store.update(check_job_id(job_id), name=str(name))
+
+    def set_notes(self, job_id, notes):
+        self.store.update(check_job_id(job_id), notes=notes)
+
+    def set_group(self, job_id, group_name):
+        self.store.update(check_job_id(job_id), group_name=group_name)
+
+    def clone_values(self, job_id):
+        """The options a job was made with (for a "clone" form); internal keys removed."""
+        job = self.store.get(check_job_id(job_id))
+        values = {k: v for k, v in job["options"].items() if not k.startswith("_")}
+        values["name"] = job["name"] + " (clone)"
+        if job["kind"] == "model":
+            values["dataset_id"] = job["dataset_id"]
+            with open(os.path.join(job["dir"], "original.prototxt")) as f:
+                values["network_text"] = f.read()
+            # Python layer files are kept: point at the copies in the job folder.
+            files = values.get("python_layer_files") or []
+            values["python_layer_files"] = [os.path.join(job["dir"], os.path.basename(p))
+                                            for p in ([files] if isinstance(files, str) else files)]
+        return values
+
+    def clone(self, job_id):
+        values = self.clone_values(job_id)
+        if self.store.get(job_id)["kind"] != "model":
+            raise ServiceError("only model jobs are cloned directly; use clone_values for datasets")
+        values.pop("standard_network", None)
+        return self.create_model(values)
