@@ -1,0 +1,125 @@
+"""Pooling (notes §2.3, checklist 1-3).
+
+Caffe's output size (ceil by default, with its own clip rule) differs from PyTorch's
+``ceil_mode``, so the input is padded explicitly to exactly the extent Caffe's windows cover
+and the pooling then runs without implicit padding: −inf padding for MAX (padding never wins;
+PyTorch's scan keeps the first maximum on a strict '>', as Caffe does), zero padding for AVE
+with the sum divided by Caffe's divisor (pad cells count, ceil-overhang cells do not).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from engine.layers._util import FLT_MAX
+from engine.layers.base import Layer, register
+from engine.proto import caffe_pb2
+
+_P = caffe_pb2.PoolingParameter
+
+
+@register
+class PoolingLayer(Layer):
+    type = "Pooling"
+    exact_bottoms = 1
+    min_tops = 1
+    max_tops = 2
+
+    def setup(self, bottom_shapes):
+        pp = self.param.pooling_param
+        self.method = pp.pool
+        if self.method not in (_P.MAX, _P.AVE):
+            raise self.fail("only MAX and AVE pooling are supported (Caffe's CPU STOCHASTIC is not implemented)")
+        if len(self.param.top) == 2 and self.method != _P.MAX:
+            raise self.fail("a second (mask) top is only produced by MAX pooling")
+        self.global_pooling = pp.global_pooling
+        has_hw = pp.HasField("kernel_h") or pp.HasField("kernel_w")
+        if self.global_pooling:
+            if pp.HasField("kernel_size") or has_hw:
+                raise self.fail("global_pooling takes no kernel size")
+        else:
+            if pp.HasField("kernel_size") == has_hw:
+                raise self.fail("give exactly one of kernel_size or kernel_h and kernel_w")
+            if has_hw and not (pp.HasField("kernel_h") and pp.HasField("kernel_w")):
+                raise self.fail("kernel_h and kernel_w must both be given")
+        self.kernel = ([pp.kernel_h, pp.kernel_w] if has_hw else [pp.kernel_size] * 2)
+        has_pad_hw = pp.HasField("pad_h") or pp.HasField("pad_w")
+        if has_pad_hw and (pp.HasField("pad") or not (pp.HasField("pad_h") and pp.HasField("pad_w"))):
+            raise self.fail("give pad, or both pad_h and pad_w")
+        self.pad = [pp.pad_h, pp.pad_w] if has_pad_hw else [pp.pad] * 2
+        has_stride_hw = pp.HasField("stride_h") or pp.HasField("stride_w")
+        if has_stride_hw and (pp.HasField("stride") or not (pp.HasField("stride_h") and pp.HasField("stride_w"))):
+            raise self.fail("give stride, or both stride_h and stride_w")
+        self.stride = [pp.stride_h, pp.stride_w] if has_stride_hw else [pp.stride] * 2
+        if self.global_pooling and (any(self.pad) or any(s != 1 for s in self.stride)):
+            raise self.fail("global_pooling needs pad 0 and stride 1")
+        if not self.global_pooling:
+            if any(k <= 0 for k in self.kernel) or any(s <= 0 for s in self.stride):
+                raise self.fail(f"kernel {self.kernel} and stride {self.stride} must be > 0")
+            if any(p >= k for p, k in zip(self.pad, self.kernel)):
+                raise self.fail(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        self.floor = pp.round_mode == _P.FLOOR
+        return []
+
+    def _geometry(self, shape):
+        if len(shape) != 4:
+            raise self.fail(f"input must be 4-D (N,C,H,W), got {tuple(shape)}")
+        kernel = list(shape[2:]) if self.global_pooling else self.kernel
+        outs = []
+        for i in range(2):
+            size = shape[2 + i]
+            frac = (size + 2 * self.pad[i] - kernel[i]) / self.stride[i]
+            out = (math.floor(frac) if self.floor else math.ceil(frac)) + 1
+            outs.append(out)
+        if self.pad[0] or self.pad[1]:
+            for i in range(2):
+                if (outs[i] - 1) * self.stride[i] >= shape[2 + i] + self.pad[i]:
+                    outs[i] -= 1
+        if any(o <= 0 for o in outs):
+            raise self.fail(f"input {tuple(shape)} is smaller than the kernel {kernel}")
+        return kernel, outs
+
+    def reshape(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        _, outs = self._geometry(shape)
+        top = shape[:2] + tuple(outs)
+        return [top] * len(self.param.top)
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        kernel, outs = self._geometry(x.shape)
+        h, w = x.shape[2], x.shape[3]
+        # pad left by `pad`; pad (or crop) right so the last window ends exactly at the input edge
+        right = [(outs[i] - 1) * self.stride[i] + kernel[i] - (x.shape[2 + i] + self.pad[i]) for i in range(2)]
+        pads = [self.pad[1], right[1], self.pad[0], right[0]]
+        if self.method == _P.MAX:
+            xp = F.pad(x, pads, value=float("-inf")) if any(pads) else x
+            if len(self.param.top) == 2:
+                y, idx = F.max_pool2d(xp, kernel, self.stride, return_indices=True)
+                mask = self._caffe_index(idx, xp.shape[3], h, w)
+                y = y.clamp(min=-FLT_MAX)
+                return [y, mask]
+            y = F.max_pool2d(xp, kernel, self.stride)
+            if right[0] >= kernel[0] or right[1] >= kernel[1]:
+                y = y.clamp(min=-FLT_MAX)  # windows wholly outside the input (Caffe: −FLT_MAX)
+            return [y]
+        xp = F.pad(x, pads) if any(pads) else x
+        sums = F.avg_pool2d(xp, kernel, self.stride, divisor_override=1)
+        div = [self._divisors(outs[i], kernel[i], self.stride[i], self.pad[i], x.shape[2 + i], x.device)
+               for i in range(2)]
+        return [sums / (div[0].view(-1, 1) * div[1].view(1, -1))]
+
+    @staticmethod
+    def _divisors(out, kernel, stride, pad, size, device):
+        start = torch.arange(out, device=device, dtype=torch.float32) * stride - pad
+        end = torch.clamp(start + kernel, max=size + pad)
+        return end - start
+
+    def _caffe_index(self, idx, padded_w, h, w):
+        """PyTorch's flat index in the padded plane → Caffe's h·W + w in the input (−1 if none)."""
+        row = torch.div(idx, padded_w, rounding_mode="floor") - self.pad[0]
+        col = idx % padded_w - self.pad[1]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        return torch.where(inside, row * w + col, torch.full_like(row, -1)).to(torch.float32)
