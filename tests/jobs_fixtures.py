@@ -1,0 +1,111 @@
+"""Shared helpers for the jobs tests: a tiny FCN-style network, a dataset folder, a fake pycaffe."""
+import json
+import os
+import textwrap
+
+TINY_NET = textwrap.dedent("""
+    name: "tiny_fcn"
+    layer { name: "train_data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
+    layer { name: "train_label" type: "Data" top: "label" include { stage: "train" } data_param { batch_size: 2 } }
+    layer { name: "val_data" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 2 } }
+    layer { name: "val_label" type: "Data" top: "label" include { stage: "val" } data_param { batch_size: 2 } }
+    layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 0.0039 } }
+    layer { name: "conv1" type: "Convolution" bottom: "scaled" top: "conv1"
+            convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+    layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+    layer { name: "score" type: "Convolution" bottom: "conv1" top: "score"
+            convolution_param { num_output: 7 kernel_size: 1 weight_filler { type: "xavier" } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
+            exclude { stage: "deploy" } }
+    layer { name: "accuracy" type: "Accuracy" bottom: "score" bottom: "label" top: "accuracy"
+            include { stage: "val" } }
+""")
+
+
+def make_dataset_dir(folder, train=10, val=4, shape=(1, 8, 8), classes=("background", "lv")):
+    os.makedirs(folder, exist_ok=True)
+    for stage in ("train", "val"):
+        for part in ("features", "labels"):
+            os.makedirs(os.path.join(folder, "%s_db" % stage, part), exist_ok=True)
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"counts": {"train": train, "val": val}, "feature_shape": list(shape),
+                   "classes": list(classes), "pixel_spacing": [1.25, 1.25]}, f)
+    return folder
+
+
+# A stand-in for pycaffe (no numpy, runs on Python 3.9): records what the runner calls.
+FAKE_CAFFE = textwrap.dedent('''
+    import json, math, os, re, time
+
+    CALLS = os.environ.get("FAKE_CAFFE_CALLS", "calls.jsonl")
+
+    def _call(*args):
+        with open(CALLS, "a") as f:
+            f.write(json.dumps([str(a) for a in args]) + "\\n")
+
+    class Array(object):
+        def __init__(self, values, shape):
+            self.values, self.shape, self.size = list(values), tuple(shape), len(values)
+        def mean(self):
+            return sum(self.values) / len(self.values)
+
+    class Blob(object):
+        def __init__(self, values, shape):
+            self.data = Array(values, shape)
+
+    class Net(object):
+        def __init__(self, phase):
+            self.phase = phase
+            self.blobs = {"data": Blob([0.0] * 4, (2, 1, 1, 2)), "loss": Blob([1.0], ())}
+            self.outputs = ["loss"] if phase == "train" else ["loss", "accuracy"]
+            if phase == "val":
+                self.blobs["accuracy"] = Blob([0.5], ())
+        def copy_from(self, path):
+            _call("copy_from", path)
+        def share_with(self, other):
+            _call("share_with")
+        def forward(self):
+            _call("test_forward")
+
+    class Solver(object):
+        def __init__(self, path):
+            self.iter = 0
+            self.net = Net("train")
+            self.test_nets = [Net("val")]
+            self.text = open(path).read()
+        def step(self, n):
+            time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", "0")))
+            self.iter += n
+            nan_at = int(os.environ.get("FAKE_NAN_AT", "0"))
+            loss = float("nan") if nan_at and self.iter >= nan_at else 1.0 / self.iter
+            self.net.blobs["loss"] = Blob([loss], ())
+            _call("step", self.iter)
+        def snapshot(self):
+            for ext in ("caffemodel", "solverstate"):
+                open("snapshot_iter_%d.%s" % (self.iter, ext), "w").write(str(self.iter))
+            _call("snapshot", self.iter)
+        def restore(self, path):
+            self.iter = int(re.search(r"_iter_(\\d+)", path).group(1))
+            _call("restore", os.path.basename(path))
+
+    def get_solver(path):
+        _call("get_solver", path)
+        return Solver(path)
+
+    def set_mode_cpu():
+        _call("set_mode_cpu")
+
+    def set_mode_gpu():
+        _call("set_mode_gpu")
+
+    def set_device(i):
+        _call("set_device", i)
+''')
+
+
+def install_fake_caffe(folder):
+    pkg = os.path.join(folder, "caffe")
+    os.makedirs(pkg, exist_ok=True)
+    with open(os.path.join(pkg, "__init__.py"), "w") as f:
+        f.write(FAKE_CAFFE)
+    return folder

@@ -1,0 +1,140 @@
+"""Network and solver derivation against worked examples (numbers computed by hand here)."""
+import math
+import os
+
+import pytest
+
+from engine.prototxt import parse_net
+from jobs import derive
+from tests.jobs_fixtures import TINY_NET, make_dataset_dir
+
+
+def solver(train=100, val=10, batch=16, val_batch=4, **options):
+    return derive.derive_solver(train, val, batch, val_batch, options)
+
+
+def test_epochs_to_iterations_and_intervals():
+    s = solver(epochs=2)
+    # T = ceil(100 / 16) = 7 iterations per epoch; 2 epochs = 14
+    assert s.max_iter == 14
+    assert s.snapshot == 7 and s.test_interval == 7
+    assert list(s.test_iter) == [3]  # ceil(10 / 4)
+    assert s.snapshot_prefix == "snapshot"
+    assert list(s.train_state.stage) == ["train"] and list(s.test_state[0].stage) == ["val"]
+
+
+def test_batch_accumulation_divides_iterations():
+    s = solver(epochs=3, iter_size=2)
+    assert s.iter_size == 2 and s.max_iter == 4 * 3  # ceil(100 / 32) = 4
+
+
+def test_interval_rounding_rules():
+    assert solver(epochs=2, snapshot_interval=0.1).snapshot == 1      # 0.7 iterations → 1
+    assert solver(epochs=2, snapshot_interval=2).snapshot == 0        # 14 is not < 14 → only at end
+    assert solver(epochs=2, val_interval=2).test_interval == 14       # test once at the end
+    assert solver(epochs=4, snapshot_interval=1.5).snapshot == 10     # int(10.5)
+
+
+def test_no_validation_without_val_set():
+    s = solver(val=0, epochs=2)
+    assert len(s.test_iter) == 0 and not s.HasField("test_interval")
+
+
+def test_lr_policies_in_percent_of_training():
+    # 1000 records, batch 10 → 100 iterations/epoch, 2 epochs → 200; scale = 2
+    kw = dict(train=1000, batch=10, epochs=2)
+    s = solver(lr_policy={"policy": "step", "stepsize": 33, "gamma": 0.5}, **kw)
+    assert s.stepsize == 66 and s.gamma == pytest.approx(0.5)
+    s = solver(lr_policy={"policy": "multistep", "stepvalue": "50,85", "gamma": 0.1}, **kw)
+    assert list(s.stepvalue) == [100, 170]
+    s = solver(lr_policy={"policy": "exp", "gamma": 0.95}, **kw)
+    assert s.gamma == pytest.approx(0.95 ** 0.5)
+    s = solver(lr_policy={"policy": "inv", "gamma": 0.1, "power": 0.5}, **kw)
+    assert s.gamma == pytest.approx(0.05) and s.power == pytest.approx(0.5)
+    s = solver(lr_policy={"policy": "poly", "power": 3}, **kw)
+    assert s.power == pytest.approx(3)
+    s = solver(lr_policy={"policy": "sigmoid", "gamma": 0.1, "stepsize": 50}, **kw)
+    assert s.gamma == pytest.approx(-0.05) and s.stepsize == 100
+    with pytest.raises(derive.DeriveError, match="unknown lr_policy"):
+        solver(lr_policy={"policy": "cosine"})
+
+
+def test_solver_types_weight_decay_momentum_display_seed():
+    s = solver(base_lr=0.02, epochs=2)
+    assert s.type == "SGD" and s.momentum == pytest.approx(0.9)
+    assert s.weight_decay == pytest.approx(0.0002)  # base_lr / 100, DIGITS' hidden default
+    assert solver(weight_decay=0.0005).weight_decay == pytest.approx(0.0005)
+    s = solver(solver_type="AdaGrad")
+    assert s.type == "AdaGrad" and not s.HasField("momentum")
+    s = solver(solver_type="RMSProp", rms_decay=0.95)
+    assert not s.HasField("momentum") and s.rms_decay == pytest.approx(0.95)
+    assert solver(solver_type="Adam").momentum == pytest.approx(0.9)
+    with pytest.raises(derive.DeriveError, match="solver type"):
+        solver(solver_type="LBFGS")
+    # display: min(floor(14 / (2*8)) = 0, ceil(5000/16) = 313) → max(1, 0) = 1
+    assert solver(epochs=2).display == 1
+    # 10000 records, batch 10: 1000 it/epoch; floor(2000/16)=125, ceil(5000/10)=500 → 125
+    assert solver(train=10000, batch=10, epochs=2).display == 125
+    assert solver(random_seed=7).random_seed == 7 and not solver().HasField("random_seed")
+
+
+def test_sweep_values():
+    assert derive.sweep("0.01, 0.001") == ["0.01", "0.001"]
+    assert derive.sweep(0.1) == [0.1]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return derive.DatasetFacts.load(make_dataset_dir(str(tmp_path / "ds"), shape=(1, 8, 8)))
+
+
+def test_networks_point_at_dataset_and_deploy_gets_input(dataset):
+    train_val, deploy = derive.derive_networks(parse_net(TINY_NET), dataset,
+                                               {"batch_size": 4, "set_num_output": True})
+    data = {l.name: l for l in train_val.layer if l.type == "Data"}
+    assert data["train_data"].data_param.source == os.path.join(dataset.folder, "train_db", "features")
+    assert data["val_label"].data_param.source == os.path.join(dataset.folder, "val_db", "labels")
+    assert all(os.path.isabs(l.data_param.source) for l in data.values())
+    assert all(l.data_param.backend == 1 for l in data.values())  # LMDB
+    assert all(l.data_param.batch_size == 4 for l in data.values())
+    score = [l for l in train_val.layer if l.name == "score"][0]
+    assert score.convolution_param.num_output == 2
+    assert [l.name for l in deploy.layer] == ["data", "scale", "conv1", "relu1", "score"]
+    assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 1, 8, 8]
+
+
+def test_batch_size_from_prototxt_then_default(dataset):
+    train_val, _ = derive.derive_networks(parse_net(TINY_NET), dataset, {})
+    assert {l.data_param.batch_size for l in train_val.layer if l.type == "Data"} == {2}
+    text = TINY_NET.replace("data_param { batch_size: 2 }", "")
+    train_val, _ = derive.derive_networks(parse_net(text), dataset, {})
+    assert {l.data_param.batch_size for l in train_val.layer if l.type == "Data"} == {16}
+
+
+def test_crop_and_missing_mean(dataset):
+    train_val, deploy = derive.derive_networks(parse_net(TINY_NET), dataset, {"crop_size": 6})
+    assert [l for l in train_val.layer if l.name == "train_data"][0].transform_param.crop_size == 6
+    assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 1, 6, 6]
+    with pytest.raises(derive.DeriveError, match="larger than the images"):
+        derive.derive_networks(parse_net(TINY_NET), dataset, {"crop_size": 9})
+    with pytest.raises(derive.DeriveError, match="mean.binaryproto"):
+        derive.derive_networks(parse_net(TINY_NET), dataset, {"mean": "image"})
+
+
+def test_missing_bottom_names_layer_and_blob(dataset):
+    text = TINY_NET.replace('bottom: "score" bottom: "label" top: "accuracy"',
+                            'bottom: "score" bottom: "labelz" top: "accuracy"')
+    with pytest.raises(derive.DeriveError, match=r"val network: layer 'accuracy' needs blob 'labelz'"):
+        derive.derive_networks(parse_net(text), dataset, {})
+    text = TINY_NET.replace('exclude { stage: "deploy" }', "")
+    with pytest.raises(derive.DeriveError, match=r"deploy network: layer 'loss' needs blob 'label'"):
+        derive.derive_networks(parse_net(text), dataset, {})
+
+
+def test_standard_network_derives(dataset):
+    from engine.prototxt import read_net
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train_val, deploy = derive.derive_networks(read_net(os.path.join(root, "prototxt", "lab_fc.prototxt")),
+                                               dataset, {})
+    assert deploy.layer[0].type == "Input"
+    assert not any(l.type == "Data" for l in deploy.layer)
