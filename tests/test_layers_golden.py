@@ -1,0 +1,129 @@
+"""Every single-layer golden case from BVLC Caffe (tests/golden/layers), run at layer level.
+
+Each case's layers are built from its net.prototxt, given the parameters Caffe used, fed the
+recorded inputs; tops, input gradients and parameter gradients must match Caffe's arrays to
+atol = 1e-4·max|expected|. Net-level cases (implicit splits, in-place chains, shared params,
+Python layers) belong to the net tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import engine.layers  # noqa: F401  (registers the layers)
+from engine.layers.base import layer_class
+from engine.prototxt import read_net
+from engine.proto import caffe_pb2
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "layers")
+NET_LEVEL = {"split_implicit", "inplace_chain", "shared_params", "python_layer"}
+CASES = sorted(c for c in os.listdir(GOLDEN) if c not in NET_LEVEL
+               and os.path.isfile(os.path.join(GOLDEN, c, "net.prototxt")))
+
+
+def assert_close(actual, expected, what):
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != Caffe's {expected.shape}"
+    atol = 1e-4 * max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+    err = float(np.abs(actual - expected).max(initial=0.0))
+    assert err <= atol, f"{what}: max error {err:.3g} > atol {atol:.3g}"
+
+
+def loss_weight(layer, index):
+    if len(layer.param.loss_weight) > index:
+        return layer.param.loss_weight[index]
+    return 1.0 if layer.is_loss and index == 0 else 0.0
+
+
+def run_case(case):
+    folder = os.path.join(GOLDEN, case)
+    net = read_net(os.path.join(folder, "net.prototxt"))
+    info = json.load(open(os.path.join(folder, "case.json")))
+    phase = caffe_pb2.TRAIN if info["phase"] == "TRAIN" else caffe_pb2.TEST
+    io = dict(np.load(os.path.join(folder, "io.npz")))
+    blobs = {}
+    for key, value in io.items():
+        if key.startswith("input:"):
+            name = key[len("input:"):]
+            blobs[name] = torch.tensor(value, dtype=torch.float32,
+                                       requires_grad=f"diff:{name}" in io)
+    inputs = dict(blobs)
+    objective = []
+    grad_params = {}
+    layers = []
+    for lp in net.layer:
+        if lp.type == "Input":
+            continue
+        cls = layer_class(lp.type)
+        assert cls is not None, f"no layer registered for type {lp.type}"
+        layer = cls(lp, phase)
+        bottoms = [blobs[b] for b in lp.bottom]
+        fresh = layer.setup([tuple(b.shape) for b in bottoms])
+        params = []
+        for i, tensor in enumerate(fresh):
+            key = f"param:{lp.name}:{i}"
+            assert key in io, f"layer {lp.name} made {len(fresh)} params; Caffe has no {key}"
+            assert tuple(tensor.shape) == io[key].shape, f"{key}: filled shape {tuple(tensor.shape)}"
+            # the golden nets set force_backward, so Caffe computes every param gradient
+            # (lr_mult 0 included) except BatchNorm's statistics, which have no backward
+            learn = not getattr(layer, "fixed_params", False)
+            p = torch.tensor(io[key], dtype=torch.float32, requires_grad=learn)
+            if learn:
+                grad_params[f"{lp.name}:{i}"] = p
+            params.append(p)
+        assert f"param:{lp.name}:{len(fresh)}" not in io, f"layer {lp.name} made too few params"
+        shapes = layer.reshape([tuple(b.shape) for b in bottoms])
+        tops = layer.forward(bottoms, params)
+        assert len(tops) == len(lp.top) == len(shapes)
+        for i, (name, top, shape) in enumerate(zip(lp.top, tops, shapes)):
+            assert tuple(top.shape) == tuple(shape), f"{lp.name}: top {name} {tuple(top.shape)} vs reshape {shape}"
+            blobs[name] = top
+            w = loss_weight(layer, i)
+            if w:
+                objective.append(top.sum() * w)
+            elif f"topdiff:{name}" in io:
+                objective.append((top * torch.tensor(io[f"topdiff:{name}"])).sum())
+        layers.append((lp, params))
+    return io, blobs, inputs, grad_params, objective, layers
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_layer_case(case):
+    io, blobs, inputs, grad_params, objective, layers = run_case(case)
+    compared = 0
+    for key, expected in io.items():
+        if key.startswith("blob:") and key[5:] in blobs and key[5:] not in inputs:
+            assert_close(blobs[key[5:]].detach().numpy(), expected, key)
+            compared += 1
+    assert compared, f"{case}: no output of ours matched a Caffe blob name"
+    for lp, params in layers:
+        for i, p in enumerate(params):
+            key = f"param_after:{lp.name}:{i}"
+            if key in io:
+                assert_close(p.detach().numpy(), io[key], key)
+    wanted = [(f"diff:{n}", t) for n, t in inputs.items() if t.requires_grad]
+    wanted += [(f"pgrad:{k}", p) for k, p in grad_params.items()]
+    if objective and wanted:
+        grads = torch.autograd.grad(sum(objective), [t for _, t in wanted], allow_unused=True)
+        for (key, tensor), grad in zip(wanted, grads):
+            value = np.zeros(tuple(tensor.shape), np.float32) if grad is None else grad.numpy()
+            if key in io:
+                assert_close(value, io[key], key)
+                compared += 1
+    assert compared > 1 or not any(k.startswith(("diff:", "pgrad:")) for k in io), \
+        f"{case}: Caffe recorded gradients that were not compared"
+    # parameters without a backward (BatchNorm statistics) have zero gradients in Caffe too
+    for lp, params in layers:
+        for i in range(len(params)):
+            key = f"pgrad:{lp.name}:{i}"
+            if key in io and f"{lp.name}:{i}" not in grad_params:
+                assert not np.any(io[key]), f"{key}: Caffe computed a gradient we do not"
+
+
+def test_every_case_is_covered():
+    assert len(CASES) >= 30
