@@ -68,8 +68,7 @@ class JobStore:
         os.makedirs(self.root, exist_ok=True)
         self.path = os.path.join(self.root, DB_NAME)
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        self._db().executescript(_SCHEMA)  # executescript manages its own transaction
 
     # -- connection ---------------------------------------------------------------------
     def _db(self):

@@ -1,0 +1,126 @@
+"""The jobs service end to end on a fake pycaffe: create, train, metrics, kill + resume, abort,
+sweeps, clone, rename, delete rules, interrupted-on-restart."""
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from jobs import store as st
+from jobs.service import JobService, ServiceError
+from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+
+
+@pytest.fixture
+def svc(tmp_path, monkeypatch):
+    fake = install_fake_caffe(str(tmp_path / "fake"))
+    monkeypatch.setenv("PYTHONPATH", fake)
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    return JobService(str(tmp_path / "jobs"), backend="pycaffe")
+
+
+@pytest.fixture
+def dataset(svc, tmp_path):
+    return svc.import_dataset(make_dataset_dir(str(tmp_path / "built")), "phantom")
+
+
+def model(svc, dataset, **kw):
+    options = dict(dataset_id=dataset["id"], network_text=TINY_NET, epochs=4, name="tiny")
+    options.update(kw)
+    return svc.create_model(options)
+
+
+def test_model_job_files_and_training(svc, dataset):
+    [job] = model(svc, dataset)
+    for name in ("original.prototxt", "train_val.prototxt", "deploy.prototxt", "solver.prototxt", "job.json"):
+        assert os.path.isfile(os.path.join(job["dir"], name))
+    assert "max_iter: 20" in open(os.path.join(job["dir"], "solver.prototxt")).read()  # 10/2 = 5 × 4 epochs
+    assert svc.train(job["id"]) == st.DONE
+    m = svc.metrics(job["id"], since=0)
+    losses = [r for r in m["series"] if r[1] == "loss" and r[3] == "train"]
+    assert [r[0] for r in losses] == list(range(1, 21))
+    assert [r[0] for r in m["series"] if r[1] == "accuracy" and r[3] == "val"] == [5, 10, 15, 20]
+    assert any(r[1] == "lr" and r[3] is None for r in m["series"])
+    assert [r[0] for r in svc.metrics(job["id"], since=19)["series"] if r[1] == "loss" and r[3] == "train"] == [19, 20]
+    shown = svc.show(job["id"])
+    assert [h[0] for h in shown["history"]] == ["Initialized", "Running", "Done"]
+    assert [s[0] for s in shown["snapshots"]] == [5, 10, 15, 20]
+
+
+def test_sigkill_then_resume_has_no_gap_or_duplicate(svc, dataset, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.05")
+    [job] = model(svc, dataset)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
+    t.start()
+    metrics = os.path.join(job["dir"], "metrics.jsonl")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 9:
+            break
+        time.sleep(0.02)
+    os.kill(svc.store.get(job["id"])["pid"], signal.SIGKILL)
+    t.join(30)
+    assert result["status"] == st.INTERRUPTED
+    assert svc.show(job["id"])["status"] == st.INTERRUPTED
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0")
+    assert svc.resume(job["id"], wait=True) == st.DONE
+    rows = [r for r in svc.metrics(job["id"])["series"] if r[1] == "loss" and r[3] == "train"]
+    assert [r[0] for r in rows] == list(range(1, 21))
+    calls = [json.loads(l) for l in open(os.environ["FAKE_CAFFE_CALLS"])]
+    assert ["restore", "snapshot_iter_5.solverstate"] in calls
+
+
+def test_abort_stops_runner_and_leaves_consistent_job(svc, dataset, monkeypatch):
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.05")
+    [job] = model(svc, dataset)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
+    t.start()
+    deadline = time.time() + 30
+    while svc.store.get(job["id"])["status"] != st.RUNNING and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert svc.abort(job["id"]) is True
+    t.join(30)
+    assert result["status"] == st.ABORTED
+
+
+def test_running_job_of_dead_process_is_interrupted_on_restart(svc, dataset, tmp_path):
+    [job] = model(svc, dataset)
+    svc.store.set_status(job["id"], st.RUNNING)
+    svc.store.update(job["id"], pid=2 ** 22 + 12345)  # no such process
+    again = JobService(svc.root)
+    assert again.show(job["id"])["status"] == st.INTERRUPTED
+
+
+def test_sweep_group_clone_rename_delete(svc, dataset, tmp_path):
+    jobs = model(svc, dataset, base_lr="0.01,0.001", batch_size="2,5")
+    assert len(jobs) == 4 and {j["group_name"] for j in jobs} == {"tiny"}
+    assert sorted(j["name"] for j in jobs)[0] == "tiny lr=0.001 bs=2"
+    assert "max_iter: 8" in open(os.path.join(jobs[-1]["dir"], "solver.prototxt")).read()  # 10/5 × 4
+    layer_file = tmp_path / "my_layer.py"
+    layer_file.write_text("# python layer\n")
+    [one] = model(svc, dataset, python_layer_files=[str(layer_file)])
+    [copy] = svc.clone(one["id"])
+    assert os.path.isfile(os.path.join(copy["dir"], "my_layer.py"))
+    assert copy["name"] == "tiny (clone)"
+    svc.rename(copy["id"], "renamed")
+    assert svc.show(copy["id"])["name"] == "renamed"
+    with pytest.raises(ServiceError, match="used by model"):
+        svc.delete(dataset["id"])
+    for j in svc.list_jobs("model"):
+        svc.delete(j["id"])
+    svc.delete(dataset["id"])
+    assert svc.list_jobs() == []
+
+
+def test_bad_network_is_refused_with_layer_and_blob(svc, dataset):
+    bad = TINY_NET.replace('bottom: "conv1" top: "score"', 'bottom: "conv2" top: "score"')
+    with pytest.raises(ServiceError, match="layer 'score' needs blob 'conv2'"):
+        model(svc, dataset, network_text=bad)
+    assert svc.list_jobs("model") == []
+    with pytest.raises(ServiceError, match="unknown dataset"):
+        svc.create_model({"dataset_id": "nope", "network_text": TINY_NET})
