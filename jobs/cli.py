@@ -1,0 +1,402 @@
+"""``caffeseg``: the command line of the workbench (the same jobs service the web uses).
+
+Exit codes: 0 success; 1 the job ran but ended Error, Aborted or Interrupted; 2 bad input
+(unknown job, bad option, refused network); 3 a needed part is not installed/available.
+Every command takes ``--data DIR`` (default ``$CAFFESEG_DATA`` or ``~/.caffeseg``): jobs live
+in ``DIR/jobs``, the sample phantom in ``DIR/sample``. ``--json`` prints machine-readable output.
+"""
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message, code=EXIT_BAD_INPUT):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+def data_root(args):
+    return os.path.abspath(os.path.expanduser(args.data or os.environ.get("CAFFESEG_DATA") or "~/.caffeseg"))
+
+
+def service(args):
+    from jobs.service import JobService
+    return JobService(os.path.join(data_root(args), "jobs"), backend=getattr(args, "backend", None) or "auto")
+
+
+def emit(args, obj, text=None):
+    if args.json:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        print(text if text is not None else obj)
+
+
+def job_line(job):
+    return "%-22s %-8s %-12s %s" % (job["id"], job["kind"], job["status"], job["name"])
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_jobs(args):
+    jobs = service(args).list_jobs(args.kind)
+    emit(args, jobs, "\n".join(job_line(j) for j in jobs) or "(no jobs)")
+
+
+def cmd_show(args):
+    job = service(args).show(args.job_id)
+    emit(args, job, "\n".join("%s: %s" % (k, v) for k, v in sorted(job.items())))
+
+
+def cmd_delete(args):
+    service(args).delete(args.job_id)
+    emit(args, {"deleted": args.job_id}, "deleted %s" % args.job_id)
+
+
+def cmd_phantom(args):
+    try:
+        from plugin.sunnybrook import phantom
+    except ImportError as exc:
+        raise CliError("the phantom generator is not available (%s)" % exc, EXIT_UNAVAILABLE)
+    out = os.path.abspath(args.out or os.path.join(data_root(args), "sample"))
+    phantom.generate(out, cases=args.cases, seed=args.seed)
+    emit(args, {"path": out}, "phantom written to %s" % out)
+
+
+def cmd_dataset_create(args):
+    values = {"image_folder": args.image_folder, "contour_folder": args.contour_folder,
+              "channels": args.channels, "val_pct": args.val_pct, "split": args.split, "seed": args.seed}
+    progress = _progress_bar("building dataset")
+    job = service(args).create_dataset(args.plugin, values, args.name, encoding=args.encoding,
+                                       progress=progress)
+    emit(args, job, "dataset %s (%s) Done" % (job["id"], job["name"]))
+
+
+def cmd_dataset_import(args):
+    job = service(args).import_dataset(args.folder, args.name)
+    emit(args, job, "dataset %s (%s) imported" % (job["id"], job["name"]))
+
+
+def _model_options(args):
+    options = {"dataset_id": args.dataset, "name": args.name, "epochs": args.epochs, "base_lr": args.base_lr,
+               "solver_type": args.solver, "mean": args.mean, "iter_size": args.iter_size,
+               "snapshot_interval": args.snapshot_interval, "val_interval": args.val_interval,
+               "set_num_output": args.set_num_output, "group_name": args.group, "notes": args.notes,
+               "lr_policy": {"policy": args.lr_policy, "stepsize": args.stepsize, "stepvalue": args.stepvalue,
+                             "gamma": args.gamma, "power": args.power}}
+    for key in ("batch_size", "val_batch_size", "crop_size", "weight_decay", "random_seed"):
+        if getattr(args, key) not in (None, ""):
+            options[key] = getattr(args, key)
+    if args.network_file:
+        with open(args.network_file) as f:
+            options["network_text"] = f.read()
+    elif args.previous:
+        options["previous_job_id"] = args.previous
+    else:
+        options["standard_network"] = args.network
+    if args.python_layer:
+        options["python_layer_files"] = args.python_layer
+    if args.pretrained:
+        options["pretrained"] = [os.path.abspath(p) for p in args.pretrained]
+    return options
+
+
+def cmd_model_create(args):
+    svc = service(args)
+    jobs = svc.create_model(_model_options(args))
+    if args.train:
+        statuses = [_train_foreground(svc, j["id"]) for j in jobs]
+        jobs = [svc.show(j["id"]) for j in jobs]
+        emit(args, jobs, "\n".join(job_line(j) for j in jobs))
+        return EXIT_OK if all(s == "Done" for s in statuses) else EXIT_JOB_FAILED
+    emit(args, jobs, "\n".join(job_line(j) for j in jobs))
+
+
+def _progress_bar(desc):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = {}
+
+    def update(done, total=None):
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+    return update
+
+
+def _train_foreground(svc, job_id, resume=False):
+    update = _progress_bar("training %s" % job_id)
+
+    def on_progress(status):
+        if update and status.get("max_iter"):
+            update(status.get("iter") or 0, status["max_iter"])
+    return svc.train(job_id, resume=resume, on_progress=on_progress)
+
+
+def cmd_model_train(args):
+    status = _train_foreground(service(args), args.job_id)
+    emit(args, {"id": args.job_id, "status": status}, "%s %s" % (args.job_id, status))
+    return EXIT_OK if status == "Done" else EXIT_JOB_FAILED
+
+
+def cmd_model_resume(args):
+    svc = service(args)
+    job = svc.show(args.job_id)
+    status = svc.resume(args.job_id, wait=False) if args.queue else None
+    if status is None:
+        if job["status"] not in ("Interrupted", "Aborted", "Error"):
+            raise CliError("job %s is %s; only Interrupted, Aborted or Error jobs resume" % (args.job_id, job["status"]))
+        status = _train_foreground(svc, args.job_id, resume=True)
+    emit(args, {"id": args.job_id, "status": status}, "%s %s" % (args.job_id, status))
+    return EXIT_OK if status in ("Done", "Waiting") else EXIT_JOB_FAILED
+
+
+def cmd_model_abort(args):
+    signalled = service(args).abort(args.job_id)
+    emit(args, {"id": args.job_id, "signalled": signalled}, "abort sent to %s" % args.job_id)
+
+
+def cmd_model_metrics(args):
+    m = service(args).metrics(args.job_id, since=args.since)
+    rows = ["%d\t%s%s\t%g" % (i, (p + "/") if p else "", n, v) for i, n, v, p in m["series"] if v is not None]
+    emit(args, m, "\n".join(rows))
+
+
+def cmd_model_evaluate(args):
+    svc = service(args)
+    fn = getattr(svc, "evaluate", None)
+    if fn is None:
+        raise CliError("evaluation is not available in this version", EXIT_UNAVAILABLE)
+    table = fn(args.job_id, snapshot=args.snapshot)
+    emit(args, table)
+
+
+def cmd_model_export(args):
+    svc = service(args)
+    fn = getattr(svc, "export", None)
+    if fn is None:
+        raise CliError("export is not available in this version", EXIT_UNAVAILABLE)
+    path = fn(args.job_id, snapshot=args.snapshot, out=args.out)
+    emit(args, {"path": path}, path)
+
+
+def cmd_infer(args):
+    svc = service(args)
+    fn = getattr(svc, "infer", None)
+    if fn is None:
+        raise CliError("inference is not available in this version", EXIT_UNAVAILABLE)
+    result = fn(args.job_id, snapshot=args.snapshot, record=args.record, image_path=args.image)
+    emit(args, result)
+
+
+def cmd_worker(args):
+    svc = service(args)
+    print("worker on %s (Ctrl-C to stop)" % svc.root, file=sys.stderr)
+    try:
+        svc.scheduler.loop()
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_serve(args):
+    root = data_root(args)
+    sample = os.path.join(root, "sample")
+    if not os.path.exists(sample):
+        try:
+            from plugin.sunnybrook import phantom
+            phantom.generate(sample, cases=4, seed=0)
+        except ImportError:
+            print("note: the phantom generator is not available; no sample data written", file=sys.stderr)
+    try:
+        import web
+    except ImportError as exc:
+        raise CliError("the web application is not available (%s)" % exc, EXIT_UNAVAILABLE)
+    os.makedirs(os.path.join(root, "jobs"), exist_ok=True)
+    app = web.create_app({"JOBS_DIR": os.path.join(root, "jobs"), "DATA_DIR": root})
+    app.run(host=args.host, port=args.port)
+
+
+def cmd_surgery(args):
+    from jobs import surgery
+    fn = {"alexnet-fcn": surgery.alexnet_to_fcn, "vgg16-fcn8s": surgery.vgg16_to_fcn8s}.get(args.kind)
+    if fn is not None:
+        report = fn(args.src, args.dst, num_classes=args.classes, gray=args.gray)
+    else:
+        report = surgery.rgb_to_gray_conv1(args.src, args.dst)
+    emit(args, getattr(report, "__dict__", str(report)), str(report))
+
+
+def cmd_pretrained(args):
+    from jobs import pretrained
+    if args.name is None:
+        rows = {k: {"file": m.filename, "url": m.url, "use": m.use} for k, m in pretrained.KNOWN_MODELS.items()}
+        emit(args, rows, "\n".join("%-16s %s" % (k, m.description) for k, m in pretrained.KNOWN_MODELS.items()))
+        return
+    dest = args.dest or os.path.join(data_root(args), "pretrained")
+    path = pretrained.fetch(args.name, dest)
+    emit(args, {"path": str(path)}, str(path))
+
+
+def cmd_lab(args):
+    raise CliError("caffeseg lab is not implemented yet", EXIT_UNAVAILABLE)
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand must not reset what was given before it (caffeseg --data X jobs).
+    common.add_argument("--data", default=argparse.SUPPRESS,
+                        help="root folder for jobs and sample data (default $CAFFESEG_DATA or ~/.caffeseg)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--backend", choices=("engine", "pycaffe", "auto"), default=argparse.SUPPRESS,
+                        help="what trains: the PyTorch engine, real pycaffe, or pycaffe when importable")
+    ap = argparse.ArgumentParser(prog="caffeseg", description=__doc__.split("\n")[0], parents=[common])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("jobs", parents=[common], help="list jobs")
+    p.add_argument("--kind", choices=("dataset", "model"))
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("phantom", parents=[common], help="write the synthetic Sunnybrook-like sample")
+    p.add_argument("--out")
+    p.add_argument("--cases", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantom)
+
+    ds = sub.add_parser("dataset", help="dataset jobs").add_subparsers(dest="sub", required=True)
+    p = ds.add_parser("create", parents=[common])
+    p.add_argument("--plugin", default="sunnybrook")
+    p.add_argument("--image-folder", required=True)
+    p.add_argument("--contour-folder", required=True)
+    p.add_argument("--channels", choices=("L", "RGB"), default="L")
+    p.add_argument("--val-pct", type=float, default=10)
+    p.add_argument("--split", choices=("slice", "patient"), default="slice")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoding", choices=("none", "png"), default="none")
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_dataset_create)
+    p = ds.add_parser("import", parents=[common], help="register a built dataset folder (dataset.json)")
+    p.add_argument("folder")
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_dataset_import)
+    for name, func in (("show", cmd_show), ("delete", cmd_delete)):
+        p = ds.add_parser(name, parents=[common])
+        p.add_argument("job_id")
+        p.set_defaults(func=func)
+    p = ds.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_jobs, kind="dataset")
+
+    md = sub.add_parser("model", help="model jobs").add_subparsers(dest="sub", required=True)
+    p = md.add_parser("create", parents=[common])
+    p.add_argument("--dataset", required=True, help="dataset job id")
+    p.add_argument("--name", default="model")
+    net = p.add_mutually_exclusive_group()
+    net.add_argument("--network", default="fcn_alexnet", help="a standard network from prototxt/")
+    net.add_argument("--network-file", help="a custom network prototxt")
+    net.add_argument("--previous", help="a previous model job id whose network to reuse")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--base-lr", default="0.01", help="comma-separated for a sweep")
+    p.add_argument("--batch-size", default=None, help="comma-separated for a sweep")
+    p.add_argument("--val-batch-size", type=int)
+    p.add_argument("--iter-size", type=int, default=1, help="batch accumulation")
+    p.add_argument("--solver", default="SGD", choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"))
+    p.add_argument("--lr-policy", default="fixed",
+                   choices=("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid"))
+    p.add_argument("--stepsize", type=float, default=33, help="% of training")
+    p.add_argument("--stepvalue", default="50,85", help="% of training, comma-separated")
+    p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--power", type=float, default=0.5)
+    p.add_argument("--weight-decay", type=float, help="default base_lr/100 (what DIGITS used)")
+    p.add_argument("--mean", choices=("none", "image", "pixel"), default="none")
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--snapshot-interval", type=float, default=1, help="epochs")
+    p.add_argument("--val-interval", type=float, default=1, help="epochs")
+    p.add_argument("--random-seed", type=int)
+    p.add_argument("--set-num-output", action="store_true", help="score layers get the class count")
+    p.add_argument("--python-layer", action="append", help="a Python layer file to copy in")
+    p.add_argument("--pretrained", action="append", help=".caffemodel to load before training")
+    p.add_argument("--group")
+    p.add_argument("--notes")
+    p.add_argument("--train", action="store_true", help="train now, in the foreground")
+    p.set_defaults(func=cmd_model_create)
+    for name, func in (("train", cmd_model_train), ("abort", cmd_model_abort), ("show", cmd_show),
+                       ("delete", cmd_delete)):
+        p = md.add_parser(name, parents=[common])
+        p.add_argument("job_id")
+        p.set_defaults(func=func)
+    p = md.add_parser("resume", parents=[common])
+    p.add_argument("job_id")
+    p.add_argument("--queue", action="store_true", help="leave it to the worker instead of waiting")
+    p.set_defaults(func=cmd_model_resume)
+    p = md.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_jobs, kind="model")
+    p = md.add_parser("metrics", parents=[common])
+    p.add_argument("job_id")
+    p.add_argument("--since", type=int, default=0)
+    p.set_defaults(func=cmd_model_metrics)
+    for name, func in (("evaluate", cmd_model_evaluate), ("export", cmd_model_export)):
+        p = md.add_parser(name, parents=[common])
+        p.add_argument("job_id")
+        p.add_argument("--snapshot", type=int, help="iteration (default: the last)")
+        if name == "export":
+            p.add_argument("--out")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("infer", parents=[common], help="run a trained model on a record or an image")
+    p.add_argument("job_id")
+    p.add_argument("--snapshot", type=int)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--record", help="validation record key")
+    src.add_argument("--image", help="PNG/TIFF/DICOM file or a folder")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("worker", parents=[common], help="run queued jobs (survives web restarts)")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("serve", parents=[common], help="the web interface")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("surgery", parents=[common], help="classifier weights → FCN weights")
+    p.add_argument("kind", choices=("alexnet-fcn", "vgg16-fcn8s", "rgb-to-gray"))
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--gray", action="store_true")
+    p.set_defaults(func=cmd_surgery)
+    p = sub.add_parser("pretrained", parents=[common], help="list or fetch known pretrained models")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--dest")
+    p.set_defaults(func=cmd_pretrained)
+    p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom")
+    p.set_defaults(func=cmd_lab)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    for name, default in (("data", None), ("json", False), ("backend", "auto")):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        print("caffeseg: error: %s" % exc, file=sys.stderr)
+        return exc.code
+    except KeyError as exc:
+        print("caffeseg: error: %s" % (exc.args[0] if exc.args else exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, OSError) as exc:
+        print("caffeseg: error: %s" % exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return code or EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
