@@ -67,7 +67,12 @@ def _open_backend(settings: dict):
     if settings.get("BACKEND") is not None:
         return settings["BACKEND"]
     from web.service_backend import ServiceBackend
-    return ServiceBackend(settings)
+    backend = ServiceBackend(settings)
+    try:
+        backend.service  # open now: the worker starts with the server, not at the first request
+    except Unavailable as exc:
+        log.warning("%s; job pages will say so until it is installed", exc)
+    return backend
 
 
 def create_app(config=None) -> Flask:

@@ -24,11 +24,13 @@ DEFAULTS = {
     "WTF_CSRF_ENABLED": True,
     # Seconds between the model page's metric polls.
     "POLL_INTERVAL_S": 2.0,
+    # Run queued trainings inside the web process (false when a `caffeseg worker` runs them).
+    "START_WORKER": True,
     "HOST": "127.0.0.1",
     "PORT": 5000,
 }
 
-_BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING"}
+_BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING", "START_WORKER"}
 
 
 def _from_env(key: str):

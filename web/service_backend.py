@@ -95,6 +95,7 @@ class ServiceBackend(Backend):
         self._service = None
         self._lock = threading.Lock()
         self._key_cache: dict[tuple, list[str]] = {}
+        self._building: dict[str, threading.Thread] = {}
 
     # -- the jobs service, opened lazily so the app starts even while it is missing ---------
     @property
@@ -106,7 +107,12 @@ class ServiceBackend(Backend):
                         module = importlib.import_module("jobs.service")
                     except Exception as exc:  # not written yet / broken install
                         raise Unavailable(f"the jobs service cannot be loaded ({type(exc).__name__}: {exc})") from None
-                    self._service = _open_service(module, self.settings)
+                    service = _open_service(module, self.settings)
+                    # Single-process serve: this process also runs the queued trainings, unless a
+                    # separate `caffeseg worker` does (START_WORKER false).
+                    if self.settings.get("START_WORKER", True) and callable(getattr(service, "start_worker", None)):
+                        service.start_worker()
+                    self._service = service
         return self._service
 
     def _fn(self, *names):
@@ -123,9 +129,9 @@ class ServiceBackend(Backend):
         except (Unavailable, NotFound, BadRequest):
             raise
         except LookupError as exc:
-            raise NotFound(str(exc)) from None
+            raise NotFound(str(exc).strip("'\"")) from None
         except (ValueError, PermissionError) as exc:
-            raise BadRequest(str(exc)) from None
+            raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
 
     # -- normalisation ------------------------------------------------------------------------
     def _summary(self, raw) -> dict:
@@ -137,7 +143,9 @@ class ServiceBackend(Backend):
         submitted = _epoch(_get(d, "submitted", "created", "created_at", "submitted_at"))
         elapsed = _get(d, "elapsed", "runtime", "elapsed_s")
         if elapsed is None and submitted:
-            end = _epoch(_get(d, "finished", "finished_at", "ended_at")) or time.time()
+            finished = status.lower() in ("done", "error", "aborted", "interrupted")
+            end = _epoch(_get(d, "finished", "finished_at", "ended_at",
+                              "updated_at" if finished else "__none__")) or time.time()
             started = _epoch(_get(d, "started", "started_at")) or submitted
             elapsed = max(0.0, end - started)
         metrics = {}
@@ -150,14 +158,16 @@ class ServiceBackend(Backend):
                              "spark": spark[-60:]}
         out = dict(d)
         out.update({"id": job_id, "kind": kind, "name": str(_get(d, "name", default=job_id)),
-                    "group": _get(d, "group", "group_name", default="") or "", "status": status.capitalize()
-                    if status.islower() else status, "submitted": submitted, "elapsed": elapsed,
-                    "progress": _get(d, "progress"), "metrics": metrics})
+                    "group": _get(d, "group", "group_name", default="") or "",
+                    "status": status.capitalize() if status.islower() else status,
+                    "submitted": submitted, "elapsed": elapsed, "progress": _get(d, "progress"),
+                    "metrics": metrics})
         job_dir = _get(d, "dir", "path", "job_dir", "directory")
         if job_dir is None:
             job_dir = Path(self.settings["JOBS_DIR"]) / job_id
         out["dir"] = str(job_dir)
         out["dataset_id"] = _get(d, "dataset_id", "dataset")
+        out.pop("options", None) if not isinstance(out.get("options"), dict) else None
         return out
 
     # -- listing and lifecycle ----------------------------------------------------------------
@@ -168,7 +178,27 @@ class ServiceBackend(Backend):
         except (TypeError, ValueError):
             raw = fn()
         jobs = [self._summary(j) for j in raw]
-        return [j for j in jobs if kind is None or j["kind"] == kind]
+        jobs = [j for j in jobs if kind is None or j["kind"] == kind]
+        for job in jobs:
+            if job["kind"] == "model" and not job["metrics"]:
+                job["metrics"] = self._key_metrics(job)
+                job["progress"] = job["progress"] if job["progress"] is not None else _runner_progress(job["dir"])
+        return jobs
+
+    def _key_metrics(self, job) -> dict:
+        """last/min/max and a sparkline of the validation outputs and the training loss."""
+        try:
+            series = self._series(job["id"], 0)[0]
+        except (Unavailable, NotFound, BadRequest):
+            return {}
+        out = {}
+        for name, points in series.items():
+            if not points or not (name.startswith("val/") or name == "train/loss"):
+                continue
+            values = [p[1] for p in points]
+            step = max(1, len(values) // 60)
+            out[name] = {"last": values[-1], "min": min(values), "max": max(values), "spark": values[::step]}
+        return out
 
     def job(self, job_id):
         check_job_id(job_id)
@@ -179,32 +209,44 @@ class ServiceBackend(Backend):
         job_dir = Path(job["dir"])
         job["files"] = list_job_files(job_dir)
         job["size"] = job.get("size") or _dir_size(job_dir)
-        history = _get(job, "history", "status_history", default=[]) or []
-        job["history"] = [{"status": _get(_as_dict(h) if not isinstance(h, (list, tuple)) else
-                                          {"status": h[0], "time": h[1]}, "status", "state"),
-                           "time": _epoch(_get(_as_dict(h) if not isinstance(h, (list, tuple)) else
-                                               {"status": h[0], "time": h[1]}, "time", "timestamp", "at"))}
-                          for h in history]
+        job["history"] = [_history_entry(h) for h in (_get(job, "history", "status_history", default=[]) or [])]
         if job.get("log") is None:
             job["log"] = self._read_log(job_dir)
-        if job["kind"] == "dataset" and not job.get("info"):
-            info_path = job_dir / "dataset.json"
-            if info_path.is_file():
-                try:
-                    job["info"] = json.loads(info_path.read_text())
-                except ValueError:
-                    job["info"] = {}
         if job["kind"] == "dataset":
-            job["info"] = _dataset_info_view(job.get("info") or {})
+            info = job.get("info")
+            if not info and (job_dir / "dataset.json").is_file():
+                try:
+                    info = json.loads((job_dir / "dataset.json").read_text())
+                except ValueError:
+                    info = {}
+            job["info"] = _dataset_info_view(info or {})
             job["summary"] = _dataset_summary(job["info"])
+            job["plugin"] = (job.get("options") or {}).get("plugin")
         if job["kind"] == "model":
+            facts = _read_json(job_dir / "job.json")
+            if facts.get("max_iter") and facts.get("epochs"):
+                job["iters_per_epoch"] = float(facts["max_iter"]) / float(facts["epochs"])
+            status = _read_json(job_dir / "runner_status.json")
+            if job.get("progress") is None and status.get("max_iter"):
+                job["progress"] = float(status.get("iter") or 0) / float(status["max_iter"])
+            job["eta"] = job.get("eta") or status.get("eta")
+            if job["status"].lower() == "running" and job.get("eta") is None:
+                job["eta"] = self._last_value(job_id, "eta")
             job["snapshots"] = self._snapshots(job, job_dir)
             if job.get("dataset_id"):
                 try:
                     job["dataset_name"] = self._summary(self._call(("show", "get_job", "job"), job["dataset_id"]))["name"]
-                except Exception:  # the dataset may have been deleted
+                except (NotFound, BadRequest, Unavailable):  # the dataset may have been deleted
                     job["dataset_name"] = None
         return job
+
+    def _last_value(self, job_id, name):
+        try:
+            extra = self._series(job_id, 0)[1]
+        except (Unavailable, NotFound, BadRequest):
+            return None
+        values = extra.get(name) or []
+        return values[-1][1] if values else None
 
     @staticmethod
     def _read_log(job_dir: Path) -> str | None:
@@ -219,53 +261,74 @@ class ServiceBackend(Backend):
     def _snapshots(job: dict, job_dir: Path) -> list[dict]:
         raw = job.get("snapshots")
         ipe = job.get("iters_per_epoch")
+        entries = []
         if raw:
-            out = []
             for s in raw:
-                s = _as_dict(s) if not isinstance(s, (int, float)) else {"iteration": int(s)}
-                it = int(_get(s, "iteration", "iter"))
-                file = _get(s, "file", "path", default=f"snapshot_iter_{it}.caffemodel")
-                file = Path(file).name if str(file).startswith(str(job_dir)) or "/" not in str(file) else file
-                path = job_dir / file
-                out.append({"iteration": it, "epoch": _get(s, "epoch", default=(it / ipe) if ipe else None),
-                            "file": str(file), "size": path.stat().st_size if path.is_file() else None})
-            return out
+                if isinstance(s, (list, tuple)):  # (iteration, file name)
+                    entries.append((int(s[0]), str(s[1]) if len(s) > 1 else f"snapshot_iter_{int(s[0])}.caffemodel"))
+                elif isinstance(s, (int, float)):
+                    entries.append((int(s), f"snapshot_iter_{int(s)}.caffemodel"))
+                else:
+                    s = _as_dict(s)
+                    it = int(_get(s, "iteration", "iter"))
+                    entries.append((it, str(_get(s, "file", "path", default=f"snapshot_iter_{it}.caffemodel"))))
+        else:
+            for path in job_dir.glob("*_iter_*.caffemodel"):
+                try:
+                    entries.append((int(path.stem.rsplit("_", 1)[1]), path.name))
+                except ValueError:
+                    continue
         out = []
-        for path in job_dir.glob("*_iter_*.caffemodel"):
-            try:
-                it = int(path.stem.rsplit("_", 1)[1])
-            except ValueError:
-                continue
-            out.append({"iteration": it, "epoch": (it / ipe) if ipe else None, "file": path.name,
-                        "size": path.stat().st_size})
-        return sorted(out, key=lambda s: s["iteration"])
+        for it, file in sorted(entries):
+            name = Path(file).name
+            path = job_dir / name
+            out.append({"iteration": it, "epoch": (it / ipe) if ipe else None, "file": name,
+                        "size": path.stat().st_size if path.is_file() else None})
+        return out
 
-    def metrics(self, job_id, since=0):
-        check_job_id(job_id)
+    def _series(self, job_id, since):
+        """The service's metric rows grouped into named series, plus the bookkeeping series."""
         raw = self._call(("metrics", "metric_series", "get_metrics", "metrics_since"), job_id, since)
         raw = _as_dict(raw) if not isinstance(raw, list) else {"series": raw}
         series = raw.get("series", {})
-        if isinstance(series, list):  # rows: (iteration, name, value) or dicts
+        extra: dict[str, list] = {}
+        if isinstance(series, list):  # rows: (iteration, name, value, phase) or dicts
             grouped: dict[str, list] = {}
             for row in series:
                 r = _as_dict(row) if not isinstance(row, (list, tuple)) else dict(zip(("iteration", "name", "value", "phase"), row))
                 name = str(_get(r, "name", "series", "key"))
                 phase = _get(r, "phase", "stage")
+                point = [int(_get(r, "iteration", "iter")), _get(r, "value")]
+                if not phase and name in BOOKKEEPING_SERIES:
+                    extra.setdefault(name, []).append(point)
+                    continue
                 if phase and "/" not in name and name != "lr":
                     name = f"{phase}/{name}"
-                grouped.setdefault(name, []).append([int(_get(r, "iteration", "iter")), float(_get(r, "value"))])
+                grouped.setdefault(name, []).append(point)
             series = grouped
-        out = {k: v for k, v in raw.items() if k != "series"}
-        out["series"] = {name: [[int(p[0]), float(p[1])] for p in pts if int(p[0]) >= since]
-                         for name, pts in series.items()}
-        if "status" not in out or "progress" not in out:
+        clean = {name: [[int(p[0]), float(p[1])] for p in pts if int(p[0]) >= since and p[1] is not None]
+                 for name, pts in series.items()}
+        return clean, extra, {k: v for k, v in raw.items() if k != "series"}
+
+    def metrics(self, job_id, since=0):
+        check_job_id(job_id)
+        series, extra, out = self._series(job_id, since)
+        out["series"] = series
+        epochs = [p for p in extra.get("epoch", []) if p[1]]
+        if epochs and not out.get("iters_per_epoch"):
+            out["iters_per_epoch"] = epochs[-1][0] / float(epochs[-1][1])
+        if extra.get("eta") and out.get("eta") is None:
+            out["eta"] = extra["eta"][-1][1]
+        if extra.get("throughput"):
+            out["throughput"] = extra["throughput"][-1][1]
+        if out.get("iters_per_epoch") is None or "status" not in out:
             try:
-                job = self._summary(self._call(("show", "get_job", "job"), job_id))
+                job = self.job(job_id)
                 out.setdefault("status", job["status"])
                 out.setdefault("progress", job.get("progress"))
-                out.setdefault("eta", job.get("eta"))
-                out.setdefault("iters_per_epoch", job.get("iters_per_epoch"))
-            except Unavailable:
+                if out.get("iters_per_epoch") is None:
+                    out["iters_per_epoch"] = job.get("iters_per_epoch")
+            except (Unavailable, NotFound):
                 pass
         return out
 
@@ -279,34 +342,66 @@ class ServiceBackend(Backend):
         self._call(("resume", "resume_job"), check_job_id(job_id))
 
     def clone(self, job_id):
-        raw = self._call(("clone_values", "clone_options", "clone", "clone_job"), check_job_id(job_id))
-        return _as_dict(raw) if not isinstance(raw, str) else {"id": raw}
+        raw = self._call(("clone_values", "clone_options"), check_job_id(job_id))
+        values = _as_dict(raw)
+        kind = self._summary(self._call(("show", "get_job", "job"), job_id))["kind"]
+        if kind == "dataset":
+            return {"plugin": values.get("plugin"), "values": values.get("values") or {},
+                    "options": {"dataset_name": values.get("name"), "group_name": values.get("group_name")}}
+        return model_form_values(values)
 
     # -- creation ---------------------------------------------------------------------------
     def create_dataset(self, plugin_id, values, options):
+        """Start building in a background thread; returns the new job's id at once.
+
+        The service builds synchronously (the job exists, Running, from the first moment), so
+        the page can show the job while it builds and the request does not wait."""
         fn = self._fn("create_dataset")
-        kwargs = dict(options)
-        for alias, name in DATASET_OPTION_ALIASES.items():
-            kwargs.setdefault(alias, options.get(name))
-        try:
-            result = fn(plugin_id, values, **_accepted_kwargs(fn, kwargs))
-        except LookupError as exc:
-            raise NotFound(str(exc)) from None
-        except ValueError as exc:
+        kwargs = {"name": options.get("dataset_name") or "dataset", "group_name": options.get("group_name") or None,
+                  "encoding": options.get("encoding") or "none", "workers": options.get("encoder_threads") or 1}
+        extra = _builder_extras(options)
+        kwargs.update(extra)
+        before = {j["id"] for j in self.jobs("dataset")}
+        errors: list[BaseException] = []
+
+        def build():
+            try:
+                fn(plugin_id, dict(values), **_accepted_kwargs(fn, kwargs))
+            except BaseException as exc:  # noqa: BLE001 - the job records the failure; keep it for the request
+                errors.append(exc)
+
+        thread = threading.Thread(target=build, name=f"dataset-{kwargs['name']}", daemon=True)
+        thread.start()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            new = [j for j in self.jobs("dataset") if j["id"] not in before]
+            if new:
+                self._building[new[0]["id"]] = thread
+                return new[0]["id"]
+            if errors:
+                break
+            time.sleep(0.05)
+        thread.join(0.1)
+        if errors:
+            exc = errors[0]
             raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
-        return str(_get(_as_dict(result), "id", "job_id")) if not isinstance(result, str) else result
+        raise BadRequest("the dataset job did not start; see the server log")
 
     def create_model(self, options):
-        fn = self._fn("create_model", "create_models")
+        service_options, staged = service_model_options(options, self.settings)
         try:
-            result = fn(options)
-        except LookupError as exc:
-            raise NotFound(str(exc)) from None
-        except ValueError as exc:
-            raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
-        if isinstance(result, (str, int)):
-            return [str(result)]
-        return [r if isinstance(r, str) else str(_get(_as_dict(r), "id", "job_id")) for r in result]
+            result = self._call(("create_model", "create_models"), service_options)
+        finally:
+            if staged is not None:
+                import shutil
+                shutil.rmtree(staged, ignore_errors=True)
+        jobs = [result] if isinstance(result, (str, dict)) else list(result)
+        ids = [j if isinstance(j, str) else str(_get(_as_dict(j), "id", "job_id")) for j in jobs]
+        submit = getattr(self.service, "submit", None)
+        if callable(submit):
+            for job_id in ids:
+                submit(job_id)
+        return ids
 
     # -- datasets (read from the files the dataset builder writes) ---------------------------
     def _dataset_dir(self, job_id) -> Path:
@@ -424,6 +519,137 @@ class ServiceBackend(Backend):
 
 
 # -- helpers that shape the service's answers for the templates ------------------------------
+
+BOOKKEEPING_SERIES = ("epoch", "eta", "throughput")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _runner_progress(job_dir) -> float | None:
+    status = _read_json(Path(job_dir) / "runner_status.json")
+    if status.get("max_iter"):
+        return float(status.get("iter") or 0) / float(status["max_iter"])
+    return None
+
+
+def _history_entry(h) -> dict:
+    if isinstance(h, (list, tuple)):
+        h = {"status": h[0], "time": h[1] if len(h) > 1 else None}
+    h = _as_dict(h)
+    return {"status": _get(h, "status", "state"), "time": _epoch(_get(h, "time", "timestamp", "at"))}
+
+
+def _builder_extras(options: dict) -> dict:
+    """Generic dataset options the plugin's builder accepts by name (e.g. enforce_same_shape)."""
+    try:
+        from jobs.dataset import build_dataset
+        params = _inspect.signature(build_dataset).parameters
+    except Exception:  # the builder is someone else's module; without it nothing extra is passed
+        return {}
+    out = {}
+    for key in ("enforce_same_shape", "encoder_batch_size", "batch_size"):
+        source = "encoder_batch_size" if key == "batch_size" else key
+        if key in params and options.get(source) is not None:
+            out[key] = options[source]
+    return out
+
+
+MEAN_CHOICES = ("none", "image", "pixel")
+
+
+def service_model_options(form: dict, settings: dict) -> tuple[dict, Path | None]:
+    """The model form's values → the option names of ``jobs.service.create_model``.
+
+    Returns the options and a staging folder holding an uploaded Python layer file (the service
+    copies it into the job folder; the caller removes the staging folder afterwards)."""
+    opts = {
+        "dataset_id": form.get("dataset"),
+        "name": form.get("model_name"),
+        "group_name": form.get("group_name") or None,
+        "epochs": form.get("epochs"),
+        "snapshot_interval": form.get("snapshot_interval"),
+        "val_interval": form.get("val_interval"),
+        "random_seed": form.get("random_seed"),
+        "iter_size": form.get("batch_accumulation") or 1,
+        "solver_type": form.get("solver_type") or "SGD",
+        "weight_decay": form.get("weight_decay"),
+        "base_lr": ",".join(str(v) for v in form.get("base_lr") or [0.01]),
+        "batch_size": ",".join(str(v) for v in form.get("batch_size") or []) or None,
+        "mean": form.get("mean_subtraction") if form.get("mean_subtraction") in MEAN_CHOICES else "none",
+        "crop_size": form.get("crop_size"),
+        "lr_policy": _lr_policy(form),
+    }
+    source = form.get("network_source") or "standard"
+    if source == "custom":
+        opts["network_text"] = form.get("custom_network")
+    elif source == "previous":
+        opts["previous_job_id"] = form.get("previous_network")
+    elif source == "pretrained":
+        raise Unavailable("training from a pretrained-model job is not available yet; "
+                          "use 'Pretrained model(s)' with a .caffemodel path instead")
+    else:
+        opts["standard_network"] = form.get("standard_network")
+    if form.get("pretrained_model"):
+        opts["pretrained"] = list(form["pretrained_model"])
+    files = [form["python_layer_server_file"]] if form.get("python_layer_server_file") else []
+    staged = None
+    upload = form.get("python_layer_upload")
+    if upload:
+        from werkzeug.utils import secure_filename
+        import secrets
+        staged = Path(settings["JOBS_DIR"]) / ".uploads" / secrets.token_hex(8)
+        staged.mkdir(parents=True, exist_ok=True)
+        target = staged / (secure_filename(upload["filename"]) or "python_layer.py")
+        target.write_bytes(upload["content"])
+        files.append(str(target))
+    if files:
+        opts["python_layer_files"] = files
+    return {k: v for k, v in opts.items() if v is not None}, staged
+
+
+def _lr_policy(form: dict) -> dict:
+    policy = form.get("lr_policy") or "fixed"
+    out = {"policy": policy}
+    if policy in ("step", "sigmoid") and form.get("lr_step_size") is not None:
+        out["stepsize"] = form["lr_step_size"]
+    if policy == "multistep" and form.get("lr_step_values"):
+        out["stepvalue"] = ",".join(str(v) for v in form["lr_step_values"])
+    if policy in ("step", "multistep", "exp", "inv", "sigmoid") and form.get("lr_gamma") is not None:
+        out["gamma"] = form["lr_gamma"]
+    if policy in ("inv", "poly") and form.get("lr_power") is not None:
+        out["power"] = form["lr_power"]
+    return out
+
+
+def model_form_values(values: dict) -> dict:
+    """``jobs.service.clone_values`` of a model → the new-model form's field names."""
+    policy = values.get("lr_policy") if isinstance(values.get("lr_policy"), dict) else {"policy": values.get("lr_policy") or "fixed"}
+    out = {
+        "dataset": values.get("dataset_id"), "model_name": values.get("name"),
+        "group_name": values.get("group_name"), "epochs": values.get("epochs"),
+        "snapshot_interval": values.get("snapshot_interval"), "val_interval": values.get("val_interval"),
+        "random_seed": values.get("random_seed"), "batch_accumulation": values.get("iter_size"),
+        "solver_type": values.get("solver_type"), "weight_decay": values.get("weight_decay"),
+        "base_lr": values.get("base_lr"), "batch_size": values.get("batch_size"),
+        "mean_subtraction": values.get("mean"), "crop_size": values.get("crop_size"),
+        "lr_policy": policy.get("policy"), "lr_step_size": policy.get("stepsize"),
+        "lr_gamma": policy.get("gamma"), "lr_power": policy.get("power"),
+        "lr_step_values": policy.get("stepvalue"), "pretrained_model": values.get("pretrained"),
+    }
+    if values.get("network_text"):
+        out["network_source"], out["custom_network"] = "custom", values["network_text"]
+    elif values.get("standard_network"):
+        out["network_source"], out["standard_network"] = "standard", values["standard_network"]
+    files = values.get("python_layer_files") or []
+    if files:
+        out["python_layer_server_file"] = files[0] if isinstance(files, list) else files
+    return {k: v for k, v in out.items() if v is not None}
+
 
 # The web's option names → other names a service signature may use for them.
 DATASET_OPTION_ALIASES = {"name": "dataset_name", "group": "group_name", "workers": "encoder_threads",

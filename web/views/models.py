@@ -10,6 +10,12 @@ from web.views.common import backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
+# Names the jobs service uses in its field errors → the form's fields.
+SERVICE_FIELD_NAMES = {"dataset_id": "dataset", "name": "model_name", "network": "custom_network",
+                       "standard_network": "standard_network", "python_layer_file": "python_layer_server_file",
+                       "python_layer_files": "python_layer_server_file", "iter_size": "batch_accumulation",
+                       "pretrained": "pretrained_model", "mean": "mean_subtraction"}
+
 MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapshot_interval", "val_interval",
                        "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
                        "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
@@ -72,6 +78,7 @@ def new():
             ids = backend().create_model(_options(form))
         except BadRequest as exc:
             for name, message in exc.field_errors.items():
+                name = SERVICE_FIELD_NAMES.get(name, name)
                 if name in form:
                     form[name].errors = list(form[name].errors) + [message]
             flash(str(exc), "error")

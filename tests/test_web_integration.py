@@ -1,0 +1,124 @@
+"""The web on the real jobs service: an imported dataset, model creation, clone, delete rules.
+
+Training itself is the jobs suite's business (and the full browser test's); here the worker is
+off, so a created model stays Waiting and nothing slow runs."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+service_mod = pytest.importorskip("jobs.service")
+pytest.importorskip("engine.lmdb_io")
+
+from web import create_app  # noqa: E402
+
+TINY_NET = """name: "tiny"
+layer { name: "train_data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
+layer { name: "train_label" type: "Data" top: "label" include { stage: "train" } data_param { batch_size: 2 } }
+layer { name: "val_data" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 2 } }
+layer { name: "val_label" type: "Data" top: "label" include { stage: "val" } data_param { batch_size: 2 } }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" exclude { stage: "deploy" } }
+"""
+
+
+def _built_dataset(folder):
+    """A dataset folder as the builder writes it: LMDBs of Datums, mean, dataset.json."""
+    from engine.blobproto import write_binaryproto
+    from engine.datum import array_to_datum
+    from engine.lmdb_io import LmdbWriter
+    counts = {"train": 4, "val": 2}
+    for stage, n in counts.items():
+        for part in ("features", "labels"):
+            path = folder / f"{stage}_db" / part
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with LmdbWriter(str(path)) as w:
+                for i in range(n):
+                    if part == "features":
+                        arr = (np.arange(256, dtype=np.uint16).reshape(1, 16, 16) * 16 + i)
+                    else:
+                        arr = np.zeros((1, 16, 16), np.uint8)
+                        arr[0, 4:9, 4:9] = 1
+                    w.put(f"{i:08d}", array_to_datum(arr).SerializeToString())
+    write_binaryproto(str(folder / "mean.binaryproto"), np.full((1, 16, 16), 2000.0, np.float32))
+    (folder / "dataset.json").write_text(json.dumps({
+        "counts": counts, "feature_shape": [1, 16, 16], "feature_dtype": "uint16", "label_shape": [1, 16, 16],
+        "label_dtype": "uint8", "classes": ["background", "lv"], "palette": [[0, 0, 0], [255, 0, 0]],
+        "records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"},
+                            {"key": "00000001", "case": "SC-HF-NI-3", "image": "IM-0379-0068.dcm"}]}}))
+    return folder
+
+
+@pytest.fixture
+def site(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    backend = app.extensions["caffeseg_backend"]
+    svc = backend.service
+    ds = svc.import_dataset(str(_built_dataset(tmp_path / "built")), "imported")
+    return app.test_client(), svc, ds, data
+
+
+def test_home_and_dataset_pages_on_the_real_service(site):
+    client, svc, ds, _ = site
+    html = client.get("/").get_data(as_text=True)
+    assert "imported" in html and "Done" in html
+    html = client.get(f"/datasets/{ds['id']}").get_data(as_text=True)
+    assert "uint16" in html and "mean.binaryproto" in html and ds["dir"] in html
+    html = client.get(f"/datasets/{ds['id']}/explore?stage=val").get_data(as_text=True)
+    assert "SC-HF-NI-3 / 0048" in html and "SC-HF-NI-3 / 0068" in html
+    png = client.get(f"/datasets/{ds['id']}/records/val/1/feature.png")
+    assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
+    assert client.get(f"/datasets/{ds['id']}/records/val/1/label.png").status_code == 200
+
+
+def test_model_creation_clone_and_delete_rules(site):
+    client, svc, ds, data = site
+    (data / "layers.py").write_text("import caffe\n")
+    form = {"dataset": ds["id"], "epochs": "2", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "2", "solver_type": "Adam", "base_lr": "0.01, 0.001", "lr_policy": "step",
+            "lr_step_size": "50", "lr_gamma": "0.5", "lr_power": "0.75", "lr_step_values": "50,85",
+            "mean_subtraction": "image", "network_source": "custom", "custom_network": TINY_NET,
+            "python_layer_server_file": str(data / "layers.py"), "model_name": "sweep", "group_name": "g"}
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    models = svc.list_jobs("model")
+    assert sorted(m["name"] for m in models) == ["sweep lr=0.001", "sweep lr=0.01"]
+    job = svc.show(models[0]["id"])
+    assert job["status"] == "Waiting"  # submitted for the worker
+    solver = open(f"{job['dir']}/solver.prototxt").read()
+    assert 'type: "Adam"' in solver and "iter_size: 2" in solver and 'lr_policy: "step"' in solver
+    train_val = open(f"{job['dir']}/train_val.prototxt").read()
+    assert "mean_file" in train_val and "backend: LMDB" in train_val
+    # The model page and its metrics API work before the first iteration.
+    html = client.get(f"/models/{job['id']}").get_data(as_text=True)
+    assert "sweep lr=" in html and "train_val.prototxt" in html and "layers.py" in html
+    metrics = client.get(f"/api/jobs/{job['id']}/metrics?since=0").get_json()
+    assert metrics["series"] == {} and metrics["status"] == "Waiting"
+    # Clone shows the form filled with the job's options.
+    html = client.get(f"/models/{job['id']}/clone").get_data(as_text=True)
+    assert 'value="2"' in html and "Adam" in html and 'name: &#34;tiny&#34;' in html
+    assert re.search(r'<option selected value="step">|<option value="step" selected', html)
+    # A dataset used by models cannot be deleted; the message names the models.
+    resp = client.post(f"/datasets/{ds['id']}/delete", follow_redirects=True)
+    assert "used by model" in resp.get_data(as_text=True)
+    client.post(f"/models/{job['id']}/abort")
+    assert svc.show(job["id"])["status"] == "Aborted"
+
+
+def test_service_field_errors_go_beside_the_form_fields(site):
+    client, svc, ds, _ = site
+    form = {"dataset": ds["id"], "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "custom",
+            "custom_network": TINY_NET.replace('bottom: "data" top: "score"', 'bottom: "nothing" top: "score"'),
+            "model_name": "broken"}
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 400
+    assert "nothing" in resp.get_data(as_text=True)
+    assert svc.list_jobs("model") == []
