@@ -136,7 +136,7 @@ def _train_foreground(svc, job_id, resume=False):
     def on_progress(status):
         if update and status.get("max_iter"):
             update(status.get("iter") or 0, status["max_iter"])
-    return svc.train(job_id, resume=resume, on_progress=on_progress)
+    return svc.train(job_id, resume=resume, on_progress=on_progress, evaluate=True)
 
 
 def cmd_model_train(args):

@@ -143,14 +143,25 @@ class JobService:
             jobs.append(self.store.get(job["id"]))
         return jobs
 
-    def train(self, job_id, resume=False, on_progress=None, gpu=None):
+    def train(self, job_id, resume=False, on_progress=None, gpu=None, evaluate=False):
         """Train in the foreground (a runner subprocess); returns the final status."""
         job = self.store.get(check_job_id(job_id))
         if job["kind"] != "model":
             raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
         if job["status"] == st.RUNNING and pid_alive(job["pid"]):
             raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
-        return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress)
+        status = self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress)
+        if status == st.DONE and evaluate:
+            self._evaluate_after_training(job_id)
+        return status
+
+    def _evaluate_after_training(self, job_id):
+        """DIGITS-style: evaluate the final snapshot; a failure is logged, the training stays Done."""
+        try:
+            self.evaluate(job_id)
+        except Exception as exc:  # evaluation is a bonus on a finished job: never fail it
+            with open(os.path.join(self.store.get(job_id)["dir"], "log.txt"), "a") as log:
+                log.write("evaluation failed: %s: %s\n" % (type(exc).__name__, exc))
 
     def submit(self, job_id, resume=False):
         """Queue a model job for the worker (``caffeseg worker`` or ``start_worker``)."""
@@ -182,6 +193,77 @@ class JobService:
 
     def abort(self, job_id):
         return self.scheduler.abort(check_job_id(job_id))
+
+    # -- evaluation, inference, export ---------------------------------------------------------------
+    def _model(self, job_id):
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] != "model":
+            raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
+        return job
+
+    def _deploy_model(self, job, snapshot=None):
+        from jobs.infer import DeployModel, InferError
+        try:
+            return DeployModel.from_job(job["dir"], snapshot, backend=self.scheduler.backend)
+        except InferError as exc:
+            raise ServiceError(str(exc))
+
+    def evaluate(self, job_id, snapshot=None, progress=None):
+        """Run the deploy net over the whole val set; stores and returns the table
+        ({"snapshot", "records": [{key, dice, iou, pixel_accuracy, *_area_px, *_area_mm2}], "summary"})."""
+        from jobs.evaluate import evaluate
+        job = self._model(job_id)
+        dataset = self.store.get(job["dataset_id"])
+        model = self._deploy_model(job, snapshot)
+        name = "evaluation.json" if snapshot is None else "evaluation_iter_%d.json" % int(snapshot)
+        return evaluate(model, dataset["dir"], os.path.join(job["dir"], name), progress=progress)
+
+    def evaluation(self, job_id, snapshot=None):
+        """The stored evaluation table, or None when the job has not been evaluated."""
+        job = self._model(job_id)
+        name = "evaluation.json" if snapshot is None else "evaluation_iter_%d.json" % int(snapshot)
+        path = os.path.join(job["dir"], name)
+        if not os.path.exists(path):
+            return None
+        import json
+        with open(path) as f:
+            return json.load(f)
+
+    def infer(self, job_id, snapshot=None, record=None, image_path=None, visualize=False):
+        """Predict one val record (by key), one image file, or every image of a folder.
+        Returns {"results": [{"source", "class_map", "probabilities", "metrics"?, "contours"}]}."""
+        from jobs import infer as inf
+        job = self._model(job_id)
+        model = self._deploy_model(job, snapshot)
+        inputs = []
+        try:
+            if record is not None:
+                image, label = inf.record_by_key(self.store.get(job["dataset_id"])["dir"], record)
+                inputs.append(("record:%s" % record, image, label))
+            elif image_path:
+                for path in inf.image_files(image_path):
+                    inputs.append((path, inf.load_image(path), None))
+            else:
+                raise ServiceError("give a record key or an image path")
+            results = []
+            for source, image, label in inputs:
+                r = model.predict(image, label=label, visualize=visualize)
+                r["source"] = source
+                r["contours"] = inf.lv_contours(r["class_map"])
+                results.append(r)
+        except inf.InferError as exc:
+            raise ServiceError(str(exc))
+        return {"snapshot": os.path.basename(model.weights), "classes": model.classes, "results": results}
+
+    def export(self, job_id, snapshot=None, out=None):
+        """Write the model download (.tar.gz) and return its path."""
+        from jobs.export import export_model
+        from jobs.infer import InferError
+        job = self._model(job_id)
+        try:
+            return export_model(job["dir"], out_path=out, snapshot=snapshot, name=job["name"])
+        except InferError as exc:
+            raise ServiceError(str(exc))
 
     # -- editing -------------------------------------------------------------------------------------
     def delete(self, job_id):

@@ -1,0 +1,162 @@
+"""Evaluation maths (hand-computed), preprocessing and inference on a recording numpy net,
+DICOM upload, contours, and the export archive round trip."""
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from engine.datum import array_to_datum
+from engine.lmdb_io import LmdbWriter
+from jobs import evaluate as ev
+from jobs import export as ex
+from jobs import infer as inf
+from jobs.derive import DatasetFacts, derive_networks, derive_solver
+from engine.prototxt import format_message, parse_net
+from tests.jobs_fixtures import TINY_NET, make_dataset_dir
+
+
+def test_mask_metrics_by_hand():
+    pred = np.array([[1, 1], [0, 0]])
+    label = np.array([[1, 0], [0, 0]])
+    m = ev.mask_metrics(pred, label, pixel_spacing=(0.5, 2.0))
+    assert m["dice"] == pytest.approx(2 / 3) and m["iou"] == pytest.approx(0.5)
+    assert m["pixel_accuracy"] == pytest.approx(0.75)
+    assert (m["pred_area_px"], m["label_area_px"]) == (2, 1)
+    assert (m["pred_area_mm2"], m["label_area_mm2"]) == (pytest.approx(2.0), pytest.approx(1.0))
+    empty = ev.mask_metrics(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert empty["dice"] == 1.0 and empty["pred_area_mm2"] is None
+    s = ev.summarize([dict(m, key="a"), dict(empty, key="b")], worst=1)
+    assert s["metrics"]["dice"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert s["metrics"]["dice"]["std"] == pytest.approx((1 - 2 / 3) / 2)
+    assert s["worst"] == ["a"]
+
+
+class FakeBlob:
+    def __init__(self, shape):
+        self.data = np.zeros(shape, np.float32)
+
+    def reshape(self, *shape):
+        self.data = np.zeros(shape, np.float32)
+
+
+class FakeNet:
+    """score channel 1 = input, channel 0 = 0.5: class 1 where the preprocessed pixel > 0.5."""
+    def __init__(self, deploy, weights, phase):
+        assert os.path.isfile(deploy) and os.path.isfile(weights) and phase == "TEST"
+        self.inputs = ["data"]
+        self.blobs = {"data": FakeBlob((1, 1, 8, 8))}
+        self.params = {}
+
+    def reshape(self):
+        pass
+
+    def forward(self):
+        x = self.blobs["data"].data
+        score = np.concatenate([np.full_like(x, 0.5), x], axis=1)
+        self.blobs["score"] = FakeBlob(score.shape)
+        self.blobs["score"].data[...] = score
+        return {"score": score}
+
+
+class FakeCaffe:
+    TEST = "TEST"
+    Net = FakeNet
+
+
+def write_db(path, arrays):
+    with LmdbWriter(path) as w:
+        for i, a in enumerate(arrays):
+            w.put("%08d" % i, array_to_datum(a).SerializeToString())
+
+
+@pytest.fixture
+def job(tmp_path):
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
+    images = [np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.uint8)]
+    images[0][0, 2:6, 2:6] = 200  # scaled by 1/255 → 0.78 > 0.5 → class 1
+    images[1][0, 0:2, 0:2] = 200
+    labels = [np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.uint8)]
+    labels[0][0, 2:6, 2:6] = 1  # perfect
+    labels[1][0, 0:4, 0:4] = 1  # 4 predicted of 16 → Dice 8/20
+    for stage in ("train", "val"):
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    facts = DatasetFacts.load(ds)
+    net_text = TINY_NET.replace('include { stage: "val" } data_param',
+                                'include { stage: "val" } transform_param { scale: 0.00392156862 } data_param', 1)
+    train_val, deploy = derive_networks(parse_net(net_text), facts, {})
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "train_val.prototxt").write_text(format_message(train_val))
+    (folder / "deploy.prototxt").write_text(format_message(deploy))
+    (folder / "solver.prototxt").write_text(format_message(derive_solver(2, 2, 2, 2, {"epochs": 1})))
+    (folder / "job.json").write_text(json.dumps({"classes": ["background", "lv"]}))
+    (folder / "snapshot_iter_1.caffemodel").write_bytes(b"w1")
+    (folder / "snapshot_iter_2.caffemodel").write_bytes(b"w2")
+    (folder / "my_layer.py").write_text("# layer\n")
+    return str(folder), ds
+
+
+def test_evaluate_over_val_set(job):
+    folder, ds = job
+    model = inf.DeployModel.from_job(folder, caffe=FakeCaffe)
+    assert model.weights.endswith("snapshot_iter_2.caffemodel")
+    table = ev.evaluate(model, ds, os.path.join(folder, "evaluation.json"))
+    dice = [r["dice"] for r in table["records"]]
+    assert dice == [pytest.approx(1.0), pytest.approx(8 / 20)]
+    assert table["records"][1]["label_area_mm2"] == pytest.approx(16 * 1.25 * 1.25)
+    assert table["summary"]["worst"][0] == "00000001"
+    assert json.load(open(os.path.join(folder, "evaluation.json")))["summary"]["count"] == 2
+
+
+def test_infer_record_and_dicom_and_contour(job, tmp_path):
+    folder, ds = job
+    model = inf.DeployModel.from_job(folder, snapshot=1, caffe=FakeCaffe)
+    image, label = inf.record_by_key(ds, "00000000")
+    r = model.predict(image, label=label, visualize=True)
+    assert r["metrics"]["dice"] == pytest.approx(1.0)
+    assert r["probabilities"].shape == (2, 8, 8)
+    assert np.allclose(r["probabilities"].sum(axis=0), 1.0)
+    assert "data" in r["activations"] and r["activations"]["data"]["histogram"]
+    contour = inf.lv_contours(r["class_map"])
+    assert len(contour) == 1 and (2.0, 2.0) in contour[0]
+    assert inf.sunnybrook_contour_text([(2, 3)]) == "2.00 3.00\n"
+    with pytest.raises(inf.InferError, match="no record"):
+        inf.record_by_key(ds, "nope")
+    dcm = write_dicom(tmp_path / "x.dcm", (np.asarray(image[0], np.uint16)))
+    r2 = model.predict(inf.load_image(dcm))
+    assert np.array_equal(r2["class_map"], r["class_map"])
+
+
+def write_dicom(path, pixels):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
+
+
+def test_export_archive_round_trip(job, tmp_path):
+    folder, ds = job
+    archive = ex.export_model(folder, snapshot=1)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"deploy.prototxt", "snapshot_iter_1.caffemodel", "labels.txt", "info.json", "my_layer.py"} <= names
+    out = ex.extract(archive, str(tmp_path / "unpacked"))
+    assert open(os.path.join(out, "labels.txt")).read() == "background\nlv\n"
+    again = inf.DeployModel.from_export(out, caffe=FakeCaffe)
+    original = inf.DeployModel.from_job(folder, snapshot=1, caffe=FakeCaffe)
+    image, _ = inf.record_by_key(ds, "00000001")
+    assert np.array_equal(again.predict(image)["class_map"], original.predict(image)["class_map"])
+    assert again.preprocess_spec["scale"] == pytest.approx(0.00392156862)
