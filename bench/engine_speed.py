@@ -1,0 +1,244 @@
+"""Engine speed on FCN-AlexNet (and optionally FCN-8s) at full widths, CPU by default.
+
+Times forward and forward+backward per image at 1×1×256×256 and 1×3×256×256 for
+  * the engine's layers, run in prototxt order from prototxt/<net>.prototxt (and, when
+    ``engine.Net`` exists, through the Net itself),
+  * a hand-written PyTorch nn.Module of the same FCN-AlexNet with the same weights (ratio),
+  * BVLC Caffe's reference figures on the 2-core CI machine (CPU, per image, 1×1×256×256):
+    FCN-AlexNet forward 0.33 s, forward+backward 0.89 s; FCN-8s 2.91 s / 8.87 s.
+
+    python bench/engine_speed.py                 # table
+    python bench/engine_speed.py --profile       # + time per layer (forward and backward)
+    python bench/engine_speed.py --nets fcn_alexnet fcn_8s --repeat 3
+
+The machine is usually shared: keep --repeat small and read the figures as the best of N.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import engine.layers  # noqa: E402,F401
+from engine import rng  # noqa: E402
+from engine.layers.base import layer_class  # noqa: E402
+from engine.prototxt import read_net  # noqa: E402
+from engine.proto import caffe_pb2  # noqa: E402
+
+CAFFE_REFERENCE = {  # seconds per image at 1×1×256×256 on the 2-core CI machine
+    "fcn_alexnet": (0.33, 0.89),
+    "fcn_8s": (2.91, 8.87),
+}
+SKIPPED_TYPES = {"Data", "Accuracy", "Python", "Input"}
+
+
+class LayerRunner:
+    """The net's layers in prototxt order (train stage, no data/metric layers), with Input blobs
+    'data' and 'label'. Each layer runs on detached leaf inputs when profiling, so its backward
+    can be timed on its own; otherwise one autograd graph covers the whole net."""
+
+    def __init__(self, path: str, input_shape, phase):
+        net = read_net(path)
+        self.layers = []
+        shapes = {"data": tuple(input_shape), "label": (input_shape[0], 1) + tuple(input_shape[2:])}
+        rng.set_seed(1)
+        for lp in net.layer:
+            if lp.type in SKIPPED_TYPES or any(r.stage and "train" not in r.stage for r in lp.include):
+                continue
+            layer = layer_class(lp.type)(lp, phase)
+            bottoms = [shapes[b] for b in lp.bottom]
+            params = layer.setup(bottoms)
+            for name, shape in zip(lp.top, layer.reshape(bottoms)):
+                shapes[name] = tuple(shape)
+            learn = not getattr(layer, "fixed_params", False)
+            params = [p.requires_grad_(learn and not (len(lp.param) > i and lp.param[i].lr_mult == 0))
+                      for i, p in enumerate(params)]
+            self.layers.append((lp, layer, params))
+
+    def params_of(self, name):
+        for lp, _, params in self.layers:
+            if lp.name == name:
+                return params
+        raise KeyError(name)
+
+    def forward(self, data, label, upto_loss=True, timings=None, leaves=False):
+        blobs = {"data": data, "label": label}
+        for lp, layer, params in self.layers:
+            if not upto_loss and layer.is_loss:
+                break
+            bottoms = [blobs[b] for b in lp.bottom]
+            if leaves:
+                bottoms = [b.detach().requires_grad_(b.requires_grad) for b in bottoms]
+                lp_inputs = bottoms
+            start = time.perf_counter()
+            tops = layer.forward(bottoms, params)
+            if timings is not None:
+                timings[lp.name + " (fwd)"] += time.perf_counter() - start
+            if leaves:
+                self._graph.append((lp, lp_inputs, tops))
+            blobs.update(zip(lp.top, tops))
+        return blobs
+
+    def forward_backward(self, data, label, timings=None):
+        if timings is None:
+            blobs = self.forward(data, label)
+            blobs["loss"].backward()
+            return blobs
+        self._graph = []
+        blobs = self.forward(data, label, timings=timings, leaves=True)
+        grads = {"loss": torch.ones(())}
+        for lp, inputs, tops in reversed(self._graph):
+            pairs = [(t, grads.pop(n)) for n, t in zip(lp.top, tops) if n in grads and t.requires_grad]
+            # an in-place top reuses its bottom's name: its gradient is consumed here
+            start = time.perf_counter()
+            if pairs:
+                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+            timings[lp.name + " (bwd)"] += time.perf_counter() - start
+            for name, x in zip(lp.bottom, inputs):
+                if x.grad is not None:
+                    grads[name] = grads[name] + x.grad if name in grads else x.grad
+        return blobs
+
+
+class TorchFCNAlexNet(nn.Module):
+    """FCN-AlexNet written directly in PyTorch (the speed yardstick); weights copied from a runner."""
+
+    def __init__(self, runner: LayerRunner):
+        super().__init__()
+        convs = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "score_fr"]
+        self.w = {n: [p.detach().clone().requires_grad_(True) for p in runner.params_of(n)] for n in convs}
+        self.up = runner.params_of("upscore")[0].detach().clone()
+        for n, ps in self.w.items():
+            for i, p in enumerate(ps):
+                self.register_parameter(f"{n}_{i}", nn.Parameter(p))
+        self.geometry = {"conv1": (4, 100, 1), "conv2": (1, 2, 2), "conv3": (1, 1, 1), "conv4": (1, 1, 2),
+                         "conv5": (1, 1, 2), "fc6": (1, 0, 1), "fc7": (1, 0, 1), "score_fr": (1, 0, 1)}
+
+    def conv(self, x, name):
+        stride, pad, group = self.geometry[name]
+        return F.conv2d(x, getattr(self, f"{name}_0"), getattr(self, f"{name}_1"), stride, pad, 1, group)
+
+    def forward(self, data, train):
+        x = data - 116.0
+        x = F.relu(self.conv(x, "conv1"))
+        x = F.local_response_norm(F.max_pool2d(x, 3, 2, ceil_mode=True), 5, 1e-4, 0.75)
+        x = F.relu(self.conv(x, "conv2"))
+        x = F.local_response_norm(F.max_pool2d(x, 3, 2, ceil_mode=True), 5, 1e-4, 0.75)
+        x = F.relu(self.conv(x, "conv3"))
+        x = F.relu(self.conv(x, "conv4"))
+        x = F.max_pool2d(F.relu(self.conv(x, "conv5")), 3, 2, ceil_mode=True)
+        x = F.dropout(F.relu(self.conv(x, "fc6")), 0.5, train)
+        x = F.dropout(F.relu(self.conv(x, "fc7")), 0.5, train)
+        x = F.conv_transpose2d(self.conv(x, "score_fr"), self.up, None, 32, 0, 0, 2)
+        h, w = data.shape[2:]
+        return x[:, :, 18:18 + h, 18:18 + w]
+
+
+def best_time(fn, repeat):
+    fn()  # warm-up (allocator, lazy init)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_net(net_name, channels, repeat, profile, with_torch):
+    path = os.path.join(ROOT, "prototxt", f"{net_name}.prototxt")
+    shape = (1, channels, 256, 256)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(shape, generator=gen) * 255
+    label = torch.randint(0, 2, (1, 1, 256, 256), generator=gen).float()
+    test = LayerRunner(path, shape, caffe_pb2.TEST)
+    train = LayerRunner(path, shape, caffe_pb2.TRAIN)
+    rows = []
+    with torch.no_grad():
+        fwd = best_time(lambda: test.forward(data, label, upto_loss=False), repeat)
+    fwdbwd = best_time(lambda: train.forward_backward(data, label), repeat)
+    rows.append(("engine layers", fwd, fwdbwd))
+    net_row = engine_net_row(path, data, label, repeat)
+    if net_row:
+        rows.append(net_row)
+    if with_torch and net_name == "fcn_alexnet":
+        model = TorchFCNAlexNet(train)
+        with torch.no_grad():
+            tfwd = best_time(lambda: model(data, False), repeat)
+
+        def torch_step():
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(data, True), label[:, 0].long()).backward()
+
+        rows.append(("hand-written PyTorch", tfwd, best_time(torch_step, repeat)))
+    timings = None
+    if profile:
+        timings = defaultdict(float)
+        train.forward_backward(data, label, timings=defaultdict(float))  # warm-up (autograd threads)
+        for _ in range(repeat):
+            train.forward_backward(data, label, timings=timings)
+        timings = {k: v / repeat for k, v in timings.items()}
+    return rows, timings
+
+
+def engine_net_row(path, data, label, repeat):
+    """Time engine.Net when the net helper's class exists (pycaffe surface); None otherwise."""
+    try:
+        import engine
+        Net = engine.Net
+    except (ImportError, AttributeError):
+        return None
+    try:
+        net = Net(path, caffe_pb2.TEST, stages=["deploy"])
+        net.blobs["data"].reshape(*data.shape)
+        net.blobs["data"].data[...] = data.numpy()
+        with torch.no_grad():
+            fwd = best_time(net.forward, repeat)
+        return ("engine.Net (deploy, fwd only)", fwd, float("nan"))
+    except Exception as err:  # report, do not hide the layer timings
+        print(f"engine.Net could not be timed: {err}", file=sys.stderr)
+        return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", nargs="+", default=["fcn_alexnet"], choices=sorted(CAFFE_REFERENCE))
+    ap.add_argument("--channels", nargs="+", type=int, default=[1, 3])
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (best is reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--profile", action="store_true", help="also report the time per layer")
+    ap.add_argument("--no-torch", action="store_true", help="skip the hand-written PyTorch baseline")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; best of {args.repeat}")
+    print(f"{'net':<12} {'input':<12} {'implementation':<30} {'forward s':>10} {'fwd+bwd s':>10} {'vs Caffe fwd':>13} {'vs Caffe f+b':>13}")
+    for net_name in args.nets:
+        for channels in args.channels:
+            rows, timings = bench_net(net_name, channels, args.repeat, args.profile, not args.no_torch)
+            ref_f, ref_fb = CAFFE_REFERENCE[net_name]
+            for label, f, fb in rows:
+                print(f"{net_name:<12} {f'1x{channels}x256x256':<12} {label:<30} {f:>10.3f} {fb:>10.3f} "
+                      f"{f / ref_f:>12.2f}x {fb / ref_fb:>12.2f}x")
+            if channels == 1:
+                print(f"{net_name:<12} {'1x1x256x256':<12} {'BVLC Caffe (CI reference)':<30} {ref_f:>10.3f} {ref_fb:>10.3f}")
+            if len(rows) > 1 and rows[-1][0] == "hand-written PyTorch":
+                print(f"{'':<25} engine / PyTorch: forward {rows[0][1] / rows[-1][1]:.2f}x, "
+                      f"fwd+bwd {rows[0][2] / rows[-1][2]:.2f}x")
+            if timings:
+                print(f"  per layer ({net_name}, 1x{channels}x256x256, TRAIN forward+backward, seconds):")
+                for name, t in sorted(timings.items(), key=lambda kv: -kv[1]):
+                    if t >= 0.001:
+                        print(f"    {name:<24} {t:8.4f}")
+
+
+if __name__ == "__main__":
+    main()
