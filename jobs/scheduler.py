@@ -78,7 +78,9 @@ class Scheduler:
         self.cpu_slots = max(1, int(cpu_slots))
         self.gpus = list(gpus)
         self._running = {}  # job id → thread
+        self.on_done = None  # called with the job id after a training ends Done (evaluation)
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     # -- one training job -------------------------------------------------------------------
     def runner_command(self, job, resume=False, gpu=None):
@@ -92,8 +94,9 @@ class Scheduler:
             cmd += ["--gpu", str(gpu)]
         return cmd
 
-    def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5):
+    def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5, auto_evaluate=True):
         """Run the runner for ``job_id`` and wait; returns the final status."""
+        self._local.auto_evaluate = auto_evaluate
         job = self.store.get(job_id)
         if resume:
             state = runner_mod.latest_solverstate(job["dir"])
@@ -128,6 +131,8 @@ class Scheduler:
             status, msg = st.INTERRUPTED, "runner stopped (exit %s)" % code
         self.store.update(job["id"], pid=None)
         self.store.set_status(job["id"], status, msg)
+        if status == st.DONE and self.on_done is not None and getattr(self._local, "auto_evaluate", True):
+            self.on_done(job["id"])
         return status
 
     def abort(self, job_id):

@@ -39,6 +39,7 @@ class JobService:
         self.root = os.path.abspath(root)
         self.store = st.JobStore(self.root)
         self.scheduler = Scheduler(self.store, python=python, backend=backend, cpu_slots=cpu_slots, gpus=gpus)
+        self.scheduler.on_done = self._evaluate_after_training  # worker-run jobs are evaluated too
         # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
         self.store.mark_running_interrupted(pid_alive)
 
@@ -150,10 +151,8 @@ class JobService:
             raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
         if job["status"] == st.RUNNING and pid_alive(job["pid"]):
             raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
-        status = self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress)
-        if status == st.DONE and evaluate:
-            self._evaluate_after_training(job_id)
-        return status
+        return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress,
+                                    auto_evaluate=evaluate)
 
     def _evaluate_after_training(self, job_id):
         """DIGITS-style: evaluate the final snapshot; a failure is logged, the training stays Done."""
