@@ -1,0 +1,78 @@
+"""End to end on the PyTorch engine: tiny LMDB dataset → model trained 2 epochs by the runner
+subprocess → snapshots, metric series, evaluation table, inference on a record and on a DICOM
+upload → export → the exported model reloads and predicts the same.
+
+Runs once the engine's Net and solvers are in (``engine.Net`` / ``engine.get_solver``)."""
+import os
+
+import numpy as np
+import pytest
+
+from engine.datum import array_to_datum
+from engine.lmdb_io import LmdbWriter
+from jobs import export as ex
+from jobs import infer as inf
+from jobs import store as st
+from jobs.service import JobService
+from tests.jobs_fixtures import TINY_NET, make_dataset_dir
+from tests.test_jobs_eval_infer_export import write_dicom
+
+engine = pytest.importorskip("engine")
+if not (hasattr(engine, "Net") and hasattr(engine, "get_solver")):
+    pytest.skip("the engine has no Net/get_solver yet", allow_module_level=True)
+
+
+def phantom_like(n, seed):
+    rng = np.random.RandomState(seed)
+    images, labels = [], []
+    for _ in range(n):
+        img = (rng.rand(1, 16, 16) * 40).astype(np.uint8)
+        lab = np.zeros((1, 16, 16), np.uint8)
+        y, x = rng.randint(2, 9, size=2)
+        img[0, y:y + 6, x:x + 6] += 180
+        lab[0, y:y + 6, x:x + 6] = 1
+        images.append(img)
+        labels.append(lab)
+    return images, labels
+
+
+def write_db(path, arrays):
+    with LmdbWriter(path) as w:
+        for i, a in enumerate(arrays):
+            w.put("%08d" % i, array_to_datum(a).SerializeToString())
+
+
+@pytest.mark.timeout(180)
+def test_engine_end_to_end(tmp_path):
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=8, val=2, shape=(1, 16, 16))
+    for stage, n, seed in (("train", 8, 0), ("val", 2, 1)):
+        images, labels = phantom_like(n, seed)
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    svc = JobService(str(tmp_path / "jobs"), backend="engine")
+    dataset = svc.import_dataset(ds, "tiny")
+    [job] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 2,
+                              "base_lr": 0.01, "set_num_output": True, "random_seed": 1})
+    status = svc.train(job["id"], evaluate=True)
+    log = open(os.path.join(job["dir"], "log.txt")).read()
+    assert status == st.DONE, log
+    assert [s[0] for s in svc.snapshots(job["id"])] == [4, 8]
+    series = svc.metrics(job["id"])["series"]
+    assert [r[0] for r in series if r[1] == "loss" and r[3] == "train"] == list(range(1, 9))
+    assert [r[0] for r in series if r[1] == "accuracy" and r[3] == "val"] == [4, 8]
+    table = svc.evaluation(job["id"])
+    assert table is not None, log
+    assert table["summary"]["count"] == 2 and 0.0 <= table["summary"]["metrics"]["dice"]["mean"] <= 1.0
+
+    result = svc.infer(job["id"], record="00000000")["results"][0]
+    assert result["class_map"].shape == (16, 16) and "metrics" in result
+    image, _ = inf.record_by_key(svc.show(dataset["id"])["dir"], "00000000")
+    dcm = write_dicom(tmp_path / "up.dcm", np.asarray(image[0], np.uint16))
+    from_dicom = svc.infer(job["id"], image_path=dcm)["results"][0]
+    assert np.array_equal(from_dicom["class_map"], result["class_map"])
+
+    archive = svc.export(job["id"])
+    out = ex.extract(archive, str(tmp_path / "unpacked"))
+    again = inf.DeployModel.from_export(out, backend="engine").predict(image)
+    assert np.array_equal(again["class_map"], result["class_map"])
+    assert np.allclose(again["probabilities"], result["probabilities"], atol=1e-6)
