@@ -1,0 +1,118 @@
+"""Reading Sunnybrook (and other MR) DICOM slices with pydicom, keeping values exact.
+
+* Stored pixel values are kept as they are (16-bit stays 16-bit; no 8-bit windowing).
+* Rescale Slope/Intercept are applied when present and not identity; integer slope and
+  intercept give integer values (exact in float32 up to 2**24), others give float32.
+* Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins (pylibjpeg,
+  pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle, or pydicom's own RLE decoder); when
+  none can decode a file, the error names the transfer syntax and what to install.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from plugin.base import EntryError
+
+# What to install for each family of compressed transfer syntaxes.
+_PLUGIN_HINTS = (
+    ("JPEG-LS", "pylibjpeg + pylibjpeg-libjpeg (or pyjpegls)"),
+    ("JPEG 2000", "pylibjpeg + pylibjpeg-openjpeg"),
+    ("High-Throughput JPEG 2000", "pylibjpeg + pylibjpeg-openjpeg (>= 2.0)"),
+    ("JPEG", "pylibjpeg + pylibjpeg-libjpeg"),
+    ("RLE", "pylibjpeg + pylibjpeg-rle (or numpy for pydicom's own RLE decoder)"),
+    ("Deflate", "nothing extra (zlib); the file may be corrupt"),
+)
+
+
+@dataclass
+class DicomSlice:
+    pixels: np.ndarray                     # H x W (or H x W x 3 for colour files)
+    pixel_spacing: Optional[Tuple[float, float]]  # (row, column) mm, None if absent
+    meta: dict
+
+
+def _plugin_hint(ts_name):
+    for key, hint in _PLUGIN_HINTS:
+        if key.lower() in ts_name.lower():
+            return hint
+    return "a pydicom pixel-data plugin for it"
+
+
+def read_slice(path):
+    """Read one DICOM file -> DicomSlice; EntryError with the file name on any failure."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise EntryError("%s: not a DICOM file (no DICM preamble or header)" % path,
+                         source=path) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise EntryError("%s: unreadable DICOM (%s)" % (path, exc), source=path) from None
+    if "PixelData" not in ds:
+        raise EntryError("%s: DICOM file has no pixel data" % path, source=path)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts_name = ts.name if ts is not None else "unknown transfer syntax"
+    try:
+        pixels = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        compressed = bool(ts is not None and ts.is_compressed)
+        if compressed:
+            raise EntryError("%s: cannot decode compressed pixel data (%s, %s): install %s "
+                             "[pydicom said: %s]" % (path, ts_name, ts, _plugin_hint(ts_name),
+                                                      str(exc).splitlines()[0] if str(exc) else
+                                                      type(exc).__name__),
+                             source=path) from None
+        raise EntryError("%s: cannot decode pixel data (%s): %s" % (path, ts_name, exc),
+                         source=path) from None
+    except Exception as exc:  # truncated/corrupt pixel data surfaces as many types
+        raise EntryError("%s: corrupt pixel data (%s: %s)" % (path, type(exc).__name__, exc),
+                         source=path) from None
+    if pixels.ndim == 3 and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise EntryError("%s: multi-frame DICOM (%d frames); one slice per file expected"
+                         % (path, pixels.shape[0]), source=path)
+    pixels = _rescale(ds, pixels)
+    spacing = None
+    if "PixelSpacing" in ds:
+        try:
+            spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+        except (TypeError, ValueError, IndexError):
+            spacing = None
+    meta = {
+        "transfer_syntax": str(ts) if ts is not None else None,
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "slice_location": _float_or_none(ds.get("SliceLocation")),
+        "instance_number": _int_or_none(ds.get("InstanceNumber")),
+        "trigger_time": _float_or_none(ds.get("TriggerTime")),
+    }
+    return DicomSlice(pixels=pixels, pixel_spacing=spacing, meta=meta)
+
+
+def _rescale(ds, pixels):
+    slope = ds.get("RescaleSlope")
+    intercept = ds.get("RescaleIntercept")
+    if slope is None and intercept is None:
+        return pixels
+    slope = float(slope) if slope is not None else 1.0
+    intercept = float(intercept) if intercept is not None else 0.0
+    if slope == 1.0 and intercept == 0.0:
+        return pixels
+    if slope.is_integer() and intercept.is_integer():
+        return pixels.astype(np.int64) * int(slope) + int(intercept)
+    return (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _float_or_none(v):
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(v):
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,192 @@
+"""The Sunnybrook data plugin: LV Segmentation Challenge DICOMs + expert contours -> records.
+
+Entries are contoured images. "inner" (2 classes) uses every image with an inner contour;
+"inner+outer" (3 classes: background / LV cavity / myocardium) uses images that have both an
+inner and an outer contour (the release draws outer contours at end-diastole only).
+
+Splits: by slice (as DIGITS did: shuffle every entry, the first floor(n * pct / 100) go to
+validation) or by patient (shuffle the cases and move whole cases into validation until it
+holds at least that many entries), both from a seeded generator so a split is reproducible.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormField, Itemization,
+                         PluginError)
+from plugin.sunnybrook import contours, dicom, layout
+
+CLASS_LABELS = {"inner": ["background", "LV cavity"],
+                "inner_outer": ["background", "LV cavity", "myocardium"]}
+PALETTE = [(0, 0, 0), (255, 0, 0), (0, 200, 0)]
+
+
+class SunnybrookPlugin(DataPlugin):
+    id = "sunnybrook"
+    title = "Sunnybrook LV Segmentation"
+
+    def form_fields(self):
+        return [
+            FormField("image_folder", "Image folder", "path",
+                      help="Folder with one sub-folder per case holding the DICOM slices, e.g. "
+                           ".../challenge_training (SC-HF-I-1/IM-0004-0048.dcm)."),
+            FormField("contour_folder", "Contour folder", "path",
+                      help="Folder with the expert contours, searched recursively for "
+                           "<CASE>/contours-manual/IRCCI-expert/IM-0001-NNNN-icontour-manual.txt."),
+            FormField("channel_conversion", "Channel conversion", "choice", default="L",
+                      choices=(("L", "Grayscale (1 channel)"),
+                               ("RGB", "RGB (the slice copied to 3 channels)")),
+                      help="Grayscale stores 1 x H x W; RGB repeats the plane into 3 channels "
+                           "for networks pretrained on colour images."),
+            FormField("val_percent", "% for validation", "int", default=10, min=0, max=100,
+                      help="Share of entries (or of patients' entries) held out for validation."),
+            FormField("contour_type", "Contour type", "choice", default="inner",
+                      choices=(("inner", "Inner: LV cavity (2 classes)"),
+                               ("inner_outer", "Inner + outer: cavity and myocardium (3 classes)")),
+                      help="Inner uses endocardial contours; inner+outer also fills the "
+                           "epicardial contour as myocardium (images with both contours only)."),
+            FormField("split_by", "Split by", "choice", default="slice",
+                      choices=(("slice", "Slice (as DIGITS)"),
+                               ("patient", "Patient (no patient in both train and val)")),
+                      help="Slice-level splits leak a patient's anatomy into validation; "
+                           "patient-level splits measure generalisation to new patients."),
+            FormField("seed", "Random seed", "int", default=0, min=0,
+                      help="Seed of the train/val shuffle, so the split is reproducible."),
+            FormField("enforce_same_shape", "Enforce same shape", "bool", default=True,
+                      help="Skip images whose shape differs from the first record's."),
+        ]
+
+    def class_labels(self, values):
+        return list(CLASS_LABELS[(values or {}).get("contour_type") or "inner"])
+
+    def palette(self, values):
+        return [list(c) for c in PALETTE[:len(self.class_labels(values))]]
+
+    def inference_form(self):
+        return {"kind": "dataset_record", "stage": "val",
+                "record_label": "record {case} / image {image_no:04d}",
+                "help": "Pick a slice of the validation set, e.g. record SC-HF-NI-3 / image 0048."}
+
+    # -- itemize --------------------------------------------------------------------------
+
+    def itemize(self, values):
+        image_folder, contour_folder = values["image_folder"], values["contour_folder"]
+        _check_folder(image_folder, "image folder")
+        _check_folder(contour_folder, "contour folder")
+        case_dirs = layout.find_contour_dirs(contour_folder)
+        if not case_dirs:
+            raise PluginError(
+                "contour folder %s is not a Sunnybrook contour release: no case folder like "
+                "SC-HF-I-01/contours-manual/IRCCI-expert found under it" % contour_folder)
+        known_images = [c for c in layout.CASES if os.path.isdir(os.path.join(image_folder, c))]
+        if not known_images:
+            raise PluginError(
+                "image folder %s is not a Sunnybrook image release: none of the case folders "
+                "(%s, ...) is in it" % (image_folder, ", ".join(layout.CASES[:3])))
+        want_outer = values.get("contour_type") == "inner_outer"
+        entries, skipped = [], []
+        for case, case_dir in case_dirs:
+            expert = os.path.join(case_dir, layout.EXPERT_SUBDIR)
+            if case not in layout.SAX_SERIES:
+                skipped.append({"file": case_dir, "message": "%s: case %s is not one of the 15 "
+                                "challenge cases (its SAX series is unknown)" % (case_dir, case)})
+                continue
+            by_image = {}
+            for name in sorted(os.listdir(expert)):
+                parsed = layout.parse_contour_name(name)
+                if parsed is None:
+                    continue
+                by_image.setdefault(parsed[0], {})[parsed[1]] = os.path.join(expert, name)
+            for image_no in sorted(by_image):
+                files = by_image[image_no]
+                if "icontour" not in files:
+                    if want_outer and "ocontour" in files:
+                        skipped.append({"file": files["ocontour"], "message":
+                                        "%s: outer contour without an inner contour"
+                                        % files["ocontour"]})
+                    continue
+                if want_outer and "ocontour" not in files:
+                    continue  # an ES slice: inner+outer uses ED slices with both contours
+                img = layout.image_path(image_folder, case, image_no)
+                if not os.path.isfile(img):
+                    skipped.append({"file": files["icontour"], "message":
+                                    "%s: no matching image %s" % (files["icontour"], img)})
+                    continue
+                entries.append({"case": case, "image_no": image_no, "image": img,
+                                "icontour": files["icontour"],
+                                "ocontour": files.get("ocontour") if want_outer else None})
+        if not entries:
+            raise PluginError("no usable contoured image: %d contour(s) in %s had no matching "
+                              "image in %s" % (len(skipped), contour_folder, image_folder))
+        stages, split = self._split(entries, values)
+        return Itemization(
+            stages={stage: [Entry(stage, {"case": e["case"], "image_no": e["image_no"]}, e)
+                            for e in items] for stage, items in stages.items()},
+            skipped=skipped, split=split)
+
+    def _split(self, entries, values):
+        pct = int(values.get("val_percent", 10))
+        seed = int(values.get("seed", 0))
+        rng = np.random.default_rng(seed)
+        n_val = int(math.floor(len(entries) * pct / 100.0))
+        if values.get("split_by") == "patient":
+            cases = sorted({e["case"] for e in entries})
+            order = [cases[i] for i in rng.permutation(len(cases))]
+            val_cases = []
+            count = 0
+            for case in order:
+                if count >= n_val or len(val_cases) == len(cases) - 1:
+                    break
+                val_cases.append(case)
+                count += sum(1 for e in entries if e["case"] == case)
+            val = [e for e in entries if e["case"] in val_cases]
+            train = [e for e in entries if e["case"] not in val_cases]
+            train = [train[i] for i in rng.permutation(len(train))]
+            split = {"by": "patient", "val_cases": sorted(val_cases),
+                     "train_cases": sorted(set(cases) - set(val_cases))}
+        else:
+            perm = rng.permutation(len(entries))
+            val = [entries[i] for i in perm[:n_val]]
+            train = [entries[i] for i in perm[n_val:]]
+            split = {"by": "slice"}
+        split.update({"seed": seed, "val_percent": pct})
+        return {"train": train, "val": val}, split
+
+    # -- encode ---------------------------------------------------------------------------
+
+    def encode(self, entry, values):
+        e = entry.payload
+        sl = dicom.read_slice(e["image"])
+        pixels = sl.pixels
+        if pixels.ndim != 2:
+            raise EntryError("%s: expected a single-channel slice, got shape %s"
+                             % (e["image"], pixels.shape), source=e["image"])
+        shape = pixels.shape
+        label = np.zeros(shape, dtype=np.uint8)
+        inner = contours.read_contour(e["icontour"])
+        contours.check_inside(inner, shape, e["icontour"])
+        files = {"image": os.path.relpath(e["image"], values["image_folder"]),
+                 "icontour": os.path.relpath(e["icontour"], values["contour_folder"])}
+        if e.get("ocontour"):
+            outer = contours.read_contour(e["ocontour"])
+            contours.check_inside(outer, shape, e["ocontour"])
+            contours.fill_polygon(label, outer, 2)
+            files["ocontour"] = os.path.relpath(e["ocontour"], values["contour_folder"])
+        contours.fill_polygon(label, inner, 1)
+        feature = pixels[np.newaxis]
+        if values.get("channel_conversion") == "RGB":
+            feature = np.repeat(feature, 3, axis=0)
+        meta = {"case": e["case"], "image_no": e["image_no"], "files": files,
+                "pixel_spacing": list(sl.pixel_spacing) if sl.pixel_spacing else None}
+        return EncodedRecord(feature=feature, label=label[np.newaxis], meta=meta)
+
+
+def _check_folder(path, what):
+    try:
+        names = [n for n in os.listdir(path) if not n.startswith(".")]
+    except OSError as exc:
+        raise PluginError("%s %s cannot be read (%s)" % (what, path, exc.strerror)) from None
+    if not names:
+        raise PluginError("%s %s is empty" % (what, path))
