@@ -12,7 +12,9 @@ from engine.prototxt import PrototxtError, format_message, parse_net
 from jobs import derive
 from jobs.paths import atomic_write, atomic_write_json
 
-STANDARD_NETWORK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prototxt")
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDARD_NETWORK_DIR = os.path.join(PROJECT_ROOT, "prototxt")
+PYTHON_LAYER_DIR = os.path.join(PROJECT_ROOT, "python_layers")
 
 
 class ModelJobError(ValueError):
@@ -65,8 +67,16 @@ def write_model_job(job_dir, dataset_dir, options):
     atomic_write(os.path.join(job_dir, "train_val.prototxt"), format_message(train_val))
     atomic_write(os.path.join(job_dir, "deploy.prototxt"), format_message(deploy))
     atomic_write(os.path.join(job_dir, "solver.prototxt"), format_message(solver))
-    for path in _python_layer_files(options):
+    given = _python_layer_files(options)
+    for path in given + _bundled_python_layers(original, given):
         shutil.copy2(path, os.path.join(job_dir, os.path.basename(path)))
+    weights = options.get("pretrained") or []
+    if weights:
+        report = check_pretrained(train_val, weights if isinstance(weights, list) else [weights], facts.channels)
+        atomic_write_json(os.path.join(job_dir, "pretrained_report.json"), report)
+        if report["mismatches"]:
+            raise ModelJobError("pretrained weights do not fit the network: " + "; ".join(report["mismatches"]),
+                                "pretrained")
     atomic_write_json(os.path.join(job_dir, "job.json"), {
         "epochs": int(options.get("epochs", 30)), "dataset_dir": os.path.abspath(dataset_dir),
         "network_source": source, "options": _jsonable(options), "max_iter": solver.max_iter,
@@ -86,3 +96,61 @@ def _python_layer_files(options):
 
 def _jsonable(options):
     return json.loads(json.dumps(options, default=str))
+
+
+def _bundled_python_layers(net, given):
+    """Python layer modules the network names that ship in python_layers/ (e.g. the lab's Dice)."""
+    have = {os.path.splitext(os.path.basename(p))[0] for p in given}
+    found = []
+    for layer in net.layer:
+        if layer.type == "Python" and layer.python_param.module not in have:
+            path = os.path.join(PYTHON_LAYER_DIR, layer.python_param.module + ".py")
+            if os.path.isfile(path):
+                found.append(path)
+                have.add(layer.python_param.module)
+    return found
+
+
+def check_pretrained(net, weight_files, data_channels):
+    """Compare pretrained blobs with the network's layers, by name (how copy_from matches).
+
+    Returns {"matched": [...], "unused": [...], "mismatches": [...]}; a mismatch message offers
+    the channel surgery (``caffeseg surgery rgb-to-gray``) or the classifier→FCN surgery.
+    """
+    from engine.blobproto import stored_shape
+    from engine.caffemodel import read_caffemodel
+    layers = {l.name: l for l in net.layer}
+    first_conv = next((l.name for l in net.layer if l.type == "Convolution"), None)
+    report = {"matched": [], "unused": [], "mismatches": []}
+    for path in weight_files:
+        try:
+            model = read_caffemodel(path)
+        except (OSError, ValueError) as exc:
+            report["mismatches"].append("%s cannot be read (%s)" % (path, exc))
+            continue
+        for src in model.layer:
+            if not len(src.blobs):
+                continue
+            dst = layers.get(src.name)
+            if dst is None:
+                report["unused"].append(src.name)
+                continue
+            shape = stored_shape(src.blobs[0])
+            problem = None
+            if dst.type in ("Convolution", "Deconvolution"):
+                cp = dst.convolution_param
+                if len(shape) != 4:
+                    problem = ("%s is a %s here but %s holds a %d-D weight (%s): convert the classifier with "
+                               "'caffeseg surgery alexnet-fcn|vgg16-fcn8s'" % (src.name, dst.type, path, len(shape), src.type))
+                elif dst.type == "Convolution" and cp.HasField("num_output") and shape[0] != cp.num_output:
+                    problem = "%s: %d outputs here, %d in %s" % (src.name, cp.num_output, shape[0], path)
+                elif src.name == first_conv and shape[1] != data_channels and not cp.group > 1:
+                    problem = ("%s: the data has %d channel(s), the weights expect %d: use channel surgery "
+                               "('caffeseg surgery rgb-to-gray %s OUT.caffemodel')" % (src.name, data_channels, shape[1], path))
+            elif dst.type == "InnerProduct" and dst.inner_product_param.num_output != shape[0]:
+                problem = "%s: %d outputs here, %d in %s" % (src.name, dst.inner_product_param.num_output, shape[0], path)
+            if problem:
+                report["mismatches"].append(problem)
+            else:
+                report["matched"].append(src.name)
+    return report

@@ -124,3 +124,36 @@ def test_bad_network_is_refused_with_layer_and_blob(svc, dataset):
     assert svc.list_jobs("model") == []
     with pytest.raises(ServiceError, match="unknown dataset"):
         svc.create_model({"dataset_id": "nope", "network_text": TINY_NET})
+
+
+def _caffemodel(path, name, shape):
+    import numpy as np
+    from engine.blobproto import array_to_blobproto
+    from engine.caffemodel import write_caffemodel
+    from engine.proto import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    layer = net.layer.add(name=name, type="Convolution")
+    layer.blobs.append(array_to_blobproto(np.zeros(shape, np.float32)))
+    layer.blobs.append(array_to_blobproto(np.zeros(shape[0], np.float32)))
+    write_caffemodel(str(path), net)
+    return str(path)
+
+
+def test_pretrained_mismatch_offers_channel_surgery(svc, dataset, tmp_path):
+    rgb = _caffemodel(tmp_path / "rgb.caffemodel", "conv1", (4, 3, 3, 3))
+    with pytest.raises(ServiceError, match="rgb-to-gray"):
+        model(svc, dataset, pretrained=[rgb])
+    gray = _caffemodel(tmp_path / "gray.caffemodel", "conv1", (4, 1, 3, 3))
+    [job] = model(svc, dataset, pretrained=[gray])
+    report = json.load(open(os.path.join(job["dir"], "pretrained_report.json")))
+    assert report["matched"] == ["conv1"] and report["mismatches"] == []
+    assert svc.train(job["id"]) == st.DONE
+    calls = [json.loads(l) for l in open(os.environ["FAKE_CAFFE_CALLS"])]
+    assert ["copy_from", gray] in calls
+
+
+def test_bundled_python_layer_is_copied(svc, dataset):
+    net = TINY_NET + ('layer { name: "dice" type: "Python" bottom: "score" bottom: "label" top: "dice"'
+                      ' python_param { module: "digits_python_layers" layer: "Dice" } exclude { stage: "deploy" } }\n')
+    [job] = model(svc, dataset, network_text=net)
+    assert os.path.isfile(os.path.join(job["dir"], "digits_python_layers.py"))
