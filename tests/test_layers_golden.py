@@ -21,6 +21,8 @@ from engine.proto import caffe_pb2
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "layers")
 NET_LEVEL = {"split_implicit", "inplace_chain", "shared_params", "python_layer"}
+# on an accelerator the same cases run there too (TF32 off: Caffe computes in full float32)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = sorted(c for c in os.listdir(GOLDEN) if c not in NET_LEVEL
                and os.path.isfile(os.path.join(GOLDEN, c, "net.prototxt")))
 
@@ -40,7 +42,7 @@ def loss_weight(layer, index):
     return 1.0 if layer.is_loss and index == 0 else 0.0
 
 
-def run_case(case):
+def run_case(case, device="cpu"):
     folder = os.path.join(GOLDEN, case)
     net = read_net(os.path.join(folder, "net.prototxt"))
     info = json.load(open(os.path.join(folder, "case.json")))
@@ -50,7 +52,7 @@ def run_case(case):
     for key, value in io.items():
         if key.startswith("input:"):
             name = key[len("input:"):]
-            blobs[name] = torch.tensor(value, dtype=torch.float32,
+            blobs[name] = torch.tensor(value, dtype=torch.float32, device=device,
                                        requires_grad=f"diff:{name}" in io)
     inputs = dict(blobs)
     objective = []
@@ -64,6 +66,7 @@ def run_case(case):
         layer = cls(lp, phase)
         bottoms = [blobs[b] for b in lp.bottom]
         fresh = layer.setup([tuple(b.shape) for b in bottoms])
+        assert all(t.device.type == "cpu" for t in fresh), "setup must create parameters on the CPU"
         params = []
         for i, tensor in enumerate(fresh):
             key = f"param:{lp.name}:{i}"
@@ -72,7 +75,7 @@ def run_case(case):
             # the golden nets set force_backward, so Caffe computes every param gradient
             # (lr_mult 0 included) except BatchNorm's statistics, which have no backward
             learn = not getattr(layer, "fixed_params", False)
-            p = torch.tensor(io[key], dtype=torch.float32, requires_grad=learn)
+            p = torch.tensor(io[key], dtype=torch.float32, device=device, requires_grad=learn)
             if learn:
                 grad_params[f"{lp.name}:{i}"] = p
             params.append(p)
@@ -87,31 +90,43 @@ def run_case(case):
             if w:
                 objective.append(top.sum() * w)
             elif f"topdiff:{name}" in io:
-                objective.append((top * torch.tensor(io[f"topdiff:{name}"])).sum())
+                objective.append((top * torch.tensor(io[f"topdiff:{name}"], device=device)).sum())
         layers.append((lp, params))
     return io, blobs, inputs, grad_params, objective, layers
 
 
+@pytest.fixture
+def device(request):
+    if request.param == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield "cuda"
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        yield "cpu"
+
+
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("case", CASES)
-def test_golden_layer_case(case):
-    io, blobs, inputs, grad_params, objective, layers = run_case(case)
+def test_golden_layer_case(case, device):
+    io, blobs, inputs, grad_params, objective, layers = run_case(case, device)
     compared = 0
     for key, expected in io.items():
         if key.startswith("blob:") and key[5:] in blobs and key[5:] not in inputs:
-            assert_close(blobs[key[5:]].detach().numpy(), expected, key)
+            assert_close(blobs[key[5:]].detach().cpu().numpy(), expected, key)
             compared += 1
     assert compared, f"{case}: no output of ours matched a Caffe blob name"
     for lp, params in layers:
         for i, p in enumerate(params):
             key = f"param_after:{lp.name}:{i}"
             if key in io:
-                assert_close(p.detach().numpy(), io[key], key)
+                assert_close(p.detach().cpu().numpy(), io[key], key)
     wanted = [(f"diff:{n}", t) for n, t in inputs.items() if t.requires_grad]
     wanted += [(f"pgrad:{k}", p) for k, p in grad_params.items()]
     if objective and wanted:
         grads = torch.autograd.grad(sum(objective), [t for _, t in wanted], allow_unused=True)
         for (key, tensor), grad in zip(wanted, grads):
-            value = np.zeros(tuple(tensor.shape), np.float32) if grad is None else grad.numpy()
+            value = np.zeros(tuple(tensor.shape), np.float32) if grad is None else grad.cpu().numpy()
             if key in io:
                 assert_close(value, io[key], key)
                 compared += 1
