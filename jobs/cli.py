@@ -62,7 +62,8 @@ def cmd_phantom(args):
     except ImportError as exc:
         raise CliError("the phantom generator is not available (%s)" % exc, EXIT_UNAVAILABLE)
     out = os.path.abspath(args.out or os.path.join(data_root(args), "sample"))
-    phantom.generate(out, cases=args.cases, seed=args.seed)
+    phantom.generate(out, cases=args.cases, seed=args.seed,
+                     progress=_progress_bar("phantom") if not args.json else None)
     emit(args, {"path": out}, "phantom written to %s" % out)
 
 
@@ -206,13 +207,10 @@ def cmd_worker(args):
 
 def cmd_serve(args):
     root = data_root(args)
-    sample = os.path.join(root, "sample")
-    if not os.path.exists(sample):
-        try:
-            from plugin.sunnybrook import phantom
-            phantom.generate(sample, cases=4, seed=0)
-        except ImportError:
-            print("note: the phantom generator is not available; no sample data written", file=sys.stderr)
+    try:
+        sample_folder(args)
+    except CliError as exc:
+        print("note: %s; no sample data written" % exc, file=sys.stderr)
     try:
         import web
     except ImportError as exc:
@@ -243,8 +241,57 @@ def cmd_pretrained(args):
     emit(args, {"path": str(path)}, str(path))
 
 
+LAB_NETWORKS = (("lab FC", "lab_fc"), ("lab CNN", "lab_cnn"), ("FCN-AlexNet", "fcn_alexnet"),
+                ("FCN-AlexNet + Dice", "fcn_alexnet_dice"))
+
+
+def sample_folder(args, cases=None):
+    """DATA/sample: the phantom release, generated on first use."""
+    sample = os.path.join(data_root(args), "sample")
+    if not os.path.isdir(os.path.join(sample, "challenge_training")):
+        try:
+            from plugin.sunnybrook import phantom
+        except ImportError as exc:
+            raise CliError("the phantom generator is not available (%s)" % exc, EXIT_UNAVAILABLE)
+        print("generating the sample phantom into %s" % sample, file=sys.stderr)
+        phantom.generate(sample, **({"cases": cases} if cases else {}))
+    return sample
+
+
 def cmd_lab(args):
-    raise CliError("caffeseg lab is not implemented yet", EXIT_UNAVAILABLE)
+    """The DIGITS medical-imaging lab on the phantom: dataset, then each lab network with a short
+    schedule, evaluated; prints the results table."""
+    sample = sample_folder(args, args.cases)
+    svc = service(args)
+    values = {"image_folder": os.path.join(sample, "challenge_training"),
+              "contour_folder": os.path.join(sample, "TrainingDataContours"),
+              "channels": "L", "val_pct": 10, "split": "slice", "seed": args.seed}
+    dataset = svc.create_dataset("sunnybrook", values, "lab sunnybrook", group_name="lab",
+                                 progress=_progress_bar("building dataset"))
+    rows = []
+    for title, network in LAB_NETWORKS:
+        if args.only and network not in args.only:
+            continue
+        [job] = svc.create_model({"dataset_id": dataset["id"], "standard_network": network, "name": "lab " + title,
+                                  "epochs": args.epochs, "base_lr": args.base_lr, "group_name": "lab",
+                                  "random_seed": args.seed, "batch_size": args.batch_size})
+        status = _train_foreground(svc, job["id"])
+        table = svc.evaluation(job["id"]) or {}
+        dice = ((table.get("summary") or {}).get("metrics") or {}).get("dice") or {}
+        last_val = {}
+        for it, name, value, phase in svc.metrics(job["id"])["series"]:
+            if phase == "val":
+                last_val[name] = value
+        rows.append({"network": title, "job": job["id"], "status": status, "val": last_val,
+                     "dice_mean": dice.get("mean"), "dice_std": dice.get("std")})
+    lines = ["%-20s %-22s %-12s %-10s %-10s %s" % ("network", "job", "status", "val loss", "accuracy", "Dice (mean ± std)")]
+    for r in rows:
+        fmt = lambda v: "-" if v is None else "%.4f" % v
+        lines.append("%-20s %-22s %-12s %-10s %-10s %s" % (
+            r["network"], r["job"], r["status"], fmt(r["val"].get("loss")), fmt(r["val"].get("accuracy")),
+            "-" if r["dice_mean"] is None else "%.3f ± %.3f" % (r["dice_mean"], r["dice_std"])))
+    emit(args, rows, "\n".join(lines))
+    return EXIT_OK if all(r["status"] == "Done" for r in rows) else EXIT_JOB_FAILED
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -266,7 +313,7 @@ def build_parser():
 
     p = sub.add_parser("phantom", parents=[common], help="write the synthetic Sunnybrook-like sample")
     p.add_argument("--out")
-    p.add_argument("--cases", type=int, default=4)
+    p.add_argument("--cases", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_phantom)
 
@@ -375,6 +422,12 @@ def build_parser():
     p.add_argument("--dest")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--base-lr", default="0.0001")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=int, default=None, help="phantom cases to generate (default: all 15)")
+    p.add_argument("--only", action="append", help="run only these networks (file names, e.g. lab_cnn)")
     p.set_defaults(func=cmd_lab)
     return ap
 

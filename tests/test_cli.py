@@ -45,4 +45,4 @@ def test_errors_are_one_line_with_exit_codes(env, capsys):
     assert "invalid job id" in capsys.readouterr().err
     code = cli.main(common + ["dataset", "import", str(tmp_path), "--name", "x"])
     assert code == cli.EXIT_BAD_INPUT and "no dataset.json" in capsys.readouterr().err
-    assert cli.main(common + ["lab"]) == cli.EXIT_UNAVAILABLE
+    assert cli.main(common + ["model", "evaluate", "20990101-000000-abcd"]) == cli.EXIT_BAD_INPUT
