@@ -69,8 +69,9 @@ def cmd_phantom(args):
 
 def cmd_dataset_create(args):
     values = {"image_folder": args.image_folder, "contour_folder": args.contour_folder,
-              "channels": args.channels, "val_pct": args.val_pct, "split": args.split, "seed": args.seed}
-    progress = _progress_bar("building dataset")
+              "channel_conversion": args.channels, "val_percent": args.val_pct, "split_by": args.split,
+              "seed": args.seed}
+    progress = _dataset_progress()
     job = service(args).create_dataset(args.plugin, values, args.name, encoding=args.encoding,
                                        progress=progress)
     emit(args, job, "dataset %s (%s) Done" % (job["id"], job["name"]))
@@ -126,9 +127,19 @@ def _progress_bar(desc):
     def update(done, total=None):
         if "bar" not in bar:
             bar["bar"] = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        if total and bar["bar"].total != total:
+            bar["bar"].total = total
         bar["bar"].n = done
         bar["bar"].refresh()
     return update
+
+
+def _dataset_progress():
+    """The dataset builder reports events {done_all, total_all, ...}: show them as one bar."""
+    update = _progress_bar("building dataset")
+    if update is None:
+        return None
+    return lambda event: update(event.get("done_all") or 0, event.get("total_all") or None)
 
 
 def _train_foreground(svc, job_id, resume=False):
@@ -265,9 +276,9 @@ def cmd_lab(args):
     svc = service(args)
     values = {"image_folder": os.path.join(sample, "challenge_training"),
               "contour_folder": os.path.join(sample, "TrainingDataContours"),
-              "channels": "L", "val_pct": 10, "split": "slice", "seed": args.seed}
+              "channel_conversion": "L", "val_percent": 10, "split_by": "slice", "seed": args.seed}
     dataset = svc.create_dataset("sunnybrook", values, "lab sunnybrook", group_name="lab",
-                                 progress=_progress_bar("building dataset"))
+                                 progress=_dataset_progress())
     rows = []
     for title, network in LAB_NETWORKS:
         if args.only and network not in args.only:
@@ -323,7 +334,7 @@ def build_parser():
     p.add_argument("--image-folder", required=True)
     p.add_argument("--contour-folder", required=True)
     p.add_argument("--channels", choices=("L", "RGB"), default="L")
-    p.add_argument("--val-pct", type=float, default=10)
+    p.add_argument("--val-pct", type=int, default=10)
     p.add_argument("--split", choices=("slice", "patient"), default="slice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoding", choices=("none", "png"), default="none")

@@ -96,7 +96,7 @@ class DatasetFacts:
                 counts.setdefault(stage, s["count"])
         self.train_count = int(counts.get("train") or 0)
         self.val_count = int(counts.get("val") or 0)
-        shape = info.get("feature_shape") or [1, 0, 0]
+        shape = info.get("feature_shape") or (info.get("feature") or {}).get("shape") or [1, 0, 0]
         self.channels, self.height, self.width = (int(x) for x in shape[-3:])
         classes = info.get("classes") or info.get("labels") or []
         self.classes = [c.get("name") if isinstance(c, dict) else c for c in classes]
@@ -116,7 +116,8 @@ class DatasetFacts:
     def db(self, stage, part):
         """Absolute path of ``<stage>_db/<part>`` (part: features | labels), or None."""
         stages = self.info.get("stages") or {}
-        given = (stages.get(stage) or {}).get(part) if isinstance(stages.get(stage), dict) else None
+        entry = stages.get(stage) if isinstance(stages.get(stage), dict) else {}
+        given = entry.get(part + "_db") or entry.get(part)  # dataset.json: "features_db": "train_db/features"
         path = os.path.join(self.folder, given) if given else os.path.join(self.folder, "%s_db" % stage, part)
         return path if os.path.isdir(path) else None
 

@@ -89,13 +89,23 @@ class JobService:
             from jobs import dataset as dataset_builder
         except ImportError as exc:
             raise ServiceError("the dataset builder is not available (%s)" % exc)
-        job = self._new_job("dataset", name, group_name=group_name, options={"plugin": plugin, "values": values})
+        plugin_id = plugin if isinstance(plugin, str) else getattr(plugin, "id", str(plugin))
+        if isinstance(plugin, str):
+            try:
+                from plugin import get_plugin
+                plugin = get_plugin(plugin)
+            except ImportError as exc:
+                raise ServiceError("data plugins are not available (%s)" % exc)
+            except ValueError as exc:
+                raise ServiceError(str(exc))
+        job = self._new_job("dataset", name, group_name=group_name,
+                            options={"plugin": plugin_id, "values": values})
         self.store.set_status(job["id"], st.RUNNING)
         try:
             dataset_builder.build_dataset(plugin, values, job["dir"], progress=progress, log=log, **build_options)
         except Exception as exc:
             self.store.set_status(job["id"], st.ERROR, str(exc))
-            raise ServiceError("dataset %s failed: %s" % (name, exc))
+            raise ServiceError("dataset %s failed: %s" % (name, exc), getattr(exc, "field_errors", None))
         self.store.set_status(job["id"], st.DONE)
         return self.store.get(job["id"])
 

@@ -46,3 +46,24 @@ def test_errors_are_one_line_with_exit_codes(env, capsys):
     code = cli.main(common + ["dataset", "import", str(tmp_path), "--name", "x"])
     assert code == cli.EXIT_BAD_INPUT and "no dataset.json" in capsys.readouterr().err
     assert cli.main(common + ["model", "evaluate", "20990101-000000-abcd"]) == cli.EXIT_BAD_INPUT
+
+
+def test_phantom_dataset_model_on_the_real_builder(env, capsys):
+    """phantom → dataset create (the Sunnybrook plugin + dataset builder) → model create with a
+    standard network and the image mean → trained by the runner (fake pycaffe here)."""
+    tmp_path, common, net = env
+    code, out = run_json(capsys, common + ["phantom", "--cases", "1"])
+    assert code == 0
+    sample = out["path"]
+    code, ds = run_json(capsys, common + ["dataset", "create", "--image-folder",
+                                          os.path.join(sample, "challenge_training"), "--contour-folder",
+                                          os.path.join(sample, "TrainingDataContours"), "--name", "ph"])
+    assert code == 0 and ds["status"] == "Done"
+    code, jobs = run_json(capsys, common + ["model", "create", "--dataset", ds["id"], "--network", "lab_cnn",
+                                            "--epochs", "1", "--mean", "image", "--backend", "pycaffe", "--train"])
+    assert code == 0 and jobs[0]["status"] == "Done"
+    train_val = open(os.path.join(jobs[0]["dir"], "train_val.prototxt")).read()
+    assert os.path.join(ds["dir"], "train_db", "features") in train_val
+    assert os.path.join(ds["dir"], "mean.binaryproto") in train_val
+    deploy = open(os.path.join(jobs[0]["dir"], "deploy.prototxt")).read()
+    assert "dim: 256" in deploy and "Data" not in deploy
