@@ -59,11 +59,18 @@ def read_slice(path):
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         compressed = bool(ts is not None and ts.is_compressed)
+        said = " ".join(str(exc).split())[:300] or type(exc).__name__
         if compressed:
-            raise EntryError("%s: cannot decode compressed pixel data (%s, %s): install %s "
-                             "[pydicom said: %s]" % (path, ts_name, ts, _plugin_hint(ts_name),
-                                                      str(exc).splitlines()[0] if str(exc) else
-                                                      type(exc).__name__),
+            plugins = _available_decoders(ts)
+            if plugins:
+                raise EntryError("%s: the installed decoders for %s (%s) could not decode the "
+                                 "pixel data; the file is corrupt or uses an unsupported "
+                                 "variant [pydicom said: %s]"
+                                 % (path, ts_name, ", ".join(plugins), said),
+                                 source=path) from None
+            raise EntryError("%s: cannot decode compressed pixel data (%s, %s): no decoder "
+                             "plugin installed; install %s [pydicom said: %s]"
+                             % (path, ts_name, ts, _plugin_hint(ts_name), said),
                              source=path) from None
         raise EntryError("%s: cannot decode pixel data (%s): %s" % (path, ts_name, exc),
                          source=path) from None
@@ -88,6 +95,15 @@ def read_slice(path):
         "trigger_time": _float_or_none(ds.get("TriggerTime")),
     }
     return DicomSlice(pixels=pixels, pixel_spacing=spacing, meta=meta)
+
+
+def _available_decoders(ts):
+    """Names of installed pydicom decoder plugins for ``ts`` (empty if none / unknown)."""
+    try:
+        from pydicom.pixels import get_decoder
+        return sorted(get_decoder(ts).available_plugins)
+    except Exception:  # unknown syntax, or an older pydicom without the decoder registry
+        return []
 
 
 def _rescale(ds, pixels):
