@@ -157,3 +157,29 @@ def test_bundled_python_layer_is_copied(svc, dataset):
                       ' python_param { module: "digits_python_layers" layer: "Dice" } exclude { stage: "deploy" } }\n')
     [job] = model(svc, dataset, network_text=net)
     assert os.path.isfile(os.path.join(job["dir"], "digits_python_layers.py"))
+
+
+def wait_status(svc, job_id, wanted, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = svc.show(job_id)["status"]
+        if status in wanted:
+            return status
+        time.sleep(0.05)
+    return svc.show(job_id)["status"]
+
+
+def test_worker_runs_queued_jobs_and_fails_models_of_errored_datasets(svc, dataset):
+    [job] = model(svc, dataset)
+    svc.submit(job["id"])
+    bad_ds = svc.import_dataset(dataset["dir"], "broken")
+    [orphan] = model(svc, bad_ds)
+    svc.store.set_status(bad_ds["id"], st.ERROR, "build failed")
+    svc.submit(orphan["id"])
+    svc.start_worker()
+    try:
+        assert wait_status(svc, job["id"], (st.DONE, st.ERROR)) == st.DONE
+        assert wait_status(svc, orphan["id"], (st.ERROR,)) == st.ERROR
+        assert "dataset" in svc.show(orphan["id"])["error"]
+    finally:
+        svc._stop.set()
