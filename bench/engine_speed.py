@@ -60,7 +60,7 @@ class LayerRunner:
             for name, shape in zip(lp.top, layer.reshape(bottoms)):
                 shapes[name] = tuple(shape)
             learn = not getattr(layer, "fixed_params", False)
-            params = [p.requires_grad_(learn and not (len(lp.param) > i and lp.param[i].lr_mult == 0))
+            params = [p.to(DEVICE).requires_grad_(learn and not (len(lp.param) > i and lp.param[i].lr_mult == 0))
                       for i, p in enumerate(params)]
             self.layers.append((lp, layer, params))
 
@@ -79,9 +79,11 @@ class LayerRunner:
             if leaves:
                 bottoms = [b.detach().requires_grad_(b.requires_grad) for b in bottoms]
                 lp_inputs = bottoms
+            _sync()
             start = time.perf_counter()
             tops = layer.forward(bottoms, params)
             if timings is not None:
+                _sync()
                 timings[lp.name + " (fwd)"] += time.perf_counter() - start
             if leaves:
                 self._graph.append((lp, lp_inputs, tops))
@@ -95,13 +97,14 @@ class LayerRunner:
             return blobs
         self._graph = []
         blobs = self.forward(data, label, timings=timings, leaves=True)
-        grads = {"loss": torch.ones(())}
+        grads = {"loss": torch.ones((), device=DEVICE)}
         for lp, inputs, tops in reversed(self._graph):
             pairs = [(t, grads.pop(n)) for n, t in zip(lp.top, tops) if n in grads and t.requires_grad]
             # an in-place top reuses its bottom's name: its gradient is consumed here
             start = time.perf_counter()
             if pairs:
                 torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+            _sync()
             timings[lp.name + " (bwd)"] += time.perf_counter() - start
             for name, x in zip(lp.bottom, inputs):
                 if x.grad is not None:
@@ -143,12 +146,22 @@ class TorchFCNAlexNet(nn.Module):
         return x[:, :, 18:18 + h, 18:18 + w]
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def best_time(fn, repeat):
-    fn()  # warm-up (allocator, lazy init)
+    fn()  # warm-up (allocator, lazy init, cuDNN autotuning)
+    _sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -157,8 +170,8 @@ def bench_net(net_name, channels, repeat, profile, with_torch):
     path = os.path.join(ROOT, "prototxt", f"{net_name}.prototxt")
     shape = (1, channels, 256, 256)
     gen = torch.Generator().manual_seed(0)
-    data = torch.rand(shape, generator=gen) * 255
-    label = torch.randint(0, 2, (1, 1, 256, 256), generator=gen).float()
+    data = (torch.rand(shape, generator=gen) * 255).to(DEVICE)
+    label = torch.randint(0, 2, (1, 1, 256, 256), generator=gen).float().to(DEVICE)
     test = LayerRunner(path, shape, caffe_pb2.TEST)
     train = LayerRunner(path, shape, caffe_pb2.TRAIN)
     rows = []
@@ -199,7 +212,7 @@ def engine_net_row(path, data, label, repeat):
     try:
         net = Net(path, caffe_pb2.TEST, stages=["deploy"])
         net.blobs["data"].reshape(*data.shape)
-        net.blobs["data"].data[...] = data.numpy()
+        net.blobs["data"].data[...] = data.cpu().numpy()
         with torch.no_grad():
             fwd = best_time(net.forward, repeat)
         return ("engine.Net (deploy, fwd only)", fwd, float("nan"))
@@ -215,11 +228,17 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (best is reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--profile", action="store_true", help="also report the time per layer")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the Caffe figures are CPU figures)")
     ap.add_argument("--no-torch", action="store_true", help="skip the hand-written PyTorch baseline")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":  # Caffe computes in full float32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; best of {args.repeat}")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}; best of {args.repeat}")
     print(f"{'net':<12} {'input':<12} {'implementation':<30} {'forward s':>10} {'fwd+bwd s':>10} {'vs Caffe fwd':>13} {'vs Caffe f+b':>13}")
     for net_name in args.nets:
         for channels in args.channels:
