@@ -1,0 +1,636 @@
+"""pycaffe's ``caffe.Net`` over the engine's torch layers (notes §3, §6.2).
+
+Construction follows ``Net::Init``: filter layers by NetState, insert implicit Splits, build
+layers in file order (in-place tops reuse their bottom's blob), register and share params,
+then decide which layers need backward. The result is a fixed execution plan (one
+``NetLayer`` per layer) that ``forward``/``backward`` walk without rebuilding anything.
+
+Gradients: ``forward`` records autograd only for layers that need backward, each from its own
+detached input leaves, so ``backward`` can run layer by layer in reverse like Caffe — bottom
+diffs overwritten, param diffs accumulated, Split tops summed — and honour start/end ranges.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import engine.layers  # noqa: F401  (fills the layer registry)
+from engine import device as device_state
+from engine.blob import Blob
+from engine.layers.base import LayerError, layer_class, registered_types
+from engine.netfilter import filter_net
+from engine.proto import caffe_pb2
+from engine.splits import insert_splits
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+AUTOMATIC_TOP = "(automatic)"
+
+
+class NetError(ValueError):
+    """The net definition breaks a construction rule; the message names the layer or blob."""
+
+
+class WeightsMismatchError(NetError):
+    """A weights file's blob does not fit the net's parameter (``copy_from``)."""
+
+
+class NetLayer:
+    """One built layer: what pycaffe shows (``.type``, ``.blobs``) plus the net's bookkeeping."""
+
+    def __init__(self, param: caffe_pb2.LayerParameter, impl):
+        self.param = param
+        self.name = param.name
+        self.type = param.type
+        self.impl = impl
+        self.blobs: list[Blob] = []
+        self.bottoms: list[Blob] = []
+        self.tops: list[Blob] = []
+        self.bottom_names: list[str] = list(param.bottom)
+        self.top_names: list[str] = []
+        self.loss_weights: list[float] = []
+        self.need_backward = False
+        self.bottom_need_backward: list[bool] = []
+        self.param_propagate_down: list[bool] = []
+        self.bottom_shapes: tuple | None = None
+        # autograd record of the last forward: (bottom leaves, param leaves, top tensors)
+        self.saved = None
+
+    @property
+    def is_source(self) -> bool:
+        """Layers whose tops the net fills from outside (Input)."""
+        return self.type == "Input"
+
+    def __repr__(self):
+        return f"<layer '{self.name}' ({self.type})>"
+
+
+def _read_net_param(network) -> tuple[caffe_pb2.NetParameter, str | None]:
+    if isinstance(network, caffe_pb2.NetParameter):
+        param = caffe_pb2.NetParameter()
+        param.CopyFrom(network)
+        return param, None
+    if isinstance(network, bytes):
+        network = network.decode()
+    path = os.fspath(network)
+    from engine.prototxt import read_net
+    return read_net(path), path
+
+
+class Net:
+    """``caffe.Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or keywords
+    ``Net(prototxt, phase, weights=..., stages=[...], level=...)``."""
+
+    def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0,
+                 stages: Sequence[str] | None = None):
+        if len(args) == 1:
+            phase = args[0] if phase is None else phase
+        elif len(args) == 2:
+            weights, phase = args
+        elif len(args) > 2:
+            raise TypeError("Net(prototxt, phase) or Net(prototxt, weights, phase)")
+        if phase is None:
+            raise TypeError("Net() needs a phase: caffe.TRAIN or caffe.TEST")
+        if int(phase) not in (TRAIN, TEST):
+            raise ValueError(f"phase must be caffe.TRAIN (0) or caffe.TEST (1), got {phase!r}")
+        param, self.source = _read_net_param(network_file)
+        param.state.phase = int(phase)
+        param.state.level = int(level)
+        for stage in stages or []:
+            param.state.stage.append(stage)
+        self.phase = int(phase)
+        self.device = device_state.current_device()
+        self._build(param)
+        if weights is not None:
+            self.copy_from(weights)
+
+    @classmethod
+    def from_param(cls, param: caffe_pb2.NetParameter, phase, stages=None, level=0, weights=None):
+        """Build from a NetParameter already in memory (the solver's path)."""
+        return cls(param, phase, weights=weights, stages=stages, level=level)
+
+    # ------------------------------------------------------------------------------------
+    # construction
+    # ------------------------------------------------------------------------------------
+    def _build(self, param: caffe_pb2.NetParameter) -> None:
+        try:
+            filtered = filter_net(param)
+            expanded = insert_splits(filtered)
+        except ValueError as err:
+            raise NetError(f"{self._where()}: {err}") from None
+        self.param = expanded
+        self.name = expanded.name
+        self.blobs: "collections.OrderedDict[str, Blob]" = collections.OrderedDict()
+        self.layers: list[NetLayer] = []
+        self.inputs: list[str] = []
+        self.learnable_params: list[tuple[Blob, float, float]] = []
+        self._owners: dict[str, tuple[Blob, int, caffe_pb2.ParamSpec]] = {}
+        self._learnable_explicit: list[list[bool]] = []
+        self.blob_loss_weights: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self._anonymous: list[Blob] = []
+        available: dict[str, Blob] = {}
+        for lp in expanded.layer:
+            self._add_layer(lp, available)
+        self.outputs = sorted(available)
+        self._decide_backward(expanded)
+        self._records_grad = any(layer.need_backward for layer in self.layers)
+        self._loss_terms: list[torch.Tensor] = []
+
+    def _where(self) -> str:
+        return self.source or "net"
+
+    def _make_layer(self, lp: caffe_pb2.LayerParameter):
+        cls = layer_class(lp.type)
+        if cls is None:
+            raise NetError(f"{self._where()}: layer '{lp.name}' has unsupported type '{lp.type}' "
+                           f"(the engine implements: {', '.join(registered_types())})")
+        phase = lp.phase if lp.HasField("phase") else self.phase
+        impl = cls(lp, phase)
+        if lp.type == "Python" and self.source:
+            # Caffe finds the module on PYTHONPATH; DIGITS also looks beside the prototxt
+            impl.search_dirs = [os.path.dirname(os.path.abspath(self.source))] + list(cls.search_dirs)
+        return impl
+
+    def _check_counts(self, lp, cls, what: str, n: int) -> None:
+        exact, low, high = (getattr(cls, f"exact_{what}"), getattr(cls, f"min_{what}"),
+                            getattr(cls, f"max_{what}"))
+        problem = None
+        if exact is not None and n != exact:
+            problem = f"exactly {exact}"
+        elif low is not None and n < low:
+            problem = f"at least {low}"
+        elif high is not None and n > high:
+            problem = f"at most {high}"
+        if problem:
+            raise NetError(f"{self._where()}: layer '{lp.name}' ({lp.type}) takes {problem} "
+                           f"{what[:-1]} blob(s), the prototxt gives {n}")
+
+    def _add_layer(self, lp: caffe_pb2.LayerParameter, available: dict[str, Blob]) -> None:
+        impl = self._make_layer(lp)
+        layer = NetLayer(lp, impl)
+        cls = type(impl)
+        self._check_counts(lp, cls, "bottoms", len(lp.bottom))
+        for j, name in enumerate(lp.bottom):
+            if name not in self.blobs:
+                raise NetError(f"{self._where()}: layer '{lp.name}': unknown bottom blob '{name}'")
+            layer.bottoms.append(self.blobs[name])
+            available.pop(name, None)
+        # Caffe's LossLayer creates its one top when none is declared
+        top_names = list(lp.top)
+        auto_tops = 0
+        if cls.is_loss and not top_names:
+            auto_tops = 1
+        self._check_counts(lp, cls, "tops", len(top_names) + auto_tops)
+        bottom_shapes = [blob.shape for blob in layer.bottoms]
+        try:
+            fresh_params = impl.setup(bottom_shapes)
+            top_shapes = impl.reshape(bottom_shapes)
+        except LayerError:
+            raise
+        except (ValueError, RuntimeError, IndexError) as err:
+            raise NetError(f"{self._where()}: layer '{lp.name}' ({lp.type}) could not be set up "
+                           f"for bottom shapes {bottom_shapes}: {err}") from err
+        layer.bottom_shapes = tuple(bottom_shapes)
+        top_shapes = list(top_shapes)
+        for j, name in enumerate(top_names):
+            shape = tuple(top_shapes[j]) if j < len(top_shapes) else ()
+            in_place = j < len(lp.bottom) and lp.bottom[j] == name
+            if in_place:
+                if not cls.allows_in_place:
+                    raise NetError(f"{self._where()}: layer '{lp.name}' ({lp.type}) cannot run in place "
+                                   f"(top '{name}' is also its bottom)")
+                blob = self.blobs[name]
+            elif name in self.blobs:
+                raise NetError(f"{self._where()}: top blob '{name}' of layer '{lp.name}' is produced by "
+                               "multiple sources (only a layer computing in place may reuse a blob name)")
+            else:
+                blob = Blob(shape, self.device)
+                self.blobs[name] = blob
+            if in_place and blob.shape != shape:
+                blob.reshape(*shape)
+            layer.tops.append(blob)
+            layer.top_names.append(name)
+            available[name] = blob
+            if lp.type == "Input":
+                self.inputs.append(name)
+        for j in range(auto_tops):
+            shape = tuple(top_shapes[len(top_names) + j]) if len(top_shapes) > len(top_names) + j else ()
+            blob = Blob(shape, self.device)
+            self._anonymous.append(blob)
+            layer.tops.append(blob)
+            layer.top_names.append(AUTOMATIC_TOP)
+        self._set_loss_weights(layer, cls)
+        self._register_params(layer, cls, fresh_params)
+        self.layers.append(layer)
+
+    def _set_loss_weights(self, layer: NetLayer, cls) -> None:
+        lp = layer.param
+        ntops = len(layer.tops)
+        if len(lp.loss_weight):
+            if len(lp.loss_weight) != ntops:
+                raise NetError(f"{self._where()}: layer '{lp.name}' lists {len(lp.loss_weight)} loss_weight "
+                               f"value(s) for {ntops} top(s); give one per top")
+            weights = [float(w) for w in lp.loss_weight]
+        else:
+            weights = [1.0 if (cls.is_loss and j == 0) else 0.0 for j in range(ntops)]
+        layer.loss_weights = weights
+        for blob, name, w in zip(layer.tops, layer.top_names, weights):
+            if name != AUTOMATIC_TOP:
+                self.blob_loss_weights[name] = w
+            if w:
+                blob.grad_tensor.fill_(w)
+        for name in self.blobs:
+            self.blob_loss_weights.setdefault(name, 0.0)
+
+    def _register_params(self, layer: NetLayer, cls, fresh: list[torch.Tensor]) -> None:
+        lp = layer.param
+        if len(lp.param) > len(fresh):
+            raise NetError(f"{self._where()}: layer '{lp.name}' ({lp.type}) has {len(fresh)} parameter "
+                           f"blob(s) but the prototxt gives {len(lp.param)} 'param' entries")
+        fixed = getattr(cls, "fixed_params", False) or getattr(layer.impl, "fixed_params", False)
+        for i, tensor in enumerate(fresh):
+            spec = lp.param[i] if i < len(lp.param) else caffe_pb2.ParamSpec()
+            lr_mult = 0.0 if fixed else float(spec.lr_mult)
+            layer.param_propagate_down.append(lr_mult != 0)
+            name = spec.name
+            if name and name in self._owners:
+                layer.blobs.append(self._share_param(layer, i, tensor, spec))
+                continue
+            blob = Blob(data=tensor.to(self.device, torch.float32).contiguous(), device=self.device)
+            layer.blobs.append(blob)
+            index = len(self.learnable_params)
+            self.learnable_params.append((blob, lr_mult, float(spec.decay_mult)))
+            self._learnable_explicit.append([spec.HasField("lr_mult"), spec.HasField("decay_mult")])
+            if name:
+                self._owners[name] = (blob, index, spec)
+
+    def _share_param(self, layer: NetLayer, i: int, tensor: torch.Tensor, spec) -> Blob:
+        owner, index, _ = self._owners[spec.name]
+        mode = spec.share_mode
+        shape = tuple(tensor.shape)
+        if mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            if owner.count != int(np.prod(shape, dtype=np.int64)):
+                raise NetError(f"{self._where()}: layer '{layer.name}' shares param '{spec.name}' "
+                               f"with count {int(np.prod(shape))}, the owner's count is {owner.count}")
+        elif owner.shape != shape:
+            raise NetError(f"{self._where()}: layer '{layer.name}' param {i} shares '{spec.name}' with shape "
+                           f"{shape}, but the owner has shape {owner.shape} (share_mode STRICT)")
+        blob, lr, decay = self.learnable_params[index]
+        explicit = self._learnable_explicit[index]
+        if spec.HasField("lr_mult"):
+            if explicit[0] and spec.lr_mult != lr:
+                raise NetError(f"{self._where()}: shared param '{spec.name}' has mismatched lr_mult "
+                               f"({spec.lr_mult} in layer '{layer.name}', {lr} at its owner)")
+            explicit[0], lr = True, float(spec.lr_mult)
+        if spec.HasField("decay_mult"):
+            if explicit[1] and spec.decay_mult != decay:
+                raise NetError(f"{self._where()}: shared param '{spec.name}' has mismatched decay_mult "
+                               f"({spec.decay_mult} in layer '{layer.name}', {decay} at its owner)")
+            explicit[1], decay = True, float(spec.decay_mult)
+        self.learnable_params[index] = (blob, lr, decay)
+        if shape != owner.shape:
+            view = Blob(device=self.device, data=owner.tensor.view(shape))
+            view._diff = None
+            return view  # PERMISSIVE: same values seen through another shape
+        return owner
+
+    def _decide_backward(self, param: caffe_pb2.NetParameter) -> None:
+        """``Net::Init``'s need-backward rules (notes §3.4), including force_backward."""
+        blob_need = {id(b): False for b in self.blobs.values()}
+        for layer in self.layers:
+            need = False
+            for j, blob in enumerate(layer.bottoms):
+                b_need = blob_need.get(id(blob), False)
+                need = need or b_need
+                if len(layer.param.propagate_down):
+                    if len(layer.param.propagate_down) != len(layer.bottoms):
+                        raise NetError(f"{self._where()}: layer '{layer.name}': propagate_down must be "
+                                       "empty or have one entry per bottom")
+                    b_need = bool(layer.param.propagate_down[j])
+                layer.bottom_need_backward.append(b_need)
+            need = need or any(layer.param_propagate_down)
+            layer.need_backward = need
+            if need:
+                for blob in layer.tops:
+                    blob_need[id(blob)] = True
+        under_loss: set[int] = set()
+        skip: set[int] = set()
+        for layer in reversed(self.layers):
+            contributes = any(w != 0 for w in layer.loss_weights) or any(id(t) in under_loss for t in layer.tops)
+            skip_down = all(id(t) in skip for t in layer.tops)
+            if layer.need_backward and skip_down:
+                layer.need_backward = False
+                layer.bottom_need_backward = [False] * len(layer.bottoms)
+            if not contributes:
+                layer.need_backward = False
+            for j, blob in enumerate(layer.bottoms):
+                if contributes:
+                    under_loss.add(id(blob))
+                else:
+                    layer.bottom_need_backward[j] = False
+                if not layer.bottom_need_backward[j]:
+                    skip.add(id(blob))
+        if param.force_backward:
+            for layer in self.layers:
+                layer.need_backward = True
+                layer.bottom_need_backward = [
+                    need or layer.impl.allow_force_backward(j) for j, need in enumerate(layer.bottom_need_backward)]
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer in self.layers:
+            if getattr(layer.impl, "fixed_params", False):
+                # statistics have no gradient (BatchNorm's backward leaves them alone)
+                layer.param_propagate_down = [False] * len(layer.blobs)
+
+    # ------------------------------------------------------------------------------------
+    # pycaffe views
+    # ------------------------------------------------------------------------------------
+    @property
+    def params(self) -> "collections.OrderedDict[str, list[Blob]]":
+        return collections.OrderedDict((l.name, l.blobs) for l in self.layers if l.blobs)
+
+    @property
+    def layer_dict(self) -> "collections.OrderedDict[str, NetLayer]":
+        return collections.OrderedDict((l.name, l) for l in self.layers)
+
+    @property
+    def _layer_names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self.blobs)
+
+    @property
+    def top_names(self):
+        return collections.OrderedDict((l.name, [n for n in l.top_names if n != AUTOMATIC_TOP])
+                                       for l in self.layers)
+
+    @property
+    def bottom_names(self):
+        return collections.OrderedDict((l.name, list(l.bottom_names)) for l in self.layers)
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return [self.blob_loss_weights.get(n, 0.0) for n in self.blobs]
+
+    @property
+    def last_loss(self) -> float:
+        """Caffe's objective of the last forward: Σ loss_weight·Σ top."""
+        return float(sum(float(t) for t in self._loss_terms)) if self._loss_terms else 0.0
+
+    def _layer_index(self, name: str | None, default: int) -> int:
+        if name is None:
+            return default
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise KeyError(f"no layer named '{name}' in {self._where()} (layers: {', '.join(self._layer_names)})")
+
+    # ------------------------------------------------------------------------------------
+    # forward / backward
+    # ------------------------------------------------------------------------------------
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run layers start..end (names, inclusive); return ``{blob: array}`` of the outputs
+        (or of ``end``'s tops) plus the ``blobs`` asked for."""
+        blobs = list(blobs or [])
+        start_i = self._layer_index(start, 0)
+        end_i = self._layer_index(end, len(self.layers) - 1)
+        if end is not None:
+            wanted = set(self.top_names[end] + blobs)
+        else:
+            wanted = set(self.outputs + blobs)
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise ValueError(f"input blob arguments {sorted(kwargs)} do not match the net inputs {self.inputs}")
+            for name, value in kwargs.items():
+                value = np.asarray(value)
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise ValueError(f"input '{name}' has batch size {value.shape[0]}, the blob has "
+                                     f"{self.blobs[name].shape[0]}; reshape the blob first")
+                self.blobs[name].data[...] = value
+        self._forward_range(start_i, end_i)
+        return {name: self.blobs[name].data for name in wanted}
+
+    def _forward_range(self, start: int, end: int) -> None:
+        if start == 0:
+            self._loss_terms = []
+        for layer in self.layers[start:end + 1]:
+            if layer.is_source:
+                continue
+            self._forward_layer(layer)
+
+    def _forward_layer(self, layer: NetLayer) -> None:
+        impl = layer.impl
+        bottoms = [blob.tensor for blob in layer.bottoms]
+        shapes = tuple(tuple(t.shape) for t in bottoms)
+        if shapes != layer.bottom_shapes:
+            impl.reshape(list(shapes))  # Caffe reshapes before every forward; only shape changes matter
+            layer.bottom_shapes = shapes
+        params = [blob.tensor for blob in layer.blobs]
+        if layer.need_backward and self._records_grad:
+            leaves = [t.detach().requires_grad_(need and t.is_floating_point())
+                      for t, need in zip(bottoms, layer.bottom_need_backward)]
+            pleaves = [p.detach().requires_grad_(need) for p, need in zip(params, layer.param_propagate_down)]
+            if impl.explicit_backward:
+                with torch.no_grad():
+                    tops = impl.forward([t.detach() for t in leaves], params)
+            else:
+                with torch.enable_grad():
+                    tops = impl.forward(leaves, pleaves)
+            layer.saved = (leaves, pleaves, tops)
+        else:
+            with torch.no_grad():
+                tops = impl.forward(bottoms, params)
+            layer.saved = None
+        if len(tops) != len(layer.tops):
+            raise NetError(f"layer '{layer.name}' ({layer.type}) produced {len(tops)} tops for "
+                           f"{len(layer.tops)} top blobs")
+        for blob, top, w in zip(layer.tops, tops, layer.loss_weights):
+            if top.device != self.device or top.dtype != torch.float32:
+                top = top.to(self.device, torch.float32)
+            reshaped = blob.shape != tuple(top.shape)
+            blob.tensor = top.detach()
+            if w:
+                if reshaped:
+                    blob.grad_tensor.fill_(w)
+                self._loss_terms.append(top.detach().sum() * w)
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Run backward from layer ``start`` down to ``end`` (names; default: all); return
+        ``{blob: diff}`` for the inputs (or ``end``) plus the ``diffs`` asked for."""
+        diffs = list(diffs or [])
+        start_i = self._layer_index(start, len(self.layers) - 1)
+        end_i = self._layer_index(end, 0)
+        if end is not None:
+            wanted = set([end] + diffs)
+        else:
+            wanted = set(self.inputs + diffs)
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise ValueError(f"top diff arguments {sorted(kwargs)} do not match the net outputs {self.outputs}")
+            for name, value in kwargs.items():
+                value = np.asarray(value)
+                if value.shape[0] != self.blobs[name].shape[0]:
+                    raise ValueError(f"diff for '{name}' is not batch sized ({value.shape[0]} vs "
+                                     f"{self.blobs[name].shape[0]})")
+                self.blobs[name].diff[...] = value
+        self._backward_range(start_i, end_i)
+        return {name: self.blobs[name].diff for name in wanted if name in self.blobs}
+
+    def _backward_range(self, start: int, end: int) -> None:
+        for i in range(start, end - 1, -1):
+            layer = self.layers[i]
+            if layer.need_backward and (layer.bottoms or any(layer.param_propagate_down)):
+                self._backward_layer(layer)
+
+    def _backward_layer(self, layer: NetLayer) -> None:
+        if layer.saved is None:
+            raise NetError(f"backward through layer '{layer.name}' needs a forward pass first")
+        leaves, pleaves, tops = layer.saved
+        top_diffs = [blob.grad_tensor for blob in layer.tops]
+        down = layer.bottom_need_backward
+        pdown = layer.param_propagate_down
+        if layer.type == "Split":
+            if down[0]:
+                total = top_diffs[0].clone()
+                for d in top_diffs[1:]:
+                    total += d
+                layer.bottoms[0].grad_tensor = total
+            return
+        if layer.impl.explicit_backward:
+            bottom_grads, param_grads = layer.impl.backward(
+                [t.detach() for t in leaves], [p.detach() for p in pleaves],
+                [t.detach() for t in tops], top_diffs, list(down), list(pdown))
+        else:
+            bottom_grads, param_grads = self._autograd_backward(leaves, pleaves, tops, top_diffs, down, pdown)
+        diff_ptrs = {d.data_ptr() for d in top_diffs}
+        for blob, grad, need, leaf in zip(layer.bottoms, bottom_grads, down, leaves):
+            if not need:
+                continue
+            if grad is None:
+                grad = torch.zeros_like(leaf, dtype=torch.float32)
+            elif grad.data_ptr() in diff_ptrs:
+                grad = grad.clone()  # never let two blobs' diffs alias
+            blob.grad_tensor = grad.to(self.device, torch.float32).reshape(blob.shape)
+        for blob, grad, need in zip(layer.blobs, param_grads, pdown):
+            if need and grad is not None:
+                blob.grad_tensor.add_(grad.reshape(blob.shape))
+
+    @staticmethod
+    def _autograd_backward(leaves, pleaves, tops, top_diffs, down, pdown):
+        outs, grads_out = [], []
+        for top, diff in zip(tops, top_diffs):
+            if top.requires_grad:
+                outs.append(top)
+                grads_out.append(diff.reshape(top.shape))
+        targets = [t for t, need in zip(leaves, down) if need and t.requires_grad]
+        targets += [p for p, need in zip(pleaves, pdown) if need and p.requires_grad]
+        found = {}
+        if outs and targets:
+            grads = torch.autograd.grad(outs, targets, grads_out, allow_unused=True, retain_graph=True)
+            found = {id(t): g for t, g in zip(targets, grads)}
+        bottom_grads = [found.get(id(t)) if need else None for t, need in zip(leaves, down)]
+        param_grads = [found.get(id(p)) if need else None for p, need in zip(pleaves, pdown)]
+        return bottom_grads, param_grads
+
+    def reshape(self) -> None:
+        """Propagate input shapes through every layer (Caffe's ``Net::Reshape``)."""
+        for layer in self.layers:
+            if layer.is_source:
+                continue
+            shapes = [blob.shape for blob in layer.bottoms]
+            top_shapes = layer.impl.reshape(shapes)
+            layer.bottom_shapes = tuple(shapes)
+            for blob, shape in zip(layer.tops, top_shapes):
+                blob.reshape(*shape)
+
+    # ------------------------------------------------------------------------------------
+    # weights
+    # ------------------------------------------------------------------------------------
+    def copy_from(self, path) -> None:
+        """Load a .caffemodel: layers matched by name, shapes checked (``CopyTrainedLayersFrom``)."""
+        from engine.blobproto import blobproto_to_array, shape_equals, stored_shape
+        from engine.caffemodel import read_caffemodel
+        path = os.fspath(path)
+        source = read_caffemodel(path)
+        by_name = {}
+        for layer in self.layers:
+            by_name.setdefault(layer.name, layer)
+        for src in source.layer:
+            target = by_name.get(src.name)
+            if target is None:
+                continue
+            if len(target.blobs) != len(src.blobs):
+                raise WeightsMismatchError(
+                    f"{path}: incompatible number of blobs for layer '{src.name}': the file has "
+                    f"{len(src.blobs)}, the net ({self._where()}) has {len(target.blobs)}")
+            for j, (blob, bp) in enumerate(zip(target.blobs, src.blobs)):
+                if not shape_equals(bp, blob.shape):
+                    raise WeightsMismatchError(self._mismatch_message(path, target, j, stored_shape(bp)))
+                values = blobproto_to_array(bp, blob.shape, name=f"layer '{src.name}' param {j}")
+                blob.tensor.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+                if len(bp.diff) or len(bp.double_diff):
+                    diff = blobproto_to_array(bp, blob.shape, diff=True, name=f"layer '{src.name}' param {j}")
+                    blob.grad_tensor.copy_(torch.from_numpy(np.ascontiguousarray(diff)))
+
+    def _mismatch_message(self, path, layer: NetLayer, j: int, file_shape) -> str:
+        net_shape = layer.blobs[j].shape
+        text = (f"{path}: cannot copy param {j} of layer '{layer.name}' ({layer.type}): the file has "
+                f"shape {tuple(file_shape)}, the net ({self._where()}) needs {net_shape}. To learn this "
+                f"layer from scratch instead, rename it in the prototxt.")
+        is_conv_weight = layer.type == "Convolution" and j == 0 and len(net_shape) == 4 and len(file_shape) == 4
+        if is_conv_weight and file_shape[0] == net_shape[0] and file_shape[2:] == net_shape[2:] \
+                and {int(file_shape[1]), int(net_shape[1])} == {1, 3}:
+            if file_shape[1] == 3:
+                text += (" The weights were trained on RGB (3-channel) images but this net's input has 1 "
+                         "channel (grayscale). Either build the dataset as RGB (3 channels), or do channel "
+                         f"surgery: replace the '{layer.name}' weights by their sum over the RGB axis "
+                         "(W.sum(axis=1, keepdims=True)), e.g. with `caffeseg surgery`.")
+            else:
+                text += (" The weights were trained on grayscale (1-channel) images but this net's input "
+                         "has 3 channels (RGB). Build the dataset as grayscale, or repeat the weights over "
+                         "3 channels divided by 3.")
+        return text
+
+    def share_with(self, other: "Net") -> None:
+        """Use ``other``'s parameter values (data only, like ``ShareTrainedLayersWith``)."""
+        by_name = {}
+        for layer in other.layers:
+            by_name.setdefault(layer.name, layer)
+        for layer in self.layers:
+            source = by_name.get(layer.name)
+            if source is None or not layer.blobs:
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise NetError(f"share_with: layer '{layer.name}' has {len(layer.blobs)} params here and "
+                               f"{len(source.blobs)} in the other net")
+            for j, (mine, theirs) in enumerate(zip(layer.blobs, source.blobs)):
+                if mine.shape != theirs.shape:
+                    raise NetError(f"share_with: layer '{layer.name}' param {j} has shape {mine.shape} here and "
+                                   f"{theirs.shape} in the other net")
+                mine.share_data(theirs)
+
+    def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
+        from engine.blobproto import array_to_blobproto
+        out = caffe_pb2.NetParameter()
+        out.name = self.param.name
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                bp = array_to_blobproto(blob.data, blob.diff if write_diff else None)
+                lp.blobs.add().CopyFrom(bp)
+        return out
+
+    def save(self, path, write_diff: bool = False) -> None:
+        """Write the net with its current weights as a binary .caffemodel."""
+        from engine.caffemodel import write_caffemodel
+        write_caffemodel(os.fspath(path), self.to_proto(write_diff))
+
+    def __repr__(self):
+        return f"<Net '{self.name}' with {len(self.layers)} layers on {self.device}>"
