@@ -288,7 +288,7 @@ def cmd_lab(args):
                                   "random_seed": args.seed, "batch_size": args.batch_size})
         status = _train_foreground(svc, job["id"])
         table = svc.evaluation(job["id"]) or {}
-        dice = ((table.get("summary") or {}).get("metrics") or {}).get("dice") or {}
+        dice = (table.get("summary") or {}).get("dice") or {}
         last_val = {}
         for it, name, value, phase in svc.metrics(job["id"])["series"]:
             if phase == "val":

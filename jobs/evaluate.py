@@ -38,7 +38,7 @@ def mask_metrics(pred, label, lv_class=LV_CLASS, pixel_spacing=None):
 
 
 def summarize(records, worst=5):
-    """{metric: {"mean", "std", "min", "max"}} plus the ``worst`` records by Dice."""
+    """{"count", "summary": {metric: {"mean", "std", "min", "max"}}, "worst": [records, lowest Dice first]}."""
     summary = {}
     for name in METRICS:
         values = np.array([r[name] for r in records if r.get(name) is not None], dtype=np.float64)
@@ -46,18 +46,24 @@ def summarize(records, worst=5):
             summary[name] = {"mean": float(values.mean()), "std": float(values.std()),
                              "min": float(values.min()), "max": float(values.max())}
     ranked = sorted(records, key=lambda r: r["dice"])[:worst]
-    return {"count": len(records), "metrics": summary, "worst": [r["key"] for r in ranked]}
+    return {"count": len(records), "summary": summary, "worst": ranked}
 
 
-def record_spacing(info, stage, index, key):
-    """PixelSpacing of one record: per-record entry in dataset.json if any, else the global one."""
+def record_meta(info, stage, index, key):
+    """The dataset.json entry of one record (case, image, pixel_spacing...), or {}."""
     records = (info.get("records") or {}).get(stage) or []
     rec = None
     if isinstance(records, list) and index < len(records):
         rec = records[index]
     elif isinstance(records, dict):
         rec = records.get(key)
-    if isinstance(rec, dict):
+    return rec if isinstance(rec, dict) else {}
+
+
+def record_spacing(info, stage, index, key):
+    """PixelSpacing of one record: per-record entry in dataset.json if any, else the global one."""
+    rec = record_meta(info, stage, index, key)
+    if rec:
         for name in ("pixel_spacing", "PixelSpacing", "spacing"):
             if rec.get(name):
                 return rec[name]
@@ -90,11 +96,15 @@ def evaluate(model, dataset_dir, out_path=None, stage="val", progress=None):
         label = model.crop_like(label)
         row = mask_metrics(pred, label, pixel_spacing=record_spacing(info, stage, index, key))
         row["key"] = key
+        meta = record_meta(info, stage, index, key)
+        for name in ("case", "image_no", "image", "name"):
+            if meta.get(name) is not None:
+                row[name] = meta[name]
         records.append(row)
         if progress:
             progress(index + 1)
-    table = {"snapshot": os.path.basename(model.weights), "stage": stage, "records": records,
-             "summary": summarize(records)}
+    table = {"snapshot": os.path.basename(model.weights), "stage": stage, "records": records}
+    table.update(summarize(records))
     if out_path:
         atomic_write_json(out_path, table)
     return table

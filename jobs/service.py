@@ -219,7 +219,8 @@ class JobService:
 
     def evaluate(self, job_id, snapshot=None, progress=None):
         """Run the deploy net over the whole val set; stores and returns the table
-        ({"snapshot", "records": [{key, dice, iou, pixel_accuracy, *_area_px, *_area_mm2}], "summary"})."""
+        ({"snapshot", "records": [{key, case, image_no, dice, iou, pixel_accuracy, *_area_px, *_area_mm2}],
+        "count", "summary": {metric: {mean, std, min, max}}, "worst": [records, lowest Dice first]})."""
         from jobs.evaluate import evaluate
         job = self._model(job_id)
         dataset = self.store.get(job["dataset_id"])
@@ -263,6 +264,44 @@ class JobService:
         except inf.InferError as exc:
             raise ServiceError(str(exc))
         return {"snapshot": os.path.basename(model.weights), "classes": model.classes, "results": results}
+
+    def infer_record(self, job_id, record, snapshot=None, visualize=False):
+        """One val record by key → {"image", "class_map", "probabilities", "label", "metrics",
+        "contours", "classes", "layers" (with visualize: name, kind, shape, mean, std, histogram)}."""
+        from jobs import infer as inf
+        job = self._model(job_id)
+        try:
+            image, label = inf.record_by_key(self.store.get(job["dataset_id"])["dir"], record)
+        except inf.InferError as exc:
+            raise ServiceError(str(exc))
+        return self._infer_one(job, snapshot, image, label, "record:%s" % record, visualize)
+
+    def infer_image(self, job_id, image_path, snapshot=None, visualize=False):
+        """One uploaded image (PNG/TIFF 8/16-bit or DICOM); same answer as infer_record, no label."""
+        from jobs import infer as inf
+        job = self._model(job_id)
+        try:
+            image = inf.load_image(image_path)
+        except inf.InferError as exc:
+            raise ServiceError(str(exc))
+        return self._infer_one(job, snapshot, image, None, image_path, visualize)
+
+    def _infer_one(self, job, snapshot, image, label, source, visualize):
+        from jobs import infer as inf
+        model = self._deploy_model(job, snapshot)
+        try:
+            r = model.predict(image, label=label, visualize=visualize)
+        except inf.InferError as exc:
+            raise ServiceError(str(exc))
+        r.update(source=source, image=model.crop_like(image), classes=model.classes,
+                 label=None if label is None else model.crop_like(label),
+                 contours=inf.lv_contours(r["class_map"]), snapshot=os.path.basename(model.weights))
+        if visualize:
+            layers = [dict(stats, name=name, kind="activation") for name, stats in r.pop("activations").items()]
+            for name, blobs in r.pop("weights").items():
+                layers += [dict(stats, name="%s[%d]" % (name, i), kind="weights") for i, stats in enumerate(blobs)]
+            r["layers"] = layers
+        return r
 
     def export(self, job_id, snapshot=None, out=None):
         """Write the model download (.tar.gz) and return its path."""

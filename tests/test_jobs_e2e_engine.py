@@ -62,7 +62,7 @@ def test_engine_end_to_end(tmp_path):
     assert [r[0] for r in series if r[1] == "accuracy" and r[3] == "val"] == [4, 8]
     table = svc.evaluation(job["id"])
     assert table is not None, log
-    assert table["summary"]["count"] == 2 and 0.0 <= table["summary"]["metrics"]["dice"]["mean"] <= 1.0
+    assert table["count"] == 2 and 0.0 <= table["summary"]["dice"]["mean"] <= 1.0
 
     result = svc.infer(job["id"], record="00000000")["results"][0]
     assert result["class_map"].shape == (16, 16) and "metrics" in result
@@ -70,6 +70,12 @@ def test_engine_end_to_end(tmp_path):
     dcm = write_dicom(tmp_path / "up.dcm", np.asarray(image[0], np.uint16))
     from_dicom = svc.infer(job["id"], image_path=dcm)["results"][0]
     assert np.array_equal(from_dicom["class_map"], result["class_map"])
+
+    one = svc.infer_record(job["id"], "00000000", visualize=True)
+    assert np.array_equal(one["class_map"], result["class_map"]) and one["label"].shape == (16, 16)
+    assert {l["kind"] for l in one["layers"]} == {"activation", "weights"}
+    upload = svc.infer_image(job["id"], dcm)
+    assert np.array_equal(upload["class_map"], result["class_map"]) and upload["label"] is None
 
     archive = svc.export(job["id"])
     out = ex.extract(archive, str(tmp_path / "unpacked"))

@@ -28,9 +28,9 @@ def test_mask_metrics_by_hand():
     empty = ev.mask_metrics(np.zeros((2, 2)), np.zeros((2, 2)))
     assert empty["dice"] == 1.0 and empty["pred_area_mm2"] is None
     s = ev.summarize([dict(m, key="a"), dict(empty, key="b")], worst=1)
-    assert s["metrics"]["dice"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
-    assert s["metrics"]["dice"]["std"] == pytest.approx((1 - 2 / 3) / 2)
-    assert s["worst"] == ["a"]
+    assert s["summary"]["dice"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert s["summary"]["dice"]["std"] == pytest.approx((1 - 2 / 3) / 2)
+    assert [w["key"] for w in s["worst"]] == ["a"]
 
 
 class FakeBlob:
@@ -107,8 +107,8 @@ def test_evaluate_over_val_set(job):
     dice = [r["dice"] for r in table["records"]]
     assert dice == [pytest.approx(1.0), pytest.approx(8 / 20)]
     assert table["records"][1]["label_area_mm2"] == pytest.approx(16 * 1.25 * 1.25)
-    assert table["summary"]["worst"][0] == "00000001"
-    assert json.load(open(os.path.join(folder, "evaluation.json")))["summary"]["count"] == 2
+    assert table["worst"][0]["key"] == "00000001"
+    assert json.load(open(os.path.join(folder, "evaluation.json")))["count"] == 2
 
 
 def test_infer_record_and_dicom_and_contour(job, tmp_path):
@@ -160,3 +160,31 @@ def test_export_archive_round_trip(job, tmp_path):
     image, _ = inf.record_by_key(ds, "00000001")
     assert np.array_equal(again.predict(image)["class_map"], original.predict(image)["class_map"])
     assert again.preprocess_spec["scale"] == pytest.approx(0.00392156862)
+
+
+def test_service_evaluate_infer_export_with_fake_net(job, tmp_path, monkeypatch):
+    from jobs.service import JobService, ServiceError
+    _, ds = job
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    svc = JobService(str(tmp_path / "jobs"))
+    dataset = svc.import_dataset(ds, "d")
+    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
+    with pytest.raises(ServiceError, match="no snapshot yet"):
+        svc.infer_record(m["id"], "00000000")
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    table = svc.evaluate(m["id"])
+    assert svc.evaluation(m["id"])["count"] == table["count"] == 2
+    one = svc.infer_record(m["id"], "00000001", visualize=True)
+    assert one["metrics"]["dice"] == pytest.approx(8 / 20) and one["label"].shape == (8, 8)
+    assert one["classes"] == ["background", "lv"] and one["layers"][0]["kind"] == "activation"
+    png = str(tmp_path / "up.png")
+    import cv2
+    image, _ = inf.record_by_key(ds, "00000001")
+    cv2.imwrite(png, image[0])
+    up = svc.infer_image(m["id"], png)
+    assert np.array_equal(up["class_map"], one["class_map"]) and up["label"] is None
+    with pytest.raises(ServiceError, match="cannot read image|not an image"):
+        svc.infer_image(m["id"], str(tmp_path / "missing.png"))
+    folder = svc.infer(m["id"], image_path=str(tmp_path))
+    assert [r["source"] for r in folder["results"]] == [png]
+    assert tarfile.is_tarfile(svc.export(m["id"]))
