@@ -8,9 +8,11 @@ imports on the pycaffe path), so the same file works in a BVLC Caffe Docker imag
 Files it reads in JOB_DIR: ``solver.prototxt`` (as derived), ``train_val.prototxt``, optional
 ``job.json`` (``{"epochs": E}``). Files it writes:
 
-* ``solver_run.prototxt``: the derived solver with ``test_interval: 0``, ``snapshot: 0``,
-  ``snapshot_after_train: false`` and ``display: 0``: validation and snapshots are done here, the
-  same way on both backends (Caffe's own test loop would run on top of ours otherwise);
+* ``solver_run.prototxt``: the derived solver with ``test_interval: max_iter + 1`` (Caffe requires
+  test_interval > 0 when test nets exist; this value never fires during ``step``, and
+  ``test_initialization: false`` skips iteration 0), ``snapshot: 0``, ``snapshot_after_train:
+  false`` and ``display: 0``: validation and snapshots are done here, the same way on both
+  backends (Caffe's own test loop would run on top of ours otherwise);
 * ``metrics.jsonl``: one JSON object per line; train lines after every iteration, val lines
   after every validation: ``{"iter", "phase", "epoch", "lr", "values": {blob: mean}, ...}``.
   The jobs service ingests this file into SQLite (the runner never needs the database). On
@@ -70,6 +72,8 @@ def read_solver_fields(text):
 
 def run_solver_text(text):
     """The derived solver with our overrides (validation and snapshots are done by the runner)."""
+    fields = read_solver_fields(text)
+    never = int(fields.get("max_iter", ["0"])[0]) + 1
     kept, depth = [], 0
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -77,7 +81,7 @@ def run_solver_text(text):
         if not (depth == 0 and m and m.group(1) in _OVERRIDDEN):
             kept.append(raw)
         depth += line.count("{") - line.count("}")
-    kept += ["test_interval: 0", "snapshot: 0", "snapshot_after_train: false", "display: 0",
+    kept += ["test_interval: %d" % never, "snapshot: 0", "snapshot_after_train: false", "display: 0",
              "test_initialization: false"]
     return "\n".join(kept) + "\n"
 

@@ -57,7 +57,7 @@ def test_runner_trains_validates_snapshots(tmp_path, python):
     calls = [c[0] for c in read_lines(tmp_path / "calls.jsonl")]
     assert calls[:2] == ["set_mode_cpu", "get_solver"] and calls.count("step") == 10
     run_text = (job / "solver_run.prototxt").read_text()
-    assert "test_interval: 0" in run_text and "snapshot: 0" in run_text and "test_interval: 4" not in run_text
+    assert "test_interval: 11" in run_text and "snapshot: 0" in run_text and "test_interval: 4" not in run_text
     lines = read_lines(job / "metrics.jsonl")
     train = [l for l in lines if l["phase"] == "train"]
     val = [l for l in lines if l["phase"] == "val"]
