@@ -222,6 +222,8 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
                             ldb.put(key, lbytes)
                             rec = {"key": key}
                             rec.update(info["meta"] or {})
+                            if shape != first_shape:
+                                rec["shape"] = list(shape)
                             records[stage].append(rec)
                             if info["sum"] is not None and shape == first_shape:
                                 mean_sum = info["sum"] if mean_sum is None else mean_sum + info["sum"]
