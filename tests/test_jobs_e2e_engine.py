@@ -3,6 +3,7 @@ subprocess → snapshots, metric series, evaluation table, inference on a record
 upload → export → the exported model reloads and predicts the same.
 
 Runs once the engine's Net and solvers are in (``engine.Net`` / ``engine.get_solver``)."""
+import json
 import os
 
 import numpy as np
@@ -82,3 +83,37 @@ def test_engine_end_to_end(tmp_path):
     again = inf.DeployModel.from_export(out, backend="engine").predict(image)
     assert np.array_equal(again["class_map"], result["class_map"])
     assert np.allclose(again["probabilities"], result["probabilities"], atol=1e-6)
+
+
+@pytest.mark.timeout(180)
+def test_engine_sigkill_and_resume_continue_the_series(tmp_path):
+    import signal
+    import threading
+    import time
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=8, val=2, shape=(1, 16, 16))
+    for stage, n, seed in (("train", 8, 0), ("val", 2, 1)):
+        images, labels = phantom_like(n, seed)
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    svc = JobService(str(tmp_path / "jobs"), backend="engine")
+    dataset = svc.import_dataset(ds, "tiny")
+    [job] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 100,
+                              "base_lr": 0.01, "set_num_output": True, "random_seed": 1,
+                              "snapshot_interval": 2, "val_interval": 5})
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
+    t.start()
+    metrics = os.path.join(job["dir"], "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(n.endswith(".solverstate") for n in os.listdir(job["dir"])):
+        time.sleep(0.01)
+    time.sleep(0.05)
+    os.kill(svc.store.get(job["id"])["pid"], signal.SIGKILL)
+    t.join(60)
+    assert result["status"] == st.INTERRUPTED
+    killed_at = max(json.loads(l)["iter"] for l in open(metrics) if l.strip().endswith("}"))
+    assert killed_at < 400, "the run finished before it could be killed"
+    assert svc.resume(job["id"], wait=True) == st.DONE
+    rows = [r for r in svc.metrics(job["id"])["series"] if r[1] == "loss" and r[3] == "train"]
+    assert [r[0] for r in rows] == list(range(1, 401))
+    assert [r[0] for r in svc.metrics(job["id"])["series"] if r[1] == "accuracy"] == list(range(20, 401, 20))
