@@ -115,3 +115,13 @@ def test_learning_rate_formulas():
     assert runner.learning_rate(f, 9) == pytest.approx(0.001)
     f = runner.read_solver_fields("base_lr: 1\nlr_policy: \"poly\"\npower: 2\nmax_iter: 10\n")
     assert runner.learning_rate(f, 5) == pytest.approx(0.25)
+
+
+def test_runner_is_python39_clean():
+    """vermin: nothing in the runner needs a Python newer than 3.9."""
+    vermin = os.path.join(os.path.dirname(sys.executable), "vermin")
+    if not os.path.exists(vermin):
+        pytest.skip("vermin not installed")
+    proc = subprocess.run([vermin, "--no-tips", "-t=3.9-", "--violations", runner.__file__],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
