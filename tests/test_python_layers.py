@@ -16,6 +16,12 @@ def _load_module():
     """Import digits_python_layers with whatever `caffe` is available (real, engine, or a stub)."""
     if "caffe" not in sys.modules:
         try:
+            from engine import caffe_shim  # the engine as `caffe` unless real pycaffe is there
+            caffe_shim.install()
+        except ImportError:
+            pass
+    if "caffe" not in sys.modules:
+        try:
             importlib.import_module("caffe")
         except ImportError:
             stub = types.ModuleType("caffe")
