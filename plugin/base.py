@@ -198,11 +198,18 @@ def _load(spec, name):
     return obj
 
 
+def _entry_points():
+    import importlib.metadata as md
+    try:
+        return list(md.entry_points(group=ENTRY_POINT_GROUP))
+    except TypeError:  # Python 3.9: entry_points() takes no arguments and returns a dict
+        return list(md.entry_points().get(ENTRY_POINT_GROUP, ()))
+
+
 def discover_plugins():
     """Return {id: plugin class} from the ``caffeseg.plugins`` entry points (+ built-ins)."""
-    from importlib.metadata import entry_points
     found = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         try:
             cls = ep.load()
         except Exception as exc:  # a broken third-party plugin must not hide the others
