@@ -181,3 +181,30 @@ def test_errors_name_the_file_and_layer(tmp_path):
     with pytest.raises(surgery.SurgeryError, match="conv1.*needs 3"):
         surgery.alexnet_to_fcn(tmp_path / "gray.caffemodel", tmp_path / "out.caffemodel", gray=True)
     assert not (tmp_path / "out.caffemodel").exists()
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_surgery_output_loads_into_fcn_alexnet_with_the_engine(tmp_path, gray):
+    """The converted file fills prototxt/fcn_alexnet.prototxt (at the synthetic widths) by name."""
+    try:
+        import engine
+        from test_prototxt_nets import derive
+        from engine.prototxt import format_message
+        engine.Net  # noqa: B018  (raises AttributeError until the engine core exists)
+    except (ImportError, AttributeError) as exc:
+        pytest.skip("engine Net not available: %s" % exc)
+    params = random_params(ALEXNET, seed=6)
+    write_classifier(tmp_path / "alexnet.caffemodel", params, legacy=True)
+    surgery.alexnet_to_fcn(tmp_path / "alexnet.caffemodel", tmp_path / "fcn.caffemodel", gray=gray)
+    widths = {name: shape[0] for name, shape in ALEXNET}
+    net_param = derive("fcn_alexnet", "deploy", [1, 1 if gray else 3, 40, 50])
+    for layer in net_param.layer:
+        if layer.name in widths:
+            layer.convolution_param.num_output = widths[layer.name]
+    (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
+    net = engine.Net(str(tmp_path / "deploy.prototxt"), engine.TEST, weights=str(tmp_path / "fcn.caffemodel"))
+    np.testing.assert_array_equal(net.params["fc6"][0].data.reshape(64, -1), params["fc6"][0])
+    expected_conv1 = params["conv1"][0].sum(axis=1, keepdims=True) if gray else params["conv1"][0]
+    np.testing.assert_allclose(net.params["conv1"][0].data, expected_conv1, rtol=1e-6)
+    np.testing.assert_allclose(net.params["upscore"][0].data, surgery.bilinear_upsampling_weight(2, 63))
+    assert net.forward()["score"].shape == (1, 2, 40, 50)
