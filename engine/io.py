@@ -1,0 +1,165 @@
+"""``caffe.io``: array/Datum/BlobProto conversion, image loading and the deploy ``Transformer``.
+
+The conversions delegate to ``engine.datum`` and ``engine.blobproto``. ``load_image`` and
+``Transformer`` follow pycaffe's conventions: images are H×W×C floats in [0, 1], RGB order;
+the Transformer turns them into the net's C×H×W input (transpose, channel swap, raw scale,
+mean, input scale — in that order) and back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.blobproto import array_to_blobproto as _array_to_blobproto
+from engine.blobproto import blobproto_to_array as _blobproto_to_array
+from engine.datum import array_to_datum, datum_to_array  # noqa: F401
+from engine.proto import caffe_pb2  # noqa: F401
+
+
+def blobproto_to_array(blob, return_diff=False):
+    """pycaffe's signature: the data (or, with ``return_diff``, the diff) of a BlobProto."""
+    return _blobproto_to_array(blob, diff=return_diff)
+
+
+def array_to_blobproto(arr, diff=None):
+    return _array_to_blobproto(np.asarray(arr, dtype=np.float32), diff)
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend([array_to_blobproto(arr) for arr in arraylist])
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(text):
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(text)
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+def load_image(filename, color=True):
+    """An image file as float32 H×W×3 (RGB, ``color=True``) or H×W×1 in [0, 1]."""
+    from PIL import Image
+    try:
+        with Image.open(filename) as img:
+            img.load()
+            raw = np.asarray(img)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read image {filename}: {err}") from None
+    if raw.dtype == np.uint8:
+        arr = raw.astype(np.float32) / 255.0
+    elif raw.dtype in (np.uint16, np.int32) or np.issubdtype(raw.dtype, np.integer):
+        arr = raw.astype(np.float32) / float(np.iinfo(raw.dtype).max if raw.dtype != np.int32 else 65535)
+    elif raw.dtype == bool:
+        arr = raw.astype(np.float32)
+    else:
+        arr = raw.astype(np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, np.newaxis]
+        if color:
+            arr = np.tile(arr, (1, 1, 3))
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+        if not color:
+            arr = arr.mean(axis=2, keepdims=True)
+    elif not color and arr.shape[2] == 3:
+        arr = (arr * np.array([0.299, 0.587, 0.114], np.float32)).sum(axis=2, keepdims=True)
+    return arr
+
+
+def resize_image(im, new_dims, interp_order=1):
+    """Resize H×W×K ``im`` to ``new_dims`` (height, width); bilinear by default, nearest for 0."""
+    import cv2
+    h, w = int(new_dims[0]), int(new_dims[1])
+    flag = cv2.INTER_NEAREST if interp_order == 0 else cv2.INTER_LINEAR
+    im = np.asarray(im, dtype=np.float32)
+    channels = [cv2.resize(np.ascontiguousarray(im[:, :, k]), (w, h), interpolation=flag)
+                for k in range(im.shape[2])]
+    return np.stack(channels, axis=2).astype(np.float32)
+
+
+class Transformer:
+    """pycaffe's input preprocessing for deploy nets: ``inputs`` maps input name → blob shape."""
+
+    def __init__(self, inputs):
+        self.inputs = {name: tuple(int(d) for d in shape) for name, shape in inputs.items()}
+        self.transpose = {}
+        self.channel_swap = {}
+        self.raw_scale = {}
+        self.mean = {}
+        self.input_scale = {}
+
+    def _check_input(self, name):
+        if name not in self.inputs:
+            raise ValueError(f"{name} is not one of the net inputs: {sorted(self.inputs)}")
+
+    def set_transpose(self, name, order):
+        self._check_input(name)
+        if len(order) != len(self.inputs[name]) - 1:
+            raise ValueError("transpose order needs to have the same number of dimensions as the input")
+        self.transpose[name] = tuple(order)
+
+    def set_channel_swap(self, name, order):
+        self._check_input(name)
+        if len(order) != self.inputs[name][1]:
+            raise ValueError("channel swap needs to have the same number of dimensions as the input channels")
+        self.channel_swap[name] = tuple(order)
+
+    def set_raw_scale(self, name, scale):
+        self._check_input(name)
+        self.raw_scale[name] = float(scale)
+
+    def set_input_scale(self, name, scale):
+        self._check_input(name)
+        self.input_scale[name] = float(scale)
+
+    def set_mean(self, name, mean):
+        self._check_input(name)
+        mean = np.asarray(mean, dtype=np.float32)
+        if mean.ndim == 1:
+            if mean.shape[0] != self.inputs[name][1]:
+                raise ValueError(f"mean has {mean.shape[0]} channels, input '{name}' has {self.inputs[name][1]}")
+            mean = mean[:, np.newaxis, np.newaxis]
+        else:
+            shape = mean.shape if mean.ndim != 2 else (1,) + mean.shape
+            if len(shape) != 3:
+                raise ValueError(f"mean shape {mean.shape} is invalid (give C, or C×H×W)")
+            if tuple(shape) != self.inputs[name][1:]:
+                raise ValueError(f"mean shape {tuple(shape)} does not match input '{name}' shape "
+                                 f"{self.inputs[name][1:]}")
+            mean = mean.reshape(shape)
+        self.mean[name] = mean
+
+    def preprocess(self, name, data):
+        """H×W×K image → C×H×W net input."""
+        self._check_input(name)
+        x = np.asarray(data, dtype=np.float32)
+        in_dims = self.inputs[name][2:]
+        if x.shape[:2] != in_dims:
+            x = resize_image(x, in_dims)
+        if name in self.transpose:
+            x = x.transpose(self.transpose[name])
+        if name in self.channel_swap:
+            x = x[list(self.channel_swap[name]), :, :]
+        if name in self.raw_scale:
+            x = x * self.raw_scale[name]
+        if name in self.mean:
+            x = x - self.mean[name]
+        if name in self.input_scale:
+            x = x * self.input_scale[name]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def deprocess(self, name, data):
+        """C×H×W net input → H×W×K image (inverse of ``preprocess``, without the resize)."""
+        self._check_input(name)
+        x = np.array(data, dtype=np.float32).squeeze() if np.ndim(data) > 3 else np.array(data, np.float32)
+        if name in self.input_scale:
+            x = x / self.input_scale[name]
+        if name in self.mean:
+            x = x + self.mean[name]
+        if name in self.raw_scale:
+            x = x / self.raw_scale[name]
+        if name in self.channel_swap:
+            x = x[np.argsort(self.channel_swap[name]), :, :]
+        if name in self.transpose:
+            x = x.transpose(np.argsort(self.transpose[name]))
+        return x
