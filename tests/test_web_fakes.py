@@ -155,6 +155,10 @@ class FakeBackend(Backend):
                 "worst": [{"key": "00000001", "name": "SC-HF-NI-3 / 0049", "dice": 0.5, "iou": 0.33}],
                 "worst_columns": ["dice", "iou"]}
 
+    def evaluate(self, job_id):
+        self.calls.append(("evaluate", job_id))
+        return self.evaluation(job_id)
+
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
         self.calls.append(("infer", job_id, snapshot, record, image_path, visualize))
         if record is not None and record not in ("00000000", "00000001"):

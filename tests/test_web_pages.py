@@ -284,6 +284,9 @@ def test_model_page_and_actions(env):
     assert resp.status_code == 200 and resp.data == b"archive"
     html = client.get(f"/models/{m}/clone").get_data(as_text=True)
     assert "0.01, 0.001" in html and "fcn (clone)" in html
+    resp = client.post(f"/models/{m}/evaluate")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("#evaluation")
+    assert ("evaluate", m) in fake.calls
     assert client.post(f"/models/{m}/delete").status_code == 302 and m not in fake.jobs_
 
 

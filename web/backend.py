@@ -92,7 +92,13 @@ class Backend:
         self._missing("network visualization")
 
     # -- evaluation / inference -------------------------------------------------------
-    def evaluation(self, job_id: str) -> dict:
+    def evaluation(self, job_id: str) -> dict | None:
+        """``{summary: {metric: {mean, std, min, max}}, worst: [records], worst_columns}``;
+        None when the model has not been evaluated yet."""
+        self._missing("evaluation")
+
+    def evaluate(self, job_id: str) -> dict:
+        """Evaluate the latest snapshot on the validation set now; returns the table."""
         self._missing("evaluation")
 
     def infer(self, job_id: str, snapshot: int | None, *, record: str | None = None,

@@ -357,6 +357,7 @@ class ServiceBackend(Backend):
         The service builds synchronously (the job exists, Running, from the first moment), so
         the page can show the job while it builds and the request does not wait."""
         fn = self._fn("create_dataset")
+        _validate_with_plugin(plugin_id, values)
         kwargs = {"name": options.get("dataset_name") or "dataset", "group_name": options.get("group_name") or None,
                   "encoding": options.get("encoding") or "none", "workers": options.get("encoder_threads") or 1}
         extra = _builder_extras(options)
@@ -510,7 +511,24 @@ class ServiceBackend(Backend):
             kwargs = {"snapshot": snapshot, "visualize": visualize}
             raw = fn(job_id, image_path, **_accepted_kwargs(fn, kwargs)) if fn.__name__ != "infer" else \
                 fn(job_id, image_path=image_path, **_accepted_kwargs(fn, kwargs))
-        return _inference_view(_as_dict(raw))
+        result = _inference_view(_as_dict(raw))
+        if not result["palette"] or not result["classes"]:
+            try:
+                info = self.job(self.job(job_id).get("dataset_id")).get("info") or {}
+                result["palette"] = result["palette"] or list(info.get("palette") or [])
+                result["classes"] = result["classes"] or list(info.get("classes") or [])
+            except (NotFound, BadRequest, Unavailable, TypeError):
+                pass
+        snap = result.get("snapshot")
+        if isinstance(snap, str) and "_iter_" in snap:
+            try:
+                result["snapshot"] = int(snap.rsplit("_iter_", 1)[1].split(".")[0])
+            except ValueError:
+                pass
+        return result
+
+    def evaluate(self, job_id):
+        return _evaluation_view(_as_dict(self._call(("evaluate",), check_job_id(job_id))))
 
     def download(self, job_id, snapshot=None):
         fn = self._fn("export", "export_model", "download")
@@ -521,6 +539,21 @@ class ServiceBackend(Backend):
 # -- helpers that shape the service's answers for the templates ------------------------------
 
 BOOKKEEPING_SERIES = ("epoch", "eta", "throughput")
+
+
+def _validate_with_plugin(plugin_id: str, values: dict) -> None:
+    """The plugin's own checks, before the build starts, so errors land beside the fields."""
+    try:
+        from plugin import FormError, PluginError, get_plugin
+        plugin = get_plugin(plugin_id)
+    except (ImportError, ValueError, LookupError):
+        return  # the service reports a missing plugin itself
+    try:
+        plugin.validate(dict(values))
+    except FormError as exc:
+        raise BadRequest("please correct the marked fields", dict(exc.errors)) from None
+    except PluginError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _read_json(path: Path) -> dict:
@@ -733,7 +766,7 @@ def _record_name(rec) -> str | None:
     if rec.get("name"):
         return str(rec["name"])
     case = _get(rec, "case", "patient", "case_name")
-    image = _get(rec, "image", "image_number", "slice", "instance")
+    image = _get(rec, "image_no", "image", "image_number", "slice", "instance")
     if case is not None and image is not None:
         if isinstance(image, int):
             image = f"{image:04d}"
@@ -795,7 +828,7 @@ def _inference_view(raw: dict) -> dict:
         layer = _as_dict(layer)
         hist = layer.get("hist") or layer.get("histogram")
         if hist is not None and not isinstance(hist, dict):
-            hist = {"counts": list(hist)}
+            hist = {"counts": list(hist), "edges": list(layer.get("edges") or [])}
         layers.append({"name": layer.get("name"), "kind": layer.get("kind") or layer.get("type"),
                        "shape": list(layer.get("shape") or []), "mean": layer.get("mean"),
                        "std": layer.get("std"), "hist": hist})

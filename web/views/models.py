@@ -111,11 +111,15 @@ def clone(job_id):
 @bp.route("/<job_id>")
 def show(job_id):
     job = load_job(job_id, "model")
+    note = None
     try:
         evaluation = backend().evaluation(job_id)
-    except Unavailable:
-        evaluation = None
-    return render_template("model_show.html", job=job, evaluation=evaluation, confirm=ConfirmForm(),
+    except Unavailable as exc:
+        evaluation, note = None, str(exc)
+    except (ValueError, LookupError) as exc:
+        evaluation, note = None, f"The evaluation could not be read: {exc}"
+    return render_template("model_show.html", job=job, evaluation=evaluation, evaluation_note=note,
+                           confirm=ConfirmForm(),
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
 
 
@@ -139,6 +143,20 @@ def abort_job(job_id):
 @bp.route("/<job_id>/resume", methods=["POST"])
 def resume(job_id):
     return _post_action(job_id, "resume", "Training resumed from the latest snapshot state.")
+
+
+@bp.route("/<job_id>/evaluate", methods=["POST"])
+def evaluate(job_id):
+    """Run the deploy net over the validation set now (DIGITS does it after training)."""
+    load_job(job_id, "model")
+    if not ConfirmForm().validate_on_submit():
+        abort(400, "missing form token")
+    try:
+        backend().evaluate(job_id)
+        flash("Evaluation finished.", "ok")
+    except (ValueError, RuntimeError, LookupError) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("models.show", job_id=job_id) + "#evaluation")
 
 
 @bp.route("/<job_id>/delete", methods=["POST"])
