@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import golden_case_names, load_golden
-from golden_net_runner import check_case
+from conftest import check_case, golden_case_names, load_golden
 
 CASES = golden_case_names("layers")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import golden_case_names, load_golden
-from golden_net_runner import build, check_case, run_forward_backward
+from conftest import build, check_case, golden_case_names, load_golden, run_forward_backward
 
 CASES = golden_case_names("nets")
 
