@@ -109,6 +109,8 @@ def _render(anat, rng, t, es, breath):
     dx, dy = xx - lcx, yy - lcy
     rho = np.hypot(dx, dy)
     theta = np.arctan2(dy, dx)
+    # Epicardial fat: a bright rim that makes the dark myocardium stand out, as on SSFP cines.
+    img[rho <= anat.radial_profile(theta, r_out + 2.5)] = 0.6 * _FAT
     outer = rho <= anat.radial_profile(theta, r_out)
     inner = rho <= anat.radial_profile(theta, r_in)
     img[outer] = _MYOCARDIUM
