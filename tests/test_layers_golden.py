@@ -142,3 +142,19 @@ def test_golden_layer_case(case, device):
 
 def test_every_case_is_covered():
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("bottom,top", [("pool1", "norm1"), ("pool2", "norm2")])
+def test_lrn_reproduces_caffe_running_sum_on_16bit_range(bottom, top):
+    """Caffe's golden FCN-AlexNet on 16-bit gray input: fed Caffe's own pool output, our LRN
+    must give Caffe's norm output. A direct window sum is off by ~2e-4 relative here (Caffe's
+    sliding add/subtract of x² ~ 1e8 loses digits), more than the golden tolerance."""
+    folder = os.path.join(os.path.dirname(__file__), "golden", "nets", "fcn_alexnet_slim_gray")
+    net = read_net(os.path.join(folder, "net.prototxt"))
+    io = np.load(os.path.join(folder, "io.npz"))
+    lp = next(layer for layer in net.layer if layer.name == top)
+    layer = layer_class("LRN")(lp, caffe_pb2.TRAIN)
+    x = torch.tensor(io[f"blob:{bottom}"])
+    layer.setup([tuple(x.shape)])
+    (y,) = layer.forward([x], [])
+    assert_close(y.numpy(), io[f"blob:{top}"], f"blob:{top}")

@@ -1,4 +1,13 @@
-"""Local response normalization (notes §2.4, checklist 4)."""
+"""Local response normalization (notes §2.4, checklist 4).
+
+ACROSS_CHANNELS reproduces Caffe's CPU arithmetic order, not just its formula: Caffe slides a
+window over the channels, adding the entering channel's α/n·x² and subtracting the leaving
+one's with BLAS axpy (a fused multiply-add). With 16-bit inputs x² reaches ~1e8 and that
+running sum loses digits; a direct window sum differs from Caffe by ~2e-4 relative, enough to
+flip later max-pooling choices and move gradients by percents. The running sum is therefore
+recomputed the same way (each step rounded once to float32, as FMA does), and the backward
+follows Caffe's running-sum order as well.
+"""
 from __future__ import annotations
 
 import torch
@@ -31,11 +40,63 @@ class LRNLayer(Layer):
     def forward(self, bottoms, params):
         x = bottoms[0]
         if not self.within:
-            # PyTorch also divides alpha by the window size, like Caffe's ACROSS_CHANNELS
-            return [F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)]
+            return [_AcrossChannels.apply(x, self.size, self.alpha, self.beta, self.k)]
         # Caffe builds WITHIN_CHANNEL from sub-layers: the window sum is divided by size² and
         # the additive constant is fixed at 1 (k is ignored)
         half = (self.size - 1) // 2
         sums = F.avg_pool2d(x * x, self.size, 1, half, divisor_override=1)
         scale = 1.0 + (self.alpha / (self.size * self.size)) * sums
         return [x * scale.pow(-self.beta)]
+
+
+def caffe_cross_channel_scale(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """k + α/n·Σ x² over the channel window, accumulated in Caffe's sliding order with FMA rounding."""
+    a = float(torch.tensor(alpha / size, dtype=torch.float32))  # Caffe's float alpha_over_size
+    pre = (size - 1) // 2
+    squares = F.pad(x * x, (0, 0, 0, 0, pre, size - 1 - pre)).to(torch.float64)
+    running = torch.full_like(squares[:, 0], float(k)).to(torch.float32)
+
+    def axpy(acc, coeff, values):  # float32 acc += coeff·values with a single rounding
+        return torch.add(acc.to(torch.float64), values, alpha=coeff).to(torch.float32)
+
+    for c in range(size):
+        running = axpy(running, a, squares[:, c])
+    scales = [running]
+    for c in range(1, x.shape[1]):
+        running = axpy(running, a, squares[:, c + size - 1])
+        running = axpy(running, -a, squares[:, c - 1])
+        scales.append(running)
+    return torch.stack(scales, dim=1)
+
+
+class _AcrossChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        with torch.no_grad():
+            scale = caffe_cross_channel_scale(x, size, alpha, k)
+            y = scale.pow(-beta) * x
+        ctx.save_for_backward(x, y, scale)
+        ctx.hyper = (size, alpha, beta)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        # Caffe's CrossChannelBackward order: dx = dy·scale^−β, then for each channel
+        # dx[c] −= (2αβ/n)·x[c]·Σ_window dy·y/scale, the window sum kept as a running sum
+        x, y, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.hyper
+        channels = x.shape[1]
+        pre = (size - 1) // 2
+        cache_ratio = float(torch.tensor(2.0 * alpha * beta / size, dtype=torch.float32))
+        ratio = F.pad(dy * y / scale, (0, 0, 0, 0, pre, size - 1 - pre))
+        dx = dy * scale.pow(-beta)
+        accum = torch.zeros_like(ratio[:, 0])
+        for c in range(size - 1):
+            accum = accum + ratio[:, c]
+        columns = []
+        for c in range(channels):
+            accum = accum + ratio[:, c + size - 1]
+            times_x = (x[:, c] * accum).to(torch.float64)
+            columns.append(torch.add(dx[:, c].to(torch.float64), times_x, alpha=-cache_ratio).to(torch.float32))
+            accum = accum - ratio[:, c]
+        return torch.stack(columns, dim=1), None, None, None, None
