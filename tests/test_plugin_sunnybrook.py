@@ -251,3 +251,17 @@ def test_every_contour_missing_its_image_is_a_clear_error(release, tmp_path):
     os.makedirs(os.path.join(root, "challenge_training", "SC-N-2"))
     with pytest.raises(PluginError, match="no usable contoured image"):
         build_dataset(SunnybrookPlugin(), _form(root), str(tmp_path / "ds"))
+
+
+def test_full_size_phantom_release_splits_234_26(tmp_path):
+    release = str(tmp_path / "release")
+    summary = phantom.generate(release, cases=15, seed=0)
+    assert summary["contours"]["icontour"] == 260 and len(summary["cases"]) == 15
+    events = []
+    info = build_dataset(SunnybrookPlugin(), _form(release, val_percent=10), str(tmp_path / "ds"),
+                         encoding="png", workers=2, progress=events.append)
+    assert info["stages"]["train"]["count"] == 234 and info["stages"]["val"]["count"] == 26
+    assert info["skipped_count"] == 0 and events[-1]["done_all"] == 260
+    val = info["records"]["val"][0]
+    assert val["title"] == "record %s / image %04d" % (val["case"], val["image_no"])
+    assert 1.25 <= val["pixel_spacing"][0] <= 1.5

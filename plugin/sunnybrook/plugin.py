@@ -178,7 +178,8 @@ class SunnybrookPlugin(DataPlugin):
         feature = pixels[np.newaxis]
         if values.get("channel_conversion") == "RGB":
             feature = np.repeat(feature, 3, axis=0)
-        meta = {"case": e["case"], "image_no": e["image_no"], "files": files,
+        meta = {"case": e["case"], "image_no": e["image_no"],
+                "title": "record %s / image %04d" % (e["case"], e["image_no"]), "files": files,
                 "pixel_spacing": list(sl.pixel_spacing) if sl.pixel_spacing else None}
         return EncodedRecord(feature=feature, label=label[np.newaxis], meta=meta)
 
