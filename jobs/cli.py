@@ -25,7 +25,9 @@ def data_root(args):
 
 def service(args):
     from jobs.service import JobService
-    return JobService(os.path.join(data_root(args), "jobs"), backend=getattr(args, "backend", None) or "auto")
+    gpus = [int(g) for g in (getattr(args, "gpus", None) or "").split(",") if g.strip()]
+    return JobService(os.path.join(data_root(args), "jobs"), backend=getattr(args, "backend", None) or "auto",
+                      cpu_slots=getattr(args, "slots", None) or 1, gpus=gpus)
 
 
 def emit(args, obj, text=None):
@@ -204,7 +206,38 @@ def cmd_infer(args):
     if fn is None:
         raise CliError("inference is not available in this version", EXIT_UNAVAILABLE)
     result = fn(args.job_id, snapshot=args.snapshot, record=args.record, image_path=args.image)
-    emit(args, result)
+    rows = []
+    for i, r in enumerate(result["results"]):
+        row = {"source": r["source"], "metrics": r.get("metrics"),
+               "lv_area_px": int((r["class_map"] == 1).sum()), "contours": len(r["contours"])}
+        if args.out:
+            row["files"] = _write_prediction(args.out, i, r)
+        rows.append(row)
+    lines = []
+    for row in rows:
+        m = row["metrics"] or {}
+        lines.append("%s  LV area %d px%s%s" % (row["source"], row["lv_area_px"],
+                                               "  Dice %.3f  IoU %.3f" % (m["dice"], m["iou"]) if m else "",
+                                               "  → %s" % ", ".join(row["files"]) if row.get("files") else ""))
+    emit(args, {"snapshot": result["snapshot"], "results": rows}, "\n".join(lines))
+
+
+def _write_prediction(out_dir, index, r):
+    """class map PNG (0/1/2…), probabilities .npy, and each LV contour in Sunnybrook's format."""
+    import cv2
+    import numpy as np
+    from jobs.infer import sunnybrook_contour_text
+    os.makedirs(out_dir, exist_ok=True)
+    stem = "%04d_%s" % (index, os.path.splitext(os.path.basename(r["source"].replace("record:", "")))[0])
+    files = [os.path.join(out_dir, stem + "_classes.png"), os.path.join(out_dir, stem + "_probabilities.npy")]
+    cv2.imwrite(files[0], r["class_map"].astype(np.uint8))
+    np.save(files[1], r["probabilities"])
+    for k, contour in enumerate(r["contours"]):
+        path = os.path.join(out_dir, "%s_icontour-%d.txt" % (stem, k))
+        with open(path, "w") as f:
+            f.write(sunnybrook_contour_text(contour))
+        files.append(path)
+    return files
 
 
 def cmd_worker(args):
@@ -413,9 +446,12 @@ def build_parser():
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--record", help="validation record key")
     src.add_argument("--image", help="PNG/TIFF/DICOM file or a folder")
+    p.add_argument("--out", help="write class maps, probabilities and Sunnybrook contour files here")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("worker", parents=[common], help="run queued jobs (survives web restarts)")
+    p.add_argument("--slots", type=int, default=1, help="trainings at once on CPU")
+    p.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1: one training per GPU")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("serve", parents=[common], help="the web interface")
     p.add_argument("--host", default="127.0.0.1")

@@ -117,3 +117,31 @@ def test_engine_sigkill_and_resume_continue_the_series(tmp_path):
     rows = [r for r in svc.metrics(job["id"])["series"] if r[1] == "loss" and r[3] == "train"]
     assert [r[0] for r in rows] == list(range(1, 401))
     assert [r[0] for r in svc.metrics(job["id"])["series"] if r[1] == "accuracy"] == list(range(20, 401, 20))
+
+
+@pytest.mark.timeout(120)
+def test_cli_infer_writes_sunnybrook_contours(tmp_path, capsys):
+    from jobs import cli
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=4, val=2, shape=(1, 16, 16))
+    for stage, n, seed in (("train", 4, 0), ("val", 2, 1)):
+        images, labels = phantom_like(n, seed)
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    common = ["--data", str(tmp_path / "data"), "--json", "--backend", "engine"]
+    assert cli.main(common + ["dataset", "import", ds, "--name", "d"]) == 0
+    dataset_id = json.loads(capsys.readouterr().out)["id"]
+    net = tmp_path / "net.prototxt"
+    net.write_text(TINY_NET)
+    assert cli.main(common + ["model", "create", "--dataset", dataset_id, "--network-file", str(net),
+                              "--epochs", "1", "--set-num-output", "--train"]) == 0
+    job_id = json.loads(capsys.readouterr().out)[0]["id"]
+    out = tmp_path / "pred"
+    assert cli.main(common + ["infer", job_id, "--record", "00000000", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert "dice" in result["metrics"] and os.path.isfile(result["files"][0])
+    for path in result["files"][2:]:
+        for line in open(path):
+            x, y = line.split()
+            assert 0 <= float(x) < 16 and 0 <= float(y) < 16
+    assert cli.main(common + ["model", "export", job_id]) == 0
+    assert json.loads(capsys.readouterr().out)["path"].endswith(".tar.gz")
