@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from plugin.base import EntryError, PluginError
+from plugin.base import EntryError
 
 DATASET_JSON = "dataset.json"
 STATUS_FILE = "status"

@@ -1,6 +1,5 @@
 """Sunnybrook plugin on tiny phantoms: layout mapping, exact values, labels, splits, bad input."""
 
-import json
 import os
 import shutil
 
