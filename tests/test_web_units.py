@@ -101,3 +101,19 @@ def test_config_accepts_a_path_a_dict_with_aliases_and_an_object(tmp_path, monke
     monkeypatch.setenv("CAFFESEG_DATA_ROOTS", f"{tmp_path}:/srv/data")
     settings = resolve({"DATA_DIR": str(tmp_path)})
     assert settings["ALLOW_PYTHON_LAYER_UPLOAD"] is False and settings["DATA_ROOTS"][1] == "/srv/data"
+
+
+def test_the_installed_sunnybrook_plugin_builds_the_dataset_form():
+    pytest.importorskip("plugin.sunnybrook")
+    from web.forms import GENERIC_DATASET_FIELDS, dataset_form_class
+    from web.plugins import discover
+    plugins = {p.id: p for p in discover()}
+    sunny = plugins["sunnybrook"]
+    names = [f.name for f in sunny.fields]
+    assert names[:2] == ["image_folder", "contour_folder"]
+    assert all(f.help for f in sunny.fields)
+    assert sunny.palette[1] and len(sunny.classes) == 2
+    form_cls = dataset_form_class(sunny)
+    assert "image_folder" in form_cls.plugin_field_names
+    # A plugin field that shares a generic field's name is shown once, as the generic field.
+    assert not set(form_cls.plugin_field_names) & set(GENERIC_DATASET_FIELDS)

@@ -109,6 +109,19 @@ def field_spec(decl) -> FieldSpec:
     )
 
 
+def _list_attr(obj, *names) -> list:
+    """A list attribute, or a method giving it for the default form values."""
+    value = _get(obj, *names, default=[])
+    if callable(value):
+        try:
+            value = value({})
+        except TypeError:
+            value = value()
+        except Exception:  # noqa: BLE001 - a plugin's optional extra must not hide the plugin
+            value = []
+    return list(value or [])
+
+
 def _describe(plugin_id: str, obj) -> PluginInfo:
     raw_fields = _get(obj, "form_fields", "fields", "get_fields", default=[]) or []
     if isinstance(raw_fields, dict):
@@ -119,8 +132,8 @@ def _describe(plugin_id: str, obj) -> PluginInfo:
         category=str(_get(obj, "category", "data_type", default="Images")),
         fields=[field_spec(f) for f in raw_fields],
         obj=obj,
-        classes=list(_get(obj, "class_names", "classes", "labels", default=[]) or []),
-        palette=list(_get(obj, "palette", "colors", default=[]) or []),
+        classes=_list_attr(obj, "class_labels", "class_names", "classes", "labels"),
+        palette=_list_attr(obj, "palette", "colors"),
     )
 
 
