@@ -452,3 +452,28 @@ def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
     got = cv_net.forward("score")
     expected = golden["blob:score"]
     np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
+    """The job runner's own DIGITS derivation (jobs.derive) accepts every file; its deploy net runs."""
+    engine = _engine_or_skip()
+    try:
+        from jobs.derive import DatasetFacts, derive_networks
+    except ImportError as exc:
+        pytest.skip("jobs.derive not available: %s" % exc)
+    for stage in ("train", "val"):
+        for part in ("features", "labels"):
+            (tmp_path / ("%s_db" % stage) / part).mkdir(parents=True)
+    size = (256, 256) if name == "lab_fc" else (67, 61)
+    facts = DatasetFacts(str(tmp_path), {"feature_shape": [1, size[0], size[1]], "classes": ["background", "lv"]})
+    net_param = read_net(net_path(name))
+    if name in BIG_NETS:
+        slim(net_param, 16)
+    train_val, deploy = derive_networks(net_param, facts)
+    assert [l.data_param.source for l in train_val.layer if l.type == "Data"] == [
+        str(tmp_path / "train_db" / "features"), str(tmp_path / "train_db" / "labels"),
+        str(tmp_path / "val_db" / "features"), str(tmp_path / "val_db" / "labels")]
+    (tmp_path / "deploy.prototxt").write_text(format_message(deploy))
+    net = engine.Net(str(tmp_path / "deploy.prototxt"), engine.TEST)
+    assert net.forward()["score"].shape == (1, 2) + size
