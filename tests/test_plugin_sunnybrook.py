@@ -264,3 +264,22 @@ def test_full_size_phantom_release_splits_234_26(tmp_path):
     val = info["records"]["val"][0]
     assert val["title"] == "record %s / image %04d" % (val["case"], val["image_no"])
     assert 1.25 <= val["pixel_spacing"][0] <= 1.5
+
+
+def test_contour_folder_may_be_one_case_and_duplicates_are_reported(release, tmp_path):
+    plugin = SunnybrookPlugin()
+    one = os.path.join(release, "TrainingDataContours", "SC-HF-I-02")
+    items = plugin.itemize(plugin.validate(_form(release, contour_folder=one, val_percent=0)))
+    assert {e.source["case"] for e in items.stages["train"]} == {"SC-HF-I-2"}
+    root = _copy(release, tmp_path)
+    shutil.copytree(os.path.join(root, "TrainingDataContours", "SC-HF-I-01"),
+                    os.path.join(root, "TrainingDataContours", "zz_backup", "SC-HF-I-01"))
+    items = plugin.itemize(plugin.validate(_form(root)))
+    assert sum(len(v) for v in items.stages.values()) == 12
+    assert any("already read from" in s["message"] for s in items.skipped)
+
+
+def test_parent_of_image_folder_gets_a_hint(release):
+    plugin = SunnybrookPlugin()
+    with pytest.raises(PluginError, match="did you mean .*challenge_training"):
+        plugin.itemize(plugin.validate(_form(release, image_folder=release)))

@@ -71,6 +71,9 @@ def find_contour_dirs(contour_folder):
     too (case is the normalised name); the caller reports them.
     """
     found = []
+    own = case_from_dir(os.path.basename(os.path.normpath(contour_folder)))
+    if own is not None and os.path.isdir(os.path.join(contour_folder, EXPERT_SUBDIR)):
+        return [(own, contour_folder)]  # the user pointed at one case folder
     for root, dirs, _files in os.walk(contour_folder):
         dirs.sort()
         for d in list(dirs):

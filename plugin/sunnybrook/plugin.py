@@ -82,13 +82,22 @@ class SunnybrookPlugin(DataPlugin):
                 "SC-HF-I-01/contours-manual/IRCCI-expert found under it" % contour_folder)
         known_images = [c for c in layout.CASES if os.path.isdir(os.path.join(image_folder, c))]
         if not known_images:
+            hint = ""
+            nested = os.path.join(image_folder, "challenge_training")
+            if os.path.isdir(nested):
+                hint = "; did you mean %s?" % nested
             raise PluginError(
                 "image folder %s is not a Sunnybrook image release: none of the case folders "
-                "(%s, ...) is in it" % (image_folder, ", ".join(layout.CASES[:3])))
+                "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
         want_outer = values.get("contour_type") == "inner_outer"
-        entries, skipped = [], []
+        entries, skipped, seen = [], [], {}
         for case, case_dir in case_dirs:
             expert = os.path.join(case_dir, layout.EXPERT_SUBDIR)
+            if case in seen:
+                skipped.append({"file": case_dir, "message": "%s: case %s already read from %s; "
+                                "this copy is ignored" % (case_dir, case, seen[case])})
+                continue
+            seen[case] = case_dir
             if case not in layout.SAX_SERIES:
                 skipped.append({"file": case_dir, "message": "%s: case %s is not one of the 15 "
                                 "challenge cases (its SAX series is unknown)" % (case_dir, case)})
