@@ -418,7 +418,7 @@ def test_readme_parameter_counts():
         assert tuple(got) == expected, name
 
 
-@pytest.mark.parametrize("name", ["lab_cnn", "unet", "deeplab_aspp"])
+@pytest.mark.parametrize("name", NETS)
 def test_engine_parameter_counts_match_readme(name, tmp_path):
     engine = _engine_or_skip()
     path = tmp_path / "deploy.prototxt"
