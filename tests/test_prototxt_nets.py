@@ -477,3 +477,14 @@ def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
     (tmp_path / "deploy.prototxt").write_text(format_message(deploy))
     net = engine.Net(str(tmp_path / "deploy.prototxt"), engine.TEST)
     assert net.forward()["score"].shape == (1, 2) + size
+
+
+@pytest.mark.parametrize("name", ["fcn_alexnet", "fcn_8s"])
+def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
+    """Once per net at full width (the sizes pretrained files need): builds, runs, keeps the size."""
+    engine = _engine_or_skip()
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(format_message(derive(name, "deploy", [1, 3, 256, 256])))
+    net = engine.Net(str(path), engine.TEST)
+    assert net.params["fc6"][0].data.shape == {"fcn_alexnet": (4096, 256, 6, 6), "fcn_8s": (4096, 512, 7, 7)}[name]
+    assert net.forward()["score"].shape == (1, 2, 256, 256)
