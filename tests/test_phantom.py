@@ -105,3 +105,12 @@ def test_bad_arguments():
         phantom.generate("/nonexistent", cases=16)
     with pytest.raises(ValueError, match="unknown Sunnybrook case"):
         phantom.generate("/nonexistent", cases=["SC-X-1"])
+
+
+def test_progress_and_slices_per_case_alias(tmp_path):
+    calls = []
+    summary = phantom.generate(str(tmp_path), cases=["SC-HYP-3"], seed=0, slices_per_case=2,
+                               progress=lambda done, total: calls.append((done, total)))
+    assert summary["images"] == 4 and calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    names = sorted(os.listdir(os.path.join(summary["image_folder"], "SC-HYP-3")))
+    assert all(n.startswith("IM-0650-") for n in names)
