@@ -180,6 +180,14 @@ def _write_dicom(path, pixels, case, image_no, anat, slice_location, trigger_ms,
     ds.SeriesNumber = int(series)
     ds.InstanceNumber = image_no
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20090101"
+    ds.StudyTime = "120000"
+    ds.BodyPartExamined = "HEART"
+    ds.PatientPosition = "HFS"
+    ds.RepetitionTime = 3.4
+    ds.EchoTime = 1.5
+    ds.FlipAngle = 45
+    ds.AcquisitionMatrix = [0, 256, 256, 0]
     ds.ScanningSequence = "GR"
     ds.SequenceVariant = "SS"
     ds.MRAcquisitionType = "2D"
