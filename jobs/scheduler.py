@@ -19,6 +19,8 @@ from jobs import store as st
 
 RUNNER_PATH = os.path.abspath(runner_mod.__file__)
 PROJECT_ROOT = os.path.dirname(os.path.dirname(RUNNER_PATH))
+ABORT_FLAG = "abort_requested"
+ABORT_GRACE_SECONDS = 10.0  # a runner still busy in one long iteration after this is killed
 
 
 def ingest_metrics(store, job):
@@ -70,6 +72,14 @@ def pid_alive(pid):
     return True
 
 
+def _kill_if_alive(pid):
+    if pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 class Scheduler:
     def __init__(self, store, python=None, backend="auto", cpu_slots=1, gpus=()):
         self.store = store
@@ -104,6 +114,9 @@ class Scheduler:
             self.store.drop_metrics_after(job_id, last)
             self.store.update(job_id, metrics_offset=0)
             job["metrics_offset"] = 0
+        flag = os.path.join(job["dir"], ABORT_FLAG)
+        if os.path.exists(flag):
+            os.unlink(flag)
         env = dict(os.environ)
         env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
@@ -121,6 +134,9 @@ class Scheduler:
 
     def _finish(self, job, code):
         info = read_runner_status(job["dir"])
+        aborted = os.path.exists(os.path.join(job["dir"], ABORT_FLAG))
+        if aborted and code != runner_mod.EXIT_DONE:
+            code = runner_mod.EXIT_ABORTED  # killed after the grace period: still the user's abort
         if code == runner_mod.EXIT_DONE:
             status, msg = st.DONE, None
         elif code in (runner_mod.EXIT_ABORTED, -signal.SIGTERM):
@@ -139,7 +155,15 @@ class Scheduler:
         """SIGTERM the runner (it stops after the current iteration); Waiting jobs just stop."""
         job = self.store.get(job_id)
         if job["status"] == st.RUNNING and pid_alive(job["pid"]):
-            os.kill(int(job["pid"]), signal.SIGTERM)
+            pid = int(job["pid"])
+            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
+                f.write(str(time.time()))
+            os.kill(pid, signal.SIGTERM)
+            # Abort is immediate for the user: a runner stuck in a long iteration is killed; its
+            # job still ends Aborted (the flag) and stays resumable from the last solverstate.
+            timer = threading.Timer(ABORT_GRACE_SECONDS, _kill_if_alive, args=(pid,))
+            timer.daemon = True
+            timer.start()
             return True
         if job["status"] in (st.WAITING, st.INITIALIZED, st.RUNNING, st.INTERRUPTED):
             self.store.set_status(job_id, st.ABORTED, "aborted")

@@ -131,6 +131,16 @@ class JobService:
             raise ServiceError("unknown dataset job %r" % (dataset_id,), {"dataset_id": "unknown dataset"})
         if dataset["kind"] != "dataset":
             raise ServiceError("job %s is not a dataset" % dataset_id, {"dataset_id": "not a dataset"})
+        if options.get("pretrained_job_id"):
+            # a previous job's snapshot as pretrained weights (its newest, or pretrained_snapshot)
+            from jobs.infer import InferError, latest_snapshot
+            try:
+                snap = latest_snapshot(self.store.get(check_job_id(options["pretrained_job_id"]))["dir"],
+                                       options.get("pretrained_snapshot"))
+            except (KeyError, InferError) as exc:
+                raise ServiceError(str(exc), {"pretrained": str(exc)})
+            weights = options.get("pretrained") or []
+            options["pretrained"] = (weights if isinstance(weights, list) else [weights]) + [snap]
         if options.get("previous_job_id"):
             options["previous_job_dir"] = self.store.get(check_job_id(options["previous_job_id"]))["dir"]
         lrs = derive.sweep(options.get("base_lr", 0.01))

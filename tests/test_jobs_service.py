@@ -183,3 +183,30 @@ def test_worker_runs_queued_jobs_and_fails_models_of_errored_datasets(svc, datas
         assert "dataset" in svc.show(orphan["id"])["error"]
     finally:
         svc._stop.set()
+
+
+def test_abort_kills_a_runner_stuck_in_a_long_iteration(svc, dataset, monkeypatch):
+    from jobs import scheduler
+    monkeypatch.setattr(scheduler, "ABORT_GRACE_SECONDS", 0.5)
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "20")
+    [job] = model(svc, dataset)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
+    t.start()
+    deadline = time.time() + 30
+    while not os.path.exists(os.path.join(job["dir"], "runner_status.json")) and time.time() < deadline:
+        time.sleep(0.02)
+    started = time.time()
+    assert svc.abort(job["id"]) is True
+    t.join(15)
+    assert result["status"] == st.ABORTED and time.time() - started < 10
+
+
+def test_previous_job_snapshot_as_pretrained_weights(svc, dataset):
+    [first] = model(svc, dataset)
+    assert svc.train(first["id"]) == st.DONE
+    # the fake backend writes placeholder snapshots: put a real caffemodel in place
+    _caffemodel(os.path.join(first["dir"], "snapshot_iter_20.caffemodel"), "conv1", (4, 1, 3, 3))
+    [second] = model(svc, dataset, pretrained_job_id=first["id"])
+    weights = svc.show(second["id"])["options"]["pretrained"]
+    assert weights == [os.path.join(first["dir"], "snapshot_iter_20.caffemodel")]
