@@ -283,3 +283,24 @@ def test_parent_of_image_folder_gets_a_hint(release):
     plugin = SunnybrookPlugin()
     with pytest.raises(PluginError, match="did you mean .*challenge_training"):
         plugin.itemize(plugin.validate(_form(release, image_folder=release)))
+
+
+def test_outer_without_inner_is_reported_in_inner_outer_mode(release, tmp_path):
+    root = _copy(release, tmp_path)
+    os.remove(os.path.join(_expert(root), "IM-0001-0001-icontour-manual.txt"))
+    plugin = SunnybrookPlugin()
+    items = plugin.itemize(plugin.validate(_form(root, contour_type="inner_outer")))
+    assert sum(len(v) for v in items.stages.values()) == 5
+    assert [s["message"] for s in items.skipped] == [
+        "%s: outer contour without an inner contour"
+        % os.path.join(_expert(root), "IM-0001-0001-ocontour-manual.txt")]
+
+
+def test_process_workers_build_the_same_sunnybrook_dataset(release, tmp_path):
+    a = build_dataset(SunnybrookPlugin(), _form(release), str(tmp_path / "a"), workers=1)
+    b = build_dataset(SunnybrookPlugin(), _form(release), str(tmp_path / "b"), workers=2,
+                      executor="process")
+    assert a["records"] == b["records"]
+    for (_, x), (_, y) in zip(_read(str(tmp_path / "a"), "train", "features"),
+                              _read(str(tmp_path / "b"), "train", "features")):
+        np.testing.assert_array_equal(x, y)
