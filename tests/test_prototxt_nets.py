@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.blobproto import array_to_blobproto
+from engine.blobproto import array_to_blobproto, blobproto_to_array
 from engine.caffemodel import write_caffemodel
 from engine.prototxt import format_message, read_net
 from engine.proto import caffe_pb2
@@ -488,3 +488,30 @@ def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
     net = engine.Net(str(path), engine.TEST)
     assert net.params["fc6"][0].data.shape == {"fcn_alexnet": (4096, 256, 6, 6), "fcn_8s": (4096, 512, 7, 7)}[name]
     assert net.forward()["score"].shape == (1, 2, 256, 256)
+
+
+def test_pascal_fcn8s_style_weights_load_into_fcn_8s(tmp_path):
+    """A file laid out like fcn8s-heavy-pascal.caffemodel (trunk + 21-class score/upscore layers)
+    fills our trunk by name; its 21-class layers are ignored as Caffe ignores unknown layers."""
+    engine = _engine_or_skip()
+    net_param = slim(derive("fcn_8s", "deploy", [1, 3, 40, 40]), 16)
+    (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
+    _, shapes = infer_shapes(net_param)
+    rng = np.random.RandomState(7)
+    model = caffe_pb2.NetParameter()
+    for name in FCN8S_TRUNK:
+        layer = model.layer.add(name=name, type="Convolution")
+        layer.blobs.extend([array_to_blobproto(rng.randn(*s).astype(np.float32)) for s in shapes[name]])
+    fc7_width = shapes["fc7"][0][0]
+    for name, shape in (("score_fr", (21, fc7_width, 1, 1)), ("upscore2", (21, 21, 4, 4)),
+                        ("score_pool4", (21, shapes["conv4_3"][0][0], 1, 1)), ("upscore8", (21, 21, 16, 16))):
+        layer = model.layer.add(name=name, type="Convolution")
+        layer.blobs.append(array_to_blobproto(np.ones(shape, np.float32)))
+    write_caffemodel(str(tmp_path / "pascal_like.caffemodel"), model)
+
+    net = engine.Net(str(tmp_path / "deploy.prototxt"), engine.TEST, weights=str(tmp_path / "pascal_like.caffemodel"))
+    loaded = {l.name: blobproto_to_array(l.blobs[0]) for l in model.layer}
+    for name in FCN8S_TRUNK:
+        np.testing.assert_array_equal(net.params[name][0].data, loaded[name])
+    assert net.params["score_fr_seg"][0].data.shape == (2, fc7_width, 1, 1)
+    assert net.forward()["score"].shape == (1, 2, 40, 40)
