@@ -203,21 +203,49 @@ def bench_net(net_name, channels, repeat, profile, with_torch):
 
 
 def engine_net_row(path, data, label, repeat):
-    """Time engine.Net when the net helper's class exists (pycaffe surface); None otherwise."""
+    """Time engine.Net when the core helper's class exists (pycaffe surface); None otherwise.
+
+    The net is written out with Input layers 'data' and 'label' in place of the Data layers
+    (and without Accuracy/Python layers), TRAIN phase, so forward+backward includes the loss."""
     try:
         import engine
         Net = engine.Net
     except (ImportError, AttributeError):
         return None
+    import tempfile
+    from engine.prototxt import format_message
     try:
-        net = Net(path, caffe_pb2.TEST, stages=["deploy"])
-        net.blobs["data"].reshape(*data.shape)
+        source = read_net(path)
+        bench_net_param = caffe_pb2.NetParameter(name=source.name)
+        for name, shape in (("data", data.shape), ("label", label.shape)):
+            layer = bench_net_param.layer.add(name=name, type="Input")
+            layer.top.append(name)
+            layer.input_param.shape.add().dim.extend(shape)
+        for lp in source.layer:
+            if lp.type in SKIPPED_TYPES or any(r.stage and "train" not in r.stage for r in lp.include):
+                continue
+            copy = bench_net_param.layer.add()
+            copy.CopyFrom(lp)
+            del copy.include[:]
+            del copy.exclude[:]
+        with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as handle:
+            handle.write(format_message(bench_net_param))
+        if DEVICE.type == "cuda":
+            engine.set_mode_gpu()
+        net = Net(handle.name, phase=caffe_pb2.TRAIN)
+        os.unlink(handle.name)
         net.blobs["data"].data[...] = data.cpu().numpy()
+        net.blobs["label"].data[...] = label.cpu().numpy()
         with torch.no_grad():
             fwd = best_time(net.forward, repeat)
-        return ("engine.Net (deploy, fwd only)", fwd, float("nan"))
+
+        def step():
+            net.forward()
+            net.backward()
+
+        return ("engine.Net (TRAIN, with loss)", fwd, best_time(step, repeat))
     except Exception as err:  # report, do not hide the layer timings
-        print(f"engine.Net could not be timed: {err}", file=sys.stderr)
+        print(f"engine.Net could not be timed: {type(err).__name__}: {err}", file=sys.stderr)
         return None
 
 

@@ -3,10 +3,11 @@
 ACROSS_CHANNELS reproduces Caffe's CPU arithmetic order, not just its formula: Caffe slides a
 window over the channels, adding the entering channel's α/n·x² and subtracting the leaving
 one's with BLAS axpy (a fused multiply-add). With 16-bit inputs x² reaches ~1e8 and that
-running sum loses digits; a direct window sum differs from Caffe by ~2e-4 relative, enough to
-flip later max-pooling choices and move gradients by percents. The running sum is therefore
-recomputed the same way (each step rounded once to float32, as FMA does), and the backward
-follows Caffe's running-sum order as well.
+running sum loses digits; a direct window sum differs from Caffe by ~2e-4 relative on Caffe's
+own inputs. The running sum is therefore recomputed the same way (each step rounded once to float32, as FMA does), and the backward
+follows Caffe's running-sum order as well. This is the CPU path; on accelerators the direct
+window sum is used (see ``forward``). Through a whole net, ulp-level differences in the layers
+before an LRN (convolution summation order) are still amplified by this cancellation.
 """
 from __future__ import annotations
 
@@ -40,7 +41,12 @@ class LRNLayer(Layer):
     def forward(self, bottoms, params):
         x = bottoms[0]
         if not self.within:
-            return [_AcrossChannels.apply(x, self.size, self.alpha, self.beta, self.k)]
+            if x.device.type == "cpu":
+                return [_AcrossChannels.apply(x, self.size, self.alpha, self.beta, self.k)]
+            # accelerators: the sequential running sum costs a kernel launch per channel step
+            # (10× the whole net on an H100), and Caffe's own GPU kernel sums in yet another
+            # order, so use the direct window sum (PyTorch also divides alpha by the size)
+            return [F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)]
         # Caffe builds WITHIN_CHANNEL from sub-layers: the window sum is divided by size² and
         # the additive constant is fixed at 1 (k is ignored)
         half = (self.size - 1) // 2
