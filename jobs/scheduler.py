@@ -104,8 +104,10 @@ class Scheduler:
             cmd += ["--gpu", str(gpu)]
         return cmd
 
-    def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5, auto_evaluate=True):
-        """Run the runner for ``job_id`` and wait; returns the final status."""
+    def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5, auto_evaluate=True,
+              claimed=False):
+        """Run the runner for ``job_id`` and wait; returns the final status.
+        ``claimed``: the job was already moved to Running by ``step`` (worker path)."""
         self._local.auto_evaluate = auto_evaluate
         job = self.store.get(job_id)
         if resume:
@@ -123,7 +125,8 @@ class Scheduler:
             proc = subprocess.Popen(self.runner_command(job, resume, gpu), stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=job["dir"])
         self.store.update(job_id, pid=proc.pid)
-        self.store.set_status(job_id, st.RUNNING, "resumed" if resume else None)
+        if not claimed:
+            self.store.set_status(job_id, st.RUNNING, "resumed" if resume else None)
         while proc.poll() is None:
             time.sleep(poll)
             ingest_metrics(self.store, job)
@@ -200,7 +203,15 @@ class Scheduler:
                 busy = {t.gpu for t in self._running.values()}
                 gpu = next((g for g in self.gpus if g not in busy), None)
                 resume = bool((job.get("options") or {}).get("_resume"))
-                t = threading.Thread(target=self.train, args=(job["id"], resume, gpu), daemon=True)
+                if not self.store.claim(job["id"], st.WAITING, st.RUNNING,
+                                        "started by worker %d%s" % (os.getpid(), " (resume)" if resume else "")):
+                    continue  # another worker took it
+                if resume:
+                    options = dict(job["options"])
+                    options.pop("_resume", None)
+                    self.store.update(job["id"], options=options)
+                t = threading.Thread(target=self.train, args=(job["id"], resume, gpu),
+                                     kwargs={"claimed": True}, daemon=True)
                 t.gpu = gpu
                 self._running[job["id"]] = t
                 t.start()

@@ -160,6 +160,18 @@ class JobStore:
                 raise KeyError("no job %s" % job_id)
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, message))
 
+    def claim(self, job_id, from_status, to_status, message=None):
+        """Atomically move a job from ``from_status`` to ``to_status``; False if another process
+        got there first (two workers never start the same queued job)."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status=?",
+                             (to_status, now, job_id, from_status))
+            if cur.rowcount == 0:
+                return False
+            db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, to_status, now, message))
+        return True
+
     def history(self, job_id):
         rows = self._db().execute("SELECT status, time, message FROM status_history WHERE job_id=?"
                                   " ORDER BY time, rowid", (job_id,)).fetchall()
