@@ -35,6 +35,7 @@ class KnownModel:
     size: Optional[int]       # None: not published; the server's length is used
     description: str
     use: str                  # how the project turns it into segmentation weights
+    conversion: Optional[str] = None  # jobs.surgery function that makes FCN weights of it
 
 
 KNOWN_MODELS = {
@@ -46,6 +47,7 @@ KNOWN_MODELS = {
         size=None,
         description="BVLC AlexNet, ImageNet ILSVRC2012 classifier (RGB, BGR mean-subtracted input)",
         use="jobs.surgery.alexnet_to_fcn -> prototxt/fcn_alexnet.prototxt (gray=True for 1-channel data)",
+        conversion="alexnet_to_fcn",
     ),
     "fcn8s-heavy-pascal": KnownModel(
         name="fcn8s-heavy-pascal",
@@ -64,6 +66,7 @@ KNOWN_MODELS = {
         size=None,
         description="VGG ILSVRC 16-layer classifier (Simonyan & Zisserman 2014)",
         use="jobs.surgery.vgg16_to_fcn8s -> prototxt/fcn_8s.prototxt",
+        conversion="vgg16_to_fcn8s",
     ),
 }
 
@@ -196,3 +199,27 @@ def fetch(name, dest_dir, url=None, progress: Optional[Callable[[int, Optional[i
         raise
     os.replace(partial, target)
     return target
+
+
+def prepare(name, dest_dir, gray=False, num_classes=2, url=None, progress=None):
+    """Fetch a known model and turn it into starting weights for our segmentation prototxts.
+
+    Classifiers go through their surgery (``conversion``); an FCN model is used as it is, or
+    with conv1 summed over RGB when ``gray``. Returns (path of the weights, SurgeryReport or
+    None when the downloaded file is used unchanged). Converted files are written beside the
+    download as ``<stem>-fcn[-gray].caffemodel``.
+    """
+    from jobs import surgery  # only needed here; keeps `fetch` free of the engine's imports
+
+    model = _model(name)
+    downloaded = fetch(model, dest_dir, url=url, progress=progress)
+    stem = downloaded.name[: -len(".caffemodel")] if downloaded.name.endswith(".caffemodel") else downloaded.name
+    suffix = "-gray" if gray else ""
+    if model.conversion:
+        convert = getattr(surgery, model.conversion)
+        target = downloaded.with_name("%s-fcn%s.caffemodel" % (stem, suffix))
+        return target, convert(downloaded, target, num_classes=num_classes, gray=gray)
+    if gray:
+        target = downloaded.with_name("%s%s.caffemodel" % (stem, suffix))
+        return target, surgery.rgb_to_gray_conv1(downloaded, target)
+    return downloaded, None

@@ -131,3 +131,24 @@ def test_unknown_name_and_http_error(server, tmp_path):
     server.fail_status = 404
     with pytest.raises(PretrainedError, match="test-model: HTTP 404 .* from http://127.0.0.1"):
         pretrained.fetch(model(server.url), tmp_path)
+
+
+def test_prepare_fetches_and_converts(server, tmp_path):
+    """fetch + surgery in one call: a classifier served locally becomes FCN weights."""
+    from test_surgery import ALEXNET, random_params, write_classifier
+    from engine.caffemodel import read_caffemodel
+
+    write_classifier(tmp_path / "classifier.caffemodel", random_params(ALEXNET), legacy=True)
+    server.payload = (tmp_path / "classifier.caffemodel").read_bytes()
+    entry = KnownModel(name="alexnet-like", url=server.url, filename="alexnet.caffemodel",
+                       sha1=hashlib.sha1(server.payload).hexdigest(), size=None, description="test",
+                       use="test", conversion="alexnet_to_fcn")
+    path, report = pretrained.prepare(entry, tmp_path / "models", gray=True)
+    assert path.name == "alexnet-fcn-gray.caffemodel"
+    assert report.dropped == ["fc8"] and "conv1" in report.reshaped
+    names = [layer.name for layer in read_caffemodel(str(path)).layer]
+    assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "upscore"]
+    plain = KnownModel(name="fcn-like", url=server.url, filename="fcn.caffemodel",
+                       sha1=None, size=None, description="test", use="test")
+    path, report = pretrained.prepare(plain, tmp_path / "models")
+    assert path.name == "fcn.caffemodel" and report is None
