@@ -192,3 +192,15 @@ def test_rand_skip_starts_within_the_first_records(tmp_path):
         starts.add(int(layer.forward([], [])[0].numpy().ravel()[0]) // 100)
         layer.close()
     assert starts <= {0, 1, 2, 3} and len(starts) > 1
+
+
+def test_golden_lmdb_transform_through_the_engine_net(monkeypatch):
+    from engine.net import Net
+    monkeypatch.chdir(GOLDEN)
+    net = Net("net.prototxt", caffe_pb2.TEST)
+    expected = np.load("expected.npz")
+    for k in range(4):
+        net.forward()
+        for name in ("data", "rgb", "label"):
+            want = expected[f"batch:{k}:{name}"]
+            np.testing.assert_allclose(net.blobs[name].data.reshape(want.shape), want, rtol=1e-6, atol=1e-6)

@@ -140,3 +140,48 @@ def test_layer_blob_legacy_accessors():
         blob.num
     with pytest.raises(AttributeError):
         blob.data = np.zeros(3)
+
+
+def test_golden_python_layer_through_the_engine_net(monkeypatch):
+    from engine.net import Net
+    monkeypatch.chdir(GOLDEN)  # the module sits beside the prototxt; the cwd is searched
+    io = np.load("io.npz")
+    net = Net("net.prototxt", caffe_pb2.TRAIN)
+    net.blobs["x"].data[...] = io["input:x"]
+    net.forward()
+    np.testing.assert_allclose(net.blobs["y"].data, io["blob:y"], rtol=1e-6, atol=1e-6)
+    net.blobs["y"].diff[...] = io["topdiff:y"]
+    net.backward()
+    np.testing.assert_allclose(net.blobs["x"].diff, io["diff:x"], rtol=1e-6, atol=1e-6)
+
+
+def test_python_loss_layer_weighs_zero_unless_loss_weight_is_given(tmp_path, monkeypatch):
+    from engine.net import Net
+    _write_module(tmp_path, "user_layer_loss", """
+        import caffe
+
+        class SumLoss(caffe.Layer):
+            def setup(self, bottom, top):
+                pass
+
+            def reshape(self, bottom, top):
+                top[0].reshape(1)
+
+            def forward(self, bottom, top):
+                top[0].data[...] = bottom[0].data.sum()
+
+            def backward(self, top, propagate_down, bottom):
+                bottom[0].diff[...] = top[0].diff[0]
+        """)
+    monkeypatch.chdir(tmp_path)
+    base = ('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "myloss" type: "Python" bottom: "x" top: "l" %s '
+            'python_param { module: "user_layer_loss" layer: "SumLoss" } }\n')
+    for extra, weight in (("", 0.0), ("loss_weight: 2", 2.0)):
+        (tmp_path / "net.prototxt").write_text("force_backward: true\n" + base % extra)
+        net = Net("net.prototxt", caffe_pb2.TRAIN)
+        net.blobs["x"].data[...] = 1.0
+        net.forward()
+        assert net.last_loss == pytest.approx(6.0 * weight)
+        net.backward()
+        np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 3), weight))

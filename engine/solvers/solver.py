@@ -223,7 +223,9 @@ class Solver:
 
     def _clear_param_diffs(self):
         for blob in self._params:
-            blob.grad_tensor.zero_()
+            diff = blob.grad_tensor
+            diff.zero_()
+            blob.grad_tensor = diff  # marks the device copy current (host mirrors refresh on read)
 
     def _forward_backward(self) -> float:
         outputs = self.net.forward()
@@ -312,9 +314,12 @@ class Solver:
             updates.regularize(diff, blob.tensor, float(p.weight_decay) * decay_mult, p.regularization_type)
             history = [self.history[i + k * n] for k in range(slots)]
             rule(diff, history, rate * lr_mult, p, self.iter)
-            blob.tensor.sub_(diff)
-        if hasattr(self.net, "after_update"):
-            self.net.after_update()  # lets the net refresh host mirrors of the weights
+            weight = blob.tensor
+            weight.sub_(diff)
+            # rebinding marks the device tensors as the current copies, so a host mirror
+            # (on an accelerator) is refreshed the next time .data/.diff is read
+            blob.tensor = weight
+            blob.grad_tensor = diff
         return rate
 
     # -- testing ---------------------------------------------------------------------------
