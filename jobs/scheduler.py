@@ -89,6 +89,7 @@ class Scheduler:
         self.gpus = list(gpus)
         self._running = {}  # job id → thread
         self.on_done = None  # called with the job id after a training ends Done (evaluation)
+        self.prepare = None  # called with the job before its runner starts (late derivation)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -110,6 +111,12 @@ class Scheduler:
         ``claimed``: the job was already moved to Running by ``step`` (worker path)."""
         self._local.auto_evaluate = auto_evaluate
         job = self.store.get(job_id)
+        if self.prepare is not None:
+            try:
+                self.prepare(job)
+            except ValueError as exc:  # the network does not fit the finished dataset
+                self.store.set_status(job_id, st.ERROR, str(exc))
+                return st.ERROR
         if resume:
             state = runner_mod.latest_solverstate(job["dir"])
             last = runner_mod.snapshot_iteration(state) if state else 0

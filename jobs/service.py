@@ -20,7 +20,7 @@ import time
 from jobs import derive
 from jobs import store as st
 from jobs.model_job import ModelJobError, write_model_job
-from jobs.paths import atomic_write_json, check_job_id, job_dir, new_job_id
+from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
 from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
 
 
@@ -40,6 +40,7 @@ class JobService:
         self.store = st.JobStore(self.root)
         self.scheduler = Scheduler(self.store, python=python, backend=backend, cpu_slots=cpu_slots, gpus=gpus)
         self.scheduler.on_done = self._evaluate_after_training  # worker-run jobs are evaluated too
+        self.scheduler.prepare = self._derive_pending
         # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
         self.store.mark_running_interrupted(pid_alive)
 
@@ -155,7 +156,16 @@ class JobService:
             job = self._new_job("model", label, dataset_id=dataset_id, group_name=group,
                                 notes=options.get("notes"), options=one)
             try:
-                write_model_job(job["dir"], dataset["dir"], one)
+                if dataset["status"] in (st.INITIALIZED, st.WAITING, st.RUNNING):
+                    # The dataset is still being built: keep the network now, derive when the
+                    # worker starts the job (it waits for the dataset to be Done).
+                    from jobs.model_job import network_text
+                    text, _ = network_text(one)
+                    atomic_write(os.path.join(job["dir"], "original.prototxt"), text)
+                    one = dict(one, network_text=text, _derive_pending=True)
+                    self.store.update(job["id"], options=one)
+                else:
+                    write_model_job(job["dir"], dataset["dir"], one)
             except (ModelJobError, OSError) as exc:
                 self._remove(job)
                 for made in jobs:
@@ -173,6 +183,14 @@ class JobService:
             raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
         return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress,
                                     auto_evaluate=evaluate)
+
+    def _derive_pending(self, job):
+        """Derive the files of a model created while its dataset was building (now Done)."""
+        options = dict(job["options"])
+        if not options.pop("_derive_pending", False):
+            return
+        write_model_job(job["dir"], self.store.get(job["dataset_id"])["dir"], options)
+        self.store.update(job["id"], options=options)
 
     def _evaluate_after_training(self, job_id):
         """DIGITS-style: evaluate the final snapshot; a failure is logged, the training stays Done."""

@@ -210,3 +210,18 @@ def test_previous_job_snapshot_as_pretrained_weights(svc, dataset):
     [second] = model(svc, dataset, pretrained_job_id=first["id"])
     weights = svc.show(second["id"])["options"]["pretrained"]
     assert weights == [os.path.join(first["dir"], "snapshot_iter_20.caffemodel")]
+
+
+def test_model_on_a_dataset_still_building_waits_then_derives(svc, dataset):
+    svc.store.set_status(dataset["id"], st.RUNNING)
+    [job] = model(svc, dataset)
+    assert not os.path.exists(os.path.join(job["dir"], "solver.prototxt"))
+    svc.submit(job["id"])
+    assert svc.scheduler.step() == []  # waits for its dataset
+    svc.store.set_status(dataset["id"], st.DONE)
+    svc.start_worker()
+    try:
+        assert wait_status(svc, job["id"], (st.DONE, st.ERROR)) == st.DONE
+    finally:
+        svc._stop.set()
+    assert "max_iter: 20" in open(os.path.join(job["dir"], "solver.prototxt")).read()
