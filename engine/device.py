@@ -25,6 +25,9 @@ def set_mode_gpu() -> None:
         raise DeviceError("caffe.set_mode_gpu(): no CUDA device is available to PyTorch on this machine "
                           "(torch.cuda.is_available() is False); use set_mode_cpu()")
     _mode = "gpu"
+    # Caffe computes in full float32; TF32 convolutions/matmuls would drift ~1e-3 from it
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def set_device(device_id: int) -> None:

@@ -62,6 +62,13 @@ def build(case: GoldenCase, weights: str = "weights.caffemodel"):
     """``engine.Net`` for a golden case, with its Caffe weights."""
     import engine
     phase = engine.TRAIN if case.phase_name == "TRAIN" else engine.TEST
+    if os.environ.get("CAFFESEG_TEST_GPU"):
+        # CAFFESEG_TEST_GPU=1 runs the golden cases on the CUDA device (not in CI)
+        engine.set_mode_gpu()
+        try:
+            return engine.Net(case.prototxt, case.path(weights), phase)
+        finally:
+            engine.set_mode_cpu()
     return engine.Net(case.prototxt, case.path(weights), phase)
 
 

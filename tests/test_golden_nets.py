@@ -14,7 +14,8 @@ CASES = golden_case_names("nets")
 # our LRN layer (engine/layers/lrn.py) does not reproduce its rounding closely enough: norm1
 # is off by ~3e-4 relative (2-3x the tolerance) and the gradients through LRN by ~10%. The
 # RGB net (same topology, 8-bit-range input) matches everywhere, so the net logic is not at
-# fault. strict: the test turns red as soon as the LRN layer matches, so this mark goes away.
+# fault: gradients match down to fc6 and diverge at pool5, where argmax choices between
+# near-equal activations follow the small forward difference. strict: the test turns red as soon as the LRN layer matches, so this mark goes away.
 KNOWN_LRN_PRECISION = pytest.mark.xfail(
     strict=True, reason="LRN float32 running-sum rounding at 16-bit input magnitudes (engine/layers/lrn.py)")
 
@@ -41,11 +42,15 @@ def test_v1_weights_give_identical_results():
             np.testing.assert_array_equal(legacy.params[name][i].data, blob.data, err_msg=f"{name}:{i}")
     run_forward_backward(current, case)
     run_forward_backward(legacy, case)
+    # identical weights give identical results; 1e-6 leaves room only for nondeterministic
+    # GPU reductions (CAFFESEG_TEST_GPU), on the CPU the arrays are bit-equal
     for name in current.blobs:
-        np.testing.assert_array_equal(legacy.blobs[name].data, current.blobs[name].data, err_msg=name)
+        np.testing.assert_allclose(legacy.blobs[name].data, current.blobs[name].data, rtol=0,
+                                   atol=1e-6 * float(np.abs(current.blobs[name].data).max()), err_msg=name)
     for name, blobs in current.params.items():
         for i, blob in enumerate(blobs):
-            np.testing.assert_array_equal(legacy.params[name][i].diff, blob.diff, err_msg=f"pgrad {name}:{i}")
+            np.testing.assert_allclose(legacy.params[name][i].diff, blob.diff, rtol=0,
+                                       atol=1e-6 * float(np.abs(blob.diff).max()), err_msg=f"pgrad {name}:{i}")
 
 
 def test_fcn8s_split_names_match_caffe():
