@@ -1,17 +1,35 @@
 """The jobs facade that the web and the CLI both use.
 
-    svc = open_service("/data/jobs")
-    ds = svc.create_dataset("sunnybrook", {...}, name="lv")      # builds now (wait=True)
-    ds = svc.import_dataset("/path/with/dataset.json", "lv")      # an already built dataset
+    svc = open_service("/data/jobs")                 # or JobService(root, backend="auto", cpu_slots=1, gpus=())
+    ds = svc.create_dataset("sunnybrook", form_values, name="lv", encoding="none", workers=1)  # builds now
+    ds = svc.import_dataset("/path/with/dataset.json", "lv")      # an already built dataset folder
     [m] = svc.create_model({"dataset_id": ds["id"], "standard_network": "fcn_alexnet",
                             "epochs": 2, "base_lr": "0.01,0.001", ...})  # one job per sweep value
-    svc.train(m["id"])                 # foreground; or svc.submit(m["id"]) for the worker
-    svc.metrics(m["id"], since=0)      # {"series": [(iter, name, value, phase)], "status", "progress"}
+
+Queries: ``list_jobs(kind=None)``, ``show(id)`` (+ history [(status, time)], progress, snapshots
+[(iteration, file)]), ``snapshots(id)``, ``metrics(id, since=0)`` → {"series": [(iteration, name,
+value, phase or None)], "status", "progress"} (phase "train"/"val"; lr, epoch, throughput and eta
+have phase None), ``evaluation(id, snapshot=None)`` (stored table or None), ``clone_values(id)``.
+Actions: ``train(id, resume=False, evaluate=False)`` (foreground, returns the final status),
+``submit(id, resume=False)`` (queue for the worker), ``start_worker()`` (scheduler thread in this
+process), ``resume(id, wait=False)``, ``abort(id)``, ``delete(id)`` (a dataset in use is refused,
+naming its models), ``clone(id)``, ``rename(id, name)``, ``set_notes``, ``set_group``,
+``evaluate(id, snapshot=None)``, ``infer(id, snapshot, record=|image_path=)`` (many results; a
+folder works), ``infer_record(id, key, snapshot=None, visualize=False)`` and ``infer_image(id, path,
+...)`` (one answer: image, class_map, probabilities, label, metrics, contours, classes, layers),
+``export(id, snapshot=None, out=None)`` → path of the .tar.gz.
+
+Model options: dataset_id, name, group_name, notes; network: standard_network | network_text |
+previous_job_id; epochs, base_lr, batch_size (both may be comma-separated sweeps), val_batch_size,
+iter_size, solver_type, lr_policy {policy, stepsize, stepvalue, gamma, power} (in % of training),
+weight_decay, momentum, rms_decay, random_seed, mean (none|image|pixel), crop_size,
+snapshot_interval, val_interval (epochs), set_num_output, python_layer_files, pretrained (list of
+.caffemodel), pretrained_job_id (+ pretrained_snapshot).
 
 Every job is a dict with at least: id, kind (dataset|model), name, status, dir, created_at,
-updated_at, dataset_id, group_name, notes, options, error. Errors the user can fix raise
-``ServiceError`` (a ValueError) with a message naming the job, file or field; an unknown job id
-raises ``KeyError``.
+updated_at, dataset_id, group_name, notes, options, error, pid. Errors the user can fix raise
+``ServiceError`` (a ValueError, with ``field_errors`` when a form field is at fault) naming the
+job, file or field; an unknown job id raises ``KeyError``; an invalid id ``JobPathError``.
 """
 import os
 import shutil
