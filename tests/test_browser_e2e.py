@@ -263,6 +263,9 @@ def test_full_workflow(request, tmp_path):
         shot(page, "e2e_2_dataset_page")
         page.click("text=Explore")
         page.wait_for_selector(".record img")
+        page.wait_for_function("[...document.querySelectorAll('.record img')].every(i => i.complete)")
+        broken = page.eval_on_selector_all(".record img", "imgs => imgs.filter(i => !i.naturalWidth).map(i => i.alt)")
+        assert broken == []  # every feature and label rendered (LMDB read concurrently)
         shot(page, "e2e_3_explore")
 
         page.goto(dataset_url)
@@ -284,7 +287,7 @@ def test_full_workflow(request, tmp_path):
         page.wait_for_function(
             "['Done', 'Error'].includes((document.querySelector('#job-status .badge') || {}).textContent)",
             timeout=180_000)
-        page.wait_for_load_state()
+        page.wait_for_selector("#snapshots td a", timeout=30_000)  # the page reloads when training ends
         assert "Done" in page.inner_text("#job-status")
         shot(page, "e2e_6_model_done")
 

@@ -78,7 +78,8 @@ def inspect(text: str, feature_shape=None) -> dict:
         except Exception as exc:  # a layer's own check: report it beside the editor
             err = BadRequest(f"the network does not build: {exc}")
             raise err from None
-        blobs = {name: list(blob.shape) for name, blob in built.blobs.items()}
+        # Split blobs are Caffe's plumbing (one per extra consumer); the user never named them.
+        blobs = {name: list(blob.shape) for name, blob in built.blobs.items() if "_split_" not in name}
     finally:
         os.unlink(path)
         for p in added:

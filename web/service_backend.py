@@ -96,6 +96,10 @@ class ServiceBackend(Backend):
         self._lock = threading.Lock()
         self._key_cache: dict[tuple, list[str]] = {}
         self._building: dict[str, threading.Thread] = {}
+        # LMDB refuses to open a database that is already open in the same process, and the
+        # explorer's images are requested in parallel while the service (inference, evaluation)
+        # opens the same val database: every LMDB use from this process goes through this lock.
+        self._lmdb_lock = threading.RLock()
 
     # -- the jobs service, opened lazily so the app starts even while it is missing ---------
     @property
@@ -180,6 +184,8 @@ class ServiceBackend(Backend):
         jobs = [self._summary(j) for j in raw]
         jobs = [j for j in jobs if kind is None or j["kind"] == kind]
         for job in jobs:
+            if job["kind"] == "dataset" and "summary" not in job:
+                job["summary"] = _dataset_summary(_dataset_info_view(_read_json(Path(job["dir"]) / "dataset.json")))
             if job["kind"] == "model" and not job["metrics"]:
                 job["metrics"] = self._key_metrics(job)
                 job["progress"] = job["progress"] if job["progress"] is not None else _runner_progress(job["dir"])
@@ -250,7 +256,7 @@ class ServiceBackend(Backend):
 
     @staticmethod
     def _read_log(job_dir: Path) -> str | None:
-        for name in ("log.txt", "job.log", "train.log", "caffe_output.log", "create.log", "dataset.log"):
+        for name in ("log.txt", "build.log", "job.log", "train.log", "caffe_output.log", "create.log", "dataset.log"):
             path = job_dir / name
             if path.is_file():
                 text = path.read_text(errors="replace")
@@ -336,7 +342,8 @@ class ServiceBackend(Backend):
         self._call(("abort", "abort_job"), check_job_id(job_id))
 
     def delete(self, job_id):
-        self._call(("delete", "delete_job"), check_job_id(job_id))
+        check_job_id(job_id)
+        self._call(("delete", "delete_job"), job_id)
 
     def resume(self, job_id):
         self._call(("resume", "resume_job"), check_job_id(job_id))
@@ -411,15 +418,20 @@ class ServiceBackend(Backend):
             raise NotFound(f"job {job_id} is not a dataset")
         return Path(job["dir"]), job
 
+    def _read(self, db_path: Path, fn):
+        """``fn(reader)`` on a freshly opened reader of ``db_path``, under the LMDB lock."""
+        try:
+            from engine.lmdb_io import LmdbReader
+        except ImportError as exc:
+            raise Unavailable(f"LMDB reading is not available ({exc})") from None
+        with self._lmdb_lock:
+            with LmdbReader(str(db_path)) as reader:
+                return fn(reader)
+
     def _keys(self, db_path: Path) -> list[str]:
         key = (str(db_path), db_path.stat().st_mtime if db_path.exists() else 0)
         if key not in self._key_cache:
-            try:
-                from engine.lmdb_io import LmdbReader
-            except ImportError as exc:
-                raise Unavailable(f"LMDB reading is not available ({exc})") from None
-            with LmdbReader(str(db_path)) as reader:
-                self._key_cache[key] = list(reader.keys())
+            self._key_cache[key] = self._read(db_path, lambda r: list(r.keys()))
         return self._key_cache[key]
 
     def dataset_records(self, job_id, stage, offset, limit):
@@ -438,7 +450,6 @@ class ServiceBackend(Backend):
         job_dir, job = self._dataset_dir(job_id)
         try:
             from engine.datum import bytes_to_array
-            from engine.lmdb_io import LmdbReader
         except ImportError as exc:
             raise Unavailable(f"dataset reading is not available ({exc})") from None
         db = job_dir / f"{stage}_db" / "features"
@@ -451,8 +462,8 @@ class ServiceBackend(Backend):
             if not path.exists():
                 arrays.append(None)
                 continue
-            with LmdbReader(str(path)) as reader:
-                array, _ = bytes_to_array(reader.get(keys[index]), f"{path} key {keys[index]}")
+            raw = self._read(path, lambda r: r.get(keys[index]))
+            array, _ = bytes_to_array(raw, f"{path} key {keys[index]}")
             arrays.append(array)
         label = arrays[1]
         if label is not None and label.ndim == 3:
@@ -501,6 +512,19 @@ class ServiceBackend(Backend):
 
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
         check_job_id(job_id)
+        try:
+            with self._lmdb_lock:
+                raw = self._infer_call(job_id, snapshot, record, image_path, visualize)
+        except (Unavailable, NotFound, BadRequest):
+            raise
+        except LookupError as exc:
+            raise NotFound(str(exc).strip("'\"")) from None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        result = _inference_view(_as_dict(raw))
+        return self._with_dataset_facts(job_id, result)
+
+    def _infer_call(self, job_id, snapshot, record, image_path, visualize):
         if record is not None:
             fn = self._fn("infer_record", "infer")
             kwargs = {"snapshot": snapshot, "visualize": visualize}
@@ -511,7 +535,9 @@ class ServiceBackend(Backend):
             kwargs = {"snapshot": snapshot, "visualize": visualize}
             raw = fn(job_id, image_path, **_accepted_kwargs(fn, kwargs)) if fn.__name__ != "infer" else \
                 fn(job_id, image_path=image_path, **_accepted_kwargs(fn, kwargs))
-        result = _inference_view(_as_dict(raw))
+        return raw
+
+    def _with_dataset_facts(self, job_id, result):
         if not result["palette"] or not result["classes"]:
             try:
                 info = self.job(self.job(job_id).get("dataset_id")).get("info") or {}
@@ -528,7 +554,8 @@ class ServiceBackend(Backend):
         return result
 
     def evaluate(self, job_id):
-        return _evaluation_view(_as_dict(self._call(("evaluate",), check_job_id(job_id))))
+        with self._lmdb_lock:
+            return _evaluation_view(_as_dict(self._call(("evaluate",), check_job_id(job_id))))
 
     def download(self, job_id, snapshot=None):
         fn = self._fn("export", "export_model", "download")

@@ -46,7 +46,11 @@
     if (eta) eta.textContent = m.eta ? "ETA " + formatDuration(m.eta) : "";
     if (m.status) {
       const badge = document.querySelector("#job-status .badge");
-      if (badge && badge.textContent !== m.status) badge.textContent = m.status;
+      if (badge && badge.textContent !== m.status) {
+        badge.textContent = m.status;
+        const cls = { done: "ok", running: "run", error: "err", aborted: "warn", interrupted: "warn" }[String(m.status).toLowerCase()] || "wait";
+        badge.className = "badge badge-" + cls;
+      }
       box.dataset.status = m.status;
       if (FINISHED.includes(String(m.status).toLowerCase())) stopped = true;
     }

@@ -52,7 +52,7 @@
       const tr = document.createElement("tr");
       tr.innerHTML = "<td></td><td class='mono'></td>";
       tr.children[0].textContent = name;
-      tr.children[1].textContent = net.blobs[name].join(" × ");
+      tr.children[1].textContent = net.blobs[name].length ? net.blobs[name].join(" × ") : "scalar";
       body.appendChild(tr);
     });
     table.appendChild(body);
