@@ -145,3 +145,15 @@ def test_cli_infer_writes_sunnybrook_contours(tmp_path, capsys):
             assert 0 <= float(x) < 16 and 0 <= float(y) < 16
     assert cli.main(common + ["model", "export", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["path"].endswith(".tar.gz")
+
+
+@pytest.mark.timeout(150)
+def test_lab_on_the_phantom(tmp_path, capsys):
+    """caffeseg lab, cut to one phantom case and the lab CNN: phantom → Sunnybrook dataset →
+    model → training → evaluation → the table."""
+    from jobs import cli
+    code = cli.main(["lab", "--data", str(tmp_path), "--cases", "1", "--epochs", "1", "--only", "lab_cnn",
+                     "--backend", "engine", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["network"] for r in rows] == ["lab CNN"] and rows[0]["status"] == "Done"
+    assert rows[0]["dice_mean"] is not None and "accuracy" in rows[0]["val"]
