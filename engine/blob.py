@@ -142,6 +142,12 @@ class Blob:
         self._data = _Synced(fresh)
         self._diff = None
 
+    def view_as_shape(self, shape) -> "Blob":
+        """A blob of another shape over this blob's data and diff (PERMISSIVE param sharing)."""
+        view = Blob(device=self.device, data=self.tensor.view(tuple(shape)))
+        view._diff = _Synced(self.grad_tensor.view(tuple(shape)))
+        return view
+
     def share_data(self, other: "Blob") -> None:
         """Alias this blob's data (not its diff) to ``other``'s, like Caffe's ``Blob::ShareData``."""
         self._data = other._data

@@ -293,9 +293,7 @@ class Net:
             explicit[1], decay = True, float(spec.decay_mult)
         self.learnable_params[index] = (blob, lr, decay)
         if shape != owner.shape:
-            view = Blob(device=self.device, data=owner.tensor.view(shape))
-            view._diff = None
-            return view  # PERMISSIVE: same values seen through another shape
+            return owner.view_as_shape(shape)  # PERMISSIVE: same values and diffs, another shape
         return owner
 
     def _decide_backward(self, param: caffe_pb2.NetParameter) -> None:

@@ -253,6 +253,25 @@ def test_shared_params_alias_data_and_accumulate_diffs(tmp_path):
     assert (net.params["b"][0].data == 0.5).all()
 
 
+def test_permissive_sharing_needs_only_equal_counts(tmp_path):
+    text = ("force_backward: true\n" + INPUT +
+            ip("a", "data", "ya", extra='param { name: "w" } param { name: "ab" }') +
+            ip("b", "ya", "yb", n=3, extra='param { name: "w" share_mode: PERMISSIVE } param { name: "bb" }'))
+    net = make(tmp_path, text, engine.TRAIN)
+    assert net.params["a"][0].shape == (2, 3) and net.params["b"][0].shape == (3, 2)
+    net.params["a"][0].data[...] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(net.params["b"][0].data, np.arange(6, dtype=np.float32).reshape(3, 2))
+    x = np.random.RandomState(4).randn(2, 3).astype(np.float32)
+    net.forward(data=x)
+    net.backward(yb=np.ones((2, 3), np.float32))
+    wb = net.params["b"][0].data
+    ya = net.blobs["ya"].data
+    grad_b = np.ones((2, 3), np.float32).T @ ya              # (3, 2), seen by layer b
+    grad_a = (np.ones((2, 3), np.float32) @ wb).T @ x        # (2, 3), seen by layer a
+    np.testing.assert_allclose(net.params["a"][0].diff, grad_a + grad_b.reshape(2, 3), rtol=1e-5, atol=1e-5)
+    assert len(net.learnable_params) == 3
+
+
 def test_shared_param_conflicts_are_errors(tmp_path):
     text = (INPUT + ip("a", "data", "ya", extra='param { name: "w" lr_mult: 1 }') +
             ip("b", "data", "yb", extra='param { name: "w" lr_mult: 2 }'))
