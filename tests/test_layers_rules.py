@@ -278,3 +278,81 @@ def test_power_constant_case_has_zero_gradient():
     xs, (y,) = run(layer, [1.0, 2.0])
     assert y.tolist() == [9.0, 9.0]
     assert grads(xs, y, [1.0, 1.0])[0] in (None, [0.0, 0.0])
+
+
+# -- broadcast / axis forms ------------------------------------------------------------------
+def test_scale_two_bottom_form_with_bias_and_bias_two_bottoms():
+    layer = make('name: "s" type: "Scale" bottom: "x" bottom: "s" top: "y" scale_param { axis: 1 bias_term: true }')
+    x = torch.ones(2, 3, 2)
+    s = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    (bias,) = layer.setup([(2, 3, 2), (3,)])
+    assert tuple(bias.shape) == (3,) and not bias.any()  # [bias] only; the scale is bottom[1]
+    (y,) = layer.forward([x, s], [bias + 0.5])
+    assert y[1, :, 1].tolist() == [1.5, 2.5, 3.5]
+    (ds,) = torch.autograd.grad(y.sum(), [s])
+    assert ds.tolist() == [4.0, 4.0, 4.0]  # Σ over outer 2 × inner 2 of dy·x
+    layer = make('name: "b" type: "Bias" bottom: "x" bottom: "b" top: "y"')
+    assert layer.setup([(2, 3, 2), (3, 2)]) == []
+    (y,) = layer.forward([x, torch.arange(6.0).reshape(3, 2)], [])
+    assert y[0].tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+
+
+def test_scale_default_filler_is_one_and_num_axes_zero_is_scalar():
+    layer = make('name: "s" type: "Scale" bottom: "x" top: "y" scale_param { num_axes: 0 }')
+    (scale,) = layer.setup([(2, 3)])
+    assert tuple(scale.shape) == () and scale.item() == 1.0
+    (y,) = layer.forward([torch.ones(2, 3)], [torch.tensor(4.0)])
+    assert y.tolist() == [[4.0] * 3] * 2
+
+
+def test_inner_product_transpose_and_negative_axis():
+    layer = make('name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                 'inner_product_param { num_output: 2 transpose: true axis: -1 bias_term: false }')
+    (w,) = layer.setup([(3, 4)])
+    assert tuple(w.shape) == (4, 2)
+    x = torch.arange(12.0).reshape(3, 4)
+    w = torch.arange(8.0).reshape(4, 2)
+    (y,) = layer.forward([x], [w])
+    assert y.tolist() == (x @ w).tolist()
+
+
+def test_conv_channel_axis_two_flattens_leading_axes():
+    layer = make('name: "c" type: "Convolution" bottom: "x" top: "y" '
+                 'convolution_param { num_output: 1 kernel_size: 1 axis: 2 bias_term: false }')
+    w, = layer.setup([(2, 3, 4, 5)])  # channel axis 2 (4 channels), one spatial axis of 5
+    assert tuple(w.shape) == (1, 4, 1)
+    assert layer.reshape([(2, 3, 4, 5)]) == [(2, 3, 1, 5)]
+    x = torch.ones(2, 3, 4, 5)
+    (y,) = layer.forward([x], [torch.ones(1, 4, 1)])
+    assert y.shape == (2, 3, 1, 5) and torch.all(y == 4.0)
+
+
+def test_concat_legacy_concat_dim_and_flatten_axes():
+    layer = make('name: "c" type: "Concat" bottom: "a" bottom: "b" top: "y" concat_param { concat_dim: 0 }')
+    layer.setup([(1, 2), (2, 2)])
+    assert layer.reshape([(1, 2), (2, 2)]) == [(3, 2)]
+    with pytest.raises(LayerError, match="differ"):
+        layer.reshape([(1, 2), (2, 3)])
+    layer = make('name: "f" type: "Flatten" bottom: "x" top: "y" flatten_param { axis: 1 end_axis: 2 }')
+    layer.setup([(2, 3, 4, 5)])
+    assert layer.reshape([(2, 3, 4, 5)]) == [(2, 12, 5)]
+
+
+def test_input_layer_shapes_one_for_all_or_one_per_top():
+    layer = make('name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 1 dim: 2 } }')
+    layer.setup([])
+    assert layer.reshape([]) == [(1, 2), (1, 2)]
+    layer = make('name: "in" type: "Input" top: "a" top: "b" top: "c" '
+                 'input_param { shape { dim: 1 } shape { dim: 2 } }')
+    with pytest.raises(LayerError, match="2 shapes for 3 tops"):
+        layer.setup([])
+
+
+def test_errors_name_the_layer():
+    layer = make('name: "conv_bad" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 }')
+    with pytest.raises(LayerError, match="layer 'conv_bad' \\(Convolution\\): kernel_size"):
+        layer.setup([(1, 1, 4, 4)])
+    layer = make('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 }')
+    layer.setup([(1, 6)])
+    with pytest.raises(LayerError, match="expect 6"):
+        layer.reshape([(1, 7)])
