@@ -299,6 +299,22 @@ def test_full_workflow(request, tmp_path):
         page.dispatch_event(".ov-opacity", "input")
         assert page.inner_text(".ov-opacity-value") == "90%"
         shot(page, "e2e_7_inference")
+        model_url = page.url.split("/inference/")[0]
+
+        # An uploaded DICOM slice goes through the same preprocessing; no label, so no Dice.
+        page.goto(model_url + "/infer")
+        page.set_input_files("#image", str(next((data / "sample").rglob("*.dcm"))))
+        page.click("button[value=image]")
+        page.wait_for_selector(".overlay-view[data-ready='1']", timeout=60_000)
+        assert "upload" in page.inner_text("h1")
+
+        # The model archive downloads; the home page lists the model with its metrics.
+        archive = page.request.get(model_url + "/download")
+        assert archive.status == 200 and archive.body()[:2] == b"\x1f\x8b"
+        page.goto(f"{server.url}/?tab=model")
+        assert "e2e tiny fcn" in page.inner_text("#panel-model")
+        assert page.locator("#panel-model svg.spark polyline").count() >= 1
+        shot(page, "e2e_8_home")
         assert not page.js_errors
     finally:
         server.stop()
