@@ -122,3 +122,20 @@ def test_service_field_errors_go_beside_the_form_fields(site):
     assert resp.status_code == 400
     assert "nothing" in resp.get_data(as_text=True)
     assert svc.list_jobs("model") == []
+
+
+def test_uploaded_python_layer_is_stored_in_the_job(site):
+    import io
+    client, svc, ds, _ = site
+    form = {"dataset": ds["id"], "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "pixel", "network_source": "custom", "custom_network": TINY_NET,
+            "model_name": "with layer", "python_layer_upload": (io.BytesIO(b"import caffe\n"), "my_layers.py")}
+    resp = client.post("/models/new", data=form, content_type="multipart/form-data")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job = svc.list_jobs("model")[0]
+    assert open(f"{job['dir']}/my_layers.py").read() == "import caffe\n"
+    assert "mean_value" in open(f"{job['dir']}/train_val.prototxt").read()
+    staging = client.application.config["JOBS_DIR"] + "/.uploads"
+    import os
+    assert not os.path.exists(staging) or os.listdir(staging) == []
