@@ -138,3 +138,18 @@ def test_standard_network_derives(dataset):
                                                dataset, {})
     assert deploy.layer[0].type == "Input"
     assert not any(l.type == "Data" for l in deploy.layer)
+
+
+def test_pixel_and_image_mean(dataset):
+    import numpy as np
+    from engine.blobproto import write_binaryproto
+    mean = np.zeros((1, 1, 8, 8), np.float32)
+    mean[0, 0, :4] = 1000.5  # a 16-bit dataset: the per-channel mean stays fractional
+    write_binaryproto(os.path.join(dataset.folder, "mean.binaryproto"), mean)
+    train_val, _ = derive.derive_networks(parse_net(TINY_NET), dataset, {"mean": "pixel"})
+    layers = {l.name: l for l in train_val.layer}
+    assert list(layers["train_data"].transform_param.mean_value) == [pytest.approx(500.25)]
+    assert len(layers["train_label"].transform_param.mean_value) == 0  # labels are never shifted
+    train_val, _ = derive.derive_networks(parse_net(TINY_NET), dataset, {"mean": "image"})
+    layers = {l.name: l for l in train_val.layer}
+    assert layers["val_data"].transform_param.mean_file == os.path.join(dataset.folder, "mean.binaryproto")
