@@ -34,7 +34,8 @@ def test_health_and_openapi(env):
     routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()
               if r.rule.startswith("/api/")}
     routes.discard("/api/jobs/{job_id}/{action}")
-    routes |= {"/api/jobs/{job_id}/abort", "/api/jobs/{job_id}/resume", "/api/jobs/{job_id}/clone"}
+    routes |= {"/api/jobs/{job_id}/abort", "/api/jobs/{job_id}/resume", "/api/jobs/{job_id}/clone",
+               "/api/jobs/{job_id}/evaluate"}
     assert routes <= documented, routes - documented
 
 
@@ -76,6 +77,8 @@ def test_state_changes_need_json_or_header(env):
     assert client.post(f"/api/jobs/{m}/abort", headers=H).get_json()["status"] == "Aborted"
     assert client.post(f"/api/jobs/{m}/resume", json={}).get_json()["status"] == "Running"
     assert client.post(f"/api/jobs/{m}/clone", json={}).get_json()["epochs"] == 3
+    assert client.post(f"/api/jobs/{m}/evaluate", json={}).get_json()["summary"]["dice"]["mean"] == 0.8
+    assert client.get(f"/api/jobs/{m}/download").data == b"archive"
     assert client.post(f"/api/jobs/{m}/explode", json={}).status_code == 404
     assert client.delete(f"/api/jobs/{m}").status_code == 403
     assert client.delete(f"/api/jobs/{m}", headers=H).get_json() == {"deleted": m}
@@ -144,3 +147,15 @@ def test_infer_api_record_and_upload(env):
     assert client.post(f"/api/jobs/{m}/infer", json={}).status_code == 400
     assert client.post(f"/api/jobs/{m}/infer", json={"record": "zzz"}).status_code == 400
     assert client.get(f"/api/jobs/{m}/evaluation").get_json()["summary"]["dice"]["mean"] == 0.8
+
+
+def test_openapi_document_is_valid_yaml_with_schemas(env):
+    yaml = pytest.importorskip("yaml")
+    client, _, _ = env
+    doc = yaml.safe_load(client.get("/api/openapi.yaml").get_data(as_text=True))
+    assert doc["openapi"].startswith("3.")
+    assert "Error" in doc["components"]["schemas"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method != "parameters":
+                assert op.get("summary") and op.get("responses"), (path, method)

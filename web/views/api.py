@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
 from werkzeug.datastructures import MultiDict
 
 from web.backend import BadRequest
@@ -131,8 +131,10 @@ def job_action(job_id, action):
         backend().resume(job_id)
     elif action == "clone":
         return jsonify(backend().clone(job_id))
+    elif action == "evaluate":
+        return jsonify(backend().evaluate(job_id))
     else:
-        abort(404, f"unknown action {action!r}; use abort, resume or clone")
+        abort(404, f"unknown action {action!r}; use abort, resume, clone or evaluate")
     return jsonify(load_job(job_id) | {"log": None})
 
 
@@ -212,6 +214,13 @@ def complete():
 def evaluation(job_id):
     load_job(job_id, "model")
     return jsonify(backend().evaluation(job_id))
+
+
+@bp.route("/jobs/<job_id>/download")
+def download(job_id):
+    load_job(job_id, "model")
+    path = backend().download(job_id, request.args.get("snapshot", type=int))
+    return send_file(path, as_attachment=True)
 
 
 @bp.route("/jobs/<job_id>/infer", methods=["POST"])
