@@ -356,3 +356,17 @@ def test_errors_name_the_layer():
     layer.setup([(1, 6)])
     with pytest.raises(LayerError, match="expect 6"):
         layer.reshape([(1, 7)])
+
+
+def test_pool_pad_above_half_kernel_uses_caffe_windows():
+    # PyTorch refuses pad > kernel/2; Caffe allows pad < kernel. 1-D along W: in 2, k 3, s 1, pad 2
+    # -> out ceil((2+4-3)/1)+1 = 4, windows start at -2, -1, 0, 1, each divisor 3 (pad cells count)
+    ave = make('name: "p" type: "Pooling" bottom: "x" top: "y" '
+               'pooling_param { pool: AVE kernel_h: 1 kernel_w: 3 pad_h: 0 pad_w: 2 }')
+    xs, (y,) = run(ave, [[[[3.0, 6.0]]]])
+    assert y.flatten().tolist() == pytest.approx([1.0, 3.0, 3.0, 2.0])
+    mx = make('name: "p" type: "Pooling" bottom: "x" top: "y" '
+              'pooling_param { pool: MAX kernel_h: 1 kernel_w: 3 pad_h: 0 pad_w: 2 }')
+    xs, (y,) = run(mx, [[[[3.0, 6.0]]]])
+    assert y.flatten().tolist() == [3.0, 6.0, 6.0, 6.0]
+    assert grads(xs, y, [[[[1.0, 1.0, 1.0, 1.0]]]])[0] == [[[[1.0, 3.0]]]]

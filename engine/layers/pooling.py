@@ -87,10 +87,30 @@ class PoolingLayer(Layer):
         top = shape[:2] + tuple(outs)
         return [top] * len(self.param.top)
 
+    def _torch_agrees(self, shape, kernel, outs) -> bool:
+        """Whether PyTorch's own padding/ceil_mode gives Caffe's windows (no copy needed)."""
+        for i in range(2):
+            if 2 * self.pad[i] > kernel[i]:
+                return False
+            frac = (shape[2 + i] + 2 * self.pad[i] - kernel[i]) / self.stride[i]
+            out = (math.floor(frac) if self.floor else math.ceil(frac)) + 1
+            if not self.floor and (out - 1) * self.stride[i] >= shape[2 + i] + self.pad[i]:
+                out -= 1  # PyTorch drops a last window starting in the right padding
+            if out != outs[i]:
+                return False
+        return True
+
     def forward(self, bottoms, params):
         x = bottoms[0]
         kernel, outs = self._geometry(x.shape)
         h, w = x.shape[2], x.shape[3]
+        if len(self.param.top) == 1 and self._torch_agrees(x.shape, kernel, outs):
+            # same windows, same first-maximum rule, and for AVE the same divisor (pad cells
+            # count, ceil overhang does not: count_include_pad with ceil_mode), notes §2.3
+            if self.method == _P.MAX:
+                return [F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=not self.floor)]
+            return [F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=not self.floor,
+                                 count_include_pad=True)]
         # pad left by `pad`; pad (or crop) right so the last window ends exactly at the input edge
         right = [(outs[i] - 1) * self.stride[i] + kernel[i] - (x.shape[2 + i] + self.pad[i]) for i in range(2)]
         pads = [self.pad[1], right[1], self.pad[0], right[0]]
