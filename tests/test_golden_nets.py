@@ -9,15 +9,17 @@ from conftest import build, check_case, golden_case_names, load_golden, run_forw
 
 CASES = golden_case_names("nets")
 
-# The gray net feeds 16-bit-range values (up to ~4000) into conv1, so norm1 sums squares of
-# ~1e4 activations. Caffe's LRN keeps a float32 running window sum (add head, subtract tail);
-# our LRN layer (engine/layers/lrn.py) does not reproduce its rounding closely enough: norm1
-# is off by ~3e-4 relative (2-3x the tolerance) and the gradients through LRN by ~10%. The
-# RGB net (same topology, 8-bit-range input) matches everywhere, so the net logic is not at
-# fault: gradients match down to fc6 and diverge at pool5, where argmax choices between
-# near-equal activations follow the small forward difference. strict: the test turns red as soon as the LRN layer matches, so this mark goes away.
+# The gray net feeds 16-bit-range values (up to ~4000) into conv1, whose outputs reach ~1.2e4.
+# Our conv1 differs from Caffe's by a few float32 ULPs (summation order of im2col+GEMM), and
+# Caffe's LRN keeps a float32 running window sum of squares (~1e8) whose rounding amplifies
+# those last bits to ~3e-4 relative at norm1 (2-3x the golden tolerance). Fed Caffe's own
+# pool1, our LRN layer reproduces Caffe's norm1 to 1e-7 relative, so the layer is right; the
+# case is ill-conditioned. Downstream, max-pool argmax choices between near-equal activations
+# follow the difference: parameter gradients match above pool5 and drift by ~1-2% below it.
+# strict: if it ever passes, the mark must go. test_gray_net_within_its_conditioning checks
+# what this case can check.
 KNOWN_LRN_PRECISION = pytest.mark.xfail(
-    strict=True, reason="LRN float32 running-sum rounding at 16-bit input magnitudes (engine/layers/lrn.py)")
+    strict=True, reason="ill-conditioned at 16-bit magnitudes: LRN running-sum rounding amplifies conv1 ULP differences")
 
 
 def _marked(name):
@@ -31,6 +33,22 @@ def test_cases_are_present():
 @pytest.mark.parametrize("name", [_marked(n) for n in CASES])
 def test_net_case(name):
     check_case(load_golden("nets", name))
+
+
+def test_gray_net_within_its_conditioning():
+    """The gray case at the precision its conditioning allows: every blob to 1e-3·max, the loss
+    to 1e-4, and the gradients of the layers above pool5 (no LRN/argmax in between) exactly."""
+    from conftest import assert_close_to_caffe
+    case = load_golden("nets", "fcn_alexnet_slim_gray")
+    net = build(case)
+    run_forward_backward(net, case)
+    for name, expected in case.keys("blob").items():
+        atol = 1e-3 * float(np.abs(expected).max())
+        np.testing.assert_allclose(net.blobs[name].data, expected, rtol=0, atol=atol, err_msg=name)
+    assert float(net.blobs["loss"].data) == pytest.approx(float(case.io["blob:loss"]), rel=1e-4)
+    for layer in ("fc6", "fc7", "score_fr", "upscore"):
+        for i, blob in enumerate(net.params[layer]):
+            assert_close_to_caffe(blob.diff, case.io[f"pgrad:{layer}:{i}"], f"pgrad:{layer}:{i}")
 
 
 def test_v1_weights_give_identical_results():
