@@ -139,3 +139,14 @@ def test_uploaded_python_layer_is_stored_in_the_job(site):
     staging = client.application.config["JOBS_DIR"] + "/.uploads"
     import os
     assert not os.path.exists(staging) or os.listdir(staging) == []
+
+
+def test_known_pretrained_models_are_listed(site):
+    client, svc, ds, data = site
+    pytest.importorskip("jobs.pretrained")
+    (data / "pretrained").mkdir()
+    (data / "pretrained" / "bvlc_alexnet.caffemodel").write_bytes(b"w" * 10)
+    html = client.get("/?tab=pretrained").get_data(as_text=True)
+    assert "bvlc_alexnet" in html and "caffeseg pretrained VGG16" in html
+    html = client.get("/models/new").get_data(as_text=True)
+    assert f'data-path="{data.resolve() / "pretrained" / "bvlc_alexnet.caffemodel"}"' in html

@@ -486,10 +486,19 @@ class ServiceBackend(Backend):
         return out
 
     def pretrained_models(self):
+        """The known public models (jobs.pretrained) and whether `caffeseg pretrained NAME` fetched them."""
         try:
-            return [self._summary(j) for j in self.jobs("pretrained")]
-        except Unavailable:
+            from jobs.pretrained import KNOWN_MODELS
+        except ImportError:
             return []
+        folder = Path(self.settings["DATA_DIR"]) / "pretrained"
+        out = []
+        for name, model in KNOWN_MODELS.items():
+            path = folder / model.filename
+            out.append({"id": name, "name": name, "description": model.description, "use": model.use,
+                        "path": str(path), "available": path.is_file(),
+                        "size": path.stat().st_size if path.is_file() else None})
+        return out
 
     def inspect_network(self, text, dataset_id=None):
         from web.netinspect import inspect

@@ -37,7 +37,12 @@ def index():
         tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": len(mine),
                      "metric_names": metric_names[:4]})
     active = request.args.get("tab", "dataset")
-    return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm())
+    try:
+        pretrained = backend().pretrained_models()
+    except Unavailable:
+        pretrained = []
+    return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm(),
+                           pretrained=pretrained)
 
 
 @bp.route("/jobs/bulk", methods=["POST"])

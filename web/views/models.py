@@ -40,7 +40,8 @@ def _fill_choices(form: ModelForm) -> dict:
     previous = [j for j in _safe(lambda: backend().jobs("model"), []) if j.get("kind") == "model"]
     form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
     pretrained = _safe(lambda: backend().pretrained_models(), [])
-    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
+    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained
+                                                  if p.get("available", True))
     return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}
 
 

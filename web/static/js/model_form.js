@@ -8,7 +8,7 @@
   const gutter = document.querySelector(".editor .gutter");
 
   function showTab(name) {
-    source.value = name;
+    if (name !== "pretrained") source.value = name;  // weights add to a network; they are not one
     document.querySelectorAll("[data-net-tab]").forEach(t => t.classList.toggle("active", t.dataset.netTab === name));
     document.querySelectorAll("[data-net-panel]").forEach(p => { p.hidden = p.dataset.netPanel !== name; });
     if (name === "custom") updateGutter();
@@ -64,6 +64,15 @@
     }
     editor.value = text;
     showTab("custom");
+  }));
+
+  document.querySelectorAll(".use-weights").forEach(link => link.addEventListener("click", ev => {
+    ev.preventDefault();
+    const field = document.getElementById("pretrained_model");
+    const paths = field.value.split(":").filter(Boolean);
+    if (!paths.includes(link.dataset.path)) paths.push(link.dataset.path);
+    field.value = paths.join(":");
+    field.focus();
   }));
 
   document.getElementById("visualize").addEventListener("click", async () => {
