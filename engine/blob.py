@@ -15,11 +15,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_AT_DEVICE, _AT_HOST, _SYNCED = "device", "host", "synced"
+_AT_DEVICE, _AT_HOST = "device", "host"
 
 
 class _Synced:
-    """One array (data or diff): a device tensor and, off the CPU, a host mirror."""
+    """One array (data or diff): a device tensor and, off the CPU, a host mirror.
+
+    Like Caffe's SyncedMemory with mutable access on both sides: handing out the device
+    tensor moves the head to the device (the caller may modify it), handing out the host
+    array moves it to the host. A read on one side copies only when the head is on the other.
+    """
 
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
@@ -32,24 +37,18 @@ class _Synced:
     def device_tensor(self) -> torch.Tensor:
         if self.head == _AT_HOST:
             self.tensor.copy_(torch.from_numpy(self.host))
-            self.head = _SYNCED
+        self.head = _AT_DEVICE
         return self.tensor
 
     def set_device_tensor(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
         self.head = _AT_DEVICE
-        if self.host is not None and self.host.shape != tuple(tensor.shape):
-            self.host = None
 
     def host_array(self) -> np.ndarray:
         if self.on_cpu():
             return self.tensor.numpy()
-        if self.host is None or self.host.shape != tuple(self.tensor.shape):
-            self.host = np.empty(tuple(self.tensor.shape), np.float32)
-            self.head = _AT_DEVICE if self.head != _AT_HOST else self.head
-        if self.head == _AT_DEVICE:
-            self.host[...] = self.tensor.detach().cpu().numpy()
-        # the caller may write into the array: the host copy is now the one that counts
+        if self.head == _AT_DEVICE or self.host is None or self.host.shape != tuple(self.tensor.shape):
+            self.host = self.tensor.detach().cpu().numpy()
         self.head = _AT_HOST
         return self.host
 

@@ -138,7 +138,7 @@ class Net:
         self.outputs = sorted(available)
         self._decide_backward(expanded)
         self._records_grad = any(layer.need_backward for layer in self.layers)
-        self._loss_terms: list[torch.Tensor] = []
+        self._loss_terms: dict[int, torch.Tensor] = {}  # layer index -> its weighted loss
 
     def _where(self) -> str:
         return self.source or "net"
@@ -378,7 +378,7 @@ class Net:
     @property
     def last_loss(self) -> float:
         """Caffe's objective of the last forward: Σ loss_weight·Σ top."""
-        return float(sum(float(t) for t in self._loss_terms)) if self._loss_terms else 0.0
+        return float(sum(float(t) for t in self._loss_terms.values()))
 
     def _layer_index(self, name: str | None, default: int) -> int:
         if name is None:
@@ -414,14 +414,18 @@ class Net:
         return {name: self.blobs[name].data for name in wanted}
 
     def _forward_range(self, start: int, end: int) -> None:
-        if start == 0:
-            self._loss_terms = []
-        for layer in self.layers[start:end + 1]:
+        for index in range(start, end + 1):
+            layer = self.layers[index]
             if layer.is_source:
                 continue
-            self._forward_layer(layer)
+            loss = self._forward_layer(layer)
+            if loss is None:
+                self._loss_terms.pop(index, None)
+            else:
+                self._loss_terms[index] = loss
 
-    def _forward_layer(self, layer: NetLayer) -> None:
+    def _forward_layer(self, layer: NetLayer) -> torch.Tensor | None:
+        """Run one layer; return its weighted loss (None when no top carries a loss weight)."""
         impl = layer.impl
         bottoms = [blob.tensor for blob in layer.bottoms]
         shapes = tuple(tuple(t.shape) for t in bottoms)
@@ -447,6 +451,7 @@ class Net:
         if len(tops) != len(layer.tops):
             raise NetError(f"layer '{layer.name}' ({layer.type}) produced {len(tops)} tops for "
                            f"{len(layer.tops)} top blobs")
+        loss = None
         for blob, top, w in zip(layer.tops, tops, layer.loss_weights):
             if top.device != self.device or top.dtype != torch.float32:
                 top = top.to(self.device, torch.float32)
@@ -455,7 +460,9 @@ class Net:
             if w:
                 if reshaped:
                     blob.grad_tensor.fill_(w)
-                self._loss_terms.append(top.detach().sum() * w)
+                term = top.detach().sum() * w
+                loss = term if loss is None else loss + term
+        return loss
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Run backward from layer ``start`` down to ``end`` (names; default: all); return

@@ -184,6 +184,15 @@ def test_gpu_net_host_writes_reach_the_device(tmp_path):
     net.blobs["data"].data[...] = x
     cpu.blobs["data"].data[...] = x
     np.testing.assert_allclose(net.forward()["score"], cpu.forward()["score"], rtol=1e-4, atol=1e-4)
+    # device-side in-place updates (the solvers) show in the next host read, and back
+    weights = net.params["conv1"][0]
+    before = weights.data.copy()
+    weights.tensor.sub_(1.0)
+    np.testing.assert_allclose(weights.data, before - 1.0)
+    weights.data[...] = 5.0
+    assert float(weights.tensor.min()) == 5.0
+    weights.grad_tensor.fill_(2.0)
+    assert (weights.diff == 2.0).all()
 
 
 def test_caffe_io_conversions_and_transformer(tmp_path):
