@@ -293,8 +293,11 @@ def test_full_workflow(request, tmp_path):
 
         page.click("text=Test the model")
         page.select_option("#record", index=1)
+        page.check("#visualize")
         page.click("#test-record")
         page.wait_for_selector(".overlay-view[data-ready='1']", timeout=60_000)
+        assert "Layers: activations and weights" in page.inner_text("main")
+        assert page.locator("text=conv1").count() >= 1
         page.fill(".ov-opacity", "90")
         page.dispatch_event(".ov-opacity", "input")
         assert page.inner_text(".ov-opacity-value") == "90%"
@@ -318,3 +321,6 @@ def test_full_workflow(request, tmp_path):
         assert not page.js_errors
     finally:
         server.stop()
+        stop = getattr(app.extensions["caffeseg_backend"].service, "_stop", None)
+        if stop is not None:
+            stop.set()  # end the worker thread the app started
