@@ -99,7 +99,23 @@ def _engine_factory():
     return None  # the solver's default: engine.Net
 
 
-FACTORIES = {"reference": lambda: ReferenceNet, "engine": _engine_factory}
+def _engine_cuda_factory():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _engine_factory()
+    import engine
+    engine.set_mode_gpu()  # nets built from now on live on the GPU; the fixture below resets
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _cpu_mode_afterwards():
+    yield
+    import engine
+    engine.set_mode_cpu()
+
+
+FACTORIES = {"reference": lambda: ReferenceNet, "engine": _engine_factory, "engine-cuda": _engine_cuda_factory}
 
 
 def _feed(net, trace, it):
@@ -118,7 +134,7 @@ def _params(net, layer):
     return [blob.data for blob in net.params[layer]]
 
 
-@pytest.mark.parametrize("factory", ["reference", "engine"])
+@pytest.mark.parametrize("factory", ["reference", "engine", "engine-cuda"])
 @pytest.mark.parametrize("case", CASES)
 def test_trajectory_matches_caffe(case, factory, monkeypatch, tmp_path):
     solver, trace = _solver(case, factory, monkeypatch)
@@ -152,7 +168,7 @@ def test_trajectory_matches_caffe(case, factory, monkeypatch, tmp_path):
             _close(blobproto_to_array(ours_model[layer.name][k]), blobproto_to_array(bp), f"{layer.name} blob {k}")
 
 
-@pytest.mark.parametrize("factory", ["reference", "engine"])
+@pytest.mark.parametrize("factory", ["reference", "engine", "engine-cuda"])
 @pytest.mark.parametrize("case", ["sgd_fixed", "sgd_multistep", "adam", "adadelta"])
 def test_restore_caffe_snapshot_and_continue(case, factory, monkeypatch):
     solver, trace = _solver(case, factory, monkeypatch)
@@ -160,7 +176,7 @@ def test_restore_caffe_snapshot_and_continue(case, factory, monkeypatch):
     state = read_solverstate("snap_iter_6.solverstate")
     assert solver.iter == 6 and solver.lr_policy.current_step == state.current_step
     for h, bp in zip(solver.history, state.history):
-        _close(h.numpy(), blobproto_to_array(bp), f"{case} restored history")
+        _close(h.cpu().numpy(), blobproto_to_array(bp), f"{case} restored history")
     # learned_net was loaded: the weights are Caffe's after step 6
     _close(_params(solver.net, "conv1")[0], trace["after:5:conv1:0"], "restored conv1 weights")
     _feed(solver.net, trace, 5)
