@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -186,3 +187,44 @@ def test_standard_networks_come_from_the_prototxt_folder(backend):
     assert nets["fcn_alexnet"]["title"] == "FCN-AlexNet"
     assert 'name: "fcn_alexnet"' in nets["fcn_alexnet"]["text"]
     assert nets["fcn_alexnet"]["description"].startswith("FCN-AlexNet")
+
+
+class BuildingService:
+    """A service whose dataset build reports progress and then waits until the test lets it finish."""
+
+    def __init__(self, root):
+        self.root = root
+        self.jobs = []
+        self.release = threading.Event()
+
+    def list_jobs(self, kind=None):
+        return [dict(j) for j in self.jobs if kind in (None, j["kind"])]
+
+    def show(self, job_id):
+        return next(dict(j) for j in self.jobs if j["id"] == job_id)
+
+    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build):
+        job = {"id": "ds-building", "kind": "dataset", "name": name, "status": "Running",
+               "dir": str(self.root / "ds-building"), "created_at": time.time(), "build": build}
+        self.jobs.append(job)
+        progress({"phase": "encode", "done_all": 3, "total_all": 4})
+        log("encoded 3 of 4 records")
+        self.release.wait(5)
+        job["status"] = "Done"
+        return job
+
+
+def test_dataset_build_runs_in_the_background_with_progress_and_log(tmp_path):
+    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
+    b._service = svc = BuildingService(tmp_path)
+    job_id = b.create_dataset("sunny-test-plugin", {"image_folder": "/x"},
+                              {"dataset_name": "d", "group_name": "", "encoding": "png", "encoder_threads": 2})
+    assert job_id == "ds-building"
+    job = b.job(job_id)
+    assert job["status"] == "Running" and job["progress"] == 0.75 and "encoded 3 of 4" in job["log"]
+    assert svc.jobs[0]["build"] == {"encoding": "png", "workers": 2}
+    svc.release.set()
+    deadline = time.time() + 5
+    while b.job(job_id)["status"] != "Done" and time.time() < deadline:
+        time.sleep(0.02)
+    assert b.job(job_id)["status"] == "Done"

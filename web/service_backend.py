@@ -95,7 +95,8 @@ class ServiceBackend(Backend):
         self._service = None
         self._lock = threading.Lock()
         self._key_cache: dict[tuple, list[str]] = {}
-        self._building: dict[str, threading.Thread] = {}
+        # Progress and log lines of the datasets this process is building, by job id.
+        self._builds: dict[str, dict] = {}
         # LMDB refuses to open a database that is already open in the same process, and the
         # explorer's images are requested in parallel while the service (inference, evaluation)
         # opens the same val database: every LMDB use from this process goes through this lock.
@@ -184,6 +185,8 @@ class ServiceBackend(Backend):
         jobs = [self._summary(j) for j in raw]
         jobs = [j for j in jobs if kind is None or j["kind"] == kind]
         for job in jobs:
+            if job["id"] in self._builds and job["status"].lower() == "running":
+                job["progress"] = self._builds[job["id"]]["progress"]
             if job["kind"] == "dataset" and "summary" not in job:
                 job["summary"] = _dataset_summary(_dataset_info_view(_read_json(Path(job["dir"]) / "dataset.json")))
             if job["kind"] == "model" and not job["metrics"]:
@@ -218,6 +221,11 @@ class ServiceBackend(Backend):
         job["history"] = [_history_entry(h) for h in (_get(job, "history", "status_history", default=[]) or [])]
         if job.get("log") is None:
             job["log"] = self._read_log(job_dir)
+        build = self._builds.get(job_id)
+        if build is not None and job["status"].lower() == "running":
+            job["progress"] = build["progress"]
+            if not job.get("log"):
+                job["log"] = "\n".join(build["log"][-2000:]) or None
         if job["kind"] == "dataset":
             info = job.get("info")
             if not info and (job_dir / "dataset.json").is_file():
@@ -371,6 +379,16 @@ class ServiceBackend(Backend):
         kwargs.update(extra)
         before = {j["id"] for j in self.jobs("dataset")}
         errors: list[BaseException] = []
+        state = {"progress": 0.0, "log": []}
+
+        def progress(event):
+            if isinstance(event, dict) and event.get("total_all"):
+                state["progress"] = float(event.get("done_all") or 0) / float(event["total_all"])
+
+        def log(line):
+            state["log"].append(str(line))
+
+        kwargs.update(progress=progress, log=log)
 
         def build():
             try:
@@ -384,7 +402,7 @@ class ServiceBackend(Backend):
         while time.time() < deadline:
             new = [j for j in self.jobs("dataset") if j["id"] not in before]
             if new:
-                self._building[new[0]["id"]] = thread
+                self._builds[new[0]["id"]] = state
                 return new[0]["id"]
             if errors:
                 break
