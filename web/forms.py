@@ -11,7 +11,7 @@ import re
 from flask import current_app
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import (BooleanField, DecimalField, FloatField, HiddenField, IntegerField, RadioField,
+from wtforms import (BooleanField, FloatField, HiddenField, IntegerField, RadioField,
                      SelectField, StringField, TextAreaField)
 from wtforms.validators import DataRequired, InputRequired, NumberRange, Optional, ValidationError
 

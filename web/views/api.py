@@ -16,7 +16,7 @@ from web.backend import BadRequest
 from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from web.safety import check_job_id, complete_path
 from web.views.common import backend, load_job, plugin_by_id, plugins
-from web.views.models import MODEL_OPTION_FIELDS, _fill_choices, _options
+from web.views.models import _fill_choices, _options
 from web.views import inference as inference_views
 
 bp = Blueprint("api", __name__, url_prefix="/api")
