@@ -75,6 +75,8 @@ def test_home_and_dataset_pages_on_the_real_service(site):
     png = client.get(f"/datasets/{ds['id']}/records/val/1/feature.png")
     assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
     assert client.get(f"/datasets/{ds['id']}/records/val/1/label.png").status_code == 200
+    html = client.get(f"/datasets/{ds['id']}/clone").get_data(as_text=True)
+    assert "imported (clone)" in html and 'name="image_folder"' in html
 
 
 def test_model_creation_clone_and_delete_rules(site):
