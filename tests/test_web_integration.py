@@ -152,3 +152,26 @@ def test_known_pretrained_models_are_listed(site):
     assert "bvlc_alexnet" in html and "caffeseg pretrained VGG16" in html
     html = client.get("/models/new").get_data(as_text=True)
     assert f'data-path="{data.resolve() / "pretrained" / "bvlc_alexnet.caffemodel"}"' in html
+
+
+def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
+    pytest.importorskip("plugin.sunnybrook")
+    import time
+    client, svc, _, data = site
+    (data / "empty_images").mkdir()
+    (data / "empty_contours").mkdir()
+    form = {"image_folder": str(data / "empty_images"), "contour_folder": str(data / "empty_contours"),
+            "channel_conversion": "L", "val_percent": "10", "contour_type": "inner", "split_by": "slice",
+            "seed": "0", "encoding": "none", "encoder_batch_size": "32", "encoder_threads": "1",
+            "db_backend": "lmdb", "enforce_same_shape": "y", "dataset_name": "nothing here"}
+    resp = client.post("/datasets/new/sunnybrook", data=form)
+    # Field values are valid; the folder's content is only examined by the build, in the background.
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job_id = resp.headers["Location"].rsplit("/", 1)[1]
+    deadline = time.time() + 30
+    while svc.show(job_id)["status"] == "Running" and time.time() < deadline:
+        time.sleep(0.1)
+    job = svc.show(job_id)
+    assert job["status"] == "Error"
+    html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
+    assert "flash-error" in html and "is empty" in html and "nothing here" in html
