@@ -185,3 +185,43 @@ def test_python_loss_layer_weighs_zero_unless_loss_weight_is_given(tmp_path, mon
         assert net.last_loss == pytest.approx(6.0 * weight)
         net.backward()
         np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 3), weight))
+
+
+def test_python_layer_blobs_become_learnable_net_params(tmp_path, monkeypatch):
+    from engine.net import Net
+    _write_module(tmp_path, "user_layer_scale", """
+        import caffe
+
+        class Scale(caffe.Layer):
+            def setup(self, bottom, top):
+                self.blobs.add_blob(1)
+                self.blobs[0].data[...] = 3.0
+
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].shape)
+
+            def forward(self, bottom, top):
+                top[0].data[...] = bottom[0].data * self.blobs[0].data[0]
+
+            def backward(self, top, propagate_down, bottom):
+                self.blobs[0].diff[...] = (top[0].diff * bottom[0].data).sum()
+                if propagate_down[0]:
+                    bottom[0].diff[...] = top[0].diff * self.blobs[0].data[0]
+        """)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'force_backward: true\n'
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }\n'
+        'layer { name: "py" type: "Python" bottom: "x" top: "y" param { lr_mult: 2 } '
+        'python_param { module: "user_layer_scale" layer: "Scale" } }\n')
+    net = Net("net.prototxt", caffe_pb2.TRAIN)
+    assert [p.data.tolist() for p in net.params["py"]] == [[3.0]]
+    assert [(m, d) for _, m, d in net.learnable_params] == [(2.0, 1.0)]
+    net.params["py"][0].data[...] = 5.0  # e.g. copy_from or a solver update
+    net.blobs["x"].data[...] = [[1, 2], [3, 4]]
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].data, [[5, 10], [15, 20]])
+    net.blobs["y"].diff[...] = 1.0
+    net.backward()
+    np.testing.assert_array_equal(net.params["py"][0].diff, [10.0])
+    np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 2), 5.0))

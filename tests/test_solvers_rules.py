@@ -163,3 +163,11 @@ def test_default_snapshot_prefix_is_the_solver_path_stem(monkeypatch, tmp_path):
     path.write_text(text.replace('net: "net.prototxt"', f'net: "{os.path.join(ROOT, "sgd_fixed", "net.prototxt")}"'))
     solver = Solver(str(path), ReferenceNet)
     assert solver.snapshot_paths()[0] == str(tmp_path / "my_solver_iter_0.caffemodel")
+
+
+def test_test_compute_loss_reports_the_mean_objective(monkeypatch):
+    solver, trace, _ = _solver(monkeypatch, "test_iter: 3 test_interval: 100 test_compute_loss: true")
+    _feed(solver.test_nets[0], trace, 0)
+    solver.test_nets[0].copy_from("init.caffemodel")
+    result = solver.test(0)
+    assert result.loss == pytest.approx(result.outputs["loss"]) and result.loss == pytest.approx(trace["loss"][0], rel=1e-5)

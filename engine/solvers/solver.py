@@ -45,6 +45,7 @@ class TestResult:
     iter: int
     net_index: int
     outputs: dict             #: output name -> mean value (float or array) over test_iter passes
+    loss: float | None = None  #: mean objective over the passes, when test_compute_loss
 
 
 def _merged_state(phase: int, net_param: caffe_pb2.NetParameter, extra: caffe_pb2.NetState | None):
@@ -342,10 +343,11 @@ class Solver:
                 value = np.array(net.blobs[name].data, dtype=np.float64, copy=True)
                 sums[name] = sums[name] + value if name in sums else value
         means = {name: (v / max(1, iters)) for name, v in sums.items()}
-        if p.test_compute_loss:
-            means["__loss__"] = loss / max(1, iters)
-        result = TestResult(self.iter, index, {k: (float(v) if np.ndim(v) == 0 or np.size(v) == 1
-                                                    else v) for k, v in means.items()})
+        result = TestResult(self.iter, index,
+                            {k: (float(np.ravel(v)[0]) if np.size(v) == 1 else v) for k, v in means.items()},
+                            loss / max(1, iters) if p.test_compute_loss else None)
+        if result.loss is not None:
+            log.info("Test loss: %g", result.loss)
         for name, value in result.outputs.items():
             log.info("Test net output: %s = %s", name, value)
         for fn in self._test_listeners:
