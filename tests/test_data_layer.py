@@ -204,3 +204,16 @@ def test_golden_lmdb_transform_through_the_engine_net(monkeypatch):
         for name in ("data", "rgb", "label"):
             want = expected[f"batch:{k}:{name}"]
             np.testing.assert_allclose(net.blobs[name].data.reshape(want.shape), want, rtol=1e-6, atol=1e-6)
+
+
+def test_two_layers_may_read_the_same_database(tmp_path):
+    """A train net and its test net often share a database; LMDB allows one open per process."""
+    _indexed_db(tmp_path / "db", 3, h=1, w=1)
+    text = (f'layer {{ name: "d" type: "Data" top: "d" data_param {{ source: "{tmp_path}/db" '
+            f'backend: LMDB batch_size: 2 }} }}')
+    first, second = _layer(text), _layer(text)
+    assert first.forward([], [])[0].numpy().ravel().tolist() == [0, 100]
+    assert second.forward([], [])[0].numpy().ravel().tolist() == [0, 100]  # its own cursor
+    assert first.forward([], [])[0].numpy().ravel().tolist() == [200, 0]
+    first.close()
+    second.close()

@@ -191,16 +191,17 @@ def test_restore_rejects_a_state_of_another_solver_type(monkeypatch):
         solver.restore(os.path.join(ROOT, "adam", "snap_iter_6.solverstate"))
 
 
-def test_solve_snapshots_and_resumes_bit_for_bit(monkeypatch, tmp_path):
+@pytest.mark.parametrize("factory", ["reference", "engine"])
+def test_solve_snapshots_and_resumes_bit_for_bit(factory, monkeypatch, tmp_path):
     """Snapshot at 3, continue to 6; a second solver resumed from the snapshot ends identical."""
-    solver, trace = _solver("sgd_multistep", "reference", monkeypatch)
+    solver, trace = _solver("sgd_multistep", factory, monkeypatch)
     solver.param.snapshot = 3
     solver.param.snapshot_prefix = str(tmp_path / "run")
     for it in range(6):
         _feed(solver.net, trace, it)
         solver.step(1)
     assert os.path.exists(tmp_path / "run_iter_3.caffemodel") and os.path.exists(tmp_path / "run_iter_6.solverstate")
-    resumed, _ = _solver("sgd_multistep", "reference", monkeypatch)
+    resumed, _ = _solver("sgd_multistep", factory, monkeypatch)
     resumed.restore(str(tmp_path / "run_iter_3.solverstate"))
     assert resumed.iter == 3
     for it in range(3, 6):

@@ -171,3 +171,48 @@ def test_test_compute_loss_reports_the_mean_objective(monkeypatch):
     solver.test_nets[0].copy_from("init.caffemodel")
     result = solver.test(0)
     assert result.loss == pytest.approx(result.outputs["loss"]) and result.loss == pytest.approx(trace["loss"][0], rel=1e-5)
+
+
+def test_solve_trains_from_lmdb_data_layers_with_tests_and_snapshots(monkeypatch, tmp_path):
+    pytest.importorskip("engine.net")
+    from engine.datum import array_to_datum
+    from engine.lmdb_io import LmdbWriter
+    gen = np.random.default_rng(0)
+    with LmdbWriter(str(tmp_path / "train_db")) as w:
+        for i in range(5):
+            image = gen.integers(0, 255, (1, 6, 6), dtype=np.uint8)
+            w.put("%05d" % i, array_to_datum(image, label=int(image.mean() > 127)).SerializeToString())
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "d" type: "Data" top: "data" top: "label" transform_param { scale: 0.0039 mirror: true '
+        'crop_size: 4 } data_param { source: "train_db" backend: LMDB batch_size: 2 } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n'
+        'layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" include { phase: TEST } }\n')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 lr_policy: "step" gamma: 0.5 stepsize: 2 momentum: 0.9 max_iter: 4 '
+        'test_iter: 2 test_interval: 2 snapshot: 2 snapshot_prefix: "out/run" display: 1 random_seed: 5 type: "Nesterov"')
+    monkeypatch.chdir(tmp_path)
+    solver = get_solver("solver.prototxt")
+    tests, infos = [], []
+    solver.add_test_listener(tests.append)
+    solver.add_iteration_listener(infos.append)
+    solver.solve()
+    assert solver.iter == 4 and [i.iter for i in infos] == [1, 2, 3, 4]
+    assert [i.lr for i in infos] == pytest.approx([0.1, 0.1, 0.05, 0.05])
+    assert [t.iter for t in tests] == [0, 2, 4] and set(tests[0].outputs) == {"acc", "loss"}
+    for n in (2, 4):
+        assert (tmp_path / f"out/run_iter_{n}.caffemodel").exists()
+        state = read_solverstate_path(tmp_path / f"out/run_iter_{n}.solverstate")
+        assert state.iter == n and state.learned_net == f"out/run_iter_{n}.caffemodel"
+    again = get_solver("solver.prototxt")
+    again.restore("out/run_iter_2.solverstate")
+    np.testing.assert_array_equal(again.history[0].numpy(), np.array(read_solverstate_path(
+        tmp_path / "out/run_iter_2.solverstate").history[0].data).reshape(again.history[0].shape))
+    again.step(1)
+    assert again.iter == 3
+
+
+def read_solverstate_path(path):
+    from engine.caffemodel import read_solverstate
+    return read_solverstate(str(path))

@@ -49,12 +49,47 @@ def decode_record(raw: bytes, tp: caffe_pb2.TransformationParameter, where: str)
     return datum_to_array(datum), datum.label
 
 
+class _SharedReaders:
+    """One open LmdbReader per database path for the whole process.
+
+    LMDB refuses to open the same environment twice in one process, and a train net and its
+    test net (or two solvers) often read the same database; every user gets its own cursor
+    and read transaction on the shared environment instead.
+    """
+
+    _lock = threading.Lock()
+    _open: dict[str, list] = {}
+
+    @classmethod
+    def acquire(cls, path: str):
+        from engine.lmdb_io import LmdbReader
+        key = os.path.realpath(path)
+        with cls._lock:
+            entry = cls._open.get(key)
+            if entry is None:
+                entry = cls._open[key] = [LmdbReader(path), 0]
+            entry[1] += 1
+            return entry[0]
+
+    @classmethod
+    def release(cls, path: str):
+        key = os.path.realpath(path)
+        with cls._lock:
+            entry = cls._open.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                entry[0].close()
+                del cls._open[key]
+
+
 class _RecordCursor:
     """Endless key-order walk over an LMDB, wrapping at the end (Caffe's DB cursor + SeekToFirst)."""
 
     def __init__(self, path: str, skip: int = 0):
-        from engine.lmdb_io import LmdbReader
-        self.reader = LmdbReader(path)
+        self.path = path
+        self.reader = _SharedReaders.acquire(path)
         if len(self.reader) == 0:
             raise TransformError(f"{path}: the LMDB database is empty")
         self._items = self.reader.items()
@@ -70,7 +105,7 @@ class _RecordCursor:
 
     def close(self):
         self._items = iter(())
-        self.reader.close()
+        _SharedReaders.release(self.path)
 
 
 @register
@@ -103,13 +138,15 @@ class DataLayer(Layer):
         where = f"layer '{self.name}' ({self.type}) transform_param"
         try:
             self.transformer = Transformer(self.param.transform_param, self.phase, where, self.base_dir)
-            from engine.lmdb_io import LmdbError, LmdbReader
+            from engine.lmdb_io import LmdbError
             try:
-                probe = LmdbReader(self.source)
+                probe = _SharedReaders.acquire(self.source)
             except LmdbError as err:
                 raise self.fail(f"cannot open data_param.source: {err}") from None
-            first = probe.first()
-            probe.close()
+            try:
+                first = probe.first()
+            finally:
+                _SharedReaders.release(self.source)
             if first is None:
                 raise self.fail(f"data_param.source {self.source} is an empty database")
             # The first record fixes the shape but is not consumed (the first batch starts at it)
