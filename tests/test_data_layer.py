@@ -217,3 +217,22 @@ def test_two_layers_may_read_the_same_database(tmp_path):
     assert first.forward([], [])[0].numpy().ravel().tolist() == [200, 0]
     first.close()
     second.close()
+
+
+def test_dropped_layer_stops_its_prefetch_thread(tmp_path):
+    import gc
+    import threading
+    import time
+    _indexed_db(tmp_path / "db", 3, h=1, w=1)
+    layer = _layer(f'layer {{ name: "dropme" type: "Data" top: "d" data_param {{ source: "{tmp_path}/db" '
+                   f'backend: LMDB batch_size: 1 }} }}')
+    layer.forward([], [])
+    thread = layer._thread
+    assert thread.is_alive()
+    del layer
+    gc.collect()
+    deadline = time.time() + 5
+    while thread.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not thread.is_alive()
+    assert not any(t.name == "prefetch-dropme" for t in threading.enumerate())

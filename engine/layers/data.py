@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -108,6 +109,58 @@ class _RecordCursor:
         _SharedReaders.release(self.path)
 
 
+class _Prefetcher:
+    """The background producer: reads, decodes and transforms batches into a bounded queue."""
+
+    def __init__(self, source, skip, batch_size, transform_param, transformer, out_queue, stop):
+        self.source, self.skip, self.batch_size = source, skip, batch_size
+        self.transform_param, self.transformer = transform_param, transformer
+        self.queue, self.stop = out_queue, stop
+
+    def run(self):
+        try:
+            cursor = _RecordCursor(self.source, self.skip)
+        except Exception as err:  # surfaced on the next forward
+            self.put(err)
+            return
+        try:
+            while not self.stop.is_set():
+                try:
+                    batch = self.load_batch(cursor)
+                except Exception as err:
+                    self.put(err)
+                    return
+                self.put(batch)
+        finally:
+            cursor.close()
+
+    def put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def load_batch(self, cursor: _RecordCursor):
+        data = None
+        labels = np.zeros(self.batch_size, dtype=np.float32)
+        for i in range(self.batch_size):
+            key, raw = cursor.next()
+            where = f"{self.source} key \"{key}\""
+            item, label = decode_record(raw, self.transform_param, where)
+            out = self.transformer(item)
+            if data is None:
+                # Caffe shapes each batch from its first datum
+                data = np.empty((self.batch_size,) + out.shape, dtype=np.float32)
+            if out.shape != data.shape[1:]:
+                raise TransformError(f"{where}: item shape {tuple(item.shape)} differs from the batch's "
+                                     f"first item; every record of a Data layer batch must have the same size")
+            data[i] = out
+            labels[i] = float(label)
+        return data, labels
+
+
 @register
 class DataLayer(Layer):
     type = "Data"
@@ -172,51 +225,13 @@ class DataLayer(Layer):
 
     # -- prefetching ---------------------------------------------------------------------
     def _start(self):
-        self._thread = threading.Thread(target=self._produce, name=f"prefetch-{self.name}", daemon=True)
+        prefetcher = _Prefetcher(self.source, self.skip, self.batch_size, self.param.transform_param,
+                                 self.transformer, self._queue, self._stop)
+        self._thread = threading.Thread(target=prefetcher.run, name=f"prefetch-{self.name}", daemon=True)
+        # The thread holds no reference to the layer, so a dropped net is collected and this
+        # finalizer stops its thread (and releases the database).
+        weakref.finalize(self, self._stop.set)
         self._thread.start()
-
-    def _produce(self):
-        try:
-            cursor = _RecordCursor(self.source, self.skip)
-        except Exception as err:  # surfaced on the next forward
-            self._queue.put(err)
-            return
-        try:
-            while not self._stop.is_set():
-                try:
-                    batch = self._load_batch(cursor)
-                except Exception as err:
-                    self._put(err)
-                    return
-                self._put(batch)
-        finally:
-            cursor.close()
-
-    def _put(self, item):
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _load_batch(self, cursor: _RecordCursor):
-        data = None
-        labels = np.zeros(self.batch_size, dtype=np.float32)
-        for i in range(self.batch_size):
-            key, raw = cursor.next()
-            where = f"{self.source} key \"{key}\""
-            item, label = decode_record(raw, self.param.transform_param, where)
-            out = self.transformer(item)
-            if data is None:
-                # Caffe shapes each batch from its first datum
-                data = np.empty((self.batch_size,) + out.shape, dtype=np.float32)
-            if out.shape != data.shape[1:]:
-                raise TransformError(f"{where}: item shape {tuple(item.shape)} differs from the batch's "
-                                     f"first item; every record of a Data layer batch must have the same size")
-            data[i] = out
-            labels[i] = float(label)
-        return data, labels
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """The next prefetched (data, labels) batch as numpy arrays."""
