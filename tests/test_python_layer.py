@@ -225,3 +225,34 @@ def test_python_layer_blobs_become_learnable_net_params(tmp_path, monkeypatch):
     net.backward()
     np.testing.assert_array_equal(net.params["py"][0].diff, [10.0])
     np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 2), 5.0))
+
+
+def test_python_data_layer_without_bottoms_and_changing_shapes(tmp_path, monkeypatch):
+    """FCN's voc_layers style: no bottoms, the next image is loaded in reshape, sizes vary."""
+    from engine.net import Net
+    _write_module(tmp_path, "user_layer_source", """
+        import numpy as np
+        import caffe
+
+        class Images(caffe.Layer):
+            def setup(self, bottom, top):
+                self.index = 0
+
+            def reshape(self, bottom, top):
+                self.index += 1
+                self.image = np.full((1, 1, self.index, self.index + 1), float(self.index), np.float32)
+                top[0].reshape(*self.image.shape)
+
+            def forward(self, bottom, top):
+                top[0].data[...] = self.image
+        """)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "images" type: "Python" top: "data" python_param { module: "user_layer_source" layer: "Images" } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }\n')
+    net = Net("net.prototxt", caffe_pb2.TEST)
+    assert net.blobs["data"].shape == (1, 1, 1, 2)  # Caffe reshapes once at setup
+    for expected in (2, 3):  # ... and again before every forward
+        net.forward()
+        assert net.blobs["out"].shape == (1, 1, expected, expected + 1)
+        assert float(net.blobs["out"].data.max()) == expected
