@@ -91,6 +91,37 @@ def check_score_and_label(bottom, layer_name):
     return n, c, h, w
 
 
+def channel_argmax(scores):
+    """np.argmax(scores, axis=1) for N x C x H x W scores, ties to the lowest class as numpy does.
+
+    A running maximum over the C channel planes instead of numpy's strided reduction along
+    axis 1, which is about ten times slower for the few classes of a segmentation net and made
+    the metric layers a visible share of a training step.
+    """
+    scores = np.asarray(scores)
+    best = np.array(scores[:, 0], copy=True)
+    index = np.zeros(best.shape, dtype=np.int64)
+    for channel in range(1, scores.shape[1]):
+        plane = scores[:, channel]
+        better = plane > best  # strictly greater: an earlier class keeps a tie
+        index[better] = channel
+        np.maximum(best, plane, out=best)
+    return index
+
+
+def predicted_as(scores, target_class):
+    """Boolean N x H x W: pixels whose argmax over channels is ``target_class`` (same ties)."""
+    scores = np.asarray(scores)
+    target = scores[:, target_class]
+    chosen = np.ones(target.shape, dtype=bool)
+    for channel in range(scores.shape[1]):
+        if channel < target_class:
+            chosen &= target > scores[:, channel]
+        elif channel > target_class:
+            chosen &= target >= scores[:, channel]
+    return chosen
+
+
 def dice_ratio(intersection, size_a, size_b):
     """2|A∩B| / (|A|+|B|) elementwise, with 1.0 where both sets are empty (perfect agreement)."""
     intersection = np.asarray(intersection, dtype=np.float64)
@@ -132,9 +163,8 @@ class Dice(caffe.Layer):
     def forward(self, bottom, top):
         target_class = int(self.options["class"])
         labels = labels_of(bottom[1].data, "Dice")
-        prediction = np.argmax(bottom[0].data, axis=1)
         valid = labels != int(self.options["ignore_label"])
-        predicted = (prediction == target_class) & valid
+        predicted = predicted_as(bottom[0].data, target_class) & valid
         labelled = (labels == target_class) & valid
         intersection = np.sum(predicted & labelled, axis=(1, 2))
         per_image = dice_ratio(intersection, np.sum(predicted, axis=(1, 2)), np.sum(labelled, axis=(1, 2)))
@@ -265,7 +295,7 @@ class SegmentationMetrics(caffe.Layer):
             blob.reshape(c if index >= 4 else 1)
 
     def forward(self, bottom, top):
-        values = segmentation_metrics(np.argmax(bottom[0].data, axis=1),
+        values = segmentation_metrics(channel_argmax(bottom[0].data),
                                       labels_of(bottom[1].data, "SegmentationMetrics"),
                                       self.num_classes, int(self.options["ignore_label"]))
         for index, blob in enumerate(top):
