@@ -43,17 +43,29 @@ def write_db(path, arrays):
             w.put("%08d" % i, array_to_datum(a).SerializeToString())
 
 
-@pytest.mark.timeout(180)
-def test_engine_end_to_end(tmp_path):
-    ds = make_dataset_dir(str(tmp_path / "ds"), train=8, val=2, shape=(1, 16, 16))
-    for stage, n, seed in (("train", 8, 0), ("val", 2, 1)):
+def phantom_dataset(tmp_path, train, val):
+    """A dataset folder of 16x16 phantom-like images and labels: ``train`` + ``val`` records."""
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=train, val=val, shape=(1, 16, 16))
+    for stage, n, seed in (("train", train, 0), ("val", val, 1)):
         images, labels = phantom_like(n, seed)
         write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
         write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    return ds
+
+
+def engine_job(tmp_path, **settings):
+    """JobService on the engine backend, the 8 + 2 phantom dataset imported, one TINY_NET model
+    created with ``settings`` over the shared defaults: (service, dataset, job)."""
     svc = JobService(str(tmp_path / "jobs"), backend="engine")
-    dataset = svc.import_dataset(ds, "tiny")
-    [job] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 2,
-                              "base_lr": 0.01, "set_num_output": True, "random_seed": 1})
+    dataset = svc.import_dataset(phantom_dataset(tmp_path, train=8, val=2), "tiny")
+    [job] = svc.create_model(dict({"dataset_id": dataset["id"], "network_text": TINY_NET, "base_lr": 0.01,
+                                   "set_num_output": True, "random_seed": 1}, **settings))
+    return svc, dataset, job
+
+
+@pytest.mark.timeout(180)
+def test_engine_end_to_end(tmp_path):
+    svc, dataset, job = engine_job(tmp_path, epochs=2)
     status = svc.train(job["id"], evaluate=True)
     log = open(os.path.join(job["dir"], "log.txt")).read()
     assert status == st.DONE, log
@@ -90,16 +102,7 @@ def test_engine_sigkill_and_resume_continue_the_series(tmp_path):
     import signal
     import threading
     import time
-    ds = make_dataset_dir(str(tmp_path / "ds"), train=8, val=2, shape=(1, 16, 16))
-    for stage, n, seed in (("train", 8, 0), ("val", 2, 1)):
-        images, labels = phantom_like(n, seed)
-        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
-        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
-    svc = JobService(str(tmp_path / "jobs"), backend="engine")
-    dataset = svc.import_dataset(ds, "tiny")
-    [job] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 100,
-                              "base_lr": 0.01, "set_num_output": True, "random_seed": 1,
-                              "snapshot_interval": 2, "val_interval": 5})
+    svc, _, job = engine_job(tmp_path, epochs=100, snapshot_interval=2, val_interval=5)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
     t.start()
@@ -122,11 +125,7 @@ def test_engine_sigkill_and_resume_continue_the_series(tmp_path):
 @pytest.mark.timeout(120)
 def test_cli_infer_writes_sunnybrook_contours(tmp_path, capsys):
     from jobs import cli
-    ds = make_dataset_dir(str(tmp_path / "ds"), train=4, val=2, shape=(1, 16, 16))
-    for stage, n, seed in (("train", 4, 0), ("val", 2, 1)):
-        images, labels = phantom_like(n, seed)
-        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
-        write_db(os.path.join(ds, "%s_db" % stage, "labels"), labels)
+    ds = phantom_dataset(tmp_path, train=4, val=2)
     common = ["--data", str(tmp_path / "data"), "--json", "--backend", "engine"]
     assert cli.main(common + ["dataset", "import", ds, "--name", "d"]) == 0
     dataset_id = json.loads(capsys.readouterr().out)["id"]
