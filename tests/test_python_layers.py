@@ -8,6 +8,8 @@ import types
 import numpy as np
 import pytest
 
+from tests.engine_helpers import engine_or_skip
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_DIR = os.path.join(ROOT, "python_layers")
 
@@ -216,17 +218,6 @@ def test_segmentation_metrics_top_count_checked():
 
 # ---------------------------------------------------------------- inside an engine Net
 
-def _engine_net_or_skip():
-    try:
-        import engine
-        from engine.layers import python as _python  # noqa: F401
-    except ImportError as exc:
-        pytest.skip("engine Net / Python layer support not available yet: %s" % exc)
-    if not hasattr(engine, "Net"):
-        pytest.skip("engine.Net not available yet")
-    return engine
-
-
 NET_WITH_METRICS = """
 name: "metrics"
 force_backward: true
@@ -240,7 +231,7 @@ layer { name: "diceloss" type: "Python" bottom: "score" bottom: "label" top: "di
 
 
 def test_layers_inside_engine_net(tmp_path):
-    engine = _engine_net_or_skip()
+    engine = engine_or_skip("engine.layers.python")
     path = tmp_path / "net.prototxt"
     path.write_text(NET_WITH_METRICS)
     net = engine.Net(str(path), engine.TEST)
