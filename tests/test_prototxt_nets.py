@@ -13,6 +13,7 @@ from engine.blobproto import array_to_blobproto, blobproto_to_array
 from engine.caffemodel import write_caffemodel
 from engine.prototxt import format_message, read_net
 from engine.proto import caffe_pb2
+from tests.engine_helpers import engine_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOTXT_DIR = os.path.join(ROOT, "prototxt")
@@ -308,16 +309,24 @@ def random_weights(net, path, seed=0):
 CV_SIZE = {"lab_fc": (256, 256)}
 
 
-@pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
-def test_opencv_deploy_output_shape(name, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+def deploy_with_random_weights(name, tmp_path):
+    """The deploy net at its OpenCV test size (slimmed to 16 channels if big), written to
+    tmp_path with random weights: ((h, w), prototxt path, caffemodel path)."""
     h, w = CV_SIZE.get(name, (67, 61))
     net = derive(name, "deploy", [1, 1, h, w])
     if name in BIG_NETS:
         slim(net, 16)
-    (tmp_path / "deploy.prototxt").write_text(format_message(net))
-    random_weights(net, tmp_path / "w.caffemodel")
-    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
+    prototxt, weights = tmp_path / "deploy.prototxt", tmp_path / "w.caffemodel"
+    prototxt.write_text(format_message(net))
+    random_weights(net, weights)
+    return (h, w), str(prototxt), str(weights)
+
+
+@pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
+def test_opencv_deploy_output_shape(name, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    (h, w), prototxt, weights = deploy_with_random_weights(name, tmp_path)
+    cv_net = cv2.dnn.readNetFromCaffe(prototxt, weights)
     image = np.random.RandomState(1).uniform(0, 255, (1, 1, h, w)).astype(np.float32)
     cv_net.setInput(image)
     out = cv_net.forward("score")
@@ -327,19 +336,9 @@ def test_opencv_deploy_output_shape(name, tmp_path):
 
 # ---------------------------------------------------------------- engine Net
 
-def _engine_or_skip():
-    try:
-        import engine
-    except ImportError as exc:
-        pytest.skip("engine not importable yet: %s" % exc)
-    if not hasattr(engine, "Net"):
-        pytest.skip("engine.Net not available yet")
-    return engine
-
-
 @pytest.mark.parametrize("name", NETS)
 def test_engine_builds_train_val_deploy(name, tmp_path):
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     sys.path.insert(0, os.path.join(ROOT, "python_layers"))
     size = (256, 256) if name in ("lab_fc",) else (67, 61)
     for which, phase in (("train", engine.TRAIN), ("val", engine.TEST), ("deploy", engine.TEST)):
@@ -356,7 +355,7 @@ def test_engine_builds_train_val_deploy(name, tmp_path):
 @pytest.mark.parametrize("name", ["lab_cnn", "unet", "deeplab_aspp"])
 @pytest.mark.parametrize("size", [(256, 256), (257, 263)])
 def test_engine_deploy_full_size(name, size, tmp_path):
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 1, size[0], size[1]])))
     net = engine.Net(str(path), engine.TEST)
@@ -366,19 +365,14 @@ def test_engine_deploy_full_size(name, size, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
 def test_engine_deploy_matches_opencv(name, tmp_path):
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     cv2 = pytest.importorskip("cv2")
-    h, w = CV_SIZE.get(name, (67, 61))
-    net_param = derive(name, "deploy", [1, 1, h, w])
-    if name in BIG_NETS:
-        slim(net_param, 16)
-    (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
-    random_weights(net_param, tmp_path / "w.caffemodel")
+    (h, w), prototxt, weights = deploy_with_random_weights(name, tmp_path)
     image = np.random.RandomState(2).uniform(0, 255, (1, 1, h, w)).astype(np.float32)
-    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
+    cv_net = cv2.dnn.readNetFromCaffe(prototxt, weights)
     cv_net.setInput(image)
     expected = cv_net.forward("score")
-    net = engine.Net(str(tmp_path / "deploy.prototxt"), engine.TEST, weights=str(tmp_path / "w.caffemodel"))
+    net = engine.Net(prototxt, engine.TEST, weights=weights)
     net.blobs["data"].data[...] = image
     got = net.forward()["score"]
     np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-3)
@@ -420,7 +414,7 @@ def test_readme_parameter_counts():
 
 @pytest.mark.parametrize("name", NETS)
 def test_engine_parameter_counts_match_readme(name, tmp_path):
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 1, 256, 256])))
     net = engine.Net(str(path), engine.TEST)
@@ -457,7 +451,7 @@ def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
     """The job runner's own DIGITS derivation (jobs.derive) accepts every file; its deploy net runs."""
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     try:
         from jobs.derive import DatasetFacts, derive_networks
     except ImportError as exc:
@@ -482,7 +476,7 @@ def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
 @pytest.mark.parametrize("name", ["fcn_alexnet", "fcn_8s"])
 def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
     """Once per net at full width (the sizes pretrained files need): builds, runs, keeps the size."""
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 3, 256, 256])))
     net = engine.Net(str(path), engine.TEST)
@@ -493,7 +487,7 @@ def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
 def test_pascal_fcn8s_style_weights_load_into_fcn_8s(tmp_path):
     """A file laid out like fcn8s-heavy-pascal.caffemodel (trunk + 21-class score/upscore layers)
     fills our trunk by name; its 21-class layers are ignored as Caffe ignores unknown layers."""
-    engine = _engine_or_skip()
+    engine = engine_or_skip()
     net_param = slim(derive("fcn_8s", "deploy", [1, 3, 40, 40]), 16)
     (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
     _, shapes = infer_shapes(net_param)
