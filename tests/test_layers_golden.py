@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import engine.layers  # noqa: F401  (registers the layers)
+from conftest import assert_close_to_caffe
 from engine.layers.base import layer_class
 from engine.prototxt import read_net
 from engine.proto import caffe_pb2
@@ -25,15 +26,6 @@ NET_LEVEL = {"split_implicit", "inplace_chain", "shared_params", "python_layer"}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = sorted(c for c in os.listdir(GOLDEN) if c not in NET_LEVEL
                and os.path.isfile(os.path.join(GOLDEN, c, "net.prototxt")))
-
-
-def assert_close(actual, expected, what):
-    expected = np.asarray(expected, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != Caffe's {expected.shape}"
-    atol = 1e-4 * max(float(np.abs(expected).max(initial=0.0)), 1e-30)
-    err = float(np.abs(actual - expected).max(initial=0.0))
-    assert err <= atol, f"{what}: max error {err:.3g} > atol {atol:.3g}"
 
 
 def loss_weight(layer, index):
@@ -113,14 +105,14 @@ def test_golden_layer_case(case, device):
     compared = 0
     for key, expected in io.items():
         if key.startswith("blob:") and key[5:] in blobs and key[5:] not in inputs:
-            assert_close(blobs[key[5:]].detach().cpu().numpy(), expected, key)
+            assert_close_to_caffe(blobs[key[5:]].detach().cpu().numpy(), expected, key)
             compared += 1
     assert compared, f"{case}: no output of ours matched a Caffe blob name"
     for lp, params in layers:
         for i, p in enumerate(params):
             key = f"param_after:{lp.name}:{i}"
             if key in io:
-                assert_close(p.detach().cpu().numpy(), io[key], key)
+                assert_close_to_caffe(p.detach().cpu().numpy(), io[key], key)
     wanted = [(f"diff:{n}", t) for n, t in inputs.items() if t.requires_grad]
     wanted += [(f"pgrad:{k}", p) for k, p in grad_params.items()]
     if objective and wanted:
@@ -128,7 +120,7 @@ def test_golden_layer_case(case, device):
         for (key, tensor), grad in zip(wanted, grads):
             value = np.zeros(tuple(tensor.shape), np.float32) if grad is None else grad.cpu().numpy()
             if key in io:
-                assert_close(value, io[key], key)
+                assert_close_to_caffe(value, io[key], key)
                 compared += 1
     assert compared > 1 or not any(k.startswith(("diff:", "pgrad:")) for k in io), \
         f"{case}: Caffe recorded gradients that were not compared"
@@ -157,4 +149,4 @@ def test_lrn_reproduces_caffe_running_sum_on_16bit_range(bottom, top):
     x = torch.tensor(io[f"blob:{bottom}"])
     layer.setup([tuple(x.shape)])
     (y,) = layer.forward([x], [])
-    assert_close(y.numpy(), io[f"blob:{top}"], f"blob:{top}")
+    assert_close_to_caffe(y.numpy(), io[f"blob:{top}"], f"blob:{top}")
