@@ -18,6 +18,11 @@ def ip(name, bottom, top, n=2, extra=""):
             f'bias_filler {{ type: "gaussian" std: 1 }} }} }}\n')
 
 
+# data + label → InnerProduct "fc" → SoftmaxWithLoss "loss"
+FC_LOSS = (INPUT + LABEL + ip("fc", "data", "fc") +
+           'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+
+
 def make(tmp_path, text, phase=engine.TEST, **kwargs):
     path = tmp_path / "net.prototxt"
     path.write_text(text)
@@ -65,8 +70,7 @@ def test_layer_phase_field_overrides_the_net_phase(tmp_path):
 
 
 def test_outputs_are_unconsumed_blobs_sorted_by_name(tmp_path):
-    text = (INPUT + LABEL + ip("fc", "data", "fc") +
-            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
+    text = (FC_LOSS +
             'layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" }\n'
             'layer { name: "zz" type: "ReLU" bottom: "data" top: "zz" }\n')
     net = make(tmp_path, text, engine.TRAIN)
@@ -86,8 +90,7 @@ def test_anonymous_loss_top_is_computed_but_not_an_output(tmp_path):
 
 
 def test_loss_weight_comes_from_the_loss_layer_class_not_the_type_name(tmp_path):
-    text = (INPUT + LABEL + ip("fc", "data", "fc") +
-            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
+    text = (FC_LOSS +
             'layer { name: "weighted" type: "ReLU" bottom: "data" top: "r" loss_weight: 0.5 }\n'
             'layer { name: "plain" type: "ReLU" bottom: "fc" top: "p" }\n')
     net = make(tmp_path, text, engine.TRAIN)
