@@ -29,3 +29,25 @@ def filled(layer: Layer, filler, shape) -> torch.Tensor:
         return fillers.fill(filler, shape)
     except fillers.FillerError as err:
         raise layer.fail(str(err)) from None
+
+
+def optional_ignore_label(param):
+    """``param.ignore_label`` (AccuracyParameter / LossParameter) when it is set, else None."""
+    return param.ignore_label if param.HasField("ignore_label") else None
+
+
+def check_label_count(layer: Layer, scores: Sequence[int], labels: Sequence[int], axis: int) -> None:
+    """A label blob holds one value per score position outside the class axis (outer × inner)."""
+    expected = count(scores[:axis]) * count(scores[axis + 1:])
+    if count(labels) != expected:
+        raise layer.fail(f"labels {labels} must have {expected} values (outer×inner of scores {scores})")
+
+
+def valid_and_safe_labels(labels: torch.Tensor, ignore_label) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells whose label is not ``ignore_label``, the labels with ignored cells set to class 0 so
+    they can index a gather)."""
+    if ignore_label is not None:
+        valid = labels != ignore_label
+    else:
+        valid = torch.ones_like(labels, dtype=torch.bool)
+    return valid, torch.where(valid, labels, torch.zeros_like(labels))

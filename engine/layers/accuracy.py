@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layers._util import canonical_axis, count
+from engine.layers._util import (canonical_axis, check_label_count, count, optional_ignore_label,
+                                 valid_and_safe_labels)
 from engine.layers.base import Layer, register
 
 
@@ -17,7 +18,7 @@ class AccuracyLayer(Layer):
     def setup(self, bottom_shapes):
         ap = self.param.accuracy_param
         self.top_k = ap.top_k
-        self.ignore_label = ap.ignore_label if ap.HasField("ignore_label") else None
+        self.ignore_label = optional_ignore_label(ap)
         return []
 
     def reshape(self, bottom_shapes):
@@ -25,9 +26,7 @@ class AccuracyLayer(Layer):
         axis = canonical_axis(self, self.param.accuracy_param.axis, len(scores))
         if self.top_k > count(scores) // max(1, count(labels)):
             raise self.fail(f"top_k {self.top_k} exceeds the number of classes")
-        expected = count(scores[:axis]) * count(scores[axis + 1:])
-        if count(labels) != expected:
-            raise self.fail(f"labels {labels} must have {expected} values (outer×inner of scores {scores})")
+        check_label_count(self, scores, labels, axis)
         tops = [()]
         if len(self.param.top) == 2:
             tops.append((scores[axis],))
@@ -43,8 +42,7 @@ class AccuracyLayer(Layer):
             outer, channels = count(x.shape[:axis]), x.shape[axis]
             s3 = x.reshape(outer, channels, -1)
             lab = label.reshape(outer, -1).to(torch.long)
-            valid = lab != self.ignore_label if self.ignore_label is not None else torch.ones_like(lab, dtype=torch.bool)
-            safe = torch.where(valid, lab, torch.zeros_like(lab))
+            valid, safe = valid_and_safe_labels(lab, self.ignore_label)
             true_score = s3.gather(1, safe.unsqueeze(1))
             better = (s3 >= true_score).sum(dim=1) - 1
             correct = (better < self.top_k) & valid

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.layers._util import count
+from engine.layers._util import count, optional_ignore_label
 from engine.layers.base import Layer, register
 from engine.layers.softmax import normalization_mode, normalizer
 from engine.proto import caffe_pb2
@@ -41,7 +41,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
-        self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        self.ignore_label = optional_ignore_label(lp)
         self.mode = normalization_mode(lp, caffe_pb2.LossParameter.BATCH_SIZE)
         return []
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layers._util import FLT_MIN, canonical_axis, count
+from engine.layers._util import (FLT_MIN, canonical_axis, check_label_count, count, optional_ignore_label,
+                                 valid_and_safe_labels)
 from engine.layers.base import Layer, register
 from engine.proto import caffe_pb2
 
@@ -57,8 +58,7 @@ class _SoftmaxLoss(torch.autograd.Function):
         prob = torch.softmax(x, dim=axis)
         p3 = prob.reshape(outer, channels, inner)
         lab = label.reshape(outer, inner).to(torch.long)  # truncation, as static_cast<int>
-        valid = lab != ignore_label if ignore_label is not None else torch.ones_like(lab, dtype=torch.bool)
-        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        valid, safe = valid_and_safe_labels(lab, ignore_label)
         picked = p3.gather(1, safe.unsqueeze(1)).squeeze(1)
         logs = torch.log(torch.clamp(picked, min=FLT_MIN)) * valid
         z = normalizer(mode, outer, inner, valid.sum())
@@ -88,7 +88,7 @@ class SoftmaxWithLossLayer(Layer):
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
-        self.ignore_label = lp.ignore_label if lp.HasField("ignore_label") else None
+        self.ignore_label = optional_ignore_label(lp)
         self.mode = normalization_mode(lp, _N.VALID)
         if len(self.param.top) == 2 and len(self.param.loss_weight) != 2:
             raise self.fail("with two tops, give one loss_weight per top (e.g. 1 and 0)")
@@ -99,9 +99,7 @@ class SoftmaxWithLossLayer(Layer):
         axis = canonical_axis(self, self.param.softmax_param.axis, len(scores))
         if scores[0] != labels[0]:
             raise self.fail(f"scores {scores} and labels {labels} need the same first dimension")
-        expected = count(scores[:axis]) * count(scores[axis + 1:])
-        if count(labels) != expected:
-            raise self.fail(f"labels {labels} must have {expected} values (outer×inner of scores {scores})")
+        check_label_count(self, scores, labels, axis)
         return [()] + ([scores] if len(self.param.top) == 2 else [])
 
     def allow_force_backward(self, bottom_index):
