@@ -227,13 +227,73 @@ def derive_networks(original, facts, options=None):
     return train_val, deploy
 
 
+CLASS_LAYER_PREFIXES = ("score", "upscore")
+
+
+def _is_class_layer(layer):
+    return layer.name.startswith(CLASS_LAYER_PREFIXES)
+
+
 def set_class_count(net, n_classes):
-    """num_output of the score/upscore layers := class count (when the user asks for it)."""
+    """Make the class-dependent layers produce ``n_classes`` channels (when the user asks for it).
+
+    The class-dependent layers are those named ``score*`` / ``upscore*`` (the FCN convention the
+    prototxt files follow, e.g. FCN-8s' ``score_fr_seg`` … ``upscore8_seg``):
+
+    * Convolution / Deconvolution: ``num_output`` := n; a ``group`` equal to the old
+      ``num_output`` (> 1: one bilinear filter per class, as FCN's upscore layers) := n too;
+    * InnerProduct feeding a Reshape to N×C×H×W (lab_fc's ``score_flat`` → ``score``):
+      ``num_output`` := n·H·W and the Reshape's class dimension := n, with H×W read from the
+      Reshape's own dims; an InnerProduct not followed by such a Reshape gets ``num_output`` := n.
+
+    Returns the names of the layers changed. Raises DeriveError when the class count is not
+    positive or a Reshape's dims cannot give the spatial size.
+    """
     if n_classes < 1:
         raise DeriveError("the dataset has no classes; cannot set num_output")
+    n_classes = int(n_classes)
+    changed = []
+    reshapes = {}  # bottom blob -> Reshape layers reading it
     for layer in net.layer:
-        if layer.name.startswith(("score", "upscore")) and layer.type in ("Convolution", "Deconvolution"):
-            layer.convolution_param.num_output = n_classes
+        if layer.type == "Reshape" and layer.bottom:
+            reshapes.setdefault(layer.bottom[0], []).append(layer)
+    for layer in net.layer:
+        if not _is_class_layer(layer):
+            continue
+        if layer.type in ("Convolution", "Deconvolution"):
+            cp = layer.convolution_param
+            old = cp.num_output
+            if cp.group > 1 and cp.group == old:
+                cp.group = n_classes
+            cp.num_output = n_classes
+            changed.append(layer.name)
+        elif layer.type == "InnerProduct":
+            targets = [r for top in layer.top for r in reshapes.get(top, [])]
+            ip = layer.inner_product_param
+            if not targets:
+                ip.num_output = n_classes
+                changed.append(layer.name)
+                continue
+            spatial = None
+            for reshape in targets:
+                dims = list(reshape.reshape_param.shape.dim)
+                axis = reshape.reshape_param.axis
+                if len(dims) < 3 or axis != 0 or any(d <= 0 for d in dims[2:]):
+                    raise DeriveError("layer %r reshapes %r with dims %s: cannot tell its class "
+                                      "and spatial dimensions (expected 0 x classes x H x W)"
+                                      % (reshape.name, layer.name, dims))
+                size = 1
+                for d in dims[2:]:
+                    size *= d
+                if spatial not in (None, size):
+                    raise DeriveError("layer %r feeds Reshapes of different spatial sizes" % layer.name)
+                spatial = size
+                if dims[1] != -1:  # -1: Caffe infers it from num_output
+                    reshape.reshape_param.shape.dim[1] = n_classes
+                changed.append(reshape.name)
+            ip.num_output = n_classes * spatial
+            changed.append(layer.name)
+    return changed
 
 
 def data_batch_size(net, state):

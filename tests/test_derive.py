@@ -153,3 +153,121 @@ def test_pixel_and_image_mean(dataset):
     train_val, _ = derive.derive_networks(parse_net(TINY_NET), dataset, {"mean": "image"})
     layers = {l.name: l for l in train_val.layer}
     assert layers["val_data"].transform_param.mean_file == os.path.join(dataset.folder, "mean.binaryproto")
+
+
+# -- class count (set_num_output) on the networks of prototxt/ -------------------------------------
+
+PROTOTXT_NETS = ["fcn_alexnet", "fcn_alexnet_dice", "fcn_8s", "lab_fc", "lab_cnn", "unet", "deeplab_aspp"]
+BIG_NETS = {"fcn_alexnet", "fcn_alexnet_dice", "fcn_8s"}
+
+
+def _prototxt(name):
+    from engine.prototxt import read_net
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return read_net(os.path.join(root, "prototxt", name + ".prototxt"))
+
+
+def _slim_hidden(net, factor):
+    """Hidden widths divided by ``factor``; the class layers (score*/upscore*) untouched."""
+    for layer in net.layer:
+        if layer.name.startswith(("score", "upscore")):
+            continue
+        for p in (layer.convolution_param, layer.inner_product_param):
+            if p.num_output:
+                p.num_output = max(1, p.num_output // factor)
+    return net
+
+
+def test_class_count_sets_grouped_upscore_and_lab_fc_reshape():
+    net = _prototxt("fcn_alexnet")
+    derive.set_class_count(net, 5)
+    layers = {l.name: l for l in net.layer}
+    assert layers["score_fr"].convolution_param.num_output == 5
+    up = layers["upscore"].convolution_param
+    assert (up.num_output, up.group) == (5, 5)  # one bilinear filter per class
+    assert layers["conv2"].convolution_param.group == 2  # trunk groups untouched
+    assert layers["fc7"].convolution_param.num_output == 4096
+
+    net = _prototxt("fcn_8s")
+    derive.set_class_count(net, 3)
+    for name in ("score_fr_seg", "score_pool4_seg", "score_pool3_seg"):
+        assert {l.name: l for l in net.layer}[name].convolution_param.num_output == 3
+    for name in ("upscore2_seg", "upscore_pool4_seg", "upscore8_seg"):
+        cp = {l.name: l for l in net.layer}[name].convolution_param
+        assert (cp.num_output, cp.group) == (3, 3)
+
+    net = _prototxt("lab_fc")
+    changed = derive.set_class_count(net, 3)
+    layers = {l.name: l for l in net.layer}
+    assert layers["score_flat"].inner_product_param.num_output == 3 * 256 * 256
+    assert list(layers["score"].reshape_param.shape.dim) == [0, 3, 256, 256]
+    assert layers["hidden"].inner_product_param.num_output == 64
+    assert set(changed) == {"score_flat", "score"}
+
+
+def test_class_count_keeps_an_ungrouped_deconvolution_ungrouped():
+    net = parse_net(TINY_NET.replace(
+        'layer { name: "loss"',
+        'layer { name: "upscore" type: "Deconvolution" bottom: "score" top: "upscore" '
+        'convolution_param { num_output: 7 kernel_size: 2 stride: 2 } }\nlayer { name: "loss"'))
+    derive.set_class_count(net, 3)
+    up = {l.name: l for l in net.layer}["upscore"].convolution_param
+    assert (up.num_output, up.group) == (3, 1)
+
+
+def test_class_count_refuses_a_reshape_without_spatial_dims():
+    net = _prototxt("lab_fc")
+    reshape = {l.name: l for l in net.layer}["score"]
+    del reshape.reshape_param.shape.dim[:]
+    reshape.reshape_param.shape.dim.extend([0, 2, -1])
+    with pytest.raises(derive.DeriveError, match="cannot tell its class"):
+        derive.set_class_count(net, 3)
+    with pytest.raises(derive.DeriveError, match="no classes"):
+        derive.set_class_count(_prototxt("unet"), 0)
+
+
+def _with_inputs(net, shape):
+    """The filtered net with its Data layers turned into Input layers (label: one channel)."""
+    from engine.proto import caffe_pb2
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    for layer in out.layer:
+        layer.ClearField("include")  # already filtered
+        layer.ClearField("exclude")
+        if layer.type == "Data":
+            top = layer.top[0]
+            layer.type = "Input"
+            layer.ClearField("data_param")
+            layer.input_param.shape.add().dim.extend(shape if top == "data" else [shape[0], 1] + shape[2:])
+    return out
+
+
+@pytest.mark.parametrize("name", PROTOTXT_NETS)
+def test_three_class_nets_build_and_score_three_channels(name, tmp_path):
+    """Every prototxt net, given 3 classes by set_class_count (through derive_networks'
+    set_num_output), builds on the engine in train, val and deploy with a N x 3 x H x W score."""
+    import numpy as np
+    import engine
+    from engine.prototxt import format_message
+    h, w = (256, 256) if name == "lab_fc" else (67, 61)
+    folder = make_dataset_dir(str(tmp_path / "ds"), shape=(1, h, w), classes=("background", "lv", "myo"))
+    facts = derive.DatasetFacts.load(folder)
+    net = _prototxt(name)
+    if name in BIG_NETS:
+        _slim_hidden(net, 16)
+    train_val, deploy = derive.derive_networks(net, facts, {"set_num_output": True, "batch_size": 2})
+    rng = np.random.RandomState(0)
+    nets = [(derive.filter_net(train_val, *derive.TRAIN_STATE), engine.TRAIN, 2),
+            (derive.filter_net(train_val, *derive.VAL_STATE), engine.TEST, 2),
+            (deploy, engine.TEST, 1)]
+    for index, (param, phase, batch) in enumerate(nets):
+        path = tmp_path / ("net%d.prototxt" % index)
+        path.write_text(format_message(_with_inputs(param, [batch, 1, h, w])))
+        built = engine.Net(str(path), phase)
+        built.blobs["data"].data[...] = rng.uniform(0, 255, built.blobs["data"].data.shape)
+        if "label" in built.blobs:
+            built.blobs["label"].data[...] = rng.randint(0, 3, built.blobs["label"].data.shape)
+        out = built.forward()
+        assert tuple(built.blobs["score"].data.shape) == (batch, 3, h, w), (index, name)
+        if "loss" in out:
+            assert np.isfinite(np.asarray(out["loss"])).all()
