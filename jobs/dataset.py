@@ -139,13 +139,16 @@ class _Executor:
 
 def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
                   executor="thread", progress=None, log=None, enforce_same_shape=None,
-                  overwrite=False):
+                  overwrite=False, keep_files=()):
     """Build a dataset with ``plugin`` from ``form_values`` into ``out_dir``.
 
     progress: callable(event dict) with keys phase ("itemize"/"encode"/"finish"), stage,
       done, total (this stage), done_all, total_all, skipped.
     log: callable(str) for human-readable lines (also written to build.log).
     enforce_same_shape: None = the form's "enforce_same_shape" value (default True).
+    keep_files: names of files that may already be in ``out_dir`` (a job's live log and
+      progress, written while it builds); they do not make it "not empty" and are moved into
+      the finished folder.
     Returns the dataset.json content. Raises FormError, PluginError or DatasetError.
     """
     from engine.blobproto import write_binaryproto
@@ -169,7 +172,7 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
     if enforce_same_shape is None:
         enforce_same_shape = bool(values.get("enforce_same_shape", True))
     out_dir = os.path.abspath(out_dir)
-    _check_target(out_dir, overwrite)
+    _check_target(out_dir, overwrite, keep_files)
     emit(phase="itemize", stage=None, done=0, total=0, done_all=0, total_all=0, skipped=0)
     items = plugin.itemize(values)
     skipped = list(items.skipped)
@@ -264,7 +267,7 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
             json.dump(info, fh, indent=1, sort_keys=True, default=_json_default)
         with open(os.path.join(tmp, LOG_FILE), "w") as fh:
             fh.write("\n".join(log_lines) + "\n")
-        _move_into_place(tmp, out_dir, overwrite)
+        _move_into_place(tmp, out_dir, overwrite, keep_files)
     except BaseException:
         pool.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -288,17 +291,21 @@ def _is_done(path):
     return os.path.isfile(os.path.join(path, STATUS_FILE))
 
 
-def _check_target(out_dir, overwrite):
+def _check_target(out_dir, overwrite, keep_files=()):
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise DatasetError("%s exists and is not a folder" % out_dir)
-        if os.listdir(out_dir) and not overwrite:
+        if set(os.listdir(out_dir)) - set(keep_files) and not overwrite:
             raise DatasetError("%s is not empty; choose a new folder (or pass overwrite=True)"
                                % out_dir)
 
 
-def _move_into_place(tmp, out_dir, overwrite):
+def _move_into_place(tmp, out_dir, overwrite, keep_files=()):
     if os.path.isdir(out_dir):
+        for name in keep_files:  # the job's own files travel into the finished folder
+            if name not in (DATASET_JSON, STATUS_FILE, MEAN_FILE, LOG_FILE) \
+                    and os.path.isfile(os.path.join(out_dir, name)):
+                os.replace(os.path.join(out_dir, name), os.path.join(tmp, name))
         if os.listdir(out_dir):
             if not overwrite:
                 raise DatasetError("%s became non-empty during the build" % out_dir)

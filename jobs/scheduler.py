@@ -4,7 +4,9 @@
 the runner's pid (so any process can abort it with SIGTERM), ingests ``metrics.jsonl`` into the
 store while it runs, and sets the final status from the runner's exit code. ``Scheduler.loop``
 is the ``caffeseg worker``: it picks Waiting jobs whose dataset is Done (a model whose dataset
-errored fails with it), respecting CPU slots and one training per GPU.
+errored fails with it), respecting CPU slots and one training per GPU. Waiting dataset jobs are
+built in a thread of the worker (``build_dataset``, set by the service), one at a time by default
+(``dataset_slots``), beside the trainings.
 """
 import json
 import os
@@ -88,6 +90,9 @@ class Scheduler:
         self.cpu_slots = max(1, int(cpu_slots))
         self.gpus = list(gpus)
         self._running = {}  # job id → thread
+        self._building = {}  # dataset job id → thread
+        self.dataset_slots = 1
+        self.build_dataset = None  # called with a dataset job id claimed Running (the service builds it)
         self.on_done = None  # called with the job id after a training ends Done (evaluation)
         self.prepare = None  # called with the job before its runner starts (late derivation)
         self._lock = threading.Lock()
@@ -162,8 +167,13 @@ class Scheduler:
         return status
 
     def abort(self, job_id):
-        """SIGTERM the runner (it stops after the current iteration); Waiting jobs just stop."""
+        """SIGTERM the runner (it stops after the current iteration); Waiting jobs just stop.
+        A dataset build runs inside a worker process: it gets the flag and stops at its next record."""
         job = self.store.get(job_id)
+        if job["kind"] == "dataset" and job["status"] == st.RUNNING and pid_alive(job["pid"]):
+            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
+                f.write(str(time.time()))
+            return True
         if job["status"] == st.RUNNING and pid_alive(job["pid"]):
             pid = int(job["pid"])
             with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
@@ -198,10 +208,35 @@ class Scheduler:
                 ready.append(job)
         return ready
 
+    def ready_datasets(self):
+        """Waiting dataset jobs, oldest first."""
+        return [j for j in reversed(self.store.list("dataset"))
+                if j["status"] == st.WAITING and j["id"] not in self._building]
+
+    def _start_builds(self):
+        started = []
+        for tid in [k for k, t in self._building.items() if not t.is_alive()]:
+            del self._building[tid]
+        if self.build_dataset is None:
+            return started
+        for job in self.ready_datasets():
+            if len(self._building) >= self.dataset_slots:
+                break
+            if not self.store.claim(job["id"], st.WAITING, st.RUNNING, "build started by worker %d" % os.getpid()):
+                continue  # another worker took it
+            self.store.update(job["id"], pid=os.getpid())
+            t = threading.Thread(target=self.build_dataset, args=(job["id"],), daemon=True,
+                                 name="dataset-%s" % job["id"])
+            self._building[job["id"]] = t
+            t.start()
+            started.append(job["id"])
+        return started
+
     def step(self):
         """Start what can start now (in threads); returns the started job ids."""
         started = []
         with self._lock:
+            started += self._start_builds()
             for tid in [k for k, t in self._running.items() if not t.is_alive()]:
                 del self._running[tid]
             for job in self.ready_jobs():

@@ -2,6 +2,7 @@
 
     svc = open_service("/data/jobs")                 # or JobService(root, backend="auto", cpu_slots=1, gpus=())
     ds = svc.create_dataset("sunnybrook", form_values, name="lv", encoding="none", workers=1)  # builds now
+    ds = svc.submit_dataset("sunnybrook", form_values, name="lv")   # queued (Waiting); the worker builds it
     ds = svc.import_dataset("/path/with/dataset.json", "lv")      # an already built dataset folder
     [m] = svc.create_model({"dataset_id": ds["id"], "standard_network": "fcn_alexnet",
                             "epochs": 2, "base_lr": "0.01,0.001", ...})  # one job per sweep value
@@ -12,12 +13,19 @@ value, phase or None)], "status", "progress"} (phase "train"/"val"; lr, epoch, t
 have phase None), ``evaluation(id, snapshot=None)`` (stored table or None), ``clone_values(id)``.
 Actions: ``train(id, resume=False, evaluate=False)`` (foreground, returns the final status),
 ``submit(id, resume=False)`` (queue for the worker), ``start_worker()`` (scheduler thread in this
-process), ``resume(id, wait=False)``, ``abort(id)``, ``delete(id)`` (a dataset in use is refused,
-naming its models), ``clone(id)``, ``rename(id, name)``, ``set_notes``, ``set_group``,
+process: it builds queued datasets and trains queued models), ``resume(id, wait=False)`` (a
+dataset is built again), ``abort(id)`` (a dataset build stops at its next record), ``delete(id)``
+(a dataset in use is refused, naming its models), ``clone(id)``, ``rename(id, name)``, ``set_notes``, ``set_group``,
 ``evaluate(id, snapshot=None)``, ``infer(id, snapshot, record=|image_path=)`` (many results; a
 folder works), ``infer_record(id, key, snapshot=None, visualize=False)`` and ``infer_image(id, path,
 ...)`` (one answer: image, class_map, probabilities, label, metrics, contours, classes, layers),
 ``export(id, snapshot=None, out=None)`` → path of the .tar.gz.
+
+Dataset jobs: ``submit_dataset`` checks the plugin's form values (field errors raise at once)
+and queues the build; ``build_dataset_job(id)`` (the worker) runs it, appending to ``log.txt``
+and rewriting ``build_status.json`` (the builder's progress event) in the job folder; ``show``
+gives ``progress`` while it runs; a failure sets Error with the builder's message. Build
+options: encoding (none|png), workers, executor (thread|process), enforce_same_shape.
 
 Model options: dataset_id, name, group_name, notes; network: standard_network | network_text |
 previous_job_id; epochs, base_lr, batch_size (both may be comma-separated sweeps), val_batch_size,
@@ -31,6 +39,7 @@ updated_at, dataset_id, group_name, notes, options, error, pid. Errors the user 
 ``ServiceError`` (a ValueError, with ``field_errors`` when a form field is at fault) naming the
 job, file or field; an unknown job id raises ``KeyError``; an invalid id ``JobPathError``.
 """
+import json
 import os
 import shutil
 import time
@@ -40,6 +49,33 @@ from jobs import store as st
 from jobs.model_job import ModelJobError, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
 from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
+
+
+DATASET_LOG = "log.txt"  # a dataset job's log while it is queued and built (the builder adds build.log)
+DATASET_PROGRESS = "build_status.json"  # the builder's last progress event, rewritten while it runs
+PROGRESS_EVERY_S = 0.5
+DATASET_BUILD_OPTIONS = ("encoding", "workers", "executor", "enforce_same_shape")
+
+
+class DatasetAborted(Exception):
+    """Raised inside a dataset build when its job's abort flag appears."""
+
+
+def _append_line(path, line):
+    with open(path, "a") as f:
+        f.write(str(line).rstrip("\n") + "\n")
+
+
+def build_progress(job_dir):
+    """Fraction done of a dataset build from its build_status.json, or None."""
+    try:
+        with open(os.path.join(job_dir, DATASET_PROGRESS)) as f:
+            event = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not event.get("total_all"):
+        return None
+    return float(event.get("done_all") or 0) / float(event["total_all"])
 
 
 class ServiceError(ValueError):
@@ -59,6 +95,7 @@ class JobService:
         self.scheduler = Scheduler(self.store, python=python, backend=backend, cpu_slots=cpu_slots, gpus=gpus)
         self.scheduler.on_done = self._evaluate_after_training  # worker-run jobs are evaluated too
         self.scheduler.prepare = self._derive_pending
+        self.scheduler.build_dataset = self.build_dataset_job  # queued dataset jobs (submit_dataset)
         # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
         self.store.mark_running_interrupted(pid_alive)
 
@@ -74,6 +111,8 @@ class JobService:
             if status.get("max_iter"):
                 job["progress"] = float(status.get("iter") or 0) / status["max_iter"]
             job["snapshots"] = self.snapshots(job_id)
+        elif job["status"] == st.RUNNING:
+            job["progress"] = build_progress(job["dir"])
         return job
 
     def snapshots(self, job_id):
@@ -102,31 +141,106 @@ class JobService:
         os.makedirs(folder)
         return self.store.add_job(job_id, kind, name, folder, **kw)
 
-    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build_options):
-        """Build a dataset with the data plugin (jobs.dataset.build_dataset); waits for it."""
+    def _dataset_plugin(self, plugin):
+        """(plugin object, plugin id) for an id or an object; ServiceError if it is not installed."""
+        if not isinstance(plugin, str):
+            return plugin, getattr(plugin, "id", str(plugin))
         try:
-            from jobs import dataset as dataset_builder
+            from plugin import get_plugin
+            return get_plugin(plugin), plugin
         except ImportError as exc:
-            raise ServiceError("the dataset builder is not available (%s)" % exc)
-        plugin_id = plugin if isinstance(plugin, str) else getattr(plugin, "id", str(plugin))
-        if isinstance(plugin, str):
-            try:
-                from plugin import get_plugin
-                plugin = get_plugin(plugin)
-            except ImportError as exc:
-                raise ServiceError("data plugins are not available (%s)" % exc)
-            except ValueError as exc:
-                raise ServiceError(str(exc))
-        job = self._new_job("dataset", name, group_name=group_name,
-                            options={"plugin": plugin_id, "values": values})
-        self.store.set_status(job["id"], st.RUNNING)
+            raise ServiceError("data plugins are not available (%s)" % exc)
+        except ValueError as exc:
+            raise ServiceError(str(exc))
+
+    def _new_dataset_job(self, plugin, values, name, group_name, build_options):
+        """Check the plugin's form values and the build options, then record the job (Initialized)."""
+        plugin_obj, plugin_id = self._dataset_plugin(plugin)
+        unknown = sorted(set(build_options) - set(DATASET_BUILD_OPTIONS))
+        if unknown:
+            raise ServiceError("unknown dataset build option(s) %s (known: %s)"
+                               % (", ".join(unknown), ", ".join(DATASET_BUILD_OPTIONS)))
+        encoding = build_options.get("encoding", "none")
+        if encoding not in ("none", "png"):
+            raise ServiceError("encoding must be none or png, got %r" % (encoding,), {"encoding": "none or png"})
         try:
-            dataset_builder.build_dataset(plugin, values, job["dir"], progress=progress, log=log, **build_options)
-        except Exception as exc:
-            self.store.set_status(job["id"], st.ERROR, str(exc))
-            raise ServiceError("dataset %s failed: %s" % (name, exc), getattr(exc, "field_errors", None))
-        self.store.set_status(job["id"], st.DONE)
+            plugin_obj.validate(dict(values))
+        except ValueError as exc:  # FormError (per field) or PluginError (the input as a whole)
+            errors = getattr(exc, "errors", None)
+            raise ServiceError("please correct the marked fields: %s" % exc if errors else str(exc), errors)
+        job = self._new_job("dataset", name, group_name=group_name,
+                            options={"plugin": plugin_id, "values": values, "build": build_options})
+        return plugin_obj, job
+
+    def submit_dataset(self, plugin, values, name, group_name=None, **build_options):
+        """Queue a dataset build and return the job (Waiting) at once; the worker
+        (``start_worker`` / ``caffeseg worker``) builds it, writing its progress and log to the job.
+        The plugin's form checks run here, so field errors come back before anything is queued."""
+        _, job = self._new_dataset_job(plugin, values, name, group_name, build_options)
+        _append_line(os.path.join(job["dir"], DATASET_LOG), "queued: %s dataset %s" % (job["options"]["plugin"], name))
+        self.store.set_status(job["id"], st.WAITING)
         return self.store.get(job["id"])
+
+    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build_options):
+        """Build a dataset now, in this thread (the CLI); returns the Done job or raises ServiceError."""
+        plugin_obj, job = self._new_dataset_job(plugin, values, name, group_name, build_options)
+        self.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "built in the foreground")
+        status, exc = self.build_dataset_job(job["id"], progress=progress, log=log, plugin=plugin_obj)
+        if status != st.DONE:
+            raise ServiceError("dataset %s failed: %s" % (name, exc or status), getattr(exc, "field_errors", None))
+        return self.store.get(job["id"])
+
+    def build_dataset_job(self, job_id, progress=None, log=None, plugin=None):
+        """Build a dataset job that is Running (claimed by the worker or ``create_dataset``).
+
+        The log goes to ``log.txt`` and the progress to ``build_status.json`` in the job folder
+        while it builds; an ``abort_requested`` flag (``abort``) stops it at the next record.
+        Returns (final status, exception or None); the job records the error message."""
+        from jobs import dataset as dataset_builder
+        from jobs.scheduler import ABORT_FLAG
+        job = self.store.get(job_id)
+        folder, options = job["dir"], job["options"]
+        flag = os.path.join(folder, ABORT_FLAG)
+        log_path, progress_path = os.path.join(folder, DATASET_LOG), os.path.join(folder, DATASET_PROGRESS)
+        self.store.update(job_id, pid=os.getpid())
+        written = {"time": 0.0, "phase": None}
+
+        def on_log(line):
+            _append_line(log_path, line)
+            if log is not None:
+                log(line)
+
+        def on_progress(event):
+            if os.path.exists(flag):
+                raise DatasetAborted("aborted")
+            now = time.time()  # written on a new phase, the last record, else at most every 0.5 s
+            if now - written["time"] >= PROGRESS_EVERY_S or event.get("phase") != written["phase"] \
+                    or event.get("done_all") == event.get("total_all"):
+                written.update(time=now, phase=event.get("phase"))
+                atomic_write(progress_path, json.dumps(dict(event, time=now)))
+            if progress is not None:
+                progress(event)
+
+        try:
+            if plugin is None:
+                plugin = self._dataset_plugin(options.get("plugin") or "")[0]
+            on_log("building: %s dataset %s (worker pid %d)" % (options.get("plugin"), job["name"], os.getpid()))
+            dataset_builder.build_dataset(plugin, options.get("values") or {}, folder, progress=on_progress,
+                                          log=on_log, keep_files=(DATASET_LOG, DATASET_PROGRESS),
+                                          **(options.get("build") or {}))
+        except Exception as exc:
+            aborted = isinstance(exc, DatasetAborted) or os.path.exists(flag)
+            status, message = (st.ABORTED, "aborted") if aborted else (st.ERROR, str(exc) or type(exc).__name__)
+            on_log("%s: %s" % ("aborted" if aborted else "error", message))
+            self.store.update(job_id, pid=None)
+            self.store.set_status(job_id, status, message)
+            return status, exc
+        if os.path.exists(flag):
+            os.unlink(flag)  # the abort came after the last record: the dataset is complete
+        on_log("done")
+        self.store.update(job_id, pid=None)
+        self.store.set_status(job_id, st.DONE)
+        return st.DONE, None
 
     def import_dataset(self, folder, name, group_name=None):
         """Register an already built dataset folder (with dataset.json): it is copied in."""
@@ -230,6 +344,18 @@ class JobService:
         job = self.store.get(check_job_id(job_id))
         if job["status"] not in (st.INTERRUPTED, st.ABORTED, st.ERROR):
             raise ServiceError("job %s is %s; only Interrupted, Aborted or Error jobs resume" % (job_id, job["status"]))
+        if job["kind"] == "dataset":
+            # A build is atomic (nothing of a failed one is left): resuming builds it again.
+            from jobs.scheduler import ABORT_FLAG
+            flag = os.path.join(job["dir"], ABORT_FLAG)
+            if os.path.exists(flag):
+                os.unlink(flag)
+            if wait:
+                self.store.set_status(job_id, st.RUNNING, "rebuilt in the foreground")
+                return self.build_dataset_job(job_id)[0]
+            _append_line(os.path.join(job["dir"], DATASET_LOG), "queued again (resume)")
+            self.store.set_status(job_id, st.WAITING, "resumed")
+            return st.WAITING
         from jobs.runner import latest_solverstate
         if latest_solverstate(job["dir"]) is None:
             raise ServiceError("job %s has no .solverstate to resume from" % job_id)

@@ -114,3 +114,13 @@ def check_case(case: GoldenCase, weights: str = "weights.caffemodel"):
 def golden():
     """``golden(kind, name)`` → GoldenCase."""
     return load_golden
+
+
+# -- a small phantom Sunnybrook release (dataset jobs in the jobs and web tests) -----------------
+@pytest.fixture
+def phantom_release(tmp_path):
+    """``(image_folder, contour_folder)`` of a 2-case, 3-slice phantom release under tmp_path."""
+    phantom = pytest.importorskip("plugin.sunnybrook.phantom")
+    root = tmp_path / "sample"
+    phantom.generate(str(root), cases=2, seed=0, slices=3)
+    return root / "challenge_training", root / "TrainingDataContours"

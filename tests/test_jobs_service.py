@@ -225,3 +225,113 @@ def test_model_on_a_dataset_still_building_waits_then_derives(svc, dataset):
     finally:
         svc._stop.set()
     assert "max_iter: 20" in open(os.path.join(job["dir"], "solver.prototxt")).read()
+
+
+# -- dataset jobs go through the queue like models --------------------------------------------
+def _sunnybrook_values(image_folder, contour_folder, **extra):
+    values = {"image_folder": str(image_folder), "contour_folder": str(contour_folder), "val_percent": 25}
+    values.update(extra)
+    return values
+
+
+def _finish_builds(svc, timeout=60):
+    for thread in list(svc.scheduler._building.values()):
+        thread.join(timeout)
+        assert not thread.is_alive(), "the dataset build did not finish"
+
+
+def test_submitted_dataset_is_queued_then_built_by_the_worker(svc, phantom_release):
+    pytest.importorskip("engine.lmdb_io")
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "queued ds", group_name="g")
+    assert job["status"] == st.WAITING  # returned at once; nothing built yet
+    assert not os.path.exists(os.path.join(job["dir"], "dataset.json"))
+    assert "queued" in open(os.path.join(job["dir"], "log.txt")).read()
+    stop = threading.Event()
+    worker = threading.Thread(target=svc.scheduler.loop, args=(stop,), kwargs={"poll": 0.05}, daemon=True)
+    worker.start()
+    try:
+        deadline = time.time() + 60
+        while svc.show(job["id"])["status"] in (st.WAITING, st.RUNNING) and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(10)
+    shown = svc.show(job["id"])
+    assert shown["status"] == st.DONE, shown["error"]
+    assert [h[0] for h in shown["history"]] == ["Initialized", "Waiting", "Running", "Done"]
+    assert shown["pid"] is None and shown["group_name"] == "g"
+    info = json.load(open(os.path.join(job["dir"], "dataset.json")))
+    assert info["stages"]["train"]["count"] > 0
+    log = open(os.path.join(job["dir"], "log.txt")).read()
+    assert "building: sunnybrook" in log and "entries to encode" in log and log.rstrip().endswith("done")
+    progress = json.load(open(os.path.join(job["dir"], "build_status.json")))
+    assert progress["phase"] == "finish" and progress["done_all"] == progress["total_all"] > 0
+    # A model on it derives at once from the finished dataset.
+    [m] = model(svc, shown)
+    assert os.path.isfile(os.path.join(m["dir"], "train_val.prototxt"))
+
+
+def test_dataset_form_errors_raise_before_anything_is_queued(svc, tmp_path):
+    pytest.importorskip("plugin.sunnybrook")
+    with pytest.raises(ServiceError) as info:
+        svc.submit_dataset("sunnybrook", _sunnybrook_values(tmp_path / "nope", tmp_path / "nope2"), "bad")
+    assert set(info.value.field_errors) >= {"image_folder", "contour_folder"}
+    with pytest.raises(ServiceError, match="unknown dataset build option"):
+        svc.submit_dataset("sunnybrook", {}, "bad", threads=2)
+    with pytest.raises(ServiceError, match="no data plugin"):
+        svc.submit_dataset("no-such-plugin", {}, "bad")
+    assert svc.list_jobs("dataset") == []
+
+
+def test_a_failing_build_records_its_message_and_log(svc, tmp_path):
+    pytest.importorskip("plugin.sunnybrook")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "con").mkdir()
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(tmp_path / "img", tmp_path / "con"), "empty")
+    assert svc.scheduler.step() == [job["id"]]
+    _finish_builds(svc)
+    shown = svc.show(job["id"])
+    assert shown["status"] == st.ERROR and "is empty" in shown["error"]
+    assert "error: " in open(os.path.join(job["dir"], "log.txt")).read()
+    assert sorted(os.listdir(job["dir"])) == ["build_status.json", "log.txt"]  # nothing half-built
+
+
+def test_abort_stops_a_running_build_and_resume_builds_it_again(svc, phantom_release, monkeypatch):
+    pytest.importorskip("engine.lmdb_io")
+    from plugin.sunnybrook import SunnybrookPlugin
+    encode = SunnybrookPlugin.encode
+    gate = threading.Event()
+
+    def slow_encode(self, entry, values):
+        gate.wait(10)
+        return encode(self, entry, values)
+    monkeypatch.setattr(SunnybrookPlugin, "encode", slow_encode)
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "slow")
+    svc.scheduler.step()
+    deadline = time.time() + 30
+    while svc.store.get(job["id"])["pid"] is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert svc.show(job["id"])["status"] == st.RUNNING
+    assert svc.abort(job["id"]) is True  # the flag; the build stops at its next record
+    gate.set()
+    _finish_builds(svc)
+    shown = svc.show(job["id"])
+    assert shown["status"] == st.ABORTED
+    assert not os.path.exists(os.path.join(job["dir"], "dataset.json"))
+    assert svc.resume(job["id"]) == st.WAITING
+    assert svc.scheduler.step() == [job["id"]]
+    _finish_builds(svc)
+    assert svc.show(job["id"])["status"] == st.DONE
+    assert not os.path.exists(os.path.join(job["dir"], "abort_requested"))
+
+
+def test_create_dataset_still_builds_in_the_foreground(svc, phantom_release, tmp_path):
+    pytest.importorskip("engine.lmdb_io")
+    events = []
+    job = svc.create_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "cli ds", progress=events.append)
+    assert job["status"] == st.DONE and events[-1]["phase"] == "finish"
+    assert svc.scheduler.step() == []  # nothing left for the worker
+    (tmp_path / "e1").mkdir()
+    (tmp_path / "e2").mkdir()
+    with pytest.raises(ServiceError, match="is empty"):
+        svc.create_dataset("sunnybrook", _sunnybrook_values(tmp_path / "e1", tmp_path / "e2"), "empty")
