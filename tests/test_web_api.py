@@ -28,7 +28,6 @@ def test_health_and_openapi(env):
     text = client.get("/api/openapi.yaml").get_data(as_text=True)
     assert text.startswith("openapi: 3")
     # Every API route of the app is documented.
-    from flask import current_app  # noqa: F401
     app = client.application
     documented = set(re.findall(r"^  (/api/[^:]+):", text, re.M))
     routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ service_mod = pytest.importorskip("jobs.service")
 pytest.importorskip("engine.lmdb_io")
 
 from web import create_app  # noqa: E402
+from web_helpers import write_lmdb_dataset  # noqa: E402
 
 TINY_NET = """name: "tiny"
 layer { name: "train_data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
@@ -29,21 +32,8 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top
 def _built_dataset(folder):
     """A dataset folder as the builder writes it: LMDBs of Datums, mean, dataset.json."""
     from engine.blobproto import write_binaryproto
-    from engine.datum import array_to_datum
-    from engine.lmdb_io import LmdbWriter
     counts = {"train": 4, "val": 2}
-    for stage, n in counts.items():
-        for part in ("features", "labels"):
-            path = folder / f"{stage}_db" / part
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with LmdbWriter(str(path)) as w:
-                for i in range(n):
-                    if part == "features":
-                        arr = (np.arange(256, dtype=np.uint16).reshape(1, 16, 16) * 16 + i)
-                    else:
-                        arr = np.zeros((1, 16, 16), np.uint8)
-                        arr[0, 4:9, 4:9] = 1
-                    w.put(f"{i:08d}", array_to_datum(arr).SerializeToString())
+    write_lmdb_dataset(folder, counts, side=16, scale=16, box=(4, 9))
     write_binaryproto(str(folder / "mean.binaryproto"), np.full((1, 16, 16), 2000.0, np.float32))
     (folder / "dataset.json").write_text(json.dumps({
         "counts": counts, "feature_shape": [1, 16, 16], "feature_dtype": "uint16", "label_shape": [1, 16, 16],
@@ -57,7 +47,8 @@ def _built_dataset(folder):
 def site(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data), str(tmp_path / "sample")],
+                      "WTF_CSRF_ENABLED": False, "START_WORKER": False})
     backend = app.extensions["caffeseg_backend"]
     svc = backend.service
     ds = svc.import_dataset(str(_built_dataset(tmp_path / "built")), "imported")
@@ -154,24 +145,68 @@ def test_known_pretrained_models_are_listed(site):
     assert f'data-path="{data.resolve() / "pretrained" / "bvlc_alexnet.caffemodel"}"' in html
 
 
+def _dataset_form(image_folder, contour_folder, name):
+    return {"image_folder": str(image_folder), "contour_folder": str(contour_folder), "channel_conversion": "L",
+            "val_percent": "25", "contour_type": "inner", "split_by": "slice", "seed": "0", "encoding": "none",
+            "encoder_batch_size": "32", "encoder_threads": "1", "db_backend": "lmdb", "enforce_same_shape": "y",
+            "dataset_name": name}
+
+
+def _finish_builds(svc):
+    for thread in list(svc.scheduler._building.values()):
+        thread.join(60)
+
+
 def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
     pytest.importorskip("plugin.sunnybrook")
-    import time
     client, svc, _, data = site
     (data / "empty_images").mkdir()
     (data / "empty_contours").mkdir()
-    form = {"image_folder": str(data / "empty_images"), "contour_folder": str(data / "empty_contours"),
-            "channel_conversion": "L", "val_percent": "10", "contour_type": "inner", "split_by": "slice",
-            "seed": "0", "encoding": "none", "encoder_batch_size": "32", "encoder_threads": "1",
-            "db_backend": "lmdb", "enforce_same_shape": "y", "dataset_name": "nothing here"}
-    resp = client.post("/datasets/new/sunnybrook", data=form)
-    # Field values are valid; the folder's content is only examined by the build, in the background.
+    resp = client.post("/datasets/new/sunnybrook",
+                       data=_dataset_form(data / "empty_images", data / "empty_contours", "nothing here"))
+    # Field values are valid; the folder's content is only examined by the build, in the worker.
     assert resp.status_code == 302, resp.get_data(as_text=True)
     job_id = resp.headers["Location"].rsplit("/", 1)[1]
-    deadline = time.time() + 30
-    while svc.show(job_id)["status"] == "Running" and time.time() < deadline:
-        time.sleep(0.1)
+    assert svc.show(job_id)["status"] == "Waiting"
+    assert svc.scheduler.step() == [job_id]
+    _finish_builds(svc)
     job = svc.show(job_id)
     assert job["status"] == "Error"
     html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
     assert "flash-error" in html and "is empty" in html and "nothing here" in html
+    assert "error: " in html  # the job's log ends with the failure
+
+
+def test_a_dataset_is_queued_then_built_by_the_worker_with_live_progress(site, phantom_release, monkeypatch):
+    from plugin.sunnybrook import SunnybrookPlugin
+    client, svc, _, data = site
+    encode, calls, gate = SunnybrookPlugin.encode, [], threading.Event()
+
+    def gated_encode(self, entry, values):  # the build pauses before its second record
+        calls.append(entry)
+        if len(calls) == 2:
+            gate.wait(30)
+        return encode(self, entry, values)
+    monkeypatch.setattr(SunnybrookPlugin, "encode", gated_encode)
+    resp = client.post("/datasets/new/sunnybrook", data=_dataset_form(*phantom_release, "phantom"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job_id = resp.headers["Location"].rsplit("/", 1)[1]
+    html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
+    assert ">Waiting<" in html and "queued: sunnybrook dataset phantom" in html and calls == []
+    assert svc.scheduler.step() == [job_id]
+    deadline = time.time() + 30
+    while len(calls) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
+        status = json.loads(open(f"{svc.show(job_id)['dir']}/build_status.json").read())
+        assert status["done_all"] == 1 and status["total_all"] > 1
+        assert ">Running<" in html and f"width: {round(100 / status['total_all'], 1)}%" in html
+        row = [j for j in client.get("/api/jobs?kind=dataset").get_json() if j["id"] == job_id][0]
+        assert row["progress"] == pytest.approx(1 / status["total_all"])
+    finally:
+        gate.set()
+        _finish_builds(svc)
+    html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
+    assert ">Done<" in html and "mean.binaryproto" in html and "entries to encode" in html
+    assert [h[0] for h in svc.show(job_id)["history"]] == ["Initialized", "Waiting", "Running", "Done"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
@@ -134,6 +133,8 @@ def test_csrf_is_enforced_when_enabled(tmp_path):
     job = fake.add_job("model", "m", status="Running")
     assert client.post(f"/models/{job}/abort").status_code == 400
     assert fake.job(job)["status"] == "Running"
+    ds = fake.add_job("dataset", "d", status="Running")
+    assert client.post(f"/datasets/{ds}/abort").status_code == 400 and fake.job(ds)["status"] == "Running"
     # With the token from the page the same post works.
     html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
@@ -174,6 +175,23 @@ def test_dataset_clone_prefills_and_delete(env):
     fake.delete(model)
     resp = client.post(f"/datasets/{ds}/delete")
     assert resp.status_code == 302 and ds not in fake.jobs_
+
+
+def test_dataset_page_follows_the_queued_build_abort_and_build_again(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "queued-ds", status="Waiting")
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert 'id="queued-note"' in html and 'id="abort-btn"' in html and "rebuild-btn" not in html
+    assert 'http-equiv="refresh"' in html  # the page follows the build without a click
+    assert client.post(f"/datasets/{ds}/abort").status_code == 302 and ("abort", ds) in fake.calls
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert ">Aborted<" in html and 'id="rebuild-btn"' in html and "abort-btn" not in html
+    assert client.post(f"/datasets/{ds}/rebuild").status_code == 302 and ("resume", ds) in fake.calls
+    fake.jobs_[ds].update(status="Running", progress=0.25)
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert "width: 25.0%" in html and "queued-note" not in html
+    model = fake.add_job("model", "m")
+    assert client.post(f"/datasets/{model}/abort").status_code == 404  # a model is not a dataset
 
 
 def test_invalid_and_unknown_job_ids(env):

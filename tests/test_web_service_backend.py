@@ -5,11 +5,11 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from web.backend import BadRequest, NotFound, Unavailable
 from web.service_backend import ServiceBackend, _dataset_info_view, _record_names, list_job_files
+from web_helpers import write_lmdb_dataset
 
 
 class StubService:
@@ -130,20 +130,7 @@ def test_missing_service_is_unavailable(tmp_path, monkeypatch):
 
 
 def _write_dataset(job_dir, n=3):
-    from engine.datum import array_to_datum
-    from engine.lmdb_io import LmdbWriter
-    for stage, count in (("train", n), ("val", 1)):
-        for part in ("features", "labels"):
-            path = job_dir / f"{stage}_db" / part
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with LmdbWriter(str(path)) as writer:
-                for i in range(count):
-                    if part == "features":
-                        arr = (np.arange(64, dtype=np.uint16).reshape(1, 8, 8) * 500 + i)
-                    else:
-                        arr = np.zeros((1, 8, 8), np.uint8)
-                        arr[0, 2:5, 2:5] = 1
-                    writer.put(f"{i:08d}", array_to_datum(arr).SerializeToString())
+    write_lmdb_dataset(job_dir, {"train": n, "val": 1}, side=8, scale=500, box=(2, 5))
 
 
 def test_dataset_records_read_from_the_lmdbs(backend, tmp_path):
@@ -189,42 +176,52 @@ def test_standard_networks_come_from_the_prototxt_folder(backend):
     assert nets["fcn_alexnet"]["description"].startswith("FCN-AlexNet")
 
 
-class BuildingService:
-    """A service whose dataset build reports progress and then waits until the test lets it finish."""
+class QueueingService(StubService):
+    """A service that queues dataset builds (its worker builds them) and lists one building."""
 
     def __init__(self, root):
-        self.root = root
-        self.jobs = []
-        self.release = threading.Event()
+        super().__init__(root)
+        self.submitted = []
 
     def list_jobs(self, kind=None):
-        return [dict(j) for j in self.jobs if kind in (None, j["kind"])]
+        return super().list_jobs(kind) + [{"id": "ds2", "kind": "dataset", "name": "building", "status": "Running",
+                                           "dir": str(self.root / "ds2"), "created_at": time.time()}]
 
-    def show(self, job_id):
-        return next(dict(j) for j in self.jobs if j["id"] == job_id)
-
-    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build):
-        job = {"id": "ds-building", "kind": "dataset", "name": name, "status": "Running",
-               "dir": str(self.root / "ds-building"), "created_at": time.time(), "build": build}
-        self.jobs.append(job)
-        progress({"phase": "encode", "done_all": 3, "total_all": 4})
-        log("encoded 3 of 4 records")
-        self.release.wait(5)
-        job["status"] = "Done"
-        return job
+    def submit_dataset(self, plugin, values, name, group_name=None, **build):
+        if values.get("image_folder") == "/missing":
+            raise _FieldError()
+        self.submitted.append((plugin, values, name, group_name, build))
+        return {"id": "ds-new", "kind": "dataset", "name": name, "status": "Waiting"}
 
 
-def test_dataset_build_runs_in_the_background_with_progress_and_log(tmp_path):
-    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
-    b._service = svc = BuildingService(tmp_path)
-    job_id = b.create_dataset("sunny-test-plugin", {"image_folder": "/x"},
-                              {"dataset_name": "d", "group_name": "", "encoding": "png", "encoder_threads": 2})
-    assert job_id == "ds-building"
-    job = b.job(job_id)
-    assert job["status"] == "Running" and job["progress"] == 0.75 and "encoded 3 of 4" in job["log"]
-    assert svc.jobs[0]["build"] == {"encoding": "png", "workers": 2}
-    svc.release.set()
-    deadline = time.time() + 5
-    while b.job(job_id)["status"] != "Done" and time.time() < deadline:
-        time.sleep(0.02)
-    assert b.job(job_id)["status"] == "Done"
+class _FieldError(ValueError):
+    field_errors = {"image_folder": "folder /missing does not exist"}
+
+    def __init__(self):
+        ValueError.__init__(self, "please correct the marked fields")
+
+
+def test_dataset_creation_is_queued_with_the_service(backend, tmp_path):
+    backend._service = svc = QueueingService(tmp_path)
+    threads = set(threading.enumerate())
+    job_id = backend.create_dataset("sunnybrook", {"image_folder": "/x"},
+                                    {"dataset_name": "d", "group_name": "", "encoding": "png", "encoder_threads": 2,
+                                     "enforce_same_shape": False})
+    assert job_id == "ds-new"
+    assert svc.submitted == [("sunnybrook", {"image_folder": "/x"}, "d", None,
+                              {"encoding": "png", "workers": 2, "enforce_same_shape": False})]
+    assert set(threading.enumerate()) == threads  # the web starts no build of its own
+    with pytest.raises(BadRequest) as info:
+        backend.create_dataset("sunnybrook", {"image_folder": "/missing"}, {"dataset_name": "d"})
+    assert info.value.field_errors == {"image_folder": "folder /missing does not exist"}
+
+
+def test_a_running_build_shows_the_builders_progress(backend, tmp_path):
+    backend._service = QueueingService(tmp_path)
+    (tmp_path / "ds2").mkdir()
+    (tmp_path / "ds2" / "build_status.json").write_text(json.dumps({"phase": "encode", "done_all": 3, "total_all": 4}))
+    (tmp_path / "ds2" / "log.txt").write_text("building: sunnybrook dataset building\n")
+    listed = {j["id"]: j for j in backend.jobs("dataset")}
+    assert listed["ds2"]["progress"] == 0.75 and listed["ds1"]["progress"] is None
+    job = backend.job("ds2")
+    assert job["status"] == "Running" and job["progress"] == 0.75 and "building: sunnybrook" in job["log"]

@@ -95,8 +95,6 @@ class ServiceBackend(Backend):
         self._service = None
         self._lock = threading.Lock()
         self._key_cache: dict[tuple, list[str]] = {}
-        # Progress and log lines of the datasets this process is building, by job id.
-        self._builds: dict[str, dict] = {}
         # LMDB refuses to open a database that is already open in the same process, and the
         # explorer's images are requested in parallel while the service (inference, evaluation)
         # opens the same val database: every LMDB use from this process goes through this lock.
@@ -185,8 +183,8 @@ class ServiceBackend(Backend):
         jobs = [self._summary(j) for j in raw]
         jobs = [j for j in jobs if kind is None or j["kind"] == kind]
         for job in jobs:
-            if job["id"] in self._builds and job["status"].lower() == "running":
-                job["progress"] = self._builds[job["id"]]["progress"]
+            if job["kind"] == "dataset" and job["status"].lower() == "running" and job["progress"] is None:
+                job["progress"] = _build_progress(job["dir"])
             if job["kind"] == "dataset" and "summary" not in job:
                 job["summary"] = _dataset_summary(_dataset_info_view(_read_json(Path(job["dir"]) / "dataset.json")))
             if job["kind"] == "model" and not job["metrics"]:
@@ -221,11 +219,6 @@ class ServiceBackend(Backend):
         job["history"] = [_history_entry(h) for h in (_get(job, "history", "status_history", default=[]) or [])]
         if job.get("log") is None:
             job["log"] = self._read_log(job_dir)
-        build = self._builds.get(job_id)
-        if build is not None and job["status"].lower() == "running":
-            job["progress"] = build["progress"]
-            if not job.get("log"):
-                job["log"] = "\n".join(build["log"][-2000:]) or None
         if job["kind"] == "dataset":
             info = job.get("info")
             if not info and (job_dir / "dataset.json").is_file():
@@ -236,6 +229,8 @@ class ServiceBackend(Backend):
             job["info"] = _dataset_info_view(info or {})
             job["summary"] = _dataset_summary(job["info"])
             job["plugin"] = (job.get("options") or {}).get("plugin")
+            if job["status"].lower() == "running" and job.get("progress") is None:
+                job["progress"] = _build_progress(job_dir)
         if job["kind"] == "model":
             facts = _read_json(job_dir / "job.json")
             if facts.get("max_iter") and facts.get("epochs"):
@@ -367,51 +362,15 @@ class ServiceBackend(Backend):
 
     # -- creation ---------------------------------------------------------------------------
     def create_dataset(self, plugin_id, values, options):
-        """Start building in a background thread; returns the new job's id at once.
+        """Queue the build with the jobs service and return the new job's id at once.
 
-        The service builds synchronously (the job exists, Running, from the first moment), so
-        the page can show the job while it builds and the request does not wait."""
-        fn = self._fn("create_dataset")
-        _validate_with_plugin(plugin_id, values)
+        The service checks the plugin's form values first (errors go beside the fields) and
+        records the job as Waiting; its worker builds it, writing progress and log to the job."""
         kwargs = {"name": options.get("dataset_name") or "dataset", "group_name": options.get("group_name") or None,
                   "encoding": options.get("encoding") or "none", "workers": options.get("encoder_threads") or 1}
-        extra = _builder_extras(options)
-        kwargs.update(extra)
-        before = {j["id"] for j in self.jobs("dataset")}
-        errors: list[BaseException] = []
-        state = {"progress": 0.0, "log": []}
-
-        def progress(event):
-            if isinstance(event, dict) and event.get("total_all"):
-                state["progress"] = float(event.get("done_all") or 0) / float(event["total_all"])
-
-        def log(line):
-            state["log"].append(str(line))
-
-        kwargs.update(progress=progress, log=log)
-
-        def build():
-            try:
-                fn(plugin_id, dict(values), **_accepted_kwargs(fn, kwargs))
-            except BaseException as exc:  # noqa: BLE001 - the job records the failure; keep it for the request
-                errors.append(exc)
-
-        thread = threading.Thread(target=build, name=f"dataset-{kwargs['name']}", daemon=True)
-        thread.start()
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            new = [j for j in self.jobs("dataset") if j["id"] not in before]
-            if new:
-                self._builds[new[0]["id"]] = state
-                return new[0]["id"]
-            if errors:
-                break
-            time.sleep(0.05)
-        thread.join(0.1)
-        if errors:
-            exc = errors[0]
-            raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
-        raise BadRequest("the dataset job did not start; see the server log")
+        kwargs.update(_builder_extras(options))
+        job = self._call(("submit_dataset",), plugin_id, dict(values), **kwargs)
+        return job if isinstance(job, str) else str(_get(_as_dict(job), "id", "job_id"))
 
     def create_model(self, options):
         service_options, staged = service_model_options(options, self.settings)
@@ -595,26 +554,19 @@ class ServiceBackend(Backend):
 BOOKKEEPING_SERIES = ("epoch", "eta", "throughput")
 
 
-def _validate_with_plugin(plugin_id: str, values: dict) -> None:
-    """The plugin's own checks, before the build starts, so errors land beside the fields."""
-    try:
-        from plugin import FormError, PluginError, get_plugin
-        plugin = get_plugin(plugin_id)
-    except (ImportError, ValueError, LookupError):
-        return  # the service reports a missing plugin itself
-    try:
-        plugin.validate(dict(values))
-    except FormError as exc:
-        raise BadRequest("please correct the marked fields", dict(exc.errors)) from None
-    except PluginError as exc:
-        raise BadRequest(str(exc)) from None
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _build_progress(job_dir) -> float | None:
+    """A running dataset build's fraction done, from the builder's last progress event."""
+    event = _read_json(Path(job_dir) / "build_status.json")
+    if event.get("total_all"):
+        return float(event.get("done_all") or 0) / float(event["total_all"])
+    return None
 
 
 def _runner_progress(job_dir) -> float | None:

@@ -1,7 +1,7 @@
 """Small helpers shared by the views."""
 from __future__ import annotations
 
-from flask import current_app
+from flask import abort, current_app, flash, redirect, url_for
 
 from web.backend import NotFound
 from web.safety import check_job_id
@@ -32,3 +32,18 @@ def load_job(job_id: str, kind: str | None = None) -> dict:
     if kind and job.get("kind") != kind:
         raise NotFound(f"job {job_id} is not a {kind} job")
     return job
+
+
+def post_action(job_id: str, kind: str, action: str, message: str):
+    """A lifecycle button (abort, resume…): form token checked, the backend's refusal flashed,
+    back to the job's page."""
+    from web.forms import ConfirmForm
+    load_job(job_id, kind)
+    if not ConfirmForm().validate_on_submit():
+        abort(400, "missing form token")
+    try:
+        getattr(backend(), action)(job_id)
+        flash(message, "ok")
+    except (ValueError, RuntimeError, LookupError) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for(f"{kind}s.show", job_id=job_id))

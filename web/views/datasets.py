@@ -7,7 +7,7 @@ from web import imaging
 from web.backend import BadRequest, Unavailable
 from web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
 from web.safety import check_job_id
-from web.views.common import backend, load_job, plugin_by_id
+from web.views.common import backend, load_job, plugin_by_id, post_action
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 
@@ -97,6 +97,17 @@ def record_png(job_id, stage, index, kind):
             abort(404, "this record has no label")
         data = imaging.label_png(label, (meta or {}).get("palette"))
     return Response(data, mimetype="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@bp.route("/<job_id>/abort", methods=["POST"])
+def abort_build(job_id):
+    return post_action(job_id, "dataset", "abort", "Dataset build aborted.")
+
+
+@bp.route("/<job_id>/rebuild", methods=["POST"])
+def rebuild(job_id):
+    """Queue an interrupted, aborted or failed build again (the service's resume of a dataset)."""
+    return post_action(job_id, "dataset", "resume", "Dataset queued to be built again.")
 
 
 @bp.route("/<job_id>/delete", methods=["POST"])

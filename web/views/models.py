@@ -6,7 +6,7 @@ from flask import (Blueprint, abort, current_app, flash, redirect, render_templa
 
 from web.backend import BadRequest, Unavailable
 from web.forms import ConfirmForm, ModelForm, choice_list, parse_number_list
-from web.views.common import backend, load_job
+from web.views.common import backend, load_job, post_action
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
@@ -124,26 +124,14 @@ def show(job_id):
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
 
 
-def _post_action(job_id, action, message):
-    load_job(job_id, "model")
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
-    try:
-        getattr(backend(), action)(job_id)
-        flash(message, "ok")
-    except (ValueError, RuntimeError, LookupError) as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("models.show", job_id=job_id))
-
-
 @bp.route("/<job_id>/abort", methods=["POST"])
 def abort_job(job_id):
-    return _post_action(job_id, "abort", "Training aborted.")
+    return post_action(job_id, "model", "abort", "Training aborted.")
 
 
 @bp.route("/<job_id>/resume", methods=["POST"])
 def resume(job_id):
-    return _post_action(job_id, "resume", "Training resumed from the latest snapshot state.")
+    return post_action(job_id, "model", "resume", "Training resumed from the latest snapshot state.")
 
 
 @bp.route("/<job_id>/evaluate", methods=["POST"])
