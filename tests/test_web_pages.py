@@ -343,6 +343,49 @@ def test_inference_record_result_and_compare(env):
     assert html.count('class="overlay-view"') == 2 and "fcn2" in html
 
 
+def test_record_inference_is_computed_once_per_snapshot_and_record(env):
+    import os
+    from pathlib import Path
+    from web.views.inference import record_token
+    app, client, fake, _ = env
+    m = fake.add_job("model", "fcn", dataset_id=fake.add_job("dataset", "d"))
+    job_dir = Path(fake.job(m)["dir"])
+
+    def inferences():
+        return [c for c in fake.calls if c[0] == "infer"]
+    first = client.get(f"/models/{m}/infer/record/00000001")
+    assert first.status_code == 302 and len(inferences()) == 1
+    token = first.headers["Location"].rsplit("/", 1)[1]
+    assert token == record_token(4, "00000001") and inferences()[0][2] == 4  # the newest snapshot, by number
+    stored = job_dir / "inference" / token / "result.json"
+    mtime = stored.stat().st_mtime_ns
+    second = client.get(f"/models/{m}/infer/record/00000001")
+    assert second.headers["Location"] == first.headers["Location"]
+    assert len(inferences()) == 1 and stored.stat().st_mtime_ns == mtime  # reused, not recomputed
+    assert client.get(f"/models/{m}/infer/record/00000001?snapshot=4").headers["Location"] == first.headers["Location"]
+    assert "SC-HF-NI-3 / 0049" in client.get(first.headers["Location"]).get_data(as_text=True)
+    # The test form and the compare view reuse the same result.
+    resp = client.post(f"/models/{m}/infer", data={"snapshot": "4", "record": "00000001", "which": "record"})
+    assert resp.headers["Location"] == first.headers["Location"]
+    client.get(f"/compare?models={m}&record=00000001")
+    assert len(inferences()) == 1
+    assert [p.name for p in (job_dir / "inference").iterdir()] == [token]  # no temporary folder left
+    # Another record, or layer statistics, is another result.
+    client.get(f"/models/{m}/infer/record/00000000")
+    client.post(f"/models/{m}/infer", data={"snapshot": "4", "record": "00000001", "visualize": "y", "which": "record"})
+    assert len(inferences()) == 3 and (job_dir / "inference" / (token + "-viz")).is_dir()
+    # A snapshot rewritten under the same iteration (a resumed training) is inferred again.
+    snap = job_dir / "snapshot_iter_4.caffemodel"
+    snap.write_bytes(b"retrained weights")
+    os.utime(snap, ns=(mtime + 10**9, mtime + 10**9))
+    assert client.get(f"/models/{m}/infer/record/00000001").headers["Location"] == first.headers["Location"]
+    assert len(inferences()) == 4
+    # Keys are checked before anything is named after them.
+    assert client.get(f"/models/{m}/infer/record/a/b").status_code == 400
+    assert client.get(f"/models/{m}/infer/record/%2E%2E").status_code == 400
+    assert len(inferences()) == 4
+
+
 def test_inference_upload(env):
     app, client, fake, _ = env
     m = fake.add_job("model", "fcn")

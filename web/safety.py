@@ -14,6 +14,8 @@ from pathlib import Path
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # File names inside a job directory that the web may serve (no separators, no leading dot).
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$")
+# Dataset record keys (the builder writes zero-padded numbers; plugins may use names): no separators.
+RECORD_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,127}$")
 
 
 class UnsafePath(ValueError):
@@ -24,6 +26,12 @@ def check_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
         raise UnsafePath(f"invalid job id {job_id!r}")
     return job_id
+
+
+def check_record_key(key: str) -> str:
+    if not isinstance(key, str) or not RECORD_KEY_RE.match(key):
+        raise UnsafePath(f"invalid record key {key!r}")
+    return key
 
 
 def within(path: str | os.PathLike, roots: list[str]) -> Path:

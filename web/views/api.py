@@ -235,7 +235,7 @@ def infer(job_id):
         path = inference_views.store_upload(job, upload)
         token = inference_views.run_inference(job, snapshot, image_path=path, visualize=visualize)
     elif body.get("record"):
-        token = inference_views.run_inference(job, snapshot, record=str(body["record"]), visualize=visualize)
+        token = inference_views.record_inference(job, str(body["record"]), snapshot, visualize=visualize)
     else:
         raise BadRequest("give a validation record key ('record') or upload an image ('image')")
     result = inference_views.load_result(job, token)

@@ -3,11 +3,20 @@
 Results are rendered once to PNGs (windowed image, class maps) plus ``result.json`` in
 ``<job dir>/inference/<token>/``; the result page composes them client-side (opacity, mask,
 outline width) so moving a slider never goes back to the server.
+
+A validation record's result has a deterministic token, ``rec-<snapshot iteration>-<hash of the
+key>`` (``-viz`` with layer statistics): asking for the same record under the same snapshot again
+(the evaluation table's links, the compare view, the form) reuses the stored result. The stored
+result also keeps the snapshot file's size and mtime, so a snapshot rewritten under the same
+iteration (a resumed training) is inferred again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +27,7 @@ from werkzeug.utils import secure_filename
 from web import imaging
 from web.backend import BadRequest, Unavailable
 from web.forms import InferenceForm, choice_list
-from web.safety import FILE_NAME_RE, check_job_id, job_file
+from web.safety import FILE_NAME_RE, check_job_id, check_record_key, job_file
 from web.views.common import backend, load_job
 
 bp = Blueprint("inference", __name__)
@@ -55,26 +64,84 @@ def _form_for(job):
     return form, records
 
 
-def save_result(job: dict, result: dict, source: str) -> str:
-    """Write the PNGs and result.json of one inference; returns its token."""
-    token = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(TOKEN_BYTES // 2)
-    out = Path(job["dir"]) / "inference" / token
-    out.mkdir(parents=True, exist_ok=True)
-    image = np.asarray(result["image"])
-    (out / "image.png").write_bytes(imaging.feature_png(image))
-    (out / "prediction.png").write_bytes(imaging.class_map_png(result["prediction"]))
-    has_label = result.get("label") is not None
-    if has_label:
-        (out / "label.png").write_bytes(imaging.class_map_png(result["label"]))
-    summary = {
-        "token": token, "source": source, "snapshot": result.get("snapshot"),
-        "classes": list(result.get("classes") or []),
-        "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
-        "metrics": result.get("metrics") or {}, "has_label": has_label,
-        "layers": result.get("layers") or [], "shape": list(np.asarray(result["prediction"]).shape[-2:]),
-    }
-    (out / "result.json").write_text(json.dumps(summary, default=float))
+def save_result(job: dict, result: dict, source: str, token: str | None = None, extra: dict | None = None) -> str:
+    """Write the PNGs and result.json of one inference; returns its token.
+
+    The files are written into a temporary folder that is then renamed, so a result folder is
+    either complete or absent (two requests for the same record token cannot mix their files)."""
+    token = token or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(TOKEN_BYTES // 2)
+    root = Path(job["dir"]) / "inference"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{token}.{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        image = np.asarray(result["image"])
+        (tmp / "image.png").write_bytes(imaging.feature_png(image))
+        (tmp / "prediction.png").write_bytes(imaging.class_map_png(result["prediction"]))
+        has_label = result.get("label") is not None
+        if has_label:
+            (tmp / "label.png").write_bytes(imaging.class_map_png(result["label"]))
+        summary = {
+            "token": token, "source": source, "snapshot": result.get("snapshot"),
+            "classes": list(result.get("classes") or []),
+            "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
+            "metrics": result.get("metrics") or {}, "has_label": has_label,
+            "layers": result.get("layers") or [], "shape": list(np.asarray(result["prediction"]).shape[-2:]),
+        }
+        summary.update(extra or {})
+        (tmp / "result.json").write_text(json.dumps(summary, default=float))
+        target = root / token
+        if target.exists():  # a stale result of this token (its snapshot was rewritten)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "result.json").is_file():
+                raise
+            # another request stored the same record result first: keep that one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return token
+
+
+def record_token(iteration: int, key: str, visualize: bool = False) -> str:
+    """The token of validation record ``key`` under snapshot ``iteration`` (same inputs, same token)."""
+    digest = hashlib.sha256(check_record_key(key).encode()).hexdigest()[:16]
+    return f"rec-{int(iteration)}-{digest}" + ("-viz" if visualize else "")
+
+
+def _snapshot(job: dict, iteration: int | None) -> dict | None:
+    snaps = job.get("snapshots") or []
+    if iteration is None:
+        return max(snaps, key=lambda s: s.get("iteration", 0)) if snaps else None
+    return next((s for s in snaps if s.get("iteration") == iteration), None)
+
+
+def _snapshot_stamp(job: dict, snap: dict) -> list | None:
+    try:
+        st = job_file(job["dir"], str(snap.get("file") or "")).stat()
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def record_inference(job: dict, key: str, snapshot: int | None = None, visualize: bool = False) -> str:
+    """Token of record ``key`` inferred with ``snapshot`` (None: the newest), computed only once."""
+    check_record_key(key)
+    snap = _snapshot(job, snapshot)
+    if snap is None:  # no such snapshot: the backend explains (no snapshot yet, unknown iteration)
+        return run_inference(job, snapshot, record=key, visualize=visualize)
+    token = record_token(snap["iteration"], key, visualize)
+    stamp = _snapshot_stamp(job, snap)
+    stored = Path(job["dir"]) / "inference" / token / "result.json"
+    if stored.is_file():
+        try:
+            if json.loads(stored.read_text()).get("snapshot_stamp") == stamp:
+                return token
+        except ValueError:
+            pass  # unreadable: compute it again
+    return run_inference(job, snap["iteration"], record=key, visualize=visualize, token=token,
+                         extra={"snapshot_stamp": stamp})
 
 
 def load_result(job: dict, token: str) -> dict:
@@ -97,24 +164,17 @@ def store_upload(job: dict, upload) -> str:
     return str(target)
 
 
-def run_inference(job: dict, snapshot, record=None, image_path=None, visualize=False) -> str:
+def run_inference(job: dict, snapshot, record=None, image_path=None, visualize=False, token=None,
+                  extra=None) -> str:
     result = backend().infer(job["id"], snapshot, record=record, image_path=image_path, visualize=visualize)
+    extra = dict(extra or {})
     if record:
         names = {r["key"]: r.get("name") for r in _val_records(job)}
         source = f"record {names.get(record) or record}"
+        extra["record"] = record
     else:
         source = f"upload {Path(image_path).name}" if image_path else "?"
-    token = save_result(job, result, source)
-    if record:
-        _amend_result(job, token, record=record)
-    return token
-
-
-def _amend_result(job, token, **fields):
-    path = Path(job["dir"]) / "inference" / token / "result.json"
-    data = json.loads(path.read_text())
-    data.update(fields)
-    path.write_text(json.dumps(data))
+    return save_result(job, result, source, token=token, extra=extra)
 
 
 @bp.route("/models/<job_id>/infer", methods=["GET", "POST"])
@@ -131,7 +191,7 @@ def infer(job_id):
                 token = run_inference(job, snapshot, image_path=store_upload(job, upload),
                                       visualize=form.visualize.data)
             elif form.record.data:
-                token = run_inference(job, snapshot, record=form.record.data, visualize=form.visualize.data)
+                token = record_inference(job, form.record.data, snapshot, visualize=form.visualize.data)
             else:
                 raise BadRequest("choose a validation record or upload an image")
             return redirect(url_for("inference.result", job_id=job_id, token=token))
@@ -145,9 +205,10 @@ def infer(job_id):
 
 @bp.route("/models/<job_id>/infer/record/<path:key>")
 def infer_record(job_id, key):
-    """Run one validation record through the latest snapshot (links from the evaluation table)."""
+    """One validation record under the newest (or ``?snapshot=N``) snapshot — the evaluation
+    table's links. Idempotent: the result is computed once per (snapshot, record) and reused."""
     job = load_job(job_id, "model")
-    token = run_inference(job, request.args.get("snapshot", type=int), record=key)
+    token = record_inference(job, key, request.args.get("snapshot", type=int))
     return redirect(url_for("inference.result", job_id=job_id, token=token))
 
 
@@ -182,7 +243,7 @@ def compare():
         for model_id in model_ids[:6]:
             job = load_job(model_id, "model")
             try:
-                token = run_inference(job, None, record=record)
+                token = record_inference(job, record)
                 panels.append({"job": job, "result": load_result(job, token), "token": token})
             except (BadRequest, Unavailable, LookupError, ValueError) as exc:
                 panels.append({"job": job, "error": str(exc)})
