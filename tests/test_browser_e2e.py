@@ -104,7 +104,7 @@ def test_ui_model_page_charts_grow_without_reload(browser_page, fake_site):
     assert not page.js_errors
 
 
-def test_ui_inference_opacity_slider_recomposites(browser_page, fake_site):
+def test_ui_inference_opacity_and_mask_sliders_recomposite(browser_page, fake_site):
     url, fake, _ = fake_site
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))
     page = browser_page
@@ -123,6 +123,27 @@ def test_ui_inference_opacity_slider_recomposites(browser_page, fake_site):
     page.fill(".ov-opacity", "0")
     page.dispatch_event(".ov-opacity", "input")
     assert page.evaluate(pixel)[0] == page.evaluate(pixel)[1]  # gray image shows through
+    # The mask slider darkens what was not segmented (DIGITS' mask), leaving the prediction alone.
+    page.fill(".ov-opacity", "100")
+    page.dispatch_event(".ov-opacity", "input")
+    page.uncheck(".ov-label")  # (11, 16): inside the bright labelled disc, just outside the prediction
+    background = pixel.replace("17, 16", "11, 16")
+    gray = page.evaluate(background)
+    assert gray[0] == gray[1] == gray[2] > 20 and page.inner_text(".ov-mask-value") == "0%"
+    page.fill(".ov-mask", "50")
+    page.dispatch_event(".ov-mask", "input")
+    assert page.inner_text(".ov-mask-value") == "50%"
+    assert abs(page.evaluate(background)[0] - gray[0] / 2) <= 1
+    page.fill(".ov-mask", "100")
+    page.dispatch_event(".ov-mask", "input")
+    assert page.evaluate(background)[:3] == [0, 0, 0] and page.evaluate(pixel)[:3] == [255, 0, 0]
+    page.fill(".ov-width", "3")
+    page.dispatch_event(".ov-width", "input")
+    assert page.inner_text(".ov-width-value") == "3 px"
+    for control, value in ((".ov-opacity", "45"), (".ov-mask", "60")):  # a readable screenshot
+        page.fill(control, value)
+        page.dispatch_event(control, "input")
+    page.check(".ov-label")
     shot(page, "ui_inference")
     assert not page.js_errors
 
@@ -301,6 +322,9 @@ def test_full_workflow(request, tmp_path):
         page.fill(".ov-opacity", "90")
         page.dispatch_event(".ov-opacity", "input")
         assert page.inner_text(".ov-opacity-value") == "90%"
+        page.fill(".ov-mask", "70")
+        page.dispatch_event(".ov-mask", "input")
+        assert page.inner_text(".ov-mask-value") == "70%"
         shot(page, "e2e_7_inference")
         model_url = page.url.split("/inference/")[0]
 

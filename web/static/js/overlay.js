@@ -79,21 +79,26 @@
       const out = ctx.createImageData(w, h);
       const predEdge = (!controls.outline || controls.outline.checked) ? outline(predMap, w, h, lw) : null;
       const labEdge = labMap && (!controls.label || controls.label.checked) ? outline(labMap, w, h, lw) : null;
-      const showMask = !controls.mask || controls.mask.checked;
+      // DIGITS' mask: black laid over what the model did not segment, 0 (off) to 1 (hidden).
+      const mask = controls.mask ? controls.mask.value / 100 : 0;
       for (let i = 0; i < w * h; i++) {
         let r = base.data[i * 4], g = base.data[i * 4 + 1], b = base.data[i * 4 + 2];
         const c = predMap[i];
-        if (showMask && c) {
+        if (c) {
           const col = colour(scheme, info.palette, c);
           r = r * (1 - alpha) + col[0] * alpha; g = g * (1 - alpha) + col[1] * alpha; b = b * (1 - alpha) + col[2] * alpha;
+        } else if (mask) {
+          r *= 1 - mask; g *= 1 - mask; b *= 1 - mask;
         }
         if (predEdge && predEdge[i]) [r, g, b] = colour(scheme, info.palette, predEdge[i]);
         if (labEdge && labEdge[i]) [r, g, b] = LABEL_OUTLINE;
         out.data[i * 4] = r; out.data[i * 4 + 1] = g; out.data[i * 4 + 2] = b; out.data[i * 4 + 3] = 255;
       }
       ctx.putImageData(out, 0, 0);
-      const ov = q(".ov-opacity-value");
-      if (ov) ov.textContent = Math.round(alpha * 100) + "%";
+      const label = (sel, text) => { const e = q(sel); if (e) e.textContent = text; };
+      label(".ov-opacity-value", Math.round(alpha * 100) + "%");
+      label(".ov-mask-value", Math.round(mask * 100) + "%");
+      label(".ov-width-value", lw + " px");
       canvas.dataset.renders = String((parseInt(canvas.dataset.renders || "0", 10)) + 1);
       legend(scheme);
     }
