@@ -91,6 +91,16 @@ GENERIC_DATASET_FIELDS = ("encoding", "encoder_batch_size", "encoder_threads", "
                           "enforce_same_shape", "group_name", "dataset_name")
 
 
+def group_name_field():
+    return StringField("Group name", validators=[Optional()],
+                       description="Jobs with the same group name are listed together on the home page.")
+
+
+def job_name_field(kind: str):
+    return StringField(f"{kind.capitalize()} name", validators=[DataRequired(message=f"give the {kind} a name")],
+                       description=f"A name to recognise the {kind} by.")
+
+
 def _wtf_field(spec: FieldSpec):
     validators = [InputRequired(message=f"{spec.label} is required")] if spec.required else [Optional()]
     if spec.kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
@@ -129,10 +139,8 @@ class _DatasetBase(FlaskForm):
     enforce_same_shape = BooleanField("Enforce same shape", default=True,
                                       description="Refuse (and list in the log) images whose size differs from the "
                                                   "first one, instead of failing at training time.")
-    group_name = StringField("Group name", validators=[Optional()],
-                             description="Jobs with the same group name are listed together on the home page.")
-    dataset_name = StringField("Dataset name", validators=[DataRequired(message="give the dataset a name")],
-                               description="A name to recognise the dataset by.")
+    group_name = group_name_field()
+    dataset_name = job_name_field("dataset")
 
 
 def dataset_form_class(plugin: PluginInfo) -> type[FlaskForm]:
@@ -219,10 +227,8 @@ class ModelForm(FlaskForm):
                                    render_kw={"data-path-complete": "1"},
                                    description="One or more .caffemodel files (separate with ':'); "
                                                "layers are matched by name.")
-    group_name = StringField("Group name", validators=[Optional()],
-                             description="Jobs with the same group name are listed together.")
-    model_name = StringField("Model name", validators=[DataRequired(message="give the model a name")],
-                             description="A name to recognise the model by.")
+    group_name = group_name_field()
+    model_name = job_name_field("model")
 
     def validate_pretrained_model(self, field):
         for part in [p for p in (field.data or "").split(":") if p.strip()]:
