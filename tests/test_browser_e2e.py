@@ -190,6 +190,28 @@ def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_visualize_draws_shapes_or_selects_the_error_line(browser_page, fake_site):
+    pytest.importorskip("engine.prototxt")
+    url, fake, _ = fake_site
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    page.click("[data-net-tab=custom]")
+    page.fill("#custom_network", 'name: "n"\nlayer {\n  name: "a"\n  typo: 1\n}\n')
+    page.click("#visualize")
+    page.wait_for_selector(".net-error")
+    assert page.inner_text(".net-error").startswith("line 4") and "typo" in page.inner_text(".net-error")
+    selected = page.eval_on_selector("#custom_network", "e => e.value.substring(e.selectionStart, e.selectionEnd)")
+    assert selected == "  typo: 1"  # the offending line is selected in the editor
+    page.fill("#custom_network", 'name: "n"\nlayer { name: "d" type: "Data" top: "data" top: "label" }\n'
+                                 'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                                 'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    page.click("#visualize")
+    page.wait_for_selector(".netviz")
+    assert "c (Convolution)" in page.inner_text(".netviz") and "1 × 2 × 30 × 30" in page.inner_text(".netviz")
+    shot(page, "ui_visualize")
+    assert not page.js_errors
+
+
 def test_ui_path_autocomplete_and_dataset_form(browser_page, fake_site):
     url, fake, data = fake_site
     (data / "sunny" / "contours").mkdir()
@@ -243,27 +265,18 @@ layer { name: "accuracy" type: "Accuracy" bottom: "score" bottom: "label" top: "
 """
 
 
-def _phantom_folders(root: Path) -> tuple[Path, Path]:
-    """The image folder (parent of the case folders with DICOM files) and the contour folder."""
-    dcm = next(root.rglob("*.dcm"))
-    image_folder = dcm.parent.parent
-    contour = next(p for p in root.rglob("contours-manual") if p.is_dir())
-    return image_folder, contour.parent.parent
-
-
 def test_full_workflow(request, tmp_path):
     """Phantom dataset → slim model trained one epoch → live chart → inference → opacity slider."""
     missing = _full_stack_available()
     if missing:
         pytest.skip(f"the full stack is not installed yet ({missing})")
     browser_page = request.getfixturevalue("browser_page")
-    from plugin.sunnybrook import phantom
+    image_folder, contour_folder = request.getfixturevalue("phantom_release")
     from web import create_app
 
     data = tmp_path / "data"
-    phantom.generate(data / "sample", cases=2, seed=0, slices=3)
-    image_folder, contour_folder = _phantom_folders(data / "sample")
-    app = create_app({"DATA_DIR": str(data), "POLL_INTERVAL_S": 0.5})
+    app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data), str(image_folder.parent)],
+                      "POLL_INTERVAL_S": 0.5})
     server = LiveServer(app)
     page = browser_page
     try:
@@ -330,7 +343,7 @@ def test_full_workflow(request, tmp_path):
 
         # An uploaded DICOM slice goes through the same preprocessing; no label, so no Dice.
         page.goto(model_url + "/infer")
-        page.set_input_files("#image", str(next((data / "sample").rglob("*.dcm"))))
+        page.set_input_files("#image", str(next(image_folder.rglob("*.dcm"))))
         page.click("button[value=image]")
         page.wait_for_selector(".overlay-view[data-ready='1']", timeout=60_000)
         assert "upload" in page.inner_text("h1")

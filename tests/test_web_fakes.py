@@ -149,6 +149,10 @@ class FakeBackend(Backend):
     def standard_networks(self):
         return [{"name": "fcn_tiny", "title": "FCN tiny", "description": "test net", "text": "name: 'tiny'\n"}]
 
+    def inspect_network(self, text, dataset_id=None):
+        from web.netinspect import inspect  # the real parser and shape inference (Visualize)
+        return inspect(text, [1, 32, 32])
+
     def evaluation(self, job_id):
         self.job(job_id)
         return {"summary": {"dice": {"mean": 0.8, "std": 0.1, "min": 0.5, "max": 0.95}},

@@ -194,6 +194,31 @@ def test_dataset_page_follows_the_queued_build_abort_and_build_again(env):
     assert client.post(f"/datasets/{model}/abort").status_code == 404  # a model is not a dataset
 
 
+def test_every_form_field_has_a_help_tooltip(env):
+    from web.forms import InferenceForm, ModelForm, dataset_form_class
+    app, client, fake, _ = env
+    # The network pickers are the tabs of the network section; each tab explains itself.
+    tabs = {"network_source", "standard_network", "previous_network", "pretrained_network"}
+    with app.test_request_context():
+        for form in (ModelForm(), dataset_form_class(fake_plugin())(), InferenceForm()):
+            missing = [f.name for f in form if not f.description and f.type != "CSRFTokenField" and f.name not in tabs]
+            assert missing == [], type(form).__name__
+    m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))
+    html = client.get(f"/models/{m}/infer").get_data(as_text=True)
+    assert html.count('class="help"') == 4  # snapshot, record, visualize, image
+
+
+def test_a_model_that_cannot_be_deleted_says_why(env, monkeypatch):
+    app, client, fake, _ = env
+    m = fake.add_job("model", "busy", status="Running")
+
+    def refuse(job_id):
+        raise ValueError(f"job {job_id} is running; abort it first")
+    monkeypatch.setattr(fake, "delete", refuse)
+    resp = client.post(f"/models/{m}/delete", follow_redirects=True)
+    assert resp.status_code == 200 and "abort it first" in resp.get_data(as_text=True) and m in fake.jobs_
+
+
 def test_invalid_and_unknown_job_ids(env):
     app, client, fake, _ = env
     assert client.get("/datasets/..%2F..%2Fetc").status_code in (400, 404)

@@ -264,8 +264,12 @@ class InferenceForm(FlaskForm):
     snapshot = SelectField("Snapshot", choices=[], validate_choice=False,
                            description="Which saved weights to use.")
     record = SelectField("Record from the validation set", choices=[], validate_choice=False,
-                         validators=[Optional()])
-    image = FileField("Image file (PNG, TIFF, DICOM)")
+                         validators=[Optional()],
+                         description="A record the model did not train on, named by case and image; its "
+                                     "label gives Dice, IoU and the label outline.")
+    image = FileField("Image file (PNG, TIFF, DICOM)",
+                      description="An image of your own, stored with this model and preprocessed like the "
+                                  "training data; without a label there is no Dice.")
     visualize = BooleanField("Show visualizations and statistics",
                              description="Also report every layer's activations and weights (slower).")
 

@@ -153,7 +153,11 @@ def delete(job_id):
     load_job(job_id, "model")
     if not ConfirmForm().validate_on_submit():
         abort(400, "missing form token")
-    backend().delete(job_id)
+    try:
+        backend().delete(job_id)
+    except (ValueError, RuntimeError) as exc:  # e.g. still training: abort it first
+        flash(str(exc), "error")
+        return redirect(url_for("models.show", job_id=job_id))
     flash("Model deleted.", "ok")
     return redirect(url_for("home.index", tab="model"))
 
