@@ -125,10 +125,15 @@ def test_records_networks_paths(env):
     assert client.get("/api/paths/complete?prefix=").get_json()["completions"] == [str(data.resolve()) + "/"]
 
 
-def test_network_inspect_requires_text(env):
-    client, _, _ = env
+def test_network_inspect_requires_text_and_reports_the_error_line(env, monkeypatch):
+    from web.backend import Backend
+    client, fake, _ = env
     assert client.post("/api/network/inspect", json={}).status_code == 400
-    # The fake backend has no inspector: the API says so instead of failing.
+    pytest.importorskip("engine.prototxt")
+    res = client.post("/api/network/inspect", json={"text": 'name: "n"\nlayer {\n  typo: 1\n}\n'})
+    assert res.status_code == 400 and res.get_json()["line"] == 3 and "typo" in res.get_json()["error"]
+    # A backend without an inspector: the API says so instead of failing.
+    monkeypatch.setattr(fake, "inspect_network", lambda *a, **k: Backend.inspect_network(fake, *a, **k))
     assert client.post("/api/network/inspect", json={"text": "name: 'x'"}).status_code == 501
 
 
