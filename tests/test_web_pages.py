@@ -219,6 +219,27 @@ def test_a_model_that_cannot_be_deleted_says_why(env, monkeypatch):
     assert resp.status_code == 200 and "abort it first" in resp.get_data(as_text=True) and m in fake.jobs_
 
 
+def test_pages_load_nothing_from_outside_the_app(env):
+    """Works offline: scripts, styles and images are the app's own (no CDN, no web fonts)."""
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "m", dataset_id=ds)
+    result = client.get(f"/models/{m}/infer/record/00000001").headers["Location"]
+    pages = ["/", "/datasets/new/sunnybrook", f"/datasets/{ds}", f"/datasets/{ds}/explore", "/models/new",
+             f"/models/{m}", f"/models/{m}/infer", result, f"/compare?models={m}&record=00000001"]
+    assets = set()
+    for page in pages:
+        html = client.get(page).get_data(as_text=True)
+        refs = re.findall(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="([^"]+)"', html)
+        assert refs and all(r.startswith(("/", "data:")) and not r.startswith("//") for r in refs), (page, refs)
+        assets |= {r for r in refs if r.startswith("/static/")}
+    assert {"/static/js/charts.js", "/static/js/overlay.js", "/static/css/app.css"} <= assets
+    for asset in assets:
+        text = client.get(asset).get_data(as_text=True)
+        assert not re.search(r"(?:https?:)?//(?!www\.w3\.org/2000/svg)[a-z0-9.-]+\.[a-z]{2,}/", text), asset
+        assert "@import" not in text and "url(http" not in text, asset
+
+
 def test_invalid_and_unknown_job_ids(env):
     app, client, fake, _ = env
     assert client.get("/datasets/..%2F..%2Fetc").status_code in (400, 404)
