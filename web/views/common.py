@@ -47,3 +47,12 @@ def post_action(job_id: str, kind: str, action: str, message: str):
     except (ValueError, RuntimeError, LookupError) as exc:
         flash(str(exc), "error")
     return redirect(url_for(f"{kind}s.show", job_id=job_id))
+
+
+def add_post_actions(bp, kind: str, actions: dict) -> None:
+    """``POST /<job_id>/<path>`` for each ``{path: (endpoint, backend action, flash message)}``."""
+    for path, (endpoint, action, message) in actions.items():
+        def view(job_id, action=action, message=message):
+            return post_action(job_id, kind, action, message)
+        view.__name__ = view.__qualname__ = endpoint  # CSRFProtect and Flask name views by these
+        bp.add_url_rule(f"/<job_id>/{path}", endpoint, view, methods=["POST"])

@@ -7,7 +7,7 @@ from web import imaging
 from web.backend import BadRequest, Unavailable
 from web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
 from web.safety import check_job_id
-from web.views.common import backend, load_job, plugin_by_id, post_action
+from web.views.common import add_post_actions, backend, load_job, plugin_by_id
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 
@@ -99,15 +99,10 @@ def record_png(job_id, stage, index, kind):
     return Response(data, mimetype="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
-@bp.route("/<job_id>/abort", methods=["POST"])
-def abort_build(job_id):
-    return post_action(job_id, "dataset", "abort", "Dataset build aborted.")
-
-
-@bp.route("/<job_id>/rebuild", methods=["POST"])
-def rebuild(job_id):
-    """Queue an interrupted, aborted or failed build again (the service's resume of a dataset)."""
-    return post_action(job_id, "dataset", "resume", "Dataset queued to be built again.")
+# Abort a queued or running build; "Build again" is the service's resume of a dataset (it is
+# queued again after an error, an abort or an interruption).
+add_post_actions(bp, "dataset", {"abort": ("abort_build", "abort", "Dataset build aborted."),
+                                 "rebuild": ("rebuild", "resume", "Dataset queued to be built again.")})
 
 
 @bp.route("/<job_id>/delete", methods=["POST"])

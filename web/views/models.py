@@ -6,7 +6,7 @@ from flask import (Blueprint, abort, current_app, flash, redirect, render_templa
 
 from web.backend import BadRequest, Unavailable
 from web.forms import ConfirmForm, ModelForm, choice_list, parse_number_list
-from web.views.common import backend, load_job, post_action
+from web.views.common import add_post_actions, backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
@@ -124,14 +124,10 @@ def show(job_id):
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
 
 
-@bp.route("/<job_id>/abort", methods=["POST"])
-def abort_job(job_id):
-    return post_action(job_id, "model", "abort", "Training aborted.")
-
-
-@bp.route("/<job_id>/resume", methods=["POST"])
-def resume(job_id):
-    return post_action(job_id, "model", "resume", "Training resumed from the latest snapshot state.")
+add_post_actions(bp, "model", {
+    "abort": ("abort_job", "abort", "Training aborted."),
+    "resume": ("resume", "resume", "Training resumed from the latest snapshot state."),
+})
 
 
 @bp.route("/<job_id>/evaluate", methods=["POST"])
