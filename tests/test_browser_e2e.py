@@ -60,6 +60,9 @@ def browser_page():
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.js_errors = errors
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.requests = requests
         try:
             yield page
         finally:
@@ -86,6 +89,10 @@ def fake_site(tmp_path):
     server.stop()
 
 
+PLOTLY_POINTS = ("[...document.querySelectorAll('#charts .chart .plot')]"
+                 ".reduce((n, d) => n + (d.data || []).reduce((k, t) => k + t.x.length, 0), 0)")
+
+
 def test_ui_model_page_charts_grow_without_reload(browser_page, fake_site):
     url, fake, _ = fake_site
     ds = fake.add_job("dataset", "d")
@@ -93,14 +100,25 @@ def test_ui_model_page_charts_grow_without_reload(browser_page, fake_site):
     page = browser_page
     page.goto(f"{url}/models/{m}")
     page.evaluate("window.__marker = 42")  # survives only if the page is never reloaded
-    page.wait_for_function("document.querySelector('#charts').dataset.points > 0")
-    first = int(page.eval_on_selector("#charts", "e => e.dataset.points"))
-    page.wait_for_function(f"document.querySelector('#charts').dataset.points > {first}")
+    assert page.evaluate("typeof Plotly.react") == "function"
+    page.wait_for_function(f"{PLOTLY_POINTS} > 0")
+    first = page.evaluate(PLOTLY_POINTS)
+    loss_x = "document.querySelector('.chart[data-chart=\"loss\"] .plot').data[0].x.length"
+    first_loss = page.evaluate(loss_x)
+    page.wait_for_function(f"{loss_x} > {first_loss}")  # Plotly's own trace grew in place
+    assert page.evaluate(PLOTLY_POINTS) > first
     assert page.evaluate("window.__marker") == 42
     titles = page.eval_on_selector_all(".chart-title", "els => els.map(e => e.firstChild.textContent)")
     assert "loss" in titles and "learning rate" in titles
-    page.wait_for_function("document.querySelector('.chart[data-chart=\"dice\"]') !== null")
+    page.wait_for_function("document.querySelector('.chart[data-chart=\"dice\"] .plot .main-svg') !== null")
+    traces = page.evaluate("[...document.querySelector('.chart[data-chart=\"loss\"] .plot').data].map(t => t.name)")
+    assert traces[0] == "train/loss"
+    lr = page.evaluate("document.querySelector('.chart[data-chart=\"learning rate\"] .plot').data[0]")
+    assert lr["name"] == "lr" and len(lr["x"]) == len(lr["y"]) > 0
     shot(page, "ui_model_page")
+    # Offline: every request the page made (Plotly included) went to this app.
+    assert all(r.startswith((url, "data:", "blob:")) for r in page.requests), page.requests
+    assert any("/vendor/plotly.min.js" in r for r in page.requests)
     assert not page.js_errors
 
 
@@ -165,6 +183,8 @@ def test_ui_lr_preview_follows_caffe_step_policy(browser_page, fake_site):
     assert len(rates) == 100
     assert rates[0] == pytest.approx(0.1) and rates[32] == pytest.approx(0.1)
     assert rates[33] == pytest.approx(0.05) and rates[66] == pytest.approx(0.025) and rates[99] == pytest.approx(0.0125)
+    drawn = page.evaluate("(() => { const t = document.querySelector('#lr-chart').data[0]; return [t.x, t.y]; })()")
+    assert drawn[1] == pytest.approx(rates) and drawn[0][4] == pytest.approx(1.0)  # Plotly's trace, x in epochs
     # multistep at 50% and 85%: Caffe moves one step per call, at iterations 50 and 85.
     page.select_option("#lr_policy", "multistep")
     page.fill("#lr_step_values", "50,85")
@@ -316,7 +336,7 @@ def test_full_workflow(request, tmp_path):
         shot(page, "e2e_4_model_form")
         page.click("#create-model")
         page.wait_for_url("**/models/*")
-        page.wait_for_function("document.querySelector('#charts').dataset.points > 0", timeout=180_000)
+        page.wait_for_function(f"{PLOTLY_POINTS} > 0", timeout=180_000)  # Plotly traces grow
         shot(page, "e2e_5_training")
         page.wait_for_function(
             "['Done', 'Error'].includes((document.querySelector('#job-status .badge') || {}).textContent)",

@@ -232,9 +232,19 @@ def test_pages_load_nothing_from_outside_the_app(env):
         html = client.get(page).get_data(as_text=True)
         refs = re.findall(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="([^"]+)"', html)
         assert refs and all(r.startswith(("/", "data:")) and not r.startswith("//") for r in refs), (page, refs)
-        assets |= {r for r in refs if r.startswith("/static/")}
-    assert {"/static/js/charts.js", "/static/js/overlay.js", "/static/css/app.css"} <= assets
-    for asset in assets:
+        assets |= {r for r in refs if r.startswith(("/static/", "/vendor/"))}
+    assert {"/static/js/model_page.js", "/static/js/overlay.js", "/static/css/app.css"} <= assets
+    vendor = {a for a in assets if a.startswith("/vendor/")}
+    assert {a.split("?")[0] for a in vendor} == {"/vendor/plotly.min.js"}, vendor
+    for asset in vendor:
+        # The charting library is the installed plotly package's own bundle, served by the app.
+        import plotly
+        from pathlib import Path
+        resp = client.get(asset)
+        assert resp.status_code == 200 and resp.mimetype == "text/javascript"
+        assert resp.get_data() == (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+        assert resp.cache_control.max_age and resp.cache_control.max_age > 3600
+    for asset in assets - vendor:
         text = client.get(asset).get_data(as_text=True)
         assert not re.search(r"(?:https?:)?//(?!www\.w3\.org/2000/svg)[a-z0-9.-]+\.[a-z]{2,}/", text), asset
         assert "@import" not in text and "url(http" not in text, asset

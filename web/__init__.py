@@ -82,8 +82,8 @@ def create_app(config=None) -> Flask:
     app.extensions["caffeseg_backend"] = _open_backend(settings)
     csrf.init_app(app)
 
-    from web.views import api, datasets, files, home, inference, models
-    for module in (home, datasets, models, inference, files):
+    from web.views import api, datasets, files, home, inference, models, vendor
+    for module in (home, datasets, models, inference, files, vendor):
         app.register_blueprint(module.bp)
     # The JSON API authenticates state changes by requiring a JSON body or a custom header,
     # which a cross-site form cannot send; the browser pages send both the header and the token.

@@ -85,7 +85,14 @@ def install(app) -> None:
     @app.context_processor
     def globals_():
         from web.plugins import discover
-        return {"installed_plugins": _cached_plugins(app, discover)}
+        return {"installed_plugins": _cached_plugins(app, discover), "vendor_url": _vendor_url}
+
+
+def _vendor_url(name: str) -> str:
+    """URL of a library served from an installed package (web.views.vendor), versioned for caching."""
+    from flask import url_for
+    from web.views.vendor import library_version
+    return url_for("vendor.library", name=name, v=library_version(name))
 
 
 def _cached_plugins(app, discover):

@@ -137,23 +137,21 @@
     }, maxIter);
     let rates;
     try { rates = CaffeLR.schedule(params); } catch (e) { return; }
-    const canvas = document.getElementById("lr-chart");
-    canvas.dataset.rates = JSON.stringify(rates.length > 2000 ? [] : rates);
-    const ctx = canvas.getContext("2d");
-    const W = canvas.width, H = canvas.height, L = 52, B = 20;
-    ctx.clearRect(0, 0, W, H);
-    const hi = Math.max(...rates), lo = 0;
-    ctx.strokeStyle = "#c9ced8"; ctx.beginPath(); ctx.moveTo(L, 4); ctx.lineTo(L, H - B); ctx.lineTo(W - 4, H - B); ctx.stroke();
-    ctx.fillStyle = "#6b7385"; ctx.font = "10px sans-serif";
-    ctx.fillText(hi.toPrecision(3), 4, 12); ctx.fillText("0", L - 12, H - B);
-    ctx.fillText("0", L, H - 6); ctx.fillText(epochs + " epochs", W - 60, H - 6);
-    ctx.strokeStyle = "#2f6fde"; ctx.lineWidth = 1.6; ctx.beginPath();
-    rates.forEach((r, i) => {
-      const x = L + (i / Math.max(1, rates.length - 1)) * (W - L - 6);
-      const y = (H - B) - (r - lo) / ((hi - lo) || 1) * (H - B - 8);
-      if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
-    });
-    ctx.stroke();
+    const plot = document.getElementById("lr-chart");
+    plot.dataset.rates = JSON.stringify(rates.length > 2000 ? [] : rates);
+    if (window.Plotly) {
+      // Every iteration's rate, x in epochs; Plotly from the installed plotly package (/vendor/).
+      const step = Math.max(1, Math.floor(rates.length / 2000));
+      const x = [], y = [];
+      for (let i = 0; i < rates.length; i += step) { x.push(i / itersPerEpoch); y.push(rates[i]); }
+      Plotly.react(plot, [{ x: x, y: y, type: "scatter", mode: "lines", line: { color: "#2f6fde", width: 1.6, shape: "hv" },
+                            name: "learning rate", hovertemplate: "epoch %{x:.2f}<br>lr %{y:.4g}<extra></extra>" }],
+                   { height: 170, margin: { l: 56, r: 10, t: 6, b: 34 }, font: { size: 10 }, showlegend: false,
+                     paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+                     xaxis: { title: { text: "epoch", standoff: 2 }, range: [0, epochs], zeroline: false, gridcolor: "#eff1f5" },
+                     yaxis: { rangemode: "tozero", exponentformat: "e", gridcolor: "#eff1f5" } },
+                   { displaylogo: false, showLink: false, responsive: true, displayModeBar: false });
+    }
     document.getElementById("lr-preview-info").textContent =
       "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (d ? "" : ", assuming 100 training records") + ")";
   }

@@ -1,13 +1,18 @@
-// Model page: polls /api/jobs/<id>/metrics?since=N and grows the charts in place (no reloads).
+// Model page: polls /api/jobs/<id>/metrics?since=N and grows the Plotly charts in place (no reloads).
+// Plotly comes from the installed `plotly` Python package (/vendor/plotly.min.js), never a CDN.
 (function () {
   "use strict";
   const box = document.getElementById("charts");
   if (!box) return;
   const url = box.dataset.metricsUrl;
   const interval = Math.max(0.5, parseFloat(box.dataset.poll) || 2) * 1000;
-  const charts = new Map();
+  const charts = new Map();  // chart key -> {plot: div, traces: Map(series name -> trace), revision}
   let since = 0, itersPerEpoch = null, stopped = false;
   const FINISHED = ["done", "error", "aborted", "interrupted"];
+  const COLORS = ["#2f6fde", "#e0543c", "#1f9d55", "#c77c02", "#8e44ad", "#0e9aa7", "#d6336c", "#5c6b7a"];
+  // Nothing that would reach outside the app: no logo link, no "edit in Chart Studio".
+  const CONFIG = { displaylogo: false, showLink: false, showSendToCloud: false, showEditInChartStudio: false,
+                   responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage"] };
 
   // Charts group outputs by name: train/loss and val/loss share the "loss" chart.
   function chartFor(name) {
@@ -15,11 +20,49 @@
     if (!charts.has(key)) {
       const empty = document.getElementById("charts-empty");
       if (empty) empty.remove();
-      const chart = new LineChart(box, key, { xLabel: "epoch" });
-      chart.root.dataset.chart = key;
-      charts.set(key, chart);
+      const root = document.createElement("div");
+      root.className = "chart";
+      root.dataset.chart = key;
+      const title = document.createElement("div");
+      title.className = "chart-title";
+      title.textContent = key;
+      const plot = document.createElement("div");
+      plot.className = "plot";
+      root.append(title, plot);
+      box.appendChild(root);
+      // A new chart can change the grid's columns: the drawn ones take their new width.
+      if (window.Plotly) charts.forEach(c => { if (c.plot.data) Plotly.Plots.resize(c.plot); });
+      charts.set(key, { key: key, plot: plot, traces: new Map(), revision: 0 });
     }
     return charts.get(key);
+  }
+
+  function traceFor(chart, name) {
+    if (!chart.traces.has(name)) {
+      const val = name.startsWith("val/");
+      chart.traces.set(name, {
+        name: name, x: [], y: [], type: "scatter", mode: val ? "lines+markers" : "lines",
+        line: { color: COLORS[chart.traces.size % COLORS.length], width: 1.6, shape: chart.key === "learning rate" ? "hv" : "linear" },
+        marker: { size: 5 }, hovertemplate: "epoch %{x:.3f}<br>%{y:.4g}<extra>" + name + "</extra>",
+      });
+    }
+    return chart.traces.get(name);
+  }
+
+  function layout(chart) {
+    return {
+      height: 240, margin: { l: 56, r: 12, t: 8, b: 36 }, datarevision: chart.revision,
+      font: { size: 11 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+      xaxis: { title: { text: "epoch", standoff: 4 }, zeroline: false, gridcolor: "#eff1f5" },
+      yaxis: { zeroline: false, gridcolor: "#eff1f5", exponentformat: "e", rangemode: chart.key === "learning rate" ? "tozero" : "normal" },
+      legend: { orientation: "h", x: 0, y: 1.12, font: { size: 10 } }, showlegend: true,
+    };
+  }
+
+  function render(chart) {
+    chart.revision += 1;
+    const data = [...chart.traces.values()];
+    Plotly.react(chart.plot, data, layout(chart), CONFIG);
   }
 
   function toEpoch(it) { return itersPerEpoch ? it / itersPerEpoch : it; }
@@ -27,16 +70,21 @@
   function update(m) {
     if (m.iters_per_epoch) itersPerEpoch = m.iters_per_epoch;
     let last = since;
+    const changed = new Set();
     Object.keys(m.series || {}).forEach(name => {
-      const pts = m.series[name];
+      const pts = m.series[name].filter(p => isFinite(p[1]));
       if (!pts.length) return;
       const chart = chartFor(name);
-      chart.add(name, pts.map(p => [toEpoch(p[0]), p[1]]));
-      pts.forEach(p => { if (p[0] + 1 > last) last = p[0] + 1; });
+      const trace = traceFor(chart, name);
+      pts.forEach(p => { trace.x.push(toEpoch(p[0])); trace.y.push(p[1]); });
+      changed.add(chart);
+      m.series[name].forEach(p => { if (p[0] + 1 > last) last = p[0] + 1; });
     });
     since = Math.max(since, last);
-    charts.forEach(c => c.render());
-    box.dataset.points = [...charts.values()].reduce((n, c) => n + c.pointCount(), 0);
+    if (window.Plotly) changed.forEach(render);
+    let points = 0;
+    charts.forEach(c => c.traces.forEach(t => { points += t.x.length; }));
+    box.dataset.points = points;
     if (m.progress !== undefined && m.progress !== null) {
       const pct = (m.progress * 100).toFixed(1) + "%";
       document.getElementById("progress-bar").style.width = pct;
@@ -60,6 +108,12 @@
     s = Math.round(s);
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
     return h ? h + "h " + String(m).padStart(2, "0") + "m" : m ? m + "m " + String(sec).padStart(2, "0") + "s" : sec + "s";
+  }
+
+  if (!window.Plotly) {
+    const note = document.getElementById("charts-empty");
+    if (note) note.textContent = "The charting library (the plotly Python package) is not installed on this server; " +
+                                 "the metrics are still available at " + url + ".";
   }
 
   async function poll() {
