@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -36,6 +37,7 @@ class KnownModel:
     description: str
     use: str                  # how the project turns it into segmentation weights
     conversion: Optional[str] = None  # jobs.surgery function that makes FCN weights of it
+    network: Optional[str] = None     # the prototxt/ network (stem) these weights start
 
 
 KNOWN_MODELS = {
@@ -48,6 +50,7 @@ KNOWN_MODELS = {
         description="BVLC AlexNet, ImageNet ILSVRC2012 classifier (RGB, BGR mean-subtracted input)",
         use="jobs.surgery.alexnet_to_fcn -> prototxt/fcn_alexnet.prototxt (gray=True for 1-channel data)",
         conversion="alexnet_to_fcn",
+        network="fcn_alexnet",
     ),
     "fcn8s-heavy-pascal": KnownModel(
         name="fcn8s-heavy-pascal",
@@ -57,6 +60,7 @@ KNOWN_MODELS = {
         size=None,
         description="FCN-8s trained on PASCAL VOC (21 classes), Long et al. 2015",
         use="copy_from into prototxt/fcn_8s.prototxt (trunk conv1_1..fc7 loads; 2-class score layers start fresh)",
+        network="fcn_8s",
     ),
     "VGG16": KnownModel(
         name="VGG16",
@@ -67,6 +71,7 @@ KNOWN_MODELS = {
         description="VGG ILSVRC 16-layer classifier (Simonyan & Zisserman 2014)",
         use="jobs.surgery.vgg16_to_fcn8s -> prototxt/fcn_8s.prototxt",
         conversion="vgg16_to_fcn8s",
+        network="fcn_8s",
     ),
 }
 
@@ -213,13 +218,173 @@ def prepare(name, dest_dir, gray=False, num_classes=2, url=None, progress=None):
 
     model = _model(name)
     downloaded = fetch(model, dest_dir, url=url, progress=progress)
-    stem = downloaded.name[: -len(".caffemodel")] if downloaded.name.endswith(".caffemodel") else downloaded.name
-    suffix = "-gray" if gray else ""
+    target = prepared_path(model, dest_dir, gray)
     if model.conversion:
         convert = getattr(surgery, model.conversion)
-        target = downloaded.with_name("%s-fcn%s.caffemodel" % (stem, suffix))
         return target, convert(downloaded, target, num_classes=num_classes, gray=gray)
     if gray:
-        target = downloaded.with_name("%s%s.caffemodel" % (stem, suffix))
         return target, surgery.rgb_to_gray_conv1(downloaded, target)
     return downloaded, None
+
+
+def prepared_path(name, dest_dir, gray=False) -> Path:
+    """Where :func:`prepare` writes (or finds) the segmentation weights of a known model:
+    ``<stem>-fcn[-gray].caffemodel`` for a converted classifier, ``<stem>-gray.caffemodel`` for
+    an FCN with conv1 summed over RGB, the download itself otherwise."""
+    model = _model(name)
+    filename = model.filename
+    stem = filename[: -len(".caffemodel")] if filename.endswith(".caffemodel") else filename
+    suffix = "-gray" if gray else ""
+    if model.conversion:
+        return Path(dest_dir) / ("%s-fcn%s.caffemodel" % (stem, suffix))
+    if gray:
+        return Path(dest_dir) / ("%s%s.caffemodel" % (stem, suffix))
+    return Path(dest_dir) / filename
+
+
+# `caffeseg surgery` kinds of the conversion functions.
+SURGERY_KINDS = {"alexnet_to_fcn": "alexnet-fcn", "vgg16_to_fcn8s": "vgg16-fcn8s"}
+
+
+def network_weights(name, dest_dir, gray=False) -> dict:
+    """A known model as a network source: the prototxt/ network it starts and its weights.
+
+    Returns ``{"network", "weights" (path), "ready" (the weights file exists), "downloaded",
+    "steps"}``; ``steps`` are the commands that make the weights when they are not there yet
+    (fetch, then the surgery :func:`prepare` would run), none when ready. Nothing is faked:
+    a model is ready only when its converted file is on disk."""
+    model = _model(name)
+    dest_dir = Path(dest_dir)
+    download = dest_dir / model.filename
+    weights = prepared_path(model, dest_dir, gray)
+    steps = []
+    if not weights.is_file():
+        if not download.is_file():
+            steps.append("caffeseg pretrained %s --dest %s" % (model.name, dest_dir))
+        if model.conversion:
+            steps.append("caffeseg surgery %s %s %s%s" % (SURGERY_KINDS[model.conversion], download, weights,
+                                                         " --gray" if gray else ""))
+        elif gray:
+            steps.append("caffeseg surgery rgb-to-gray %s %s" % (download, weights))
+    return {"network": model.network, "weights": str(weights), "ready": weights.is_file(),
+            "downloaded": download.is_file(), "steps": steps}
+
+
+# -- pretrained models uploaded by users (DIGITS' "Upload Pretrained Model") -----------------------
+
+UPLOAD_DIR_NAME = "uploaded"
+UPLOAD_NETWORK = "network.prototxt"
+UPLOAD_WEIGHTS = "weights.caffemodel"
+UPLOAD_INFO = "info.json"
+MAX_PROTOTXT_BYTES = 1 << 20
+_UPLOAD_ID = re.compile(r"^up-[0-9a-f]{12}$")
+_UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+()-]{0,63}$")
+
+
+class UploadError(ValueError):
+    """An uploaded pretrained model that is refused; ``field`` names the form field at fault."""
+
+    def __init__(self, message, field=None):
+        ValueError.__init__(self, message)
+        self.field = field
+
+
+def uploads_dir(dest_dir) -> Path:
+    return Path(dest_dir) / UPLOAD_DIR_NAME
+
+
+def _upload_folder(dest_dir, upload_id) -> Path:
+    if not isinstance(upload_id, str) or not _UPLOAD_ID.match(upload_id):
+        raise KeyError("unknown uploaded pretrained model %r" % (upload_id,))
+    folder = uploads_dir(dest_dir) / upload_id
+    if not (folder / UPLOAD_INFO).is_file():
+        raise KeyError("unknown uploaded pretrained model %r" % (upload_id,))
+    return folder
+
+
+def save_upload(dest_dir, name, prototxt, weights_path, description="") -> dict:
+    """Check and store a user's network + weights under ``dest_dir/uploaded/<id>/``.
+
+    ``prototxt`` is the network text (str or bytes); ``weights_path`` a .caffemodel file
+    (moved into the store). The network must parse, the weights must be a readable caffemodel
+    with blobs, and at least one weighted layer must be named as in the network (Caffe's
+    copy_from matches by name). Returns the entry (see :func:`list_uploads`)."""
+    import json
+    import secrets
+    import shutil
+    import time
+
+    from engine.caffemodel import read_caffemodel
+    from engine.prototxt import PrototxtError, parse_net
+
+    name = (name or "").strip()
+    if not _UPLOAD_NAME.match(name):
+        raise UploadError("a name of 1-64 letters, digits, spaces or _.+()- starting with a letter or digit", "name")
+    if isinstance(prototxt, bytes):
+        if len(prototxt) > MAX_PROTOTXT_BYTES:
+            raise UploadError("the network file is larger than %d bytes" % MAX_PROTOTXT_BYTES, "prototxt")
+        try:
+            prototxt = prototxt.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadError("the network file is not UTF-8 text", "prototxt") from None
+    if not (prototxt or "").strip():
+        raise UploadError("the network (.prototxt) is missing", "prototxt")
+    try:
+        net = parse_net(prototxt, source="uploaded network")
+    except PrototxtError as exc:
+        raise UploadError("the network does not parse: %s" % exc, "prototxt") from None
+    if not len(net.layer):
+        raise UploadError("the network has no layers", "prototxt")
+    try:
+        model = read_caffemodel(str(weights_path))
+    except (OSError, ValueError) as exc:
+        raise UploadError("the weights are not a readable .caffemodel (%s)" % exc, "weights") from None
+    weighted = [layer.name for layer in model.layer if len(layer.blobs)]
+    if not weighted:
+        raise UploadError("the .caffemodel holds no weights", "weights")
+    names = {layer.name for layer in net.layer}
+    matched = [n for n in weighted if n in names]
+    if not matched:
+        raise UploadError("no layer of the weights is named as a layer of the network (weights: %s)"
+                          % ", ".join(weighted[:8]), "weights")
+    upload_id = "up-" + secrets.token_hex(6)
+    folder = uploads_dir(dest_dir) / upload_id
+    folder.mkdir(parents=True)
+    try:
+        (folder / UPLOAD_NETWORK).write_text(prototxt)
+        shutil.move(str(weights_path), str(folder / UPLOAD_WEIGHTS))
+        info = {"id": upload_id, "name": name, "description": (description or "").strip()[:500],
+                "created": time.time(), "matched": matched, "network_name": net.name or ""}
+        (folder / UPLOAD_INFO).write_text(json.dumps(info))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return upload_entry(dest_dir, upload_id)
+
+
+def upload_entry(dest_dir, upload_id) -> dict:
+    """``{id, name, description, created, matched, network_name, prototxt, weights, size}``."""
+    import json
+    folder = _upload_folder(dest_dir, upload_id)
+    info = json.loads((folder / UPLOAD_INFO).read_text())
+    weights = folder / UPLOAD_WEIGHTS
+    return dict(info, id=upload_id, prototxt=str(folder / UPLOAD_NETWORK), weights=str(weights),
+                size=weights.stat().st_size if weights.is_file() else None)
+
+
+def list_uploads(dest_dir) -> list:
+    """The uploaded pretrained models, oldest first."""
+    root = uploads_dir(dest_dir)
+    out = []
+    if root.is_dir():
+        for folder in root.iterdir():
+            try:
+                out.append(upload_entry(dest_dir, folder.name))
+            except (KeyError, OSError, ValueError):
+                continue  # not an upload (or a broken one): not listed
+    return sorted(out, key=lambda e: (e.get("created") or 0, e["id"]))
+
+
+def delete_upload(dest_dir, upload_id) -> None:
+    import shutil
+    shutil.rmtree(_upload_folder(dest_dir, upload_id))

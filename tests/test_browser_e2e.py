@@ -196,6 +196,43 @@ def test_ui_lr_preview_follows_caffe_step_policy(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_pretrained_network_fills_the_form(browser_page, fake_site):
+    """Picking a pretrained model makes it the network source, shows its network and the weights for
+    the dataset's channels; Customize puts an uploaded model's network in the editor and its weights
+    in "Pretrained model(s)"."""
+    pytest.importorskip("engine.caffemodel")
+    import numpy as np
+    from jobs import pretrained
+    from web_helpers import write_weights
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")  # 1-channel features: the gray variants are used
+    store = fake.root / "pretrained"
+    store.mkdir()
+    gray = store / "fcn8s-heavy-pascal-gray.caffemodel"
+    gray.write_bytes(b"weights")
+    net = 'name: "mine"\nlayer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 3 } }\n'
+    write_weights(store / "w.caffemodel", {"conv": [np.ones((2, 1, 3, 3), np.float32)]})
+    mine = pretrained.save_upload(store, "mine", net, store / "w.caffemodel")
+    page = browser_page
+    page.goto(f"{url}/models/new?dataset={ds}")
+    page.click("[data-net-tab=pretrained]")
+    page.check("input[name=pretrained_network][value='fcn8s-heavy-pascal']")
+    assert page.input_value("#network_source") == "pretrained"
+    summary = page.eval_on_selector("#pretrained-summary", "e => Object.assign({text: e.textContent}, e.dataset)")
+    assert summary["network"] == "fcn_8s" and summary["weights"] == str(gray) and summary["ready"] == "1"
+    assert "prototxt/fcn_8s.prototxt" in summary["text"]
+    vgg = page.inner_text("tr[data-pretrained='VGG16'] .pretrained-status")
+    assert "caffeseg surgery vgg16-fcn8s" in vgg and "--gray" in vgg  # not made: the commands, not a fake
+    page.check("input[name=pretrained_network][value='VGG16']")
+    assert page.eval_on_selector("#pretrained-summary", "e => e.dataset.ready") == "0"
+    shot(page, "ui_pretrained_networks")
+    page.click(f"tr[data-pretrained='{mine['id']}'] .customize-pretrained")
+    page.wait_for_function("document.querySelector('#network_source').value === 'custom'")
+    assert page.input_value("#custom_network") == net
+    assert page.input_value("#pretrained_model") == mine["weights"]
+    assert not page.js_errors
+
+
 def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
     url, fake, _ = fake_site
     page = browser_page

@@ -152,3 +152,73 @@ def test_prepare_fetches_and_converts(server, tmp_path):
                        sha1=None, size=None, description="test", use="test")
     path, report = pretrained.prepare(plain, tmp_path / "models")
     assert path.name == "fcn.caffemodel" and report is None
+
+
+def test_each_known_model_is_paired_with_its_network_and_the_steps_that_make_its_weights(tmp_path):
+    import os
+    from jobs.model_job import STANDARD_NETWORK_DIR
+    assert {n: m.network for n, m in pretrained.KNOWN_MODELS.items()} == {
+        "bvlc_alexnet": "fcn_alexnet", "fcn8s-heavy-pascal": "fcn_8s", "VGG16": "fcn_8s"}
+    for model in pretrained.KNOWN_MODELS.values():
+        assert os.path.isfile(os.path.join(STANDARD_NETWORK_DIR, model.network + ".prototxt"))
+    alex = pretrained.network_weights("bvlc_alexnet", tmp_path, gray=True)
+    target = tmp_path / "bvlc_alexnet-fcn-gray.caffemodel"
+    assert alex["network"] == "fcn_alexnet" and alex["weights"] == str(target) and not alex["ready"]
+    assert alex["steps"] == ["caffeseg pretrained bvlc_alexnet --dest %s" % tmp_path,
+                             "caffeseg surgery alexnet-fcn %s %s --gray" % (tmp_path / "bvlc_alexnet.caffemodel", target)]
+    (tmp_path / "bvlc_alexnet.caffemodel").write_bytes(b"x")
+    assert pretrained.network_weights("bvlc_alexnet", tmp_path, gray=True)["steps"] == alex["steps"][1:]
+    target.write_bytes(b"x")
+    done = pretrained.network_weights("bvlc_alexnet", tmp_path, gray=True)
+    assert done["ready"] and done["steps"] == []
+    # FCN-8s PASCAL: RGB data uses the download as it is; gray data needs the conv1 surgery.
+    fcn = pretrained.network_weights("fcn8s-heavy-pascal", tmp_path, gray=False)
+    assert fcn["weights"] == str(tmp_path / "fcn8s-heavy-pascal.caffemodel") and len(fcn["steps"]) == 1
+    assert "rgb-to-gray" in pretrained.network_weights("fcn8s-heavy-pascal", tmp_path, gray=True)["steps"][1]
+    vgg = pretrained.network_weights("VGG16", tmp_path, gray=False)
+    assert vgg["network"] == "fcn_8s" and "surgery vgg16-fcn8s" in vgg["steps"][1] and "--gray" not in vgg["steps"][1]
+    assert pretrained.prepared_path("VGG16", tmp_path, gray=True).name == "VGG_ILSVRC_16_layers-fcn-gray.caffemodel"
+
+
+NET = 'name: "up"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }\n' \
+      'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 3 } }\n'
+
+
+def test_uploaded_models_are_checked_stored_listed_and_deleted(tmp_path):
+    import numpy as np
+    from web_helpers import write_weights
+    from jobs.pretrained import UploadError
+
+    def weights(name="conv"):
+        path = tmp_path / ("w-%s.caffemodel" % name)
+        write_weights(path, {name: [np.ones((2, 1, 3, 3), np.float32)]})
+        return path
+
+    with pytest.raises(UploadError, match="name") as err:
+        pretrained.save_upload(tmp_path, "../evil", NET, weights())
+    assert err.value.field == "name"
+    with pytest.raises(UploadError, match="does not parse") as err:
+        pretrained.save_upload(tmp_path, "n", "layer { nope: 1 }", weights())
+    assert err.value.field == "prototxt"
+    with pytest.raises(UploadError, match="missing"):
+        pretrained.save_upload(tmp_path, "n", b"", weights())
+    with pytest.raises(UploadError, match="no layer of the weights"):
+        pretrained.save_upload(tmp_path, "n", NET, weights("other"))
+    garbage = tmp_path / "garbage.caffemodel"
+    garbage.write_bytes(b"\xff\xff not protobuf")
+    with pytest.raises(UploadError, match="readable"):
+        pretrained.save_upload(tmp_path, "n", NET, garbage)
+    assert pretrained.list_uploads(tmp_path) == []
+
+    source = weights()
+    entry = pretrained.save_upload(tmp_path, "My net (v2)", NET.encode(), source, "desc")
+    assert not source.exists()  # moved into the store
+    folder = tmp_path / "uploaded" / entry["id"]
+    assert entry["weights"] == str(folder / "weights.caffemodel") and entry["prototxt"] == str(folder / "network.prototxt")
+    assert entry["name"] == "My net (v2)" and entry["matched"] == ["conv"] and entry["network_name"] == "up"
+    assert [e["id"] for e in pretrained.list_uploads(tmp_path)] == [entry["id"]]
+    for bad in ("../uploaded", "up-../../x", "bvlc_alexnet", "up-000000000000"):
+        with pytest.raises(KeyError):
+            pretrained.upload_entry(tmp_path, bad)
+    pretrained.delete_upload(tmp_path, entry["id"])
+    assert not folder.exists() and pretrained.list_uploads(tmp_path) == []

@@ -149,6 +149,26 @@ class FakeBackend(Backend):
     def standard_networks(self):
         return [{"name": "fcn_tiny", "title": "FCN tiny", "description": "test net", "text": "name: 'tiny'\n"}]
 
+    # Pretrained models: the real store (web.pretrained_store) under this fake's folder; every
+    # dataset of the fake has 1-channel features.
+    def pretrained_models(self):
+        from web import pretrained_store
+        return pretrained_store.catalogue(self.root)
+
+    def pretrained_network(self, pretrained_id, dataset_id):
+        from web import pretrained_store
+        return pretrained_store.resolve(self.root, pretrained_id, 1)
+
+    def upload_pretrained(self, name, prototxt, weights, description=""):
+        from web import pretrained_store
+        self.calls.append(("upload_pretrained", name))
+        return pretrained_store.save_upload(self.root, name, prototxt, weights, description)
+
+    def delete_pretrained(self, pretrained_id):
+        from web import pretrained_store
+        self.calls.append(("delete_pretrained", pretrained_id))
+        pretrained_store.delete_upload(self.root, pretrained_id)
+
     def inspect_network(self, text, dataset_id=None):
         from web.netinspect import inspect  # the real parser and shape inference (Visualize)
         return inspect(text, [1, 32, 32])

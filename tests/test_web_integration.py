@@ -134,15 +134,117 @@ def test_uploaded_python_layer_is_stored_in_the_job(site):
     assert not os.path.exists(staging) or os.listdir(staging) == []
 
 
-def test_known_pretrained_models_are_listed(site):
+def _pretrained_form(ds_id, pretrained_id, **over):
+    form = {"dataset": ds_id, "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "pretrained", "pretrained_network": pretrained_id,
+            "model_name": "from pretrained"}
+    form.update(over)
+    return form
+
+
+def test_known_pretrained_models_are_network_sources(site):
+    """A known model gives its prototxt/ network and its (gray, for 1-channel data) weights;
+    one whose surgery is not done is refused with the commands, not faked."""
+    from web_helpers import write_weights
     client, svc, ds, data = site
-    pytest.importorskip("jobs.pretrained")
-    (data / "pretrained").mkdir()
-    (data / "pretrained" / "bvlc_alexnet.caffemodel").write_bytes(b"w" * 10)
+    store = data.resolve() / "pretrained"
+    store.mkdir()
+    (store / "bvlc_alexnet.caffemodel").write_bytes(b"w" * 10)
     html = client.get("/?tab=pretrained").get_data(as_text=True)
     assert "bvlc_alexnet" in html and "caffeseg pretrained VGG16" in html
+    assert f"caffeseg surgery alexnet-fcn {store / 'bvlc_alexnet.caffemodel'} {store / 'bvlc_alexnet-fcn-gray.caffemodel'} --gray" in html
     html = client.get("/models/new").get_data(as_text=True)
-    assert f'data-path="{data.resolve() / "pretrained" / "bvlc_alexnet.caffemodel"}"' in html
+    assert 'name="pretrained_network" value="fcn8s-heavy-pascal"' in html
+
+    # Not converted yet: 400, the message names the surgery; no job is made.
+    resp = client.post("/models/new", data=_pretrained_form(ds["id"], "bvlc_alexnet"))
+    assert resp.status_code == 400 and "caffeseg surgery alexnet-fcn" in resp.get_data(as_text=True)
+    assert svc.list_jobs("model") == []
+    # Unknown id: a form error.
+    resp = client.post("/models/new", data=_pretrained_form(ds["id"], "no-such-model"))
+    assert resp.status_code == 400 and "unknown pretrained network" in resp.get_data(as_text=True)
+    api = client.post("/api/models", json=_pretrained_form(ds["id"], "no-such-model"))
+    assert api.status_code == 400 and "unknown pretrained network" in api.get_json()["fields"]["network_source"]
+
+    # FCN-8s PASCAL with conv1 summed over RGB (what `prepare(gray=True)` / rgb-to-gray surgery writes).
+    gray = store / "fcn8s-heavy-pascal-gray.caffemodel"
+    write_weights(gray, {"conv1_1": [np.zeros((64, 1, 3, 3), np.float32), np.zeros(64, np.float32)]})
+    resp = client.post("/models/new", data=_pretrained_form(ds["id"], "fcn8s-heavy-pascal"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job = svc.show(svc.list_jobs("model")[0]["id"])
+    from jobs.model_job import STANDARD_NETWORK_DIR
+    assert open(f"{job['dir']}/original.prototxt").read() == open(f"{STANDARD_NETWORK_DIR}/fcn_8s.prototxt").read()
+    assert job["options"]["pretrained"] == [str(gray)] and job["options"]["standard_network"] == "fcn_8s"
+    report = json.load(open(f"{job['dir']}/pretrained_report.json"))
+    assert report["matched"] == ["conv1_1"] and report["mismatches"] == []
+    # Clone comes back on the Pretrained tab with the same model chosen (weights not duplicated).
+    html = client.get(f"/models/{job['id']}/clone").get_data(as_text=True)
+    assert re.search(r'id="network_source"[^>]*value="pretrained"|value="pretrained"[^>]*id="network_source"', html)
+    assert re.search(r'value="fcn8s-heavy-pascal"[^>]*checked', html)
+    assert 'id="pretrained_model" name="pretrained_model" type="text" value=""' in html or \
+        str(gray) not in html.split('id="pretrained_model"')[1].split(">")[0]
+    # The API gives the same network and weights.
+    chosen = client.get(f"/api/pretrained/fcn8s-heavy-pascal/network?dataset={ds['id']}").get_json()
+    assert chosen["standard_network"] == "fcn_8s" and chosen["weights"] == str(gray)
+    assert chosen["network_text"].startswith('name: "fcn_8s"')
+    assert client.get("/api/pretrained/bvlc_alexnet/network").status_code == 400  # no dataset: channels unknown
+    assert client.get("/api/pretrained/nope/network").status_code == 404
+    assert client.get("/api/pretrained/..%2Fetc/network").status_code in (400, 404)
+
+
+def test_uploaded_pretrained_model_gives_its_network_and_weights(site):
+    import io
+    from web_helpers import write_weights
+    client, svc, ds, data = site
+    weights = data / "w.caffemodel"
+    write_weights(weights, {"score": [np.ones((2, 1, 3, 3), np.float32), np.zeros(2, np.float32)]})
+    payload = weights.read_bytes()
+
+    def upload(**over):
+        form = {"name": "my tiny net", "description": "trained on phantoms",
+                "prototxt": (io.BytesIO(TINY_NET.encode()), "tiny.prototxt"),
+                "weights": (io.BytesIO(payload), "tiny.caffemodel")}
+        form.update(over)
+        return client.post("/pretrained/upload", data=form, content_type="multipart/form-data",
+                           follow_redirects=True)
+
+    # Refused: missing prototxt, a network that does not parse, weights that match no layer.
+    assert "choose the network" in upload(prototxt=None).get_data(as_text=True)
+    assert "does not parse" in upload(prototxt=(io.BytesIO(b"layer { nope: 1 }"), "x.prototxt")).get_data(as_text=True)
+    other = data / "other.caffemodel"
+    write_weights(other, {"fc9": [np.ones((2, 4), np.float32)]})
+    text = upload(weights=(io.BytesIO(other.read_bytes()), "o.caffemodel")).get_data(as_text=True)
+    assert "no layer of the weights is named as a layer of the network" in text
+    assert "a .caffemodel" in upload(weights=(io.BytesIO(payload), "w.bin")).get_data(as_text=True)
+    assert not (data / "pretrained" / "uploaded").exists() or not list((data / "pretrained" / "uploaded").iterdir())
+
+    html = upload().get_data(as_text=True)
+    assert "Pretrained model my tiny net stored" in html
+    [entry] = [p for p in client.get("/api/pretrained").get_json() if p["kind"] == "uploaded"]
+    folder = data.resolve() / "pretrained" / "uploaded" / entry["id"]
+    assert entry["weights"] == str(folder / "weights.caffemodel") and entry["matched"] == ["score"]
+    assert (folder / "weights.caffemodel").read_bytes() == payload  # the name the server chose
+    assert f'data-pretrained-id="{entry["id"]}"' in html
+
+    resp = client.post("/models/new", data=_pretrained_form(ds["id"], entry["id"]))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job = svc.show(svc.list_jobs("model")[0]["id"])
+    assert open(f"{job['dir']}/original.prototxt").read() == TINY_NET
+    assert job["options"]["pretrained"] == [entry["weights"]]
+    assert json.load(open(f"{job['dir']}/pretrained_report.json"))["matched"] == ["score"]
+    # The JSON API makes the same job (no more 501).
+    api = client.post("/api/models", json=_pretrained_form(ds["id"], entry["id"], model_name="api pretrained"))
+    assert api.status_code == 201, api.get_json()
+    assert svc.show(api.get_json()["ids"][0])["options"]["pretrained"] == [entry["weights"]]
+
+    # Delete (CSRF form on the home page); known models cannot be deleted this way.
+    client.post(f"/pretrained/{entry['id']}/delete")
+    assert not folder.exists()
+    assert client.delete("/api/pretrained/bvlc_alexnet", headers={"X-Requested-With": "t"}).status_code == 400
+    assert client.delete(f"/api/pretrained/{entry['id']}", headers={"X-Requested-With": "t"}).status_code == 404
+    resp = client.post("/models/new", data=_pretrained_form(ds["id"], entry["id"]))
+    assert resp.status_code == 400 and "unknown pretrained network" in resp.get_data(as_text=True)
 
 
 def _dataset_form(image_folder, contour_folder, name):

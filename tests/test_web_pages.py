@@ -456,3 +456,45 @@ def test_inference_upload(env):
     assert resp.status_code == 400 and "PNG, TIFF or DICOM" in resp.get_data(as_text=True)
     resp = client.post(f"/models/{m}/infer", data={"which": "record", "record": ""})
     assert resp.status_code == 400 and "choose a validation record" in resp.get_data(as_text=True)
+
+
+def test_pretrained_upload_form_csrf_and_its_own_size_limit(tmp_path):
+    """The upload form carries a CSRF token; its endpoints have their own limit
+    (MAX_PRETRAINED_UPLOAD), other uploads keep MAX_CONTENT_LENGTH."""
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+                      "MAX_CONTENT_LENGTH": 1000, "MAX_PRETRAINED_UPLOAD": 20_000})
+    client = app.test_client()
+    html = client.get("/?tab=pretrained").get_data(as_text=True)
+    assert 'id="pretrained-upload"' in html and 'name="csrf_token"' in html.split('id="pretrained-upload"')[1]
+    assert "Upload Pretrained Model" in html and "Up to" in html
+
+    def post(url, size, **headers):
+        return client.post(url, data={"name": "n", "prototxt": (io.BytesIO(b"name: 'x'"), "n.prototxt"),
+                                      "weights": (io.BytesIO(b"w" * size), "n.caffemodel")},
+                           content_type="multipart/form-data", headers=headers)
+    assert post("/pretrained/upload", 5000).status_code == 400  # past the 1000-byte app limit; no token
+    assert post("/pretrained/upload", 30_000).status_code == 413
+    assert post("/api/pretrained", 30_000, **{"X-Requested-With": "t"}).status_code == 413
+    assert post("/api/pretrained", 5000).status_code == 403  # cross-site form: refused
+    assert client.post("/models/new", data={"x": "y" * 5000}).status_code == 413  # others keep the app limit
+    assert client.post("/pretrained/up-000000000000/delete").status_code == 400  # no token
+    assert not any(c[0] == "upload_pretrained" for c in fake.calls)
+
+
+def test_model_form_lists_pretrained_networks_and_refuses_unready_ones(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "d")
+    html = client.get("/models/new").get_data(as_text=True)
+    for name in ("bvlc_alexnet", "fcn8s-heavy-pascal", "VGG16"):
+        assert f'name="pretrained_network" value="{name}"' in html
+    assert 'id="pretrained-summary"' in html and "Pretrained Networks" in html
+    resp = client.post("/models/new", data=model_form(ds, network_source="pretrained", pretrained_network="VGG16"))
+    assert resp.status_code == 400
+    text = resp.get_data(as_text=True)
+    assert "caffeseg pretrained VGG16" in text and "caffeseg surgery vgg16-fcn8s" in text
+    resp = client.post("/api/models", json=model_form(ds, network_source="pretrained", pretrained_network="VGG16"))
+    assert resp.status_code == 400 and "surgery vgg16-fcn8s" in resp.get_json()["error"]
+    resp = client.post("/api/models", json=model_form(ds, network_source="pretrained", pretrained_network=""))
+    assert resp.status_code == 400 and "choose a pretrained network" in resp.get_json()["fields"]["network_source"]
+    assert not any(c[0] == "create_model" for c in fake.calls)

@@ -23,3 +23,16 @@ def write_lmdb_dataset(folder, counts: dict, side: int, scale: int, box: tuple[i
                         arr = np.zeros((1, side, side), np.uint8)
                         arr[0, box[0]:box[1], box[0]:box[1]] = 1
                     writer.put(f"{i:08d}", array_to_datum(arr).SerializeToString())
+
+
+def write_weights(path, layers: dict) -> None:
+    """A .caffemodel with ``{layer name: [arrays]}`` (the blobs copy_from matches by name)."""
+    from engine.blobproto import array_to_blobproto
+    from engine.caffemodel import write_caffemodel
+    from engine.proto import caffe_pb2
+    net = caffe_pb2.NetParameter(name="weights")
+    for name, arrays in layers.items():
+        layer = net.layer.add(name=name, type="Convolution")
+        for array in arrays:
+            layer.blobs.append(array_to_blobproto(array))
+    write_caffemodel(str(path), net)

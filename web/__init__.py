@@ -80,10 +80,12 @@ def create_app(config=None) -> Flask:
     app = Flask(__name__)
     app.config.update({k: v for k, v in settings.items() if k != "BACKEND"})
     app.extensions["caffeseg_backend"] = _open_backend(settings)
+    from web.views import pretrained
+    pretrained.install_upload_limit(app)  # before CSRFProtect reads the body
     csrf.init_app(app)
 
     from web.views import api, datasets, files, home, inference, models, vendor
-    for module in (home, datasets, models, inference, files, vendor):
+    for module in (home, datasets, models, inference, files, vendor, pretrained):
         app.register_blueprint(module.bp)
     # The JSON API authenticates state changes by requiring a JSON body or a custom header,
     # which a cross-site form cannot send; the browser pages send both the header and the token.

@@ -86,7 +86,20 @@ class Backend:
         return []
 
     def pretrained_models(self) -> list[dict]:
+        """Known public models and uploaded ones (``web.pretrained_store.catalogue``)."""
         return []
+
+    def pretrained_network(self, pretrained_id: str, dataset_id: str | None) -> dict:
+        """What a chosen pretrained model gives a model job on that dataset:
+        ``{id, standard_network | network_text, weights}`` (``web.pretrained_store.resolve``)."""
+        self._missing("pretrained networks")
+
+    def upload_pretrained(self, name: str, prototxt: bytes, weights, description: str = "") -> dict:
+        """Store a user's network + caffemodel (``weights``: a werkzeug FileStorage)."""
+        self._missing("pretrained model upload")
+
+    def delete_pretrained(self, pretrained_id: str) -> None:
+        self._missing("pretrained model deletion")
 
     def inspect_network(self, text: str, dataset_id: str | None = None) -> dict:
         self._missing("network visualization")

@@ -19,6 +19,8 @@ DEFAULTS = {
     "DATA_ROOTS": None,
     # Uploads (test images, Python layer files) are refused above this size.
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
+    # Uploaded pretrained models (prototxt + caffemodel) may be larger: VGG16 alone is 528 MB.
+    "MAX_PRETRAINED_UPLOAD": 1024 * 1024 * 1024,
     # A Python layer file is code that runs inside the server's training process.
     "ALLOW_PYTHON_LAYER_UPLOAD": True,
     "WTF_CSRF_ENABLED": True,
@@ -41,7 +43,7 @@ def _from_env(key: str):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if key == "DATA_ROOTS":
         return [p for p in raw.split(os.pathsep) if p]
-    if key in ("MAX_CONTENT_LENGTH", "PORT"):
+    if key in ("MAX_CONTENT_LENGTH", "MAX_PRETRAINED_UPLOAD", "PORT"):
         return int(raw)
     return raw
 

@@ -13,7 +13,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (BooleanField, FloatField, HiddenField, IntegerField, RadioField,
                      SelectField, StringField, TextAreaField)
-from wtforms.validators import DataRequired, InputRequired, NumberRange, Optional, ValidationError
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
 from web.plugins import FieldSpec, PluginInfo
 
@@ -251,6 +251,8 @@ class ModelForm(FlaskForm):
                   "pretrained": self.pretrained_network.data}.get(source)
         if source != "custom" and not chosen:
             raise ValidationError(f"choose a {source} network")
+        if source == "pretrained" and chosen not in {getattr(c, "value", None) or c[0] for c in self.pretrained_network.choices or []}:
+            raise ValidationError(f"unknown pretrained network {chosen!r}")
 
     def validate_python_layer_upload(self, field):
         if field.data and getattr(field.data, "filename", ""):
@@ -272,6 +274,31 @@ class InferenceForm(FlaskForm):
                                   "training data; without a label there is no Dice.")
     visualize = BooleanField("Show visualizations and statistics",
                              description="Also report every layer's activations and weights (slower).")
+
+
+class PretrainedUploadForm(FlaskForm):
+    """DIGITS' "Upload Pretrained Model": a network description and its trained weights."""
+    name = StringField("Name", validators=[DataRequired(), Length(max=64)],
+                       description="How the model is listed under Pretrained Networks.")
+    description = StringField("Description", validators=[Optional(), Length(max=500)],
+                              description="Optional: what it was trained on.")
+    prototxt = FileField("Network (.prototxt)",
+                         description="The train_val or deploy prototxt the weights were trained with; its Data "
+                                     "layers are rewired to the chosen dataset.")
+    weights = FileField("Weights (.caffemodel)",
+                        description="The trained weights; layers are matched to the network by name.")
+
+    def validate_prototxt(self, field):
+        if not (field.data and getattr(field.data, "filename", "")):
+            raise ValidationError("choose the network's .prototxt file")
+        if not field.data.filename.lower().endswith((".prototxt", ".txt")):
+            raise ValidationError("the network must be a .prototxt (or .txt) file")
+
+    def validate_weights(self, field):
+        if not (field.data and getattr(field.data, "filename", "")):
+            raise ValidationError("choose the .caffemodel file")
+        if not field.data.filename.lower().endswith(".caffemodel"):
+            raise ValidationError("the weights must be a .caffemodel file")
 
 
 class ConfirmForm(FlaskForm):

@@ -463,19 +463,23 @@ class ServiceBackend(Backend):
         return out
 
     def pretrained_models(self):
-        """The known public models (jobs.pretrained) and whether `caffeseg pretrained NAME` fetched them."""
-        try:
-            from jobs.pretrained import KNOWN_MODELS
-        except ImportError:
-            return []
-        folder = Path(self.settings["DATA_DIR"]) / "pretrained"
-        out = []
-        for name, model in KNOWN_MODELS.items():
-            path = folder / model.filename
-            out.append({"id": name, "name": name, "description": model.description, "use": model.use,
-                        "path": str(path), "available": path.is_file(),
-                        "size": path.stat().st_size if path.is_file() else None})
-        return out
+        """The known public models (jobs.pretrained) with the network each starts and whether its
+        weights are made, plus the models users uploaded (web.pretrained_store)."""
+        from web import pretrained_store
+        return pretrained_store.catalogue(self.settings["DATA_DIR"])
+
+    def pretrained_network(self, pretrained_id, dataset_id):
+        from web import pretrained_store
+        shape = self._dataset_shape(dataset_id)
+        return pretrained_store.resolve(self.settings["DATA_DIR"], pretrained_id, shape[0] if shape else None)
+
+    def upload_pretrained(self, name, prototxt, weights, description=""):
+        from web import pretrained_store
+        return pretrained_store.save_upload(self.settings["DATA_DIR"], name, prototxt, weights, description)
+
+    def delete_pretrained(self, pretrained_id):
+        from web import pretrained_store
+        pretrained_store.delete_upload(self.settings["DATA_DIR"], pretrained_id)
 
     def inspect_network(self, text, dataset_id=None):
         from web.netinspect import inspect
@@ -628,13 +632,16 @@ def service_model_options(form: dict, settings: dict) -> tuple[dict, Path | None
         opts["network_text"] = form.get("custom_network")
     elif source == "previous":
         opts["previous_job_id"] = form.get("previous_network")
-    elif source == "pretrained":
-        raise Unavailable("training from a pretrained-model job is not available yet; "
-                          "use 'Pretrained model(s)' with a .caffemodel path instead")
+    elif source == "pretrained":  # the views resolve it first (web.pretrained_store.with_network)
+        raise BadRequest("choose a pretrained network", {"pretrained_network": "choose a pretrained network"})
     else:
         opts["standard_network"] = form.get("standard_network")
     if form.get("pretrained_model"):
         opts["pretrained"] = list(form["pretrained_model"])
+    if form.get("pretrained_network_id"):
+        # Remembered for Clone (the Pretrained tab comes back selected); the runner ignores them.
+        opts["pretrained_network"] = form["pretrained_network_id"]
+        opts["pretrained_network_weights"] = form.get("pretrained_network_weights")
     files = [form["python_layer_server_file"]] if form.get("python_layer_server_file") else []
     staged = None
     upload = form.get("python_layer_upload")
@@ -680,7 +687,13 @@ def model_form_values(values: dict) -> dict:
         "lr_gamma": policy.get("gamma"), "lr_power": policy.get("power"),
         "lr_step_values": policy.get("stepvalue"), "pretrained_model": values.get("pretrained"),
     }
-    if values.get("network_text"):
+    if values.get("pretrained_network"):
+        out["network_source"], out["pretrained_network"] = "pretrained", values["pretrained_network"]
+        weights = values.get("pretrained") or []
+        rest = [p for p in ([weights] if isinstance(weights, str) else weights)
+                if p != values.get("pretrained_network_weights")]
+        out["pretrained_model"] = rest or None
+    elif values.get("network_text"):
         out["network_source"], out["custom_network"] = "custom", values["network_text"]
     elif values.get("standard_network"):
         out["network_source"], out["standard_network"] = "standard", values["standard_network"]

@@ -191,6 +191,42 @@ def networks():
     return jsonify({"standard": backend().standard_networks(), "pretrained": backend().pretrained_models()})
 
 
+@bp.route("/pretrained")
+def pretrained_list():
+    return jsonify(backend().pretrained_models())
+
+
+@bp.route("/pretrained", methods=["POST"])
+def upload_pretrained():
+    from web.forms import PretrainedUploadForm
+    from web.views.pretrained import store_upload
+    form = PretrainedUploadForm(meta={"csrf": False})
+    if not form.validate():
+        raise BadRequest("invalid pretrained model upload", _form_errors(form))
+    return jsonify(store_upload(form)), 201
+
+
+@bp.route("/pretrained/<pretrained_id>", methods=["DELETE"])
+def delete_pretrained(pretrained_id):
+    check_job_id(pretrained_id)
+    backend().delete_pretrained(pretrained_id)
+    return jsonify({"deleted": pretrained_id})
+
+
+@bp.route("/pretrained/<pretrained_id>/network")
+def pretrained_network(pretrained_id):
+    """The network and weights a model job gets from this pretrained model on ``?dataset=ID``."""
+    check_job_id(pretrained_id)
+    dataset = request.args.get("dataset") or None
+    if dataset:
+        load_job(dataset, "dataset")
+    chosen = dict(backend().pretrained_network(pretrained_id, dataset))
+    if chosen.get("standard_network"):
+        texts = {n["name"]: n.get("text") for n in backend().standard_networks()}
+        chosen["network_text"] = texts.get(chosen["standard_network"])
+    return jsonify(chosen)
+
+
 @bp.route("/network/inspect", methods=["POST"])
 def inspect_network():
     body = _body()

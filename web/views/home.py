@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
 from web.backend import Unavailable
-from web.forms import BulkForm
+from web.forms import BulkForm, ConfirmForm, PretrainedUploadForm
 from web.safety import UnsafePath, check_job_id
 from web.views.common import backend
 
@@ -42,7 +42,8 @@ def index():
     except Unavailable:
         pretrained = []
     return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm(),
-                           pretrained=pretrained)
+                           pretrained=pretrained, upload=PretrainedUploadForm(), confirm=ConfirmForm(),
+                           max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD"))
 
 
 @bp.route("/jobs/bulk", methods=["POST"])

@@ -40,8 +40,7 @@ def _fill_choices(form: ModelForm) -> dict:
     previous = [j for j in _safe(lambda: backend().jobs("model"), []) if j.get("kind") == "model"]
     form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
     pretrained = _safe(lambda: backend().pretrained_models(), [])
-    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained
-                                                  if p.get("available", True))
+    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
     return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}
 
 
@@ -54,6 +53,10 @@ def _options(form: ModelForm) -> dict:
     upload = form.python_layer_upload.data
     if upload and getattr(upload, "filename", ""):
         options["python_layer_upload"] = {"filename": upload.filename, "content": upload.read()}
+    if (options.get("network_source") or "standard") == "pretrained":
+        # The chosen pretrained model gives the network and its weights (BadRequest when not made yet).
+        from web.pretrained_store import with_network
+        options = with_network(options, backend().pretrained_network(options["pretrained_network"], options["dataset"]))
     return options
 
 

@@ -8,7 +8,7 @@
   const gutter = document.querySelector(".editor .gutter");
 
   function showTab(name) {
-    if (name !== "pretrained") source.value = name;  // weights add to a network; they are not one
+    source.value = name;
     document.querySelectorAll("[data-net-tab]").forEach(t => t.classList.toggle("active", t.dataset.netTab === name));
     document.querySelectorAll("[data-net-panel]").forEach(p => { p.hidden = p.dataset.netPanel !== name; });
     if (name === "custom") updateGutter();
@@ -66,13 +66,58 @@
     showTab("custom");
   }));
 
-  document.querySelectorAll(".use-weights").forEach(link => link.addEventListener("click", ev => {
+  // Pretrained Networks: a model gives the network and its weights. Which weights depends on the
+  // dataset's channels (known public models have a gray variant with conv1 summed over RGB).
+  function pretrainedChoice(entry) {
+    if (!entry) return null;
+    if (entry.kind !== "known") return { ready: true, network: null, weights: entry.weights, steps: [] };
+    const d = datasetInfo();
+    const shape = d && d.summary && d.summary.feature_shape;
+    if (!shape) return { ready: false, unknown: true, network: entry.network, steps: [] };
+    return Object.assign({ variant: shape[0] === 1 ? "gray" : "rgb" }, entry.variants[shape[0] === 1 ? "gray" : "rgb"]);
+  }
+  function describeChoice(entry, c) {
+    if (c.unknown) return "choose a built dataset to see which weights are used";
+    if (!c.ready) return (c.variant === "gray" ? "gray" : "RGB") + " weights not made yet: run on the server " + c.steps.join(" && ");
+    return (entry.kind === "known" ? c.variant + " weights " : "weights ") + c.weights;
+  }
+  function showPretrained() {
+    (data.pretrained || []).forEach(entry => {
+      const row = document.querySelector('tr[data-pretrained="' + CSS.escape(entry.id) + '"] .pretrained-status');
+      if (row) row.textContent = describeChoice(entry, pretrainedChoice(entry));
+    });
+    const picked = document.querySelector("input[name=pretrained_network]:checked");
+    const box = document.getElementById("pretrained-summary");
+    if (!box) return;
+    const entry = picked && (data.pretrained || []).find(p => p.id === picked.value);
+    if (!entry) { box.textContent = "Choose a pretrained model."; return; }
+    const c = pretrainedChoice(entry);
+    box.dataset.network = entry.kind === "known" ? entry.network : "uploaded";
+    box.dataset.weights = c.ready ? c.weights : "";
+    box.dataset.ready = c.ready ? "1" : "0";
+    box.classList.toggle("warn-text", !c.ready);
+    box.textContent = "Network: " + (entry.kind === "known" ? "prototxt/" + entry.network + ".prototxt" : "the uploaded network of " + entry.name) +
+      " · " + describeChoice(entry, c);
+  }
+  document.querySelectorAll("input[name=pretrained_network]").forEach(r => r.addEventListener("change", () => { showPretrained(); }));
+
+  // Customize a pretrained model: its network goes to the editor, its weights to "Pretrained model(s)".
+  document.querySelectorAll(".customize-pretrained").forEach(link => link.addEventListener("click", async ev => {
     ev.preventDefault();
-    const field = document.getElementById("pretrained_model");
-    const paths = field.value.split(":").filter(Boolean);
-    if (!paths.includes(link.dataset.path)) paths.push(link.dataset.path);
-    field.value = paths.join(":");
-    field.focus();
+    const box = document.getElementById("pretrained-summary");
+    try {
+      const chosen = await apiFetch("/api/pretrained/" + encodeURIComponent(link.dataset.id) + "/network?dataset=" +
+                                    encodeURIComponent(datasetSelect.value));
+      editor.value = chosen.network_text || "";
+      const field = document.getElementById("pretrained_model");
+      const paths = field.value.split(":").filter(Boolean);
+      if (!paths.includes(chosen.weights)) paths.unshift(chosen.weights);
+      field.value = paths.join(":");
+      showTab("custom");
+    } catch (err) {
+      box.textContent = err.message;
+      box.classList.add("warn-text");
+    }
   }));
 
   document.getElementById("visualize").addEventListener("click", async () => {
@@ -111,7 +156,7 @@
     box.textContent = parts.join(" · ");
     drawLR();
   }
-  datasetSelect.addEventListener("change", showSummary);
+  datasetSelect.addEventListener("change", () => { showSummary(); showPretrained(); });
 
   // Learning-rate preview.
   const adv = document.getElementById("advanced-lr");
@@ -157,5 +202,6 @@
   }
   document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
   showSummary();
+  showPretrained();
   drawLR();
 })();

@@ -1,0 +1,126 @@
+"""Pretrained models as a network source of the new-model form (DIGITS' "Pretrained Networks").
+
+Two kinds live in ``DATA_DIR/pretrained`` (where ``caffeseg pretrained NAME`` downloads):
+
+* the known public models of ``jobs.pretrained`` — each is paired with the ``prototxt/`` network
+  it starts (bvlc_alexnet → fcn_alexnet after the alexnet-fcn surgery, VGG16 → fcn_8s after the
+  vgg16-fcn8s surgery, fcn8s-heavy-pascal → fcn_8s as it is). For 1-channel datasets the
+  weights with conv1 summed over RGB are used. A model is ready only when its (converted) file
+  is on disk; otherwise the entry lists the commands that make it;
+* models uploaded by users (network prototxt + caffemodel, ``DATA_DIR/pretrained/uploaded/<id>/``).
+
+Choosing one gives the model job its network AND its weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from web.backend import BadRequest, NotFound
+
+
+def folder(data_dir) -> Path:
+    return Path(data_dir) / "pretrained"
+
+
+def catalogue(data_dir) -> list[dict]:
+    """Every pretrained model: ``{id, name, kind ('known'|'uploaded'), description, use, network,
+    path, available, size, variants: {gray|rgb: {network, weights, ready, downloaded, steps}}}``
+    for known models; uploaded ones have ``network`` None, ``network_name``, ``prototxt`` and
+    ``weights`` and are always ready."""
+    try:
+        from jobs import pretrained
+    except ImportError:
+        return []
+    root = folder(data_dir)
+    out = []
+    for name, model in pretrained.KNOWN_MODELS.items():
+        download = root / model.filename
+        out.append({"id": name, "name": name, "kind": "known", "description": model.description,
+                    "use": model.use, "network": model.network, "path": str(download),
+                    "available": download.is_file(),
+                    "size": download.stat().st_size if download.is_file() else None,
+                    "variants": {"gray": pretrained.network_weights(name, root, gray=True),
+                                 "rgb": pretrained.network_weights(name, root, gray=False)}})
+    for entry in pretrained.list_uploads(root):
+        out.append({"id": entry["id"], "name": entry["name"], "kind": "uploaded",
+                    "description": entry.get("description") or "", "use": "uploaded network and weights",
+                    "network": None, "network_name": entry.get("network_name") or "",
+                    "prototxt": entry["prototxt"], "path": entry["weights"], "weights": entry["weights"],
+                    "available": True, "size": entry["size"], "created": entry.get("created"),
+                    "matched": entry.get("matched") or []})
+    return out
+
+
+def resolve(data_dir, pretrained_id, channels) -> dict:
+    """The network and weights a chosen pretrained model gives a model job:
+    ``{id, standard_network | network_text, weights}``. ``channels`` are the dataset's feature
+    channels (1 → the gray variant of a known model). Raises NotFound for an unknown id and
+    BadRequest (field ``pretrained_network``) when the weights are not made yet."""
+    from jobs import pretrained
+    root = folder(data_dir)
+    pretrained_id = str(pretrained_id or "")
+    if pretrained_id in pretrained.KNOWN_MODELS:
+        if channels is None:
+            raise BadRequest("the dataset's channels are not known yet (is it still being built?); "
+                             "choose a pretrained network once it is built",
+                             {"pretrained_network": "the dataset's channels are not known yet"})
+        gray = int(channels) == 1
+        made = pretrained.network_weights(pretrained_id, root, gray=gray)
+        if not made["ready"]:
+            message = (f"{pretrained_id}: the {'gray' if gray else 'RGB'} weights {made['weights']} do not exist "
+                       f"yet; make them on the server with: " + " && ".join(made["steps"]))
+            raise BadRequest(message, {"pretrained_network": message})
+        return {"id": pretrained_id, "standard_network": made["network"], "weights": made["weights"]}
+    try:
+        entry = pretrained.upload_entry(root, pretrained_id)
+    except KeyError:
+        raise NotFound(f"no pretrained model {pretrained_id!r}") from None
+    prototxt = Path(entry["prototxt"])
+    if not prototxt.is_file() or not Path(entry["weights"]).is_file():
+        raise BadRequest(f"pretrained model {entry['name']} is incomplete (its prototxt or caffemodel is missing)",
+                         {"pretrained_network": "its prototxt or caffemodel is missing"})
+    return {"id": pretrained_id, "network_text": prototxt.read_text(), "weights": entry["weights"]}
+
+
+def save_upload(data_dir, name, prototxt: bytes, weights_storage, description="") -> dict:
+    """Store an uploaded network + caffemodel (werkzeug FileStorage for the weights)."""
+    import tempfile
+    from jobs import pretrained
+    root = folder(data_dir)
+    staging = root / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(suffix=".caffemodel", dir=staging)
+    try:
+        with open(handle, "wb") as out:
+            weights_storage.save(out)
+        try:
+            return pretrained.save_upload(root, name, prototxt, tmp, description)
+        except pretrained.UploadError as exc:
+            raise BadRequest(str(exc), {exc.field: str(exc)} if exc.field else None) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def delete_upload(data_dir, pretrained_id) -> None:
+    from jobs import pretrained
+    if pretrained_id in pretrained.KNOWN_MODELS:
+        raise BadRequest(f"{pretrained_id} is a known public model; remove its files on the server "
+                         f"({folder(data_dir)}) to delete it")
+    try:
+        pretrained.delete_upload(folder(data_dir), pretrained_id)
+    except KeyError:
+        raise NotFound(f"no uploaded pretrained model {pretrained_id!r}") from None
+
+
+def with_network(form: dict, chosen: dict) -> dict:
+    """The form's values with a chosen pretrained model as the network source: its network
+    (a ``prototxt/`` network or the uploaded text) and its weights first in the pretrained list."""
+    out = dict(form)
+    if chosen.get("network_text"):
+        out["network_source"], out["custom_network"] = "custom", chosen["network_text"]
+    else:
+        out["network_source"], out["standard_network"] = "standard", chosen["standard_network"]
+    extra = [p for p in (form.get("pretrained_model") or []) if p != chosen["weights"]]
+    out["pretrained_model"] = [chosen["weights"]] + extra
+    out["pretrained_network_id"], out["pretrained_network_weights"] = chosen["id"], chosen["weights"]
+    return out

@@ -1,0 +1,73 @@
+"""Upload and delete pretrained models (DIGITS' "Upload Pretrained Model") from the home page's
+Pretrained Models tab. The files are stored under ``DATA_DIR/pretrained/uploaded/<id>/`` with
+names the server chooses; the request size is limited by ``MAX_PRETRAINED_UPLOAD``."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, flash, redirect, url_for
+
+from web.backend import BadRequest, NotFound, Unavailable
+from web.forms import ConfirmForm, PretrainedUploadForm
+from web.safety import check_job_id
+from web.views.common import backend
+
+bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
+
+UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
+
+
+def read_prototxt(storage) -> bytes:
+    """The uploaded network's bytes, refused above 1 MiB (a network description is small)."""
+    from jobs.pretrained import MAX_PROTOTXT_BYTES
+    data = storage.read(MAX_PROTOTXT_BYTES + 1)
+    if len(data) > MAX_PROTOTXT_BYTES:
+        raise BadRequest(f"the network file is larger than {MAX_PROTOTXT_BYTES} bytes",
+                         {"prototxt": "too large for a network description"})
+    return data
+
+
+def store_upload(form: PretrainedUploadForm) -> dict:
+    return backend().upload_pretrained(form.name.data, read_prototxt(form.prototxt.data), form.weights.data,
+                                       form.description.data or "")
+
+
+@bp.route("/upload", methods=["POST"])
+def upload():
+    form = PretrainedUploadForm()
+    back = redirect(url_for("home.index", tab="pretrained"))
+    if not form.validate_on_submit():
+        for name, messages in form.errors.items():
+            for message in messages:
+                label = form[name].label.text if name in form else name
+                flash(f"{label}: {message}", "error")
+        return back
+    try:
+        entry = store_upload(form)
+    except (BadRequest, Unavailable) as exc:
+        flash(f"The pretrained model was not stored: {exc}", "error")
+        return back
+    flash(f"Pretrained model {entry['name']} stored; choose it under New Model › Pretrained Networks.", "ok")
+    return back
+
+
+@bp.route("/<pretrained_id>/delete", methods=["POST"])
+def delete(pretrained_id):
+    check_job_id(pretrained_id)
+    if not ConfirmForm().validate_on_submit():
+        abort(400, "missing form token")
+    try:
+        backend().delete_pretrained(pretrained_id)
+        flash("Pretrained model deleted.", "ok")
+    except (BadRequest, NotFound, Unavailable) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("home.index", tab="pretrained"))
+
+
+def install_upload_limit(app) -> None:
+    """Pretrained uploads may exceed MAX_CONTENT_LENGTH: raise the limit for their two endpoints
+    only. Registered before CSRFProtect, whose check reads the body first."""
+    from flask import request
+
+    @app.before_request
+    def _pretrained_upload_limit():
+        if request.endpoint in UPLOAD_ENDPOINTS:
+            request.max_content_length = current_app.config.get("MAX_PRETRAINED_UPLOAD") or None
