@@ -361,6 +361,7 @@ def test_full_workflow(request, tmp_path):
 
         page.goto(dataset_url)
         page.click("text=New model on this dataset")
+        page.wait_for_load_state("load")
         page.click("[data-net-tab=custom]")
         page.fill("#custom_network", TINY_FCN)
         page.fill("#epochs", "1")

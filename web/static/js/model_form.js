@@ -204,4 +204,5 @@
   showSummary();
   showPretrained();
   drawLR();
+  window.addEventListener("load", drawLR);  // Plotly is loaded after this script
 })();
