@@ -498,3 +498,17 @@ def test_model_form_lists_pretrained_networks_and_refuses_unready_ones(env):
     resp = client.post("/api/models", json=model_form(ds, network_source="pretrained", pretrained_network=""))
     assert resp.status_code == 400 and "choose a pretrained network" in resp.get_json()["fields"]["network_source"]
     assert not any(c[0] == "create_model" for c in fake.calls)
+
+
+def test_pretrained_tab_counts_models_and_has_no_job_actions(env):
+    """The Pretrained Models tab lists weight files, not jobs: its count is the catalogue's
+    length and it offers neither the job table's bulk actions nor a "none yet" notice."""
+    app, client, fake, data = env
+    listed = fake.pretrained_models()
+    assert listed  # the known public models are always in the catalogue
+    html = client.get("/?tab=pretrained").get_data(as_text=True)
+    tab = re.search(r'data-tab="pretrained"[^>]*>Pretrained Models <span class="count">(\d+)</span>', html)
+    assert tab and int(tab.group(1)) == len(listed)
+    panel = html.split('id="panel-pretrained"')[1].split("</section>")[0]
+    assert "bulk-form" not in panel and "No pretrained models yet" not in panel
+    assert 'id="known-pretrained"' in panel

@@ -30,17 +30,19 @@ def index():
         error = None
     except Unavailable as exc:
         jobs, error = [], str(exc)
-    tabs = []
-    for kind, title in TABS:
-        mine = [j for j in jobs if j.get("kind") == kind]
-        metric_names = sorted({m for j in mine for m in (j.get("metrics") or {})})
-        tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": len(mine),
-                     "metric_names": metric_names[:4]})
-    active = request.args.get("tab", "dataset")
     try:
         pretrained = backend().pretrained_models()
     except Unavailable:
         pretrained = []
+    tabs = []
+    for kind, title in TABS:
+        mine = [j for j in jobs if j.get("kind") == kind]
+        metric_names = sorted({m for j in mine for m in (j.get("metrics") or {})})
+        # The pretrained tab lists weight files, not jobs: its count is theirs.
+        count = len(pretrained) if kind == "pretrained" else len(mine)
+        tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": count,
+                     "metric_names": metric_names[:4]})
+    active = request.args.get("tab", "dataset")
     return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm(),
                            pretrained=pretrained, upload=PretrainedUploadForm(), confirm=ConfirmForm(),
                            max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD"))
