@@ -281,8 +281,17 @@ def cmd_pretrained(args):
         emit(args, rows, "\n".join("%-16s %s" % (k, m.description) for k, m in pretrained.KNOWN_MODELS.items()))
         return
     dest = args.dest or os.path.join(data_root(args), "pretrained")
-    path = pretrained.fetch(args.name, dest)
-    emit(args, {"path": str(path)}, str(path))
+    progress = _progress_bar("download") if not args.json else None
+    if not args.prepare:
+        path = pretrained.fetch(args.name, dest, url=args.url, progress=progress)
+        emit(args, {"path": str(path)}, str(path))
+        return
+    # Fetch and make the weights a prototxt/ network starts from (surgery, gray conv1), in one go.
+    path, report = pretrained.prepare(args.name, dest, gray=args.gray, num_classes=args.classes,
+                                      url=args.url, progress=progress)
+    summary = getattr(report, "__dict__", None)
+    emit(args, {"path": str(path), "surgery": summary},
+         "%s\n%s" % (path, report) if report is not None else "%s (used as downloaded)" % path)
 
 
 LAB_NETWORKS = (("lab FC", "lab_fc"), ("lab CNN", "lab_cnn"), ("FCN-AlexNet", "fcn_alexnet"),
@@ -464,9 +473,14 @@ def build_parser():
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--gray", action="store_true")
     p.set_defaults(func=cmd_surgery)
-    p = sub.add_parser("pretrained", parents=[common], help="list or fetch known pretrained models")
+    p = sub.add_parser("pretrained", parents=[common], help="list, fetch or prepare known pretrained models")
     p.add_argument("name", nargs="?")
     p.add_argument("--dest")
+    p.add_argument("--url", help="download from this address instead of the published one (a mirror)")
+    p.add_argument("--prepare", action="store_true",
+                   help="also convert it into the weights its prototxt/ network starts from")
+    p.add_argument("--gray", action="store_true", help="with --prepare: conv1 summed over RGB (1-channel data)")
+    p.add_argument("--classes", type=int, default=2, help="with --prepare: classes of the converted score layers")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom")
     p.add_argument("--epochs", type=int, default=2)

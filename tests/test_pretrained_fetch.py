@@ -222,3 +222,33 @@ def test_uploaded_models_are_checked_stored_listed_and_deleted(tmp_path):
             pretrained.upload_entry(tmp_path, bad)
     pretrained.delete_upload(tmp_path, entry["id"])
     assert not folder.exists() and pretrained.list_uploads(tmp_path) == []
+
+
+def test_cli_prepare_fetches_and_converts_in_one_command(server, tmp_path, monkeypatch, capsys):
+    """`caffeseg pretrained NAME --prepare --gray` = download (checked) + surgery, one command."""
+    import json
+    from jobs import cli
+    from test_surgery import ALEXNET, random_params, write_classifier
+    from engine.caffemodel import read_caffemodel
+
+    write_classifier(tmp_path / "classifier.caffemodel", random_params(ALEXNET), legacy=False)
+    server.payload = (tmp_path / "classifier.caffemodel").read_bytes()
+    entry = KnownModel(name="alexnet-like", url="http://127.0.0.1:9/unreachable", filename="alexnet.caffemodel",
+                       sha1=hashlib.sha1(server.payload).hexdigest(), size=None, description="test",
+                       use="test", conversion="alexnet_to_fcn")
+    monkeypatch.setitem(pretrained.KNOWN_MODELS, "alexnet-like", entry)
+    data = tmp_path / "data"
+    code = cli.main(["--data", str(data), "--json", "pretrained", "alexnet-like", "--prepare", "--gray",
+                     "--classes", "3", "--url", server.url])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["path"] == str(data / "pretrained" / "alexnet-fcn-gray.caffemodel")
+    assert out["surgery"]["dropped"] == ["fc8"]
+    blobs = {layer.name: layer.blobs for layer in read_caffemodel(out["path"]).layer}
+    source = {layer.name: layer.blobs for layer in read_caffemodel(str(tmp_path / "classifier.caffemodel")).layer}
+    rgb = list(source["conv1"][0].shape.dim)
+    assert rgb[1] == 3 and list(blobs["conv1"][0].shape.dim) == [rgb[0], 1] + rgb[2:]  # summed over RGB
+    assert list(blobs["upscore"][0].shape.dim)[:2] == [3, 1]  # 3 classes, grouped bilinear
+    # Without --prepare: the download only, no conversion.
+    code = cli.main(["--data", str(data), "--json", "pretrained", "alexnet-like", "--url", server.url])
+    assert code == 0 and json.loads(capsys.readouterr().out)["path"] == str(data / "pretrained" / "alexnet.caffemodel")
