@@ -3,7 +3,7 @@
 Used by ``bench/lab_ladder.py`` beside Dice, to ask whether a network draws the left-ventricle
 outline well (Dice rewards overlap and is forgiving of a blocky or jagged outline).
 
-* ``boundary(mask)``: the mask's boundary pixels (the mask minus its 3x3 erosion).
+* ``boundary(mask)``: the mask's boundary pixels (the mask minus its erosion by a 4-neighbour cross).
 * ``boundary_f_score(pred, gt, tolerance)``: precision = share of predicted boundary pixels
   within ``tolerance`` pixels (Euclidean) of a ground-truth boundary pixel, recall = the
   converse, F = 2PR / (P + R) (the "BF score" of Csurka et al., 2013).

@@ -222,10 +222,10 @@ def evaluate(caffe, val_net, val_x, val_y, tolerance):
         pred = score[1] > score[0]  # class 1 wins strictly, as the Dice layer breaks ties
         gt = val_y[i, 0] > 0.5
         bf.append(boundary.boundary_f_score(pred, gt, tolerance)[0])
-        if pred.any():
+        if pred.any() and gt.any():  # the distance is undefined when either outline is missing
             hd.append(boundary.hausdorff(pred, gt))
             hd95.append(boundary.hausdorff(pred, gt, 95))
-        else:
+        if not pred.any():
             no_lv += 1
         pred_px += int(pred.sum())
         label_px += int(gt.sum())

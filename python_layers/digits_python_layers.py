@@ -96,7 +96,8 @@ def channel_argmax(scores):
 
     A running maximum over the C channel planes instead of numpy's strided reduction along
     axis 1, which is about ten times slower for the few classes of a segmentation net and made
-    the metric layers a visible share of a training step.
+    the metric layers a visible share of a training step. One difference: a NaN score never
+    wins here, where numpy picks the first NaN (a diverged net; the runner stops on NaN loss).
     """
     scores = np.asarray(scores)
     best = np.array(scores[:, 0], copy=True)
@@ -110,7 +111,8 @@ def channel_argmax(scores):
 
 
 def predicted_as(scores, target_class):
-    """Boolean N x H x W: pixels whose argmax over channels is ``target_class`` (same ties)."""
+    """Boolean N x H x W: pixels whose argmax over channels is ``target_class`` (same ties and
+    NaN rule as :func:`channel_argmax`)."""
     scores = np.asarray(scores)
     target = scores[:, target_class]
     chosen = np.ones(target.shape, dtype=bool)
