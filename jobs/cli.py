@@ -105,6 +105,9 @@ def _model_options(args):
         options["python_layer_files"] = args.python_layer
     if args.pretrained:
         options["pretrained"] = [os.path.abspath(p) for p in args.pretrained]
+    if getattr(args, "backend_given", False):
+        # Recorded on the job: only a scheduler/worker that can run this backend takes it.
+        options["backend"] = args.backend
     return options
 
 
@@ -495,6 +498,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.backend_given = hasattr(args, "backend")
     for name, default in (("data", None), ("json", False), ("backend", "auto")):
         if not hasattr(args, name):
             setattr(args, name, default)

@@ -8,9 +8,11 @@ errored fails with it), respecting CPU slots and one training per GPU. Waiting d
 built in a thread of the worker (``build_dataset``, set by the service), one at a time by default
 (``dataset_slots``), beside the trainings.
 """
+import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +76,40 @@ def pid_alive(pid):
     return True
 
 
+BACKENDS = ("engine", "pycaffe")
+
+
+def job_backend(job):
+    """The backend a model job asked for: ``engine``, ``pycaffe``, ``auto`` or None (not recorded:
+    the job belongs to the app's own scheduler, which runs it on its backend; a worker treats it
+    as ``engine``)."""
+    value = (job.get("options") or {}).get("backend")
+    return value if value in BACKENDS + ("auto",) else None
+
+
+def _real_pycaffe_importable():
+    module = sys.modules.get("caffe")
+    if module is not None:
+        return not getattr(module, "__caffeseg_engine__", False)
+    try:
+        return importlib.util.find_spec("caffe") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def runnable_backends(backend):
+    """What a scheduler started with ``--backend backend`` can run: itself, or for ``auto``
+    each backend importable here (the engine's package beside ``jobs/``, real pycaffe)."""
+    if backend in BACKENDS:
+        return {backend}
+    found = set()
+    if os.path.isfile(os.path.join(PROJECT_ROOT, "engine", "__init__.py")):
+        found.add("engine")
+    if _real_pycaffe_importable():
+        found.add("pycaffe")
+    return found
+
+
 def _kill_if_alive(pid):
     if pid_alive(pid):
         try:
@@ -97,10 +133,14 @@ class Scheduler:
         self.prepare = None  # called with the job before its runner starts (late derivation)
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._runnable = None
 
     # -- one training job -------------------------------------------------------------------
     def runner_command(self, job, resume=False, gpu=None):
-        cmd = [self.python, RUNNER_PATH, job["dir"], "--backend", self.backend]
+        wanted = job_backend(job)
+        if wanted is None and self.build_dataset is None:
+            wanted = "engine"  # a standalone worker runs unrecorded jobs as engine jobs (see takes)
+        cmd = [self.python, RUNNER_PATH, job["dir"], "--backend", wanted if wanted in BACKENDS else self.backend]
         if resume:
             cmd.append("--resume")
         weights = (job.get("options") or {}).get("pretrained") or []
@@ -190,11 +230,25 @@ class Scheduler:
         return False
 
     # -- the worker ----------------------------------------------------------------------
+    def takes(self, job):
+        """Whether this scheduler runs ``job``: a job for ``engine``/``pycaffe`` goes only to a
+        scheduler that can run that backend, an ``auto`` job to any; a job without a recorded
+        backend to the app's own scheduler (the one that builds datasets) or an engine worker."""
+        if self._runnable is None:
+            self._runnable = runnable_backends(self.backend)
+        wanted = job_backend(job)
+        if wanted == "auto":
+            return True
+        if wanted is None:
+            return self.build_dataset is not None or "engine" in self._runnable
+        return wanted in self._runnable
+
     def ready_jobs(self):
-        """Waiting model jobs whose dataset is Done, oldest first; fails models of bad datasets."""
+        """Waiting model jobs this scheduler takes whose dataset is Done, oldest first; fails models
+        of bad datasets."""
         ready = []
         for job in reversed(self.store.list("model")):
-            if job["status"] != st.WAITING or job["id"] in self._running:
+            if job["status"] != st.WAITING or job["id"] in self._running or not self.takes(job):
                 continue
             dataset_status = None
             if job.get("dataset_id"):
@@ -261,7 +315,9 @@ class Scheduler:
         return started
 
     def loop(self, stop_event=None, poll=1.0):
-        self.store.mark_running_interrupted(pid_alive)
+        # Only pids recorded on this host are judged: a worker in another container (sharing the
+        # database) must not mark the app's live trainings Interrupted, nor the app the worker's.
+        self.store.mark_running_interrupted(pid_alive, host=socket.gethostname())
         stop_event = stop_event or threading.Event()
         while not stop_event.is_set():
             self.step()

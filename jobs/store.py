@@ -10,6 +10,7 @@ Statuses follow DIGITS: Initialized, Waiting, Running, Done, Error, Aborted, plu
 """
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -69,6 +70,12 @@ class JobStore:
         self.path = os.path.join(self.root, DB_NAME)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        columns = {r["name"] for r in self._db().execute("PRAGMA table_info(jobs)")}
+        if "host" not in columns:  # databases made before hosts were recorded
+            try:
+                self._db().execute("ALTER TABLE jobs ADD COLUMN host TEXT")
+            except sqlite3.OperationalError:  # another process added it first
+                pass
 
     # -- connection ---------------------------------------------------------------------
     def _db(self):
@@ -138,10 +145,13 @@ class JobStore:
         return job
 
     def update(self, job_id, **fields):
-        allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir"}
+        allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir", "host"}
         bad = set(fields) - allowed
         if bad:
             raise StoreError("cannot update job fields %s" % sorted(bad))
+        if "pid" in fields and "host" not in fields:
+            # A pid means something only on the machine (container) that recorded it.
+            fields["host"] = socket.gethostname() if fields["pid"] else None
         if "options" in fields:
             fields["options"] = json.dumps(fields["options"], sort_keys=True)
         sets = ", ".join("%s=?" % k for k in fields)
@@ -183,13 +193,19 @@ class JobStore:
             db.execute("DELETE FROM status_history WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM metrics WHERE job_id=?", (job_id,))
 
-    def mark_running_interrupted(self, alive=lambda pid: False):
+    def mark_running_interrupted(self, alive=lambda pid: False, host=""):
         """On start: jobs left Running by a vanished process become Interrupted (resumable).
 
         ``alive(pid)`` tells whether a job's recorded runner is still running (then it is kept).
+        ``host`` (default: this machine's name; None: every job): judge only jobs whose pid was
+        recorded on that host, or with no host recorded; a pid recorded in another container
+        sharing the database is left alone.
         """
-        rows = self._db().execute("SELECT id, pid FROM jobs WHERE status=?", (RUNNING,)).fetchall()
-        ids = [r["id"] for r in rows if not alive(r["pid"])]
+        if host == "":
+            host = socket.gethostname()
+        rows = self._db().execute("SELECT id, pid, host FROM jobs WHERE status=?", (RUNNING,)).fetchall()
+        ids = [r["id"] for r in rows
+               if (host is None or r["host"] in (None, host)) and not alive(r["pid"])]
         for job_id in ids:
             self.set_status(job_id, INTERRUPTED, "the process running this job stopped")
         return ids

@@ -1,7 +1,10 @@
 """A job worker without the web app: ``python3 -m jobs.worker --backend pycaffe --data /data``.
 
-Runs queued jobs from the shared jobs folder and database. Standard library plus the runner
-only, so it runs in the real-pycaffe image (Python 3.9, numpy, python3-caffe).
+Runs the queued model jobs for its backend (``--backend pycaffe``: jobs recorded ``pycaffe`` or
+``auto``; see ``Scheduler.takes``) from the shared jobs folder and database. Standard library plus
+the runner only, so it runs in the real-pycaffe image (Python 3.9, numpy, python3-caffe). It only
+trains: queued datasets are built by the app's worker (``caffeseg serve`` with START_WORKER, or
+``caffeseg worker``).
 """
 import argparse
 import os
@@ -22,7 +25,8 @@ def main(argv=None):
     root = os.path.join(os.path.abspath(args.data), "jobs")
     os.makedirs(root, exist_ok=True)
     scheduler = Scheduler(st.JobStore(root), backend=args.backend, cpu_slots=args.cpu_slots)
-    print("caffeseg worker (%s) on %s" % (args.backend, root), file=sys.stderr)
+    print("caffeseg worker (%s) on %s: trains model jobs for this backend; datasets are built by the"
+          " app's worker" % (args.backend, root), file=sys.stderr)
     try:
         scheduler.loop()
     except KeyboardInterrupt:
