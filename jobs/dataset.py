@@ -15,8 +15,9 @@ plugin: encoding "none" keeps exact values in ``float_data`` (uint16 is exact in
 "png" stores a lossless (16-bit when needed) PNG. Labels are uint8 ``data``.
 
 Atomic completion: everything is written into a temporary folder beside the target, renamed to
-the target when complete, and only then is ``status`` written; a failed or interrupted build
-leaves no folder that ``load_dataset_info`` accepts. Entries the plugin cannot encode
+the target when complete (a job's folder that already holds its log: the entries are moved in
+beside it), and only then is ``status`` written; a failed or interrupted build leaves no folder
+that ``load_dataset_info`` accepts. Entries the plugin cannot encode
 (``EntryError``) are skipped and logged; a build with no usable training record fails.
 """
 
@@ -139,16 +140,17 @@ class _Executor:
 
 def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
                   executor="thread", progress=None, log=None, enforce_same_shape=None,
-                  overwrite=False, keep_files=()):
+                  overwrite=False, keep_files=(), log_file=LOG_FILE):
     """Build a dataset with ``plugin`` from ``form_values`` into ``out_dir``.
 
     progress: callable(event dict) with keys phase ("itemize"/"encode"/"finish"), stage,
       done, total (this stage), done_all, total_all, skipped.
-    log: callable(str) for human-readable lines (also written to build.log).
+    log: callable(str) for human-readable lines (also written to ``log_file``, build.log; a
+      job that keeps its own log passes log_file=None and gets one log, not two).
     enforce_same_shape: None = the form's "enforce_same_shape" value (default True).
-    keep_files: names of files that may already be in ``out_dir`` (a job's live log and
-      progress, written while it builds); they do not make it "not empty" and are moved into
-      the finished folder.
+    keep_files: names of files that may already be in ``out_dir`` (a job's live log, progress
+      and abort flag, written while it builds); they do not make it "not empty" and stay where
+      they are: the built files are moved in beside them.
     Returns the dataset.json content. Raises FormError, PluginError or DatasetError.
     """
     from engine.blobproto import write_binaryproto
@@ -265,8 +267,9 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
         }
         with open(os.path.join(tmp, DATASET_JSON), "w") as fh:
             json.dump(info, fh, indent=1, sort_keys=True, default=_json_default)
-        with open(os.path.join(tmp, LOG_FILE), "w") as fh:
-            fh.write("\n".join(log_lines) + "\n")
+        if log_file:
+            with open(os.path.join(tmp, log_file), "w") as fh:
+                fh.write("\n".join(log_lines) + "\n")
         _move_into_place(tmp, out_dir, overwrite, keep_files)
     except BaseException:
         pool.close()
@@ -291,31 +294,43 @@ def _is_done(path):
     return os.path.isfile(os.path.join(path, STATUS_FILE))
 
 
+def _foreign_entries(out_dir, keep_files=()):
+    """Entries of ``out_dir`` other than the kept ones (a job's log, progress, abort flag)."""
+    return sorted(set(os.listdir(out_dir)) - set(keep_files))
+
+
 def _check_target(out_dir, overwrite, keep_files=()):
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise DatasetError("%s exists and is not a folder" % out_dir)
-        if set(os.listdir(out_dir)) - set(keep_files) and not overwrite:
+        if _foreign_entries(out_dir, keep_files) and not overwrite:
             raise DatasetError("%s is not empty; choose a new folder (or pass overwrite=True)"
                                % out_dir)
 
 
 def _move_into_place(tmp, out_dir, overwrite, keep_files=()):
-    if os.path.isdir(out_dir):
-        for name in keep_files:  # the job's own files travel into the finished folder
-            if name not in (DATASET_JSON, STATUS_FILE, MEAN_FILE, LOG_FILE) \
-                    and os.path.isfile(os.path.join(out_dir, name)):
-                os.replace(os.path.join(out_dir, name), os.path.join(tmp, name))
-        if os.listdir(out_dir):
-            if not overwrite:
-                raise DatasetError("%s became non-empty during the build" % out_dir)
-            old = out_dir + ".old-%d" % os.getpid()
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        os.rmdir(out_dir)
-    os.rename(tmp, out_dir)
+    """Put the finished build (``tmp``) at ``out_dir``. A missing target is one rename. An
+    existing one is checked first (only kept files allowed, unless ``overwrite``): nothing of it
+    is touched when that fails. Kept files stay in place; the built entries are moved in beside
+    them (``status`` is written after this, so a half-moved folder is never a dataset)."""
+    if not os.path.isdir(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    built = set(os.listdir(tmp))
+    foreign = _foreign_entries(out_dir, set(keep_files) - built)
+    if foreign and not overwrite:
+        raise DatasetError("%s became non-empty during the build (%s)" % (out_dir, ", ".join(foreign[:5])))
+    if STATUS_FILE in foreign:  # the old dataset stops being one before anything is replaced
+        os.unlink(os.path.join(out_dir, STATUS_FILE))
+    for name in foreign:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    for name in sorted(built):
+        os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    os.rmdir(tmp)
 
 
 def _write_atomic(path, text):

@@ -226,7 +226,10 @@ class Scheduler:
             timer.start()
             return True
         if job["status"] in (st.WAITING, st.INITIALIZED, st.RUNNING, st.INTERRUPTED):
-            self.store.set_status(job_id, st.ABORTED, "aborted")
+            # Compare-and-set: a worker may claim a Waiting job between the read and this write;
+            # then the job is building and gets the flag (read it again).
+            if not self.store.claim(job_id, job["status"], st.ABORTED, "aborted"):
+                return self.abort(job_id)
         return False
 
     # -- the worker ----------------------------------------------------------------------
@@ -276,9 +279,11 @@ class Scheduler:
         for job in self.ready_datasets():
             if len(self._building) >= self.dataset_slots:
                 break
-            if not self.store.claim(job["id"], st.WAITING, st.RUNNING, "build started by worker %d" % os.getpid()):
+            # The pid comes with the claim (one transaction): a process starting meanwhile must
+            # not see it Running without a pid and mark it Interrupted.
+            if not self.store.claim(job["id"], st.WAITING, st.RUNNING, "build started by worker %d" % os.getpid(),
+                                    pid=os.getpid()):
                 continue  # another worker took it
-            self.store.update(job["id"], pid=os.getpid())
             t = threading.Thread(target=self.build_dataset, args=(job["id"],), daemon=True,
                                  name="dataset-%s" % job["id"])
             self._building[job["id"]] = t

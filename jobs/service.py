@@ -51,7 +51,7 @@ from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
 from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
 
 
-DATASET_LOG = "log.txt"  # a dataset job's log while it is queued and built (the builder adds build.log)
+DATASET_LOG = "log.txt"  # a dataset job's log: queued, built (the builder's lines), finished
 DATASET_PROGRESS = "build_status.json"  # the builder's last progress event, rewritten while it runs
 PROGRESS_EVERY_S = 0.5
 DATASET_BUILD_OPTIONS = ("encoding", "workers", "executor", "enforce_same_shape")
@@ -59,6 +59,22 @@ DATASET_BUILD_OPTIONS = ("encoding", "workers", "executor", "enforce_same_shape"
 
 class DatasetAborted(Exception):
     """Raised inside a dataset build when its job's abort flag appears."""
+
+
+def _clear_build(folder, keep):
+    """Empty a dataset job's own folder for a new build, except ``keep`` (its log, abort flag);
+    also drop a temporary build folder a dead process left beside it."""
+    import glob
+    for name in os.listdir(folder):
+        if name in keep:
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    for tmp in glob.glob(os.path.join(os.path.dirname(folder), ".%s.building-*" % os.path.basename(folder))):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _append_line(path, line):
@@ -184,25 +200,27 @@ class JobService:
     def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build_options):
         """Build a dataset now, in this thread (the CLI); returns the Done job or raises ServiceError."""
         plugin_obj, job = self._new_dataset_job(plugin, values, name, group_name, build_options)
-        self.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "built in the foreground")
+        self.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "built in the foreground", pid=os.getpid())
         status, exc = self.build_dataset_job(job["id"], progress=progress, log=log, plugin=plugin_obj)
         if status != st.DONE:
             raise ServiceError("dataset %s failed: %s" % (name, exc or status), getattr(exc, "field_errors", None))
         return self.store.get(job["id"])
 
     def build_dataset_job(self, job_id, progress=None, log=None, plugin=None):
-        """Build a dataset job that is Running (claimed by the worker or ``create_dataset``).
+        """Build a dataset job that is Running (claimed, with its pid, by the worker,
+        ``create_dataset`` or ``resume(wait=True)``).
 
         The log goes to ``log.txt`` and the progress to ``build_status.json`` in the job folder
-        while it builds; an ``abort_requested`` flag (``abort``) stops it at the next record.
-        Returns (final status, exception or None); the job records the error message."""
+        while it builds; an ``abort_requested`` flag (``abort``) stops it at the next record, never
+        after the last one (the dataset is then complete). Whatever an earlier build of the job
+        left in its folder (a build interrupted after its files were in place) is removed first,
+        except the log. Returns (final status, exception or None); the job records the error."""
         from jobs import dataset as dataset_builder
         from jobs.scheduler import ABORT_FLAG
         job = self.store.get(job_id)
         folder, options = job["dir"], job["options"]
         flag = os.path.join(folder, ABORT_FLAG)
         log_path, progress_path = os.path.join(folder, DATASET_LOG), os.path.join(folder, DATASET_PROGRESS)
-        self.store.update(job_id, pid=os.getpid())
         written = {"time": 0.0, "phase": None}
 
         def on_log(line):
@@ -211,7 +229,7 @@ class JobService:
                 log(line)
 
         def on_progress(event):
-            if os.path.exists(flag):
+            if event.get("phase") != "finish" and os.path.exists(flag):  # "finish": all is in place
                 raise DatasetAborted("aborted")
             now = time.time()  # written on a new phase, the last record, else at most every 0.5 s
             if now - written["time"] >= PROGRESS_EVERY_S or event.get("phase") != written["phase"] \
@@ -224,9 +242,12 @@ class JobService:
         try:
             if plugin is None:
                 plugin = self._dataset_plugin(options.get("plugin") or "")[0]
+            if options.get("plugin") and os.path.realpath(folder) == os.path.realpath(job_dir(self.root, job_id)):
+                _clear_build(folder, (DATASET_LOG, ABORT_FLAG))  # only ever the job's own folder
             on_log("building: %s dataset %s (worker pid %d)" % (options.get("plugin"), job["name"], os.getpid()))
             dataset_builder.build_dataset(plugin, options.get("values") or {}, folder, progress=on_progress,
-                                          log=on_log, keep_files=(DATASET_LOG, DATASET_PROGRESS),
+                                          log=on_log, log_file=None,
+                                          keep_files=(DATASET_LOG, DATASET_PROGRESS, ABORT_FLAG),
                                           **(options.get("build") or {}))
         except Exception as exc:
             aborted = isinstance(exc, DatasetAborted) or os.path.exists(flag)
@@ -235,11 +256,11 @@ class JobService:
             self.store.update(job_id, pid=None)
             self.store.set_status(job_id, status, message)
             return status, exc
-        if os.path.exists(flag):
-            os.unlink(flag)  # the abort came after the last record: the dataset is complete
         on_log("done")
         self.store.update(job_id, pid=None)
         self.store.set_status(job_id, st.DONE)
+        if os.path.exists(flag):
+            os.unlink(flag)  # the abort came after the last record: the dataset is complete
         return st.DONE, None
 
     def import_dataset(self, folder, name, group_name=None):
@@ -345,13 +366,15 @@ class JobService:
         if job["status"] not in (st.INTERRUPTED, st.ABORTED, st.ERROR):
             raise ServiceError("job %s is %s; only Interrupted, Aborted or Error jobs resume" % (job_id, job["status"]))
         if job["kind"] == "dataset":
-            # A build is atomic (nothing of a failed one is left): resuming builds it again.
+            # Resuming builds it again (build_dataset_job clears what an earlier build left).
             from jobs.scheduler import ABORT_FLAG
             flag = os.path.join(job["dir"], ABORT_FLAG)
             if os.path.exists(flag):
                 os.unlink(flag)
             if wait:
-                self.store.set_status(job_id, st.RUNNING, "rebuilt in the foreground")
+                if not self.store.claim(job_id, job["status"], st.RUNNING, "rebuilt in the foreground",
+                                        pid=os.getpid()):
+                    raise ServiceError("job %s changed status meanwhile; try again" % job_id)
                 return self.build_dataset_job(job_id)[0]
             _append_line(os.path.join(job["dir"], DATASET_LOG), "queued again (resume)")
             self.store.set_status(job_id, st.WAITING, "resumed")

@@ -93,11 +93,15 @@ class JobStore:
             self.db = db
 
         def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")
+            # A transaction inside another one (``claim`` → ``update``) joins it.
+            self.outer = not self.db.in_transaction
+            if self.outer:
+                self.db.execute("BEGIN IMMEDIATE")
             return self.db
 
         def __exit__(self, exc_type, exc, tb):
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if self.outer:
+                self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
             return False
 
     def _tx(self):
@@ -170,9 +174,11 @@ class JobStore:
                 raise KeyError("no job %s" % job_id)
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, message))
 
-    def claim(self, job_id, from_status, to_status, message=None):
+    def claim(self, job_id, from_status, to_status, message=None, **fields):
         """Atomically move a job from ``from_status`` to ``to_status``; False if another process
-        got there first (two workers never start the same queued job)."""
+        got there first (two workers never start the same queued job). ``fields`` (as ``update``,
+        e.g. the pid of the claiming process) are set in the same transaction: no reader ever
+        sees the new status without them."""
         now = time.time()
         with self._tx() as db:
             cur = db.execute("UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status=?",
@@ -180,6 +186,8 @@ class JobStore:
             if cur.rowcount == 0:
                 return False
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, to_status, now, message))
+            if fields:
+                self.update(job_id, **fields)
         return True
 
     def history(self, job_id):

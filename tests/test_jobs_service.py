@@ -335,3 +335,117 @@ def test_create_dataset_still_builds_in_the_foreground(svc, phantom_release, tmp
     (tmp_path / "e2").mkdir()
     with pytest.raises(ServiceError, match="is empty"):
         svc.create_dataset("sunnybrook", _sunnybrook_values(tmp_path / "e1", tmp_path / "e2"), "empty")
+
+
+# -- dataset job lifecycle races (abort near the end, rebuilds, claims) -------------------------
+def _run_worker_build(svc, job_id):
+    assert svc.scheduler.step() == [job_id]
+    _finish_builds(svc)
+    return svc.show(job_id)
+
+
+def test_an_abort_after_the_files_are_in_place_leaves_the_dataset_done(svc, phantom_release, monkeypatch):
+    pytest.importorskip("engine.lmdb_io")
+    from jobs import dataset as builder
+    write = builder._write_atomic
+
+    def status_then_abort(path, text):  # the user clicks Abort just as the build completes
+        write(path, text)
+        open(os.path.join(os.path.dirname(path), "abort_requested"), "w").close()
+    monkeypatch.setattr(builder, "_write_atomic", status_then_abort)
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "late abort")
+    shown = _run_worker_build(svc, job["id"])
+    assert shown["status"] == st.DONE, shown["error"]
+    assert os.path.isfile(os.path.join(job["dir"], "dataset.json"))
+    assert not os.path.exists(os.path.join(job["dir"], "abort_requested"))
+
+
+def test_an_abort_before_the_move_keeps_the_log_and_completes(svc, phantom_release, monkeypatch):
+    pytest.importorskip("engine.lmdb_io")
+    from jobs import dataset as builder
+    move = builder._move_into_place
+
+    def abort_then_move(tmp, out_dir, *args, **kw):  # the flag lands after the last record
+        open(os.path.join(out_dir, "abort_requested"), "w").close()
+        return move(tmp, out_dir, *args, **kw)
+    monkeypatch.setattr(builder, "_move_into_place", abort_then_move)
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "abort at move")
+    shown = _run_worker_build(svc, job["id"])
+    assert shown["status"] == st.DONE, shown["error"]
+    log = open(os.path.join(job["dir"], "log.txt")).read()
+    assert "queued" in log and "building: sunnybrook" in log and log.rstrip().endswith("done")
+    assert not os.path.exists(os.path.join(job["dir"], "abort_requested"))
+
+
+def test_a_dataset_with_its_files_in_place_but_not_done_builds_again(svc, phantom_release):
+    pytest.importorskip("engine.lmdb_io")
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "rebuilt")
+    assert _run_worker_build(svc, job["id"])["status"] == st.DONE
+    # The worker died between moving the files into place and recording Done.
+    svc.store.set_status(job["id"], st.INTERRUPTED, "the process running this job stopped")
+    assert svc.resume(job["id"]) == st.WAITING
+    shown = _run_worker_build(svc, job["id"])
+    assert shown["status"] == st.DONE, shown["error"]
+    log = open(os.path.join(job["dir"], "log.txt")).read()
+    assert log.count("building: sunnybrook") == 2  # the log of both builds is kept
+    svc.store.set_status(job["id"], st.ABORTED, "aborted")
+    assert svc.resume(job["id"], wait=True) == st.DONE  # the foreground rebuild too
+    assert svc.show(job["id"])["pid"] is None
+
+
+def test_the_job_log_is_the_only_dataset_log(svc, phantom_release):
+    pytest.importorskip("engine.lmdb_io")
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "one log")
+    assert _run_worker_build(svc, job["id"])["status"] == st.DONE
+    assert not os.path.exists(os.path.join(job["dir"], "build.log"))
+    assert open(os.path.join(job["dir"], "log.txt")).read().count("entries to encode") == 1
+
+
+def test_abort_of_a_waiting_dataset_does_not_undo_a_workers_claim(svc, monkeypatch):
+    job = svc._new_job("dataset", "raced", options={"plugin": "sunnybrook"})
+    svc.store.set_status(job["id"], st.WAITING)
+    get = svc.store.get
+
+    def get_then_claimed(job_id):  # a worker claims the job right after abort read it Waiting
+        found = get(job_id)
+        if found["status"] == st.WAITING:
+            svc.store.claim(job_id, st.WAITING, st.RUNNING, "worker", pid=os.getpid())
+        return found
+    monkeypatch.setattr(svc.store, "get", get_then_claimed)
+    assert svc.abort(job["id"]) is True  # it is building now: the flag stops it
+    monkeypatch.setattr(svc.store, "get", get)
+    assert svc.show(job["id"])["status"] == st.RUNNING
+    assert os.path.exists(os.path.join(job["dir"], "abort_requested"))
+    waiting = svc._new_job("dataset", "still waiting", options={"plugin": "sunnybrook"})
+    svc.store.set_status(waiting["id"], st.WAITING)
+    assert svc.abort(waiting["id"]) is False and svc.show(waiting["id"])["status"] == st.ABORTED
+
+
+def test_a_claimed_build_has_its_pid_from_the_claim_on(svc, monkeypatch):
+    from jobs.scheduler import pid_alive
+    job = svc._new_job("dataset", "claimed", options={"plugin": "sunnybrook"})
+    svc.store.set_status(job["id"], st.WAITING)
+    claim, update, pids, in_claim = svc.store.claim, svc.store.update, [], []
+
+    def claim_then_restart(*args, **kw):  # another process opens the service right after the claim
+        in_claim.append(True)
+        try:
+            ok = claim(*args, **kw)
+        finally:
+            in_claim.pop()
+        svc.store.mark_running_interrupted(pid_alive)
+        return ok
+
+    def update_spy(job_id, **fields):
+        if fields.get("pid") and not in_claim:
+            pids.append(fields["pid"])
+        return update(job_id, **fields)
+    monkeypatch.setattr(svc.store, "claim", claim_then_restart)
+    monkeypatch.setattr(svc.store, "update", update_spy)
+    seen = []
+    build = svc.build_dataset_job
+    svc.scheduler.build_dataset = lambda job_id: seen.append(svc.store.get(job_id)["status"]) or build(job_id)
+    assert svc.scheduler.step() == [job["id"]]
+    _finish_builds(svc)
+    assert seen == [st.RUNNING]  # not marked Interrupted under the worker
+    assert pids == []  # the pid is written once, with the claim

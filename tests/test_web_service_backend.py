@@ -187,6 +187,13 @@ class QueueingService(StubService):
         return super().list_jobs(kind) + [{"id": "ds2", "kind": "dataset", "name": "building", "status": "Running",
                                            "dir": str(self.root / "ds2"), "created_at": time.time()}]
 
+    def show(self, job_id):
+        job = super().show(job_id)
+        if job.get("kind") == "dataset" and job.get("status") == "Running":  # as jobs.service.show does
+            from jobs.service import build_progress
+            job["progress"] = build_progress(job["dir"])
+        return job
+
     def submit_dataset(self, plugin, values, name, group_name=None, **build):
         if values.get("image_folder") == "/missing":
             raise _FieldError()
@@ -225,3 +232,13 @@ def test_a_running_build_shows_the_builders_progress(backend, tmp_path):
     assert listed["ds2"]["progress"] == 0.75 and listed["ds1"]["progress"] is None
     job = backend.job("ds2")
     assert job["status"] == "Running" and job["progress"] == 0.75 and "building: sunnybrook" in job["log"]
+
+
+def test_build_progress_has_one_implementation(backend, tmp_path, monkeypatch):
+    import jobs.service
+    import web.service_backend as sb
+    assert not hasattr(sb, "_build_progress")  # the service's build_progress is the one
+    backend._service = QueueingService(tmp_path)
+    (tmp_path / "ds2").mkdir()
+    monkeypatch.setattr(jobs.service, "build_progress", lambda job_dir: 0.5)
+    assert {j["id"]: j for j in backend.jobs("dataset")}["ds2"]["progress"] == 0.5

@@ -184,7 +184,8 @@ class ServiceBackend(Backend):
         jobs = [j for j in jobs if kind is None or j["kind"] == kind]
         for job in jobs:
             if job["kind"] == "dataset" and job["status"].lower() == "running" and job["progress"] is None:
-                job["progress"] = _build_progress(job["dir"])
+                from jobs.service import build_progress  # the service's own reading (list_jobs has none)
+                job["progress"] = build_progress(job["dir"])
             if job["kind"] == "dataset" and "summary" not in job:
                 job["summary"] = _dataset_summary(_dataset_info_view(_read_json(Path(job["dir"]) / "dataset.json")))
             if job["kind"] == "model" and not job["metrics"]:
@@ -228,9 +229,7 @@ class ServiceBackend(Backend):
                     info = {}
             job["info"] = _dataset_info_view(info or {})
             job["summary"] = _dataset_summary(job["info"])
-            job["plugin"] = (job.get("options") or {}).get("plugin")
-            if job["status"].lower() == "running" and job.get("progress") is None:
-                job["progress"] = _build_progress(job_dir)
+            job["plugin"] = (job.get("options") or {}).get("plugin")  # progress: from the service's show
         if job["kind"] == "model":
             facts = _read_json(job_dir / "job.json")
             if facts.get("max_iter") and facts.get("epochs"):
@@ -563,14 +562,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _build_progress(job_dir) -> float | None:
-    """A running dataset build's fraction done, from the builder's last progress event."""
-    event = _read_json(Path(job_dir) / "build_status.json")
-    if event.get("total_all"):
-        return float(event.get("done_all") or 0) / float(event["total_all"])
-    return None
 
 
 def _runner_progress(job_dir) -> float | None:
