@@ -302,19 +302,108 @@ def _upload_folder(dest_dir, upload_id) -> Path:
     return folder
 
 
-def save_upload(dest_dir, name, prototxt, weights_path, description="") -> dict:
-    """Check and store a user's network + weights under ``dest_dir/uploaded/<id>/``.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# (NetParameter field, name field, blobs field, nested V0 layer field) of the layer messages:
+# ``layer`` (100, LayerParameter), legacy ``layers`` (2, V1LayerParameter, whose field 1 may hold a
+# V0LayerParameter: name 1, blobs 50).
+_LAYER_FIELDS = {100: (1, 7, None), 2: (4, 6, 1)}
+_V0_FIELDS = (1, 50, None)
+_MAX_NAME_BYTES = 1 << 16
 
-    ``prototxt`` is the network text (str or bytes); ``weights_path`` a .caffemodel file
-    (moved into the store). The network must parse, the weights must be a readable caffemodel
-    with blobs, and at least one weighted layer must be named as in the network (Caffe's
-    copy_from matches by name). Returns the entry (see :func:`list_uploads`)."""
-    import json
-    import secrets
-    import shutil
-    import time
 
-    from engine.caffemodel import read_caffemodel
+def _varint(f, end):
+    value = shift = 0
+    while True:
+        if f.tell() >= end:
+            raise ValueError("truncated (a field runs past the end of its message)")
+        byte = f.read(1)
+        if not byte:
+            raise ValueError("truncated")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
+
+
+def _wire_fields(f, end):
+    """Yield ``(number, wire type, (start, length) | None)`` of the protobuf fields up to ``end``;
+    a length-delimited payload is skipped with seek after the consumer is done with it."""
+    while f.tell() < end:
+        key = _varint(f, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            _varint(f, end)
+            yield number, wire, None
+        elif wire in (1, 5):
+            skip = 8 if wire == 1 else 4
+            if f.tell() + skip > end:
+                raise ValueError("truncated")
+            f.seek(skip, os.SEEK_CUR)
+            yield number, wire, None
+        elif wire == 2:
+            length = _varint(f, end)
+            start = f.tell()
+            if start + length > end:
+                raise ValueError("truncated (a field runs past the end of its message)")
+            yield number, wire, (start, length)
+            f.seek(start + length)
+        else:
+            raise ValueError("unsupported protobuf wire type %d" % wire)
+
+
+def _scan_layer(f, start, length, fields):
+    name_field, blobs_field, v0_field = fields
+    name, blobs = None, 0
+    f.seek(start)
+    for number, wire, span in _wire_fields(f, start + length):
+        if wire != 2:
+            continue
+        if number == name_field:
+            if span[1] > _MAX_NAME_BYTES:
+                raise ValueError("a layer name of %d bytes" % span[1])
+            name = f.read(span[1]).decode("utf-8", "replace")
+        elif number == blobs_field:
+            blobs += 1  # the blob's payload is skipped, never read
+        elif number == v0_field:
+            v0_name, v0_blobs = _scan_layer(f, span[0], span[1], _V0_FIELDS)
+            name = name if name is not None else v0_name
+            blobs += v0_blobs
+    return name, blobs
+
+
+def scan_caffemodel_layers(source):
+    """``[(layer name, blob count)]`` of a binary .caffemodel, in file order, by streaming its
+    protobuf wire format: the layer records (NetParameter ``layer`` = 100, legacy ``layers`` = 2)
+    are walked and their blobs skipped with seek, so a 1 GiB file costs a few kilobytes of reads.
+    ``source``: a path or a seekable binary file. Raises ValueError for a file that is not one
+    (HDF5, malformed or truncated records, no layers). Blob contents are not checked here
+    (``engine.caffemodel.read_caffemodel`` does, when a job uses the weights)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return scan_caffemodel_layers(f)
+    f = source
+    begin = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(begin)
+    if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+        raise ValueError("an HDF5 file; only binary protobuf caffemodels are supported")
+    f.seek(begin)
+    layers = []
+    for number, wire, span in _wire_fields(f, end):
+        if wire == 2 and number in _LAYER_FIELDS:
+            name, blobs = _scan_layer(f, span[0], span[1], _LAYER_FIELDS[number])
+            layers.append((name or "", blobs))
+    if not layers:
+        raise ValueError("it contains no layers (empty, truncated or another kind of file)")
+    return layers
+
+
+def _check_upload_network(name, prototxt):
+    """The checked (name, network text, parsed net) of an upload; raises UploadError."""
     from engine.prototxt import PrototxtError, parse_net
 
     name = (name or "").strip()
@@ -335,11 +424,16 @@ def save_upload(dest_dir, name, prototxt, weights_path, description="") -> dict:
         raise UploadError("the network does not parse: %s" % exc, "prototxt") from None
     if not len(net.layer):
         raise UploadError("the network has no layers", "prototxt")
+    return name, prototxt, net
+
+
+def _check_upload_weights(path, net):
+    """The weighted layers of ``path`` named as in ``net`` (streamed, see scan_caffemodel_layers)."""
     try:
-        model = read_caffemodel(str(weights_path))
+        layers = scan_caffemodel_layers(str(path))
     except (OSError, ValueError) as exc:
         raise UploadError("the weights are not a readable .caffemodel (%s)" % exc, "weights") from None
-    weighted = [layer.name for layer in model.layer if len(layer.blobs)]
+    weighted = [layer_name for layer_name, blobs in layers if blobs]
     if not weighted:
         raise UploadError("the .caffemodel holds no weights", "weights")
     names = {layer.name for layer in net.layer}
@@ -347,12 +441,40 @@ def save_upload(dest_dir, name, prototxt, weights_path, description="") -> dict:
     if not matched:
         raise UploadError("no layer of the weights is named as a layer of the network (weights: %s)"
                           % ", ".join(weighted[:8]), "weights")
+    return matched
+
+
+def save_upload(dest_dir, name, prototxt, weights, description="") -> dict:
+    """Check and store a user's network + weights under ``dest_dir/uploaded/<id>/``.
+
+    ``prototxt`` is the network text (str or bytes); ``weights`` a .caffemodel file path (checked,
+    then moved into the store) or an object with ``save(file)`` (a werkzeug FileStorage: written
+    straight into the store folder under a temporary name, checked, then renamed). The network
+    must parse, the weights must be a caffemodel with blobs (its layer names are read by
+    streaming, never the whole file), and at least one weighted layer must be named as in the
+    network (Caffe's copy_from matches by name). Returns the entry (see :func:`list_uploads`).
+    The folder is listed only once ``info.json`` is written, last."""
+    import json
+    import secrets
+    import shutil
+    import time
+
+    name, prototxt, net = _check_upload_network(name, prototxt)
+    from_path = not hasattr(weights, "save")
+    matched = _check_upload_weights(weights, net) if from_path else None
     upload_id = "up-" + secrets.token_hex(6)
     folder = uploads_dir(dest_dir) / upload_id
     folder.mkdir(parents=True)
     try:
+        if from_path:
+            shutil.move(str(weights), str(folder / UPLOAD_WEIGHTS))
+        else:
+            part = folder / (".%s.part" % UPLOAD_WEIGHTS)
+            with open(part, "wb") as out:
+                weights.save(out)
+            matched = _check_upload_weights(part, net)
+            os.replace(part, folder / UPLOAD_WEIGHTS)
         (folder / UPLOAD_NETWORK).write_text(prototxt)
-        shutil.move(str(weights_path), str(folder / UPLOAD_WEIGHTS))
         info = {"id": upload_id, "name": name, "description": (description or "").strip()[:500],
                 "created": time.time(), "matched": matched, "network_name": net.name or ""}
         (folder / UPLOAD_INFO).write_text(json.dumps(info))

@@ -83,22 +83,13 @@ def resolve(data_dir, pretrained_id, channels) -> dict:
 
 
 def save_upload(data_dir, name, prototxt: bytes, weights_storage, description="") -> dict:
-    """Store an uploaded network + caffemodel (werkzeug FileStorage for the weights)."""
-    import tempfile
+    """Store an uploaded network + caffemodel (werkzeug FileStorage for the weights): the file is
+    written once, straight into its store folder (``jobs.pretrained.save_upload``)."""
     from jobs import pretrained
-    root = folder(data_dir)
-    staging = root / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".caffemodel", dir=staging)
     try:
-        with open(handle, "wb") as out:
-            weights_storage.save(out)
-        try:
-            return pretrained.save_upload(root, name, prototxt, tmp, description)
-        except pretrained.UploadError as exc:
-            raise BadRequest(str(exc), {exc.field: str(exc)} if exc.field else None) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        return pretrained.save_upload(folder(data_dir), name, prototxt, weights_storage, description)
+    except pretrained.UploadError as exc:
+        raise BadRequest(str(exc), {exc.field: str(exc)} if exc.field else None) from None
 
 
 def delete_upload(data_dir, pretrained_id) -> None:
