@@ -90,18 +90,48 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
         }
         summary.update(extra or {})
         (tmp / "result.json").write_text(json.dumps(summary, default=float))
-        target = root / token
-        if target.exists():  # a stale result of this token (its snapshot was rewritten)
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "result.json").is_file():
-                raise
-            # another request stored the same record result first: keep that one
+        _install(root, token, tmp, summary)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return token
+
+
+def _stored_stamp(folder: Path):
+    try:
+        return json.loads((folder / "result.json").read_text()).get("snapshot_stamp")
+    except (OSError, ValueError):
+        return None
+
+
+def _install(root: Path, token: str, tmp: Path, summary: dict) -> None:
+    """Move the finished folder ``tmp`` to ``root/token``. A result already there is kept when it
+    is the same (a concurrent request for the same record and snapshot won); a stale one (its
+    snapshot was rewritten) is first renamed aside under a unique name, never deleted in place,
+    and removed after the new one is in: a request never deletes another's fresh result, and
+    readers never see a half-deleted folder."""
+    target = root / token
+    try:
+        os.rename(tmp, target)  # the usual case: nothing stored under this token
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    stamp = summary.get("snapshot_stamp")
+    if stamp is not None and _stored_stamp(target) == stamp:
+        return  # another request stored this very result first: keep that one
+    trash = root / f".trash-{token}.{secrets.token_hex(4)}"
+    try:
+        os.rename(target, trash)
+    except FileNotFoundError:
+        pass  # another request moved the stale one aside already
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "result.json").is_file():
+            raise
+        # another request put its result in place between the two renames: keep that one
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def record_token(iteration: int, key: str, visualize: bool = False) -> str:

@@ -62,12 +62,22 @@ def delete(pretrained_id):
     return redirect(url_for("home.index", tab="pretrained"))
 
 
+def upload_limit(config) -> int | None:
+    """The byte limit of the pretrained upload endpoints: MAX_PRETRAINED_UPLOAD; 0 (or None) means
+    no limit at all on them (the page says "any size"), never MAX_CONTENT_LENGTH."""
+    limit = config.get("MAX_PRETRAINED_UPLOAD")
+    return int(limit) if limit else None
+
+
 def install_upload_limit(app) -> None:
     """Pretrained uploads may exceed MAX_CONTENT_LENGTH: raise the limit for their two endpoints
     only. Registered before CSRFProtect, whose check reads the body first."""
+    import sys
+
     from flask import request
 
     @app.before_request
     def _pretrained_upload_limit():
         if request.endpoint in UPLOAD_ENDPOINTS:
-            request.max_content_length = current_app.config.get("MAX_PRETRAINED_UPLOAD") or None
+            # None on the request would fall back to MAX_CONTENT_LENGTH (Flask): no limit is maxsize.
+            request.max_content_length = upload_limit(current_app.config) or sys.maxsize

@@ -5,6 +5,7 @@ wheel (a dependency in pyproject.toml); it is read from the installed package, n
 """
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def library_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+@functools.lru_cache(maxsize=None)
 def library_version(name: str) -> str:
-    """Version of the package that ships ``name`` (cache-busting query of the script URL)."""
+    """Version of the package that ships ``name`` (cache-busting query of the script URL);
+    looked up once per process (it is asked on every page that draws charts)."""
     try:
         from importlib.metadata import version
         return version(LIBRARIES[name][0])
