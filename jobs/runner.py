@@ -170,6 +170,8 @@ def blob_mean(blob):
 
 # -- the runner ----------------------------------------------------------------------------------
 
+ABORT_FLAG = "abort_requested"  # written by jobs.scheduler.Scheduler.abort in the job folder
+
 class Runner:
     def __init__(self, job_dir, caffe, log=print):
         self.job_dir = os.path.abspath(job_dir)
@@ -261,7 +263,9 @@ class Runner:
         self.status("running", solver.iter)
         with open(self.metrics_path, "a") as out:
             while solver.iter < self.max_iter:
-                if self.stop_requested:
+                # The flag file is how a scheduler on another host (container) asks for an abort:
+                # it cannot signal this process.
+                if self.stop_requested or os.path.exists(os.path.join(self.job_dir, ABORT_FLAG)):
                     self.status("aborted", solver.iter, "aborted by the user")
                     self.log("aborted at iteration %d" % solver.iter)
                     return EXIT_ABORTED

@@ -23,7 +23,7 @@ from jobs import store as st
 
 RUNNER_PATH = os.path.abspath(runner_mod.__file__)
 PROJECT_ROOT = os.path.dirname(os.path.dirname(RUNNER_PATH))
-ABORT_FLAG = "abort_requested"
+ABORT_FLAG = runner_mod.ABORT_FLAG  # the runner stops at its next iteration when it appears
 ABORT_GRACE_SECONDS = 10.0  # a runner still busy in one long iteration after this is killed
 
 
@@ -211,6 +211,12 @@ class Scheduler:
         A dataset build runs inside a worker process: it gets the flag and stops at its next record."""
         job = self.store.get(job_id)
         if job["kind"] == "dataset" and job["status"] == st.RUNNING and pid_alive(job["pid"]):
+            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
+                f.write(str(time.time()))
+            return True
+        if job["status"] == st.RUNNING and job.get("host") not in (None, socket.gethostname()):
+            # Trained by a worker on another host (container): its pid means nothing here. The
+            # runner sees the flag at its next iteration; the worker there records the Abort.
             with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
                 f.write(str(time.time()))
             return True

@@ -125,3 +125,14 @@ def test_runner_is_python39_clean():
     proc = subprocess.run([vermin, "--no-tips", "-t=3.9-", "--violations", runner.__file__],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runner_stops_when_the_abort_flag_appears(tmp_path):
+    """A scheduler on another host cannot signal the runner: it writes the flag file instead."""
+    job = make_job(tmp_path)
+    (job / runner.ABORT_FLAG).write_text("0")
+    proc = run(sys.executable, tmp_path, job)
+    assert proc.returncode == runner.EXIT_ABORTED, proc.stderr
+    calls = [c[0] for c in read_lines(tmp_path / "calls.jsonl")]
+    assert "step" not in calls
+    assert json.loads((job / "runner_status.json").read_text())["state"] == "aborted"

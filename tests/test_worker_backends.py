@@ -125,3 +125,15 @@ def test_cli_model_create_records_an_explicit_backend(monkeypatch):
     cli.main(["--backend", "engine", "model", "create", "--dataset", "d1"])
     cli.main(["model", "create", "--dataset", "d1"])
     assert [o.get("backend") for o in seen] == ["pycaffe", "engine", None]
+
+
+def test_abort_of_a_job_training_on_another_host_writes_the_flag_and_signals_nothing(store, monkeypatch):
+    _model(store, "m-remote", "pycaffe")
+    store.update("m-remote", pid=os.getpid(), host="worker-container")
+    store.set_status("m-remote", st.RUNNING)
+    killed = []
+    monkeypatch.setattr(sched.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    assert sched.Scheduler(store).abort("m-remote") is True
+    assert killed == []  # the pid belongs to the other container's process table
+    assert os.path.exists(os.path.join(store.get("m-remote")["dir"], sched.ABORT_FLAG))
+    assert store.get("m-remote")["status"] == st.RUNNING  # the worker there records the Abort
