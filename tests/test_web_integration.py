@@ -312,3 +312,23 @@ def test_a_dataset_is_queued_then_built_by_the_worker_with_live_progress(site, p
     html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
     assert ">Done<" in html and "mean.binaryproto" in html and "entries to encode" in html
     assert [h[0] for h in svc.show(job_id)["history"]] == ["Initialized", "Waiting", "Running", "Done"]
+
+
+def test_the_model_form_records_the_backend_a_worker_must_have(site):
+    """'Run on' is stored on the job (a pycaffe worker takes only pycaffe/auto jobs); the
+    default records nothing, so the app's own worker keeps the job."""
+    from jobs import scheduler as sched
+    client, svc, ds, _ = site
+    base = {"dataset": ds["id"], "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "custom", "custom_network": TINY_NET}
+    assert client.post("/models/new", data=dict(base, model_name="on caffe", backend="pycaffe")).status_code == 302
+    assert client.post("/models/new", data=dict(base, model_name="default")).status_code == 302
+    api = client.post("/api/models", json=dict(base, model_name="via api", backend="engine"))
+    assert api.status_code in (200, 201), api.get_data(as_text=True)
+    bad = client.post("/models/new", data=dict(base, model_name="bad", backend="tensorflow"))
+    assert bad.status_code == 400 and "Not a valid choice" in bad.get_data(as_text=True)
+    recorded = {m["name"]: sched.job_backend(svc.store.get(m["id"])) for m in svc.list_jobs("model")}
+    assert recorded == {"on caffe": "pycaffe", "default": None, "via api": "engine"}
+    html = client.get(f"/models/{[m for m in svc.list_jobs('model') if m['name'] == 'on caffe'][0]['id']}/clone")
+    assert re.search(r'<option selected value="pycaffe">|<option value="pycaffe" selected', html.get_data(as_text=True))

@@ -192,6 +192,12 @@ class ModelForm(FlaskForm):
                                       validators=[InputRequired(), NumberRange(min=1, max=1024)],
                                       description="Accumulate gradients over this many batches per update "
                                                   "(Caffe's iter_size).")
+    backend = SelectField(
+        "Run on", default="",
+        choices=choice_list([("", "This server's worker (default)"), ("engine", "PyTorch engine"),
+                             ("pycaffe", "Real Caffe (a pycaffe worker)"), ("auto", "Any worker")]),
+        description="Which backend trains the model. Real Caffe needs a pycaffe worker "
+                    "(docker/compose.yaml); the job waits until one takes it.")
     solver_type = SelectField("Solver type", choices=choice_list(SOLVER_TYPES), default="SGD",
                               description="The optimisation algorithm.")
     base_lr = StringField("Base learning rate", default="0.01",

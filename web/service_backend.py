@@ -617,6 +617,7 @@ def service_model_options(form: dict, settings: dict) -> tuple[dict, Path | None
         "mean": form.get("mean_subtraction") if form.get("mean_subtraction") in MEAN_CHOICES else "none",
         "crop_size": form.get("crop_size"),
         "lr_policy": _lr_policy(form),
+        "backend": form.get("backend") or None,  # recorded on the job: only a worker for it takes it
     }
     source = form.get("network_source") or "standard"
     if source == "custom":
@@ -677,6 +678,7 @@ def model_form_values(values: dict) -> dict:
         "lr_policy": policy.get("policy"), "lr_step_size": policy.get("stepsize"),
         "lr_gamma": policy.get("gamma"), "lr_power": policy.get("power"),
         "lr_step_values": policy.get("stepvalue"), "pretrained_model": values.get("pretrained"),
+        "backend": values.get("backend"),
     }
     if values.get("pretrained_network"):
         out["network_source"], out["pretrained_network"] = "pretrained", values["pretrained_network"]

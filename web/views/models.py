@@ -20,7 +20,7 @@ MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapsho
                        "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
                        "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
                        "network_source", "standard_network", "previous_network", "pretrained_network",
-                       "custom_network", "group_name", "model_name")
+                       "custom_network", "group_name", "model_name", "backend")
 
 
 def _safe(call, default):
