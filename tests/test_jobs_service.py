@@ -127,15 +127,10 @@ def test_bad_network_is_refused_with_layer_and_blob(svc, dataset):
 
 
 def _caffemodel(path, name, shape):
+    """A caffemodel holding one convolution ``name`` of weight ``shape`` (zeros) and its bias."""
     import numpy as np
-    from engine.blobproto import array_to_blobproto
-    from engine.caffemodel import write_caffemodel
-    from engine.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
-    layer = net.layer.add(name=name, type="Convolution")
-    layer.blobs.append(array_to_blobproto(np.zeros(shape, np.float32)))
-    layer.blobs.append(array_to_blobproto(np.zeros(shape[0], np.float32)))
-    write_caffemodel(str(path), net)
+    from tests.web_helpers import write_weights
+    write_weights(path, {name: [np.zeros(shape, np.float32), np.zeros(shape[0], np.float32)]})
     return str(path)
 
 
