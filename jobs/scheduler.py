@@ -88,6 +88,8 @@ def job_backend(job):
 
 
 def _real_pycaffe_importable():
+    # engine.caffe_shim.real_pycaffe_available asks the same; it is repeated because the pycaffe
+    # image ships jobs/ without engine/.
     module = sys.modules.get("caffe")
     if module is not None:
         return not getattr(module, "__caffeseg_engine__", False)
