@@ -79,6 +79,12 @@ def pid_alive(pid):
 BACKENDS = ("engine", "pycaffe")
 
 
+def _write_abort_flag(job_dir):
+    """The abort request every kind of job reads: runners each iteration, dataset builds per record."""
+    with open(os.path.join(job_dir, ABORT_FLAG), "w") as f:
+        f.write(str(time.time()))
+
+
 def job_backend(job):
     """The backend a model job asked for: ``engine``, ``pycaffe``, ``auto`` or None (not recorded:
     the job belongs to the app's own scheduler, which runs it on its backend; a worker treats it
@@ -213,19 +219,16 @@ class Scheduler:
         A dataset build runs inside a worker process: it gets the flag and stops at its next record."""
         job = self.store.get(job_id)
         if job["kind"] == "dataset" and job["status"] == st.RUNNING and pid_alive(job["pid"]):
-            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
-                f.write(str(time.time()))
+            _write_abort_flag(job["dir"])
             return True
         if job["status"] == st.RUNNING and job.get("host") not in (None, socket.gethostname()):
             # Trained by a worker on another host (container): its pid means nothing here. The
             # runner sees the flag at its next iteration; the worker there records the Abort.
-            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
-                f.write(str(time.time()))
+            _write_abort_flag(job["dir"])
             return True
         if job["status"] == st.RUNNING and pid_alive(job["pid"]):
             pid = int(job["pid"])
-            with open(os.path.join(job["dir"], ABORT_FLAG), "w") as f:
-                f.write(str(time.time()))
+            _write_abort_flag(job["dir"])
             os.kill(pid, signal.SIGTERM)
             # Abort is immediate for the user: a runner stuck in a long iteration is killed; its
             # job still ends Aborted (the flag) and stays resumable from the last solverstate.
