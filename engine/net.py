@@ -139,6 +139,22 @@ class Net:
         self._decide_backward(expanded)
         self._records_grad = any(layer.need_backward for layer in self.layers)
         self._loss_terms: dict[int, torch.Tensor] = {}  # layer index -> its weighted loss
+        self._metric_layers = self._find_metric_layers()
+        #: let ``_forward_backward`` run metric layers after backward is queued; only an
+        #: accelerator gains from it (on the CPU every layer runs in turn anyway)
+        self.defer_metric_layers = self.device.type != "cpu"
+
+    def _find_metric_layers(self) -> set[int]:
+        """Indices of layers whose forward nothing else waits for: a deferrable type, no
+        backward, no loss weight, and tops that no other layer reads or writes."""
+        users: dict[int, int] = collections.Counter()
+        for layer in self.layers:
+            for blob in set(map(id, layer.bottoms)) | set(map(id, layer.tops)):
+                users[blob] += 1
+        return {index for index, layer in enumerate(self.layers)
+                if layer.impl.deferrable and not layer.need_backward
+                and not any(layer.loss_weights)
+                and all(users[id(top)] == 1 for top in layer.tops)}
 
     def _where(self) -> str:
         return self.source or "net"
@@ -413,10 +429,26 @@ class Net:
         self._forward_range(start_i, end_i)
         return {name: self.blobs[name].data for name in wanted}
 
-    def _forward_range(self, start: int, end: int) -> None:
+    def _forward_backward(self) -> None:
+        """One solver pass: forward, backward, and, with ``defer_metric_layers``, the metric
+        layers last. Their tops then hold the same values as after ``forward()``."""
+        last = len(self.layers) - 1
+        deferred: list | None = [] if self.defer_metric_layers and self._metric_layers else None
+        self._forward_range(0, last, deferred)
+        self._backward_range(last, 0)
+        for layer, staged in deferred or []:
+            params = [blob.tensor for blob in layer.blobs]
+            self._store_tops(layer, layer.impl.forward_staged(staged, params))
+
+    def _forward_range(self, start: int, end: int, deferred: list | None = None) -> None:
         for index in range(start, end + 1):
             layer = self.layers[index]
             if layer.is_source:
+                continue
+            if deferred is not None and index in self._metric_layers:
+                deferred.append((layer, layer.impl.stage(self._layer_bottoms(layer))))
+                layer.saved = None
+                self._loss_terms.pop(index, None)
                 continue
             loss = self._forward_layer(layer)
             if loss is None:
@@ -424,14 +456,19 @@ class Net:
             else:
                 self._loss_terms[index] = loss
 
-    def _forward_layer(self, layer: NetLayer) -> torch.Tensor | None:
-        """Run one layer; return its weighted loss (None when no top carries a loss weight)."""
-        impl = layer.impl
+    def _layer_bottoms(self, layer: NetLayer) -> list[torch.Tensor]:
+        """The bottom tensors, with the layer reshaped first if their shapes changed."""
         bottoms = [blob.tensor for blob in layer.bottoms]
         shapes = tuple(tuple(t.shape) for t in bottoms)
         if shapes != layer.bottom_shapes:
-            impl.reshape(list(shapes))  # Caffe reshapes before every forward; only shape changes matter
+            layer.impl.reshape(list(shapes))  # Caffe reshapes before every forward; only shape changes matter
             layer.bottom_shapes = shapes
+        return bottoms
+
+    def _forward_layer(self, layer: NetLayer) -> torch.Tensor | None:
+        """Run one layer; return its weighted loss (None when no top carries a loss weight)."""
+        impl = layer.impl
+        bottoms = self._layer_bottoms(layer)
         params = [blob.tensor for blob in layer.blobs]
         if layer.need_backward and self._records_grad:
             leaves = [t.detach().requires_grad_(need and t.is_floating_point())
@@ -448,6 +485,10 @@ class Net:
             with torch.no_grad():
                 tops = impl.forward(bottoms, params)
             layer.saved = None
+        return self._store_tops(layer, tops)
+
+    def _store_tops(self, layer: NetLayer, tops: list[torch.Tensor]) -> torch.Tensor | None:
+        """Put a layer's outputs into its top blobs; return its weighted loss, if any."""
         if len(tops) != len(layer.tops):
             raise NetError(f"layer '{layer.name}' ({layer.type}) produced {len(tops)} tops for "
                            f"{len(layer.tops)} top blobs")

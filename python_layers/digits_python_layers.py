@@ -76,6 +76,22 @@ def labels_of(label_blob_data, layer_name):
     return np.rint(labels).astype(np.int64)
 
 
+def label_planes(label_blob_data, layer_name):
+    """Like :func:`labels_of`, but float32 with the ids rounded: cheaper when the labels are only
+    compared with class ids."""
+    labels = np.asarray(label_blob_data)
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 3:
+        labels_of(labels, layer_name)  # raises with the shape named
+    return np.rint(labels)
+
+
+def count_per_image(mask):
+    """Number of true pixels in each image of an N x H x W boolean mask (float64, length N)."""
+    return np.array([np.count_nonzero(image) for image in mask], dtype=np.float64)
+
+
 def check_score_and_label(bottom, layer_name):
     """Shape checks shared by all layers; returns (N, C, H, W) of the score."""
     if len(bottom) != 2:
@@ -163,13 +179,20 @@ class Dice(caffe.Layer):
         top[0].reshape(1)
 
     def forward(self, bottom, top):
+        # Runs every training iteration, so it avoids full-size temporaries it does not need:
+        # labels stay float (rounded in place of an int64 copy) and the ignore mask is applied
+        # only when some pixel carries the ignore label.
         target_class = int(self.options["class"])
-        labels = labels_of(bottom[1].data, "Dice")
-        valid = labels != int(self.options["ignore_label"])
-        predicted = predicted_as(bottom[0].data, target_class) & valid
-        labelled = (labels == target_class) & valid
-        intersection = np.sum(predicted & labelled, axis=(1, 2))
-        per_image = dice_ratio(intersection, np.sum(predicted, axis=(1, 2)), np.sum(labelled, axis=(1, 2)))
+        labels = label_planes(bottom[1].data, "Dice")
+        predicted = predicted_as(bottom[0].data, target_class)
+        labelled = labels == target_class
+        ignored = labels == int(self.options["ignore_label"])
+        if ignored.any():
+            valid = ~ignored
+            predicted &= valid
+            labelled &= valid
+        per_image = dice_ratio(count_per_image(predicted & labelled),
+                               count_per_image(predicted), count_per_image(labelled))
         top[0].data[...] = np.mean(per_image)
 
     def backward(self, top, propagate_down, bottom):

@@ -249,3 +249,23 @@ def test_layers_inside_engine_net(tmp_path):
     ref_loss[0].diff[...] = 1.0
     layer.backward(ref_loss, [True, False], bottom)
     np.testing.assert_allclose(net.blobs["score"].diff, bottom[0].diff, atol=1e-6)
+
+
+def test_dice_matches_a_plain_argmax_reference_with_void_pixels():
+    rng = np.random.RandomState(3)
+    scores = rng.randn(4, 3, 13, 11).astype(np.float32)
+    labels = rng.randint(0, 3, size=(4, 1, 13, 11)).astype(np.float32)
+    labels[rng.rand(*labels.shape) < 0.2] = 255
+    labels[2] = 0  # an image without class 2 in the label
+    for target in (1, 2):
+        _, _, top = run(dpl.Dice, scores, labels, param_str="{'class': %d}" % target)
+        prediction = np.argmax(scores, axis=1)
+        label = labels[:, 0]
+        expected = []
+        for n in range(4):
+            keep = label[n] != 255
+            p = (prediction[n] == target) & keep
+            g = (label[n] == target) & keep
+            total = p.sum() + g.sum()
+            expected.append(1.0 if total == 0 else 2.0 * (p & g).sum() / total)
+        np.testing.assert_allclose(top[0].data, np.mean(expected), rtol=1e-6)

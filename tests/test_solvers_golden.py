@@ -72,6 +72,14 @@ class ReferenceNet:
         self.blobs["loss"].tensor.fill_(float(self._loss.detach()))
         return {"loss": self.blobs["loss"].data}
 
+    def _forward_backward(self):
+        self.forward()
+        self.backward()
+
+    @property
+    def last_loss(self):
+        return float(self._loss.detach())
+
     def backward(self):
         self._loss.backward()
         for name, blobs in self.params.items():

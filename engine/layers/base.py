@@ -67,6 +67,9 @@ class Layer:
     explicit_backward: ClassVar[bool] = False
     #: False for layers that may not run in place (Flatten, Reshape, Split)
     allows_in_place: ClassVar[bool] = True
+    #: True when ``stage``/``forward_staged`` exist, so a solver step may run the layer after
+    #: backward is queued if nothing depends on it (Net's deferred metric layers)
+    deferrable: ClassVar[bool] = False
 
     def __init__(self, param: caffe_pb2.LayerParameter, phase: int):
         self.param = param

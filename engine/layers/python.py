@@ -165,6 +165,10 @@ def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str
 class PythonLayer(base.Layer):
     type = "Python"
     explicit_backward = True
+    # A metric layer (nothing reads its tops, no loss weight, no backward) may run after the
+    # solver has queued backward: its host copy then waits for the forward kernels while the
+    # accelerator already works on backward, instead of stalling the queue between the two.
+    deferrable = True
     #: folders searched first for python_param.module (the net or job runner sets these)
     search_dirs: list[str] = []
 
@@ -223,12 +227,37 @@ class PythonLayer(base.Layer):
 
     def forward(self, bottoms, params):
         device = bottoms[0].device if bottoms else (params[0].device if params else torch.device("cpu"))
+        return self._forward_host([self._host(b) for b in bottoms], params, device)
+
+    def _forward_host(self, arrays, params, device):
         self._bind_params(params)
-        bottom_blobs = [LayerBlob(self._host(b)) for b in bottoms]
+        bottom_blobs = [LayerBlob(a) for a in arrays]
         # Caffe reshapes before every forward; the tops keep their arrays between calls
         self._call("reshape", self.user.reshape, bottom_blobs, self._tops)
         self._call("forward", self.user.forward, bottom_blobs, self._tops)
         return [torch.from_numpy(t.data.copy()).to(device) for t in self._tops]
+
+    def stage(self, bottoms):
+        """Start copying the bottoms to host memory without waiting; ``forward_staged`` runs
+        the layer on that copy later. On an accelerator the copy goes to fresh pinned buffers
+        (PyTorch's host cache recycles them) and an event marks its end; on the CPU it is a
+        plain copy, so later in-place layers cannot change what the metric sees."""
+        device = bottoms[0].device if bottoms else torch.device("cpu")
+        sources = [b.detach() for b in bottoms]
+        if device.type != "cuda":
+            return [s.to("cpu", torch.float32, copy=True) for s in sources], None, device
+        host = [torch.empty(tuple(s.shape), dtype=torch.float32, pin_memory=True) for s in sources]
+        for buffer, source in zip(host, sources):
+            buffer.copy_(source, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done, device
+
+    def forward_staged(self, staged, params):
+        host, done, device = staged
+        if done is not None:
+            done.synchronize()
+        return self._forward_host([h.numpy() for h in host], params, device)
 
     def backward(self, bottoms, params, tops, top_diffs, propagate_down, param_propagate_down):
         device = bottoms[0].device if bottoms else torch.device("cpu")

@@ -82,17 +82,9 @@ def build_net(net_param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, sour
             os.unlink(f.name)
 
 
-def _net_loss(net, outputs) -> float:
-    """Σ loss_weight · Σ top, Caffe's objective (``Net::ForwardBackward`` return value)."""
-    loss = getattr(net, "last_loss", None)
-    if loss is not None:
-        return float(loss)
-    weights = getattr(net, "blob_loss_weights", None) or {}
-    total = 0.0
-    for name, w in weights.items():
-        if w:
-            total += float(w) * float(np.asarray(net.blobs[name].data, dtype=np.float64).sum())
-    return total
+def _net_loss(net) -> float:
+    """Σ loss_weight · Σ top of the last pass, Caffe's objective (``Net::ForwardBackward``)."""
+    return float(net.last_loss)
 
 
 class Solver:
@@ -229,9 +221,10 @@ class Solver:
             blob.grad_tensor = diff  # marks the device copy current (host mirrors refresh on read)
 
     def _forward_backward(self) -> float:
-        outputs = self.net.forward()
-        self.net.backward()
-        return _net_loss(self.net, outputs)
+        # not net.forward(): its host copies of the outputs would stall an accelerator
+        # between forward and backward
+        self.net._forward_backward()
+        return _net_loss(self.net)
 
     def _update_smoothed_loss(self, loss: float, start_iter: int):
         window = self.param.average_loss
@@ -338,7 +331,7 @@ class Solver:
         for _ in range(iters):
             net.forward()
             if p.test_compute_loss:
-                loss += _net_loss(net, None)
+                loss += _net_loss(net)
             for name in net.outputs:
                 value = np.array(net.blobs[name].data, dtype=np.float64, copy=True)
                 sums[name] = sums[name] + value if name in sums else value
