@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from engine.net import Net
 from engine.proto import caffe_pb2
@@ -143,3 +144,29 @@ def test_a_failing_deferred_metric_names_the_users_file(layers_module):
     solver = make_solver(defer=True, metric_layer="Broken")
     with pytest.raises(Exception, match=r"metric exploded.*deferred_metric_layers\.py, line \d+"):
         solver.step(1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_deferral_is_the_default_and_changes_no_value(layers_module):
+    import engine
+    engine.set_mode_gpu()
+    try:
+        solvers = {defer: make_solver(defer) for defer in (False, True)}
+    finally:
+        engine.set_mode_cpu()
+    assert solvers[False].net.blobs["data"].tensor.is_cuda
+    engine.set_mode_gpu()
+    try:
+        assert Net.from_param(parse_net(net_text()), caffe_pb2.TRAIN).defer_metric_layers is True
+    finally:
+        engine.set_mode_cpu()
+    outputs = {}
+    for defer, solver in solvers.items():
+        calls().clear()
+        metrics = []
+        solver.add_iteration_listener(lambda info: metrics.append(float(info.outputs["metric"][0])))
+        solver.step(3)
+        assert [name for name, _ in calls()][1:3] == (
+            ["double-backward", "metric"] if defer else ["metric", "double-backward"])
+        outputs[defer] = metrics
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5)
