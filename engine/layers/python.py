@@ -250,7 +250,7 @@ class PythonLayer(base.Layer):
         for buffer, source in zip(host, sources):
             buffer.copy_(source, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(device))  # the copies' stream, whatever device is current
         return host, done, device
 
     def forward_staged(self, staged, params):
