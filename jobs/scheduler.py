@@ -85,6 +85,13 @@ def _write_abort_flag(job_dir):
         f.write(str(time.time()))
 
 
+def _remove_abort_flag(job_dir):
+    try:
+        os.unlink(os.path.join(job_dir, ABORT_FLAG))
+    except FileNotFoundError:
+        pass
+
+
 def job_backend(job):
     """The backend a model job asked for: ``engine``, ``pycaffe``, ``auto`` or None (not recorded:
     the job belongs to the app's own scheduler, which runs it on its backend; a worker treats it
@@ -220,6 +227,11 @@ class Scheduler:
         job = self.store.get(job_id)
         if job["kind"] == "dataset" and job["status"] == st.RUNNING and pid_alive(job["pid"]):
             _write_abort_flag(job["dir"])
+            if self.store.get(job_id)["status"] != st.RUNNING:
+                # The build ended between the read and the flag: it records its end before it
+                # removes a flag, so one written after that is removed here, not left behind.
+                _remove_abort_flag(job["dir"])
+                return False
             return True
         if job["status"] == st.RUNNING and job.get("host") not in (None, socket.gethostname()):
             # Trained by a worker on another host (container): its pid means nothing here. The

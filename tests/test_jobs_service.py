@@ -444,3 +444,18 @@ def test_a_claimed_build_has_its_pid_from_the_claim_on(svc, monkeypatch):
     _finish_builds(svc)
     assert seen == [st.RUNNING]  # not marked Interrupted under the worker
     assert pids == []  # the pid is written once, with the claim
+
+
+def test_an_abort_racing_the_end_of_a_build_leaves_no_flag(svc, monkeypatch):
+    from jobs import scheduler as scheduler_mod
+    job = svc._new_job("dataset", "finishing", options={"plugin": "sunnybrook"})
+    svc.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "worker", pid=os.getpid())
+    write = scheduler_mod._write_abort_flag
+
+    def flag_after_the_build_ended(job_dir):  # the build records Done and checks for a flag first
+        svc.store.set_status(job["id"], st.DONE)
+        write(job_dir)
+    monkeypatch.setattr(scheduler_mod, "_write_abort_flag", flag_after_the_build_ended)
+    assert svc.abort(job["id"]) is False
+    assert svc.show(job["id"])["status"] == st.DONE
+    assert not os.path.exists(os.path.join(job["dir"], "abort_requested"))
