@@ -233,6 +233,44 @@ def test_ui_pretrained_network_fills_the_form(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_pretrained_tab_follows_a_preparation(browser_page, fake_site):
+    """While a known model is prepared the tab shows its download progress without a reload and
+    disables Prepare; when the preparing process is gone the page reloads and says interrupted."""
+    import socket
+    import subprocess
+    import sys
+    url, fake, _ = fake_site
+    store = fake.root / "pretrained"
+    store.mkdir(parents=True)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    state = {"name": "bvlc_alexnet", "variant": "gray", "state": "running", "phase": "download",
+             "done": 1 << 20, "total": 4 << 20, "pid": worker.pid, "host": socket.gethostname()}
+    path = store / ".prepare-bvlc_alexnet.json"
+    try:
+        path.write_text(json.dumps(state))
+        page = browser_page
+        page.goto(f"{url}/?tab=pretrained")
+        row = "[data-prepare='bvlc_alexnet']"
+        assert page.get_attribute(row, "data-state") == "running"
+        assert page.inner_text(f"{row} .prepare-progress") == "1.0 MB of 4.0 MB"
+        assert page.is_disabled("form[action='/pretrained/known/bvlc_alexnet/prepare'] button")
+        assert page.is_enabled("form[action='/pretrained/known/VGG16/prepare'] button")
+        page.evaluate("window.__marker = 1")
+        path.write_text(json.dumps(dict(state, done=3 << 20)))
+        page.wait_for_function(f"document.querySelector(\"{row} .prepare-progress\").textContent === '3.0 MB of 4.0 MB'")
+        assert page.evaluate("window.__marker") == 1  # updated in place
+    finally:
+        worker.kill()
+        worker.wait()
+    page.wait_for_function(f"document.querySelector(\"{row}\") && "
+                           f"document.querySelector(\"{row}\").dataset.state === 'interrupted'")
+    assert page.evaluate("window.__marker === undefined")  # the page was reloaded
+    assert "prepare again" in page.inner_text(row)
+    assert page.is_enabled("form[action='/pretrained/known/bvlc_alexnet/prepare'] button")
+    shot(page, "ui_pretrained_preparation")
+    assert not page.js_errors
+
+
 def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
     url, fake, _ = fake_site
     page = browser_page

@@ -332,3 +332,54 @@ def test_the_model_form_records_the_backend_a_worker_must_have(site):
     assert recorded == {"on caffe": "pycaffe", "default": None, "via api": "engine"}
     html = client.get(f"/models/{[m for m in svc.list_jobs('model') if m['name'] == 'on caffe'][0]['id']}/clone")
     assert re.search(r'<option selected value="pycaffe">|<option value="pycaffe" selected', html.get_data(as_text=True))
+
+
+def test_a_known_model_is_prepared_from_the_pretrained_tab(site, tmp_path, monkeypatch):
+    """Prepare downloads (from PRETRAINED_MIRRORS), checks and converts on the server; the tab
+    shows the outcome and the model becomes a network source."""
+    import hashlib
+    from jobs import pretrained, pretrained_prepare
+    from test_surgery import ALEXNET, random_params, write_classifier
+    from test_pretrained_fetch import Handler
+    import http.server
+    import threading
+    client, svc, ds, data = site
+    write_classifier(tmp_path / "classifier.caffemodel", random_params(ALEXNET))
+    payload = (tmp_path / "classifier.caffemodel").read_bytes()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.payload, httpd.requests, httpd.cuts_left, httpd.honor_range, httpd.fail_status = payload, [], 0, True, None
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        known = pretrained.KNOWN_MODELS["bvlc_alexnet"]
+        monkeypatch.setitem(pretrained.KNOWN_MODELS, "bvlc_alexnet", pretrained.KnownModel(
+            **dict(known.__dict__, sha1=hashlib.sha1(payload).hexdigest())))
+        backend = client.application.extensions["caffeseg_backend"]
+        monkeypatch.setitem(backend.settings, "PRETRAINED_MIRRORS",
+                            {"bvlc_alexnet": "http://127.0.0.1:%d/alexnet.caffemodel" % httpd.server_address[1]})
+        html = client.get("/?tab=pretrained").get_data(as_text=True)
+        assert 'action="/pretrained/known/bvlc_alexnet/prepare"' in html
+
+        assert client.post("/pretrained/known/bvlc_alexnet/prepare", data={"variant": "purple"},
+                           follow_redirects=True).status_code == 200  # refused with a message
+        assert client.post("/pretrained/known/nope/prepare", data={"variant": "gray"}).status_code == 404
+        resp = client.post("/pretrained/known/bvlc_alexnet/prepare", data={"variant": "gray"}, follow_redirects=True)
+        assert "Preparing bvlc_alexnet (gray weights)" in resp.get_data(as_text=True)
+        store = data.resolve() / "pretrained"
+        state = pretrained_prepare.wait(store, "bvlc_alexnet", timeout=60)
+        assert state["state"] == "done", state
+        assert httpd.requests, "the download came from the configured mirror"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    [entry] = [p for p in client.get("/api/pretrained").get_json() if p["id"] == "bvlc_alexnet"]
+    assert entry["variants"]["gray"]["ready"] and entry["preparation"]["state"] == "done"
+    assert not entry["variants"]["rgb"]["ready"]
+    html = client.get("/?tab=pretrained").get_data(as_text=True)
+    assert str(store / "bvlc_alexnet-fcn-gray.caffemodel") in html
+    chosen = client.get(f"/api/pretrained/bvlc_alexnet/network?dataset={ds['id']}").get_json()
+    assert chosen["standard_network"] == "fcn_alexnet"
+    assert chosen["weights"] == str(store / "bvlc_alexnet-fcn-gray.caffemodel")
+    # The API starts the same work; a bad variant is a 400.
+    api = client.post("/api/pretrained/bvlc_alexnet/prepare", json={"variant": "sepia"},
+                      headers={"X-Requested-With": "XMLHttpRequest"})
+    assert api.status_code == 400

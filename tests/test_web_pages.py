@@ -135,6 +135,7 @@ def test_csrf_is_enforced_when_enabled(tmp_path):
     assert fake.job(job)["status"] == "Running"
     ds = fake.add_job("dataset", "d", status="Running")
     assert client.post(f"/datasets/{ds}/abort").status_code == 400 and fake.job(ds)["status"] == "Running"
+    assert client.post("/pretrained/known/bvlc_alexnet/prepare", data={"variant": "gray"}).status_code == 400
     # With the token from the page the same post works.
     html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)

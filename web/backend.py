@@ -101,6 +101,11 @@ class Backend:
     def delete_pretrained(self, pretrained_id: str) -> None:
         self._missing("pretrained model deletion")
 
+    def prepare_pretrained(self, name: str, gray: bool) -> dict:
+        """Start downloading and converting a known model on the server (its gray or RGB
+        weights); returns the preparation state (``jobs.pretrained_prepare``)."""
+        self._missing("pretrained model preparation")
+
     def inspect_network(self, text: str, dataset_id: str | None = None) -> dict:
         self._missing("network visualization")
 

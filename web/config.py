@@ -21,6 +21,9 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 64 * 1024 * 1024,
     # Uploaded pretrained models (prototxt + caffemodel) may be larger: VGG16 alone is 528 MB.
     "MAX_PRETRAINED_UPLOAD": 1024 * 1024 * 1024,
+    # Where the Prepare button downloads a known pretrained model from instead of its published
+    # address: {name: url} (env: CAFFESEG_PRETRAINED_MIRRORS="name=url,name=url").
+    "PRETRAINED_MIRRORS": {},
     # A Python layer file is code that runs inside the server's training process.
     "ALLOW_PYTHON_LAYER_UPLOAD": True,
     "WTF_CSRF_ENABLED": True,
@@ -43,6 +46,9 @@ def _from_env(key: str):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if key == "DATA_ROOTS":
         return [p for p in raw.split(os.pathsep) if p]
+    if key == "PRETRAINED_MIRRORS":
+        pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
+        return {name.strip(): url.strip() for name, url in pairs}
     if key in ("MAX_CONTENT_LENGTH", "MAX_PRETRAINED_UPLOAD", "PORT"):
         return int(raw)
     return raw

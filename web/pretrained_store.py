@@ -24,8 +24,8 @@ def folder(data_dir) -> Path:
 
 def catalogue(data_dir) -> list[dict]:
     """Every pretrained model: ``{id, name, kind ('known'|'uploaded'), description, use, network,
-    path, available, size, variants: {gray|rgb: {network, weights, ready, downloaded, steps}}}``
-    for known models; uploaded ones have ``network`` None, ``network_name``, ``prototxt`` and
+    path, available, size, variants: {gray|rgb: {network, weights, ready, downloaded, steps}},
+    preparation (``jobs.pretrained_prepare`` state or None)}`` for known models; uploaded ones have ``network`` None, ``network_name``, ``prototxt`` and
     ``weights`` and are always ready."""
     try:
         from jobs import pretrained
@@ -33,6 +33,7 @@ def catalogue(data_dir) -> list[dict]:
         return []
     root = folder(data_dir)
     out = []
+    from jobs import pretrained_prepare
     for name, model in pretrained.KNOWN_MODELS.items():
         download = root / model.filename
         out.append({"id": name, "name": name, "kind": "known", "description": model.description,
@@ -40,7 +41,8 @@ def catalogue(data_dir) -> list[dict]:
                     "available": download.is_file(),
                     "size": download.stat().st_size if download.is_file() else None,
                     "variants": {"gray": pretrained.network_weights(name, root, gray=True),
-                                 "rgb": pretrained.network_weights(name, root, gray=False)}})
+                                 "rgb": pretrained.network_weights(name, root, gray=False)},
+                    "preparation": pretrained_prepare.read_state(root, name)})
     for entry in pretrained.list_uploads(root):
         out.append({"id": entry["id"], "name": entry["name"], "kind": "uploaded",
                     "description": entry.get("description") or "", "use": "uploaded network and weights",
@@ -90,6 +92,18 @@ def save_upload(data_dir, name, prototxt: bytes, weights_storage, description=""
         return pretrained.save_upload(folder(data_dir), name, prototxt, weights_storage, description)
     except pretrained.UploadError as exc:
         raise BadRequest(str(exc), {exc.field: str(exc)} if exc.field else None) from None
+
+
+def prepare_known(data_dir, name, gray, url=None) -> dict:
+    """Start preparing a known model's gray or RGB weights in the background (download, check,
+    surgery); NotFound for a name that is not a known model, BadRequest when it is under way."""
+    from jobs import pretrained, pretrained_prepare
+    if name not in pretrained.KNOWN_MODELS:
+        raise NotFound(f"no known pretrained model {name!r} (known: {', '.join(pretrained.KNOWN_MODELS)})")
+    try:
+        return pretrained_prepare.start(folder(data_dir), name, gray, url=url)
+    except pretrained_prepare.PrepareError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def delete_upload(data_dir, pretrained_id) -> None:

@@ -480,6 +480,11 @@ class ServiceBackend(Backend):
         from web import pretrained_store
         pretrained_store.delete_upload(self.settings["DATA_DIR"], pretrained_id)
 
+    def prepare_pretrained(self, name, gray):
+        from web import pretrained_store
+        mirror = (self.settings.get("PRETRAINED_MIRRORS") or {}).get(name)
+        return pretrained_store.prepare_known(self.settings["DATA_DIR"], name, gray, mirror)
+
     def inspect_network(self, text, dataset_id=None):
         from web.netinspect import inspect
         return inspect(text, self._dataset_shape(dataset_id))

@@ -213,6 +213,15 @@ def delete_pretrained(pretrained_id):
     return jsonify({"deleted": pretrained_id})
 
 
+@bp.route("/pretrained/<name>/prepare", methods=["POST"])
+def prepare_pretrained(name):
+    """Start downloading and converting a known model on the server; 202 with its state."""
+    from web.views.pretrained import variant_is_gray
+    body = request.get_json(silent=True) or {}
+    state = backend().prepare_pretrained(name, variant_is_gray(body.get("variant", "")))
+    return jsonify(state), 202
+
+
 @bp.route("/pretrained/<pretrained_id>/network")
 def pretrained_network(pretrained_id):
     """The network and weights a model job gets from this pretrained model on ``?dataset=ID``."""

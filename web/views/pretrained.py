@@ -1,9 +1,12 @@
-"""Upload and delete pretrained models (DIGITS' "Upload Pretrained Model") from the home page's
-Pretrained Models tab. The files are stored under ``DATA_DIR/pretrained/uploaded/<id>/`` with
-names the server chooses; the request size is limited by ``MAX_PRETRAINED_UPLOAD``."""
+"""The home page's Pretrained Models tab: upload and delete pretrained models (DIGITS' "Upload
+Pretrained Model"), and prepare a known public model on the server.
+
+Uploads are stored under ``DATA_DIR/pretrained/uploaded/<id>/`` with names the server chooses;
+the request size is limited by ``MAX_PRETRAINED_UPLOAD``. Preparing downloads a known model
+(from ``PRETRAINED_MIRRORS`` when set), checks it and runs its surgery in the background."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 
 from web.backend import BadRequest, NotFound, Unavailable
 from web.forms import ConfirmForm, PretrainedUploadForm
@@ -13,6 +16,14 @@ from web.views.common import backend
 bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
 
 UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
+VARIANTS = {"gray": True, "rgb": False}  # which weights a preparation makes: 1-channel or RGB data
+
+
+def variant_is_gray(value) -> bool:
+    if value not in VARIANTS:
+        raise BadRequest(f"variant must be one of {', '.join(VARIANTS)}, got {value!r}",
+                         {"variant": "gray or rgb"})
+    return VARIANTS[value]
 
 
 def read_prototxt(storage) -> bytes:
@@ -60,6 +71,24 @@ def delete(pretrained_id):
     except (BadRequest, NotFound, Unavailable) as exc:
         flash(str(exc), "error")
     return redirect(url_for("home.index", tab="pretrained"))
+
+
+@bp.route("/known/<name>/prepare", methods=["POST"])
+def prepare(name):
+    if not ConfirmForm().validate_on_submit():
+        abort(400, "missing form token")
+    back = redirect(url_for("home.index", tab="pretrained"))
+    try:
+        variant = request.form.get("variant", "")
+        backend().prepare_pretrained(name, variant_is_gray(variant))
+    except NotFound:
+        abort(404)
+    except (BadRequest, Unavailable) as exc:
+        flash(f"{name} was not prepared: {exc}", "error")
+        return back
+    flash(f"Preparing {name} ({variant} weights) on the server: download, check, conversion. "
+          "Its row shows the progress.", "ok")
+    return back
 
 
 def upload_limit(config) -> int | None:

@@ -28,3 +28,32 @@
   }
   setTimeout(refresh, 3000);
 })();
+
+// Pretrained tab: while a known model is being prepared, show its download progress; reload
+// the page when the preparation ends (its weights are then ready, or it shows the error).
+(function () {
+  "use strict";
+  const running = () => [...document.querySelectorAll('[data-prepare][data-state="running"]')];
+  function size(bytes) {
+    const units = ["B", "KB", "MB", "GB"];
+    let value = bytes, unit = 0;
+    while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+    return (unit ? value.toFixed(1) : String(value)) + " " + units[unit];
+  }
+  async function poll() {
+    if (!running().length) return;
+    try {
+      const models = await apiFetch("/api/pretrained");
+      for (const row of running()) {
+        const model = models.find(m => m.id === row.dataset.prepare);
+        const prep = model && model.preparation;
+        if (!prep || prep.state !== "running") { window.location.reload(); return; }
+        const text = row.querySelector(".prepare-progress");
+        if (text) text.textContent = prep.phase === "convert" ? "converting" :
+          size(prep.done || 0) + (prep.total ? " of " + size(prep.total) : "");
+      }
+    } catch (e) { /* try again next time */ }
+    setTimeout(poll, 1500);
+  }
+  setTimeout(poll, 1500);
+})();
