@@ -186,7 +186,10 @@ class Dice(caffe.Layer):
         labels = label_planes(bottom[1].data, "Dice")
         predicted = predicted_as(bottom[0].data, target_class)
         labelled = labels == target_class
-        ignored = labels == int(self.options["ignore_label"])
+        ignore = int(self.options["ignore_label"])
+        # A label value the float type cannot hold exactly is never the (integer) ignore label.
+        exact = float(labels.dtype.type(ignore)) == ignore
+        ignored = labels == ignore if exact else np.zeros(labels.shape, dtype=bool)
         if ignored.any():
             valid = ~ignored
             predicted &= valid

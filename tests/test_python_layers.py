@@ -269,3 +269,11 @@ def test_dice_matches_a_plain_argmax_reference_with_void_pixels():
             total = p.sum() + g.sum()
             expected.append(1.0 if total == 0 else 2.0 * (p & g).sum() / total)
         np.testing.assert_allclose(top[0].data, np.mean(expected), rtol=1e-6)
+
+
+def test_dice_ignore_label_beyond_float_precision_ignores_nothing():
+    # 2**24 + 1 has no float32; a label of 2**24 must not be taken for it (the old int64 rule)
+    scores = scores_for(np.ones((1, 1, 2), np.int64))
+    labels = np.array([[[[2 ** 24, 1]]]], np.float32)
+    _, _, top = run(dpl.Dice, scores, labels, param_str="{'ignore_label': %d}" % (2 ** 24 + 1))
+    np.testing.assert_allclose(top[0].data, 2.0 * 1 / (2 + 1), rtol=1e-6)

@@ -93,7 +93,10 @@ class Solver:
     solver_type: str | None = None
 
     def __init__(self, solver_file: str | caffe_pb2.SolverParameter, net_factory: Callable | None = None):
-        """``net_factory(net_param, state, source)`` builds each net (default: the engine ``Net``)."""
+        """``net_factory(net_param, state, source)`` builds each net (default: the engine ``Net``).
+        A net from it needs the surface the solver uses: ``_forward_backward()`` (one pass),
+        ``last_loss``, ``forward()``, ``blobs``, ``outputs``, ``learnable_params``, ``params``,
+        ``copy_from``/``save``/``share_with`` (see tests/test_solvers_golden.py's ReferenceNet)."""
         from engine.prototxt import read_solver
         self._build_net = net_factory or build_net
         if isinstance(solver_file, caffe_pb2.SolverParameter):
