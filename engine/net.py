@@ -31,6 +31,27 @@ TEST = caffe_pb2.TEST
 AUTOMATIC_TOP = "(automatic)"
 
 
+def _shaped(tensor: torch.Tensor, shape) -> torch.Tensor:
+    """``tensor`` viewed as ``shape``; the reshape call is skipped when it already has it (a
+    per-layer cost in every backward pass)."""
+    return tensor if tensor.shape == shape else tensor.reshape(shape)
+
+
+_run_backward = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+
+
+def _vector_jacobian(outputs, inputs, output_grads):
+    """``torch.autograd.grad(outputs, inputs, output_grads, allow_unused=True, retain_graph=True)``.
+
+    The net hands autograd well-formed arguments (float32 gradients shaped as their outputs),
+    so the per-call checks of ``torch.autograd.grad`` (a third of a small layer's backward
+    time) are skipped by calling its engine directly when this torch has it."""
+    if _run_backward is None:
+        return torch.autograd.grad(outputs, inputs, output_grads, allow_unused=True, retain_graph=True)
+    return _run_backward.run_backward(tuple(outputs), tuple(output_grads), True, False, tuple(inputs), True,
+                                      accumulate_grad=False)
+
+
 class NetError(ValueError):
     """The net definition breaks a construction rule; the message names the layer or blob."""
 
@@ -561,10 +582,13 @@ class Net:
                 grad = torch.zeros_like(leaf, dtype=torch.float32)
             elif grad.data_ptr() in diff_ptrs:
                 grad = grad.clone()  # never let two blobs' diffs alias
-            blob.grad_tensor = grad.to(self.device, torch.float32).reshape(blob.shape)
+            if grad.device != self.device or grad.dtype != torch.float32:
+                grad = grad.to(self.device, torch.float32)
+            blob.grad_tensor = _shaped(grad, blob.shape)
         for blob, grad, need in zip(layer.blobs, param_grads, pdown):
             if need and grad is not None:
-                blob.grad_tensor.add_(grad.reshape(blob.shape))
+                diff = blob.grad_tensor
+                diff.add_(_shaped(grad, diff.shape))
 
     @staticmethod
     def _autograd_backward(leaves, pleaves, tops, top_diffs, down, pdown):
@@ -572,12 +596,12 @@ class Net:
         for top, diff in zip(tops, top_diffs):
             if top.requires_grad:
                 outs.append(top)
-                grads_out.append(diff.reshape(top.shape))
+                grads_out.append(_shaped(diff, top.shape))
         targets = [t for t, need in zip(leaves, down) if need and t.requires_grad]
         targets += [p for p, need in zip(pleaves, pdown) if need and p.requires_grad]
         found = {}
         if outs and targets:
-            grads = torch.autograd.grad(outs, targets, grads_out, allow_unused=True, retain_graph=True)
+            grads = _vector_jacobian(outs, targets, grads_out)
             found = {id(t): g for t, g in zip(targets, grads)}
         bottom_grads = [found.get(id(t)) if need else None for t, need in zip(leaves, down)]
         param_grads = [found.get(id(p)) if need else None for p, need in zip(pleaves, pdown)]

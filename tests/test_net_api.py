@@ -223,3 +223,25 @@ def test_net_errors_name_the_file(tmp_path):
     path.write_text('layer { name: "r" type: "ReLU" bottom: "x" top: "y" }')
     with pytest.raises(NetError, match="bad.prototxt.*'r'.*unknown bottom blob 'x'"):
         engine.Net(str(path), engine.TEST)
+
+
+def test_backward_through_the_autograd_engine_equals_torch_autograd_grad(tmp_path, monkeypatch):
+    """The net calls autograd's engine directly (skipping torch.autograd.grad's checks); the
+    public function, used when a torch lacks that entry point, must give the same diffs."""
+    from engine import net as net_module
+    text = CONV_NET.format(c=2, head="score").replace('name: "tiny"', 'name: "tiny" force_backward: true')
+    (tmp_path / "fb.prototxt").write_text(text)
+    rs = np.random.RandomState(4)
+    x, top_diff = rs.randn(1, 2, 6, 6), rs.randn(1, 2, 2, 2)
+    results = []
+    for engine_entry in (net_module._run_backward, None):
+        monkeypatch.setattr(net_module, "_run_backward", engine_entry)
+        engine.set_random_seed(3)
+        net = engine.Net(str(tmp_path / "fb.prototxt"), engine.TRAIN)
+        net.forward(data=x)
+        net.backward(score=top_diff)
+        results.append([net.blobs["data"].diff.copy(), net.blobs["conv1"].diff.copy()]
+                       + [b.diff.copy() for blobs in net.params.values() for b in blobs])
+    assert net_module._run_backward is None or results[0][0].any()
+    for direct, public in zip(*results):
+        np.testing.assert_array_equal(direct, public)
