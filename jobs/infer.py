@@ -85,6 +85,31 @@ def load_image(path):
     return np.ascontiguousarray(np.transpose(arr, (2, 0, 1)))
 
 
+def resize_image(image, height, width):
+    """C×H×W (or H×W) → C×height×width in the same dtype, as DIGITS does before inferring an
+    image of another size than the dataset's: ``resize_mode`` 'squash' (generic datasets), i.e.
+    both axes scaled independently with bilinear interpolation. Same size: returned untouched."""
+    import cv2
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[None]
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise InferError("cannot resize to %dx%d" % (width, height))
+    if arr.shape[-2:] == (height, width):
+        return arr
+    dtype = arr.dtype
+    work = arr if dtype in (np.uint8, np.uint16, np.float32, np.float64) else arr.astype(np.float32)
+    planes = [cv2.resize(np.ascontiguousarray(p), (width, height), interpolation=cv2.INTER_LINEAR) for p in work]
+    out = np.stack(planes)
+    if out.dtype != dtype:
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            out = np.clip(np.rint(out), info.min, info.max)
+        out = out.astype(dtype)
+    return out
+
+
 def _looks_like_dicom(path):
     try:
         with open(path, "rb") as f:

@@ -52,7 +52,10 @@ def write_model_job(job_dir, dataset_dir, options):
     try:
         original = parse_net(text, source=source)
     except PrototxtError as exc:
-        raise ModelJobError("network %s: %s" % (source, exc), "network")
+        where = source if source == "custom network" else os.path.basename(source)
+        if exc.line:
+            where += ", line %d" % exc.line + (", column %d" % exc.column if exc.column else "")
+        raise ModelJobError("%s: %s" % (where, exc.message), "network")
     facts = derive.DatasetFacts.load(dataset_dir)
     try:
         train_val, deploy = derive.derive_networks(original, facts, options)

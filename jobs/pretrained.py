@@ -194,7 +194,7 @@ def fetch(name, dest_dir, url=None, progress: Optional[Callable[[int, Optional[i
             last_error = exc  # resume with a Range request
     if last_error is not None:
         raise PretrainedError("%s: download from %s failed after %d attempts (%s); %d bytes kept in %s, "
-                              "call fetch again to resume" % (model.name, source, retries + 1, last_error,
+                              "the next attempt resumes from there" % (model.name, source, retries + 1, last_error,
                                                               partial.stat().st_size if partial.exists() else 0,
                                                               partial))
     try:

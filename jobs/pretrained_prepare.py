@@ -124,6 +124,8 @@ def _run(dest_dir, model, gray, url, num_classes, state) -> None:
         _write(dest_dir, state)
         weights, _report = pretrained.prepare(model, dest_dir, gray=gray, num_classes=num_classes, url=url)
         state.update(state="done", weights=str(weights), message=None)
-    except Exception as exc:  # the page shows it; the .part file stays for the next try
+    except pretrained.PretrainedError as exc:  # the page shows it; the .part file stays for the next try
+        state.update(state="error", message=str(exc))
+    except Exception as exc:  # a surgery or disk failure: name its kind too
         state.update(state="error", message="%s: %s" % (type(exc).__name__, exc))
     _write(dest_dir, state)

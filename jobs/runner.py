@@ -18,7 +18,9 @@ Files it reads in JOB_DIR: ``solver.prototxt`` (as derived), ``train_val.prototx
   The jobs service ingests this file into SQLite (the runner never needs the database). On
   resume, lines past the restored iteration are dropped first, so series have no gap or dup;
 * ``snapshot_iter_<N>.caffemodel`` (every one kept) and the newest ``snapshot_iter_<N>.solverstate``;
-* ``runner_status.json``: state (running, done, error, aborted), iteration, message.
+* ``runner_status.json``: state (running, done, error, aborted), iteration, max_iter, message,
+  start time and ETA; rewritten while training (every ``STATUS_EVERY_S`` and at each snapshot), so
+  ``iter / max_iter`` is the live progress the service and the pages report.
 
 Exit codes: 0 done, 2 bad job / backend error, 3 NaN or inf loss, 143 aborted (SIGTERM).
 """
@@ -36,6 +38,7 @@ EXIT_DONE, EXIT_ERROR, EXIT_NAN, EXIT_ABORTED = 0, 2, 3, 143
 RUN_SOLVER = "solver_run.prototxt"
 METRICS = "metrics.jsonl"
 STATUS = "runner_status.json"
+STATUS_EVERY_S = 0.5  # runner_status.json (the progress the pages poll) is rewritten at most this often
 _OVERRIDDEN = ("test_interval", "snapshot", "snapshot_after_train", "display", "test_initialization")
 
 
@@ -178,6 +181,7 @@ class Runner:
         self.caffe = caffe
         self.log = log
         self.stop_requested = False
+        self.started = None  # wall-clock start of run() (written in runner_status.json)
         with open(os.path.join(self.job_dir, "solver.prototxt")) as f:
             text = f.read()
         self.fields = read_solver_fields(text)
@@ -198,10 +202,15 @@ class Runner:
         except (OSError, ValueError):
             return None
 
-    def status(self, state, iteration, message=None):
-        write_json_atomic(os.path.join(self.job_dir, STATUS),
-                          {"state": state, "iter": iteration, "max_iter": self.max_iter,
-                           "message": message, "time": time.time(), "pid": os.getpid()})
+    def status(self, state, iteration, message=None, **extra):
+        """``runner_status.json``: rewritten at start, while training (at most every
+        ``STATUS_EVERY_S``, and at each validation/snapshot) and at the end; ``iter / max_iter``
+        is the progress the pages show, ``started`` the wall-clock start of this run, ``eta``
+        the seconds left while running."""
+        info = {"state": state, "iter": iteration, "max_iter": self.max_iter, "message": message,
+                "time": time.time(), "pid": os.getpid(), "started": self.started}
+        info.update(extra)
+        write_json_atomic(os.path.join(self.job_dir, STATUS), info)
 
     def epoch(self, it):
         return float(it) * self.epochs / self.max_iter if self.epochs and self.max_iter else None
@@ -260,7 +269,11 @@ class Runner:
         images_per_iter = (solver.net.blobs[first_blob].data.shape[0] if first_blob else 1) * self.iter_size
 
         started, start_iter = time.time(), solver.iter
+        self.started = started
         self.status("running", solver.iter)
+        self.log("training iterations %d to %d%s" % (solver.iter + 1, self.max_iter,
+                 " (%g epoch%s)" % (self.epochs, "" if self.epochs == 1 else "s") if self.epochs else ""))
+        status_at = started
         with open(self.metrics_path, "a") as out:
             while solver.iter < self.max_iter:
                 # The flag file is how a scheduler on another host (container) asks for an abort:
@@ -275,9 +288,9 @@ class Runner:
                 it = solver.iter
                 values = {name: blob_mean(solver.net.blobs[name]) for name in solver.net.outputs}
                 done_per_s = (it - start_iter) / max(time.time() - started, 1e-9)
+                eta = (self.max_iter - it) / done_per_s if done_per_s else None
                 self.record(out, it, "train", values, lr=lr,
-                            throughput=images_per_iter / max(time.time() - t0, 1e-9),
-                            eta=(self.max_iter - it) / done_per_s if done_per_s else None)
+                            throughput=images_per_iter / max(time.time() - t0, 1e-9), eta=eta)
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:
                     msg = ("%s is %s at iteration %d: training diverged, try a lower learning rate"
@@ -291,9 +304,15 @@ class Runner:
                     if val is not None:
                         self.record(out, it, "val", val)
                         self.log("iteration %d val %s" % (it, val))
+                marked = False
                 if (self.snapshot_every and it % self.snapshot_every == 0) or last:
                     self.snapshot(solver)
                     self.log("snapshot at iteration %d" % it)
+                    marked = True
+                # Progress for the pages (iter / max_iter): throttled, and at every snapshot.
+                if marked or time.time() - status_at >= STATUS_EVERY_S:
+                    self.status("running", it, eta=eta)
+                    status_at = time.time()
         self.status("done", solver.iter)
         return EXIT_DONE
 

@@ -260,14 +260,19 @@ class Scheduler:
         """Whether this scheduler runs ``job``: a job for ``engine``/``pycaffe`` goes only to a
         scheduler that can run that backend, an ``auto`` job to any; a job without a recorded
         backend to the app's own scheduler (the one that builds datasets) or an engine worker."""
-        if self._runnable is None:
-            self._runnable = runnable_backends(self.backend)
+        runnable = self.runnable()
         wanted = job_backend(job)
         if wanted == "auto":
             return True
         if wanted is None:
-            return self.build_dataset is not None or "engine" in self._runnable
-        return wanted in self._runnable
+            return self.build_dataset is not None or "engine" in runnable
+        return wanted in runnable
+
+    def runnable(self):
+        """The backends this scheduler runs (``runnable_backends`` of its ``--backend``)."""
+        if self._runnable is None:
+            self._runnable = runnable_backends(self.backend)
+        return set(self._runnable)
 
     def ready_jobs(self):
         """Waiting model jobs this scheduler takes whose dataset is Done, oldest first; fails models

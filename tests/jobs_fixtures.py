@@ -109,3 +109,15 @@ def install_fake_caffe(folder):
     with open(os.path.join(pkg, "__init__.py"), "w") as f:
         f.write(FAKE_CAFFE)
     return folder
+
+
+def contours_without_images(root):
+    """(image folder, contour folder) that pass the Sunnybrook plugin's form checks but give no
+    usable entry: one expert contour whose case folder of images is empty. Its build fails in
+    the worker with "no usable contoured image"."""
+    expert = os.path.join(str(root), "con", "SC-HF-I-01", "contours-manual", "IRCCI-expert")
+    os.makedirs(expert)
+    with open(os.path.join(expert, "IM-0001-0048-icontour-manual.txt"), "w") as f:
+        f.write("100.0 100.0\n110.0 100.0\n110.0 110.0\n")
+    os.makedirs(os.path.join(str(root), "img", "SC-HF-I-1"))
+    return os.path.join(str(root), "img"), os.path.join(str(root), "con")

@@ -271,6 +271,31 @@ def test_ui_pretrained_tab_follows_a_preparation(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_bulk_actions_need_a_selection_and_name_what_they_do(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    fake.add_job("model", "one", dataset_id=ds)
+    page = browser_page
+    dialogs = []
+
+    def answer(dialog):
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+    page.on("dialog", answer)
+    page.goto(f"{url}/?tab=model")
+    panel = "#panel-model"
+    page.click(f"{panel} button[data-confirm]")
+    assert page.inner_text(f"{panel} .bulk-note") == "Select at least one job first."
+    assert dialogs == []
+    page.check(f"{panel} input[name=job_ids]")
+    page.select_option(f"{panel} select[name=action]", "delete")
+    page.click(f"{panel} button[data-confirm]")
+    assert dialogs == ["Delete 1 selected job and their files?"]
+    assert page.query_selector(f"{panel} .bulk-note") is None
+    assert len(fake.jobs_) == 2  # dismissed: nothing deleted
+    assert not page.js_errors
+
+
 def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
     url, fake, _ = fake_site
     page = browser_page
@@ -294,7 +319,7 @@ def test_ui_visualize_draws_shapes_or_selects_the_error_line(browser_page, fake_
     page.fill("#custom_network", 'name: "n"\nlayer {\n  name: "a"\n  typo: 1\n}\n')
     page.click("#visualize")
     page.wait_for_selector(".net-error")
-    assert page.inner_text(".net-error").startswith("line 4") and "typo" in page.inner_text(".net-error")
+    assert page.inner_text(".net-error").startswith("custom network, line 4") and "typo" in page.inner_text(".net-error")
     selected = page.eval_on_selector("#custom_network", "e => e.value.substring(e.selectionStart, e.selectionEnd)")
     assert selected == "  typo: 1"  # the offending line is selected in the editor
     page.fill("#custom_network", 'name: "n"\nlayer { name: "d" type: "Data" top: "data" top: "label" }\n'
@@ -457,3 +482,183 @@ def test_full_workflow(request, tmp_path):
         stop = getattr(app.extensions["caffeseg_backend"].service, "_stop", None)
         if stop is not None:
             stop.set()  # end the worker thread the app started
+
+
+def test_ui_label_outline_is_a_visible_colour_with_a_visible_swatch(browser_page, fake_site):
+    """The label outline was white: invisible on the bright LV, and its legend swatch looked
+    empty. It is now a colour far from every prediction colour, shown as a coloured ring."""
+    url, fake, _ = fake_site
+    m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))
+    page = browser_page
+    page.goto(f"{url}/models/{m}/infer/record/00000001")
+    page.wait_for_selector(".overlay-view[data-ready='1']")
+    # (11, 16): on the label's edge, outside the prediction (the fake's prediction is shifted by 1)
+    at = "Array.from(document.querySelector('.overlay-canvas').getContext('2d').getImageData(11, 16, 1, 1).data).slice(0, 3)"
+    swatch = "getComputedStyle(document.querySelector('.ov-legend .swatch-outline')).borderTopColor"
+    for scheme in ("dataset", "false", "gray"):
+        page.select_option(".ov-colormap", scheme)
+        outline = page.evaluate(at)
+        assert outline != [255, 255, 255] and max(outline) >= 200
+        assert page.evaluate(swatch) == "rgb(%d, %d, %d)" % tuple(outline)
+        predicted = page.evaluate(at.replace("11, 16", "22, 16"))  # the prediction's own outline
+        assert sum((a - b) ** 2 for a, b in zip(outline, predicted)) ** 0.5 > 150, (scheme, outline, predicted)
+    width = page.evaluate("getComputedStyle(document.querySelector('.ov-legend .swatch-outline')).borderTopWidth")
+    assert float(width.rstrip("px")) >= 2
+    page.uncheck(".ov-label")
+    assert page.evaluate(at) != outline
+    page.check(".ov-label")
+    shot(page, "ui_label_outline")
+    assert not page.js_errors
+
+
+def test_ui_compare_lists_records_once_a_model_is_ticked(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m1, m2 = fake.add_job("model", "first", dataset_id=ds), fake.add_job("model", "second", dataset_id=ds)
+    page = browser_page
+    page.goto(f"{url}/compare")
+    options = "Array.from(document.querySelectorAll('#record option')).map(o => o.value)"
+    assert page.evaluate(options) == [""]
+    page.click("button[type=submit]")
+    assert "tick at least one model" in page.inner_text(".flash-error")
+    page.check(f"input[name=models][value='{m1}']")
+    page.wait_for_function(f"{options}.length === 3")
+    assert page.evaluate(options) == ["", "00000000", "00000001"]
+    assert "validation set" in page.inner_text("#record-note")
+    page.select_option("#record", "00000001")
+    page.check(f"input[name=models][value='{m2}']")
+    page.wait_for_function("document.querySelector('#compare-form').dataset.recordsReady === '2'")
+    assert page.evaluate("document.querySelector('#record').value") == "00000001"  # kept
+    page.click("button[type=submit]")
+    page.wait_for_selector(".compare-grid .overlay-view[data-ready='1']")
+    assert page.locator(".compare-grid .overlay-view").count() == 2
+    shot(page, "ui_compare")
+    assert not page.js_errors
+
+
+def test_ui_model_page_follows_progress_snapshots_and_log_without_reload(browser_page, fake_site):
+    """Elapsed ticks, ETA, snapshot rows, Download model and the log follow the live poll; no reload."""
+    import time
+    url, fake, _ = fake_site
+    now = time.time()
+    m = fake.add_job("model", "live", status="Running", snapshots=[], log="", eta=None,
+                     history=[{"status": "Waiting", "time": now - 50}, {"status": "Running", "time": now - 20}])
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    page.evaluate("window.__marker = 42")
+    assert page.inner_text("#job-log") == "No log yet."
+    assert page.evaluate("document.getElementById('download-btn').tagName") == "SPAN"
+    page.wait_for_function("parseInt(document.getElementById('elapsed').textContent) >= 22")  # it ticks
+    fake.jobs_[m].update(eta=75, log="training iterations 1 to 40\nsnapshot at iteration 4\n",
+                         snapshots=[{"iteration": 4, "epoch": 1.0, "file": "snapshot_iter_4.caffemodel", "size": 7}])
+    page.wait_for_function("document.querySelector('#snapshots tbody').textContent.includes('model archive')")
+    page.wait_for_function("document.getElementById('eta-text').textContent === 'ETA 1m 15s'")
+    page.wait_for_function("document.getElementById('job-log').textContent.includes('snapshot at iteration 4')")
+    assert page.evaluate("document.getElementById('download-btn').getAttribute('href')") == f"/models/{m}/download"
+    assert page.evaluate("window.__marker") == 42
+    shot(page, "ui_model_page_live")
+    assert not page.js_errors
+
+
+def test_ui_new_model_loads_plotly_only_when_the_lr_preview_opens(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    page = browser_page
+    page.goto(f"{url}/models/new?dataset={ds}")
+    assert not any("plotly" in r for r in page.requests)  # the 4.8 MB bundle is not part of the page
+    assert page.evaluate("typeof window.Plotly") == "undefined"
+    page.check("#show-advanced-lr")
+    page.wait_for_selector("#lr_policy", state="visible")
+    page.wait_for_function("document.querySelector('#lr-chart').data && document.querySelector('#lr-chart .main-svg')")
+    assert any("/vendor/plotly.min.js" in r for r in page.requests)
+    assert len(page.evaluate("document.querySelector('#lr-chart').data[0].y")) == 30 * 1  # 4 records / 16 → 1 per epoch
+    page.uncheck("#show-advanced-lr")
+    page.check("#show-advanced-lr")  # a second time: at once, no second download
+    assert page.is_visible("#lr_policy")
+    assert sum("/vendor/plotly.min.js" in r for r in page.requests) == 1
+    assert not page.js_errors
+
+
+def test_ui_lr_policy_switch_uses_each_policys_default_unless_edited(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    page = browser_page
+    page.goto(f"{url}/models/new?dataset={ds}")
+    page.fill("#batch_size", "1")
+    page.fill("#epochs", "25")  # max_iter 100
+    page.check("#show-advanced-lr")
+    page.select_option("#lr_policy", "exp")
+    assert page.input_value("#lr_gamma") == "0.95"  # DIGITS' exp default, not the step policies' 0.1
+    rates = json.loads(page.eval_on_selector("#lr-chart", "c => c.dataset.rates"))
+    assert rates[4] == pytest.approx(0.01 * 0.95 ** 4) and rates[99] > 0.01 * 0.95 ** 100  # no collapse in epoch 1
+    page.select_option("#lr_policy", "poly")
+    assert page.input_value("#lr_power") == "3"
+    page.select_option("#lr_policy", "sigmoid")
+    assert page.input_value("#lr_gamma") == "0.1" and page.input_value("#lr_step_size") == "50"
+    page.fill("#lr_gamma", "0.3")  # the user's own value stays
+    page.select_option("#lr_policy", "exp")
+    assert page.input_value("#lr_gamma") == "0.3"
+    assert not page.js_errors
+
+
+def test_ui_dataset_choice_clears_its_error_and_updates_the_lr_preview(browser_page, fake_site):
+    url, fake, _ = fake_site
+    small = fake.add_job("dataset", "small")  # 4 training records
+    big = fake.add_job("dataset", "big", summary={"train_count": 64, "val_count": 8, "classes": ["bg", "lv"]})
+    fake.add_job("dataset", "failed", status="Error", summary={"train_count": None, "classes": []})
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    assert "failed" not in page.inner_text("#dataset")
+    page.click("#create-model")  # no dataset, no name: the server answers with errors beside the fields
+    page.wait_for_selector("#field-dataset .field-error")
+    page.fill("#batch_size", "16")
+    page.check("#show-advanced-lr")
+    page.wait_for_selector("#lr_policy", state="visible")
+    page.select_option("#dataset", big)
+    assert page.query_selector("#field-dataset .field-error") is None  # the stale "choose a dataset" goes
+    assert "4 per epoch" in page.inner_text("#lr-preview-info")
+    page.select_option("#dataset", small)
+    assert "1 per epoch" in page.inner_text("#lr-preview-info")
+    page.select_option("#dataset", "")
+    assert "assuming 100 training records" in page.inner_text("#lr-preview-info")
+    assert "7 per epoch" in page.inner_text("#lr-preview-info")
+    assert not page.js_errors
+
+
+def test_ui_solver_and_backend_choices_are_not_cut_off(browser_page, fake_site):
+    url, fake, _ = fake_site
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    for select in ("#solver_type", "#backend"):
+        # the widest option label (canvas text width in the select's font) + the arrow fits the box
+        widest, box = page.eval_on_selector(select, """s => {
+            const ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = getComputedStyle(s).font;
+            return [Math.max(...[...s.options].map(o => ctx.measureText(o.text).width)), s.clientWidth]; }""")
+        assert widest + 36 <= box, (select, widest, box)
+    assert not page.js_errors
+
+
+def test_ui_custom_network_errors_read_cleanly(browser_page, fake_site):
+    pytest.importorskip("engine.prototxt")
+    url, fake, _ = fake_site
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    page.click("[data-net-tab=custom]")
+    page.fill("#custom_network", 'name: "bad2"\n'
+                                 'layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN } }\n'
+                                 'layer { name: "conv1" type: "Convolution" bottom: "dta" top: "conv1" '
+                                 'convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }\n')
+    page.click("#visualize")
+    page.wait_for_selector(".net-error")
+    text = page.inner_text(".net-error")
+    assert "/tmp" not in text and ".prototxt" not in text, text
+    assert "custom network, line 3" in text and "unknown bottom blob 'dta'" in text
+    selected = page.eval_on_selector("#custom_network", "e => e.value.substring(e.selectionStart, e.selectionEnd)")
+    assert selected.startswith('layer { name: "conv1"')  # the refused layer is selected in the editor
+    page.fill("#custom_network", 'name: "bad"\n\n\n\nlayer { layer { } }\n')
+    page.click("#visualize")
+    page.wait_for_function("document.querySelector('.net-error')?.innerText.includes('line 5')")
+    text = page.inner_text(".net-error")
+    assert text.startswith("custom network, line 5, column ") and text.count("line 5") == 1, text
+    assert not page.js_errors

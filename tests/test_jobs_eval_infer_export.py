@@ -188,3 +188,62 @@ def test_service_evaluate_infer_export_with_fake_net(job, tmp_path, monkeypatch)
     folder = svc.infer(m["id"], image_path=str(tmp_path))
     assert [r["source"] for r in folder["results"]] == [png]
     assert tarfile.is_tarfile(svc.export(m["id"]))
+
+
+def test_resize_image_squashes_to_the_dataset_size_keeping_dtype():
+    """DIGITS resizes an image of another size to the dataset's ('squash', bilinear) before
+    inferring it; an image of the right size is left untouched."""
+    img = (np.arange(80 * 100, dtype=np.uint32).reshape(1, 80, 100) * 7 % 60000).astype(np.uint16)
+    out = inf.resize_image(img, 256, 256)
+    assert out.shape == (1, 256, 256) and out.dtype == np.uint16
+    assert inf.resize_image(out, 256, 256) is out
+    rgb = np.zeros((3, 10, 20), np.uint8)
+    rgb[0] = 200
+    big = inf.resize_image(rgb, 40, 30)
+    assert big.shape == (3, 40, 30) and big[0].min() == 200 and big[1].max() == 0
+    flat = np.full((1, 6, 6), 1234, np.uint16)
+    assert np.all(inf.resize_image(flat, 9, 5) == 1234)
+
+
+def test_web_upload_of_another_size_is_resized_to_the_dataset_size(job, tmp_path, monkeypatch):
+    """Through the real service: a model with a mean image refused an upload of another size
+    ("mean image (1, 8, 8) does not match image (1, 10, 12)"); it is now resized like DIGITS,
+    the result page says so, and an image of the dataset's size is used as it is."""
+    import io
+    import cv2
+    from engine.blobproto import write_binaryproto
+    from jobs.service import JobService
+    from web import create_app
+    from web.service_backend import ServiceBackend
+    _, ds = job
+    write_binaryproto(os.path.join(ds, "mean.binaryproto"), np.full((1, 1, 8, 8), 10.0, np.float32))
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    svc = JobService(str(tmp_path / "jobs"))
+    dataset = svc.import_dataset(ds, "d")
+    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1,
+                            "mean": "image"})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    backend = ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs")})
+    backend._service = svc
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": backend, "WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+    small = np.zeros((10, 12), np.uint8)
+    small[2:8, 3:9] = 250
+
+    def upload(array, name):
+        ok, png = cv2.imencode(".png", array)
+        return client.post(f"/models/{m['id']}/infer", data={"which": "image", "image": (io.BytesIO(png.tobytes()), name)},
+                           content_type="multipart/form-data")
+    resp = upload(small, "small.png")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "resized from 12×10 to 8×8" in page and "upload small.png" in page
+    token = resp.headers["Location"].rsplit("/", 1)[1]
+    shown = cv2.imread(os.path.join(m["dir"], "inference", token, "image.png"), cv2.IMREAD_UNCHANGED)
+    assert shown.shape == (8, 8)  # the overlay is drawn on the resized image
+    exact = np.zeros((8, 8), np.uint8)
+    resp = upload(exact, "exact.png")
+    assert resp.status_code == 302
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "resized from" not in page
+

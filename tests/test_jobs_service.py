@@ -280,13 +280,12 @@ def test_dataset_form_errors_raise_before_anything_is_queued(svc, tmp_path):
 
 def test_a_failing_build_records_its_message_and_log(svc, tmp_path):
     pytest.importorskip("plugin.sunnybrook")
-    (tmp_path / "img").mkdir()
-    (tmp_path / "con").mkdir()
-    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(tmp_path / "img", tmp_path / "con"), "empty")
+    from tests.jobs_fixtures import contours_without_images
+    job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*contours_without_images(tmp_path)), "no images")
     assert svc.scheduler.step() == [job["id"]]
     _finish_builds(svc)
     shown = svc.show(job["id"])
-    assert shown["status"] == st.ERROR and "is empty" in shown["error"]
+    assert shown["status"] == st.ERROR and "no usable contoured image" in shown["error"]
     assert "error: " in open(os.path.join(job["dir"], "log.txt")).read()
     assert sorted(os.listdir(job["dir"])) == ["build_status.json", "log.txt"]  # nothing half-built
 
@@ -459,3 +458,29 @@ def test_an_abort_racing_the_end_of_a_build_leaves_no_flag(svc, monkeypatch):
     assert svc.abort(job["id"]) is False
     assert svc.show(job["id"])["status"] == st.DONE
     assert not os.path.exists(os.path.join(job["dir"], "abort_requested"))
+
+
+def test_progress_and_eta_are_reported_while_the_runner_trains(svc, dataset, monkeypatch):
+    """The metrics the model page polls carry the progress *during* training (it stayed 0.0 until the
+    end: the runner wrote runner_status.json only at its start and end)."""
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.1")
+    [job] = model(svc, dataset)  # 20 iterations, a snapshot every 5
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job["id"])))
+    t.start()
+    seen, shown = [], []
+    while t.is_alive():
+        m = svc.metrics(job["id"], since=0)
+        if m["status"] == st.RUNNING and m["progress"] is not None:
+            seen.append(m["progress"])
+            shown.append(svc.show(job["id"])["progress"])
+        time.sleep(0.05)
+    t.join(30)
+    assert result["status"] == st.DONE
+    assert any(0 < p < 1 for p in seen), seen
+    assert any(0 < p < 1 for p in shown), shown
+    assert seen == sorted(seen)
+    status = json.load(open(os.path.join(job["dir"], "runner_status.json")))
+    assert status["state"] == "done" and status["iter"] == 20 and status["started"] <= status["time"]
+    assert svc.metrics(job["id"])["progress"] == 1.0
+    assert "training iterations 1 to 20" in open(os.path.join(job["dir"], "log.txt")).read()

@@ -3,7 +3,7 @@
 import pytest
 
 from plugin import base
-from plugin.base import FormError, PluginError, discover_plugins, get_plugin
+from plugin.base import DataPlugin, FormError, PluginError, discover_plugins, get_plugin
 from plugin.sunnybrook import SunnybrookPlugin
 
 
@@ -46,7 +46,9 @@ def test_form_validation_names_each_bad_field(tmp_path):
 
 def test_defaults_and_description(tmp_path):
     plugin = SunnybrookPlugin()
-    values = plugin.validate({"image_folder": str(tmp_path), "contour_folder": str(tmp_path)})
+    # the fields alone (the folders' layout is checked by the plugin's validate, see
+    # test_plugin_sunnybrook.py)
+    values = DataPlugin.validate(plugin, {"image_folder": str(tmp_path), "contour_folder": str(tmp_path)})
     assert values["val_percent"] == 10 and values["channel_conversion"] == "L"
     assert values["contour_type"] == "inner" and values["split_by"] == "slice"
     assert values["enforce_same_shape"] is True

@@ -11,7 +11,7 @@ import pytest
 from engine.datum import bytes_to_array
 from engine.lmdb_io import LmdbReader
 from jobs.dataset import DatasetError, build_dataset, load_dataset_info
-from plugin.base import PluginError
+from plugin.base import FormError, PluginError
 from plugin.sunnybrook import SunnybrookPlugin, contours, layout, phantom
 
 
@@ -223,9 +223,9 @@ def test_folders_that_cannot_be_used(release, tmp_path, case):
                                         "is not a Sunnybrook image release")}[case]
     form[expect[0]] = expect[1]
     out = str(tmp_path / "ds")
-    with pytest.raises(PluginError) as err:
+    with pytest.raises(FormError) as err:  # a form error on the field, before anything is built
         build_dataset(SunnybrookPlugin(), form, out)
-    assert expect[1] in str(err.value) and expect[2] in str(err.value)
+    assert expect[1] in err.value.errors[expect[0]] and expect[2] in err.value.errors[expect[0]]
     assert not os.path.exists(out)
     assert [n for n in os.listdir(tmp_path) if n.startswith(".ds")] == []
 
@@ -281,8 +281,20 @@ def test_contour_folder_may_be_one_case_and_duplicates_are_reported(release, tmp
 
 def test_parent_of_image_folder_gets_a_hint(release):
     plugin = SunnybrookPlugin()
+    with pytest.raises(FormError, match="did you mean .*challenge_training"):
+        plugin.validate(_form(release, image_folder=release))
+    values = dict(plugin.validate(_form(release)), image_folder=release)
     with pytest.raises(PluginError, match="did you mean .*challenge_training"):
-        plugin.itemize(plugin.validate(_form(release, image_folder=release)))
+        plugin.itemize(values)  # itemize checks too, for callers that skip validate
+
+
+def test_swapped_folders_are_named_as_such(release):
+    form = _form(release)
+    form["image_folder"], form["contour_folder"] = form["contour_folder"], form["image_folder"]
+    with pytest.raises(FormError) as err:
+        SunnybrookPlugin().validate(form)
+    assert "look swapped" in err.value.errors["contour_folder"]
+    assert "look swapped" in err.value.errors["image_folder"]
 
 
 def test_outer_without_inner_is_reported_in_inner_outer_mode(release, tmp_path):

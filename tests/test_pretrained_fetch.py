@@ -113,7 +113,7 @@ def test_cut_connection_resumes_with_range(server, tmp_path):
 
 def test_resume_across_calls_and_server_without_range(server, tmp_path):
     server.cuts_left = 10
-    with pytest.raises(PretrainedError, match="call fetch again to resume"):
+    with pytest.raises(PretrainedError, match="the next attempt resumes from there"):
         pretrained.fetch(model(server.url), tmp_path, retries=1)
     assert (tmp_path / "model.caffemodel.part").stat().st_size > 0
     server.cuts_left = 0

@@ -29,7 +29,7 @@ def test_health_and_openapi(env):
     assert text.startswith("openapi: 3")
     # Every API route of the app is documented.
     app = client.application
-    documented = set(re.findall(r"^  (/api/[^:]+):", text, re.M))
+    documented = set(re.findall(r"^  (/api/[^:]*):", text, re.M))
     routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()
               if r.rule.startswith("/api/")}
     routes.discard("/api/jobs/{job_id}/{action}")
@@ -163,3 +163,19 @@ def test_openapi_document_is_valid_yaml_with_schemas(env):
         for method, op in item.items():
             if method != "parameters":
                 assert op.get("summary") and op.get("responses"), (path, method)
+
+
+def test_the_api_link_opens_a_reference_page_of_every_operation(env):
+    import yaml
+    client, _, _ = env
+    home = client.get("/").get_data(as_text=True)
+    assert 'href="/api/">API</a>' in home
+    resp = client.get("/api/")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    html = resp.get_data(as_text=True)
+    spec = yaml.safe_load(client.get("/api/openapi.yaml").get_data(as_text=True))
+    for path, item in spec["paths"].items():
+        for method in item:
+            if method in ("get", "post", "put", "patch", "delete"):
+                assert f'id="{method}{path}"'.replace("/", "-").replace("{", "").replace("}", "") in html, (method, path)
+    assert "variant" in html and "one of gray, rgb" in html  # body fields of POST /api/pretrained/{name}/prepare

@@ -261,12 +261,18 @@ def _finish_builds(svc):
 
 def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
     pytest.importorskip("plugin.sunnybrook")
+    from tests.jobs_fixtures import contours_without_images
     client, svc, _, data = site
     (data / "empty_images").mkdir()
     (data / "empty_contours").mkdir()
+    # Folders that are not a Sunnybrook release are form errors: nothing is queued.
     resp = client.post("/datasets/new/sunnybrook",
                        data=_dataset_form(data / "empty_images", data / "empty_contours", "nothing here"))
-    # Field values are valid; the folder's content is only examined by the build, in the worker.
+    assert resp.status_code == 400 and "is empty" in resp.get_data(as_text=True)
+    assert all(j["name"] != "nothing here" for j in svc.list_jobs("dataset"))
+    # Folders laid out like a release whose contours have no images fail in the worker's build.
+    resp = client.post("/datasets/new/sunnybrook",
+                       data=_dataset_form(*contours_without_images(data / "mismatched"), "nothing here"))
     assert resp.status_code == 302, resp.get_data(as_text=True)
     job_id = resp.headers["Location"].rsplit("/", 1)[1]
     assert svc.show(job_id)["status"] == "Waiting"
@@ -275,7 +281,7 @@ def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
     job = svc.show(job_id)
     assert job["status"] == "Error"
     html = client.get(f"/datasets/{job_id}").get_data(as_text=True)
-    assert "flash-error" in html and "is empty" in html and "nothing here" in html
+    assert "flash-error" in html and "no usable contoured image" in html and "nothing here" in html
     assert "error: " in html  # the job's log ends with the failure
 
 
@@ -383,3 +389,132 @@ def test_a_known_model_is_prepared_from_the_pretrained_tab(site, tmp_path, monke
     api = client.post("/api/pretrained/bvlc_alexnet/prepare", json={"variant": "sepia"},
                       headers={"X-Requested-With": "XMLHttpRequest"})
     assert api.status_code == 400
+
+
+def test_a_refused_pretrained_upload_keeps_what_was_typed(site):
+    import io
+    client, _, _, _ = site
+    resp = client.post("/pretrained/upload", content_type="multipart/form-data",
+                       data={"name": "my tiny net", "description": "kept too",
+                             "prototxt": (io.BytesIO(b"layer { nope: 1 }"), "x.prototxt"),
+                             "weights": (io.BytesIO(b"\x00"), "w.caffemodel")})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "does not parse" in html
+    assert 'value="my tiny net"' in html and 'value="kept too"' in html
+    assert 'id="panel-pretrained"' in html and 'id="panel-pretrained" hidden' not in html
+
+
+def _model_form(ds_id, **over):
+    form = {"dataset": ds_id, "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "custom", "custom_network": TINY_NET, "model_name": "m"}
+    form.update(over)
+    return form
+
+
+def test_the_model_page_follows_a_training_live_and_drops_the_eta_after_abort(site, tmp_path, monkeypatch):
+    """What the model page polls (its live poll and the metrics API) moves while the runner trains:
+    progress, elapsed, ETA, snapshots and the log's tail; after Abort no ETA is left."""
+    from tests.jobs_fixtures import install_fake_caffe
+    client, svc, ds, _ = site
+    monkeypatch.setenv("PYTHONPATH", install_fake_caffe(str(tmp_path / "fake")))
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.1")
+    resp = client.post("/models/new", data=_model_form(ds["id"], epochs="30", model_name="live"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job_id = resp.headers["Location"].rsplit("/", 1)[1]
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("status", svc.train(job_id)), daemon=True)
+    t.start()
+    live, deadline = {}, time.time() + 60
+    try:
+        while time.time() < deadline and t.is_alive():
+            live = client.get(f"/models/{job_id}/live").get_json()
+            if live["status"] == "Running" and len(live["snapshots"]) >= 2 and live["progress"] and live["elapsed"] > 0.5:
+                break
+            time.sleep(0.1)
+        metrics = client.get(f"/api/jobs/{job_id}/metrics?since=0").get_json()
+        assert 0 < live["progress"] < 1 and 0 < metrics["progress"] < 1, (live, metrics["progress"])
+        assert live["eta"] and live["eta"] > 0
+        assert [s["iteration"] for s in live["snapshots"]][-1] == 2  # newest first, a snapshot per epoch
+        assert "snapshot at iteration 2" in live["log"]
+        html = client.get(f"/models/{job_id}").get_data(as_text=True)
+        assert "No snapshots yet" not in html and "No log yet" not in html and "ETA " in html
+        assert client.post(f"/models/{job_id}/abort").status_code == 302
+    finally:
+        t.join(30)
+    assert result["status"] == "Aborted"
+    live = client.get(f"/models/{job_id}/live").get_json()
+    assert live["status"] == "Aborted" and live["eta"] is None and 0 < live["progress"] < 1
+    assert client.get(f"/api/jobs/{job_id}/metrics?since=0").get_json()["eta"] is None
+    assert "ETA " not in client.get(f"/models/{job_id}").get_data(as_text=True)
+    elapsed = live["elapsed"]
+    time.sleep(0.3)
+    assert client.get(f"/models/{job_id}/live").get_json()["elapsed"] == elapsed  # stopped with the job
+
+
+def test_a_job_waiting_for_a_pycaffe_worker_says_how_to_start_one(site):
+    client, svc, ds, data = site
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="on caffe", backend="pycaffe")).status_code == 302
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="here")).status_code == 302
+    ids = {m["name"]: m["id"] for m in svc.list_jobs("model")}
+    html = client.get(f"/models/{ids['on caffe']}").get_data(as_text=True)
+    assert "Waiting for a real-Caffe (pycaffe) worker" in html
+    assert f"caffeseg worker --backend pycaffe --data {data}" in html
+    assert "python3 -m jobs.worker --backend pycaffe --data /data" in html and "docker/compose.yaml" in html
+    assert client.get(f"/models/{ids['on caffe']}/live").get_json()["waiting_note"]["backend"] == "pycaffe"
+    html = client.get(f"/models/{ids['here']}").get_data(as_text=True)  # the app's own worker takes it
+    assert "waiting-note" not in html and "Waiting for the first iterations" in html
+
+
+def _standard_form(ds_id, **over):
+    form = {"dataset": ds_id, "epochs": "2", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "multistep",
+            "lr_step_values": "50,85", "lr_gamma": "0.5", "mean_subtraction": "image",
+            "network_source": "standard", "standard_network": "unet", "model_name": "u"}
+    form.update(over)
+    return form
+
+
+def test_clone_comes_back_on_the_standard_or_previous_network_it_was_made_from(site):
+    client, svc, ds, _ = site
+    assert client.post("/models/new", data=_standard_form(ds["id"])).status_code == 302
+    unet = svc.list_jobs("model")[0]
+    html = client.get(f"/models/{unet['id']}/clone").get_data(as_text=True)
+    assert re.search(r'id="network_source"[^>]*value="standard"', html)
+    assert re.search(r'name="standard_network" value="unet"[^>]*checked', html)
+    assert re.search(r'<textarea[^>]*id="custom_network"[^>]*>\s*</textarea>', html)  # not pasted as custom
+    assert re.search(r'id="snapshot_interval"[^>]*value="1"', html) and re.search(r'id="val_interval"[^>]*value="1"', html)
+    assert re.search(r'id="lr_step_values"[^>]*value="50, 85"', html)  # not "50.0, 85.0"
+    # A model made from a previous model's network comes back on the Previous tab.
+    form = _standard_form(ds["id"], network_source="previous", previous_network=unet["id"], model_name="p")
+    assert client.post("/models/new", data=form).status_code == 302
+    prev = [m for m in svc.list_jobs("model") if m["name"] == "p"][0]
+    html = client.get(f"/models/{prev['id']}/clone").get_data(as_text=True)
+    assert re.search(r'id="network_source"[^>]*value="previous"', html)
+    assert re.search(rf'name="previous_network" value="{unet["id"]}"[^>]*checked', html)
+    # A custom network stays custom.
+    form = _standard_form(ds["id"], network_source="custom", custom_network=TINY_NET, model_name="c")
+    assert client.post("/models/new", data=form).status_code == 302
+    custom = [m for m in svc.list_jobs("model") if m["name"] == "c"][0]
+    html = client.get(f"/models/{custom['id']}/clone").get_data(as_text=True)
+    assert re.search(r'id="network_source"[^>]*value="custom"', html) and "name: &#34;tiny&#34;" in html
+
+
+def test_a_bad_custom_network_names_its_line_and_column_once(site):
+    client, svc, ds, _ = site
+    bad = 'name: "bad"\nlayer { name: "c" type: "Convolution" bottom: "data" top: "c"\n' \
+          '  convolution_param { num_output: 8 }\n\nlayer { name: "s" type: "ReLU" bottom: "c" top: "c" }\n'
+    resp = client.post("/models/new", data=_standard_form(ds["id"], network_source="custom", custom_network=bad))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400
+    assert "custom network, line 5, column 1: " in html and "custom network:" not in html, \
+        re.findall(r'field-error">([^<]*)', html)
+
+
+def test_the_api_download_of_a_model_without_snapshot_is_a_clear_400(site):
+    client, svc, ds, _ = site
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="fresh")).status_code == 302
+    job_id = svc.list_jobs("model")[0]["id"]
+    resp = client.get(f"/api/jobs/{job_id}/download")
+    assert resp.status_code == 400 and "no snapshot" in resp.get_json()["error"]

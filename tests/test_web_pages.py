@@ -512,3 +512,110 @@ def test_pretrained_tab_counts_models_and_has_no_job_actions(env):
     panel = html.split('id="panel-pretrained"')[1].split("</section>")[0]
     assert "bulk-form" not in panel and "No pretrained models yet" not in panel
     assert 'id="known-pretrained"' in panel
+
+
+def test_explorer_pages_count_from_one_as_shown(env, monkeypatch):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "paged")
+    monkeypatch.setattr("web.views.datasets.PAGE_SIZE", 3)  # the fake's train stage has 4 records
+    first = client.get(f"/datasets/{ds}/explore?stage=train").get_data(as_text=True)
+    assert "page 1 of 2" in first and "SC-HF-NI-3 / 0048" in first and "SC-HF-NI-3 / 0051" not in first
+    second = client.get(f"/datasets/{ds}/explore?stage=train&page=2").get_data(as_text=True)
+    assert "page 2 of 2" in second and "SC-HF-NI-3 / 0051" in second and "SC-HF-NI-3 / 0048" not in second
+    assert "page=1\"" in second and "Next" not in second
+    beyond = client.get(f"/datasets/{ds}/explore?stage=train&page=3")
+    assert beyond.status_code == 302 and beyond.headers["Location"].endswith("page=2")
+
+
+def test_a_failed_dataset_offers_neither_explore_nor_new_model(env):
+    app, client, fake, _ = env
+    failed = fake.add_job("dataset", "swapped", status="Error")
+    html = client.get(f"/datasets/{failed}").get_data(as_text=True)
+    assert "Build again" in html and ">Explore<" not in html and "New model on this dataset" not in html
+    done = fake.add_job("dataset", "good")
+    html = client.get(f"/datasets/{done}").get_data(as_text=True)
+    assert ">Explore<" in html and "New model on this dataset" in html
+
+
+def test_model_download_needs_a_snapshot_and_is_named_after_the_job(env, monkeypatch):
+    app, client, fake, _ = env
+    waiting = fake.add_job("model", "U-Net (Adam) 12ep", status="Waiting", snapshots=[])
+    html = client.get(f"/models/{waiting}").get_data(as_text=True)
+    assert 'id="download-btn" aria-disabled="true"' in html and "No snapshot yet" in html
+    assert f' href="/models/{waiting}/download"' not in html
+    resp = client.get(f"/models/{waiting}/download")  # was a 500 (ServiceError: no snapshot yet)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/models/{waiting}")
+    assert "This model has no snapshot yet" in client.get(resp.headers["Location"]).get_data(as_text=True)
+    done = fake.add_job("model", "U-Net (Adam) 12ep", status="Done")
+    assert f' href="/models/{done}/download"' in client.get(f"/models/{done}").get_data(as_text=True)
+    resp = client.get(f"/models/{done}/download")
+    assert resp.status_code == 200 and resp.data == b"archive"
+    assert f"u-net-adam-12ep_{done}_iter_4.tar.gz" in resp.headers["Content-Disposition"]
+    assert f"_{done}_iter_4.tar.gz" in client.get(f"/models/{done}/download?snapshot=4").headers["Content-Disposition"]
+    resp = client.get(f"/models/{done}/download?snapshot=99")
+    assert resp.status_code == 302
+    assert "no snapshot at iteration 99" in client.get(resp.headers["Location"]).get_data(as_text=True)
+
+    def refuse(job_id, snapshot=None):
+        raise ValueError(f"job {job_id} has no snapshot yet")
+    monkeypatch.setattr(fake, "download", refuse)
+    resp = client.get(f"/models/{done}/download")
+    assert resp.status_code == 302
+    assert "could not be packed" in client.get(resp.headers["Location"]).get_data(as_text=True)
+
+
+def test_model_live_poll_gives_progress_elapsed_eta_snapshots_and_log(env):
+    import time
+    app, client, fake, _ = env
+    now = time.time()
+    m = fake.add_job("model", "fcn", status="Running", eta=40, progress=0.25, log="iteration 7 val ...\n",
+                     history=[{"status": "Waiting", "time": now - 100}, {"status": "Running", "time": now - 30}])
+    live = client.get(f"/models/{m}/live").get_json()
+    assert live["status"] == "Running" and live["progress"] == 0.25 and live["eta"] == 40
+    assert 29 <= live["elapsed"] <= 40  # running time, not time since submission
+    assert [s["iteration"] for s in live["snapshots"]] == [4]
+    assert live["snapshots"][0]["archive_url"] == f"/models/{m}/download?snapshot=4"
+    assert live["snapshots"][0]["file_url"].endswith("snapshot_iter_4.caffemodel")
+    assert live["log"] == "iteration 7 val ...\n" and live["waiting_note"] is None
+    html = client.get(f"/models/{m}").get_data(as_text=True)
+    assert f'data-live-url="/models/{m}/live"' in html and "ETA 40s" in html
+    # Aborted: no ETA any more (the page showed the last one), elapsed stops at the abort.
+    fake.jobs_[m].update(status="Aborted", history=fake.jobs_[m]["history"] + [{"status": "Aborted", "time": now - 10}])
+    live = client.get(f"/models/{m}/live").get_json()
+    assert live["eta"] is None and live["elapsed"] == pytest.approx(20, abs=0.01)
+    html = client.get(f"/models/{m}").get_data(as_text=True)
+    assert "ETA " not in html and ">20s<" in html
+
+
+def test_a_dataset_that_models_use_says_so_instead_of_offering_delete(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "in use")
+    fake.add_job("model", "first", dataset_id=ds)
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert re.search(r'<button[^>]*disabled id="delete-btn" title="Used by 1 model: first\. Delete them first\."', html)
+    free = fake.add_job("dataset", "free")
+    html = client.get(f"/datasets/{free}").get_data(as_text=True)
+    assert 'id="delete-btn" data-confirm="Delete this dataset and its files?"' in html
+
+
+def test_new_model_offers_only_datasets_it_can_train_on(env):
+    app, client, fake, _ = env
+    done = fake.add_job("dataset", "built")
+    building = fake.add_job("dataset", "building", status="Running")  # the model waits for it
+    failed = fake.add_job("dataset", "swapped", status="Error", summary={"train_count": None, "classes": []})
+    aborted = fake.add_job("dataset", "stopped", status="Aborted")
+    html = client.get("/models/new").get_data(as_text=True)
+    offered = set(re.findall(r'<option[^>]*value="([^"]*)"', html.split('id="dataset"', 1)[1].split("</select>", 1)[0]))
+    assert {done, building} <= offered and not {failed, aborted} & offered
+    import json
+    page_data = json.loads(re.search(r'<script id="page-data" type="application/json">(.*?)</script>', html, re.S).group(1))
+    assert {d["id"] for d in page_data["datasets"]} == {done, building}
+    resp = client.post("/models/new", data=model_form(failed))
+    assert resp.status_code == 400 and not [c for c in fake.calls if c[0] == "create_model"]
+
+
+def test_new_model_page_does_not_load_plotly_with_the_page(env):
+    app, client, fake, _ = env
+    html = client.get("/models/new").get_data(as_text=True)
+    assert not re.search(r'<script[^>]*src="[^"]*plotly', html)  # 4.8 MB: fetched when the LR preview opens
+    assert re.search(r'id="lr-chart"[^>]*data-plotly-src="/vendor/plotly\.min\.js', html)

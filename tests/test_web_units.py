@@ -117,3 +117,33 @@ def test_the_installed_sunnybrook_plugin_builds_the_dataset_form():
     assert "image_folder" in form_cls.plugin_field_names
     # A plugin field that shares a generic field's name is shown once, as the generic field.
     assert not set(form_cls.plugin_field_names) & set(GENERIC_DATASET_FIELDS)
+
+
+def test_standard_network_descriptions_are_whole_sentences_and_distinct():
+    from web.service_backend import NETWORKS_DIR, _network_description
+    files = sorted(p for p in NETWORKS_DIR.glob("*.prototxt") if not p.name.endswith(("deploy.prototxt", "solver.prototxt")))
+    if not files:
+        pytest.skip("prototxt/ has no networks")
+    descriptions = {p.stem: _network_description(p.read_text()) for p in files}
+    assert all(d.endswith(".") for d in descriptions.values()), descriptions  # never cut mid-sentence
+    assert len(set(descriptions.values())) == len(descriptions), descriptions
+    assert "up-convolutions" in descriptions["unet"] and "Dice" in descriptions["fcn_alexnet_dice"]
+    assert _network_description('name: "x"\n# One line.\n#\n# Details.\nlayer {}\n# inside\n') == "One line."
+    assert _network_description('name: "x"\nlayer {}\n# a comment among the layers\n') == ""
+
+
+def test_visualize_errors_name_the_editor_line_never_a_temporary_file():
+    pytest.importorskip("engine.prototxt")
+    from web.backend import BadRequest
+    from web.netinspect import inspect
+    with pytest.raises(BadRequest) as info:
+        inspect('name: "n"\n\n\n\nlayer { layer { } }\n')
+    assert str(info.value).startswith("custom network, line 5, column ") and str(info.value).count("line") == 1
+    unbuilt = ('name: "conv1"\n# layer { name: "conv1" }\n'
+               'layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN } }\n'
+               'layer { name: "conv1" type: "Convolution" bottom: "dta" top: "conv1" '
+               'convolution_param { num_output: 8 kernel_size: 3 } }\n')
+    with pytest.raises(BadRequest) as info:
+        inspect(unbuilt, [1, 16, 16])
+    assert "/tmp" not in str(info.value) and ".prototxt" not in str(info.value), str(info.value)
+    assert "custom network, line 4" in str(info.value) and "'dta'" in str(info.value) and info.value.line == 4

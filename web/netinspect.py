@@ -7,6 +7,7 @@ before the net is built in the TEST phase.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from web.backend import BadRequest, Unavailable
 
 DEFAULT_FEATURE_SHAPE = [1, 256, 256]
+SOURCE = "custom network"
 
 
 def _replace_data_layers(net, feature_shape, caffe_pb2):
@@ -49,7 +51,7 @@ def inspect(text: str, feature_shape=None) -> dict:
     except ImportError as exc:
         raise Unavailable(f"the prototxt parser is not available ({exc})") from None
     try:
-        net = prototxt.parse_net(text, source="custom network")
+        net = prototxt.parse_net(text, source=SOURCE)
     except prototxt.PrototxtError as exc:
         raise _parse_error(exc) from None
     layers, shown = [], set()
@@ -76,8 +78,7 @@ def inspect(text: str, feature_shape=None) -> dict:
             except TypeError:
                 built = net_class(path, engine.TEST)
         except Exception as exc:  # a layer's own check: report it beside the editor
-            err = BadRequest(f"the network does not build: {exc}")
-            raise err from None
+            raise _build_error(exc, path, text) from None
         # Split blobs are Caffe's plumbing (one per extra consumer); the user never named them.
         blobs = {name: list(blob.shape) for name, blob in built.blobs.items() if "_split_" not in name}
     finally:
@@ -117,8 +118,36 @@ def _python_layer_paths() -> list[str]:
     return added
 
 
+def _where(line=None, column=None) -> str:
+    """"custom network, line 5, column 1" (the user's editor, never a file path)."""
+    return SOURCE + (f", line {line}" if line else "") + (f", column {column}" if line and column else "")
+
+
 def _parse_error(exc) -> BadRequest:
-    err = BadRequest(f"line {getattr(exc, 'line', '?')}: {getattr(exc, 'message', exc)}")
-    err.line = getattr(exc, "line", None)
-    err.column = getattr(exc, "column", None)
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    err = BadRequest(f"{_where(line, column)}: {getattr(exc, 'message', exc)}")
+    err.line = line
+    err.column = column
+    return err
+
+
+_LAYER_NAMED = re.compile(r"\blayers? '([^']+)'")
+
+
+def _layer_line(text: str, name: str):
+    """The editor line of the layer called ``name`` (its ``name:`` inside a layer block)."""
+    for m in re.finditer(r'\bname\s*:\s*["\']%s["\']' % re.escape(name), text):
+        before = re.sub(r"#[^\n]*", "", text[:m.start()])
+        if before.count("{") > before.count("}"):
+            return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+def _build_error(exc, path: str, text: str) -> BadRequest:
+    """The engine's refusal, without the temporary file it was built from, at the layer's line."""
+    message = str(exc).replace(path + ": ", "").replace(path, SOURCE)
+    named = _LAYER_NAMED.search(message)
+    line = _layer_line(text, named.group(1)) if named else None
+    err = BadRequest(f"the network does not build ({_where(line)}): {message}")
+    err.line = line
     return err

@@ -326,7 +326,7 @@ class ServiceBackend(Backend):
         if epochs and not out.get("iters_per_epoch"):
             out["iters_per_epoch"] = epochs[-1][0] / float(epochs[-1][1])
         if extra.get("eta") and out.get("eta") is None:
-            out["eta"] = extra["eta"][-1][1]
+            out["eta"] = extra["eta"][-1][1]  # dropped below unless the job is running
         if extra.get("throughput"):
             out["throughput"] = extra["throughput"][-1][1]
         if out.get("iters_per_epoch") is None or "status" not in out:
@@ -338,6 +338,8 @@ class ServiceBackend(Backend):
                     out["iters_per_epoch"] = job.get("iters_per_epoch")
             except (Unavailable, NotFound):
                 pass
+        if str(out.get("status") or "").lower() != "running":
+            out["eta"] = None  # a finished, aborted or waiting job has no time left to show
         return out
 
     def abort(self, job_id):
@@ -456,9 +458,8 @@ class ServiceBackend(Backend):
                 if path.name.endswith(("deploy.prototxt", "solver.prototxt")):
                     continue
                 text = path.read_text(errors="replace")
-                first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
                 out.append({"name": path.stem, "title": titles.get(path.name, path.stem.replace("_", " ")),
-                            "description": first, "text": text})
+                            "description": _network_description(text), "text": text})
         return out
 
     def pretrained_models(self):
@@ -553,7 +554,9 @@ class ServiceBackend(Backend):
 
     def download(self, job_id, snapshot=None):
         fn = self._fn("export", "export_model", "download")
-        result = fn(check_job_id(job_id), **_accepted_kwargs(fn, {"snapshot": snapshot}))
+        # through _call: "no snapshot yet" is the user's 400, not a server error
+        result = self._call(("export", "export_model", "download"), check_job_id(job_id),
+                            **_accepted_kwargs(fn, {"snapshot": snapshot}))
         return str(result if isinstance(result, (str, os.PathLike)) else _get(_as_dict(result), "path"))
 
 
@@ -705,6 +708,23 @@ def model_form_values(values: dict) -> dict:
 DATASET_OPTION_ALIASES = {"name": "dataset_name", "group": "group_name", "workers": "encoder_threads",
                           "threads": "encoder_threads", "batch_size": "encoder_batch_size",
                           "backend": "db_backend"}
+
+
+def _network_description(text: str) -> str:
+    """The first paragraph of a network's header comment (prototxt/README.md: the '#' lines up to
+    an empty '#' line or the shared "DIGITS-style description" note), as one line."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            line = line.lstrip("#").strip()
+            if line and not line.startswith("DIGITS-style description"):
+                lines.append(line)
+                continue
+        elif not lines and (not line.strip() or line.lstrip().startswith("name:")):
+            continue  # the net's name (or blank lines) before its header
+        if lines or not line.startswith("#"):
+            break
+    return " ".join(lines)
 
 
 def _network_titles(readme: Path) -> dict:

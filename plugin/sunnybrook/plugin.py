@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormField, Itemization,
-                         PluginError)
+from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormError, FormField,
+                         Itemization, PluginError)
 from plugin.sunnybrook import contours, dicom, layout
 
 CLASS_LABELS = {"inner": ["background", "LV cavity"],
@@ -71,24 +71,21 @@ class SunnybrookPlugin(DataPlugin):
 
     # -- itemize --------------------------------------------------------------------------
 
+    def validate(self, values):
+        """The fields, then the two folders' layout, so that a wrong or swapped folder is a
+        form error before anything is queued (not a failed build)."""
+        cleaned = DataPlugin.validate(self, values)
+        errors = _layout_errors(cleaned["image_folder"], cleaned["contour_folder"])
+        if errors:
+            raise FormError(errors)
+        return cleaned
+
     def itemize(self, values):
         image_folder, contour_folder = values["image_folder"], values["contour_folder"]
-        _check_folder(image_folder, "image folder")
-        _check_folder(contour_folder, "contour folder")
+        errors = _layout_errors(image_folder, contour_folder)
+        if errors:
+            raise PluginError("; ".join(errors.values()))
         case_dirs = layout.find_contour_dirs(contour_folder)
-        if not case_dirs:
-            raise PluginError(
-                "contour folder %s is not a Sunnybrook contour release: no case folder like "
-                "SC-HF-I-01/contours-manual/IRCCI-expert found under it" % contour_folder)
-        known_images = [c for c in layout.CASES if os.path.isdir(os.path.join(image_folder, c))]
-        if not known_images:
-            hint = ""
-            nested = os.path.join(image_folder, "challenge_training")
-            if os.path.isdir(nested):
-                hint = "; did you mean %s?" % nested
-            raise PluginError(
-                "image folder %s is not a Sunnybrook image release: none of the case folders "
-                "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
         want_outer = values.get("contour_type") == "inner_outer"
         entries, skipped, seen = [], [], {}
         for case, case_dir in case_dirs:
@@ -193,10 +190,46 @@ class SunnybrookPlugin(DataPlugin):
         return EncodedRecord(feature=feature, label=label[np.newaxis], meta=meta)
 
 
-def _check_folder(path, what):
+def _folder_problem(path, what):
+    """Why ``path`` cannot be read as a folder with something in it, or None."""
     try:
         names = [n for n in os.listdir(path) if not n.startswith(".")]
     except OSError as exc:
-        raise PluginError("%s %s cannot be read (%s)" % (what, path, exc.strerror)) from None
+        return "%s %s cannot be read (%s)" % (what, path, exc.strerror)
     if not names:
-        raise PluginError("%s %s is empty" % (what, path))
+        return "%s %s is empty" % (what, path)
+    return None
+
+
+def _image_cases(folder):
+    return [c for c in layout.CASES if os.path.isdir(os.path.join(folder, c))]
+
+
+def _layout_errors(image_folder, contour_folder):
+    """{field: message} for folders that are not a Sunnybrook image / contour release,
+    naming the likely mistake (the two folders swapped, the release's parent folder)."""
+    errors = {}
+    for field, folder, what in (("image_folder", image_folder, "image folder"),
+                                ("contour_folder", contour_folder, "contour folder")):
+        problem = _folder_problem(folder, what)
+        if problem:
+            errors[field] = problem
+    if errors:
+        return errors
+    swapped = "; the image and contour folders look swapped"
+    if not layout.find_contour_dirs(contour_folder):
+        hint = swapped if _image_cases(contour_folder) else ""
+        errors["contour_folder"] = (
+            "contour folder %s is not a Sunnybrook contour release: no case folder like "
+            "SC-HF-I-01/contours-manual/IRCCI-expert found under it%s" % (contour_folder, hint))
+    if not _image_cases(image_folder):
+        hint = ""
+        nested = os.path.join(image_folder, "challenge_training")
+        if os.path.isdir(nested):
+            hint = "; did you mean %s?" % nested
+        elif "contour_folder" in errors and errors["contour_folder"].endswith(swapped):
+            hint = swapped
+        errors["image_folder"] = (
+            "image folder %s is not a Sunnybrook image release: none of the case folders "
+            "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
+    return errors

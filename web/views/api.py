@@ -72,10 +72,40 @@ def health():
     return jsonify({"status": "ok"})
 
 
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
 @bp.route("/openapi.yaml")
 def openapi():
-    text = (Path(__file__).resolve().parent.parent / "openapi.yaml").read_text()
-    return Response(text, mimetype="application/yaml")
+    return Response(OPENAPI_PATH.read_text(), mimetype="application/yaml")
+
+
+@bp.route("/")
+def reference():
+    """The API reference as a page (the nav's API link): every operation of openapi.yaml."""
+    import yaml
+    from flask import render_template
+    spec = yaml.safe_load(OPENAPI_PATH.read_text())
+    operations = []
+    for path, item in spec.get("paths", {}).items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            body = (((op.get("requestBody") or {}).get("content") or {}))
+            schema = next(iter(body.values()), {}).get("schema", {}) if body else {}
+            operations.append({
+                "method": method.upper(), "path": path, "summary": op.get("summary", ""),
+                "description": op.get("description", ""),
+                "parameters": [p for p in shared + op.get("parameters", []) if "name" in p],
+                "body_type": next(iter(body), None),
+                "body_fields": sorted((schema.get("properties") or {}).items()),
+                "required": set(schema.get("required") or []),
+                "responses": sorted((op.get("responses") or {}).keys()),
+                "anchor": (method + path).replace("/", "-").replace("{", "").replace("}", "")})
+    return render_template("api_reference.html", info=spec.get("info", {}), operations=operations)
 
 
 @bp.route("/plugins")

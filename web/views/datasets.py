@@ -61,8 +61,12 @@ def show(job_id):
     job = load_job(job_id, "dataset")
     info = job.get("info") or {}
     options = next((info[k] for k in ("form_values", "values", "options") if isinstance(info.get(k), dict)), {})
+    try:  # a dataset that models use cannot be deleted: the page says so up front
+        used_by = [j for j in backend().jobs() if j.get("kind") == "model" and j.get("dataset_id") == job_id]
+    except Unavailable:
+        used_by = []
     return render_template("dataset_show.html", job=job, info=info, options=options, confirm=ConfirmForm(),
-                           stages=STAGES)
+                           stages=STAGES, used_by=used_by)
 
 
 @bp.route("/<job_id>/explore")
@@ -71,13 +75,15 @@ def explore(job_id):
     stage = request.args.get("stage", "train")
     if stage not in STAGES:
         abort(400, f"unknown stage {stage!r}; use train or val")
-    page = max(0, request.args.get("page", 0, type=int))
+    page = max(1, request.args.get("page", 1, type=int))  # as shown: the first page is 1
     try:
-        listing = backend().dataset_records(job_id, stage, page * PAGE_SIZE, PAGE_SIZE)
+        listing = backend().dataset_records(job_id, stage, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         error = None
     except Unavailable as exc:
         listing, error = {"total": 0, "records": []}, str(exc)
     pages = max(1, -(-int(listing.get("total", 0)) // PAGE_SIZE))
+    if page > pages:
+        return redirect(url_for("datasets.explore", job_id=job_id, stage=stage, page=pages))
     return render_template("dataset_explore.html", job=job, stage=stage, page=page, pages=pages,
                            listing=listing, error=error, stages=STAGES)
 

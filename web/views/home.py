@@ -25,6 +25,12 @@ def _grouped(jobs: list[dict]) -> "OrderedDict[str, list[dict]]":
 
 @bp.route("/")
 def index():
+    return render_home(request.args.get("tab", "dataset"))
+
+
+def render_home(active: str, upload: PretrainedUploadForm | None = None, status: int = 200):
+    """The home page on tab ``active``; ``upload`` is a pretrained-upload form to show again
+    (a refused upload keeps what the user typed, beside its errors)."""
     try:
         jobs = backend().jobs()
         error = None
@@ -42,10 +48,9 @@ def index():
         count = len(pretrained) if kind == "pretrained" else len(mine)
         tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": count,
                      "metric_names": metric_names[:4]})
-    active = request.args.get("tab", "dataset")
     return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm(),
-                           pretrained=pretrained, upload=PretrainedUploadForm(), confirm=ConfirmForm(),
-                           max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD"))
+                           pretrained=pretrained, upload=upload or PretrainedUploadForm(), confirm=ConfirmForm(),
+                           max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD")), status
 
 
 @bp.route("/jobs/bulk", methods=["POST"])

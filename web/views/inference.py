@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -194,16 +195,91 @@ def store_upload(job: dict, upload) -> str:
     return str(target)
 
 
+STORED_UPLOAD_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}-(.+)$")
+
+
+def upload_display_name(path: str) -> str:
+    """The name the user gave a stored upload (``store_upload`` prefixes a time stamp and a nonce)."""
+    name = Path(path).name
+    m = STORED_UPLOAD_RE.match(name)
+    return m.group(1) if m else name
+
+
+def _dataset_size(job: dict) -> tuple[int, int] | None:
+    """(height, width) of the images of the model's dataset (its ``feature_shape``, C×H×W)."""
+    dataset_id = job.get("dataset_id")
+    if not dataset_id:
+        return None
+    try:
+        shape = (backend().job(dataset_id).get("info") or {}).get("feature_shape")
+        h, w = int(shape[-2]), int(shape[-1])
+    except (Unavailable, LookupError, ValueError, TypeError, IndexError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
+
+
+def prepare_upload(job: dict, path: str, name: str) -> tuple[str, dict]:
+    """Read a stored upload and, when its size differs from the dataset's, resize it to that size
+    (as DIGITS does: 'squash', bilinear) into a TIFF beside it, keeping its dtype (16-bit stays
+    16-bit). Returns (the path to infer, facts for result.json). An image of the dataset's size is
+    used as it is, and so is a file this process cannot read: the backend has the last word on
+    it (``run_inference`` shows its error with the user's file name, never the server path)."""
+    from jobs import infer as inf
+    size = _dataset_size(job)
+    if size is None:
+        return path, {}
+    try:
+        image = inf.load_image(path)
+    except Exception:  # noqa: BLE001 - unreadable here: let the backend say why
+        return path, {}
+    if tuple(image.shape[-2:]) == size:
+        return path, {}
+    (h0, w0), (h, w) = image.shape[-2:], size
+    resized = inf.resize_image(image, h, w)
+    target = Path(path).with_name(f"{Path(path).stem}.resized-{w}x{h}.tif")
+    import tifffile
+    if resized.shape[0] == 3:
+        tifffile.imwrite(str(target), np.moveaxis(resized, 0, -1), photometric="rgb")
+    elif resized.shape[0] == 1:
+        tifffile.imwrite(str(target), resized[0], photometric="minisblack")
+    else:
+        tifffile.imwrite(str(target), np.moveaxis(resized, 0, -1), photometric="minisblack", planarconfig="contig")
+    return str(target), {"resized_from": [int(w0), int(h0)], "resized_to": [int(w), int(h)]}
+
+
+def _hide_paths(message: str, paths, name: str) -> str:
+    """``message`` with every server path of an upload replaced by the user's file name."""
+    for p in sorted({str(p) for p in paths if p}, key=len, reverse=True):
+        message = message.replace(p, name)
+    return message
+
+
 def run_inference(job: dict, snapshot, record=None, image_path=None, visualize=False, token=None,
-                  extra=None) -> str:
-    result = backend().infer(job["id"], snapshot, record=record, image_path=image_path, visualize=visualize)
+                  extra=None, upload_name=None) -> str:
     extra = dict(extra or {})
+    infer_path = image_path
+    if image_path and not record:
+        name = upload_name or upload_display_name(image_path)
+        infer_path, facts = prepare_upload(job, image_path, name)
+        extra.update(facts, upload_name=name)
+        try:
+            result = backend().infer(job["id"], snapshot, record=record, image_path=infer_path, visualize=visualize)
+        except (BadRequest, Unavailable) as exc:
+            hidden = (infer_path, image_path, Path(image_path).parent)
+            message = _hide_paths(str(exc), hidden, name)
+            if message == str(exc):
+                raise
+            if isinstance(exc, BadRequest):
+                raise BadRequest(message, exc.field_errors) from None
+            raise Unavailable(message) from None
+    else:
+        result = backend().infer(job["id"], snapshot, record=record, image_path=image_path, visualize=visualize)
     if record:
         names = {r["key"]: r.get("name") for r in _val_records(job)}
         source = f"record {names.get(record) or record}"
         extra["record"] = record
     else:
-        source = f"upload {Path(image_path).name}" if image_path else "?"
+        source = f"upload {extra.get('upload_name')}" if image_path else "?"
     return save_result(job, result, source, token=token, extra=extra)
 
 
@@ -219,7 +295,8 @@ def infer(job_id):
         try:
             if upload and getattr(upload, "filename", "") and which != "record":
                 token = run_inference(job, snapshot, image_path=store_upload(job, upload),
-                                      visualize=form.visualize.data)
+                                      visualize=form.visualize.data,
+                                      upload_name=os.path.basename(upload.filename.replace("\\", "/")))
             elif form.record.data:
                 token = record_inference(job, form.record.data, snapshot, visualize=form.visualize.data)
             else:
@@ -277,11 +354,45 @@ def compare():
                 panels.append({"job": job, "result": load_result(job, token), "token": token})
             except (BadRequest, Unavailable, LookupError, ValueError) as exc:
                 panels.append({"job": job, "error": str(exc)})
-    elif model_ids or record:
-        error = "choose at least one model and a record"
-    records = _val_records(load_job(model_ids[0], "model")) if model_ids else []
-    return render_template("compare.html", models=models, chosen=model_ids, record=record, records=records,
-                           panels=panels, error=error)
+    elif request.args:  # the form was sent with something missing (a bare /compare is the empty form)
+        missing = ([] if model_ids else ["tick at least one model"]) + ([] if record else ["choose a validation record"])
+        error = "Nothing compared yet: " + " and ".join(missing) + "."
+    listing = _compare_records(model_ids)
+    return render_template("compare.html", models=models, chosen=model_ids, record=record,
+                           records=listing["records"], records_note=listing["note"], panels=panels, error=error)
+
+
+def _compare_records(model_ids: list[str]) -> dict:
+    """The validation records offered for ``model_ids``: those of the first chosen model's dataset
+    (with a note when the others were trained on another dataset)."""
+    if not model_ids:
+        return {"records": [], "note": "Tick a model to list the records of its validation set."}
+    jobs = []
+    for model_id in model_ids:
+        try:
+            jobs.append(backend().job(model_id))
+        except (Unavailable, LookupError, ValueError):
+            continue
+    first = next((j for j in jobs if j.get("dataset_id")), None)
+    if first is None:
+        return {"records": [], "note": "The chosen models have no dataset, so no validation records."}
+    records = [{"key": r["key"], "name": r.get("name") or r["key"]} for r in _val_records(first)]
+    others = [j.get("name") or j["id"] for j in jobs if j.get("dataset_id") and j["dataset_id"] != first["dataset_id"]]
+    if not records:
+        note = f"The dataset of {first.get('name') or first['id']} has no validation records."
+    elif others:
+        note = (f"Records of {first.get('name') or first['id']}'s dataset; {', '.join(others)} "
+                "were trained on another dataset and may not have them.")
+    else:
+        note = f"{len(records)} records of the validation set of {first.get('name') or first['id']}'s dataset."
+    return {"records": records, "note": note}
+
+
+@bp.route("/compare/records")
+def compare_records():
+    """JSON: the records the compare form offers for the ticked models (``?models=A&models=B``)."""
+    model_ids = [check_job_id(m) for m in request.args.getlist("models") if m]
+    return _compare_records(model_ids)
 
 
 def _safe_jobs(kind):

@@ -1,7 +1,11 @@
 """New model form, model page (live charts), and the model's lifecycle buttons."""
 from __future__ import annotations
 
-from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request, send_file,
+import os
+import re
+import time
+
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file,
                    url_for)
 
 from web.backend import BadRequest, Unavailable
@@ -30,9 +34,15 @@ def _safe(call, default):
         return default
 
 
+# Datasets a model can be made for: built, or still being built (the model waits for it, as
+# jobs.service.create_model allows). Failed, aborted or interrupted builds have nothing to train on.
+TRAINABLE_DATASET_STATUSES = {"done", "running", "waiting", "initialized"}
+
+
 def _fill_choices(form: ModelForm) -> dict:
     """Choices that come from the jobs store; returns the lists the template also needs."""
-    datasets = [j for j in _safe(lambda: backend().jobs("dataset"), []) if j.get("kind") == "dataset"]
+    datasets = [j for j in _safe(lambda: backend().jobs("dataset"), [])
+                if j.get("kind") == "dataset" and str(j.get("status", "")).lower() in TRAINABLE_DATASET_STATUSES]
     form.dataset.choices = choice_list([("", "— choose a dataset —")] + [
         (j["id"], f"{j.get('name', j['id'])} ({j.get('status', '?')})") for j in datasets])
     networks = _safe(lambda: backend().standard_networks(), [])
@@ -97,24 +107,135 @@ def new():
     return _render(form, lists, status=400 if request.method == "POST" else 200)
 
 
+def _plain_number(value):
+    """1.0 → 1 (the form shows "1", as on a new form); other values unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _restore_network_tab(form: ModelForm, job: dict, lists: dict) -> None:
+    """The clone's network tab as the model was made (DIGITS): a standard or previous network
+    comes back chosen on its tab, not pasted into Custom Network (the service gives every model's
+    original.prototxt as its text). A custom network, or one no longer offered, stays custom."""
+    options = job.get("options") or {}
+    if (form.network_source.data or "custom") != "custom" or options.get("pretrained_network"):
+        return
+    standard = options.get("standard_network")
+    previous = options.get("previous_job_id")
+    if standard and standard in {n["name"] for n in lists["networks"]}:
+        form.network_source.data, form.standard_network.data = "standard", standard
+    elif not standard and previous and previous in {j["id"] for j in lists["previous"]}:
+        form.network_source.data, form.previous_network.data = "previous", previous
+    else:
+        return
+    form.custom_network.data = ""
+
+
 @bp.route("/<job_id>/clone")
 def clone(job_id):
     job = load_job(job_id, "model")
     values = dict(backend().clone(job_id))
     for key in ("base_lr", "batch_size", "lr_step_values"):
+        if isinstance(values.get(key), str):  # e.g. the service's stepvalue "50.0,85.0"
+            try:
+                values[key] = [float(v) for v in values[key].split(",") if v.strip()]
+            except ValueError:
+                pass
         if isinstance(values.get(key), (list, tuple)):
-            values[key] = ", ".join(str(v) for v in values[key])
+            values[key] = ", ".join(str(_plain_number(v)) for v in values[key])
+    for key in ("snapshot_interval", "val_interval", "lr_step_size", "lr_gamma", "lr_power", "weight_decay"):
+        values[key] = _plain_number(values.get(key))
+    values = {k: v for k, v in values.items() if v is not None}  # absent: the field's default
     if isinstance(values.get("pretrained_model"), (list, tuple)):
         values["pretrained_model"] = ":".join(values["pretrained_model"])
     values["model_name"] = f"{job.get('name', job_id)} (clone)"
     form = ModelForm(data=values, formdata=None)
     lists = _fill_choices(form)
+    _restore_network_tab(form, job, lists)
     return _render(form, lists, clone_of=job)
+
+
+def _running_seconds(job: dict, now: float | None = None):
+    """Seconds the job has spent Running, summed over resumes, from its status history (DIGITS'
+    "elapsed": waiting in the queue does not count); the listing's value without a Running entry."""
+    now = time.time() if now is None else now
+    total, since, seen = 0.0, None, False
+    for entry in job.get("history") or []:
+        t, state = entry.get("time"), str(entry.get("status") or "").lower()
+        if t is None:
+            continue
+        if since is not None:
+            total += max(0.0, t - since)
+            since = None
+        if state == "running":
+            since, seen = t, True
+    if since is not None and str(job.get("status") or "").lower() == "running":
+        total += max(0.0, now - since)
+    if not seen and str(job.get("status") or "").lower() in ("waiting", "initialized"):
+        return 0.0  # queued, never ran
+    return total if seen else job.get("elapsed")
+
+
+WORKER_KINDS = {"pycaffe": "a real-Caffe (pycaffe) worker", "engine": "a PyTorch-engine worker"}
+BACKEND_TITLES = {"pycaffe": "real Caffe", "engine": "the PyTorch engine"}
+
+
+def _worker_data_dir() -> str:
+    jobs_dir = current_app.config.get("JOBS_DIR")
+    if jobs_dir and os.path.basename(os.path.normpath(str(jobs_dir))) == "jobs":
+        return os.path.dirname(os.path.normpath(str(jobs_dir)))
+    return str(current_app.config.get("DATA_DIR") or "DATA")
+
+
+def _waiting_note(job: dict) -> dict | None:
+    """Why a Waiting model is not started here: it asked for a backend (``options.backend``) this
+    server's own worker does not run (``Scheduler.takes``), so it waits for another worker."""
+    if str(job.get("status") or "").lower() != "waiting":
+        return None
+    wanted = (job.get("options") or {}).get("backend")
+    if wanted not in WORKER_KINDS:
+        return None
+    try:
+        scheduler = getattr(getattr(backend(), "service", None), "scheduler", None)
+    except Unavailable:
+        return None
+    takes = getattr(scheduler, "takes", None)
+    if takes is None or takes(job):
+        return None
+    data = _worker_data_dir()
+    runs = getattr(scheduler, "runnable", lambda: ())()
+    note = {"backend": wanted, "worker": WORKER_KINDS[wanted],
+            "server": " and ".join(BACKEND_TITLES.get(b, b) for b in sorted(runs)) or None,
+            "command": f"caffeseg worker --backend {wanted} --data {data}"}
+    if wanted == "pycaffe":
+        note["docker"] = "docker compose -f docker/compose.yaml up"
+        note["docker_command"] = "python3 -m jobs.worker --backend pycaffe --data /data"
+    return note
+
+
+def _live(job: dict) -> dict:
+    """What the model page refreshes while the job runs (besides the charts)."""
+    status = str(job.get("status") or "")
+    running = status.lower() == "running"
+    snapshots = []
+    for s in sorted(job.get("snapshots") or [], key=lambda s: s["iteration"], reverse=True):
+        snapshots.append({"iteration": s["iteration"], "epoch": s.get("epoch"), "size": s.get("size"),
+                          "file_url": url_for("files.job_file_download", job_id=job["id"], relative=s["file"]),
+                          "archive_url": url_for("models.download", job_id=job["id"], snapshot=s["iteration"])})
+    return {"status": status, "progress": job.get("progress"), "elapsed": _running_seconds(job),
+            "eta": job.get("eta") if running else None, "snapshots": snapshots,
+            "log": (job.get("log") or "")[-LOG_TAIL:], "waiting_note": _waiting_note(job)}
+
+
+LOG_TAIL = 20000  # characters of the log the model page shows
 
 
 @bp.route("/<job_id>")
 def show(job_id):
     job = load_job(job_id, "model")
+    live = _live(job)
+    job = dict(job, elapsed=live["elapsed"], eta=live["eta"])
     note = None
     try:
         evaluation = backend().evaluation(job_id)
@@ -123,8 +244,15 @@ def show(job_id):
     except (ValueError, LookupError) as exc:
         evaluation, note = None, f"The evaluation could not be read: {exc}"
     return render_template("model_show.html", job=job, evaluation=evaluation, evaluation_note=note,
-                           confirm=ConfirmForm(),
+                           confirm=ConfirmForm(), waiting_note=live["waiting_note"],
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
+
+
+@bp.route("/<job_id>/live")
+def live(job_id):
+    """The model page's poll beside the metrics: status, progress, elapsed, ETA (running only),
+    snapshots and the log's tail, so the page follows the training without reloads."""
+    return jsonify(_live(load_job(job_id, "model")))
 
 
 add_post_actions(bp, "model", {
@@ -161,9 +289,34 @@ def delete(job_id):
     return redirect(url_for("home.index", tab="model"))
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(text or "")).strip("-").lower()[:60] or "model"
+
+
+def _download_name(job: dict, path: str, snapshot: int | None, iterations) -> str:
+    """``<model name>_<job id>_iter_<N>.tar.gz``: downloads of different models never collide."""
+    found = re.search(r"_iter_(\d+)", os.path.basename(path))
+    iteration = snapshot if snapshot is not None else (int(found.group(1)) if found else max(iterations))
+    stem = f"{_slug(job.get('name'))}_{job['id']}"
+    return f"{stem}_iter_{iteration}.tar.gz" if iteration is not None else f"{stem}.tar.gz"
+
+
 @bp.route("/<job_id>/download")
 def download(job_id):
-    load_job(job_id, "model")
+    job = load_job(job_id, "model")
     snapshot = request.args.get("snapshot", type=int)
-    path = backend().download(job_id, snapshot)
-    return send_file(path, as_attachment=True)
+    iterations = [s.get("iteration") for s in job.get("snapshots") or []]
+    problem = None
+    if not iterations:
+        problem = "This model has no snapshot yet: it can be downloaded after its first snapshot is written."
+    elif snapshot is not None and snapshot not in iterations:
+        problem = f"This model has no snapshot at iteration {snapshot}."
+    if problem is None:
+        try:
+            path = backend().download(job_id, snapshot)
+        except (ValueError, LookupError, OSError) as exc:  # e.g. the snapshot vanished meanwhile
+            problem = f"The model could not be packed for download: {exc}"
+    if problem is not None:
+        flash(problem, "error")
+        return redirect(url_for("models.show", job_id=job_id))
+    return send_file(path, as_attachment=True, download_name=_download_name(job, path, snapshot, iterations))

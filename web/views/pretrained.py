@@ -43,21 +43,21 @@ def store_upload(form: PretrainedUploadForm) -> dict:
 
 @bp.route("/upload", methods=["POST"])
 def upload():
+    from web.views.home import render_home
     form = PretrainedUploadForm()
-    back = redirect(url_for("home.index", tab="pretrained"))
     if not form.validate_on_submit():
         for name, messages in form.errors.items():
             for message in messages:
                 label = form[name].label.text if name in form else name
                 flash(f"{label}: {message}", "error")
-        return back
+        return render_home("pretrained", upload=form, status=400)  # what the user typed stays
     try:
         entry = store_upload(form)
     except (BadRequest, Unavailable) as exc:
         flash(f"The pretrained model was not stored: {exc}", "error")
-        return back
+        return render_home("pretrained", upload=form, status=400)
     flash(f"Pretrained model {entry['name']} stored; choose it under New Model › Pretrained Networks.", "ok")
-    return back
+    return redirect(url_for("home.index", tab="pretrained"))
 
 
 @bp.route("/<pretrained_id>/delete", methods=["POST"])

@@ -57,3 +57,32 @@
   }
   setTimeout(poll, 1500);
 })();
+
+// Bulk actions: say when nothing is selected (instead of asking to confirm nothing), and name
+// the action and the number of jobs in the confirmation.
+(function () {
+  "use strict";
+  document.querySelectorAll("form.bulk-form").forEach(function (form) {
+    const button = form.querySelector("button[data-confirm]");
+    if (!button) return;
+    button.addEventListener("click", function (ev) {
+      const chosen = form.querySelectorAll("input[name=job_ids]:checked").length;
+      let note = form.querySelector(".bulk-note");
+      if (!chosen) {
+        ev.preventDefault();
+        ev.stopPropagation();  // before the page-wide confirmation handler
+        if (!note) {
+          note = document.createElement("span");
+          note.className = "bulk-note error-text small";
+          button.after(note);
+        }
+        note.textContent = "Select at least one job first.";
+        return;
+      }
+      if (note) note.remove();
+      const action = form.querySelector("select[name=action]").value;
+      button.dataset.confirm = (action === "delete" ? "Delete " : "Abort ") + chosen +
+        " selected job" + (chosen > 1 ? "s" : "") + (action === "delete" ? " and their files?" : "?");
+    });
+  });
+})();

@@ -41,5 +41,17 @@
     return rates;
   }
 
-  root.CaffeLR = { solverParams: solverParams, schedule: schedule };
+  // Each policy's form defaults, as DIGITS' model form has them (digits/model/forms.py): exp decays
+  // by 0.95 per 1% of training, not by the step policies' 0.1.
+  const DEFAULTS = {
+    fixed: {},
+    step: { step_size: 33, gamma: 0.1 },
+    multistep: { gamma: 0.5 },
+    exp: { gamma: 0.95 },
+    inv: { gamma: 0.1, power: 0.5 },
+    poly: { power: 3 },
+    sigmoid: { step_size: 50, gamma: 0.1 },
+  };
+
+  root.CaffeLR = { solverParams: solverParams, schedule: schedule, DEFAULTS: DEFAULTS };
 })(window);

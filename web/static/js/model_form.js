@@ -127,7 +127,7 @@
       const net = await apiFetch("/api/network/inspect", { method: "POST", json: { text: editor.value, dataset: document.getElementById("dataset").value } });
       NetGraph.draw(out, net);
     } catch (err) {
-      NetGraph.showError(out, err);
+      NetGraph.showError(out, { message: err.message });  // the message names the line itself
       const line = err.data && err.data.line;
       if (line) selectLine(line);
     }
@@ -147,62 +147,127 @@
   function showSummary() {
     const box = document.getElementById("dataset-summary");
     const d = datasetInfo();
+    drawLR();  // the preview's iterations per epoch follow the chosen dataset (or the assumption)
     if (!d) { box.textContent = "Choose a dataset to see its summary."; return; }
     const s = d.summary || {};
     const parts = [d.status];
-    if (s.train_count !== undefined) parts.push(s.train_count + " train / " + (s.val_count || 0) + " val records");
+    if (s.train_count != null) parts.push(s.train_count + " train / " + (s.val_count || 0) + " val records");
+    else if (d.status !== "Done") parts.push("not built yet: the model waits for it");
     if (s.feature_shape) parts.push("features " + s.feature_shape.join("×") + " " + (s.feature_dtype || ""));
-    if (s.classes) parts.push(s.classes.length + " classes: " + s.classes.join(", "));
+    if (s.classes && s.classes.length) parts.push(s.classes.length + " classes: " + s.classes.join(", "));
     box.textContent = parts.join(" · ");
-    drawLR();
   }
   datasetSelect.addEventListener("change", () => { showSummary(); showPretrained(); });
+
+  // An error the server put beside a field goes away once the user changes that field.
+  function clearFieldError(el) {
+    const field = el.closest(".field.has-error");
+    if (!field) return;
+    field.classList.remove("has-error");
+    field.querySelectorAll(".field-error").forEach(e => e.remove());
+  }
+  document.querySelectorAll("#model-form input, #model-form select").forEach(el => {
+    el.addEventListener("input", () => clearFieldError(el));
+    el.addEventListener("change", () => clearFieldError(el));
+  });
+  editor.addEventListener("input", () => {
+    document.querySelectorAll('[data-net-panel="custom"] > .field-error').forEach(e => e.remove());
+  });
 
   // Learning-rate preview.
   const adv = document.getElementById("advanced-lr");
   const toggle = document.getElementById("show-advanced-lr");
-  toggle.addEventListener("change", () => { adv.hidden = !toggle.checked; drawLR(); });
   const policy = document.getElementById("lr_policy");
+  const chart = document.getElementById("lr-chart");
   function num(id, fallback) { const v = parseFloat(document.getElementById(id).value); return isFinite(v) ? v : fallback; }
   function firstOf(id, fallback) { const v = parseFloat((document.getElementById(id).value || "").split(",")[0]); return isFinite(v) && v > 0 ? v : fallback; }
 
+  // Plotly (4.8 MB) is fetched the first time the preview is opened, not with the page.
+  let plotlyState = window.Plotly ? "ready" : "none";  // none → loading → ready | failed
+  const plotlyWaiting = [];
+  function withPlotly(then) {
+    if (plotlyState === "ready" || plotlyState === "failed") { then(); return; }
+    plotlyWaiting.push(then);
+    if (plotlyState === "loading") return;
+    plotlyState = "loading";
+    chart.classList.add("loading");
+    const script = document.createElement("script");
+    script.src = chart.dataset.plotlySrc;
+    const done = state => () => {
+      plotlyState = window.Plotly ? "ready" : state;
+      chart.classList.remove("loading");
+      plotlyWaiting.splice(0).forEach(fn => fn());
+    };
+    script.onload = done("failed");
+    script.onerror = done("failed");
+    document.head.appendChild(script);
+  }
+  // The options open with their chart (a moment, the first time); without Plotly they open anyway.
+  function showAdvanced() {
+    if (!toggle.checked) { adv.hidden = true; return; }
+    toggle.setAttribute("aria-busy", "true");
+    withPlotly(() => {
+      toggle.removeAttribute("aria-busy");
+      adv.hidden = !toggle.checked;
+      drawLR();
+    });
+  }
+  toggle.addEventListener("change", showAdvanced);
+
+  // Each policy's own defaults (DIGITS' model form). A value the user typed is kept; one left at
+  // the previous policy's default (or unused by it) becomes the new policy's default.
+  const PARAM_FIELDS = { lr_gamma: "gamma", lr_power: "power", lr_step_size: "step_size" };
+  const typed = new Set();
+  Object.keys(PARAM_FIELDS).forEach(id => document.getElementById(id).addEventListener("input", () => typed.add(id)));
+  let lastPolicy = policy.value;
+  policy.addEventListener("input", () => {
+    const before = CaffeLR.DEFAULTS[lastPolicy] || {}, after = CaffeLR.DEFAULTS[policy.value] || {};
+    lastPolicy = policy.value;
+    Object.keys(PARAM_FIELDS).forEach(id => {
+      const key = PARAM_FIELDS[id], field = document.getElementById(id);
+      if (after[key] === undefined || typed.has(id)) return;
+      const value = parseFloat(field.value);
+      if (field.value === "" || before[key] === undefined || value === before[key]) field.value = after[key];
+    });
+  });
+
   function drawLR() {
     document.querySelectorAll(".lr-param").forEach(f => { f.hidden = !f.classList.contains("lr-" + policy.value); });
-    if (adv.hidden) return;
     const d = datasetInfo();
-    const trainCount = (d && d.summary && d.summary.train_count) || 100;
+    const known = d && d.summary && d.summary.train_count;
+    const trainCount = known || 100;
     const batch = firstOf("batch_size", 16) * Math.max(1, num("batch_accumulation", 1));
     const epochs = Math.max(1, num("epochs", 1));
     const itersPerEpoch = Math.max(1, Math.ceil(trainCount / batch));
     const maxIter = Math.min(itersPerEpoch * epochs, 200000);
+    const defaults = CaffeLR.DEFAULTS[policy.value] || {};
+    document.getElementById("lr-preview-info").textContent =
+      "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (known ? "" : ", assuming 100 training records") + ")";
+    if (adv.hidden) return;
     const params = CaffeLR.solverParams({
-      policy: policy.value, base_lr: firstOf("base_lr", 0.01), gamma: num("lr_gamma", 0.1), power: num("lr_power", 0.75),
-      step_size: num("lr_step_size", 33),
+      policy: policy.value, base_lr: firstOf("base_lr", 0.01), gamma: num("lr_gamma", defaults.gamma || 0.1),
+      power: num("lr_power", defaults.power || 0.75), step_size: num("lr_step_size", defaults.step_size || 33),
       step_values: (document.getElementById("lr_step_values").value || "").split(",").map(parseFloat).filter(isFinite),
     }, maxIter);
     let rates;
     try { rates = CaffeLR.schedule(params); } catch (e) { return; }
-    const plot = document.getElementById("lr-chart");
-    plot.dataset.rates = JSON.stringify(rates.length > 2000 ? [] : rates);
+    chart.dataset.rates = JSON.stringify(rates.length > 2000 ? [] : rates);
     if (window.Plotly) {
       // Every iteration's rate, x in epochs; Plotly from the installed plotly package (/vendor/).
       const step = Math.max(1, Math.floor(rates.length / 2000));
       const x = [], y = [];
       for (let i = 0; i < rates.length; i += step) { x.push(i / itersPerEpoch); y.push(rates[i]); }
-      Plotly.react(plot, [{ x: x, y: y, type: "scatter", mode: "lines", line: { color: "#2f6fde", width: 1.6, shape: "hv" },
-                            name: "learning rate", hovertemplate: "epoch %{x:.2f}<br>lr %{y:.4g}<extra></extra>" }],
+      Plotly.react(chart, [{ x: x, y: y, type: "scatter", mode: "lines", line: { color: "#2f6fde", width: 1.6, shape: "hv" },
+                             name: "learning rate", hovertemplate: "epoch %{x:.2f}<br>lr %{y:.4g}<extra></extra>" }],
                    { height: 170, margin: { l: 56, r: 10, t: 6, b: 34 }, font: { size: 10 }, showlegend: false,
                      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
                      xaxis: { title: { text: "epoch", standoff: 2 }, range: [0, epochs], zeroline: false, gridcolor: "#eff1f5" },
                      yaxis: { rangemode: "tozero", exponentformat: "e", gridcolor: "#eff1f5" } },
                    { displaylogo: false, showLink: false, responsive: true, displayModeBar: false });
     }
-    document.getElementById("lr-preview-info").textContent =
-      "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (d ? "" : ", assuming 100 training records") + ")";
   }
   document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
   showSummary();
   showPretrained();
-  drawLR();
-  window.addEventListener("load", drawLR);  // Plotly is loaded after this script
+  showAdvanced();  // a browser that restored the checkbox (Back) opens the options again
 })();

@@ -85,13 +85,8 @@
     let points = 0;
     charts.forEach(c => c.traces.forEach(t => { points += t.x.length; }));
     box.dataset.points = points;
-    if (m.progress !== undefined && m.progress !== null) {
-      const pct = (m.progress * 100).toFixed(1) + "%";
-      document.getElementById("progress-bar").style.width = pct;
-      document.getElementById("progress-text").textContent = pct;
-    }
-    const eta = document.getElementById("eta-text");
-    if (eta) eta.textContent = m.eta ? "ETA " + formatDuration(m.eta) : "";
+    setProgress(m.progress);
+    // The ETA comes from the live poll (a metrics poll with no new rows has none).
     if (m.status) {
       const badge = document.querySelector("#job-status .badge");
       if (badge && badge.textContent !== m.status) {
@@ -103,6 +98,80 @@
       if (FINISHED.includes(String(m.status).toLowerCase())) stopped = true;
     }
   }
+
+  function setProgress(p) {
+    if (p === undefined || p === null) return;
+    const pct = (p * 100).toFixed(1) + "%";
+    document.getElementById("progress-bar").style.width = pct;
+    document.getElementById("progress-text").textContent = pct;
+  }
+
+  // -- the live poll: progress, elapsed, ETA, snapshots, log (models.live) ---------------------
+  const liveUrl = box.dataset.liveUrl;
+  let elapsedBase = null, elapsedAt = 0, running = false, snapshotKey = null;
+
+  function formatSize(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "KB", "MB", "GB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i ? n.toFixed(1) + " " + units[i] : Math.round(n) + " B";
+  }
+
+  function renderSnapshots(list) {
+    const key = list.map(s => s.iteration + ":" + s.size).join(",");
+    if (key === snapshotKey) return;
+    snapshotKey = key;
+    const body = document.querySelector("#snapshots tbody");
+    if (!body) return;
+    body.textContent = "";
+    if (!list.length) {
+      const tr = body.insertRow(), td = tr.insertCell();
+      td.colSpan = 4; td.className = "muted"; td.textContent = "No snapshots yet.";
+      return;
+    }
+    list.forEach(s => {
+      const tr = body.insertRow();
+      const cells = [String(s.iteration), s.epoch === null || s.epoch === undefined ? "–" : String(Number(s.epoch.toPrecision(3))),
+                     formatSize(s.size)];
+      cells.forEach((text, i) => { const td = tr.insertCell(); td.textContent = text; if (i < 2) td.className = "num"; });
+      const links = tr.insertCell();
+      const a = document.createElement("a"); a.href = s.file_url; a.textContent = ".caffemodel";
+      const b = document.createElement("a"); b.href = s.archive_url; b.textContent = "model archive";
+      links.append(a, " · ", b);
+    });
+    const dl = document.getElementById("download-btn");
+    if (dl && dl.tagName !== "A" && dl.dataset.href) {  // the first snapshot: Download model works now
+      const link = document.createElement("a");
+      link.className = "btn"; link.id = "download-btn"; link.href = dl.dataset.href; link.textContent = dl.textContent;
+      dl.replaceWith(link);
+    }
+  }
+
+  function renderElapsed() {
+    const el = document.getElementById("elapsed");
+    if (!el || elapsedBase === null) return;
+    el.textContent = formatDuration(elapsedBase + (running ? (Date.now() - elapsedAt) / 1000 : 0));
+  }
+
+  function updateLive(l) {
+    running = String(l.status || "").toLowerCase() === "running";
+    setProgress(l.progress);
+    const eta = document.getElementById("eta-text");
+    if (eta) eta.textContent = running && l.eta ? "ETA " + formatDuration(l.eta) : "";
+    if (l.elapsed !== undefined && l.elapsed !== null) { elapsedBase = l.elapsed; elapsedAt = Date.now(); renderElapsed(); }
+    if (Array.isArray(l.snapshots)) renderSnapshots(l.snapshots);
+    const log = document.getElementById("job-log");
+    if (log && l.log && log.textContent !== l.log) {
+      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.textContent = l.log;
+      if (atEnd) log.scrollTop = log.scrollHeight;
+    }
+    const note = document.getElementById("waiting-note");
+    if (note && !l.waiting_note) note.remove();
+  }
+
+  setInterval(renderElapsed, 1000);
 
   function formatDuration(s) {
     s = Math.round(s);
@@ -122,6 +191,13 @@
       update(m);
     } catch (e) {
       /* a missed poll is retried at the next tick */
+    }
+    if (liveUrl) {
+      try {
+        updateLive(await apiFetch(liveUrl));
+      } catch (e) {
+        /* same: retried at the next tick */
+      }
     }
     if (!stopped) setTimeout(poll, interval);
     else if (document.getElementById("abort-btn")) setTimeout(() => location.reload(), 500);

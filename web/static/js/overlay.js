@@ -3,7 +3,9 @@
 (function () {
   "use strict";
   const FALSE_COLOUR = [[0, 0, 0], [255, 0, 255], [0, 255, 0], [255, 255, 0], [0, 255, 255], [255, 128, 0], [128, 0, 255]];
-  const LABEL_OUTLINE = [255, 255, 255];
+  // The label outline's colour: the first of these far from every class colour of the current
+  // colormap (the dataset's red LV → green), never white (invisible on the bright LV).
+  const LABEL_CANDIDATES = [[0, 230, 0], [0, 200, 255], [255, 230, 0], [255, 0, 255]];
 
   function loadImage(src) {
     return new Promise((resolve, reject) => {
@@ -55,6 +57,19 @@
     return palette[c] || FALSE_COLOUR[c % FALSE_COLOUR.length];
   }
 
+  function labelColour(scheme, palette, n) {
+    const used = [];
+    for (let c = 1; c < n; c++) used.push(colour(scheme, palette, c));
+    const far = cand => Math.min(Infinity, ...used.map(u => Math.hypot(u[0] - cand[0], u[1] - cand[1], u[2] - cand[2])));
+    let best = LABEL_CANDIDATES[0], bestD = -1;
+    for (const cand of LABEL_CANDIDATES) {
+      const d = scheme === "gray" ? Infinity : far(cand);
+      if (d >= 150) return cand;
+      if (d > bestD) { best = cand; bestD = d; }
+    }
+    return best;
+  }
+
   async function setup(view) {
     const info = JSON.parse(view.dataset.result);
     const canvas = view.querySelector("canvas");
@@ -81,6 +96,7 @@
       const labEdge = labMap && (!controls.label || controls.label.checked) ? outline(labMap, w, h, lw) : null;
       // DIGITS' mask: black laid over what the model did not segment, 0 (off) to 1 (hidden).
       const mask = controls.mask ? controls.mask.value / 100 : 0;
+      const labCol = labelColour(scheme, info.palette, Math.max(2, (info.classes || []).length));
       for (let i = 0; i < w * h; i++) {
         let r = base.data[i * 4], g = base.data[i * 4 + 1], b = base.data[i * 4 + 2];
         const c = predMap[i];
@@ -91,7 +107,7 @@
           r *= 1 - mask; g *= 1 - mask; b *= 1 - mask;
         }
         if (predEdge && predEdge[i]) [r, g, b] = colour(scheme, info.palette, predEdge[i]);
-        if (labEdge && labEdge[i]) [r, g, b] = LABEL_OUTLINE;
+        if (labEdge && labEdge[i]) [r, g, b] = labCol;
         out.data[i * 4] = r; out.data[i * 4 + 1] = g; out.data[i * 4 + 2] = b; out.data[i * 4 + 3] = 255;
       }
       ctx.putImageData(out, 0, 0);
@@ -118,7 +134,11 @@
       });
       if (labMap) {
         const li = document.createElement("li");
-        li.innerHTML = '<span class="swatch" style="background: rgb(255,255,255)"></span>label outline';
+        const sw = document.createElement("span");
+        sw.className = "swatch swatch-outline";
+        sw.style.borderColor = "rgb(" + labelColour(scheme, info.palette, Math.max(2, (info.classes || []).length)).join(",") + ")";
+        li.appendChild(sw);
+        li.appendChild(document.createTextNode("label (ground truth) outline"));
         ul.appendChild(li);
       }
     }
