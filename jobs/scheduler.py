@@ -180,6 +180,10 @@ class Scheduler:
         if resume:
             state = runner_mod.latest_solverstate(job["dir"])
             last = runner_mod.snapshot_iteration(state) if state else 0
+            # The file is cut here, before ingestion restarts from offset 0: were the runner to
+            # cut it later, lines re-read from the old file would leave the offset in the middle
+            # of a new line, and that iteration would be lost.
+            runner_mod.truncate_metrics(os.path.join(job["dir"], runner_mod.METRICS), last)
             self.store.drop_metrics_after(job_id, last)
             self.store.update(job_id, metrics_offset=0)
             job["metrics_offset"] = 0

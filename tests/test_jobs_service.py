@@ -484,3 +484,23 @@ def test_progress_and_eta_are_reported_while_the_runner_trains(svc, dataset, mon
     assert status["state"] == "done" and status["iter"] == 20 and status["started"] <= status["time"]
     assert svc.metrics(job["id"])["progress"] == 1.0
     assert "training iterations 1 to 20" in open(os.path.join(job["dir"], "log.txt")).read()
+
+
+def test_resume_cuts_the_metrics_file_before_the_runner_starts(svc, dataset, monkeypatch):
+    """Ingestion restarts from offset 0 on resume; the file must already hold only the lines up
+    to the restored snapshot then, or the runner's later cut would leave the ingestion offset in
+    the middle of a rewritten line (an iteration lost from the charts)."""
+    import sys
+    [job] = model(svc, dataset)
+    lines = [json.dumps({"iter": i, "phase": "train", "values": {"loss": 1.0 / i}}) + "\n" for i in range(1, 37)]
+    with open(os.path.join(job["dir"], "metrics.jsonl"), "w") as f:
+        f.writelines(lines + ['{"iter": 37, "pha'])  # killed mid-line
+    open(os.path.join(job["dir"], "snapshot_iter_32.solverstate"), "wb").close()
+    seen = os.path.join(job["dir"], "seen_by_runner.jsonl")
+    # the "runner" only records what the metrics file holds when it starts
+    monkeypatch.setattr(svc.scheduler, "runner_command", lambda job, resume=False, gpu=None: [
+        sys.executable, "-c", "import shutil, sys; shutil.copy('metrics.jsonl', %r); sys.exit(0)" % seen])
+    svc.scheduler.train(job["id"], resume=True, auto_evaluate=False)
+    assert open(seen).read() == "".join(lines[:32])
+    rows = [r[0] for r in svc.metrics(job["id"])["series"] if r[1] == "loss"]
+    assert rows == list(range(1, 33))
