@@ -122,6 +122,26 @@ def test_ui_model_page_charts_grow_without_reload(browser_page, fake_site):
     assert not page.js_errors
 
 
+def test_ui_a_flat_series_gets_a_narrow_axis_not_plus_minus_one(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "flat", status="Running", dataset_id=ds)
+    fake.metrics = lambda job_id, since=0: {
+        "status": "Running", "progress": 0.1, "eta": 30, "iteration": 4, "iters_per_epoch": 4,
+        "series": {"train/loss": [[i, 1.0 / i] for i in range(max(1, since), 5)],
+                   "val/accuracy": [[4, 0.98]] if since <= 4 else []}}
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    plot = "document.querySelector('.chart[data-chart=\"accuracy\"] .plot')"
+    page.wait_for_function(f"{plot} && {plot}._fullLayout && {plot}._fullLayout.yaxis")
+    low, high = page.evaluate(f"{plot}._fullLayout.yaxis.range")
+    assert low < 0.98 < high and high - low < 0.2, (low, high)  # Plotly alone shows 0–2
+    loss = "document.querySelector('.chart[data-chart=\"loss\"] .plot')._fullLayout.yaxis.range"
+    low, high = page.evaluate(loss)
+    assert low <= 0.25 and high >= 1.0  # a series that moves keeps Plotly's autorange
+    assert not page.js_errors
+
+
 def test_ui_inference_opacity_and_mask_sliders_recomposite(browser_page, fake_site):
     url, fake, _ = fake_site
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))

@@ -49,12 +49,26 @@
     return chart.traces.get(name);
   }
 
+  // Plotly spans a flat series ±1 around its value (accuracy 0.98 on a 0–2 axis): give one
+  // value a narrow band instead; otherwise Plotly's own autorange.
+  function flatRange(chart) {
+    const ys = [...chart.traces.values()].flatMap(t => t.y).filter(v => isFinite(v));
+    if (!ys.length || chart.key === "learning rate") return undefined;
+    const lo = Math.min(...ys), hi = Math.max(...ys);
+    if (hi > lo) return undefined;
+    const pad = Math.max(Math.abs(lo) * 0.05, 1e-3);
+    return [lo - pad, hi + pad];
+  }
+
   function layout(chart) {
+    const range = flatRange(chart);
     return {
       height: 240, margin: { l: 56, r: 12, t: 8, b: 36 }, datarevision: chart.revision,
       font: { size: 11 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       xaxis: { title: { text: "epoch", standoff: 4 }, zeroline: false, gridcolor: "#eff1f5" },
-      yaxis: { zeroline: false, gridcolor: "#eff1f5", exponentformat: "e", rangemode: chart.key === "learning rate" ? "tozero" : "normal" },
+      yaxis: Object.assign({ zeroline: false, gridcolor: "#eff1f5", exponentformat: "e",
+                             rangemode: chart.key === "learning rate" ? "tozero" : "normal" },
+                           range ? { range: range, autorange: false } : { autorange: true }),
       legend: { orientation: "h", x: 0, y: 1.12, font: { size: 10 } }, showlegend: true,
     };
   }
