@@ -142,6 +142,37 @@ def test_ui_a_flat_series_gets_a_narrow_axis_not_plus_minus_one(browser_page, fa
     assert not page.js_errors
 
 
+def test_ui_a_clone_with_a_non_default_lr_policy_shows_its_options(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "exp model", dataset_id=ds)
+    clone = fake.clone
+    fake.clone = lambda job_id: dict(clone(job_id), lr_policy="exp", lr_gamma=0.95)
+    page = browser_page
+    page.goto(f"{url}/models/{m}/clone")
+    page.wait_for_function("!document.getElementById('advanced-lr').hidden")
+    assert page.is_checked("#show-advanced-lr") and page.input_value("#lr_policy") == "exp"
+    page.goto(f"{url}/models/new")
+    assert not page.is_checked("#show-advanced-lr") and page.is_hidden("#advanced-lr")
+    assert not page.js_errors
+
+
+def test_ui_the_evaluation_appears_when_it_is_stored_after_training(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "finished", status="Done", dataset_id=ds)
+    stored = fake.evaluation
+    ready = {"now": False}
+    fake.evaluation = lambda job_id: stored(job_id) if ready["now"] else None
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    assert page.is_visible("#evaluation-pending")
+    ready["now"] = True
+    page.wait_for_selector("#evaluation table", timeout=15000)
+    assert page.query_selector("#evaluation-pending") is None
+    assert not page.js_errors
+
+
 def test_ui_inference_opacity_and_mask_sliders_recomposite(browser_page, fake_site):
     url, fake, _ = fake_site
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))

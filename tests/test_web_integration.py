@@ -268,7 +268,9 @@ def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
     # Folders that are not a Sunnybrook release are form errors: nothing is queued.
     resp = client.post("/datasets/new/sunnybrook",
                        data=_dataset_form(data / "empty_images", data / "empty_contours", "nothing here"))
-    assert resp.status_code == 400 and "is empty" in resp.get_data(as_text=True)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and "is empty" in html
+    assert "Please correct the marked fields." in html and "image_folder:" not in html
     assert all(j["name"] != "nothing here" for j in svc.list_jobs("dataset"))
     # Folders laid out like a release whose contours have no images fail in the worker's build.
     resp = client.post("/datasets/new/sunnybrook",
@@ -518,3 +520,36 @@ def test_the_api_download_of_a_model_without_snapshot_is_a_clear_400(site):
     job_id = svc.list_jobs("model")[0]["id"]
     resp = client.get(f"/api/jobs/{job_id}/download")
     assert resp.status_code == 400 and "no snapshot" in resp.get_json()["error"]
+
+
+def test_a_clone_form_submits_to_the_create_route(site, phantom_release):
+    client, svc, ds, data = site
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="original")).status_code == 302
+    original = svc.list_jobs("model")[0]
+    html = client.get(f"/models/{original['id']}/clone").get_data(as_text=True)
+    action = re.search(r'<form method="post" action="([^"]+)"[^>]*id="model-form"', html).group(1)
+    resp = client.post(action, data=_model_form(ds["id"], model_name="original (clone)"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    assert {j["name"] for j in svc.list_jobs("model")} == {"original", "original (clone)"}
+    # a dataset's clone form too
+    built = svc.import_dataset(str(_built_dataset(data.parent / "again")), "to clone")
+    html = client.get(f"/datasets/{built['id']}/clone").get_data(as_text=True)
+    action = re.search(r'<form method="post" action="([^"]+)" class="form-grid"', html).group(1)
+    assert action == "/datasets/new/sunnybrook"
+    resp = client.post(action, data=_dataset_form(*phantom_release, "cloned dataset"))
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+
+
+def test_elapsed_is_time_spent_running_on_every_page_and_the_api(site):
+    client, svc, ds, _ = site
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="timed", backend="pycaffe")).status_code == 302
+    job_id = svc.list_jobs("model")[0]["id"]
+    time.sleep(0.4)  # queued: not counted
+    [listed] = [j for j in client.get("/api/jobs?kind=model").get_json() if j["id"] == job_id]
+    assert listed["elapsed"] == 0.0
+    svc.store.set_status(job_id, "Running")
+    time.sleep(0.2)
+    svc.store.set_status(job_id, "Done")
+    [listed] = [j for j in client.get("/api/jobs?kind=model").get_json() if j["id"] == job_id]
+    live = client.get(f"/models/{job_id}/live").get_json()
+    assert 0.2 <= listed["elapsed"] < 0.4 and live["elapsed"] == listed["elapsed"]

@@ -352,7 +352,10 @@ def test_model_page_and_actions(env):
     assert "SC-HF-NI-3 / 0049" in html
     assert client.post(f"/models/{m}/abort").status_code == 302
     assert fake.job(m)["status"] == "Aborted"
-    assert "Resume" in client.get(f"/models/{m}").get_data(as_text=True)
+    html = client.get(f"/models/{m}").get_data(as_text=True)
+    assert 'id="resume-btn"' not in html and "nothing to resume" in html  # no .solverstate yet
+    fake.jobs_[m]["files"] = fake.jobs_[m]["files"] + [{"name": "snapshot_iter_4.solverstate", "size": 9}]
+    assert 'id="resume-btn"' in client.get(f"/models/{m}").get_data(as_text=True)
     client.post(f"/models/{m}/resume")
     assert fake.job(m)["status"] == "Running"
     resp = client.get(f"/models/{m}/download")
@@ -619,3 +622,28 @@ def test_new_model_page_does_not_load_plotly_with_the_page(env):
     html = client.get("/models/new").get_data(as_text=True)
     assert not re.search(r'<script[^>]*src="[^"]*plotly', html)  # 4.8 MB: fetched when the LR preview opens
     assert re.search(r'id="lr-chart"[^>]*data-plotly-src="/vendor/plotly\.min\.js', html)
+
+
+def test_job_and_group_names_have_a_length_limit(env):
+    from web.forms import MAX_JOB_NAME
+    app, client, fake, data = env
+    ds = fake.add_job("dataset", "d")
+    form = {"dataset": ds, "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "custom", "custom_network": "name: 'x'",
+            "model_name": "n" * (MAX_JOB_NAME + 1)}
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 400 and f"longer than {MAX_JOB_NAME}" in resp.get_data(as_text=True)
+    resp = client.post("/models/new", data=dict(form, model_name="ok", group_name="g" * 65))
+    assert resp.status_code == 400 and "longer than 64" in resp.get_data(as_text=True)
+    assert not [c for c in fake.calls if c[0] == "create_model"]
+
+
+def test_the_test_page_of_a_model_without_snapshot_offers_no_forms(env):
+    app, client, fake, _ = env
+    waiting = fake.add_job("model", "not yet", status="Waiting", snapshots=[])
+    html = client.get(f"/models/{waiting}/infer").get_data(as_text=True)
+    assert 'id="no-snapshot"' in html and 'id="test-record"' not in html and 'id="test-image"' not in html
+    ready = fake.add_job("model", "ready")
+    html = client.get(f"/models/{ready}/infer").get_data(as_text=True)
+    assert 'id="no-snapshot"' not in html and 'id="test-record"' in html

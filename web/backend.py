@@ -8,7 +8,7 @@ of ``jobs.service``; tests may pass any object with the same methods through
 Shapes returned (plain dicts, JSON-ready):
 
 * job summary: ``id, kind ('dataset'|'model'|'pretrained'), name, group, status, submitted
-  (epoch seconds), elapsed (s), progress (0..1 or None), metrics {name: {last, min, max,
+  (epoch seconds), elapsed (s spent running, ``running_seconds``), progress (0..1 or None), metrics {name: {last, min, max,
   spark: [values]}}``
 * job detail: the summary plus ``dir, files [{name, size}], history [{status, time}], log,
   error`` and, for datasets, ``info`` (dataset.json); for models ``snapshots [{iteration,
@@ -33,6 +33,29 @@ class BadRequest(ValueError):
     def __init__(self, message: str, field_errors: dict | None = None):
         super().__init__(message)
         self.field_errors = field_errors or {}
+
+
+def running_seconds(history, status, fallback=None, now=None):
+    """A job's ``elapsed``: seconds spent Running, summed over resumes, from its status history
+    (as DIGITS: waiting in the queue does not count). A queued job that never ran has 0; without
+    a Running entry in the history, ``fallback``."""
+    import time
+    now = time.time() if now is None else now
+    total, since, seen = 0.0, None, False
+    for entry in history or []:
+        t, state = entry.get("time"), str(entry.get("status") or "").lower()
+        if t is None:
+            continue
+        if since is not None:
+            total += max(0.0, t - since)
+            since = None
+        if state == "running":
+            since, seen = t, True
+    if since is not None and str(status or "").lower() == "running":
+        total += max(0.0, now - since)
+    if not seen and str(status or "").lower() in ("waiting", "initialized"):
+        return 0.0
+    return total if seen else fallback
 
 
 class Backend:

@@ -91,13 +91,17 @@ GENERIC_DATASET_FIELDS = ("encoding", "encoder_batch_size", "encoder_threads", "
                           "enforce_same_shape", "group_name", "dataset_name")
 
 
+MAX_JOB_NAME = 100  # a name is shown in tables and titles; a sweep adds " lr=… bs=…" to it
+
+
 def group_name_field():
-    return StringField("Group name", validators=[Optional()],
+    return StringField("Group name", validators=[Optional(), Length(max=64)],
                        description="Jobs with the same group name are listed together on the home page.")
 
 
 def job_name_field(kind: str):
-    return StringField(f"{kind.capitalize()} name", validators=[DataRequired(message=f"give the {kind} a name")],
+    return StringField(f"{kind.capitalize()} name", validators=[DataRequired(message=f"give the {kind} a name"),
+                                                                Length(max=MAX_JOB_NAME)],
                        description=f"A name to recognise the {kind} by.")
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from web.backend import Backend, BadRequest, NotFound, Unavailable
+from web.backend import Backend, BadRequest, NotFound, Unavailable, running_seconds
 from web.safety import check_job_id
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -191,7 +191,17 @@ class ServiceBackend(Backend):
             if job["kind"] == "model" and not job["metrics"]:
                 job["metrics"] = self._key_metrics(job)
                 job["progress"] = job["progress"] if job["progress"] is not None else _runner_progress(job["dir"])
+            if job["kind"] == "model":
+                job["elapsed"] = running_seconds(self._history(job["id"]), job["status"], job["elapsed"])
         return jobs
+
+    def _history(self, job_id) -> list[dict]:
+        """The job's status history from the store (the listing carries none)."""
+        store = getattr(self.service, "store", None)
+        try:
+            return [_history_entry(h) for h in store.history(job_id)] if store is not None else []
+        except Exception:  # noqa: BLE001 - a listing must not fail on one job's history
+            return []
 
     def _key_metrics(self, job) -> dict:
         """last/min/max and a sparkline of the validation outputs and the training loss."""
@@ -218,6 +228,8 @@ class ServiceBackend(Backend):
         job["files"] = list_job_files(job_dir)
         job["size"] = job.get("size") or _dir_size(job_dir)
         job["history"] = [_history_entry(h) for h in (_get(job, "history", "status_history", default=[]) or [])]
+        if job["kind"] == "model":
+            job["elapsed"] = running_seconds(job["history"], job["status"], job["elapsed"])
         if job.get("log") is None:
             job["log"] = self._read_log(job_dir)
         if job["kind"] == "dataset":

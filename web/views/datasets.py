@@ -32,10 +32,12 @@ def new(plugin_id):
         try:
             job_id = backend().create_dataset(plugin.id, values, options)
         except BadRequest as exc:
-            for name, message in exc.field_errors.items():
-                if name in form:
-                    form[name].errors = list(form[name].errors) + [message]
-            flash(str(exc), "error")
+            shown = [name for name in exc.field_errors if name in form]
+            for name in shown:
+                form[name].errors = list(form[name].errors) + [exc.field_errors[name]]
+            # errors shown beside their fields are not repeated (with internal names) in the banner
+            flash("Please correct the marked fields." if shown and len(shown) == len(exc.field_errors)
+                  else str(exc), "error")
             return _render_form(plugin, form), 400
         except Unavailable as exc:
             flash(str(exc), "error")

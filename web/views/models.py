@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file,
                    url_for)
 
-from web.backend import BadRequest, Unavailable
+from web.backend import BadRequest, Unavailable, running_seconds
 from web.forms import ConfirmForm, ModelForm, choice_list, parse_number_list
 from web.views.common import add_post_actions, backend, load_job
 
@@ -156,27 +155,6 @@ def clone(job_id):
     return _render(form, lists, clone_of=job)
 
 
-def _running_seconds(job: dict, now: float | None = None):
-    """Seconds the job has spent Running, summed over resumes, from its status history (DIGITS'
-    "elapsed": waiting in the queue does not count); the listing's value without a Running entry."""
-    now = time.time() if now is None else now
-    total, since, seen = 0.0, None, False
-    for entry in job.get("history") or []:
-        t, state = entry.get("time"), str(entry.get("status") or "").lower()
-        if t is None:
-            continue
-        if since is not None:
-            total += max(0.0, t - since)
-            since = None
-        if state == "running":
-            since, seen = t, True
-    if since is not None and str(job.get("status") or "").lower() == "running":
-        total += max(0.0, now - since)
-    if not seen and str(job.get("status") or "").lower() in ("waiting", "initialized"):
-        return 0.0  # queued, never ran
-    return total if seen else job.get("elapsed")
-
-
 WORKER_KINDS = {"pycaffe": "a real-Caffe (pycaffe) worker", "engine": "a PyTorch-engine worker"}
 BACKEND_TITLES = {"pycaffe": "real Caffe", "engine": "the PyTorch engine"}
 
@@ -223,7 +201,7 @@ def _live(job: dict) -> dict:
         snapshots.append({"iteration": s["iteration"], "epoch": s.get("epoch"), "size": s.get("size"),
                           "file_url": url_for("files.job_file_download", job_id=job["id"], relative=s["file"]),
                           "archive_url": url_for("models.download", job_id=job["id"], snapshot=s["iteration"])})
-    return {"status": status, "progress": job.get("progress"), "elapsed": _running_seconds(job),
+    return {"status": status, "progress": job.get("progress"), "elapsed": running_seconds(job.get("history"), job.get("status"), job.get("elapsed")),
             "eta": job.get("eta") if running else None, "snapshots": snapshots,
             "log": (job.get("log") or "")[-LOG_TAIL:], "waiting_note": _waiting_note(job)}
 
@@ -243,8 +221,10 @@ def show(job_id):
         evaluation, note = None, str(exc)
     except (ValueError, LookupError) as exc:
         evaluation, note = None, f"The evaluation could not be read: {exc}"
+    # Resume continues from a .solverstate; a job stopped before its first one has none
+    resumable = any(str(f.get("name", "")).endswith(".solverstate") for f in job.get("files") or [])
     return render_template("model_show.html", job=job, evaluation=evaluation, evaluation_note=note,
-                           confirm=ConfirmForm(), waiting_note=live["waiting_note"],
+                           confirm=ConfirmForm(), waiting_note=live["waiting_note"], resumable=resumable,
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
 
 

@@ -213,6 +213,9 @@
     });
   }
   toggle.addEventListener("change", showAdvanced);
+  // A page that comes back with a policy other than the default (a refused form, a clone) shows
+  // the options it is using.
+  if (policy.value !== (policy.dataset.default || "step")) { toggle.checked = true; showAdvanced(); }
 
   // Each policy's own defaults (DIGITS' model form). A value the user typed is kept; one left at
   // the previous policy's default (or unused by it) becomes the new policy's default.

@@ -218,3 +218,20 @@
   }
   poll();
 })();
+
+// A finished model is evaluated on the validation set right after training: show the table as
+// soon as it is stored (polled for a few minutes; "Evaluate now" stays for the rest).
+(function () {
+  "use strict";
+  const pending = document.getElementById("evaluation-pending");
+  if (!pending) return;
+  const deadline = Date.now() + 5 * 60 * 1000;
+  async function check() {
+    try {
+      const evaluation = await apiFetch(pending.dataset.url);
+      if (evaluation && evaluation.summary) { window.location.reload(); return; }
+    } catch (e) { /* retried */ }
+    if (Date.now() < deadline) setTimeout(check, 2000);
+  }
+  setTimeout(check, 2000);
+})();
