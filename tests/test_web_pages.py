@@ -647,3 +647,13 @@ def test_the_test_page_of_a_model_without_snapshot_offers_no_forms(env):
     ready = fake.add_job("model", "ready")
     html = client.get(f"/models/{ready}/infer").get_data(as_text=True)
     assert 'id="no-snapshot"' not in html and 'id="test-record"' in html
+
+
+def test_a_dataset_gone_since_the_form_was_opened_is_named_as_such(env):
+    app, client, fake, _ = env
+    form = {"dataset": "20260101-000000-9999", "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
+            "mean_subtraction": "none", "network_source": "custom", "custom_network": "name: 'x'",
+            "model_name": "late"}
+    html = client.post("/models/new", data=form).get_data(as_text=True)
+    assert "this dataset is no longer available" in html and "Not a valid choice" not in html

@@ -170,6 +170,8 @@ LR_POLICIES = [("fixed", "Fixed"), ("step", "Step down"), ("multistep", "Step do
 
 class ModelForm(FlaskForm):
     dataset = SelectField("Dataset", choices=[], validators=[DataRequired(message="choose a dataset")],
+                          invalid_choice_message="this dataset is no longer available (deleted, or its build "
+                                                 "failed); choose another",
                           description="The dataset job whose LMDBs feed the Data layers.")
     python_layer_server_file = StringField(
         "Python layer file on the server", validators=[Optional(), ServerPath(folder=False)],
