@@ -173,6 +173,24 @@ def test_ui_the_evaluation_appears_when_it_is_stored_after_training(browser_page
     assert not page.js_errors
 
 
+def test_ui_previous_network_offers_only_its_own_snapshots(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    a = fake.add_job("model", "model a", dataset_id=ds)
+    b = fake.add_job("model", "model b", dataset_id=ds)
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    page.click("[data-net-tab=previous]")
+    visible = "[...document.querySelectorAll('#previous_snapshot option')].filter(o => !o.hidden).map(o => o.value)"
+    assert page.evaluate(visible) == [""]
+    page.check(f"input[name=previous_network][value='{a}']")
+    assert page.evaluate(visible) == ["", f"{a}:4"]
+    page.select_option("#previous_snapshot", f"{a}:4")
+    page.check(f"input[name=previous_network][value='{b}']")
+    assert page.evaluate(visible) == ["", f"{b}:4"] and page.input_value("#previous_snapshot") == ""
+    assert not page.js_errors
+
+
 def test_ui_inference_opacity_and_mask_sliders_recomposite(browser_page, fake_site):
     url, fake, _ = fake_site
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))

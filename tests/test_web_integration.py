@@ -5,6 +5,7 @@ off, so a created model stays Waiting and nothing slow runs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -553,3 +554,30 @@ def test_elapsed_is_time_spent_running_on_every_page_and_the_api(site):
     [listed] = [j for j in client.get("/api/jobs?kind=model").get_json() if j["id"] == job_id]
     live = client.get(f"/models/{job_id}/live").get_json()
     assert 0.2 <= listed["elapsed"] < 0.4 and live["elapsed"] == listed["elapsed"]
+
+
+def test_a_previous_model_can_start_the_new_one_from_a_chosen_snapshot(site):
+    """DIGITS' Previous Networks tab: the network of an earlier model and, optionally, the
+    weights of one of its snapshots."""
+    from web_helpers import write_weights
+    client, svc, ds, _ = site
+    assert client.post("/models/new", data=_model_form(ds["id"], model_name="first")).status_code == 302
+    first = svc.list_jobs("model")[0]
+    for iteration, value in ((4, 1.0), (8, 2.0)):
+        write_weights(os.path.join(first["dir"], f"snapshot_iter_{iteration}.caffemodel"),
+                      {"score": [np.full((2, 1, 3, 3), value, np.float32), np.zeros(2, np.float32)]})
+    html = client.get("/models/new").get_data(as_text=True)
+    assert f'value="{first["id"]}:8"' in html and f'value="{first["id"]}:4"' in html
+    form = _model_form(ds["id"], model_name="second", network_source="previous", previous_network=first["id"],
+                       previous_snapshot=f"{first['id']}:4")
+    form.pop("custom_network")
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    second = svc.show([j["id"] for j in svc.list_jobs("model") if j["name"] == "second"][0])
+    assert second["options"]["pretrained"] == [os.path.join(first["dir"], "snapshot_iter_4.caffemodel")]
+    assert json.load(open(os.path.join(second["dir"], "pretrained_report.json")))["matched"] == ["score"]
+    # a snapshot of another model, or one that does not exist, is refused beside the field
+    resp = client.post("/models/new", data=dict(form, model_name="third", previous_snapshot=f"{first['id']}:99"))
+    assert resp.status_code == 400 and "no snapshot at iteration 99" in resp.get_data(as_text=True)
+    resp = client.post("/models/new", data=dict(form, model_name="third", previous_snapshot=f"{ds['id']}:4"))
+    assert resp.status_code == 400 and "snapshot of the chosen previous model" in resp.get_data(as_text=True)

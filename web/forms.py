@@ -232,6 +232,12 @@ class ModelForm(FlaskForm):
     network_source = HiddenField(default="standard")
     standard_network = RadioField("Standard network", choices=[], validators=[Optional()], validate_choice=False)
     previous_network = RadioField("Previous network", choices=[], validators=[Optional()], validate_choice=False)
+    previous_snapshot = SelectField(
+        "Start from its weights", choices=choice_list([("", "None: the network only")]), validators=[Optional()],
+        validate_choice=False,
+        description="A snapshot of the chosen previous model whose weights the new model starts from "
+                    "(DIGITS' 'Pretrained model' of the Previous Networks tab). None: the layers start "
+                    "from their fillers.")
     pretrained_network = RadioField("Pretrained network", choices=[], validators=[Optional()], validate_choice=False)
     custom_network = TextAreaField("Custom network",
                                    description="A train_val prototxt; Data layers are wired to the dataset.")
@@ -265,6 +271,17 @@ class ModelForm(FlaskForm):
             raise ValidationError(f"choose a {source} network")
         if source == "pretrained" and chosen not in {getattr(c, "value", None) or c[0] for c in self.pretrained_network.choices or []}:
             raise ValidationError(f"unknown pretrained network {chosen!r}")
+
+    def validate_previous_snapshot(self, field):
+        """``JOBID:ITERATION`` of a snapshot of the chosen previous model, or empty."""
+        if not field.data or (self.network_source.data or "standard") != "previous":
+            return
+        job_id, _, iteration = str(field.data).partition(":")
+        if job_id != self.previous_network.data or not iteration.isdigit():
+            raise ValidationError("choose a snapshot of the chosen previous model (or None)")
+        offered = {c.value if hasattr(c, "value") else c[0] for c in self.previous_snapshot.choices or []}
+        if field.data not in offered:
+            raise ValidationError(f"the chosen model has no snapshot at iteration {iteration}")
 
     def validate_python_layer_upload(self, field):
         if field.data and getattr(field.data, "filename", ""):

@@ -644,6 +644,9 @@ def service_model_options(form: dict, settings: dict) -> tuple[dict, Path | None
         opts["network_text"] = form.get("custom_network")
     elif source == "previous":
         opts["previous_job_id"] = form.get("previous_network")
+        job_id, _, iteration = str(form.get("previous_snapshot") or "").partition(":")
+        if job_id and iteration.isdigit():  # start from that snapshot's weights (checked by the form)
+            opts["pretrained_job_id"], opts["pretrained_snapshot"] = job_id, int(iteration)
     elif source == "pretrained":  # the views resolve it first (web.pretrained_store.with_network)
         raise BadRequest("choose a pretrained network", {"pretrained_network": "choose a pretrained network"})
     else:

@@ -22,7 +22,8 @@ SERVICE_FIELD_NAMES = {"dataset_id": "dataset", "name": "model_name", "network":
 MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapshot_interval", "val_interval",
                        "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
                        "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
-                       "network_source", "standard_network", "previous_network", "pretrained_network",
+                       "network_source", "standard_network", "previous_network", "previous_snapshot",
+                       "pretrained_network",
                        "custom_network", "group_name", "model_name", "backend")
 
 
@@ -48,6 +49,13 @@ def _fill_choices(form: ModelForm) -> dict:
     form.standard_network.choices = choice_list((n["name"], n.get("title", n["name"])) for n in networks)
     previous = [j for j in _safe(lambda: backend().jobs("model"), []) if j.get("kind") == "model"]
     form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
+    snapshots = [("", "None: the network only")]
+    for j in previous:  # each model's snapshots, newest first (DIGITS' per-model "Pretrained model")
+        shots = _safe(lambda: backend().job(j["id"]).get("snapshots") or [], [])
+        for s in sorted(shots, key=lambda s: s["iteration"], reverse=True):
+            epoch = f"epoch {s['epoch']:g}, " if s.get("epoch") is not None else ""
+            snapshots.append((f"{j['id']}:{s['iteration']}", f"{j.get('name', j['id'])}: {epoch}iteration {s['iteration']}"))
+    form.previous_snapshot.choices = choice_list(snapshots)
     pretrained = _safe(lambda: backend().pretrained_models(), [])
     form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
     return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}

@@ -274,3 +274,21 @@
   showPretrained();
   showAdvanced();  // a browser that restored the checkbox (Back) opens the options again
 })();
+
+// Previous Networks: "Start from its weights" offers only the snapshots of the chosen model.
+(function () {
+  "use strict";
+  const select = document.getElementById("previous_snapshot");
+  if (!select) return;
+  function chosen() {
+    const radio = document.querySelector("input[name=previous_network]:checked");
+    return radio ? radio.value : null;
+  }
+  function filter() {
+    const id = chosen();
+    [...select.options].forEach(o => { o.hidden = o.value !== "" && (!id || !o.value.startsWith(id + ":")); });
+    if (select.selectedOptions.length && select.selectedOptions[0].hidden) select.value = "";
+  }
+  document.querySelectorAll("input[name=previous_network]").forEach(r => r.addEventListener("change", filter));
+  filter();
+})();
