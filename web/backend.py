@@ -108,6 +108,10 @@ class Backend:
         """``[{name, title, text}]`` from the project's ``prototxt/`` folder."""
         return []
 
+    def snapshots(self, job: dict) -> list[dict]:
+        """``[{iteration, epoch, file, size}]`` of a model from its summary (``jobs()`` entry)."""
+        return self.job(job["id"]).get("snapshots") or []
+
     def pretrained_models(self) -> list[dict]:
         """Known public models and uploaded ones (``web.pretrained_store.catalogue``)."""
         return []

@@ -243,9 +243,7 @@ class ServiceBackend(Backend):
             job["summary"] = _dataset_summary(job["info"])
             job["plugin"] = (job.get("options") or {}).get("plugin")  # progress: from the service's show
         if job["kind"] == "model":
-            facts = _read_json(job_dir / "job.json")
-            if facts.get("max_iter") and facts.get("epochs"):
-                job["iters_per_epoch"] = float(facts["max_iter"]) / float(facts["epochs"])
+            job["iters_per_epoch"] = _iters_per_epoch(job_dir) or job.get("iters_per_epoch")
             status = _read_json(job_dir / "runner_status.json")
             if job.get("progress") is None and status.get("max_iter"):
                 job["progress"] = float(status.get("iter") or 0) / float(status["max_iter"])
@@ -276,6 +274,12 @@ class ServiceBackend(Backend):
                 text = path.read_text(errors="replace")
                 return text[-200000:]
         return None
+
+    def snapshots(self, job):
+        """A model's snapshots from its listing entry, without the rest of ``job()`` (the New
+        Model form lists those of every previous model)."""
+        job_dir = Path(job["dir"])
+        return self._snapshots(dict(job, iters_per_epoch=_iters_per_epoch(job_dir)), job_dir)
 
     @staticmethod
     def _snapshots(job: dict, job_dir: Path) -> list[dict]:
@@ -588,6 +592,13 @@ def _runner_progress(job_dir) -> float | None:
     status = _read_json(Path(job_dir) / "runner_status.json")
     if status.get("max_iter"):
         return float(status.get("iter") or 0) / float(status["max_iter"])
+    return None
+
+
+def _iters_per_epoch(job_dir: Path):
+    facts = _read_json(job_dir / "job.json")
+    if facts.get("max_iter") and facts.get("epochs"):
+        return float(facts["max_iter"]) / float(facts["epochs"])
     return None
 
 

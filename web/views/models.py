@@ -51,7 +51,7 @@ def _fill_choices(form: ModelForm) -> dict:
     form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
     snapshots = [("", "None: the network only")]
     for j in previous:  # each model's snapshots, newest first (DIGITS' per-model "Pretrained model")
-        shots = _safe(lambda: backend().job(j["id"]).get("snapshots") or [], [])
+        shots = _safe(lambda: backend().snapshots(j), [])
         for s in sorted(shots, key=lambda s: s["iteration"], reverse=True):
             epoch = f"epoch {s['epoch']:g}, " if s.get("epoch") is not None else ""
             snapshots.append((f"{j['id']}:{s['iteration']}", f"{j.get('name', j['id'])}: {epoch}iteration {s['iteration']}"))
