@@ -167,13 +167,6 @@ WORKER_KINDS = {"pycaffe": "a real-Caffe (pycaffe) worker", "engine": "a PyTorch
 BACKEND_TITLES = {"pycaffe": "real Caffe", "engine": "the PyTorch engine"}
 
 
-def _worker_data_dir() -> str:
-    jobs_dir = current_app.config.get("JOBS_DIR")
-    if jobs_dir and os.path.basename(os.path.normpath(str(jobs_dir))) == "jobs":
-        return os.path.dirname(os.path.normpath(str(jobs_dir)))
-    return str(current_app.config.get("DATA_DIR") or "DATA")
-
-
 def _waiting_note(job: dict) -> dict | None:
     """Why a Waiting model is not started here: it asked for a backend (``options.backend``) this
     server's own worker does not run (``Scheduler.takes``), so it waits for another worker."""
@@ -189,7 +182,7 @@ def _waiting_note(job: dict) -> dict | None:
     takes = getattr(scheduler, "takes", None)
     if takes is None or takes(job):
         return None
-    data = _worker_data_dir()
+    data = current_app.config.get("DATA_DIR") or "DATA"  # the folder a worker's --data names
     runs = getattr(scheduler, "runnable", lambda: ())()
     note = {"backend": wanted, "worker": WORKER_KINDS[wanted],
             "server": " and ".join(BACKEND_TITLES.get(b, b) for b in sorted(runs)) or None,
