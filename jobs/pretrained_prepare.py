@@ -36,6 +36,11 @@ class PrepareError(RuntimeError):
     """A preparation that cannot start (unknown model, one already running)."""
 
 
+def _key(dest_dir, name):
+    """Which preparation thread of this process: one per destination folder and model."""
+    return str(Path(dest_dir).resolve()), name
+
+
 def state_path(dest_dir, name) -> Path:
     # only a known model's name makes the file name (PretrainedError otherwise): never a free path
     return Path(dest_dir) / (STATE_FILE % pretrained._model(name).name)
@@ -64,7 +69,7 @@ def read_state(dest_dir, name) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     if state.get("state") == "running":
-        thread = _threads.get((str(Path(dest_dir).resolve()), name))
+        thread = _threads.get(_key(dest_dir, name))
         here = thread is not None and thread.is_alive()
         if not here and not _alive_elsewhere(state):
             state["state"] = "interrupted"
@@ -78,7 +83,7 @@ def start(dest_dir, name, gray, url=None, num_classes=2) -> dict:
     model = pretrained._model(name)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    key = (str(dest_dir.resolve()), model.name)
+    key = _key(dest_dir, model.name)
     with _lock:
         current = read_state(dest_dir, model.name)
         if current and current.get("state") == "running":
@@ -97,7 +102,7 @@ def start(dest_dir, name, gray, url=None, num_classes=2) -> dict:
 
 def wait(dest_dir, name, timeout=None) -> Optional[dict]:
     """Wait for this process's preparation of ``name`` to end (tests, the CLI); its last state."""
-    thread = _threads.get((str(Path(dest_dir).resolve()), name))
+    thread = _threads.get(_key(dest_dir, name))
     if thread is not None:
         thread.join(timeout)
     return read_state(dest_dir, name)

@@ -18,6 +18,8 @@ Shapes returned (plain dicts, JSON-ready):
 """
 from __future__ import annotations
 
+import time
+
 
 class Unavailable(RuntimeError):
     """The feature is not provided by the installed jobs service (yet)."""
@@ -39,7 +41,6 @@ def running_seconds(history, status, fallback=None, now=None):
     """A job's ``elapsed``: seconds spent Running, summed over resumes, from its status history
     (as DIGITS: waiting in the queue does not count). A queued job that never ran has 0; without
     a Running entry in the history, ``fallback``."""
-    import time
     now = time.time() if now is None else now
     total, since, seen = 0.0, None, False
     for entry in history or []:

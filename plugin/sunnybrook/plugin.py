@@ -75,17 +75,16 @@ class SunnybrookPlugin(DataPlugin):
         """The fields, then the two folders' layout, so that a wrong or swapped folder is a
         form error before anything is queued (not a failed build)."""
         cleaned = DataPlugin.validate(self, values)
-        errors = _layout_errors(cleaned["image_folder"], cleaned["contour_folder"])
+        errors, _ = _check_layout(cleaned["image_folder"], cleaned["contour_folder"])
         if errors:
             raise FormError(errors)
         return cleaned
 
     def itemize(self, values):
         image_folder, contour_folder = values["image_folder"], values["contour_folder"]
-        errors = _layout_errors(image_folder, contour_folder)
+        errors, case_dirs = _check_layout(image_folder, contour_folder)
         if errors:
             raise PluginError("; ".join(errors.values()))
-        case_dirs = layout.find_contour_dirs(contour_folder)
         want_outer = values.get("contour_type") == "inner_outer"
         entries, skipped, seen = [], [], {}
         for case, case_dir in case_dirs:
@@ -205,9 +204,10 @@ def _image_cases(folder):
     return [c for c in layout.CASES if os.path.isdir(os.path.join(folder, c))]
 
 
-def _layout_errors(image_folder, contour_folder):
-    """{field: message} for folders that are not a Sunnybrook image / contour release,
-    naming the likely mistake (the two folders swapped, the release's parent folder)."""
+def _check_layout(image_folder, contour_folder):
+    """({field: message}, contour case folders): the errors of folders that are not a Sunnybrook
+    image / contour release, naming the likely mistake (the two folders swapped, the release's
+    parent folder), and the case folders found, so that the tree is walked once."""
     errors = {}
     for field, folder, what in (("image_folder", image_folder, "image folder"),
                                 ("contour_folder", contour_folder, "contour folder")):
@@ -215,7 +215,25 @@ def _layout_errors(image_folder, contour_folder):
         if problem:
             errors[field] = problem
     if errors:
-        return errors
+        return errors, []
+    swapped = "; the image and contour folders look swapped"
+    case_dirs = layout.find_contour_dirs(contour_folder)
+    if not case_dirs:
+        hint = swapped if _image_cases(contour_folder) else ""
+        errors["contour_folder"] = (
+            "contour folder %s is not a Sunnybrook contour release: no case folder like "
+            "SC-HF-I-01/contours-manual/IRCCI-expert found under it%s" % (contour_folder, hint))
+    if not _image_cases(image_folder):
+        hint = ""
+        nested = os.path.join(image_folder, "challenge_training")
+        if os.path.isdir(nested):
+            hint = "; did you mean %s?" % nested
+        elif "contour_folder" in errors and errors["contour_folder"].endswith(swapped):
+            hint = swapped
+        errors["image_folder"] = (
+            "image folder %s is not a Sunnybrook image release: none of the case folders "
+            "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
+    return errors, case_dirs
     swapped = "; the image and contour folders look swapped"
     if not layout.find_contour_dirs(contour_folder):
         hint = swapped if _image_cases(contour_folder) else ""
