@@ -58,7 +58,7 @@ def main(argv=None):
 
     import engine
     import torch
-    from engine.layers.python import PythonLayer
+    from engine.layer_types.python import PythonLayer
     from engine.proto import caffe_pb2
     from engine.solvers import SGDSolver
 

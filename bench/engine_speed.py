@@ -28,9 +28,9 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import engine.layers  # noqa: E402,F401
+import engine.layer_types  # noqa: E402,F401
 from engine import rng  # noqa: E402
-from engine.layers.base import layer_class  # noqa: E402
+from engine.layer_types.base import layer_class  # noqa: E402
 from engine.prototxt import read_net  # noqa: E402
 from engine.proto import caffe_pb2  # noqa: E402
 

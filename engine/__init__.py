@@ -31,7 +31,7 @@ def __getattr__(name):
         from engine.blob import Blob
         return Blob
     if name == "Layer":
-        from engine.layers.python import Layer
+        from engine.layer_types.python import Layer
         return Layer
     if name == "io":
         import importlib

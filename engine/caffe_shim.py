@@ -30,7 +30,7 @@ def install() -> object:
     if existing is not None:
         return existing
     import engine
-    from engine.layers.python import Layer
+    from engine.layer_types.python import Layer
 
     engine.__caffeseg_engine__ = True
     # The engine package exports Layer itself once the core is complete; make sure the one

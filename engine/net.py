@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import engine.layers  # noqa: F401  (fills the layer registry)
+import engine.layer_types  # noqa: F401  (fills the layer registry)
 from engine import device as device_state
 from engine.blob import Blob
-from engine.layers.base import LayerError, layer_class, registered_types
+from engine.layer_types.base import LayerError, layer_class, registered_types
 from engine.netfilter import filter_net
 from engine.proto import caffe_pb2
 from engine.splits import insert_splits

@@ -6,7 +6,7 @@ import pytest
 
 def engine_or_skip(*also):
     """The ``engine`` package, or skip the test: when it (or one of the modules named in ``also``,
-    e.g. ``"engine.layers.python"``) does not import, or it has no ``Net`` yet."""
+    e.g. ``"engine.layer_types.python"``) does not import, or it has no ``Net`` yet."""
     try:
         import engine
         for name in also:

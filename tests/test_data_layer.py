@@ -6,8 +6,8 @@ import pytest
 
 from engine import rng
 from engine.datum import array_to_datum
-from engine.layers.base import LayerError
-from engine.layers.data import DataLayer
+from engine.layer_types.base import LayerError
+from engine.layer_types.data import DataLayer
 from engine.lmdb_io import LmdbWriter
 from engine.proto import caffe_pb2
 from engine.prototxt import parse_net, read_net

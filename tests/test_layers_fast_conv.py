@@ -1,4 +1,4 @@
-"""The matmul convolution kernels (engine/layers/fast_conv.py) agree with PyTorch's conv2d in
+"""The matmul convolution kernels (engine/layer_types/fast_conv.py) agree with PyTorch's conv2d in
 forward and backward, and are only chosen for the large CPU shapes they are meant for."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.layers import fast_conv
+from engine.layer_types import fast_conv
 
 
 @pytest.mark.parametrize("n,stride,pad,dilation", [(1, (1, 1), (0, 0), (1, 1)), (2, (2, 1), (1, 2), (1, 2))])

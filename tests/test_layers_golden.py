@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import engine.layers  # noqa: F401  (registers the layers)
+import engine.layer_types  # noqa: F401  (registers the layers)
 from conftest import assert_close_to_caffe
-from engine.layers.base import layer_class
+from engine.layer_types.base import layer_class
 from engine.prototxt import read_net
 from engine.proto import caffe_pb2
 

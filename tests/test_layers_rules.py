@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import engine.layers  # noqa: F401
+import engine.layer_types  # noqa: F401
 from engine import rng
-from engine.layers.base import LayerError, layer_class
+from engine.layer_types.base import LayerError, layer_class
 from engine.prototxt import parse_net
 from engine.proto import caffe_pb2
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.layers.python import LayerBlob, PythonLayer, PythonLayerError
+from engine.layer_types.python import LayerBlob, PythonLayer, PythonLayerError
 from engine.proto import caffe_pb2
 from engine.prototxt import parse_net, read_net
 

@@ -231,7 +231,7 @@ layer { name: "diceloss" type: "Python" bottom: "score" bottom: "label" top: "di
 
 
 def test_layers_inside_engine_net(tmp_path):
-    engine = engine_or_skip("engine.layers.python")
+    engine = engine_or_skip("engine.layer_types.python")
     path = tmp_path / "net.prototxt"
     path.write_text(NET_WITH_METRICS)
     net = engine.Net(str(path), engine.TEST)

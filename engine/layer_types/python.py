@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.layers import base
+from engine.layer_types import base
 from engine.proto import caffe_pb2
 
 _PROJECT_PYTHON_LAYERS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

@@ -1,5 +1,5 @@
 """Engine layers: importing this package registers every layer type (see ``base.register``)."""
-from engine.layers import (  # noqa: F401  (imported for their @register side effects)
+from engine.layer_types import (  # noqa: F401  (imported for their @register side effects)
     accuracy,
     activation,
     conv,
@@ -12,13 +12,13 @@ from engine.layers import (  # noqa: F401  (imported for their @register side ef
     shape,
     softmax,
 )
-from engine.layers.base import Layer, LayerError, layer_class, register, registered_types  # noqa: F401
+from engine.layer_types.base import Layer, LayerError, layer_class, register, registered_types  # noqa: F401
 
 try:  # written by the training helper; optional until it lands
-    from engine.layers import data  # noqa: F401
+    from engine.layer_types import data  # noqa: F401
 except ImportError:
     pass
 try:
-    from engine.layers import python  # noqa: F401
+    from engine.layer_types import python  # noqa: F401
 except ImportError:
     pass

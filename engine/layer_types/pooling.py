@@ -13,8 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from engine.layers._util import FLT_MAX
-from engine.layers.base import Layer, register
+from engine.layer_types._util import FLT_MAX
+from engine.layer_types.base import Layer, register
 from engine.proto import caffe_pb2
 
 _P = caffe_pb2.PoolingParameter

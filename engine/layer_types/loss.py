@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.layers._util import count, optional_ignore_label
-from engine.layers.base import Layer, register
-from engine.layers.softmax import normalization_mode, normalizer
+from engine.layer_types._util import count, optional_ignore_label
+from engine.layer_types.base import Layer, register
+from engine.layer_types.softmax import normalization_mode, normalizer
 from engine.proto import caffe_pb2
 
 

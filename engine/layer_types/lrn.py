@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.layers.base import Layer, register
+from engine.layer_types.base import Layer, register
 from engine.proto import caffe_pb2
 
 

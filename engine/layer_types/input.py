@@ -1,7 +1,7 @@
 """Input layer (notes §2.23): no bottoms; its tops are the net's inputs."""
 from __future__ import annotations
 
-from engine.layers.base import Layer, register
+from engine.layer_types.base import Layer, register
 
 
 @register

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layers._util import canonical_axis, count
-from engine.layers.base import Layer, register
+from engine.layer_types._util import canonical_axis, count
+from engine.layer_types.base import Layer, register
 from engine.proto import caffe_pb2
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from engine import rng
-from engine.layers.base import Layer, register
+from engine.layer_types.base import Layer, register
 from engine.proto import caffe_pb2
 from engine.transformer import TransformError, Transformer
 

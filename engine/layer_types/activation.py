@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import rng
-from engine.layers.base import Layer
-from engine.layers.base import register
+from engine.layer_types.base import Layer
+from engine.layer_types.base import register
 from engine.proto import caffe_pb2
 
 

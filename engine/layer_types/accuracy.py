@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.layers._util import (canonical_axis, check_label_count, count, optional_ignore_label,
+from engine.layer_types._util import (canonical_axis, check_label_count, count, optional_ignore_label,
                                  valid_and_safe_labels)
-from engine.layers.base import Layer, register
+from engine.layer_types.base import Layer, register
 
 
 @register

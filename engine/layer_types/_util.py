@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from engine import fillers
-from engine.layers.base import Layer
+from engine.layer_types.base import Layer
 
 FLT_MIN = 1.17549435e-38
 FLT_MAX = 3.402823466e38
