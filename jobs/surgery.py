@@ -1,4 +1,4 @@
-"""Net surgery on caffemodel files: ImageNet classifiers → FCN starting weights, RGB → gray conv1.
+"""Net surgery on caffemodel files: ImageNet classifiers → FCN starting weights, conv1 RGB ↔ gray.
 
 Everything works on the NetParameter level (no net is built), so it runs without the engine and
 on any width: shapes are read from the source blobs and every derived shape is checked.
@@ -217,6 +217,41 @@ def vgg16_to_fcn8s(src_caffemodel, dst_caffemodel, num_classes=2, gray=False,
                               score_layers, num_classes, gray, "fcn_8s")
 
 
+def _first_conv_with_channels(source, channels, layer, path):
+    """The layer ``layer`` (or the first with a 4-D weight of ``channels`` input channels) and its weight."""
+    for entry in source.layer:
+        if not entry.blobs:
+            continue
+        shape = blobproto_to_array(entry.blobs[0], name=entry.name).shape
+        if (layer is None and len(shape) == 4 and shape[1] == channels) or entry.name == layer:
+            weight = blobproto_to_array(entry.blobs[0], name=entry.name)
+            if weight.ndim != 4 or weight.shape[1] != channels:
+                raise SurgeryError("%s: layer '%s' weight has shape %s, this channel surgery needs O x %d x k x k"
+                                   % (path, entry.name, weight.shape, channels))
+            return entry, weight
+    if layer is not None:
+        raise SurgeryError("%s: no layer named '%s' with weights" % (path, layer))
+    hint = {3: "the weights are already for 1-channel data (use them as they are, or 'caffeseg surgery "
+               "gray-to-rgb' for an RGB dataset)",
+            1: "the weights are already for 3-channel data (use them as they are, or 'caffeseg surgery "
+               "rgb-to-gray' for a gray dataset)"}[channels]
+    raise SurgeryError("%s: no convolution with %d input channel%s: %s"
+                       % (path, channels, "s" if channels > 1 else "", hint))
+
+
+def _replace_conv1(src_caffemodel, dst_caffemodel, channels, layer, convert) -> SurgeryReport:
+    source = read_caffemodel(str(src_caffemodel))
+    report = SurgeryReport(source=str(src_caffemodel), destination=str(dst_caffemodel))
+    target, weight = _first_conv_with_channels(source, channels, layer, src_caffemodel)
+    new_weight = convert(weight)
+    target.blobs[0].CopyFrom(array_to_blobproto(new_weight))
+    report.reshaped[target.name] = (weight.shape, new_weight.shape)
+    report.copied = {e.name: [blobproto_to_array(b).shape for b in e.blobs]
+                     for e in source.layer if e.blobs and e.name != target.name}
+    write_caffemodel(str(dst_caffemodel), source)
+    return report
+
+
 def rgb_to_gray_conv1(src_caffemodel, dst_caffemodel, layer=None) -> SurgeryReport:
     """Sum the first convolution's weights over its 3 input channels (RGB-pretrained -> 1-channel data).
 
@@ -224,27 +259,17 @@ def rgb_to_gray_conv1(src_caffemodel, dst_caffemodel, layer=None) -> SurgeryRepo
     reproduces the RGB net on gray input exactly. ``layer`` names the convolution; by default the
     first layer whose weight has 3 input channels. Every other layer is written back unchanged.
     """
-    source = read_caffemodel(str(src_caffemodel))
-    report = SurgeryReport(source=str(src_caffemodel), destination=str(dst_caffemodel))
-    target = None
-    for entry in source.layer:
-        if not entry.blobs:
-            continue
-        shape = blobproto_to_array(entry.blobs[0], name=entry.name).shape
-        if (layer is None and len(shape) == 4 and shape[1] == 3) or entry.name == layer:
-            target = entry
-            break
-    if target is None:
-        raise SurgeryError("%s: %s" % (src_caffemodel, "no layer named '%s' with weights" % layer if layer
-                                       else "no convolution with 3 input channels"))
-    weight = blobproto_to_array(target.blobs[0], name=target.name)
-    if weight.ndim != 4 or weight.shape[1] != 3:
-        raise SurgeryError("%s: layer '%s' weight has shape %s, channel surgery needs O x 3 x k x k"
-                           % (src_caffemodel, target.name, weight.shape))
-    gray_weight = weight.sum(axis=1, keepdims=True)
-    target.blobs[0].CopyFrom(array_to_blobproto(gray_weight))
-    report.reshaped[target.name] = (weight.shape, gray_weight.shape)
-    report.copied = {e.name: [blobproto_to_array(b).shape for b in e.blobs]
-                     for e in source.layer if e.blobs and e.name != target.name}
-    write_caffemodel(str(dst_caffemodel), source)
-    return report
+    return _replace_conv1(src_caffemodel, dst_caffemodel, 3, layer,
+                          lambda w: w.sum(axis=1, keepdims=True))
+
+
+def gray_to_rgb_conv1(src_caffemodel, dst_caffemodel, layer=None) -> SurgeryReport:
+    """Spread a 1-channel first convolution over 3 input channels (gray weights -> RGB data).
+
+    Each RGB channel gets W/3, so an RGB image whose three channels equal a gray image g gives
+    Σ_c (W/3)·g = W·g: the converted net answers a gray-as-RGB image exactly as the gray net
+    answers g (the RGB datasets of the lab are gray slices stored as three equal channels).
+    ``layer`` names the convolution; by default the first layer whose weight has 1 input channel.
+    """
+    return _replace_conv1(src_caffemodel, dst_caffemodel, 1, layer,
+                          lambda w: np.repeat(w / np.float32(3), 3, axis=1).astype(w.dtype))

@@ -164,6 +164,37 @@ def test_rgb_to_gray_conv1(tmp_path):
     assert np.sum(out["conv1"][0][0, 0] * patch) == pytest.approx(rgb, rel=1e-5)
 
 
+def test_gray_to_rgb_conv1(tmp_path):
+    params = random_params(ALEXNET, seed=6)
+    gray_w = params["conv1"][0][:, :1].copy()
+    params["conv1"] = (gray_w, params["conv1"][1])
+    write_classifier(tmp_path / "gray.caffemodel", params)
+    report = surgery.gray_to_rgb_conv1(tmp_path / "gray.caffemodel", tmp_path / "rgb.caffemodel")
+    out = stored(tmp_path / "rgb.caffemodel")
+    assert out["conv1"][0].shape == (16, 3, 11, 11)
+    for c in range(3):  # each channel carries a third of the gray filter
+        np.testing.assert_allclose(out["conv1"][0][:, c], gray_w[:, 0] / 3, rtol=1e-6)
+    np.testing.assert_array_equal(out["conv2"][0], params["conv2"][0])
+    assert report.reshaped == {"conv1": ((16, 1, 11, 11), (16, 3, 11, 11))}
+    # a gray patch stored as three equal channels: the RGB net answers as the gray net did
+    patch = np.random.RandomState(7).rand(11, 11).astype(np.float32)
+    gray = np.sum(gray_w[0, 0] * patch)
+    assert np.sum(out["conv1"][0][0] * np.stack([patch] * 3)) == pytest.approx(gray, rel=1e-5)
+
+
+def test_channel_surgery_in_the_wrong_direction_names_the_right_one(tmp_path):
+    params = random_params(ALEXNET, seed=8)
+    write_classifier(tmp_path / "rgb.caffemodel", params)
+    with pytest.raises(surgery.SurgeryError, match="no convolution with 1 input channel: .*already for "
+                                                    "3-channel data.*rgb-to-gray"):
+        surgery.gray_to_rgb_conv1(tmp_path / "rgb.caffemodel", tmp_path / "out.caffemodel")
+    params["conv1"] = (params["conv1"][0][:, :1].copy(), params["conv1"][1])
+    write_classifier(tmp_path / "gray.caffemodel", params)
+    with pytest.raises(surgery.SurgeryError, match="no convolution with 3 input channels: .*already for "
+                                                    "1-channel data.*gray-to-rgb"):
+        surgery.rgb_to_gray_conv1(tmp_path / "gray.caffemodel", tmp_path / "out.caffemodel")
+
+
 def test_errors_name_the_file_and_layer(tmp_path):
     params = random_params(ALEXNET)
     del params["fc7"]
