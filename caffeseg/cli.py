@@ -1,5 +1,7 @@
 """``caffeseg``: the command line of the workbench (the same jobs service the web uses).
 
+The composition root: it imports ``jobs`` and, for ``serve``, ``web``; nothing imports it.
+
 Exit codes: 0 success; 1 the job ran but ended Error, Aborted or Interrupted; 2 bad input
 (unknown job, bad option, refused network); 3 a needed part is not installed/available.
 Every command takes ``--data DIR`` (default ``$CAFFESEG_DATA`` or ``~/.caffeseg``): jobs live

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jobs import cli
+from caffeseg import cli
 from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
 
 

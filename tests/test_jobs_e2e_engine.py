@@ -124,7 +124,7 @@ def test_engine_sigkill_and_resume_continue_the_series(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_cli_infer_writes_sunnybrook_contours(tmp_path, capsys):
-    from jobs import cli
+    from caffeseg import cli
     ds = phantom_dataset(tmp_path, train=4, val=2)
     common = ["--data", str(tmp_path / "data"), "--json", "--backend", "engine"]
     assert cli.main(common + ["dataset", "import", ds, "--name", "d"]) == 0
@@ -150,7 +150,7 @@ def test_cli_infer_writes_sunnybrook_contours(tmp_path, capsys):
 def test_lab_on_the_phantom(tmp_path, capsys):
     """caffeseg lab, cut to one phantom case and the lab CNN: phantom → Sunnybrook dataset →
     model → training → evaluation → the table."""
-    from jobs import cli
+    from caffeseg import cli
     code = cli.main(["lab", "--data", str(tmp_path), "--cases", "1", "--epochs", "1", "--only", "lab_cnn",
                      "--backend", "engine", "--json"])
     rows = json.loads(capsys.readouterr().out)

@@ -227,7 +227,7 @@ def test_uploaded_models_are_checked_stored_listed_and_deleted(tmp_path):
 def test_cli_prepare_fetches_and_converts_in_one_command(server, tmp_path, monkeypatch, capsys):
     """`caffeseg pretrained NAME --prepare --gray` = download (checked) + surgery, one command."""
     import json
-    from jobs import cli
+    from caffeseg import cli
     from test_surgery import ALEXNET, random_params, write_classifier
     from engine.caffemodel import read_caffemodel
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from jobs import cli
+from caffeseg import cli
 from jobs import scheduler as sched
 from jobs import store as st
 
