@@ -157,8 +157,8 @@ def test_pixel_and_image_mean(dataset):
 
 # -- class count (set_num_output) on the networks of prototxt/ -------------------------------------
 
-PROTOTXT_NETS = ["fcn_alexnet", "fcn_alexnet_dice", "fcn_8s", "lab_fc", "lab_cnn", "unet", "deeplab_aspp"]
-BIG_NETS = {"fcn_alexnet", "fcn_alexnet_dice", "fcn_8s"}
+PROTOTXT_NETS = ["fcn_alexnet", "fcn_alexnet_lab", "fcn_alexnet_dice", "fcn_8s", "lab_fc", "lab_cnn", "unet", "deeplab_aspp"]
+BIG_NETS = {"fcn_alexnet", "fcn_alexnet_lab", "fcn_alexnet_dice", "fcn_8s"}
 
 
 def _prototxt(name):

@@ -17,9 +17,9 @@ from tests.engine_helpers import engine_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOTXT_DIR = os.path.join(ROOT, "prototxt")
-NETS = ["fcn_alexnet", "fcn_alexnet_dice", "fcn_8s", "lab_fc", "lab_cnn", "unet", "deeplab_aspp"]
+NETS = ["fcn_alexnet", "fcn_alexnet_lab", "fcn_alexnet_dice", "fcn_8s", "lab_fc", "lab_cnn", "unet", "deeplab_aspp"]
 ANY_SIZE_NETS = [n for n in NETS if n != "lab_fc"]  # lab_fc's InnerProduct fixes 256x256
-BIG_NETS = {"fcn_alexnet", "fcn_alexnet_dice", "fcn_8s"}
+BIG_NETS = {"fcn_alexnet", "fcn_alexnet_lab", "fcn_alexnet_dice", "fcn_8s"}
 
 
 def net_path(name):
@@ -221,7 +221,7 @@ def test_stage_filtering_follows_digits(name):
     assert "loss" in train and "loss" in val and "loss" not in deploy
     assert "accuracy" in val and "accuracy" not in train and "accuracy" not in deploy
     assert all(l.type != "Data" for l in read_net(net_path(name)).layer if not l.include)
-    has_dice = name != "fcn_alexnet"
+    has_dice = name not in ("fcn_alexnet", "fcn_alexnet_lab")
     # the lab's Dice block: `exclude { stage: "deploy" }`, so a train and a val curve
     assert ("dice" in val) == has_dice and ("dice" in train) == has_dice and "dice" not in deploy
 
@@ -245,6 +245,36 @@ def test_fcn_alexnet_matches_the_lab_topology():
     assert (up.convolution_param.kernel_size[0], up.convolution_param.stride[0], up.convolution_param.group) == (63, 32, 2)
     assert up.convolution_param.weight_filler.type == "bilinear" and up.param[0].lr_mult == 0
     assert (layers["score"].crop_param.axis, layers["score"].crop_param.offset[0]) == (2, 18)
+
+
+LEARNED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "score_fr")
+
+
+def test_the_lab_fcn_alexnet_is_fcn_alexnet_with_the_labs_zero_fillers():
+    lab = read_net(net_path("fcn_alexnet_lab")).layer
+    improved = read_net(net_path("fcn_alexnet")).layer
+    assert [l.name for l in lab] == [l.name for l in improved]
+    for mine, theirs in zip(lab, improved):
+        if mine.name in LEARNED:
+            # the lab's file sets no filler: Caffe's default is constant 0 for weights and biases
+            assert not mine.convolution_param.HasField("weight_filler")
+            assert not mine.convolution_param.HasField("bias_filler")
+            assert theirs.convolution_param.weight_filler.type == "xavier"
+            theirs.convolution_param.ClearField("weight_filler")
+            theirs.convolution_param.ClearField("bias_filler")
+        assert mine == theirs, mine.name
+    assert {l.name: l.convolution_param.weight_filler.type for l in lab}["upscore"] == "bilinear"
+
+
+def test_the_lab_fcn_alexnet_starts_at_zero_in_the_engine(tmp_path):
+    import engine
+    deploy = derive("fcn_alexnet_lab", "deploy", [1, 1, 64, 64])
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(format_message(deploy))
+    net = engine.Net(str(path), engine.TEST)
+    for name in LEARNED:
+        assert all(not np.any(blob.data) for blob in net.params[name]), name
+    assert np.any(net.params["upscore"][0].data)
 
 
 FCN8S_TRUNK = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2",
