@@ -106,6 +106,14 @@ def check_case(case: GoldenCase, weights: str = "weights.caffemodel"):
         layer, index = key.split(":")
         assert_close_to_caffe(net.params[layer][int(index)].diff, expected, f"{case.name} pgrad:{key}")
         compared += 1
+    # `again:` keys (recurrent cases): a second forward after the backward, same inputs; the
+    # recurrent layers start from the final state of the first forward
+    again = case.keys("again")
+    if again:
+        net.forward()
+        for name, expected in again.items():
+            assert_close_to_caffe(net.blobs[name].data, expected, f"{case.name} again:{name}")
+            compared += 1
     assert compared > 0
     return net
 
