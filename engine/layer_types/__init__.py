@@ -9,6 +9,7 @@ from engine.layer_types import (  # noqa: F401  (imported for their @register si
     lrn,
     normalization,
     pooling,
+    recurrent,
     shape,
     softmax,
 )
