@@ -114,11 +114,25 @@ def _bundled_python_layers(net, given):
     return found
 
 
+def channel_mismatch_advice(layer, data_channels, weight_channels, path):
+    """Every way out of a first convolution whose input channels differ from the dataset's."""
+    ways = []
+    surgery = {(1, 3): "rgb-to-gray", (3, 1): "gray-to-rgb"}.get((data_channels, weight_channels))
+    if surgery:
+        ways.append("convert the weights: 'caffeseg surgery %s %s OUT.caffemodel', then use OUT.caffemodel"
+                    % (surgery, path))
+    ways.append("use weights made for %d-channel data (upload them on the Pretrained Models tab)" % data_channels)
+    ways.append("use a dataset with %d channel(s) (channel conversion %s)"
+                % (weight_channels, {1: "L", 3: "RGB"}.get(weight_channels, "?")))
+    return ("%s: the data has %d channel(s), the weights in %s expect %d. Ways out: %s"
+            % (layer, data_channels, path, weight_channels, "; or ".join(ways)))
+
+
 def check_pretrained(net, weight_files, data_channels):
     """Compare pretrained blobs with the network's layers, by name (how copy_from matches).
 
     Returns {"matched": [...], "unused": [...], "mismatches": [...]}; a mismatch message offers
-    the channel surgery (``caffeseg surgery rgb-to-gray``) or the classifier→FCN surgery.
+    the channel surgeries (``caffeseg surgery rgb-to-gray|gray-to-rgb``) or the classifier→FCN surgery.
     """
     from engine.blobproto import stored_shape
     from engine.caffemodel import read_caffemodel
@@ -148,8 +162,7 @@ def check_pretrained(net, weight_files, data_channels):
                 elif dst.type == "Convolution" and cp.HasField("num_output") and shape[0] != cp.num_output:
                     problem = "%s: %d outputs here, %d in %s" % (src.name, cp.num_output, shape[0], path)
                 elif src.name == first_conv and shape[1] != data_channels and not cp.group > 1:
-                    problem = ("%s: the data has %d channel(s), the weights expect %d: use channel surgery "
-                               "('caffeseg surgery rgb-to-gray %s OUT.caffemodel')" % (src.name, data_channels, shape[1], path))
+                    problem = channel_mismatch_advice(src.name, data_channels, shape[1], path)
             elif dst.type == "InnerProduct" and dst.inner_product_param.num_output != shape[0]:
                 problem = "%s: %d outputs here, %d in %s" % (src.name, dst.inner_product_param.num_output, shape[0], path)
             if problem:
