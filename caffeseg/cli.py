@@ -8,6 +8,7 @@ Every command takes ``--data DIR`` (default ``$CAFFESEG_DATA`` or ``~/.caffeseg`
 in ``DIR/jobs``, the sample phantom in ``DIR/sample``. ``--json`` prints machine-readable output.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -275,8 +276,9 @@ def cmd_surgery(args):
     if fn is not None:
         report = fn(args.src, args.dst, num_classes=args.classes, gray=args.gray)
     else:
-        report = surgery.rgb_to_gray_conv1(args.src, args.dst)
-    emit(args, getattr(report, "__dict__", str(report)), str(report))
+        convert = {"rgb-to-gray": surgery.rgb_to_gray_conv1, "gray-to-rgb": surgery.gray_to_rgb_conv1}[args.kind]
+        report = convert(args.src, args.dst)
+    emit(args, dataclasses.asdict(report), report.summary())
 
 
 def cmd_pretrained(args):
@@ -471,8 +473,11 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("surgery", parents=[common], help="classifier weights → FCN weights")
-    p.add_argument("kind", choices=("alexnet-fcn", "vgg16-fcn8s", "rgb-to-gray"))
+    p = sub.add_parser("surgery", parents=[common], help="classifier weights → FCN weights; conv1 RGB ↔ gray",
+                       description="alexnet-fcn / vgg16-fcn8s: ImageNet classifier → FCN starting weights; "
+                                   "rgb-to-gray: conv1 summed over RGB (RGB weights, gray dataset); "
+                                   "gray-to-rgb: conv1 spread over RGB as W/3 (gray weights, RGB dataset)")
+    p.add_argument("kind", choices=("alexnet-fcn", "vgg16-fcn8s", "rgb-to-gray", "gray-to-rgb"))
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--classes", type=int, default=2)
