@@ -148,6 +148,9 @@ def import_backend(name):
             import caffe
             if not getattr(caffe, "__caffeseg_engine__", False) or name == "auto":
                 return caffe
+            if name == "pycaffe":  # the project's installed `caffe` proxy resolved to the engine
+                raise RunnerError("backend pycaffe asked for, but 'import caffe' gives the caffeseg "
+                                  "engine here (no real pycaffe earlier on the path)")
         except ImportError:
             if name == "pycaffe":
                 raise RunnerError("backend pycaffe asked for, but 'import caffe' fails on this Python")

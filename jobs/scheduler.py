@@ -103,13 +103,22 @@ def job_backend(job):
 def _real_pycaffe_importable():
     # engine.caffe_shim.real_pycaffe_available asks the same; it is repeated because the pycaffe
     # image ships jobs/ without engine/.
+    # The project's installed `caffe` proxy (caffe_entry/, first line "# caffeseg-engine-proxy")
+    # is the engine, not pycaffe.
     module = sys.modules.get("caffe")
     if module is not None:
         return not getattr(module, "__caffeseg_engine__", False)
     try:
-        return importlib.util.find_spec("caffe") is not None
+        spec = importlib.util.find_spec("caffe")
     except (ImportError, ValueError):
         return False
+    if spec is None:
+        return False
+    try:
+        with open(spec.origin or "", encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() != "# caffeseg-engine-proxy"
+    except OSError:
+        return True
 
 
 def runnable_backends(backend):
