@@ -94,7 +94,13 @@ def check_case(case: GoldenCase, weights: str = "weights.caffemodel"):
         assert name in net.blobs, f"{case.name}: Caffe has blob '{name}', net.blobs has {list(net.blobs)}"
         assert_close_to_caffe(net.blobs[name].data, expected, f"{case.name} blob:{name}")
         compared += 1
-    assert sorted(case.keys("blob")) == sorted(net.blobs), \
+    # `shape:` keys (dummy_data): a top filled from a random filler; only its shape is Caffe's
+    for name, expected in case.keys("shape").items():
+        assert name in net.blobs, f"{case.name}: Caffe has blob '{name}', net.blobs has {list(net.blobs)}"
+        assert net.blobs[name].data.shape == tuple(int(d) for d in expected), \
+            f"{case.name} shape:{name}: {net.blobs[name].data.shape} != Caffe's {tuple(expected)}"
+        compared += 1
+    assert sorted(list(case.keys("blob")) + list(case.keys("shape"))) == sorted(net.blobs), \
         f"{case.name}: blob names differ from Caffe's: {sorted(net.blobs)}"
     for key, expected in case.keys("param_after").items():
         assert_close_to_caffe(after_forward[key], expected, f"{case.name} param_after:{key}")

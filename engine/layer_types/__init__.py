@@ -3,23 +3,21 @@ from engine.layer_types import (  # noqa: F401  (imported for their @register si
     accuracy,
     activation,
     conv,
+    data,
+    indexing,
     inner_product,
     input,
     loss,
     lrn,
     normalization,
     pooling,
+    python,
     recurrent,
+    reduction,
     shape,
+    slicing,
     softmax,
+    sources,
+    spatial,
 )
 from engine.layer_types.base import Layer, LayerError, layer_class, register, registered_types  # noqa: F401
-
-try:  # written by the training helper; optional until it lands
-    from engine.layer_types import data  # noqa: F401
-except ImportError:
-    pass
-try:
-    from engine.layer_types import python  # noqa: F401
-except ImportError:
-    pass
