@@ -642,10 +642,11 @@ class Net:
                 if not shape_equals(bp, blob.shape):
                     raise WeightsMismatchError(self._mismatch_message(path, target, j, stored_shape(bp)))
                 values = blobproto_to_array(bp, blob.shape, name=f"layer '{src.name}' param {j}")
-                blob.tensor.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+                # np.array, not ascontiguousarray: that turns a 0-axis blob (PReLU channel_shared) into 1 axis
+                blob.tensor.copy_(torch.from_numpy(np.array(values, dtype=np.float32, order="C")))
                 if len(bp.diff) or len(bp.double_diff):
                     diff = blobproto_to_array(bp, blob.shape, diff=True, name=f"layer '{src.name}' param {j}")
-                    blob.grad_tensor.copy_(torch.from_numpy(np.ascontiguousarray(diff)))
+                    blob.grad_tensor.copy_(torch.from_numpy(np.array(diff, dtype=np.float32, order="C")))
 
     def _mismatch_message(self, path, layer: NetLayer, j: int, file_shape) -> str:
         net_shape = layer.blobs[j].shape
