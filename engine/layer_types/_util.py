@@ -51,3 +51,21 @@ def valid_and_safe_labels(labels: torch.Tensor, ignore_label) -> tuple[torch.Ten
     else:
         valid = torch.ones_like(labels, dtype=torch.bool)
     return valid, torch.where(valid, labels, torch.zeros_like(labels))
+
+
+def legacy_dim(layer: Layer, shape: Sequence[int], index: int) -> int:
+    """Caffe's ``Blob::LegacyShape`` (``num()``, ``channels()``, ``height()``, ``width()``): a
+    missing axis reads as 1, and a blob with more than 4 axes is refused."""
+    if len(shape) > 4:
+        raise layer.fail(f"input of shape {tuple(shape)} has {len(shape)} axes; this layer reads it "
+                         "as num/channels/height/width, which Caffe allows for at most 4 axes")
+    return int(shape[index]) if index < len(shape) else 1
+
+
+def no_backward(layer: Layer, propagate_down: Sequence[bool]) -> None:
+    """Caffe's NOT_IMPLEMENTED ``Backward_cpu``: refuse a requested gradient, saying how to avoid it."""
+    if any(propagate_down):
+        raise NotImplementedError(
+            f"layer '{layer.name}' ({layer.type}): Caffe defines no backward pass for {layer.type} "
+            "(NOT_IMPLEMENTED), but the net asks for a gradient through it; drop force_backward, or keep "
+            "layers that need gradients from feeding it (propagate_down: false)")
