@@ -2,6 +2,7 @@
 from engine.layer_types import (  # noqa: F401  (imported for their @register side effects)
     accuracy,
     activation,
+    argmax,
     conv,
     data,
     indexing,
