@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from web import config as config_module
 from web.backend import BadRequest, NotFound, Unavailable
-from web.safety import UnsafePath
+from web.safety import SECURITY_HEADERS, UnsafePath, host_allowed, trusted_hosts
 
 log = logging.getLogger(__name__)
 csrf = CSRFProtect()
@@ -75,10 +75,38 @@ def _open_backend(settings: dict):
     return backend
 
 
+def _install_guards(app: Flask, settings: dict) -> None:
+    """Host-header check (DNS rebinding) before every request; security headers on every answer.
+
+    Flask's own TRUSTED_HOSTS cannot name an IPv6 address ("[::1]" never matches), so the app
+    checks the Host header itself and keeps the setting out of Flask's config."""
+    allowed = trusted_hosts(settings.get("TRUSTED_HOSTS"), settings.get("HOST"))
+    app.config["CAFFESEG_TRUSTED_HOSTS"] = allowed
+
+    @app.before_request
+    def check_host():
+        host = request.headers.get("Host")
+        if not host_allowed(host, allowed):
+            return _error(400, f"This server does not answer to the host name {host!r}. "
+                               f"It answers to: {', '.join(allowed)}; an administrator adds names "
+                               "with the TRUSTED_HOSTS setting (CAFFESEG_TRUSTED_HOSTS=name,name).")
+
+    @app.after_request
+    def security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
 def create_app(config=None) -> Flask:
     settings = config_module.resolve(config)
     app = Flask(__name__)
-    app.config.update({k: v for k, v in settings.items() if k != "BACKEND"})
+    app.config.update({k: v for k, v in settings.items() if k not in ("BACKEND", "TRUSTED_HOSTS")})
+    # Flask would turn debug on from FLASK_DEBUG in the environment; only an explicit setting
+    # (the developer server of `caffeseg serve --dev`) may.
+    app.config["DEBUG"] = bool(settings.get("DEBUG", False))
+    app.debug = app.config["DEBUG"]
+    _install_guards(app, settings)
     app.extensions["caffeseg_backend"] = _open_backend(settings)
     from web.views import pretrained
     pretrained.install_upload_limit(app)  # before CSRFProtect reads the body

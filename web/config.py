@@ -33,6 +33,12 @@ DEFAULTS = {
     "START_WORKER": True,
     "HOST": "127.0.0.1",
     "PORT": 5000,
+    # Host names the app answers to (the Host header; DNS-rebinding guard). None = localhost,
+    # 127.0.0.1, [::1] and HOST; a list (env: comma-separated) = exactly those; "*" = any.
+    "TRUSTED_HOSTS": None,
+    # Images (uploads, dataset slices) with more pixels than this are refused from their header,
+    # before any decoding (decompression bombs). 4096×4096 is far above 1024×1024 MRI slices.
+    "MAX_IMAGE_PIXELS": 4096 * 4096,
 }
 
 _BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING", "START_WORKER"}
@@ -49,7 +55,9 @@ def _from_env(key: str):
     if key == "PRETRAINED_MIRRORS":
         pairs = [item.split("=", 1) for item in raw.split(",") if "=" in item]
         return {name.strip(): url.strip() for name, url in pairs}
-    if key in ("MAX_CONTENT_LENGTH", "MAX_PRETRAINED_UPLOAD", "PORT"):
+    if key == "TRUSTED_HOSTS":
+        return raw.strip() if raw.strip() == "*" else [h.strip() for h in raw.split(",") if h.strip()]
+    if key in ("MAX_CONTENT_LENGTH", "MAX_PRETRAINED_UPLOAD", "PORT", "MAX_IMAGE_PIXELS"):
         return int(raw)
     return raw
 

@@ -91,3 +91,69 @@ def complete_path(prefix: str, roots: list[str], limit: int = 30) -> list[str]:
         if len(out) >= limit:
             break
     return out
+
+
+# Host names every server answers to: the loopback names a browser on this machine uses.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# Binding to these means "every interface": they name no host a client would type.
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "[::]")
+
+
+def trusted_hosts(configured, bound_host) -> list[str] | None:
+    """The host names the app answers to (None = any, only when ``configured`` is ``"*"``).
+
+    ``configured`` is the TRUSTED_HOSTS setting: None → the loopback names plus the address the
+    server is bound to; a list (or comma-separated string) → exactly those names; ``"*"`` → no
+    check (a deployment behind a proxy that checks Host itself). A name starting with '.'
+    also accepts its subdomains. IPv6 addresses are written in brackets (``[::1]``)."""
+    if isinstance(configured, str):
+        if configured.strip() == "*":
+            return None
+        configured = [h for h in configured.split(",")]
+    if configured is None:
+        names = list(LOOPBACK_HOSTS)
+        bound = str(bound_host or "").strip()
+        if bound not in WILDCARD_ADDRESSES:
+            names.append(f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound)
+    else:
+        names = list(configured)
+    return sorted({n.strip().lower() for n in names if n and n.strip()})
+
+
+def _host_name(host_header: str) -> str:
+    """``Host`` header → host name without the port (IPv6 keeps its brackets), lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[:end + 1] if end > 0 else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(host_header: str | None, trusted: list[str] | None) -> bool:
+    """Whether a request's ``Host`` header names one of ``trusted`` (None: every host)."""
+    if trusted is None:
+        return True
+    if not host_header:
+        return False
+    name = _host_name(host_header)
+    for ref in trusted:
+        if name == ref or (ref.startswith(".") and (name.endswith(ref) or name == ref[1:])):
+            return True
+    return False
+
+
+# Sent with every response. The app serves only its own scripts (Plotly included, from
+# /vendor/plotly.min.js), so scripts come from 'self' only, with no inline script and no eval;
+# styles allow inline because Plotly writes <style> elements and style attributes while drawing,
+# and the progress bars and class swatches set their width/colour inline. Images may be data:/blob:
+# URLs (Plotly's PNG export, the overlay canvas).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data: blob:; connect-src 'self'; font-src 'self' data:; "
+                           "object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
