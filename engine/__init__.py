@@ -1,8 +1,12 @@
 """caffeseg's engine: Caffe's formats and the pycaffe API on PyTorch.
 
-``import engine as caffe`` (or ``engine.caffe_shim.install()``) gives the pycaffe names:
-``Net``, ``TRAIN``/``TEST``, the mode and seed functions, the solvers, ``Layer`` for Python
-layers, ``io`` and ``proto.caffe_pb2``.
+``import caffe`` (the installed proxy, or ``engine.caffe_shim.install()``) gives this package
+with pycaffe's public names (docs/ARCHITECTURE.md, "The pycaffe surface"): ``Net``,
+``TRAIN``/``TEST``, the mode, device and seed functions, the solvers and ``get_solver``,
+``Layer`` for Python layers, ``io``, ``proto.caffe_pb2``, ``NetSpec``/``layers``/``params``/
+``to_proto`` (``net_spec``), ``coord_map``, ``draw``, ``Classifier``, ``Detector``,
+``layer_type_list``, ``has_nccl``/``NCCL``, ``Timer``, ``init_log``/``log``, the solver
+count/rank functions and ``__version__``. Heavy parts load on first use.
 """
 from __future__ import annotations
 
@@ -14,12 +18,23 @@ proto.caffe_pb2 = caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+#: the BVLC Caffe release whose behaviour the engine follows (pycaffe's ``caffe.__version__``)
+__version__ = "1.0.0"
+
+from engine.runtime import (NCCL, Timer, has_nccl, init_log, log, set_multiprocess,  # noqa: E402,F401
+                            set_solver_count, set_solver_rank, solver_count, solver_rank)
 
 
 def set_random_seed(seed: int) -> None:
     """Seed the engine's generator (fillers, Dropout, random crops and mirrors)."""
     from engine import rng
     rng.set_seed(seed)
+
+
+def layer_type_list() -> list[str]:
+    """The layer types this engine implements (pycaffe: the registry's type names)."""
+    import engine.layer_types
+    return engine.layer_types.registered_types()
 
 
 def __getattr__(name):
@@ -33,9 +48,20 @@ def __getattr__(name):
     if name == "Layer":
         from engine.layer_types.python import Layer
         return Layer
-    if name == "io":
+    if name in ("io", "net_spec", "coord_map", "draw", "classifier", "detector"):
         import importlib
-        return importlib.import_module("engine.io")
+        return importlib.import_module("engine." + name)
+    if name in ("NetSpec", "layers", "params", "to_proto"):
+        from engine import net_spec
+        return getattr(net_spec, name)
+    if name == "Classifier":
+        from engine.classifier import Classifier
+        return Classifier
+    if name == "Detector":
+        from engine.detector import Detector
+        return Detector
+    if name == "layer_type_list":
+        return layer_type_list
     if name in ("get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
                 "AdaDeltaSolver", "AdamSolver", "Solver"):
         import engine.solvers as solvers
@@ -45,4 +71,7 @@ def __getattr__(name):
 
 __all__ = ["Net", "Blob", "Layer", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver",
-           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "io", "proto"]
+           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "io", "proto", "NetSpec", "layers", "params",
+           "to_proto", "Classifier", "Detector", "layer_type_list", "has_nccl", "NCCL", "Timer", "init_log",
+           "log", "solver_count", "set_solver_count", "solver_rank", "set_solver_rank", "set_multiprocess",
+           "__version__"]

@@ -11,8 +11,18 @@ import numpy as np
 
 from engine.blobproto import array_to_blobproto as _array_to_blobproto
 from engine.blobproto import blobproto_to_array as _blobproto_to_array
-from engine.datum import array_to_datum, datum_to_array  # noqa: F401
+from engine.datum import array_to_datum as _array_to_datum
+from engine.datum import datum_to_array  # noqa: F401
 from engine.proto import caffe_pb2  # noqa: F401
+
+
+def array_to_datum(arr, label=None):
+    """A Datum from a C×H×W array (uint8 -> ``data`` bytes, else ``float_data``); ``label``
+    is left unset when None, as in pycaffe (the serialized Datum is then smaller)."""
+    datum = _array_to_datum(arr, 0 if label is None else label)
+    if label is None:
+        datum.ClearField("label")
+    return datum
 
 
 def blobproto_to_array(blob, return_diff=False):
@@ -163,3 +173,27 @@ class Transformer:
         if name in self.transpose:
             x = x.transpose(np.argsort(self.transpose[name]))
         return x
+
+
+def oversample(images, crop_dims):
+    """The ten crops pycaffe's Classifier averages over: for each H×W×K image, the four corner
+    crops (top-left, top-right, bottom-left, bottom-right), the center crop, then those five
+    mirrored left-right. Returns a (10·N)×h×w×K float32 array for ``crop_dims`` (h, w)."""
+    images = [np.asarray(im) for im in images]
+    if not images:
+        raise ValueError("oversample() needs at least one image")
+    height, width, channels = images[0].shape
+    h, w = (int(d) for d in crop_dims)
+    if h > height or w > width:
+        raise ValueError(f"crop {h}x{w} is larger than the {height}x{width} images")
+    corners = [(y, x) for y in (0, height - h) for x in (0, width - w)]
+    # the center crop starts at center - crop/2, truncated as pycaffe's integer crop indices are
+    corners.append((int(height / 2.0 - h / 2.0), int(width / 2.0 - w / 2.0)))
+    crops = np.empty((10 * len(images), h, w, channels), dtype=np.float32)
+    for i, im in enumerate(images):
+        if im.shape != (height, width, channels):
+            raise ValueError(f"image {i} has shape {im.shape}, the first has {(height, width, channels)}")
+        five = np.stack([im[y:y + h, x:x + w, :] for y, x in corners])
+        crops[10 * i:10 * i + 5] = five
+        crops[10 * i + 5:10 * i + 10] = five[:, :, ::-1, :]
+    return crops
