@@ -1,35 +1,49 @@
 """The data-plugin contract (in the spirit of DIGITS' data extensions).
 
-A data plugin turns a user's files into dataset records. It declares:
+A data plugin turns a user's files into dataset records. A plugin is a subclass of
+``DataPlugin`` (an ``abc.ABC``: a subclass that lacks one of the abstract methods cannot be
+built, so it is reported as broken at discovery, not when a user opens its form). It declares:
 
-* ``id`` and ``title`` - how the web and CLI name it;
-* ``form_fields()`` - the fields of its dataset form (label, help text, default, validation);
+* ``id``, ``title`` and ``category`` - how the web and CLI name it (the web's New Dataset menu
+  groups plugins by category, as DIGITS' "Images ▸ ...");
+* ``form_fields()`` - the fields of its dataset form (``FormField``: label, help text, default,
+  validation); the web builds its form from these same objects;
 * ``itemize(values)`` - which entries go to which stage (``train`` / ``val`` / ``test``), plus
   the entries it had to skip and why;
 * ``encode(entry, values)`` - one entry -> ``EncodedRecord`` (feature and label numpy arrays,
   C x H x W, plus metadata such as the source file names);
 * ``class_labels(values)`` and ``palette(values)`` - the segmentation classes and colours;
-* ``inference_form()`` - how a user picks something to run a model on (e.g. "a record from the
-  validation set").
+* ``inference_form()`` - how a user picks something to run a model on (default: "a record from
+  the validation set").
 
 Plugins are found through the ``caffeseg.plugins`` entry-point group, so a third party adds one
-with ``pip install``; see docs/PLUGINS.md.
+with ``pip install``; see docs/PLUGINS.md. A plugin is built with no arguments.
+
+A broken plugin (its entry point does not import, is not a ``DataPlugin`` subclass, or cannot
+be built) is reported - logged, and listed in ``Discovery.broken`` with the reason - and does
+not hide the others; asking for it by id raises ``PluginError`` with that reason.
 
 Errors: ``FormError`` for invalid form values (one message per field), ``PluginError`` for a
 whole input that cannot be used (empty folder, not this kind of data), ``EntryError`` for one
 entry that must be skipped (the builder logs it and carries on).
 """
 
+import abc
 from dataclasses import dataclass, field
 import importlib
+import importlib.metadata
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "caffeseg.plugins"
 STAGES = ("train", "val", "test")
 
-# Used when the project runs from a checkout that was never pip-installed (no entry points).
-_BUILTIN_PLUGINS = {"sunnybrook": "plugin.sunnybrook:SunnybrookPlugin"}
+# The plugin this package ships, found even where the package metadata (its entry point) is
+# absent: a checkout on PYTHONPATH that was never pip-installed.
+BUILTIN_PLUGINS = {"sunnybrook": "plugin.sunnybrook:SunnybrookPlugin"}
 
 
 class PluginError(ValueError):
@@ -142,14 +156,18 @@ class EncodedRecord:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
-class DataPlugin:
-    """Base class of data plugins; subclasses set ``id``/``title`` and implement the methods."""
+class DataPlugin(abc.ABC):
+    """Base class of data plugins: subclasses set ``id``/``title`` (and ``category``) and
+    implement the abstract methods; ``validate``, ``inference_form`` and ``describe`` have
+    defaults."""
 
     id = ""
     title = ""
+    category = "Images"
 
+    @abc.abstractmethod
     def form_fields(self) -> List[FormField]:
-        raise NotImplementedError
+        """The dataset form's fields, in display order."""
 
     def validate(self, values) -> Dict[str, Any]:
         """Clean every field; raise FormError naming each bad field."""
@@ -164,17 +182,21 @@ class DataPlugin:
             raise FormError(errors)
         return cleaned
 
+    @abc.abstractmethod
     def itemize(self, values) -> Itemization:
-        raise NotImplementedError
+        """Entries per stage (cheap: list files, check they exist), skipped entries, split."""
 
+    @abc.abstractmethod
     def encode(self, entry: Entry, values) -> EncodedRecord:
-        raise NotImplementedError
+        """One entry -> C x H x W feature and label arrays plus JSON-safe metadata."""
 
+    @abc.abstractmethod
     def class_labels(self, values) -> List[str]:
-        raise NotImplementedError
+        """Class names; index = label value."""
 
+    @abc.abstractmethod
     def palette(self, values) -> List[Tuple[int, int, int]]:
-        raise NotImplementedError
+        """One (r, g, b) per class."""
 
     def inference_form(self) -> Dict[str, Any]:
         """Default: pick one record of the validation set."""
@@ -187,45 +209,71 @@ class DataPlugin:
                 "inference": self.inference_form()}
 
 
-def _load(spec, name):
-    module_name, _, attr = spec.partition(":")
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An installed plugin that cannot be used, and why (shown beside the working ones)."""
+
+    name: str    # entry-point name (or built-in id)
+    source: str  # "module:attribute"
+    error: str
+
+
+@dataclass
+class Discovery:
+    """What ``discover_plugins`` found: the working plugins (id -> a built plugin) and the broken."""
+
+    plugins: Dict[str, DataPlugin]
+    broken: List[BrokenPlugin]
+
+
+def _build(name, source, load):
+    """(plugin, None) or (None, BrokenPlugin): ``load()`` gives the class named by ``source``."""
     try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split(".") if attr else []:
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError("data plugin %r (%s) cannot be loaded: %s" % (name, spec, exc)) from None
+        cls = load()
+        if not (isinstance(cls, type) and issubclass(cls, DataPlugin)):
+            raise TypeError("%r is not a plugin.base.DataPlugin subclass" % (cls,))
+        return cls(), None
+    except Exception as exc:  # a third party's import or constructor: any error marks it broken
+        return None, BrokenPlugin(name, source, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _import_attribute(source):
+    module_name, _, attr = source.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
     return obj
 
 
-def _entry_points():
-    import importlib.metadata as md
-    try:
-        return list(md.entry_points(group=ENTRY_POINT_GROUP))
-    except TypeError:  # Python 3.9: entry_points() takes no arguments and returns a dict
-        return list(md.entry_points().get(ENTRY_POINT_GROUP, ()))
+def discover_plugins() -> Discovery:
+    """Every plugin of the ``caffeseg.plugins`` entry points (plus the built-in ones not
+    registered there), each built once; broken ones are logged and listed, never raised."""
+    plugins, broken = {}, []
+    candidates = [(ep.name, ep.value, ep.load)
+                  for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    registered = {name for name, _, _ in candidates}
+    candidates += [(name, source, lambda source=source: _import_attribute(source))
+                   for name, source in BUILTIN_PLUGINS.items() if name not in registered]
+    for name, source, load in candidates:
+        plugin, problem = _build(name, source, load)
+        if plugin is not None and (plugin.id or name) in plugins:
+            problem = BrokenPlugin(name, source, "its id %r is already taken by %s"
+                                   % (plugin.id or name, type(plugins[plugin.id or name]).__name__))
+        if problem is not None:
+            log.warning("data plugin %s (%s) is broken: %s", problem.name, problem.source, problem.error)
+            broken.append(problem)
+            continue
+        plugins[plugin.id or name] = plugin
+    return Discovery(plugins, broken)
 
 
-def discover_plugins():
-    """Return {id: plugin class} from the ``caffeseg.plugins`` entry points (+ built-ins)."""
-    found = {}
-    for ep in _entry_points():
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not hide the others
-            raise PluginError("data plugin %r (%s) cannot be loaded: %s"
-                              % (ep.name, ep.value, exc)) from None
-        found[getattr(cls, "id", "") or ep.name] = cls
-    for name, spec in _BUILTIN_PLUGINS.items():
-        if name not in found:
-            found[name] = _load(spec, name)
-    return found
-
-
-def get_plugin(plugin_id):
-    """Instantiate the plugin registered under ``plugin_id``."""
-    plugins = discover_plugins()
-    if plugin_id not in plugins:
-        raise PluginError("no data plugin %r (installed: %s)"
-                          % (plugin_id, ", ".join(sorted(plugins)) or "none"))
-    return plugins[plugin_id]()
+def get_plugin(plugin_id) -> DataPlugin:
+    """The plugin registered under ``plugin_id``; PluginError if it is absent or broken."""
+    found = discover_plugins()
+    if plugin_id in found.plugins:
+        return found.plugins[plugin_id]
+    for problem in found.broken:
+        if problem.name == plugin_id:
+            raise PluginError("data plugin %r (%s) is broken: %s" % (plugin_id, problem.source, problem.error))
+    raise PluginError("no data plugin %r (installed: %s)"
+                      % (plugin_id, ", ".join(sorted(found.plugins)) or "none"))

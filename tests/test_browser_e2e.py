@@ -78,12 +78,12 @@ def shot(page, name):
 
 @pytest.fixture
 def fake_site(tmp_path):
-    from test_web_fakes import FakeBackend, fake_plugin
+    from test_web_fakes import FakeBackend, sunnybrook_plugin
     from web import create_app
     fake = FakeBackend(tmp_path / "jobs")
     data = tmp_path / "data"
     (data / "sunny" / "images").mkdir(parents=True)
-    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()], "POLL_INTERVAL_S": 0.5})
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()], "POLL_INTERVAL_S": 0.5})
     server = LiveServer(app)
     yield server.url, fake, data
     server.stop()

@@ -8,22 +8,81 @@ from plugin.sunnybrook import SunnybrookPlugin
 
 
 def test_sunnybrook_is_discovered():
-    plugins = discover_plugins()
-    assert plugins["sunnybrook"] is SunnybrookPlugin
+    found = discover_plugins()
+    assert isinstance(found.plugins["sunnybrook"], SunnybrookPlugin) and found.broken == []
     assert isinstance(get_plugin("sunnybrook"), SunnybrookPlugin)
 
 
-def test_third_party_entry_point_is_found(monkeypatch):
-    class FakeEP:
-        name, value = "toy", "x:Toy"
+class _Toy(base.DataPlugin):
+    id, title = "toy", "Toy"
 
-        def load(self):
-            return type("Toy", (base.DataPlugin,), {"id": "toy", "title": "Toy"})
+    def form_fields(self):
+        return []
 
+    def itemize(self, values):
+        return base.Itemization(stages={})
+
+    def encode(self, entry, values):
+        raise base.EntryError("toy: nothing to encode")
+
+    def class_labels(self, values):
+        return ["a"]
+
+    def palette(self, values):
+        return [(0, 0, 0)]
+
+
+def _entry_points(monkeypatch, *points):
     import importlib.metadata as md
-    monkeypatch.setattr(md, "entry_points", lambda group: [FakeEP()] if group == base.ENTRY_POINT_GROUP else [])
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda group: list(points) + list(real(group=group))
+                        if group == base.ENTRY_POINT_GROUP else real(group=group))
+
+
+class _EP:
+    def __init__(self, name, value, load):
+        self.name, self.value, self.load = name, value, load
+
+
+def test_third_party_entry_point_is_found(monkeypatch):
+    _entry_points(monkeypatch, _EP("toy", "x:Toy", lambda: _Toy))
     found = discover_plugins()
-    assert "toy" in found and "sunnybrook" in found
+    assert isinstance(found.plugins["toy"], _Toy) and "sunnybrook" in found.plugins
+
+
+def test_a_plugin_missing_a_method_cannot_be_built():
+    class NoPalette(base.DataPlugin):
+        def form_fields(self):
+            return []
+
+        def itemize(self, values):
+            return base.Itemization(stages={})
+
+        def encode(self, entry, values):
+            return None
+
+        def class_labels(self, values):
+            return []
+    with pytest.raises(TypeError, match="palette"):
+        NoPalette()
+
+
+def test_broken_plugins_are_listed_with_their_reason_and_hide_nothing(monkeypatch):
+    def fails():
+        raise ImportError("no module named 'gone'")
+
+    class Duplicate(_Toy):
+        pass
+    _entry_points(monkeypatch, _EP("gone", "gone:Plugin", fails), _EP("notaplugin", "x:dict", lambda: dict),
+                  _EP("toy", "x:Toy", lambda: _Toy), _EP("toy2", "x:Duplicate", lambda: Duplicate))
+    found = discover_plugins()
+    assert set(found.plugins) == {"toy", "sunnybrook"}
+    reasons = {b.name: b.error for b in found.broken}
+    assert reasons["gone"] == "ImportError: no module named 'gone'"
+    assert "not a plugin.base.DataPlugin subclass" in reasons["notaplugin"]
+    assert "already taken by _Toy" in reasons["toy2"]
+    with pytest.raises(PluginError, match="'gone' \\(gone:Plugin\\) is broken: ImportError"):
+        get_plugin("gone")
 
 
 def test_unknown_plugin_is_named():

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from test_web_fakes import FakeBackend, fake_plugin
+from test_web_fakes import FakeBackend, sunnybrook_plugin
 from web import create_app
 
 H = {"X-Requested-With": "test"}
@@ -18,7 +18,7 @@ def env(tmp_path):
     (data / "sunny" / "images").mkdir(parents=True)
     (data / "sunny" / "contours").mkdir(parents=True)
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()], "WTF_CSRF_ENABLED": True})
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()], "WTF_CSRF_ENABLED": True})
     return app.test_client(), fake, data
 
 
@@ -87,12 +87,12 @@ def test_create_dataset_validates_like_the_form(env):
     client, fake, data = env
     body = {"plugin": "sunnybrook",
             "values": {"image_folder": str(data / "sunny" / "images"), "contour_folder": str(data / "sunny" / "contours"),
-                       "val_pct": 20, "split": "patient"},
+                       "val_percent": 20, "split_by": "patient"},
             "options": {"dataset_name": "api-ds", "encoding": "png"}}
     resp = client.post("/api/datasets", json=body)
     assert resp.status_code == 201, resp.get_json()
     call = [c for c in fake.calls if c[0] == "create_dataset"][0]
-    assert call[2]["val_pct"] == 20 and call[2]["split"] == "patient" and call[3]["encoding"] == "png"
+    assert call[2]["val_percent"] == 20 and call[2]["split_by"] == "patient" and call[3]["encoding"] == "png"
     body["values"]["image_folder"] = "/etc"
     resp = client.post("/api/datasets", json=body)
     assert resp.status_code == 400 and "outside" in resp.get_json()["fields"]["image_folder"]

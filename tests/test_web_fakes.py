@@ -9,24 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from web.backend import Backend, BadRequest, NotFound
-from web.plugins import FieldSpec, PluginInfo
-
-SUNNYBROOK_FIELDS = [
-    FieldSpec("image_folder", "Image folder", "path", None, "Folder of DICOM cases", required=True),
-    FieldSpec("contour_folder", "Contour folder", "path", None, "Folder of expert contours", required=True),
-    FieldSpec("channel_conversion", "Channel conversion", "choice", "L", "Grayscale or RGB",
-              [("L", "Grayscale"), ("RGB", "RGB")]),
-    FieldSpec("val_pct", "% for validation", "int", 10, "Share of records for validation", minimum=0, maximum=100),
-    FieldSpec("contour_type", "Contour type", "choice", "inner", "Which contours",
-              [("inner", "Inner"), ("inner+outer", "Inner and outer")]),
-    FieldSpec("split", "Split by", "choice", "slice", "Slice or patient", [("slice", "Slice"), ("patient", "Patient")]),
-    FieldSpec("seed", "Seed", "int", 0, "Random seed of the split"),
-]
+from plugin.sunnybrook import SunnybrookPlugin
 
 
-def fake_plugin() -> PluginInfo:
-    return PluginInfo(id="sunnybrook", title="Sunnybrook LV Segmentation", category="Images",
-                      fields=list(SUNNYBROOK_FIELDS), classes=["background", "lv"], palette=[[0, 0, 0], [255, 0, 0]])
+def sunnybrook_plugin() -> SunnybrookPlugin:
+    """The real Sunnybrook plugin, not a copy of its fields: the web's dataset form is built from
+    its own ``FormField`` list, so a renamed field fails the web tests that post it."""
+    return SunnybrookPlugin()
 
 
 def _feature(index: int) -> np.ndarray:
@@ -115,15 +104,15 @@ class FakeBackend(Backend):
     def clone(self, job_id):
         job = self.job(job_id)
         if job["kind"] == "dataset":
-            return {"plugin": "sunnybrook", "values": {"val_pct": 25, "split": "patient"},
+            return {"plugin": "sunnybrook", "values": {"val_percent": 25, "split_by": "patient"},
                     "options": {"encoding": "png"}}
         return {"dataset": job.get("dataset_id"), "base_lr": [0.01, 0.001], "epochs": 3,
                 "network_source": "custom", "custom_network": "name: 'x'"}
 
     def create_dataset(self, plugin_id, values, options):
         self.calls.append(("create_dataset", plugin_id, values, options))
-        if values.get("val_pct") == 100:
-            raise BadRequest("no training records would be left", {"val_pct": "must be below 100"})
+        if values.get("val_percent") == 100:
+            raise BadRequest("no training records would be left", {"val_percent": "must be below 100"})
         return self.add_job("dataset", options["dataset_name"], status="Running", group=options.get("group_name") or "")
 
     def create_model(self, options):

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from test_web_fakes import FakeBackend, fake_plugin
+from test_web_fakes import FakeBackend, sunnybrook_plugin
 from web import create_app
 
 
@@ -18,14 +18,14 @@ def env(tmp_path):
     (data / "sunny" / "contours").mkdir(parents=True)
     (data / "layers.py").write_text("import caffe\n")
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "WTF_CSRF_ENABLED": False, "TESTING": True})
     return app, app.test_client(), fake, data
 
 
 def dataset_form(data, **over):
     form = {"image_folder": str(data / "sunny" / "images"), "contour_folder": str(data / "sunny" / "contours"),
-            "channel_conversion": "L", "val_pct": "10", "contour_type": "inner", "split": "slice", "seed": "0",
+            "channel_conversion": "L", "val_percent": "10", "contour_type": "inner", "split_by": "slice", "seed": "0",
             "encoding": "none", "encoder_batch_size": "32", "encoder_threads": "2", "db_backend": "lmdb",
             "enforce_same_shape": "y", "group_name": "", "dataset_name": "sunny"}
     form.update(over)
@@ -56,7 +56,7 @@ def test_home_lists_jobs_in_tabs_with_groups_and_metrics(env):
 
 def test_home_when_service_is_missing_says_so(tmp_path):
     from web.backend import Backend
-    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": Backend(), "PLUGINS": [fake_plugin()]})
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": Backend(), "PLUGINS": [sunnybrook_plugin()]})
     resp = app.test_client().get("/")
     assert resp.status_code == 200
     assert "not available" in resp.get_data(as_text=True)
@@ -78,7 +78,7 @@ def test_bulk_delete_and_abort(env):
 def test_dataset_form_has_plugin_and_generic_fields_with_help(env):
     app, client, fake, _ = env
     html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
-    for name in ("image_folder", "contour_folder", "channel_conversion", "val_pct", "contour_type", "split", "seed",
+    for name in ("image_folder", "contour_folder", "channel_conversion", "val_percent", "contour_type", "split_by", "seed",
                  "encoding", "encoder_batch_size", "encoder_threads", "db_backend", "enforce_same_shape",
                  "group_name", "dataset_name"):
         assert f'name="{name}"' in html, name
@@ -92,7 +92,7 @@ def test_dataset_form_valid_submission_creates_job(env):
     assert resp.status_code == 302, resp.get_data(as_text=True)
     call = [c for c in fake.calls if c[0] == "create_dataset"][0]
     assert call[1] == "sunnybrook"
-    assert call[2]["val_pct"] == 10 and call[2]["image_folder"] == str((data / "sunny" / "images").resolve())
+    assert call[2]["val_percent"] == 10 and call[2]["image_folder"] == str((data / "sunny" / "images").resolve())
     assert call[3]["dataset_name"] == "sunny" and call[3]["group_name"] == "g1"
     assert "/datasets/" in resp.headers["Location"]
 
@@ -100,7 +100,7 @@ def test_dataset_form_valid_submission_creates_job(env):
 @pytest.mark.parametrize("field,value,message", [
     ("image_folder", "/etc", "outside the allowed data folders"),
     ("image_folder", "{data}/missing", "does not exist"),
-    ("val_pct", "150", "between"),
+    ("val_percent", "150", "between"),
     ("dataset_name", "", "give the dataset a name"),
     ("encoder_threads", "0", "between"),
 ])
@@ -116,7 +116,7 @@ def test_dataset_form_errors_are_shown_beside_the_fields(env, field, value, mess
 
 def test_dataset_backend_refusal_goes_beside_the_field(env):
     app, client, fake, data = env
-    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, val_pct="100"))
+    resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, val_percent="100"))
     assert resp.status_code == 400
     assert "must be below 100" in resp.get_data(as_text=True)
 
@@ -126,7 +126,7 @@ def test_csrf_is_enforced_when_enabled(tmp_path):
     data = tmp_path / "data"
     (data / "sunny" / "images").mkdir(parents=True)
     (data / "sunny" / "contours").mkdir(parents=True)
-    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [fake_plugin()], "WTF_CSRF_ENABLED": True})
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()], "WTF_CSRF_ENABLED": True})
     client = app.test_client()
     resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data))
     assert resp.status_code == 400 and "form expired" in resp.get_data(as_text=True)
@@ -201,7 +201,7 @@ def test_every_form_field_has_a_help_tooltip(env):
     # The network pickers are the tabs of the network section; each tab explains itself.
     tabs = {"network_source", "standard_network", "previous_network", "pretrained_network"}
     with app.test_request_context():
-        for form in (ModelForm(), dataset_form_class(fake_plugin())(), InferenceForm()):
+        for form in (ModelForm(), dataset_form_class(sunnybrook_plugin())(), InferenceForm()):
             missing = [f.name for f in form if not f.description and f.type != "CSRFTokenField" and f.name not in tabs]
             assert missing == [], type(form).__name__
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))
@@ -320,7 +320,7 @@ def test_model_form_invalid_input(env, over, field, message):
 
 def test_python_layer_upload_can_be_disabled(tmp_path):
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "WTF_CSRF_ENABLED": False, "ALLOW_PYTHON_LAYER_UPLOAD": False})
     client = app.test_client()
     ds = fake.add_job("dataset", "d")
@@ -333,7 +333,7 @@ def test_python_layer_upload_can_be_disabled(tmp_path):
 
 def test_upload_size_limit(tmp_path):
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "WTF_CSRF_ENABLED": False, "MAX_CONTENT_LENGTH": 1000})
     ds = fake.add_job("dataset", "d")
     data = model_form(ds)
@@ -467,7 +467,7 @@ def test_pretrained_upload_form_csrf_and_its_own_size_limit(tmp_path):
     """The upload form carries a CSRF token; its endpoints have their own limit
     (MAX_PRETRAINED_UPLOAD), other uploads keep MAX_CONTENT_LENGTH."""
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "MAX_CONTENT_LENGTH": 1000, "MAX_PRETRAINED_UPLOAD": 20_000})
     client = app.test_client()
     html = client.get("/?tab=pretrained").get_data(as_text=True)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from web import imaging
-from web.plugins import field_spec
 from web.safety import UnsafePath, check_job_id, complete_path, job_file, within
 
 
@@ -72,20 +71,6 @@ def test_to_display_shapes():
     assert imaging.to_display(np.zeros((3, 4, 5))).shape == (4, 5, 3)
 
 
-def test_field_spec_reads_dicts_and_objects():
-    spec = field_spec({"name": "val_pct", "label": "% for validation", "type": "int", "default": 10,
-                       "help": "share", "min": 0, "max": 100})
-    assert (spec.kind, spec.default, spec.minimum, spec.maximum, spec.help) == ("int", 10, 0, 100, "share")
-    spec = field_spec({"name": "split", "choices": [("slice", "Slice"), "patient"]})
-    assert spec.kind == "choice" and spec.choices == [("slice", "Slice"), ("patient", "patient")]
-
-    class Decl:
-        name = "image_folder"
-        help_text = "where"
-    spec = field_spec(Decl())
-    assert spec.kind == "path" and spec.required and spec.help == "where"
-
-
 def test_config_accepts_a_path_a_dict_with_aliases_and_an_object(tmp_path, monkeypatch):
     from web.config import resolve
     monkeypatch.delenv("CAFFESEG_DATA_DIR", raising=False)
@@ -104,19 +89,61 @@ def test_config_accepts_a_path_a_dict_with_aliases_and_an_object(tmp_path, monke
 
 
 def test_the_installed_sunnybrook_plugin_builds_the_dataset_form():
-    pytest.importorskip("plugin.sunnybrook")
+    from plugin.base import discover_plugins
     from web.forms import GENERIC_DATASET_FIELDS, dataset_form_class
-    from web.plugins import discover
-    plugins = {p.id: p for p in discover()}
-    sunny = plugins["sunnybrook"]
-    names = [f.name for f in sunny.fields]
-    assert names[:2] == ["image_folder", "contour_folder"]
-    assert all(f.help for f in sunny.fields)
-    assert sunny.palette[1] and len(sunny.classes) == 2
+    sunny = discover_plugins().plugins["sunnybrook"]
+    fields = sunny.form_fields()
+    assert [f.name for f in fields[:2]] == ["image_folder", "contour_folder"]
+    assert all(f.help for f in fields)
     form_cls = dataset_form_class(sunny)
-    assert "image_folder" in form_cls.plugin_field_names
+    assert form_cls.plugin_field_names[:2] == ["image_folder", "contour_folder"]
     # A plugin field that shares a generic field's name is shown once, as the generic field.
+    assert "enforce_same_shape" in [f.name for f in fields]
     assert not set(form_cls.plugin_field_names) & set(GENERIC_DATASET_FIELDS)
+
+
+def test_a_broken_plugin_is_listed_and_hides_nothing(tmp_path, monkeypatch):
+    """A third-party entry point that fails to import and one that lacks a contract method are
+    both shown as broken in the New Dataset menu; Sunnybrook stays offered; asking for a broken
+    one names its error."""
+    import importlib.metadata
+    from plugin import base
+    from web import create_app
+    from test_web_fakes import FakeBackend
+
+    class Incomplete(base.DataPlugin):  # no encode(), class_labels(), palette(): cannot be built
+        id, title = "incomplete", "Incomplete"
+
+        def form_fields(self):
+            return []
+
+        def itemize(self, values):
+            return base.Itemization(stages={})
+
+    class EntryPoint:
+        def __init__(self, name, value, load):
+            self.name, self.value, self.load = name, value, load
+
+    def fails_to_import():
+        raise ImportError("No module named 'caffeseg_missing'")
+
+    points = [EntryPoint("missing", "caffeseg_missing:Plugin", fails_to_import),
+              EntryPoint("incomplete", "tests:Incomplete", lambda: Incomplete)]
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: points + list(real(group=group)) if group == base.ENTRY_POINT_GROUP else real(group=group))
+    found = base.discover_plugins()
+    assert "sunnybrook" in found.plugins
+    assert {b.name: b.error.split(":")[0] for b in found.broken} == {"missing": "ImportError", "incomplete": "TypeError"}
+    assert "abstract" in [b for b in found.broken if b.name == "incomplete"][0].error
+    with pytest.raises(base.PluginError, match="'missing'.*broken.*caffeseg_missing"):
+        base.get_plugin("missing")
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": FakeBackend(tmp_path / "jobs")})
+    html = app.test_client().get("/").get_data(as_text=True)
+    assert "Sunnybrook LV Segmentation</a>" in html
+    assert "missing (broken)" in html and "incomplete (broken)" in html
+    resp = app.test_client().get("/datasets/new/incomplete")
+    assert resp.status_code == 404 and "broken" in resp.get_data(as_text=True)
 
 
 def test_standard_network_descriptions_are_whole_sentences_and_distinct():

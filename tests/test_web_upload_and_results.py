@@ -7,13 +7,13 @@ import os
 
 import numpy as np
 
-from test_web_fakes import FakeBackend, fake_plugin
+from test_web_fakes import FakeBackend, sunnybrook_plugin
 from web import create_app
 
 
 def test_max_pretrained_upload_0_means_no_limit_on_its_endpoints(tmp_path):
     fake = FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "MAX_CONTENT_LENGTH": 1000, "MAX_PRETRAINED_UPLOAD": 0})
     client = app.test_client()
     assert "any size" in client.get("/?tab=pretrained").get_data(as_text=True)
@@ -105,7 +105,7 @@ def test_library_version_is_looked_up_once(monkeypatch):
 
 def _site(tmp_path, backend=None):
     fake = backend or FakeBackend(tmp_path / "jobs")
-    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [fake_plugin()],
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "WTF_CSRF_ENABLED": False})
     model = fake.add_job("model", "fcn", dataset_id=fake.add_job("dataset", "d"))
     return app.test_client(), fake, model

@@ -1,7 +1,7 @@
 """Flask-WTF forms (CSRF-protected) for new datasets and new models.
 
 The dataset form is built per plugin from the plugin's field declarations
-(``web.plugins.FieldSpec``) plus the generic fields every dataset has. Every field carries its
+(``plugin.base.FormField``, the plugin contract's own) plus the generic fields every dataset has. Every field carries its
 help text in ``description``; the templates show it as a tooltip.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from wtforms import (BooleanField, FloatField, HiddenField, IntegerField, RadioF
                      SelectField, StringField, TextAreaField)
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
-from web.plugins import FieldSpec, PluginInfo
+from plugin.base import DataPlugin, FormField
 
 try:  # WTForms >= 3.3 deprecates (value, label) tuples in favour of SelectChoice
     from wtforms.fields.choices import SelectChoice as _SelectChoice
@@ -105,10 +105,10 @@ def job_name_field(kind: str):
                        description=f"A name to recognise the {kind} by.")
 
 
-def _wtf_field(spec: FieldSpec):
+def _wtf_field(spec: FormField):
     validators = [InputRequired(message=f"{spec.label} is required")] if spec.required else [Optional()]
-    if spec.kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
-        validators.append(NumberRange(min=spec.minimum, max=spec.maximum))
+    if spec.kind in ("int", "float") and (spec.min is not None or spec.max is not None):
+        validators.append(NumberRange(min=spec.min, max=spec.max))
     kw = dict(label=spec.label, description=spec.help, default=spec.default)
     if spec.kind == "path":
         validators.append(ServerPath(folder=True))
@@ -147,14 +147,15 @@ class _DatasetBase(FlaskForm):
     dataset_name = job_name_field("dataset")
 
 
-def dataset_form_class(plugin: PluginInfo) -> type[FlaskForm]:
+def dataset_form_class(plugin: DataPlugin) -> type[FlaskForm]:
     """A form class with the plugin's own fields first, then the generic dataset fields."""
     attrs = {}
-    for spec in plugin.fields:
+    fields = plugin.form_fields()
+    for spec in fields:
         if spec.name in GENERIC_DATASET_FIELDS or not spec.name.isidentifier():
             continue
         attrs[spec.name] = _wtf_field(spec)
-    attrs["plugin_field_names"] = [s.name for s in plugin.fields if s.name in attrs]
+    attrs["plugin_field_names"] = [s.name for s in fields if s.name in attrs]
     return type(f"{plugin.id.capitalize()}DatasetForm", (_DatasetBase,), attrs)
 
 

@@ -6,6 +6,8 @@ import math
 
 from markupsafe import Markup, escape
 
+from web import plugins
+
 STATUS_CLASS = {
     "done": "ok", "running": "run", "waiting": "wait", "initialized": "wait", "queued": "wait",
     "error": "err", "aborted": "warn", "interrupted": "warn",
@@ -84,8 +86,8 @@ def install(app) -> None:
 
     @app.context_processor
     def globals_():
-        from web.plugins import discover
-        return {"installed_plugins": _cached_plugins(app, discover), "vendor_url": _vendor_url}
+        return {"installed_plugins": plugins.installed(app), "broken_plugins": plugins.broken(app),
+                "vendor_url": _vendor_url}
 
 
 def _vendor_url(name: str) -> str:
@@ -93,10 +95,3 @@ def _vendor_url(name: str) -> str:
     from flask import url_for
     from web.views.vendor import library_version
     return url_for("vendor.library", name=name, v=library_version(name))
-
-
-def _cached_plugins(app, discover):
-    cache = app.extensions.setdefault("caffeseg_plugins", {})
-    if "list" not in cache:
-        cache["list"] = app.config.get("PLUGINS") or discover()
-    return cache["list"]

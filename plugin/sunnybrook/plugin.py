@@ -1,7 +1,7 @@
 """The Sunnybrook data plugin: LV Segmentation Challenge DICOMs + expert contours -> records.
 
 Entries are contoured images. "inner" (2 classes) uses every image with an inner contour;
-"inner+outer" (3 classes: background / LV cavity / myocardium) uses images that have both an
+"inner_outer" (3 classes: background / LV cavity / myocardium) uses images that have both an
 inner and an outer contour (the release draws outer contours at end-diastole only).
 
 Splits: by slice (as DIGITS did: shuffle every entry, the first floor(n * pct / 100) go to
@@ -234,20 +234,3 @@ def _check_layout(image_folder, contour_folder):
             "image folder %s is not a Sunnybrook image release: none of the case folders "
             "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
     return errors, case_dirs
-    swapped = "; the image and contour folders look swapped"
-    if not layout.find_contour_dirs(contour_folder):
-        hint = swapped if _image_cases(contour_folder) else ""
-        errors["contour_folder"] = (
-            "contour folder %s is not a Sunnybrook contour release: no case folder like "
-            "SC-HF-I-01/contours-manual/IRCCI-expert found under it%s" % (contour_folder, hint))
-    if not _image_cases(image_folder):
-        hint = ""
-        nested = os.path.join(image_folder, "challenge_training")
-        if os.path.isdir(nested):
-            hint = "; did you mean %s?" % nested
-        elif "contour_folder" in errors and errors["contour_folder"].endswith(swapped):
-            hint = swapped
-        errors["image_folder"] = (
-            "image folder %s is not a Sunnybrook image release: none of the case folders "
-            "(%s, ...) is in it%s" % (image_folder, ", ".join(layout.CASES[:3]), hint))
-    return errors

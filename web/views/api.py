@@ -112,8 +112,8 @@ def reference():
 def list_plugins():
     return jsonify([{"id": p.id, "title": p.title, "category": p.category,
                      "fields": [{"name": f.name, "label": f.label, "kind": f.kind, "default": f.default,
-                                 "help": f.help, "choices": f.choices, "required": f.required}
-                                for f in p.fields]} for p in plugins()])
+                                 "help": f.help, "choices": [list(c) for c in f.choices], "required": f.required}
+                                for f in p.form_fields()]} for p in plugins()])
 
 
 @bp.route("/jobs")

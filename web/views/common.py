@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import abort, current_app, flash, redirect, url_for
 
+from web import plugins as web_plugins
 from web.backend import NotFound
 from web.safety import check_job_id
 
@@ -12,15 +13,16 @@ def backend():
 
 
 def plugins():
-    from web.templating import _cached_plugins
-    from web.plugins import discover
-    return _cached_plugins(current_app, discover)
+    return web_plugins.installed(current_app)
 
 
 def plugin_by_id(plugin_id: str):
-    for p in plugins():
-        if p.id == plugin_id:
-            return p
+    found = web_plugins.catalogue(current_app)
+    if plugin_id in found.plugins:
+        return found.plugins[plugin_id]
+    for problem in found.broken:
+        if problem.name == plugin_id:
+            raise NotFound(f"data plugin {plugin_id!r} is installed but broken: {problem.error}")
     raise NotFound(f"no data plugin called {plugin_id!r} is installed")
 
 
