@@ -55,7 +55,8 @@ def browser_page():
     profile = tempfile.mkdtemp(prefix="caffeseg-chromium-")
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                                    headless=True, viewport={"width": 1360, "height": 900})
+                                                    headless=True, viewport={"width": 1360, "height": 900},
+                                                    bypass_csp=True)  # wait_for_function(str) needs eval
         page = ctx.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -730,4 +731,33 @@ def test_ui_custom_network_errors_read_cleanly(browser_page, fake_site):
     page.wait_for_function("document.querySelector('.net-error')?.innerText.includes('line 5')")
     text = page.inner_text(".net-error")
     assert text.startswith("custom network, line 5, column ") and text.count("line 5") == 1, text
+    assert not page.js_errors
+
+
+def test_ui_live_charts_keep_a_val_point_written_after_its_train_row(browser_page, fake_site):
+    # The runner writes train row N, then validates (longer than a poll) and writes val row N.
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "slow-val", status="Running", dataset_id=ds)
+    written = {"polls": 0}
+
+    def metrics(job_id, since=0):
+        written["polls"] += 1
+        k = written["polls"]  # poll k sees train rows 1..2k; the val row of iteration 2j comes one poll late
+        rows = {"train/loss": [[i, 1.0 / i] for i in range(1, min(2 * k, 10) + 1)],
+                "val/loss": [[2 * j, 0.5 / j] for j in range(1, min(k - 1, 5) + 1)]}
+        series = {name: [p for p in pts if p[0] >= since] for name, pts in rows.items()}
+        return {"status": "Running", "progress": min(k / 5, 1), "iteration": min(2 * k, 10), "iters_per_epoch": 2,
+                "series": series}
+
+    fake.metrics = metrics
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    val_x = ("(() => { const d = document.querySelector('.chart[data-chart=\"loss\"] .plot');"
+             " const t = d && d.data && d.data.find(t => t.name === 'val/loss'); return t ? t.x.length : 0; })()")
+    page.wait_for_function(f"{val_x} >= 5", timeout=30000)
+    traces = page.evaluate("Object.fromEntries(document.querySelector('.chart[data-chart=\"loss\"] .plot')"
+                           ".data.map(t => [t.name, t.x]))")
+    assert traces["val/loss"] == [1, 2, 3, 4, 5]  # epochs of iterations 2, 4, ..., 10: none skipped
+    assert traces["train/loss"] == [i / 2 for i in range(1, 11)]  # and no train point drawn twice
     assert not page.js_errors

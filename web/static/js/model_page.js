@@ -81,18 +81,26 @@
 
   function toEpoch(it) { return itersPerEpoch ? it / itersPerEpoch : it; }
 
+  // The runner writes the train row of iteration N, then (after a validation that may outlast a
+  // poll) the val row of the same N. So the next poll asks again from N itself (`since` is
+  // inclusive) and each series keeps only rows past its own last iteration.
+  const lastIter = new Map();  // series name -> last iteration drawn (or skipped as non-finite)
   function update(m) {
     if (m.iters_per_epoch) itersPerEpoch = m.iters_per_epoch;
     let last = since;
     const changed = new Set();
     Object.keys(m.series || {}).forEach(name => {
-      const pts = m.series[name].filter(p => isFinite(p[1]));
+      const seen = lastIter.has(name) ? lastIter.get(name) : -Infinity;
+      const fresh = m.series[name].filter(p => p[0] > seen);
+      if (!fresh.length) return;
+      fresh.forEach(p => { if (p[0] > last) last = p[0]; });
+      lastIter.set(name, Math.max(...fresh.map(p => p[0])));
+      const pts = fresh.filter(p => isFinite(p[1]));
       if (!pts.length) return;
       const chart = chartFor(name);
       const trace = traceFor(chart, name);
       pts.forEach(p => { trace.x.push(toEpoch(p[0])); trace.y.push(p[1]); });
       changed.add(chart);
-      m.series[name].forEach(p => { if (p[0] + 1 > last) last = p[0] + 1; });
     });
     since = Math.max(since, last);
     if (window.Plotly) changed.forEach(render);
