@@ -22,6 +22,7 @@ import engine.layer_types  # noqa: F401  (fills the layer registry)
 from engine import device as device_state
 from engine.blob import Blob
 from engine.layer_types.base import LayerError, layer_class, registered_types
+from engine.layer_types.python import is_annotated_user_error
 from engine.netfilter import filter_net
 from engine.proto import caffe_pb2
 from engine.splits import insert_splits
@@ -229,6 +230,8 @@ class Net:
         except LayerError:
             raise
         except (ValueError, RuntimeError, IndexError) as err:
+            if is_annotated_user_error(err):
+                raise  # a Python layer's own exception reaches the caller as itself (Caffe)
             raise NetError(f"{self._where()}: layer '{lp.name}' ({lp.type}) could not be set up "
                            f"for bottom shapes {bottom_shapes}: {err}") from err
         layer.bottom_shapes = tuple(bottom_shapes)
@@ -606,6 +609,12 @@ class Net:
         bottom_grads = [found.get(id(t)) if need else None for t, need in zip(leaves, down)]
         param_grads = [found.get(id(p)) if need else None for p, need in zip(pleaves, pdown)]
         return bottom_grads, param_grads
+
+    def set_input_arrays(self, data, labels) -> None:
+        """pycaffe's ``set_input_arrays``: feed the first layer, a MemoryData layer (its rules and
+        messages are in ``engine.layer_types.memory_data.set_input_arrays``)."""
+        from engine.layer_types.memory_data import set_input_arrays
+        set_input_arrays(self, data, labels)
 
     def reshape(self) -> None:
         """Propagate input shapes through every layer (Caffe's ``Net::Reshape``)."""

@@ -35,6 +35,14 @@ from engine.proto import caffe_pb2
 from engine.transformer import TransformError, Transformer
 
 
+def resolve_path(path: str, base_dir: str | None) -> str:
+    """A path named in a data layer's parameters (or in its list files), as the layer opens it:
+    relative paths against the working directory as in Caffe, or against ``base_dir`` when set."""
+    if base_dir and not os.path.isabs(path):
+        return os.path.join(base_dir, path)
+    return path
+
+
 def decode_record(raw: bytes, tp: caffe_pb2.TransformationParameter, where: str):
     """Datum bytes -> (C x H x W array, label), honouring force_color / force_gray."""
     from engine.datum import datum_to_array, parse_datum
@@ -163,6 +171,17 @@ class _Prefetcher:
 
 @register
 class DataLayer(Layer):
+    """Caffe ``Data``: batches of Datum records from an LMDB, transformed (see the module docstring).
+
+    Parameters (``data_param``): ``source`` (required), ``backend`` (LMDB required),
+    ``batch_size`` (> 0), ``rand_skip``, ``prefetch``; ``transform_param``: ``scale``, ``mirror``,
+    ``crop_size``, ``mean_file`` or ``mean_value``.
+
+    Shape:
+        - no bottoms
+        - top 0: ``(batch_size, C, H', W')`` (H', W' = ``crop_size`` when cropping)
+        - optional top 1 (labels): ``(batch_size,)``"""
+
     type = "Data"
     exact_bottoms = 0
     min_tops = 1
@@ -171,9 +190,7 @@ class DataLayer(Layer):
     base_dir: str | None = None
 
     def _path(self, path: str) -> str:
-        if self.base_dir and not os.path.isabs(path):
-            return os.path.join(self.base_dir, path)
-        return path
+        return resolve_path(path, self.base_dir)
 
     def setup(self, bottom_shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
         dp = self.param.data_param
