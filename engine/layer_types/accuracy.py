@@ -10,6 +10,19 @@ from engine.layer_types.base import Layer, register
 
 @register
 class AccuracyLayer(Layer):
+    """Caffe ``Accuracy``: the fraction of positions whose true class is among the ``top_k`` scores.
+
+    A score tied with the true class's counts against it; positions labelled ``ignore_label``
+    are left out. No backward (both bottoms refuse gradients).
+
+    Parameters (``accuracy_param``): ``top_k`` (default 1), ``axis`` (class axis, default 1),
+    ``ignore_label`` (optional).
+
+    Shape:
+        - bottom 0 (scores): ``(N, C, *)`` with classes on ``axis``
+        - bottom 1 (labels): ``N·prod(*)`` values (outer × inner of the scores)
+        - top 0: ``()``; optional top 1 (per-class accuracy): ``(C,)``"""
+
     type = "Accuracy"
     exact_bottoms = 2
     min_tops = 1

@@ -24,6 +24,12 @@ class _ElementWise(Layer):
 
 @register
 class ReLULayer(_ElementWise):
+    """Caffe ``ReLU``: ``y = max(x, 0) + negative_slope·min(x, 0)``; gradient 0 at x = 0 (slope at 0 when leaky).
+
+    Parameters (``relu_param``): ``negative_slope`` (default 0).
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "ReLU"
 
     def setup(self, bottom_shapes):
@@ -40,6 +46,12 @@ class ReLULayer(_ElementWise):
 
 @register
 class SigmoidLayer(_ElementWise):
+    """Caffe ``Sigmoid``: ``y = 1 / (1 + exp(−x))``.
+
+    No parameters.
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "Sigmoid"
 
     def forward(self, bottoms, params):
@@ -48,6 +60,12 @@ class SigmoidLayer(_ElementWise):
 
 @register
 class TanHLayer(_ElementWise):
+    """Caffe ``TanH``: ``y = tanh(x)``.
+
+    No parameters.
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "TanH"
 
     def forward(self, bottoms, params):
@@ -56,6 +74,12 @@ class TanHLayer(_ElementWise):
 
 @register
 class PowerLayer(_ElementWise):
+    """Caffe ``Power``: ``y = (shift + scale·x)^power``; a constant (zero gradient) when ``power·scale`` is 0.
+
+    Parameters (``power_param``): ``power`` (default 1), ``scale`` (default 1), ``shift`` (default 0).
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "Power"
 
     def setup(self, bottom_shapes):
@@ -78,6 +102,13 @@ class PowerLayer(_ElementWise):
 
 @register
 class DropoutLayer(_ElementWise):
+    """Caffe ``Dropout``: TRAIN: ``y = x·mask / (1 − ratio)`` with mask ~ Bernoulli(1 − ratio) from the engine RNG;
+    TEST: ``y = x``.
+
+    Parameters (``dropout_param``): ``dropout_ratio`` (default 0.5, in [0, 1)).
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "Dropout"
 
     def setup(self, bottom_shapes):

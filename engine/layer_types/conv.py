@@ -132,6 +132,19 @@ class _ConvolutionBase(Layer):
 
 @register
 class ConvolutionLayer(_ConvolutionBase):
+    """Caffe ``Convolution`` (1-, 2- or 3-D; several bottoms share the weights, one top each).
+
+    Parameters (``convolution_param``): ``num_output`` (> 0), ``kernel_size`` or ``kernel_h``/``kernel_w``,
+    ``stride`` (default 1), ``pad`` (default 0), ``dilation`` (default 1), each once or per spatial
+    axis (``_h``/``_w`` forms for 2-D), ``group`` (default 1), ``bias_term`` (default true),
+    ``weight_filler``/``bias_filler`` (default constant 0), ``axis`` (channel axis, default 1).
+    Blobs: ``W (num_output, C / group, *kernel)``, ``b (num_output,)``.
+
+    Shape:
+        - bottom: ``(N, C, *spatial)``
+        - top: ``(N, num_output, *out)``,
+          ``out = (size + 2·pad − dilation·(kernel − 1) − 1) / stride + 1`` (C++ integer division)"""
+
     type = "Convolution"
 
     def weight_shape(self):
@@ -165,6 +178,19 @@ class ConvolutionLayer(_ConvolutionBase):
 
 @register
 class DeconvolutionLayer(_ConvolutionBase):
+    """Caffe ``Deconvolution`` (transposed convolution; FCN's upsampling).
+
+    Parameters (``convolution_param``): ``num_output`` (> 0), ``kernel_size`` or ``kernel_h``/``kernel_w``,
+    ``stride`` (default 1), ``pad`` (default 0), ``dilation`` (default 1), each once or per spatial
+    axis (``_h``/``_w`` forms for 2-D), ``group`` (default 1), ``bias_term`` (default true),
+    ``weight_filler``/``bias_filler`` (default constant 0), ``axis`` (channel axis, default 1).
+    Blobs: ``W (C, num_output / group, *kernel)`` (Caffe's and PyTorch's ConvTranspose layout),
+    ``b (num_output,)``.
+
+    Shape:
+        - bottom: ``(N, C, *spatial)``
+        - top: ``(N, num_output, *out)``, ``out = stride·(size − 1) + dilation·(kernel − 1) + 1 − 2·pad``"""
+
     type = "Deconvolution"
 
     def weight_shape(self):

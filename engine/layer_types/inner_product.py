@@ -9,6 +9,16 @@ from engine.layer_types.base import Layer, register
 
 @register
 class InnerProductLayer(Layer):
+    """Caffe ``InnerProduct`` (fully connected): ``y = x·Wᵀ + b`` over the axes from ``axis`` on.
+
+    Parameters (``inner_product_param``): ``num_output`` (> 0), ``axis`` (default 1),
+    ``bias_term`` (default true), ``transpose`` (default false: W is ``(num_output, K)``; true:
+    ``(K, num_output)``), ``weight_filler``/``bias_filler`` (default constant 0).
+
+    Shape:
+        - bottom: ``(*lead, *rest)`` with ``K = prod(rest)`` fixed at setup
+        - top: ``(*lead, num_output)``"""
+
     type = "InnerProduct"
     exact_bottoms = 1
     exact_tops = 1

@@ -6,6 +6,14 @@ from engine.layer_types.base import Layer, register
 
 @register
 class InputLayer(Layer):
+    """Caffe ``Input``: declares the net's input blobs; the caller fills them (``net.blobs[name]``).
+
+    Parameters (``input_param``): ``shape`` (none, once for every top, or once per top).
+
+    Shape:
+        - no bottoms
+        - top i: ``input_param.shape[i]``"""
+
     type = "Input"
     exact_bottoms = 0
     min_tops = 1

@@ -18,6 +18,14 @@ from engine.proto import caffe_pb2
 
 @register
 class EuclideanLossLayer(Layer):
+    """Caffe ``EuclideanLoss``: ``Σ (a − b)² / (2N)``; both bottoms may take a gradient.
+
+    No parameters (``loss_weight`` defaults to 1 for the top).
+
+    Shape:
+        - bottoms: ``(N, *)`` each, with the same count
+        - top: ``()``"""
+
     type = "EuclideanLoss"
     exact_bottoms = 2
     exact_tops = 1
@@ -40,6 +48,17 @@ class EuclideanLossLayer(Layer):
 
 @register
 class SigmoidCrossEntropyLossLayer(Layer):
+    """Caffe ``SigmoidCrossEntropyLoss``: cross-entropy of ``sigmoid(x)`` against targets in [0, 1].
+
+    Parameters (``loss_param``): ``ignore_label`` (optional), ``normalization`` (default
+    BATCH_SIZE here, as in Caffe; the legacy ``normalize`` maps true to VALID). The targets take
+    no gradient.
+
+    Shape:
+        - bottom 0 (scores): ``(N, *)``
+        - bottom 1 (targets): the same count
+        - top: ``()``"""
+
     type = "SigmoidCrossEntropyLoss"
     exact_bottoms = 2
     exact_tops = 1

@@ -20,6 +20,16 @@ from engine.proto import caffe_pb2
 
 @register
 class LRNLayer(Layer):
+    """Caffe ``LRN`` (local response normalisation).
+
+    ACROSS_CHANNELS: ``y = x / (k + α/n·Σ x²)^β`` over n neighbouring channels; WITHIN_CHANNEL:
+    ``y = x / (1 + α/n²·Σ x²)^β`` over an n×n spatial window (k is ignored, as Caffe does).
+
+    Parameters (``lrn_param``): ``local_size`` n (default 5, odd), ``alpha`` (default 1),
+    ``beta`` (default 0.75), ``k`` (default 1), ``norm_region`` (default ACROSS_CHANNELS).
+
+    Shape: bottom ``(N, C, H, W)``, top the same shape."""
+
     type = "LRN"
     exact_bottoms = 1
     exact_tops = 1

@@ -10,6 +10,18 @@ from engine.proto import caffe_pb2
 
 @register
 class BatchNormLayer(Layer):
+    """Caffe ``BatchNorm``: ``y = (x − mean) / sqrt(var + eps)`` per channel (no scale/shift; add a Scale).
+
+    With batch statistics (TRAIN by default) the running sums are updated during forward:
+    ``s = fraction·s + 1``, ``mean_sum = fraction·mean_sum + mean``, ``var_sum = fraction·var_sum +
+    m/(m−1)·var``; with global statistics the stored sums divided by ``s`` are used.
+
+    Parameters (``batch_norm_param``): ``use_global_stats`` (default: true in TEST, false in TRAIN),
+    ``moving_average_fraction`` (default 0.999), ``eps`` (default 1e-5).
+    Blobs: mean sum ``(C,)``, variance sum ``(C,)``, scale factor ``(1,)``; never learned (lr_mult 0).
+
+    Shape: bottom ``(N, C, *)``, top the same shape."""
+
     type = "BatchNorm"
     exact_bottoms = 1
     exact_tops = 1
@@ -96,6 +108,17 @@ class _BroadcastParam(Layer):
 
 @register
 class ScaleLayer(_BroadcastParam):
+    """Caffe ``Scale``: ``y = x·s (+ b)``, s broadcast over the axes it does not cover.
+
+    s is a learned blob, or bottom 1 when given. Parameters (``scale_param``): ``axis``
+    (default 1), ``num_axes`` (default 1; −1: all remaining axes), ``filler`` (default constant 1),
+    ``bias_term`` (default false), ``bias_filler`` (default constant 0).
+    Blobs: ``s`` (without bottom 1) of shape ``x.shape[axis:axis + num_axes]``, then ``b``.
+
+    Shape:
+        - bottom 0: ``(*)``; optional bottom 1: a run of bottom 0's axes from ``axis``
+        - top: bottom 0's shape"""
+
     type = "Scale"
 
     def _field(self):
@@ -131,6 +154,15 @@ class ScaleLayer(_BroadcastParam):
 
 @register
 class BiasLayer(_BroadcastParam):
+    """Caffe ``Bias``: ``y = x + b``, b broadcast over the axes it does not cover.
+
+    b is a learned blob, or bottom 1 when given. Parameters (``bias_param``): ``axis``
+    (default 1), ``num_axes`` (default 1; −1: all remaining axes), ``filler`` (default constant 0).
+
+    Shape:
+        - bottom 0: ``(*)``; optional bottom 1: a run of bottom 0's axes from ``axis``
+        - top: bottom 0's shape"""
+
     type = "Bias"
 
     def _field(self):

@@ -22,6 +22,20 @@ _P = caffe_pb2.PoolingParameter
 
 @register
 class PoolingLayer(Layer):
+    """Caffe ``Pooling`` (MAX or AVE; STOCHASTIC is not implemented).
+
+    Output size ``ceil((size + 2·pad − kernel) / stride) + 1`` (``round_mode: FLOOR`` floors),
+    minus one when the last window would start in the padding; AVE divides by the window's
+    extent clipped to the padded input (pad cells count).
+
+    Parameters (``pooling_param``): ``pool`` (default MAX), ``kernel_size`` or
+    ``kernel_h``/``kernel_w``, ``stride`` (default 1) or ``stride_h``/``stride_w``, ``pad``
+    (default 0, < kernel) or ``pad_h``/``pad_w``, ``global_pooling``, ``round_mode`` (default CEIL).
+
+    Shape:
+        - bottom: ``(N, C, H, W)``
+        - top 0: ``(N, C, H_out, W_out)``; optional top 1 (MAX only): the argmax index ``h·W + w``"""
+
     type = "Pooling"
     exact_bottoms = 1
     min_tops = 1

@@ -163,6 +163,13 @@ def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str
 
 @base.register
 class PythonLayer(base.Layer):
+    """Caffe ``Python``: a user class deriving from ``caffe.Layer`` (see the module docstring).
+
+    Parameters (``python_param``): ``module`` and ``layer`` (required), ``param_str``. Blobs:
+    whatever the user's ``setup`` adds to ``self.blobs`` (learnable).
+
+    Shape: any bottoms and tops; the user's ``reshape`` sets the top shapes."""
+
     type = "Python"
     explicit_backward = True
     # A metric layer (nothing reads its tops, no loss weight, no backward) may run after the

@@ -11,6 +11,15 @@ from engine.proto import caffe_pb2
 
 @register
 class CropLayer(Layer):
+    """Caffe ``Crop``: cut bottom 0 to bottom 1's size on the axes from ``axis`` on.
+
+    Parameters (``crop_param``): ``axis`` (default 2), ``offset`` (none: 0; one for every cropped
+    axis; or one per cropped axis). Only bottom 0 takes a gradient.
+
+    Shape:
+        - bottom 0: ``(d0, ..., d_{n−1})``; bottom 1 (reference): the same number of axes
+        - top: bottom 0's sizes before ``axis``, bottom 1's from ``axis`` on"""
+
     type = "Crop"
     exact_bottoms = 2
     exact_tops = 1
@@ -59,6 +68,12 @@ class CropLayer(Layer):
 
 @register
 class FlattenLayer(Layer):
+    """Caffe ``Flatten``: merge the axes ``axis..end_axis`` into one.
+
+    Parameters (``flatten_param``): ``axis`` (default 1), ``end_axis`` (default −1). Not in place.
+
+    Shape: bottom ``(*a, *merged, *b)``, top ``(*a, prod(merged), *b)``."""
+
     type = "Flatten"
     exact_bottoms = 1
     exact_tops = 1
@@ -77,6 +92,14 @@ class FlattenLayer(Layer):
 
 @register
 class ReshapeLayer(Layer):
+    """Caffe ``Reshape``: a new shape for the same values.
+
+    Parameters (``reshape_param``): ``shape`` (dim 0 copies the bottom's dim, −1 is inferred,
+    at most once), ``axis`` (default 0) and ``num_axes`` (default −1: to the end) choose the run
+    of bottom axes the shape replaces. Not in place.
+
+    Shape: bottom ``(*)``, top the new shape with the same count."""
+
     type = "Reshape"
     exact_bottoms = 1
     exact_tops = 1
@@ -126,6 +149,15 @@ class ReshapeLayer(Layer):
 
 @register
 class ConcatLayer(Layer):
+    """Caffe ``Concat``: join the bottoms along one axis; the backward slices the diff back.
+
+    Parameters (``concat_param``): ``axis`` (default 1, negative counts from the end) or the
+    legacy ``concat_dim`` (not both).
+
+    Shape:
+        - bottoms: equal shapes except on ``axis``
+        - top: the common shape with the ``axis`` sizes summed"""
+
     type = "Concat"
     min_bottoms = 1
     exact_tops = 1
@@ -161,6 +193,12 @@ class ConcatLayer(Layer):
 
 @register
 class SplitLayer(Layer):
+    """Caffe ``Split``: the same blob under several names; the backward sums the tops' diffs.
+
+    Inserted by the net wherever a blob feeds more than one layer. No parameters. Not in place.
+
+    Shape: bottom ``(*)``, every top the same shape."""
+
     type = "Split"
     exact_bottoms = 1
     min_tops = 1
@@ -177,6 +215,10 @@ class SplitLayer(Layer):
 
 @register
 class SilenceLayer(Layer):
+    """Caffe ``Silence``: consumes its bottoms so they are not net outputs; no tops.
+
+    No parameters. Shape: bottoms any; no tops."""
+
     type = "Silence"
     min_bottoms = 1
     exact_tops = 0
@@ -210,6 +252,17 @@ class _StableFreeProduct(torch.autograd.Function):
 
 @register
 class EltwiseLayer(Layer):
+    """Caffe ``Eltwise``: element-wise SUM (with ``coeff``), PROD or MAX of the bottoms.
+
+    MAX ties between bottoms 0 and 1 go to bottom 1, later bottoms win only when strictly larger
+    (Caffe's CPU rule), and the gradient goes to the winner. PROD with ``stable_prod_grad: false``
+    uses Caffe's ``dy·y/x_i``.
+
+    Parameters (``eltwise_param``): ``operation`` (default SUM), ``coeff`` (SUM only, one per
+    bottom), ``stable_prod_grad`` (default true).
+
+    Shape: bottoms ``(*)`` all the same shape, top that shape."""
+
     type = "Eltwise"
     min_bottoms = 2
     exact_tops = 1

@@ -35,6 +35,12 @@ def normalizer(mode: int, outer: int, inner: int, valid_count: torch.Tensor) -> 
 
 @register
 class SoftmaxLayer(Layer):
+    """Caffe ``Softmax``: ``y = exp(x) / Σ exp(x)`` along ``axis``.
+
+    Parameters (``softmax_param``): ``axis`` (default 1, negative counts from the end).
+
+    Shape: bottom ``(*)``, top the same shape."""
+
     type = "Softmax"
     exact_bottoms = 1
     exact_tops = 1
@@ -80,6 +86,17 @@ class _SoftmaxLoss(torch.autograd.Function):
 
 @register
 class SoftmaxWithLossLayer(Layer):
+    """Caffe ``SoftmaxWithLoss``: ``−Σ log softmax(x)[label] / normalizer`` over the non-ignored positions.
+
+    Parameters: ``softmax_param.axis`` (class axis, default 1); ``loss_param``: ``ignore_label``
+    (optional), ``normalization`` (default VALID; FULL, BATCH_SIZE, NONE) or the legacy
+    ``normalize``. The labels take no gradient.
+
+    Shape:
+        - bottom 0 (scores): ``(N, C, *)``
+        - bottom 1 (labels): ``(N, ...)`` with ``N·prod(*)`` values
+        - top 0: ``()``; optional top 1: the probabilities, bottom 0's shape (give two loss_weights)"""
+
     type = "SoftmaxWithLoss"
     exact_bottoms = 2
     min_tops = 1
