@@ -3,19 +3,29 @@
 Data layers need LMDB sources that do not exist yet when the user is still writing the network,
 so each Data layer is replaced by an Input layer with the dataset's feature shape (or a default)
 before the net is built in the TEST phase.
+
+The preview runs inside the web server, so it never imports code from where a user could have
+put it: the net is built from memory (no temporary file, whose folder the engine would search
+for Python-layer modules), and a Python layer is built only when its module is one of the
+project's own ``python_layers/`` files (loaded from that file by path). Any other Python layer,
+and every layer fed by its tops, is shown in the graph without shapes, and the note says why.
+The text and the layer count are bounded, since building costs server time.
 """
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from web.backend import BadRequest, Unavailable
 
 DEFAULT_FEATURE_SHAPE = [1, 256, 256]
 SOURCE = "custom network"
+# Bounds of one preview: the text is parsed (about 2 s per MiB) and every layer is built.
+MAX_PREVIEW_BYTES = 512 * 1024
+MAX_PREVIEW_LAYERS = 1000
+PROJECT_PYTHON_LAYERS = Path(__file__).resolve().parent.parent / "python_layers"
 
 
 def _replace_data_layers(net, feature_shape, caffe_pb2):
@@ -50,10 +60,18 @@ def inspect(text: str, feature_shape=None) -> dict:
         from engine.proto import caffe_pb2
     except ImportError as exc:
         raise Unavailable(f"the prototxt parser is not available ({exc})") from None
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_PREVIEW_BYTES:
+        raise BadRequest(f"{SOURCE}: {size // 1024} KiB is more than the preview reads "
+                         f"({MAX_PREVIEW_BYTES // 1024} KiB); shorten the network or create the model "
+                         "without a preview", {"network": "too long to preview"})
     try:
         net = prototxt.parse_net(text, source=SOURCE)
     except prototxt.PrototxtError as exc:
         raise _parse_error(exc) from None
+    if len(net.layer) > MAX_PREVIEW_LAYERS:
+        raise BadRequest(f"{SOURCE}: {len(net.layer)} layers; the preview builds at most "
+                         f"{MAX_PREVIEW_LAYERS}", {"network": "too many layers to preview"})
     layers, shown = [], set()
     for l in net.layer:
         if l.type == "Data" and tuple(l.top) in shown:
@@ -66,30 +84,71 @@ def inspect(text: str, feature_shape=None) -> dict:
         net_class = engine.Net
     except (ImportError, AttributeError) as exc:
         return {"layers": layers, "blobs": {}, "note": f"Shapes unavailable: the engine cannot build nets yet ({exc})."}
-    fd, path = tempfile.mkstemp(suffix=".prototxt")
-    added = _python_layer_paths()
+    skipped, unknown_blobs, foreign = _drop_foreign_python_layers(net)
     _install_caffe_name(engine)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(prototxt.format_message(net))
-        try:
-            try:  # DIGITS-style nets select their validation layers with stage "val"
-                built = net_class(path, engine.TEST, stages=["val"])
-            except TypeError:
-                built = net_class(path, engine.TEST)
-        except Exception as exc:  # a layer's own check: report it beside the editor
-            raise _build_error(exc, path, text) from None
-        # Split blobs are Caffe's plumbing (one per extra consumer); the user never named them.
-        blobs = {name: list(blob.shape) for name, blob in built.blobs.items() if "_split_" not in name}
-    finally:
-        os.unlink(path)
-        for p in added:
-            if p in sys.path:
-                sys.path.remove(p)
-    built_names = set(getattr(built, "_layer_names", None) or [l.name for l in net.layer])
+        try:  # DIGITS-style nets select their validation layers with stage "val"
+            built = net_class.from_param(net, engine.TEST, stages=["val"])
+        except TypeError:
+            built = net_class.from_param(net, engine.TEST)
+    except Exception as exc:  # a layer's own check: report it beside the editor
+        raise _build_error(exc, text) from None
+    # Split blobs are Caffe's plumbing (one per extra consumer); the user never named them.
+    blobs = {name: list(blob.shape) for name, blob in built.blobs.items()
+             if "_split_" not in name and name not in unknown_blobs}
+    built_names = set(getattr(built, "_layer_names", None) or [l.name for l in net.layer]) | skipped
+    note = "Data layers replaced by inputs of the dataset's shape."
+    if foreign:
+        note += (f" Python layer module{'s' if len(foreign) > 1 else ''} {', '.join(sorted(foreign))} "
+                 "not run in the preview (only the project's python_layers/ are): shapes after "
+                 f"{'them' if len(foreign) > 1 else 'it'} are unknown until training builds the net.")
     return {"layers": [l for l in layers if l["name"] in built_names or l["type"] == "Data"], "blobs": blobs,
-            "phase": "TEST (stage val)",
-            "note": "Data layers replaced by inputs of the dataset's shape."}
+            "phase": "TEST (stage val)", "note": note,
+            "unknown_shapes": sorted(b for b in unknown_blobs if b)}
+
+
+def _project_module(name: str):
+    """The project's own Python-layer module ``name`` (loaded from python_layers/ by path), or None."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
+        return None
+    path = PROJECT_PYTHON_LAYERS / f"{name}.py"
+    if not path.is_file():
+        return None
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        return loaded if Path(getattr(loaded, "__file__", "") or "").resolve() == path else None
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the engine's import by name finds this one, never another file
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _drop_foreign_python_layers(net):
+    """Remove Python layers whose module is not the project's, and the layers their tops feed.
+
+    Returns (removed layer names, blobs whose shape is then unknown, the foreign module names)."""
+    from engine import caffe_shim
+    caffe_shim.install()  # the project's layer files say ``import caffe``
+    removed, unknown, foreign, keep = set(), set(), set(), []
+    for layer in net.layer:
+        fed_unknown = any(b in unknown for b in layer.bottom)
+        if layer.type == "Python" and not fed_unknown:
+            if _project_module(layer.python_param.module) is None:
+                foreign.add(layer.python_param.module or "(none)")
+                fed_unknown = True
+        if fed_unknown:
+            removed.add(layer.name)
+            unknown.update(layer.top)
+        else:
+            keep.append(layer)
+    del net.layer[:]
+    net.layer.extend(keep)
+    return removed, unknown, foreign
 
 
 def _install_caffe_name(engine) -> None:
@@ -105,17 +164,6 @@ def _install_caffe_name(engine) -> None:
     except ImportError:
         pass
     sys.modules["caffe"] = engine
-
-
-def _python_layer_paths() -> list[str]:
-    """Make the project's Python layers importable by ``module:`` name while building."""
-    root = Path(__file__).resolve().parent.parent
-    added = []
-    for folder in (root, root / "python_layers"):
-        if folder.is_dir() and str(folder) not in sys.path:
-            sys.path.append(str(folder))
-            added.append(str(folder))
-    return added
 
 
 def _where(line=None, column=None) -> str:
@@ -143,9 +191,9 @@ def _layer_line(text: str, name: str):
     return None
 
 
-def _build_error(exc, path: str, text: str) -> BadRequest:
-    """The engine's refusal, without the temporary file it was built from, at the layer's line."""
-    message = str(exc).replace(path + ": ", "").replace(path, SOURCE)
+def _build_error(exc, text: str) -> BadRequest:
+    """The engine's refusal, at the layer's line."""
+    message = str(exc).replace("net: ", "", 1) if str(exc).startswith("net: ") else str(exc)
     named = _LAYER_NAMED.search(message)
     line = _layer_line(text, named.group(1)) if named else None
     err = BadRequest(f"the network does not build ({_where(line)}): {message}")
