@@ -9,7 +9,7 @@ PORT   ?= 5000
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: install serve test proto check-proto browser-deps lint-py39 bench clean
+.PHONY: install serve test proto check-proto browser-deps lint-py39 bench clean caffe
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ browser-deps:
 	  echo "installing Debian chromium for browser tests"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "WARNING: could not install chromium; browser tests will be skipped"; }
+
+# Real BVLC Caffe (CPU, pycaffe) for the pycaffe backend, built once per machine into
+# ~/.cache/caffeseg/ (docker/build_caffe.sh; Debian packages installed when missing).
+caffe:
+	docker/build_caffe.sh
 
 test: install browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

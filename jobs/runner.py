@@ -19,8 +19,9 @@ Files it reads in JOB_DIR: ``solver.prototxt`` (as derived), ``train_val.prototx
   resume, lines past the restored iteration are dropped first, so series have no gap or dup;
 * ``snapshot_iter_<N>.caffemodel`` (every one kept) and the newest ``snapshot_iter_<N>.solverstate``;
 * ``runner_status.json``: state (running, done, error, aborted), iteration, max_iter, message,
-  start time and ETA; rewritten while training (every ``STATUS_EVERY_S`` and at each snapshot), so
-  ``iter / max_iter`` is the live progress the service and the pages report.
+  start time, ETA and the backend that trains (``backend_used``); rewritten while training (every
+  ``STATUS_EVERY_S`` and at each snapshot), so ``iter / max_iter`` is the live progress the
+  service and the pages report.
 
 Exit codes: 0 done, 2 bad job / backend error, 3 NaN or inf loss, 143 aborted (SIGTERM).
 """
@@ -169,6 +170,18 @@ def import_backend(name):
         return engine
 
 
+def backend_used(caffe):
+    """What trains the job, written in runner_status.json: ``{"name": "engine"|"pycaffe",
+    "version", "module" (the caffe package folder), "python"}``."""
+    path = getattr(caffe, "__file__", None)
+    # The engine is the package ``engine`` (also when registered as ``caffe``).
+    engine = getattr(caffe, "__caffeseg_engine__", False) or getattr(caffe, "__name__", "") == "engine"
+    return {"name": "engine" if engine else "pycaffe",
+            "version": getattr(caffe, "__version__", None),
+            "module": os.path.dirname(os.path.abspath(path)) if path else None,
+            "python": sys.executable}
+
+
 def blob_mean(blob):
     data = blob.data
     return float(data.mean()) if data.size else float("nan")
@@ -211,7 +224,8 @@ class Runner:
         is the progress the pages show, ``started`` the wall-clock start of this run, ``eta``
         the seconds left while running."""
         info = {"state": state, "iter": iteration, "max_iter": self.max_iter, "message": message,
-                "time": time.time(), "pid": os.getpid(), "started": self.started}
+                "time": time.time(), "pid": os.getpid(), "started": self.started,
+                "backend": backend_used(self.caffe)}
         info.update(extra)
         write_json_atomic(os.path.join(self.job_dir, STATUS), info)
 

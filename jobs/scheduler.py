@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+from jobs import real_caffe
 from jobs import runner as runner_mod
 from jobs import store as st
 
@@ -201,8 +202,16 @@ class Scheduler:
             os.unlink(flag)
         env = dict(os.environ)
         env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        command = self.runner_command(job, resume, gpu)
+        if command[command.index("--backend") + 1] == "pycaffe":
+            # Real Caffe may need its own interpreter and path (the `make caffe` build).
+            try:
+                command[0], env = real_caffe.runner_launch(self.python)
+            except real_caffe.RealCaffeError as exc:
+                self.store.set_status(job_id, st.ERROR, str(exc))
+                return st.ERROR
         with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
-            proc = subprocess.Popen(self.runner_command(job, resume, gpu), stdout=log,
+            proc = subprocess.Popen(command, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=job["dir"])
         self.store.update(job_id, pid=proc.pid)
         if not claimed:
