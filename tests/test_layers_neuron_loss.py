@@ -363,3 +363,16 @@ def test_infogain_loss_rules(tmp_path, monkeypatch):
                    dict(inputs, label=[2.0, 0.0], H=H))
     with pytest.raises(LayerError, match="label 2 is outside \\[0, 2\\)"):
         net.forward()
+
+
+def test_in_place_log_and_bnll_read_the_top_in_backward_as_caffe_does():
+    # Caffe's Backward_cpu reads bottom data, which in place already holds the top
+    copy = 'layer { name: "copy" type: "Power" bottom: "x" top: "p" }\n'
+    net = forward_backward(copy + 'layer { name: "l" type: "Log" bottom: "p" top: "p" log_param { shift: 1 } }',
+                           {"x": [math.e - 1.0]}, top="p", top_diff=[1.0])
+    close(net.blobs["p"].data, [1.0])  # ln(x + 1)
+    close(net.blobs["x"].diff, [1.0 / (1.0 + 1.0)])  # 1/(y + 1), not 1/(x + 1) = 1/e
+    net = forward_backward(copy + 'layer { name: "b" type: "BNLL" bottom: "p" top: "p" }',
+                           {"x": [0.0]}, top="p", top_diff=[1.0])
+    close(net.blobs["p"].data, [math.log(2.0)])
+    close(net.blobs["x"].diff, [sigmoid(math.log(2.0))])  # e^y/(e^y + 1) with y = ln 2: 2/3
