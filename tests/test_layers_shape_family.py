@@ -338,3 +338,15 @@ def test_dummy_data_rules(param, message):
 def test_layers_without_bottoms_refuse_bottoms():
     with pytest.raises(NetError, match=r"'p' \(Parameter\) takes exactly 0 bottom"):
         net(inputs(x=[2]) + 'layer { name: "p" type: "Parameter" bottom: "x" top: "w" }')
+
+
+def test_index_gradient_requested_by_a_learnable_layer_below_is_refused():
+    # without force_backward: a Bias (learnable, filled with 0) in front of the indices makes the
+    # net ask BatchReindex for the index gradient, which Caffe refuses as well
+    n = net(inputs(x=[3, 2], idx=[2]) +
+            'layer { name: "shift" type: "Bias" bottom: "idx" top: "idx2" bias_param { axis: 0 } }\n'
+            'layer { name: "re" type: "BatchReindex" bottom: "x" bottom: "idx2" top: "y" loss_weight: 1 }\n')
+    feed(n, x=np.ones((3, 2)), idx=[1, 2])
+    n.forward()
+    with pytest.raises(LayerError, match=r"'re' \(BatchReindex\).*bottom 1"):
+        n.backward()
