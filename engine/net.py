@@ -78,9 +78,32 @@ class NetLayer:
         self.need_backward = False
         self.bottom_need_backward: list[bool] = []
         self.param_propagate_down: list[bool] = []
+        #: indices of params that share another layer's blob (ParamSpec.name seen before)
+        self.shared_param_ids: set[int] = set()
         self.bottom_shapes: tuple | None = None
         # autograd record of the last forward: (bottom leaves, param leaves, top tensors)
         self.saved = None
+
+    def setup(self, bottom, top) -> None:
+        """pycaffe's ``layer.setup(bottom, top)`` (Caffe's ``LayerSetUp``) on lists of blobs:
+        a Python layer runs its own ``setup`` on them; another layer re-reads its parameters
+        for the bottoms' shapes and keeps its current weights (as Caffe's layers skip filling
+        blobs they already have)."""
+        if self.type == "Python":
+            self.impl.user.setup(list(bottom), list(top))
+        else:
+            self.impl.setup([tuple(b.shape) for b in bottom])
+
+    def reshape(self, bottom, top) -> None:
+        """pycaffe's ``layer.reshape(bottom, top)``: shape the ``top`` blobs for ``bottom``."""
+        if self.type == "Python":
+            self.impl.user.reshape(list(bottom), list(top))
+            return
+        shapes = self.impl.reshape([tuple(b.shape) for b in bottom])
+        for blob, shape in zip(top, shapes):
+            blob.reshape(*shape)
+        if list(bottom) == self.bottoms:
+            self.bottom_shapes = tuple(tuple(b.shape) for b in bottom)
 
     @property
     def is_source(self) -> bool:
@@ -139,6 +162,11 @@ class Net:
     # construction
     # ------------------------------------------------------------------------------------
     def _build(self, param: caffe_pb2.NetParameter) -> None:
+        # pycaffe's before_/after_forward and _backward callbacks, each called with a layer index
+        self._before_forward: list = []
+        self._after_forward: list = []
+        self._before_backward: list = []
+        self._after_backward: list = []
         try:
             filtered = filter_net(param)
             expanded = insert_splits(filtered)
@@ -299,6 +327,7 @@ class Net:
             name = spec.name
             if name and name in self._owners:
                 layer.blobs.append(self._share_param(layer, i, tensor, spec))
+                layer.shared_param_ids.add(i)
                 continue
             blob = Blob(data=tensor.to(self.device, torch.float32).contiguous(), device=self.device)
             layer.blobs.append(blob)
@@ -465,20 +494,28 @@ class Net:
             self._store_tops(layer, layer.impl.forward_staged(staged, params))
 
     def _forward_range(self, start: int, end: int, deferred: list | None = None) -> None:
+        before, after = self._before_forward, self._after_forward
         for index in range(start, end + 1):
-            layer = self.layers[index]
-            if layer.is_source:
-                continue
-            if deferred is not None and index in self._metric_layers:
-                deferred.append((layer, layer.impl.stage(self._layer_bottoms(layer))))
-                layer.saved = None
-                self._loss_terms.pop(index, None)
-                continue
-            loss = self._forward_layer(layer)
-            if loss is None:
-                self._loss_terms.pop(index, None)
-            else:
-                self._loss_terms[index] = loss
+            for hook in before:
+                hook(index)
+            self._forward_one(index, deferred)
+            for hook in after:
+                hook(index)
+
+    def _forward_one(self, index: int, deferred: list | None) -> None:
+        layer = self.layers[index]
+        if layer.is_source:
+            return
+        if deferred is not None and index in self._metric_layers:
+            deferred.append((layer, layer.impl.stage(self._layer_bottoms(layer))))
+            layer.saved = None
+            self._loss_terms.pop(index, None)
+            return
+        loss = self._forward_layer(layer)
+        if loss is None:
+            self._loss_terms.pop(index, None)
+        else:
+            self._loss_terms[index] = loss
 
     def _layer_bottoms(self, layer: NetLayer) -> list[torch.Tensor]:
         """The bottom tensors, with the layer reshaped first if their shapes changed."""
@@ -536,7 +573,7 @@ class Net:
         start_i = self._layer_index(start, len(self.layers) - 1)
         end_i = self._layer_index(end, 0)
         if end is not None:
-            wanted = set([end] + diffs)
+            wanted = set(self.bottom_names[end] + diffs)
         else:
             wanted = set(self.inputs + diffs)
         if kwargs:
@@ -552,15 +589,36 @@ class Net:
         return {name: self.blobs[name].diff for name in wanted if name in self.blobs}
 
     def _backward_range(self, start: int, end: int) -> None:
+        before, after = self._before_backward, self._after_backward
         for i in range(start, end - 1, -1):
+            for hook in before:
+                hook(i)
             layer = self.layers[i]
             if layer.need_backward and (layer.bottoms or any(layer.param_propagate_down)):
                 self._backward_layer(layer)
+            for hook in after:
+                hook(i)
+
+    def _record_current(self, layer: NetLayer):
+        """What backward needs when no forward recorded it: Caffe's backward reads the blobs'
+        current data, so autograd layers are re-run on the current bottoms (their tops are
+        not written) and explicit-backward layers get the current top data."""
+        bottoms = [blob.tensor for blob in layer.bottoms]
+        params = [blob.tensor for blob in layer.blobs]
+        leaves = [t.detach().requires_grad_(need and t.is_floating_point())
+                  for t, need in zip(bottoms, layer.bottom_need_backward)]
+        pleaves = [p.detach().requires_grad_(need) for p, need in zip(params, layer.param_propagate_down)]
+        if layer.impl.explicit_backward or layer.type == "Split":
+            tops = [blob.tensor for blob in layer.tops]
+        else:
+            self._layer_bottoms(layer)  # reshape the layer if the bottoms changed shape
+            with torch.enable_grad():
+                tops = layer.impl.forward(leaves, pleaves)
+        return leaves, pleaves, tops
 
     def _backward_layer(self, layer: NetLayer) -> None:
-        if layer.saved is None:
-            raise NetError(f"backward through layer '{layer.name}' needs a forward pass first")
-        leaves, pleaves, tops = layer.saved
+        # without a recorded forward (net.backward() first), use the blobs as they are now
+        leaves, pleaves, tops = layer.saved if layer.saved is not None else self._record_current(layer)
         top_diffs = [blob.grad_tensor for blob in layer.tops]
         down = layer.bottom_need_backward
         pdown = layer.param_propagate_down
@@ -616,6 +674,126 @@ class Net:
         from engine.layer_types.memory_data import set_input_arrays
         set_input_arrays(self, data, labels)
 
+    # ------------------------------------------------------------------------------------
+    # pycaffe's index-based surface, batching and hooks
+    # ------------------------------------------------------------------------------------
+    def _forward(self, start: int, end: int) -> float:
+        """Caffe's ``ForwardFromTo`` by layer index (inclusive); returns the loss of that range."""
+        self._forward_range(int(start), int(end))
+        return float(sum(float(t) for i, t in self._loss_terms.items() if int(start) <= i <= int(end)))
+
+    def _backward(self, start: int, end: int) -> None:
+        """Caffe's ``BackwardFromTo`` by layer index, ``start >= end``."""
+        self._backward_range(int(start), int(end))
+
+    def before_forward(self, callback) -> None:
+        """Call ``callback(layer_index)`` before each layer's forward."""
+        self._before_forward.append(callback)
+
+    def after_forward(self, callback) -> None:
+        """Call ``callback(layer_index)`` after each layer's forward."""
+        self._after_forward.append(callback)
+
+    def before_backward(self, callback) -> None:
+        """Call ``callback(layer_index)`` before each layer's backward step (every layer in
+        the range, as in Caffe, also those that need no backward)."""
+        self._before_backward.append(callback)
+
+    def after_backward(self, callback) -> None:
+        """Call ``callback(layer_index)`` after each layer's backward step."""
+        self._after_backward.append(callback)
+
+    def clear_param_diffs(self) -> None:
+        """Zero every learnable parameter's diff in place (``Net::ClearParamDiffs``)."""
+        for blob, _, _ in self.learnable_params:
+            blob.grad_tensor.zero_()
+
+    @property
+    def _blobs(self) -> list[Blob]:
+        return list(self.blobs.values())
+
+    def _blob_indices(self, names) -> list[int]:
+        index = {name: i for i, name in enumerate(self.blobs)}
+        return [index[name] for name in names if name in index]
+
+    @property
+    def _inputs(self) -> list[int]:
+        return self._blob_indices(self.inputs)
+
+    @property
+    def _outputs(self) -> list[int]:
+        return self._blob_indices(self.outputs)
+
+    def _bottom_ids(self, layer_index: int) -> list[int]:
+        return self._blob_indices(self.layers[int(layer_index)].bottom_names)
+
+    def _top_ids(self, layer_index: int) -> list[int]:
+        return self._blob_indices(n for n in self.layers[int(layer_index)].top_names if n != AUTOMATIC_TOP)
+
+    def _batch(self, blobs):
+        """Cut ``{name: array}`` (equal lengths) into the net's batch size (the first blob's
+        first axis); the last batch is padded with zeros."""
+        if not blobs:
+            return
+        num = len(next(iter(blobs.values())))
+        batch_size = next(iter(self.blobs.values())).shape[0]
+        for start in range(0, num - num % batch_size, batch_size):
+            yield {name: value[start:start + batch_size] for name, value in blobs.items()}
+        remainder = num % batch_size
+        if remainder:
+            padded = {}
+            for name, value in blobs.items():
+                value = np.asarray(value)
+                padding = np.zeros((batch_size - remainder,) + value.shape[1:])
+                padded[name] = np.concatenate([value[-remainder:], padding])
+            yield padded
+
+    @staticmethod
+    def _collect(store: dict, outs: dict) -> None:
+        for name, value in outs.items():
+            value = np.array(value, copy=True)
+            if value.ndim == 0:
+                store[name].append(value)
+            else:
+                store[name].extend(value)
+
+    @staticmethod
+    def _strip_padding(collected: dict, given: dict) -> dict:
+        result = {name: np.asarray(values) for name, values in collected.items()}
+        if given and result:
+            pad = len(next(iter(result.values()))) - len(next(iter(given.values())))
+            if pad > 0:
+                result = {name: value[:-pad] for name, value in result.items()}
+        return result
+
+    def forward_all(self, blobs=None, **kwargs):
+        """``forward`` over inputs of any length, in batches (the last one zero-padded, the
+        padding dropped from the results): ``{blob: array}`` for the outputs and ``blobs``.
+        Without inputs it is one forward pass (the data layers give the batch)."""
+        names = set(self.outputs + list(blobs or []))
+        collected: dict = {name: [] for name in names}
+        batches = list(self._batch(kwargs)) if kwargs else [{}]
+        for batch in batches:
+            self._collect(collected, self.forward(blobs=blobs, **batch))
+        return self._strip_padding(collected, kwargs)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """``forward`` then ``backward`` per batch: inputs and output diffs given by name in
+        ``kwargs`` (either may be missing); returns ``({blob: data}, {blob: diff})``."""
+        collected = {name: [] for name in set(self.outputs + list(blobs or []))}
+        collected_diffs = {name: [] for name in set(self.inputs + list(diffs or []))}
+        forward_in = {name: kwargs[name] for name in self.inputs if name in kwargs}
+        backward_in = {name: kwargs[name] for name in self.outputs if name in kwargs}
+        forward_batches = list(self._batch(forward_in))
+        backward_batches = list(self._batch(backward_in))
+        for i in range(max(len(forward_batches), len(backward_batches), 1)):
+            fb = forward_batches[i] if i < len(forward_batches) else {}
+            bb = backward_batches[i] if i < len(backward_batches) else {}
+            self._collect(collected, self.forward(blobs=blobs, **fb))
+            self._collect(collected_diffs, self.backward(diffs=diffs, **bb))
+        return self._strip_padding(collected, kwargs), self._strip_padding(collected_diffs, kwargs)
+
+    # ------------------------------------------------------------------------------------
     def reshape(self) -> None:
         """Propagate input shapes through every layer (Caffe's ``Net::Reshape``)."""
         for layer in self.layers:
@@ -711,6 +889,58 @@ class Net:
         """Write the net with its current weights as a binary .caffemodel."""
         from engine.caffemodel import write_caffemodel
         write_caffemodel(os.fspath(path), self.to_proto(write_diff))
+
+    def save_hdf5(self, path, write_diff: bool = False) -> None:
+        """Write the weights as Caffe's ``Net::ToHDF5`` does: group ``data`` (and ``diff``)
+        with one subgroup per layer and datasets ``"0"``, ``"1"``, ... per parameter blob;
+        a parameter shared from another layer is stored only at its owner (diffs always)."""
+        import h5py
+        path = os.fspath(path)
+        with h5py.File(path, "w") as out:
+            data = out.create_group("data")
+            diff = out.create_group("diff") if write_diff else None
+            for layer in self.layers:
+                layer_data = data.require_group(layer.name)
+                layer_diff = diff.require_group(layer.name) if diff is not None else None
+                for j, blob in enumerate(layer.blobs):
+                    if j not in layer.shared_param_ids:
+                        layer_data.create_dataset(str(j), data=np.array(blob.data, dtype=np.float32))
+                    if layer_diff is not None:
+                        layer_diff.create_dataset(str(j), data=np.array(blob.diff, dtype=np.float32))
+
+    def load_hdf5(self, path) -> None:
+        """Copy weights from a ``save_hdf5`` file (``CopyTrainedLayersFromHDF5``): layers
+        matched by name, unknown layers ignored, shapes must match exactly."""
+        import h5py
+        path = os.fspath(path)
+        by_name = {}
+        for layer in self.layers:
+            by_name.setdefault(layer.name, layer)
+        try:
+            source = h5py.File(path, "r")
+        except OSError as err:
+            raise WeightsMismatchError(f"{path}: cannot open as HDF5 weights ({err})") from None
+        with source:
+            if "data" not in source:
+                raise WeightsMismatchError(f"{path}: no 'data' group; not a Caffe HDF5 weights file")
+            for name, group in source["data"].items():
+                target = by_name.get(name)
+                if target is None:
+                    continue
+                if len(group) > len(target.blobs):
+                    raise WeightsMismatchError(
+                        f"{path}: incompatible number of blobs for layer '{name}': the file has "
+                        f"{len(group)}, the net ({self._where()}) has {len(target.blobs)}")
+                for j, blob in enumerate(target.blobs):
+                    if str(j) not in group:
+                        if j in target.shared_param_ids:
+                            continue  # stored at the owner
+                        raise WeightsMismatchError(f"{path}: layer '{name}' has no param {j} (the net has "
+                                                   f"{len(target.blobs)} for it)")
+                    values = np.asarray(group[str(j)][()], dtype=np.float32)
+                    if tuple(values.shape) != blob.shape:
+                        raise WeightsMismatchError(self._mismatch_message(path, target, j, values.shape))
+                    blob.tensor.copy_(torch.from_numpy(np.ascontiguousarray(values)).reshape(blob.shape))
 
     def __repr__(self):
         return f"<Net '{self.name}' with {len(self.layers)} layers on {self.device}>"

@@ -21,6 +21,7 @@ Python layers are not Caffe ``LossLayer``s: their tops weigh 0 unless ``loss_wei
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import os
 import sys
 import traceback
@@ -32,12 +33,18 @@ import torch
 from engine.layer_types import base
 from engine.proto import caffe_pb2
 
-_PROJECT_PYTHON_LAYERS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "python_layers")
+
+def _shipped_python_layers() -> str:
+    """The folder of caffeseg's ``python_layers`` package (the lab's Dice layers) wherever it is
+    installed: the lookup of ``jobs.resources.python_layers_dir`` (the engine imports nothing
+    of ``jobs``)."""
+    return os.fspath(importlib.resources.files("python_layers"))
 
 
 class PythonLayerError(base.LayerError):
-    """User Python-layer code failed; the message names the layer, the user's file and line."""
+    """A Python layer cannot be made: its module or class is missing. (An exception raised by
+    the user's own code passes through as itself, its message naming the layer, file and line,
+    as in Caffe.)"""
 
 
 class LayerBlob:
@@ -122,17 +129,41 @@ class Layer:
         pass
 
 
-def _user_error(layer_name: str, stage: str, err: BaseException) -> PythonLayerError:
-    """Name the deepest frame of the user's code (not the engine's) with the exception message."""
+def _user_frame(err: BaseException) -> str:
+    """`` at FILE, line N, in FUNC: CODE`` for the deepest frame of user code (not the engine's)."""
     frames = traceback.extract_tb(err.__traceback__)
     engine_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     user = [f for f in frames if not os.path.abspath(f.filename).startswith(engine_dir)]
-    where = ""
-    if user:
-        f = user[-1]
-        where = f' at {f.filename}, line {f.lineno}, in {f.name}' + (f': {f.line}' if f.line else "")
-    return PythonLayerError(
-        f"layer '{layer_name}' (Python): {stage} raised {type(err).__name__}: {err}{where}")
+    if not user:
+        return ""
+    f = user[-1]
+    return f" at {f.filename}, line {f.lineno}, in {f.name}" + (f": {f.line}" if f.line else "")
+
+
+def _annotate_user_error(layer_name: str, stage: str, err: BaseException) -> BaseException:
+    """``err`` itself (its own type, as Caffe lets it through), its message prefixed with the
+    layer and stage and followed by the user's file and line. Exceptions whose arguments are
+    not one message (``OSError(errno, text)``) keep them and get the same text as a note."""
+    if getattr(err, "caffe_python_layer", None):
+        return err  # a nested net's Python layer already said where
+    text = f"layer '{layer_name}' (Python): {stage} raised {type(err).__name__}"
+    original = str(err)
+    text += (f": {original}" if original else "") + _user_frame(err)
+    if len(err.args) <= 1 and all(isinstance(a, str) for a in err.args):
+        err.args = (text,)
+    elif hasattr(err, "add_note"):
+        err.add_note(text)
+    try:
+        err.caffe_python_layer = layer_name
+    except AttributeError:
+        pass
+    return err
+
+
+def is_annotated_user_error(err: BaseException) -> bool:
+    """True for an exception from user Python-layer code that already names its layer (the
+    net lets it through as it is)."""
+    return bool(getattr(err, "caffe_python_layer", None))
 
 
 def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str):
@@ -141,7 +172,7 @@ def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str
     dirs = []
     for d in list(search_dirs) + [os.getcwd()]:
         dirs += [d, os.path.join(d, "python_layers")]
-    dirs.append(_PROJECT_PYTHON_LAYERS)
+    dirs.append(_shipped_python_layers())
     dirs = [os.path.abspath(d) for d in dict.fromkeys(dirs) if os.path.isdir(d)]
     added = [d for d in dirs if d not in sys.path]
     sys.path[:0] = added
@@ -152,9 +183,9 @@ def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str
             raise PythonLayerError(
                 f"layer '{layer_name}' (Python): python_param.module '{module_name}' was not found; "
                 f"searched {', '.join(dirs)} and sys.path") from None
-        raise _user_error(layer_name, f"importing module '{module_name}'", err) from err
+        raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
     except Exception as err:
-        raise _user_error(layer_name, f"importing module '{module_name}'", err) from err
+        raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
     finally:
         for d in added:
             if d in sys.path:
@@ -202,10 +233,8 @@ class PythonLayer(base.Layer):
     def _call(self, stage, fn, *args):
         try:
             return fn(*args)
-        except base.LayerError:
-            raise
         except Exception as err:
-            raise _user_error(self.name, stage, err) from err
+            raise _annotate_user_error(self.name, stage, err)
 
     def setup(self, bottom_shapes):
         self.user = self._make_user_layer()
