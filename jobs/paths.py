@@ -4,6 +4,7 @@ A job id is validated before it is ever joined to a path, so an id coming from a
 command line can never escape the jobs root. Files are written atomically (temp file in the
 same folder + ``os.replace``) so a crash leaves either the old or the new content, never half.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -45,20 +46,31 @@ def inside(root, path):
     return full
 
 
-def atomic_write(path, data):
-    """Write ``data`` (str or bytes) to ``path`` so that readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_output(path, mode=None):
+    """A binary file that becomes ``path`` only when the block ends without error: written under a
+    private temporary name in the same folder (concurrent writers never share it), then renamed
+    into place, so readers never see a partial file. ``mode`` sets its permission bits."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path, data):
+    """Write ``data`` (str or bytes) to ``path`` so that readers never see a partial file."""
+    with atomic_output(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def atomic_write_json(path, obj):

@@ -223,8 +223,7 @@ def test_web_upload_of_another_size_is_resized_to_the_dataset_size(job, tmp_path
     [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1,
                             "mean": "image"})
     open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
-    backend = ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs")})
-    backend._service = svc
+    backend = ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs")}, svc)
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": backend, "WTF_CSRF_ENABLED": False})
     client = app.test_client()
     small = np.zeros((10, 12), np.uint8)
@@ -247,3 +246,53 @@ def test_web_upload_of_another_size_is_resized_to_the_dataset_size(job, tmp_path
     page = client.get(resp.headers["Location"]).get_data(as_text=True)
     assert "resized from" not in page
 
+
+
+def test_export_is_built_once_per_snapshot_and_rebuilt_when_it_changes(job):
+    folder, _ = job
+    first = ex.export_model(folder, snapshot=1)
+    assert os.path.dirname(first) == os.path.join(folder, ex.EXPORT_DIR)
+    built = os.stat(first).st_mtime_ns
+    assert ex.export_model(folder, snapshot=1) == first and os.stat(first).st_mtime_ns == built  # cached
+    snap = os.path.join(folder, "snapshot_iter_1.caffemodel")
+    with open(snap, "ab") as f:
+        f.write(b"more")  # the snapshot changed: the archive must follow
+    again = ex.export_model(folder, snapshot=1)
+    with tarfile.open(again) as tar:
+        member = tar.getmember("snapshot_iter_1.caffemodel")
+        assert member.size == os.path.getsize(snap)
+        assert all(m.mode == 0o644 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
+    assert os.stat(again).st_mode & 0o777 == 0o644
+    assert not [n for n in os.listdir(os.path.dirname(again)) if n.startswith(".tmp-")]
+
+
+def test_export_keeps_only_the_newest_archives(job):
+    folder, _ = job
+    import shutil
+    for it in (2, 3):
+        shutil.copy(os.path.join(folder, "snapshot_iter_1.caffemodel"), os.path.join(folder, "snapshot_iter_%d.caffemodel" % it))
+    for it in (1, 2, 3):
+        ex.export_model(folder, snapshot=it)
+    names = sorted(n for n in os.listdir(os.path.join(folder, ex.EXPORT_DIR)) if n.endswith(".tar.gz"))
+    assert names == ["model_snapshot_iter_2.tar.gz", "model_snapshot_iter_3.tar.gz"]
+    assert ex.KEEP_ARCHIVES == 2
+
+
+def test_concurrent_exports_build_one_archive_without_errors(job):
+    import threading
+    folder, _ = job
+    results, errors = [], []
+
+    def download():
+        try:
+            results.append(ex.export_model(folder, snapshot=1))
+        except Exception as exc:  # the race of the old code: [Errno 2] ... .tmp -> ...
+            errors.append(exc)
+
+    threads = [threading.Thread(target=download) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1 and tarfile.is_tarfile(results[0])
+    assert os.path.isfile(results[0][:-len(".tar.gz")] + ".json")
