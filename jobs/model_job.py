@@ -9,12 +9,8 @@ import os
 import shutil
 
 from engine.prototxt import PrototxtError, format_message, parse_net
-from jobs import derive
+from jobs import derive, resources
 from jobs.paths import atomic_write, atomic_write_json
-
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDARD_NETWORK_DIR = os.path.join(PROJECT_ROOT, "prototxt")
-PYTHON_LAYER_DIR = os.path.join(PROJECT_ROOT, "python_layers")
 
 
 class ModelJobError(ValueError):
@@ -31,12 +27,10 @@ def network_text(options, root=None):
     if options.get("network_text"):
         return options["network_text"], "custom network"
     if options.get("standard_network"):
-        name = os.path.basename(options["standard_network"])
-        if not name.endswith(".prototxt"):
-            name += ".prototxt"
-        path = os.path.join(STANDARD_NETWORK_DIR, name)
+        path = resources.network_path(os.path.basename(options["standard_network"]))
         if not os.path.isfile(path):
-            raise ModelJobError("no standard network %r in %s" % (name, STANDARD_NETWORK_DIR), "standard_network")
+            raise ModelJobError("no standard network %r in %s" % (os.path.basename(path), resources.networks_dir()),
+                                "standard_network")
         with open(path) as f:
             return f.read(), path
     if options.get("previous_job_dir"):
@@ -107,8 +101,8 @@ def _bundled_python_layers(net, given):
     found = []
     for layer in net.layer:
         if layer.type == "Python" and layer.python_param.module not in have:
-            path = os.path.join(PYTHON_LAYER_DIR, layer.python_param.module + ".py")
-            if os.path.isfile(path):
+            path = resources.python_layer_file(layer.python_param.module)
+            if path:
                 found.append(path)
                 have.add(layer.python_param.module)
     return found

@@ -18,12 +18,12 @@ import sys
 import threading
 import time
 
-from jobs import real_caffe
+from jobs import real_caffe, resources
 from jobs import runner as runner_mod
 from jobs import store as st
 
 RUNNER_PATH = os.path.abspath(runner_mod.__file__)
-PROJECT_ROOT = os.path.dirname(os.path.dirname(RUNNER_PATH))
+IMPORT_ROOT = resources.import_root()  # on the runner's PYTHONPATH: it imports engine/ from there
 ABORT_FLAG = runner_mod.ABORT_FLAG  # the runner stops at its next iteration when it appears
 ABORT_GRACE_SECONDS = 10.0  # a runner still busy in one long iteration after this is killed
 
@@ -128,7 +128,7 @@ def runnable_backends(backend):
     if backend in BACKENDS:
         return {backend}
     found = set()
-    if os.path.isfile(os.path.join(PROJECT_ROOT, "engine", "__init__.py")):
+    if os.path.isfile(os.path.join(IMPORT_ROOT, "engine", "__init__.py")):
         found.add("engine")
     if _real_pycaffe_importable():
         found.add("pycaffe")
@@ -201,7 +201,7 @@ class Scheduler:
         if os.path.exists(flag):
             os.unlink(flag)
         env = dict(os.environ)
-        env["PYTHONPATH"] = PROJECT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = IMPORT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         command = self.runner_command(job, resume, gpu)
         if command[command.index("--backend") + 1] == "pycaffe":
             # Real Caffe may need its own interpreter and path (the `make caffe` build).

@@ -57,7 +57,7 @@ def test_auto_worker_takes_what_is_importable_here(store, monkeypatch):
     monkeypatch.setattr(sched, "_real_pycaffe_importable", lambda: True)
     assert _ready(sched.Scheduler(store, backend="auto")) == ["m-auto", "m-engine", "m-none", "m-pycaffe"]
     # the pycaffe image has no engine package: its auto worker is a pycaffe worker
-    monkeypatch.setattr(sched, "PROJECT_ROOT", str(store.root))
+    monkeypatch.setattr(sched, "IMPORT_ROOT", str(store.root))
     assert _ready(sched.Scheduler(store, backend="auto")) == ["m-auto", "m-pycaffe"]
 
 

@@ -18,17 +18,20 @@ import re
 import sys
 from pathlib import Path
 
-from web.backend import BadRequest, Unavailable
+import engine
+from engine import caffe_shim, prototxt
+from engine.proto import caffe_pb2
+from jobs import resources
+from web.backend import BadRequest
 
 DEFAULT_FEATURE_SHAPE = [1, 256, 256]
 SOURCE = "custom network"
 # Bounds of one preview: the text is parsed (about 2 s per MiB) and every layer is built.
 MAX_PREVIEW_BYTES = 512 * 1024
 MAX_PREVIEW_LAYERS = 1000
-PROJECT_PYTHON_LAYERS = Path(__file__).resolve().parent.parent / "python_layers"
 
 
-def _replace_data_layers(net, feature_shape, caffe_pb2):
+def _replace_data_layers(net, feature_shape):
     c, h, w = (list(feature_shape) + DEFAULT_FEATURE_SHAPE)[:3] if feature_shape else DEFAULT_FEATURE_SHAPE
     crop = None
     keep = []
@@ -55,11 +58,6 @@ def _replace_data_layers(net, feature_shape, caffe_pb2):
 
 
 def inspect(text: str, feature_shape=None) -> dict:
-    try:
-        from engine import prototxt
-        from engine.proto import caffe_pb2
-    except ImportError as exc:
-        raise Unavailable(f"the prototxt parser is not available ({exc})") from None
     size = len(text.encode("utf-8", "replace"))
     if size > MAX_PREVIEW_BYTES:
         raise BadRequest(f"{SOURCE}: {size // 1024} KiB is more than the preview reads "
@@ -78,25 +76,16 @@ def inspect(text: str, feature_shape=None) -> dict:
             continue  # the train and val copies of a Data layer are one box in the graph
         shown.add(tuple(l.top))
         layers.append({"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top)})
-    _replace_data_layers(net, feature_shape, caffe_pb2)
-    try:
-        import engine
-        net_class = engine.Net
-    except (ImportError, AttributeError) as exc:
-        return {"layers": layers, "blobs": {}, "note": f"Shapes unavailable: the engine cannot build nets yet ({exc})."}
+    _replace_data_layers(net, feature_shape)
     skipped, unknown_blobs, foreign = _drop_foreign_python_layers(net)
-    _install_caffe_name(engine)
-    try:
-        try:  # DIGITS-style nets select their validation layers with stage "val"
-            built = net_class.from_param(net, engine.TEST, stages=["val"])
-        except TypeError:
-            built = net_class.from_param(net, engine.TEST)
+    try:  # DIGITS-style nets select their validation layers with stage "val"
+        built = engine.Net.from_param(net, engine.TEST, stages=["val"])
     except Exception as exc:  # a layer's own check: report it beside the editor
         raise _build_error(exc, text) from None
     # Split blobs are Caffe's plumbing (one per extra consumer); the user never named them.
     blobs = {name: list(blob.shape) for name, blob in built.blobs.items()
              if "_split_" not in name and name not in unknown_blobs}
-    built_names = set(getattr(built, "_layer_names", None) or [l.name for l in net.layer]) | skipped
+    built_names = set(built._layer_names) | skipped
     note = "Data layers replaced by inputs of the dataset's shape."
     if foreign:
         note += (f" Python layer module{'s' if len(foreign) > 1 else ''} {', '.join(sorted(foreign))} "
@@ -111,9 +100,10 @@ def _project_module(name: str):
     """The project's own Python-layer module ``name`` (loaded from python_layers/ by path), or None."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
         return None
-    path = PROJECT_PYTHON_LAYERS / f"{name}.py"
-    if not path.is_file():
+    shipped = resources.python_layer_file(name)
+    if shipped is None:
         return None
+    path = Path(shipped).resolve()
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded if Path(getattr(loaded, "__file__", "") or "").resolve() == path else None
@@ -132,7 +122,6 @@ def _drop_foreign_python_layers(net):
     """Remove Python layers whose module is not the project's, and the layers their tops feed.
 
     Returns (removed layer names, blobs whose shape is then unknown, the foreign module names)."""
-    from engine import caffe_shim
     caffe_shim.install()  # the project's layer files say ``import caffe``
     removed, unknown, foreign, keep = set(), set(), set(), []
     for layer in net.layer:
@@ -149,21 +138,6 @@ def _drop_foreign_python_layers(net):
     del net.layer[:]
     net.layer.extend(keep)
     return removed, unknown, foreign
-
-
-def _install_caffe_name(engine) -> None:
-    """Python layer files say ``import caffe``: let that name the engine unless real pycaffe is loaded."""
-    if "caffe" in sys.modules:
-        return
-    try:
-        from engine import caffe_shim
-        for name in ("install", "install_as_caffe", "activate"):
-            if callable(getattr(caffe_shim, name, None)):
-                getattr(caffe_shim, name)()
-                return
-    except ImportError:
-        pass
-    sys.modules["caffe"] = engine
 
 
 def _where(line=None, column=None) -> str:
