@@ -45,7 +45,7 @@ def first(pairs, keyword):
     return [args for key, args in pairs if key == keyword]
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.pycaffe"])
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.pycaffe", "Dockerfile.pycaffe-bvlc"])
 def test_hadolint_clean(name):
     exe = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
     if not Path(exe).exists():
@@ -101,3 +101,35 @@ def test_compose_shares_data_between_app_and_worker():
     worker_volume = services["pycaffe-worker"]["volumes"][0].split(":")
     assert app_volume == worker_volume == ["caffeseg-data", "/data"]
     assert "caffeseg-data" in compose["volumes"]
+
+
+def test_pycaffe_image_built_from_bvlc_source():
+    """Dockerfile.pycaffe-bvlc builds the Caffe CI tests with the same script as `make caffe`."""
+    pairs = instructions(DOCKER / "Dockerfile.pycaffe-bvlc")
+    assert first(pairs, "FROM") == ["debian:bookworm-slim"]
+    install = " ".join(first(pairs, "RUN"))
+    assert "./docker/build_caffe.sh" in install and "python3-caffe" not in install
+    assert "docker/build_caffe.sh ./docker/build_caffe.sh" in first(pairs, "COPY")
+    env = " ".join(first(pairs, "ENV"))
+    assert "CAFFESEG_CACHE=/opt/caffeseg-caffe" in env and "CAFFESEG_BACKEND=pycaffe" in env
+    users = first(pairs, "USER")
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1])
+    assert json.loads(first(pairs, "VOLUME")[0]) == ["/data"]
+    assert "real_caffe" in first(pairs, "HEALTHCHECK")[0]
+    cmd = json.loads(first(pairs, "CMD")[-1])
+    assert cmd == ["python3", "-m", "jobs.worker", "--backend", "pycaffe", "--data", "/data"]
+    for copied in first(pairs, "COPY"):
+        source = copied.split()[0]
+        assert (ROOT / source).exists(), f"Dockerfile.pycaffe-bvlc copies {source}, which is missing"
+    override = yaml.safe_load((DOCKER / "compose.bvlc.yaml").read_text())
+    assert override["services"]["pycaffe-worker"]["build"] == {"context": "..",
+                                                               "dockerfile": "docker/Dockerfile.pycaffe-bvlc"}
+
+
+def test_build_script_and_locator_pin_the_same_commit():
+    from jobs import real_caffe
+    script = (DOCKER / "build_caffe.sh").read_text()
+    assert f"CAFFE_COMMIT={real_caffe.CAFFE_COMMIT}" in script
+    assert f"STAMP_NAME={real_caffe.STAMP_NAME}" in script
+    result = subprocess.run(["bash", "-n", str(DOCKER / "build_caffe.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
