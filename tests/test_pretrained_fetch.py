@@ -156,11 +156,11 @@ def test_prepare_fetches_and_converts(server, tmp_path):
 
 def test_each_known_model_is_paired_with_its_network_and_the_steps_that_make_its_weights(tmp_path):
     import os
-    from jobs.model_job import STANDARD_NETWORK_DIR
+    from jobs import resources
     assert {n: m.network for n, m in pretrained.KNOWN_MODELS.items()} == {
         "bvlc_alexnet": "fcn_alexnet", "fcn8s-heavy-pascal": "fcn_8s", "VGG16": "fcn_8s"}
     for model in pretrained.KNOWN_MODELS.values():
-        assert os.path.isfile(os.path.join(STANDARD_NETWORK_DIR, model.network + ".prototxt"))
+        assert os.path.isfile(resources.network_path(model.network))
     alex = pretrained.network_weights("bvlc_alexnet", tmp_path, gray=True)
     target = tmp_path / "bvlc_alexnet-fcn-gray.caffemodel"
     assert alex["network"] == "fcn_alexnet" and alex["weights"] == str(target) and not alex["ready"]

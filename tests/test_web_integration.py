@@ -174,8 +174,8 @@ def test_known_pretrained_models_are_network_sources(site):
     resp = client.post("/models/new", data=_pretrained_form(ds["id"], "fcn8s-heavy-pascal"))
     assert resp.status_code == 302, resp.get_data(as_text=True)
     job = svc.show(svc.list_jobs("model")[0]["id"])
-    from jobs.model_job import STANDARD_NETWORK_DIR
-    assert open(f"{job['dir']}/original.prototxt").read() == open(f"{STANDARD_NETWORK_DIR}/fcn_8s.prototxt").read()
+    from jobs import resources
+    assert open(f"{job['dir']}/original.prototxt").read() == open(resources.network_path("fcn_8s")).read()
     assert job["options"]["pretrained"] == [str(gray)] and job["options"]["standard_network"] == "fcn_8s"
     report = json.load(open(f"{job['dir']}/pretrained_report.json"))
     assert report["matched"] == ["conv1_1"] and report["mismatches"] == []
