@@ -429,3 +429,26 @@ def test_window_data_missing_image_and_window_outside(window_folder):
         layer.forward([], [])
     with pytest.raises(LayerError, match="crop_size must be positive"):
         _layer(WindowDataLayer, WINDOW_NET % ("", 2, ""), base_dir=str(folder))
+
+
+def test_window_data_cache_images_keeps_the_files_in_memory(window_folder):
+    folder, _ = window_folder
+    plain = _layer(WindowDataLayer, WINDOW_NET % ("crop_size: 4 mean_value: 100", 2, ""), base_dir=str(folder))
+    cached_text = WINDOW_NET % ("crop_size: 4 mean_value: 100", 2, "cache_images: true")
+    cached = _layer(WindowDataLayer, cached_text, base_dir=str(folder))
+    want = plain.forward([], [])[0].numpy()
+    os.remove(folder / "scene.png")  # read at setup: later batches need no file
+    np.testing.assert_array_equal(cached.forward([], [])[0].numpy(), want)
+    with pytest.raises(LayerError, match="could not open or find file .*scene.png"):
+        _layer(WindowDataLayer, cached_text, base_dir=str(folder))
+
+
+def test_image_data_rand_skip_starts_within_the_skip_range(image_folder):
+    folder, _ = image_folder
+    (folder / "list.txt").write_text("a.png 0\nb c.png 1\nd.png 2\na.png 3\nd.png 4\n")
+    first = set()
+    for seed in range(12):
+        rng.set_seed(seed)
+        layer = _layer(ImageDataLayer, IMAGE_NET % ("", 1, "rand_skip: 2"), base_dir=str(folder))
+        first.add(int(layer.forward([], [])[1].item()))
+    assert first == {0, 1}  # caffe_rng_rand() % rand_skip lines are skipped
