@@ -17,7 +17,8 @@ plugin: encoding "none" keeps exact values in ``float_data`` (uint16 is exact in
 Atomic completion: everything is written into a temporary folder beside the target, renamed to
 the target when complete (a job's folder that already holds its log: the entries are moved in
 beside it), and only then is ``status`` written; a failed or interrupted build leaves no folder
-that ``load_dataset_info`` accepts. Entries the plugin cannot encode
+that ``load_dataset_info`` accepts. ``DatasetInfo`` reads dataset.json back for the web and the
+service. Entries the plugin cannot encode
 (``EntryError``) are skipped and logged; a build with no usable training record fails.
 """
 
@@ -35,6 +36,7 @@ import numpy as np
 from plugin.base import EntryError
 
 DATASET_JSON = "dataset.json"
+DATASET_FORMAT, DATASET_VERSION = "caffeseg-dataset", 1  # what build_dataset writes, DatasetInfo reads
 STATUS_FILE = "status"
 MEAN_FILE = "mean.binaryproto"
 LOG_FILE = "build.log"
@@ -245,7 +247,7 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
         say("done: %s; %d skipped" % (", ".join("%s %d" % (s, counts[s]) for s in stages),
                                       len(skipped)))
         info = {
-            "format": "caffeseg-dataset", "version": 1,
+            "format": DATASET_FORMAT, "version": DATASET_VERSION,
             "plugin": {"id": plugin.id, "title": plugin.title},
             "form_values": values,
             "encoding": encoding,
@@ -355,3 +357,54 @@ def load_dataset_info(dataset_dir):
             return json.load(fh)
     except (OSError, ValueError) as exc:
         raise DatasetError("%s: cannot read dataset description (%s)" % (path, exc)) from None
+
+
+class DatasetInfo:
+    """dataset.json as ``build_dataset`` writes it (format ``caffeseg-dataset``, version 1), read back.
+
+    ``counts`` {stage: records}, ``feature_shape``/``label_shape`` (C x H x W), ``feature_dtype``/
+    ``label_dtype``, ``classes`` (names), ``palette`` ([r, g, b] per class), ``form_values`` (the
+    plugin form the dataset was built from), ``records(stage)`` (the per-record metadata, in key
+    order) and ``record_names(stage)`` (key -> a readable name). Another format or version raises
+    DatasetError naming the file."""
+
+    def __init__(self, info, source=DATASET_JSON):
+        if not isinstance(info, dict) or info.get("format") != DATASET_FORMAT \
+                or info.get("version") != DATASET_VERSION:
+            got = (info.get("format"), info.get("version")) if isinstance(info, dict) else (type(info).__name__, None)
+            raise DatasetError("%s: not a dataset description this version reads (format %r version %r; "
+                               "expected %r version %d): build the dataset again"
+                               % (source, got[0], got[1], DATASET_FORMAT, DATASET_VERSION))
+        self.info = info
+        self.counts = {stage: s["count"] for stage, s in info["stages"].items()}
+        self.feature_shape, self.feature_dtype = info["feature"]["shape"], info["feature"]["dtype"]
+        self.label_shape, self.label_dtype = info["label"]["shape"], info["label"]["dtype"]
+        self.classes = list(info.get("classes") or [])
+        self.palette = [list(c) for c in info.get("palette") or []]
+        self.form_values = dict(info.get("form_values") or {})
+
+    @classmethod
+    def read(cls, dataset_dir):
+        """The dataset.json of ``dataset_dir`` (finished or not: the job's status says that)."""
+        path = os.path.join(dataset_dir, DATASET_JSON)
+        try:
+            with open(path) as fh:
+                info = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise DatasetError("%s: cannot read dataset description (%s)" % (path, exc)) from None
+        return cls(info, path)
+
+    def records(self, stage):
+        return list((self.info.get("records") or {}).get(stage) or [])
+
+    def record_names(self, stage):
+        """Record key -> readable name (``record_name``)."""
+        return {rec["key"]: record_name(rec) for rec in self.records(stage)}
+
+
+def record_name(meta):
+    """A record's readable name from its metadata (a dataset.json record, an evaluation row):
+    the plugin's ``case`` and ``image_no`` as "SC-HF-NI-3 / 0048", else its ``title``, else its key."""
+    if meta.get("case") is not None and isinstance(meta.get("image_no"), int):
+        return "%s / %04d" % (meta["case"], meta["image_no"])
+    return str(meta.get("title") or meta.get("key"))

@@ -7,9 +7,10 @@
     [m] = svc.create_model({"dataset_id": ds["id"], "standard_network": "fcn_alexnet",
                             "epochs": 2, "base_lr": "0.01,0.001", ...})  # one job per sweep value
 
-Queries: ``list_jobs(kind=None)``, ``show(id)`` (+ history [(status, time)], progress, snapshots
-[(iteration, file)]), ``snapshots(id)``, ``metrics(id, since=0)`` → {"series": [(iteration, name,
-value, phase or None)], "status", "progress"} (phase "train"/"val"; lr, epoch, throughput and eta
+Queries: ``list_jobs(kind=None)``, ``show(id)`` (+ history [(status, time)], progress, and for a
+model snapshots [(iteration, file)], eta, iters_per_epoch), ``snapshots(id)``, ``log(id)``,
+``dataset_info(id)`` (``jobs.dataset.DatasetInfo``), ``metrics(id, since=0)`` → {"series": [(iteration, name,
+value, phase or None)], "status", "progress", "eta", "iters_per_epoch"} (phase "train"/"val"; lr, epoch, throughput and eta
 have phase None), ``evaluation(id, snapshot=None)`` (stored table or None), ``clone_values(id)``.
 Actions: ``train(id, resume=False, evaluate=False)`` (foreground, returns the final status),
 ``submit(id, resume=False)`` (queue for the worker), ``start_worker()`` (scheduler thread in this
@@ -39,6 +40,7 @@ updated_at, dataset_id, group_name, notes, options, error, pid. Errors the user 
 ``ServiceError`` (a ValueError, with ``field_errors`` when a form field is at fault) naming the
 job, file or field; an unknown job id raises ``KeyError``; an invalid id ``JobPathError``.
 """
+import collections
 import json
 import os
 import shutil
@@ -94,6 +96,31 @@ def build_progress(job_dir):
     return float(event.get("done_all") or 0) / float(event["total_all"])
 
 
+class Progress(collections.namedtuple("Progress", "done total")):
+    """A training's (done, total) iterations from its runner status; ``fraction`` is 0..1 or None."""
+
+    @property
+    def fraction(self):
+        return float(self.done) / self.total if self.total else None
+
+
+def training_progress(runner_status):
+    """``Progress`` of a training from its runner_status.json (``iter`` of ``max_iter``)."""
+    return Progress(int(runner_status.get("iter") or 0), int(runner_status.get("max_iter") or 0))
+
+
+def iters_per_epoch(job_dir):
+    """Solver iterations per epoch of a model job (its job.json's max_iter / epochs), or None."""
+    try:
+        with open(os.path.join(job_dir, "job.json")) as f:
+            facts = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if facts.get("max_iter") and facts.get("epochs"):
+        return float(facts["max_iter"]) / float(facts["epochs"])
+    return None
+
+
 class ServiceError(ValueError):
     def __init__(self, message, field_errors=None):
         ValueError.__init__(self, message)
@@ -120,12 +147,16 @@ class JobService:
         return self.store.list(kind)
 
     def show(self, job_id):
+        """The job with its history [(status, time)] and progress (0..1 or None); a model also
+        has snapshots [(iteration, file)], eta (seconds, while it runs) and iters_per_epoch."""
         job = self.store.get(check_job_id(job_id))
         job["history"] = [(h["status"], h["time"]) for h in self.store.history(job_id)]
+        job["progress"] = None
         if job["kind"] == "model":
             status = read_runner_status(job["dir"])
-            if status.get("max_iter"):
-                job["progress"] = float(status.get("iter") or 0) / status["max_iter"]
+            job["progress"] = training_progress(status).fraction
+            job["eta"] = status.get("eta") if job["status"] == st.RUNNING else None
+            job["iters_per_epoch"] = iters_per_epoch(job["dir"])
             job["snapshots"] = self.snapshots(job_id)
         elif job["status"] == st.RUNNING:
             job["progress"] = build_progress(job["dir"])
@@ -138,15 +169,42 @@ class JobService:
         return sorted(((snapshot_iteration(n), n) for n in names))
 
     def metrics(self, job_id, since=0):
-        """Metric rows with iteration >= since: (iteration, name, value, phase or None)."""
+        """Metric rows with iteration >= since: (iteration, name, value, phase or None), with the
+        job's status, progress, eta and iters_per_epoch (as ``show``)."""
         job = self.store.get(check_job_id(job_id))
         if job["kind"] == "model" and job["status"] == st.RUNNING:
             ingest_metrics(self.store, job)
         rows = self.store.metrics_since(job_id, since)
-        status = read_runner_status(job["dir"])
-        progress = float(status.get("iter") or 0) / status["max_iter"] if status.get("max_iter") else None
-        return {"series": [(i, n, v, p or None) for i, p, n, v in rows], "status": job["status"],
-                "progress": progress}
+        out = {"series": [(i, n, v, p or None) for i, p, n, v in rows], "status": job["status"],
+               "progress": None, "eta": None, "iters_per_epoch": None}
+        if job["kind"] == "model":
+            status = read_runner_status(job["dir"])
+            out.update(progress=training_progress(status).fraction, iters_per_epoch=iters_per_epoch(job["dir"]),
+                       eta=status.get("eta") if job["status"] == st.RUNNING else None)
+        return out
+
+    def log(self, job_id):
+        """The job's log text, or None before it has one: ``log.txt`` (trainings and dataset
+        jobs), else the ``build.log`` of an imported dataset folder."""
+        folder = self.store.get(check_job_id(job_id))["dir"]
+        from jobs.dataset import LOG_FILE
+        for name in (DATASET_LOG, LOG_FILE):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, errors="replace") as f:
+                    return f.read()
+        return None
+
+    def dataset_info(self, job_id):
+        """A dataset job's dataset.json (``jobs.dataset.DatasetInfo``), None while it is not
+        written yet; DatasetError when it cannot be read."""
+        from jobs.dataset import DATASET_JSON, DatasetInfo
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] != "dataset":
+            raise ServiceError("job %s is a %s, not a dataset" % (job_id, job["kind"]))
+        if not os.path.isfile(os.path.join(job["dir"], DATASET_JSON)):
+            return None
+        return DatasetInfo.read(job["dir"])
 
     # -- datasets --------------------------------------------------------------------------------
     def _new_job(self, kind, name, **kw):

@@ -27,10 +27,23 @@ def make_dataset_dir(folder, train=10, val=4, shape=(1, 8, 8), classes=("backgro
     for stage in ("train", "val"):
         for part in ("features", "labels"):
             os.makedirs(os.path.join(folder, "%s_db" % stage, part), exist_ok=True)
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"counts": {"train": train, "val": val}, "feature_shape": list(shape),
-                   "classes": list(classes), "pixel_spacing": [1.25, 1.25]}, f)
+    write_dataset_json(folder, {"train": train, "val": val}, shape, classes,
+                       pixel_spacing=[1.25, 1.25])  # the global spacing records without one fall back to
     return folder
+
+
+def write_dataset_json(folder, counts, shape, classes=("background", "lv"), records=None, dtype="uint16", **extra):
+    """dataset.json in the format jobs.dataset.build_dataset writes (caffeseg-dataset version 1)."""
+    info = {"format": "caffeseg-dataset", "version": 1, "form_values": {}, "encoding": "none",
+            "stages": {s: {"count": n, "features_db": "%s_db/features" % s, "labels_db": "%s_db/labels" % s}
+                       for s, n in counts.items()},
+            "feature": {"shape": list(shape), "dtype": dtype, "storage": "float_data"},
+            "label": {"shape": [1] + list(shape[-2:]), "dtype": "uint8", "storage": "data"},
+            "classes": list(classes), "palette": [[0, 0, 0]] + [[255, 0, 0]] * (len(classes) - 1),
+            "records": records or {}, "mean_file": "mean.binaryproto"}
+    info.update(extra)
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(info, f)
 
 
 # A stand-in for pycaffe (no numpy, runs on Python 3.9): records what the runner calls.

@@ -126,14 +126,16 @@ def test_records_networks_paths(env):
 
 
 def test_network_inspect_requires_text_and_reports_the_error_line(env, monkeypatch):
-    from web.backend import Backend
+    from web.backend import Unavailable
     client, fake, _ = env
     assert client.post("/api/network/inspect", json={}).status_code == 400
     pytest.importorskip("engine.prototxt")
     res = client.post("/api/network/inspect", json={"text": 'name: "n"\nlayer {\n  typo: 1\n}\n'})
     assert res.status_code == 400 and res.get_json()["line"] == 3 and "typo" in res.get_json()["error"]
-    # A backend without an inspector: the API says so instead of failing.
-    monkeypatch.setattr(fake, "inspect_network", lambda *a, **k: Backend.inspect_network(fake, *a, **k))
+    # A feature this installation cannot run (Unavailable): the API says so with a 501.
+    def unavailable(*args, **kwargs):
+        raise Unavailable("network visualization is not available in this installation")
+    monkeypatch.setattr(fake, "inspect_network", unavailable)
     assert client.post("/api/network/inspect", json={"text": "name: 'x'"}).status_code == 501
 
 

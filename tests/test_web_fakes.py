@@ -32,7 +32,7 @@ def _label(index: int) -> np.ndarray:
     return (((yy - 16) ** 2 + (xx - 16) ** 2) < 36).astype(np.uint8)
 
 
-class FakeBackend(Backend):
+class FakeBackend:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.jobs_: dict[str, dict] = {}
@@ -135,6 +135,15 @@ class FakeBackend(Backend):
             raise NotFound(f"no record {index} in {stage}")
         return _feature(index), _label(index), {"palette": [[0, 0, 0], [255, 0, 0]]}
 
+    def worker_takes(self, job):
+        return True
+
+    def worker_backends(self):
+        return {"engine"}
+
+    def snapshots(self, job):
+        return self.job(job["id"]).get("snapshots") or []
+
     def standard_networks(self):
         return [{"name": "fcn_tiny", "title": "FCN tiny", "description": "test net", "text": "name: 'tiny'\n"}]
 
@@ -157,6 +166,10 @@ class FakeBackend(Backend):
         from web import pretrained_store
         self.calls.append(("delete_pretrained", pretrained_id))
         pretrained_store.delete_upload(self.root, pretrained_id)
+
+    def prepare_pretrained(self, name, gray):
+        self.calls.append(("prepare_pretrained", name, gray))
+        return {"name": name, "phase": "queued", "gray": gray}
 
     def inspect_network(self, text, dataset_id=None):
         from web.netinspect import inspect  # the real parser and shape inference (Visualize)
@@ -191,6 +204,22 @@ class FakeBackend(Backend):
         path = Path(job["dir"]) / "model.tar.gz"
         path.write_bytes(b"archive")
         return str(path)
+
+
+def test_fake_and_real_backends_implement_every_method_of_the_contract():
+    """Both implement each method of web.backend.Backend with its parameters, so a change of the
+    contract fails here, not on a page."""
+    import inspect
+    from web.service_backend import ServiceBackend
+    contract = {name: inspect.signature(fn) for name, fn in vars(Backend).items()
+                if callable(fn) and not name.startswith("_")}
+    assert len(contract) > 20
+    for implementation in (FakeBackend, ServiceBackend):
+        for name, signature in contract.items():
+            own = getattr(implementation, name, None)
+            assert own is not None and own is not getattr(Backend, name), f"{implementation.__name__}.{name} missing"
+            assert list(inspect.signature(own).parameters) == list(signature.parameters), \
+                f"{implementation.__name__}.{name}{inspect.signature(own)} differs from Backend.{name}{signature}"
 
 
 def test_fake_backend_follows_the_contract(tmp_path):

@@ -13,11 +13,9 @@ import time
 import numpy as np
 import pytest
 
-service_mod = pytest.importorskip("jobs.service")
-pytest.importorskip("engine.lmdb_io")
-
-from web import create_app  # noqa: E402
-from web_helpers import write_lmdb_dataset  # noqa: E402
+from tests.jobs_fixtures import write_dataset_json
+from web import create_app
+from web_helpers import write_lmdb_dataset
 
 TINY_NET = """name: "tiny"
 layer { name: "train_data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
@@ -36,11 +34,9 @@ def _built_dataset(folder):
     counts = {"train": 4, "val": 2}
     write_lmdb_dataset(folder, counts, side=16, scale=16, box=(4, 9))
     write_binaryproto(str(folder / "mean.binaryproto"), np.full((1, 16, 16), 2000.0, np.float32))
-    (folder / "dataset.json").write_text(json.dumps({
-        "counts": counts, "feature_shape": [1, 16, 16], "feature_dtype": "uint16", "label_shape": [1, 16, 16],
-        "label_dtype": "uint8", "classes": ["background", "lv"], "palette": [[0, 0, 0], [255, 0, 0]],
-        "records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"},
-                            {"key": "00000001", "case": "SC-HF-NI-3", "image": "IM-0379-0068.dcm"}]}}))
+    write_dataset_json(str(folder), counts, [1, 16, 16], records={
+        "val": [{"key": "00000000", "case": "SC-HF-NI-3", "image_no": 48},
+                {"key": "00000001", "case": "SC-HF-NI-3", "image_no": 68}]})
     return folder
 
 

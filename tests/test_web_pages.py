@@ -54,9 +54,13 @@ def test_home_lists_jobs_in_tabs_with_groups_and_metrics(env):
     assert "Sunnybrook LV Segmentation" in html and "/datasets/new/sunnybrook" in html
 
 
-def test_home_when_service_is_missing_says_so(tmp_path):
-    from web.backend import Backend
-    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": Backend(), "PLUGINS": [sunnybrook_plugin()]})
+def test_home_when_the_job_listing_is_unavailable_says_so(tmp_path):
+    from web.backend import Unavailable
+
+    class NoListing(FakeBackend):
+        def jobs(self, kind=None):
+            raise Unavailable("job listing is not available in this installation")
+    app = create_app({"DATA_DIR": str(tmp_path), "BACKEND": NoListing(tmp_path), "PLUGINS": [sunnybrook_plugin()]})
     resp = app.test_client().get("/")
     assert resp.status_code == 200
     assert "not available" in resp.get_data(as_text=True)

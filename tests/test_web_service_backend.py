@@ -1,108 +1,119 @@
-"""The adapter between the web and jobs.service: normalising answers, reading job files."""
+"""The adapter between the web and jobs.service, on a real JobService (no worker): the shapes the
+pages read, the service's errors as the web's, the dataset files read back."""
 from __future__ import annotations
 
 import json
+import os
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
-from web.backend import BadRequest, NotFound, Unavailable
-from web.service_backend import ServiceBackend, _dataset_info_view, _record_names, list_job_files
+from jobs import networks
+from jobs import store as st
+from jobs.dataset import DatasetError, DatasetInfo
+from jobs.service import JobService, training_progress
+from tests.jobs_fixtures import TINY_NET, write_dataset_json
+from web.backend import BadRequest, NotFound
+from web.service_backend import ServiceBackend, list_job_files
 from web_helpers import write_lmdb_dataset
 
-
-class StubService:
-    def __init__(self, root):
-        self.root = root
-        self.calls = []
-
-    def list_jobs(self, kind=None):
-        return [{"job_id": "ds1", "type": "dataset", "name": "d", "status": "done", "created_at": 1000.0,
-                 "finished_at": 1010.0},
-                {"id": "m1", "kind": "model", "name": "m", "status": "Running", "submitted": time.time() - 5,
-                 "dataset_id": "ds1", "metrics": {"val/dice": [0.1, 0.5, 0.4]}}]
-
-    def show(self, job_id):
-        for j in self.list_jobs():
-            if j.get("id", j.get("job_id")) == job_id:
-                return dict(j, dir=str(self.root / job_id), history=[("Waiting", 1000.0), ("Done", 1010.0)])
-        raise KeyError(f"no job {job_id}")
-
-    def metrics(self, job_id, since):
-        return {"series": [(0, "loss", 0.9, "train"), (1, "loss", 0.8, "train"), (1, "lr", 0.01, None)],
-                "status": "Running", "progress": 0.5}
-
-    def abort(self, job_id):
-        self.calls.append(("abort", job_id))
-
-    def delete(self, job_id):
-        raise ValueError("dataset ds1 is used by model m")
+VAL_RECORDS = [{"key": "00000000", "case": "SC-HF-NI-3", "image_no": 48, "title": "record SC-HF-NI-3 / image 0048"},
+               {"key": "00000001", "title": "custom"}]
 
 
 @pytest.fixture
-def backend(tmp_path):
-    (tmp_path / "m1").mkdir()
-    (tmp_path / "m1" / "snapshot_iter_10.caffemodel").write_bytes(b"0123")
-    (tmp_path / "m1" / "train_val.prototxt").write_text("name: 'x'")
-    (tmp_path / "m1" / "log.txt").write_text("training…")
-    (tmp_path / "ds1").mkdir()
-    (tmp_path / "ds1" / "dataset.json").write_text(json.dumps({
-        "counts": {"train": 3, "val": 1}, "feature_shape": [1, 8, 8], "classes": ["background", "lv"],
-        "records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"}]}}))
-    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
-    b._service = StubService(tmp_path)
-    return b
+def site(tmp_path):
+    """(backend, service, dataset job, model job): a built dataset imported, one model made on it."""
+    built = tmp_path / "built"
+    write_lmdb_dataset(built, {"train": 3, "val": 2}, side=8, scale=500, box=(2, 5))
+    write_dataset_json(str(built), {"train": 3, "val": 2}, [1, 8, 8], records={"val": VAL_RECORDS})
+    (built / "build.log").write_text("done: train 3, val 2; 0 skipped\n")
+    svc = JobService(str(tmp_path / "jobs"))
+    dataset = svc.import_dataset(str(built), "d")
+    [model] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 2, "name": "m"})
+    return ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs"), "DATA_DIR": str(tmp_path / "data")}, svc), \
+        svc, dataset, model
 
 
-def test_jobs_are_normalised(backend):
-    jobs = {j["id"]: j for j in backend.jobs()}
-    assert jobs["ds1"]["kind"] == "dataset" and jobs["ds1"]["status"] == "Done"
-    assert jobs["ds1"]["elapsed"] == pytest.approx(10.0)
-    assert jobs["m1"]["metrics"]["val/dice"] == {"last": 0.4, "min": 0.1, "max": 0.5, "spark": [0.1, 0.5, 0.4]}
-    assert [j["id"] for j in backend.jobs("model")] == ["m1"]
+def test_listing_and_detail_of_a_dataset_and_a_model(site):
+    backend, svc, dataset, model = site
+    svc.store.add_metrics(model["id"], [(0, "train", "loss", 0.9), (2, "train", "loss", 0.5),
+                                        (2, "val", "dice", 0.4), (2, "", "eta", 12.0)])
+    Path(model["dir"], "snapshot_iter_4.caffemodel").write_bytes(b"0123")
+    listed = {j["id"]: j for j in backend.jobs()}
+    assert listed[dataset["id"]]["kind"] == "dataset" and listed[dataset["id"]]["status"] == "Done"
+    assert listed[dataset["id"]]["summary"] == {"train_count": 3, "val_count": 2, "feature_shape": [1, 8, 8],
+                                                "feature_dtype": "uint16", "classes": ["background", "lv"]}
+    m = listed[model["id"]]
+    assert m["metrics"] == {"train/loss": {"last": 0.5, "min": 0.5, "max": 0.9, "spark": [0.9, 0.5]},
+                            "val/dice": {"last": 0.4, "min": 0.4, "max": 0.4, "spark": [0.4]}}
+    assert m["elapsed"] == 0.0 and m["progress"] is None and m["group"] == ""
+    assert [j["id"] for j in backend.jobs("model")] == [model["id"]]
 
-
-def test_job_detail_reads_files_snapshots_and_dataset_json(backend, tmp_path):
-    m = backend.job("m1")
-    assert m["snapshots"] == [{"iteration": 10, "epoch": None, "file": "snapshot_iter_10.caffemodel", "size": 4}]
-    assert {f["name"] for f in m["files"]} >= {"train_val.prototxt", "log.txt"}
-    assert m["log"] == "training…" and m["dataset_name"] == "d"
-    assert m["history"][1] == {"status": "Done", "time": 1010.0}
-    d = backend.job("ds1")
-    assert d["info"]["counts"] == {"train": 3, "val": 1} and d["summary"]["train_count"] == 3
+    detail = backend.job(model["id"])
+    max_iter = json.load(open(os.path.join(model["dir"], "job.json")))["max_iter"]
+    assert detail["snapshots"] == [{"iteration": 4, "epoch": 4 / (max_iter / 2), "file": "snapshot_iter_4.caffemodel",
+                                    "size": 4}]
+    assert {"train_val.prototxt", "solver.prototxt", "snapshot_iter_4.caffemodel"} <= {f["name"] for f in detail["files"]}
+    assert detail["dataset_name"] == "d" and detail["history"][0]["status"] == "Initialized"
+    ds = backend.job(dataset["id"])
+    assert ds["log"] == "done: train 3, val 2; 0 skipped\n"  # an imported folder's build.log
+    assert ds["info"]["counts"] == {"train": 3, "val": 2} and ds["info"]["palette"] == [[0, 0, 0], [255, 0, 0]]
     with pytest.raises(NotFound):
-        backend.job("nope")
+        backend.job("20990101-000000-0000")
 
 
-def test_metrics_rows_become_series(backend):
-    m = backend.metrics("m1", since=1)
+def test_metrics_rows_become_series_and_progress_is_the_runners(site):
+    backend, svc, _, model = site
+    svc.store.add_metrics(model["id"], [(0, "train", "loss", 0.9), (1, "train", "loss", 0.8), (1, "", "lr", 0.01),
+                                        (1, "", "throughput", 40.0), (1, "", "epoch", 0.5)])
+    Path(model["dir"], "runner_status.json").write_text(json.dumps({"iter": 5, "max_iter": 20, "eta": 9.0}))
+    m = backend.metrics(model["id"], since=1)
     assert m["series"] == {"train/loss": [[1, 0.8]], "lr": [[1, 0.01]]}
-    assert m["status"] == "Running"
+    assert m["status"] == "Initialized" and m["progress"] == 0.25 and m["throughput"] == 40.0
+    assert m["eta"] is None  # only a running job has time left
+    assert backend.job(model["id"])["progress"] == 0.25
+    assert training_progress({"iter": 5, "max_iter": 20}) == (5, 20)
+    assert training_progress({}).fraction is None
 
 
-def test_errors_become_web_errors(backend):
-    with pytest.raises(BadRequest, match="used by model m"):
-        backend.delete("ds1")
-    with pytest.raises(Unavailable):
-        backend.resume("m1")  # the stub has no resume()
-    backend.abort("m1")
-    assert backend.service.calls == [("abort", "m1")]
+def test_service_errors_become_web_errors(site):
+    backend, _, dataset, model = site
+    with pytest.raises(BadRequest, match="used by model"):
+        backend.delete(dataset["id"])
+    with pytest.raises(BadRequest, match="only Interrupted, Aborted or Error jobs resume"):
+        backend.resume(model["id"])
+    with pytest.raises(NotFound):
+        backend.delete("20990101-000000-0000")
+    with pytest.raises(BadRequest, match="no snapshot"):
+        backend.download(model["id"])
 
 
-def test_record_names():
-    info = {"records": {"val": [{"key": "00000000", "case": "SC-HF-NI-3", "image": "IM-0379-0048.dcm"},
-                                {"key": "00000001", "name": "custom"}]}}
-    names = _record_names(info, "val")
-    assert names["00000000"] == "SC-HF-NI-3 / 0048" and names["1"] == "custom"
-    assert _record_names({}, "val") == {}
+def test_dataset_records_and_names_read_from_the_builders_files(site):
+    backend, _, dataset, _ = site
+    listing = backend.dataset_records(dataset["id"], "val", 0, 10)
+    assert listing == {"total": 2, "records": [{"index": 0, "key": "00000000", "name": "SC-HF-NI-3 / 0048"},
+                                               {"index": 1, "key": "00000001", "name": "custom"}]}
+    assert backend.dataset_records(dataset["id"], "train", 1, 1)["records"][0]["key"] == "00000001"
+    feature, label, meta = backend.dataset_record(dataset["id"], "train", 2)
+    # 16-bit values come back exactly (float_data), the label as an H×W class map.
+    assert feature.shape == (1, 8, 8) and feature[0, 7, 7] == 63 * 500 + 2
+    assert label.shape == (8, 8) and label[3, 3] == 1 and label[0, 0] == 0
+    assert meta == {"palette": [[0, 0, 0], [255, 0, 0]]}
+    with pytest.raises(NotFound):
+        backend.dataset_record(dataset["id"], "train", 3)
 
 
-def test_dataset_info_view_accepts_nested_stages():
-    view = _dataset_info_view({"stages": {"train": {"count": 5}, "val": {"entries": 2}},
-                               "classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "lv", "color": [255, 0, 0]}]})
-    assert view["counts"] == {"train": 5, "val": 2}
-    assert view["classes"] == ["bg", "lv"] and view["palette"] == [[0, 0, 0], [255, 0, 0]]
+def test_dataset_json_of_another_format_is_refused_by_name(site, tmp_path):
+    backend, svc, dataset, _ = site
+    with pytest.raises(DatasetError, match=r"dataset.json: not a dataset description .*format None version None"):
+        DatasetInfo({"counts": {"train": 3}}, "dataset.json")
+    Path(dataset["dir"], "dataset.json").write_text(json.dumps({"counts": {"train": 3}}))
+    with pytest.raises(DatasetError):
+        svc.dataset_info(dataset["id"])
+    page = backend.job(dataset["id"])  # the page still shows the job, without the dataset's facts
+    assert page["info"]["counts"] == {} and page["summary"]["train_count"] is None
 
 
 def test_list_job_files_hides_lmdb_internals(tmp_path):
@@ -115,40 +126,8 @@ def test_list_job_files_hides_lmdb_internals(tmp_path):
     assert names == ["mean.binaryproto", "python_layers/dice.py"]
 
 
-def test_missing_service_is_unavailable(tmp_path, monkeypatch):
-    import importlib
-    real = importlib.import_module
-
-    def fake_import(name, *args, **kwargs):
-        if name == "jobs.service":
-            raise ImportError("simulated: no jobs.service")
-        return real(name, *args, **kwargs)
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    b = ServiceBackend({"JOBS_DIR": str(tmp_path)})
-    with pytest.raises(Unavailable, match="simulated"):
-        b.jobs()
-
-
-def _write_dataset(job_dir, n=3):
-    write_lmdb_dataset(job_dir, {"train": n, "val": 1}, side=8, scale=500, box=(2, 5))
-
-
-def test_dataset_records_read_from_the_lmdbs(backend, tmp_path):
-    pytest.importorskip("engine.lmdb_io")
-    _write_dataset(tmp_path / "ds1")
-    listing = backend.dataset_records("ds1", "val", 0, 10)
-    assert listing == {"total": 1, "records": [{"index": 0, "key": "00000000", "name": "SC-HF-NI-3 / 0048"}]}
-    assert backend.dataset_records("ds1", "train", 1, 1)["records"][0]["key"] == "00000001"
-    feature, label, meta = backend.dataset_record("ds1", "train", 2)
-    # 16-bit values come back exactly (float_data), the label as an H×W class map.
-    assert feature.shape == (1, 8, 8) and feature[0, 7, 7] == 63 * 500 + 2
-    assert label.shape == (8, 8) and label[3, 3] == 1 and label[0, 0] == 0
-    with pytest.raises(NotFound):
-        backend.dataset_record("ds1", "train", 3)
-
-
-def test_network_inspection_reports_parse_errors_with_line(backend):
-    pytest.importorskip("engine.prototxt")
+def test_network_inspection_reports_parse_errors_with_line(site):
+    backend = site[0]
     with pytest.raises(BadRequest) as info:
         backend.inspect_network('name: "n"\nlayer {\n  name: "a"\n  typo: 1\n}\n')
     assert info.value.line == 4 and "typo" in str(info.value)
@@ -157,88 +136,42 @@ def test_network_inspection_reports_parse_errors_with_line(backend):
                                      'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
                                      'convolution_param { num_output: 2 kernel_size: 3 } }\n')
     assert [l["name"] for l in result["layers"]] == ["d", "c"]
-    try:
-        import engine
-        engine.Net  # noqa: B018
-    except AttributeError:
-        assert "Shapes unavailable" in result["note"]
-    else:
-        assert result["blobs"]["c"] == [1, 2, 254, 254]
+    assert result["blobs"]["c"] == [1, 2, 254, 254]
 
 
-def test_standard_networks_come_from_the_prototxt_folder(backend):
-    from web.service_backend import NETWORKS_DIR
-    if not (NETWORKS_DIR / "fcn_alexnet.prototxt").is_file():
-        pytest.skip("prototxt/ has no networks yet")
-    nets = {n["name"]: n for n in backend.standard_networks()}
-    assert nets["fcn_alexnet"]["title"] == "FCN-AlexNet"
+def test_standard_networks_are_the_catalogues(site):
+    nets = {n["name"]: n for n in site[0].standard_networks()}
+    assert nets == {n["name"]: n for n in networks.standard_networks()}
+    assert nets["fcn_alexnet"]["title"] == "FCN-AlexNet" and networks.title("lab_cnn") == "lab CNN"
     assert 'name: "fcn_alexnet"' in nets["fcn_alexnet"]["text"]
     assert nets["fcn_alexnet"]["description"].startswith("FCN-AlexNet")
+    assert not any(name.endswith(("deploy", "solver")) for name in nets)
 
 
-class QueueingService(StubService):
-    """A service that queues dataset builds (its worker builds them) and lists one building."""
-
-    def __init__(self, root):
-        super().__init__(root)
-        self.submitted = []
-
-    def list_jobs(self, kind=None):
-        return super().list_jobs(kind) + [{"id": "ds2", "kind": "dataset", "name": "building", "status": "Running",
-                                           "dir": str(self.root / "ds2"), "created_at": time.time()}]
-
-    def show(self, job_id):
-        job = super().show(job_id)
-        if job.get("kind") == "dataset" and job.get("status") == "Running":  # as jobs.service.show does
-            from jobs.service import build_progress
-            job["progress"] = build_progress(job["dir"])
-        return job
-
-    def submit_dataset(self, plugin, values, name, group_name=None, **build):
-        if values.get("image_folder") == "/missing":
-            raise _FieldError()
-        self.submitted.append((plugin, values, name, group_name, build))
-        return {"id": "ds-new", "kind": "dataset", "name": name, "status": "Waiting"}
-
-
-class _FieldError(ValueError):
-    field_errors = {"image_folder": "folder /missing does not exist"}
-
-    def __init__(self):
-        ValueError.__init__(self, "please correct the marked fields")
-
-
-def test_dataset_creation_is_queued_with_the_service(backend, tmp_path):
-    backend._service = svc = QueueingService(tmp_path)
+def test_dataset_creation_is_queued_with_the_service(site, phantom_release):
+    backend, svc, _, _ = site
+    images, contours = phantom_release
     threads = set(threading.enumerate())
-    job_id = backend.create_dataset("sunnybrook", {"image_folder": "/x"},
-                                    {"dataset_name": "d", "group_name": "", "encoding": "png", "encoder_threads": 2,
-                                     "enforce_same_shape": False})
-    assert job_id == "ds-new"
-    assert svc.submitted == [("sunnybrook", {"image_folder": "/x"}, "d", None,
-                              {"encoding": "png", "workers": 2, "enforce_same_shape": False})]
+    job_id = backend.create_dataset("sunnybrook", {"image_folder": str(images), "contour_folder": str(contours)},
+                                    {"dataset_name": "queued", "group_name": "", "encoding": "png",
+                                     "encoder_threads": 2, "enforce_same_shape": False})
+    job = svc.show(job_id)
+    assert job["status"] == st.WAITING and job["name"] == "queued" and job["group_name"] is None
+    assert job["options"]["build"] == {"encoding": "png", "workers": 2, "enforce_same_shape": False}
     assert set(threading.enumerate()) == threads  # the web starts no build of its own
     with pytest.raises(BadRequest) as info:
-        backend.create_dataset("sunnybrook", {"image_folder": "/missing"}, {"dataset_name": "d"})
-    assert info.value.field_errors == {"image_folder": "folder /missing does not exist"}
+        backend.create_dataset("sunnybrook", {"image_folder": "/missing", "contour_folder": str(contours)},
+                               {"dataset_name": "d"})
+    assert "image_folder" in info.value.field_errors
 
 
-def test_a_running_build_shows_the_builders_progress(backend, tmp_path):
-    backend._service = QueueingService(tmp_path)
-    (tmp_path / "ds2").mkdir()
-    (tmp_path / "ds2" / "build_status.json").write_text(json.dumps({"phase": "encode", "done_all": 3, "total_all": 4}))
-    (tmp_path / "ds2" / "log.txt").write_text("building: sunnybrook dataset building\n")
+def test_a_running_build_shows_the_builders_progress(site):
+    backend, svc, _, _ = site
+    job = svc._new_job("dataset", "building", options={"plugin": "sunnybrook"})
+    svc.store.set_status(job["id"], st.RUNNING)
+    Path(job["dir"], "build_status.json").write_text(json.dumps({"phase": "encode", "done_all": 3, "total_all": 4}))
+    Path(job["dir"], "log.txt").write_text("building: sunnybrook dataset building\n")
     listed = {j["id"]: j for j in backend.jobs("dataset")}
-    assert listed["ds2"]["progress"] == 0.75 and listed["ds1"]["progress"] is None
-    job = backend.job("ds2")
-    assert job["status"] == "Running" and job["progress"] == 0.75 and "building: sunnybrook" in job["log"]
-
-
-def test_build_progress_has_one_implementation(backend, tmp_path, monkeypatch):
-    import jobs.service
-    import web.service_backend as sb
-    assert not hasattr(sb, "_build_progress")  # the service's build_progress is the one
-    backend._service = QueueingService(tmp_path)
-    (tmp_path / "ds2").mkdir()
-    monkeypatch.setattr(jobs.service, "build_progress", lambda job_dir: 0.5)
-    assert {j["id"]: j for j in backend.jobs("dataset")}["ds2"]["progress"] == 0.5
+    assert listed[job["id"]]["progress"] == 0.75
+    shown = backend.job(job["id"])
+    assert shown["status"] == "Running" and shown["info"]["counts"] == {} and "building: sunnybrook" in shown["log"]

@@ -2,7 +2,8 @@
 
 ``create_app(config=None)`` builds the app. ``config`` is a dict (or an object with the same
 attribute names); see ``web.config.DEFAULTS`` for the keys. ``config["BACKEND"]`` may supply a
-ready backend object (tests do); otherwise the app opens ``jobs.service`` on ``JOBS_DIR``.
+ready ``web.backend.Backend`` (tests do); otherwise the app opens ``jobs.service`` on ``JOBS_DIR``
+through ``web.service_backend.ServiceBackend``.
 """
 from __future__ import annotations
 
@@ -66,13 +67,8 @@ def _register_errors(app: Flask) -> None:
 def _open_backend(settings: dict):
     if settings.get("BACKEND") is not None:
         return settings["BACKEND"]
-    from web.service_backend import ServiceBackend
-    backend = ServiceBackend(settings)
-    try:
-        backend.service  # open now: the worker starts with the server, not at the first request
-    except Unavailable as exc:
-        log.warning("%s; job pages will say so until it is installed", exc)
-    return backend
+    from web.service_backend import ServiceBackend  # the worker starts with the server
+    return ServiceBackend(settings)
 
 
 def _install_guards(app: Flask, settings: dict) -> None:

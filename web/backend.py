@@ -1,9 +1,9 @@
 """What the web asks of the rest of the product, in one place.
 
-Views talk only to a ``Backend``. ``web.service_backend.ServiceBackend`` implements it on top
-of ``jobs.service``; tests may pass any object with the same methods through
-``create_app({"BACKEND": ...})``. A method the underlying service does not offer raises
-``Unavailable`` and the page shows "not available" instead of failing.
+Views talk only to a ``Backend`` (a ``typing.Protocol``). ``web.service_backend.ServiceBackend``
+implements it on top of ``jobs.service.JobService``; tests pass another implementation through
+``create_app({"BACKEND": ...})``. Errors a user can fix are ``BadRequest`` (shown beside the
+form), unknown jobs ``NotFound``; ``Unavailable`` is a feature this installation cannot run.
 
 Shapes returned (plain dicts, JSON-ready):
 
@@ -19,10 +19,11 @@ Shapes returned (plain dicts, JSON-ready):
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 
 class Unavailable(RuntimeError):
-    """The feature is not provided by the installed jobs service (yet)."""
+    """A feature this installation cannot provide (e.g. no worker runs the asked backend)."""
 
 
 class NotFound(LookupError):
@@ -59,101 +60,89 @@ def running_seconds(history, status, fallback=None, now=None):
     return total if seen else fallback
 
 
-class Backend:
-    """Every method raises Unavailable; implementations override what they can do."""
-
-    def _missing(self, what: str):
-        raise Unavailable(f"{what} is not available in this installation")
+class Backend(Protocol):
+    """The methods views call; ``web.service_backend.ServiceBackend`` implements them on
+    ``jobs.service.JobService`` (tests/test_web_fakes.py checks its fake has the same signatures)."""
 
     # -- listing and lifecycle ---------------------------------------------------------
     def jobs(self, kind: str | None = None) -> list[dict]:
-        self._missing("job listing")
+        """Job summaries, newest first (``kind``: dataset | model | None for all)."""
 
     def job(self, job_id: str) -> dict:
-        self._missing("job details")
+        """The job detail; NotFound for an unknown id."""
 
     def metrics(self, job_id: str, since: int = 0) -> dict:
-        self._missing("metric series")
+        """The metric series from iteration ``since`` on (shape above)."""
 
-    def abort(self, job_id: str) -> None:
-        self._missing("abort")
+    def abort(self, job_id: str) -> None: ...
 
     def delete(self, job_id: str) -> None:
-        self._missing("delete")
+        """BadRequest when the job may not go (a dataset models use, a running training)."""
 
-    def resume(self, job_id: str) -> None:
-        self._missing("resume")
+    def resume(self, job_id: str) -> None: ...
 
     def clone(self, job_id: str) -> dict:
         """Form values that recreate the job (the new-job form is shown prefilled)."""
-        self._missing("clone")
+
+    def worker_takes(self, job: dict) -> bool:
+        """Whether this server's own worker runs ``job`` (a job may ask for another backend)."""
+
+    def worker_backends(self) -> set[str]:
+        """The backends this server's own worker runs (engine, pycaffe)."""
 
     # -- creation ----------------------------------------------------------------------
     def create_dataset(self, plugin_id: str, values: dict, options: dict) -> str:
-        self._missing("dataset creation")
+        """Queue a build; returns the job id. BadRequest with ``field_errors`` for bad values."""
 
     def create_model(self, options: dict) -> list[str]:
-        self._missing("model creation")
+        """Create one model job per swept value (``web.job_options``); returns their ids."""
 
     # -- datasets ------------------------------------------------------------------------
     def dataset_records(self, job_id: str, stage: str, offset: int, limit: int) -> dict:
         """``{total, records: [{index, key, name}]}`` for one stage (train/val)."""
-        self._missing("dataset explorer")
 
     def dataset_record(self, job_id: str, stage: str, index: int):
         """``(feature C×H×W ndarray, label H×W ndarray or None, meta dict)``."""
-        self._missing("dataset explorer")
 
     # -- networks ------------------------------------------------------------------------
     def standard_networks(self) -> list[dict]:
-        """``[{name, title, text}]`` from the project's ``prototxt/`` folder."""
-        return []
+        """``[{name, title, description, text}]`` (``jobs.networks``)."""
 
     def snapshots(self, job: dict) -> list[dict]:
         """``[{iteration, epoch, file, size}]`` of a model from its summary (``jobs()`` entry)."""
-        return self.job(job["id"]).get("snapshots") or []
 
     def pretrained_models(self) -> list[dict]:
         """Known public models and uploaded ones (``web.pretrained_store.catalogue``)."""
-        return []
 
     def pretrained_network(self, pretrained_id: str, dataset_id: str | None) -> dict:
         """What a chosen pretrained model gives a model job on that dataset:
         ``{id, standard_network | network_text, weights}`` (``web.pretrained_store.resolve``)."""
-        self._missing("pretrained networks")
 
     def upload_pretrained(self, name: str, prototxt: bytes, weights, description: str = "") -> dict:
         """Store a user's network + caffemodel (``weights``: a werkzeug FileStorage)."""
-        self._missing("pretrained model upload")
 
-    def delete_pretrained(self, pretrained_id: str) -> None:
-        self._missing("pretrained model deletion")
+    def delete_pretrained(self, pretrained_id: str) -> None: ...
 
     def prepare_pretrained(self, name: str, gray: bool) -> dict:
         """Start downloading and converting a known model on the server (its gray or RGB
         weights); returns the preparation state (``jobs.pretrained_prepare``)."""
-        self._missing("pretrained model preparation")
 
     def inspect_network(self, text: str, dataset_id: str | None = None) -> dict:
-        self._missing("network visualization")
+        """Layers and blob shapes of a network (``web.netinspect``); BadRequest with ``line``."""
 
     # -- evaluation / inference -------------------------------------------------------
     def evaluation(self, job_id: str) -> dict | None:
         """``{summary: {metric: {mean, std, min, max}}, worst: [records], worst_columns}``;
         None when the model has not been evaluated yet."""
-        self._missing("evaluation")
 
     def evaluate(self, job_id: str) -> dict:
         """Evaluate the latest snapshot on the validation set now; returns the table."""
-        self._missing("evaluation")
 
     def infer(self, job_id: str, snapshot: int | None, *, record: str | None = None,
               image_path: str | None = None, visualize: bool = False) -> dict:
         """``{image: ndarray H×W or C×H×W, prediction: H×W int, label: H×W or None,
-        classes: [names], palette: [[r,g,b]], metrics: {...}, layers: [{name, kind, shape,
-        mean, std, hist}]}``."""
-        self._missing("inference")
+        classes: [names], palette: [[r,g,b]], metrics: {...}, snapshot: iteration, layers:
+        [{name, kind, shape, mean, std, hist: {counts, edges}}]}``."""
 
     def download(self, job_id: str, snapshot: int | None = None) -> str:
         """Path of a model archive ready to send."""
-        self._missing("model download")

@@ -16,7 +16,7 @@ from web.backend import BadRequest
 from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from web.safety import check_job_id, complete_path
 from web.views.common import backend, load_job, plugin_by_id, plugins
-from web.views.models import _fill_choices, _options
+from web.job_options import fill_model_choices, model_options
 from web.views import inference as inference_views
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -209,10 +209,10 @@ def create_model():
             value = (":" if key == "pretrained_model" else ",").join(str(v) for v in value)
         flat[key] = value
     form = ModelForm(formdata=_with_defaults(ModelForm, flat), meta={"csrf": False})
-    _fill_choices(form)
+    fill_model_choices(form, backend())
     if not form.validate():
         raise BadRequest("invalid model options", _form_errors(form))
-    ids = backend().create_model(_options(form))
+    ids = backend().create_model(model_options(form, backend()))
     return jsonify({"ids": ids, "urls": [url_for("models.show", job_id=i) for i in ids]}), 201
 
 

@@ -62,7 +62,7 @@ def clone(job_id):
 def show(job_id):
     job = load_job(job_id, "dataset")
     info = job.get("info") or {}
-    options = next((info[k] for k in ("form_values", "values", "options") if isinstance(info.get(k), dict)), {})
+    options = info.get("form_values") or {}
     try:  # a dataset that models use cannot be deleted: the page says so up front
         used_by = [j for j in backend().jobs() if j.get("kind") == "model" and j.get("dataset_id") == job_id]
     except Unavailable:

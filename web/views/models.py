@@ -8,74 +8,11 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
                    url_for)
 
 from web.backend import BadRequest, Unavailable, running_seconds
-from web.forms import ConfirmForm, ModelForm, choice_list, parse_number_list
+from web.forms import ConfirmForm, ModelForm
+from web.job_options import SERVICE_FIELD_NAMES, fill_model_choices, model_options
 from web.views.common import add_post_actions, backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
-
-# Names the jobs service uses in its field errors → the form's fields.
-SERVICE_FIELD_NAMES = {"dataset_id": "dataset", "name": "model_name", "network": "custom_network",
-                       "standard_network": "standard_network", "python_layer_file": "python_layer_server_file",
-                       "python_layer_files": "python_layer_server_file", "iter_size": "batch_accumulation",
-                       "pretrained": "pretrained_model", "mean": "mean_subtraction"}
-
-MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapshot_interval", "val_interval",
-                       "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
-                       "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
-                       "network_source", "standard_network", "previous_network", "previous_snapshot",
-                       "pretrained_network",
-                       "custom_network", "group_name", "model_name", "backend")
-
-
-def _safe(call, default):
-    try:
-        return call()
-    except Unavailable:
-        return default
-
-
-# Datasets a model can be made for: built, or still being built (the model waits for it, as
-# jobs.service.create_model allows). Failed, aborted or interrupted builds have nothing to train on.
-TRAINABLE_DATASET_STATUSES = {"done", "running", "waiting", "initialized"}
-
-
-def _fill_choices(form: ModelForm) -> dict:
-    """Choices that come from the jobs store; returns the lists the template also needs."""
-    datasets = [j for j in _safe(lambda: backend().jobs("dataset"), [])
-                if j.get("kind") == "dataset" and str(j.get("status", "")).lower() in TRAINABLE_DATASET_STATUSES]
-    form.dataset.choices = choice_list([("", "— choose a dataset —")] + [
-        (j["id"], f"{j.get('name', j['id'])} ({j.get('status', '?')})") for j in datasets])
-    networks = _safe(lambda: backend().standard_networks(), [])
-    form.standard_network.choices = choice_list((n["name"], n.get("title", n["name"])) for n in networks)
-    previous = [j for j in _safe(lambda: backend().jobs("model"), []) if j.get("kind") == "model"]
-    form.previous_network.choices = choice_list((j["id"], j.get("name", j["id"])) for j in previous)
-    snapshots = [("", "None: the network only")]
-    for j in previous:  # each model's snapshots, newest first (DIGITS' per-model "Pretrained model")
-        shots = _safe(lambda: backend().snapshots(j), [])
-        for s in sorted(shots, key=lambda s: s["iteration"], reverse=True):
-            epoch = f"epoch {s['epoch']:g}, " if s.get("epoch") is not None else ""
-            snapshots.append((f"{j['id']}:{s['iteration']}", f"{j.get('name', j['id'])}: {epoch}iteration {s['iteration']}"))
-    form.previous_snapshot.choices = choice_list(snapshots)
-    pretrained = _safe(lambda: backend().pretrained_models(), [])
-    form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
-    return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}
-
-
-def _options(form: ModelForm) -> dict:
-    options = {name: form[name].data for name in MODEL_OPTION_FIELDS}
-    options["base_lr"] = parse_number_list(form.base_lr.data)
-    options["batch_size"] = parse_number_list(form.batch_size.data, integer=True)
-    options["lr_step_values"] = parse_number_list(form.lr_step_values.data)
-    options["pretrained_model"] = [p.strip() for p in (form.pretrained_model.data or "").split(":") if p.strip()]
-    upload = form.python_layer_upload.data
-    if upload and getattr(upload, "filename", ""):
-        options["python_layer_upload"] = {"filename": upload.filename, "content": upload.read()}
-    if (options.get("network_source") or "standard") == "pretrained":
-        # The chosen pretrained model gives the network and its weights (BadRequest when not made yet).
-        from web.pretrained_store import with_network
-        options = with_network(options, backend().pretrained_network(options["pretrained_network"], options["dataset"]))
-    return options
-
 
 def _render(form, lists, clone_of=None, status=200):
     return render_template("model_new.html", form=form, clone_of=clone_of,
@@ -86,7 +23,7 @@ def _render(form, lists, clone_of=None, status=200):
 @bp.route("/new", methods=["GET", "POST"])
 def new():
     form = ModelForm()
-    lists = _fill_choices(form)
+    lists = fill_model_choices(form, backend())
     if request.method == "GET":
         if request.args.get("dataset"):
             form.dataset.data = request.args["dataset"]
@@ -96,7 +33,7 @@ def new():
             form.standard_network.data = lists["networks"][0]["name"]
     if form.validate_on_submit():
         try:
-            ids = backend().create_model(_options(form))
+            ids = backend().create_model(model_options(form, backend()))
         except BadRequest as exc:
             for name, message in exc.field_errors.items():
                 name = SERVICE_FIELD_NAMES.get(name, name)
@@ -158,7 +95,7 @@ def clone(job_id):
         values["pretrained_model"] = ":".join(values["pretrained_model"])
     values["model_name"] = f"{job.get('name', job_id)} (clone)"
     form = ModelForm(data=values, formdata=None)
-    lists = _fill_choices(form)
+    lists = fill_model_choices(form, backend())
     _restore_network_tab(form, job, lists)
     return _render(form, lists, clone_of=job)
 
@@ -175,15 +112,10 @@ def _waiting_note(job: dict) -> dict | None:
     wanted = (job.get("options") or {}).get("backend")
     if wanted not in WORKER_KINDS:
         return None
-    try:
-        scheduler = getattr(getattr(backend(), "service", None), "scheduler", None)
-    except Unavailable:
-        return None
-    takes = getattr(scheduler, "takes", None)
-    if takes is None or takes(job):
+    if backend().worker_takes(job):
         return None
     data = current_app.config.get("DATA_DIR") or "DATA"  # the folder a worker's --data names
-    runs = getattr(scheduler, "runnable", lambda: ())()
+    runs = backend().worker_backends()
     note = {"backend": wanted, "worker": WORKER_KINDS[wanted],
             "server": " and ".join(BACKEND_TITLES.get(b, b) for b in sorted(runs)) or None,
             "command": f"caffeseg worker --backend {wanted} --data {data}"}
