@@ -151,11 +151,13 @@ def _dataset_progress():
 
 
 def _train_foreground(svc, job_id, resume=False):
+    from jobs.service import training_progress
     update = _progress_bar("training %s" % job_id)
 
     def on_progress(status):
-        if update and status.get("max_iter"):
-            update(status.get("iter") or 0, status["max_iter"])
+        done, total = training_progress(status)
+        if update and total:
+            update(done, total)
     return svc.train(job_id, resume=resume, on_progress=on_progress, evaluate=True)
 
 
@@ -301,8 +303,7 @@ def cmd_pretrained(args):
          "%s\n%s" % (path, report) if report is not None else "%s (used as downloaded)" % path)
 
 
-LAB_NETWORKS = (("lab FC", "lab_fc"), ("lab CNN", "lab_cnn"), ("FCN-AlexNet", "fcn_alexnet"),
-                ("FCN-AlexNet + Dice", "fcn_alexnet_dice"))
+LAB_NETWORKS = ("lab_fc", "lab_cnn", "fcn_alexnet", "fcn_alexnet_dice")  # titles: jobs.networks
 
 
 def sample_folder(args, cases=None):
@@ -321,6 +322,7 @@ def sample_folder(args, cases=None):
 def cmd_lab(args):
     """The DIGITS medical-imaging lab on the phantom: dataset, then each lab network with a short
     schedule, evaluated; prints the results table."""
+    from jobs import networks
     sample = sample_folder(args, args.cases)
     svc = service(args)
     values = {"image_folder": os.path.join(sample, "challenge_training"),
@@ -329,9 +331,10 @@ def cmd_lab(args):
     dataset = svc.create_dataset("sunnybrook", values, "lab sunnybrook", group_name="lab",
                                  progress=_dataset_progress())
     rows = []
-    for title, network in LAB_NETWORKS:
+    for network in LAB_NETWORKS:
         if args.only and network not in args.only:
             continue
+        title = networks.title(network)
         [job] = svc.create_model({"dataset_id": dataset["id"], "standard_network": network, "name": "lab " + title,
                                   "epochs": args.epochs, "base_lr": args.base_lr, "group_name": "lab",
                                   "random_seed": args.seed, "batch_size": args.batch_size})
