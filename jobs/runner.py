@@ -170,16 +170,20 @@ def import_backend(name):
         return engine
 
 
-def backend_used(caffe):
+def backend_used(caffe, gpu=None):
     """What trains the job, written in runner_status.json: ``{"name": "engine"|"pycaffe",
-    "version", "module" (the caffe package folder), "python"}``."""
+    "version", "module" (the caffe package folder), "python", "device" ("cpu" or "gpu:N"),
+    "torch" (the engine's torch version)}``."""
     path = getattr(caffe, "__file__", None)
     # The engine is the package ``engine`` (also when registered as ``caffe``).
     engine = getattr(caffe, "__caffeseg_engine__", False) or getattr(caffe, "__name__", "") == "engine"
-    return {"name": "engine" if engine else "pycaffe",
+    used = {"name": "engine" if engine else "pycaffe",
             "version": getattr(caffe, "__version__", None),
             "module": os.path.dirname(os.path.abspath(path)) if path else None,
-            "python": sys.executable}
+            "python": sys.executable, "device": "cpu" if gpu is None else "gpu:%d" % int(gpu)}
+    if engine and "torch" in sys.modules:
+        used["torch"] = getattr(sys.modules["torch"], "__version__", None)
+    return used
 
 
 def blob_mean(blob):
@@ -198,6 +202,7 @@ class Runner:
         self.log = log
         self.stop_requested = False
         self.started = None  # wall-clock start of run() (written in runner_status.json)
+        self.gpu = None  # the device run() trains on (None: CPU)
         with open(os.path.join(self.job_dir, "solver.prototxt")) as f:
             text = f.read()
         self.fields = read_solver_fields(text)
@@ -225,7 +230,7 @@ class Runner:
         the seconds left while running."""
         info = {"state": state, "iter": iteration, "max_iter": self.max_iter, "message": message,
                 "time": time.time(), "pid": os.getpid(), "started": self.started,
-                "backend": backend_used(self.caffe)}
+                "backend": backend_used(self.caffe, self.gpu)}
         info.update(extra)
         write_json_atomic(os.path.join(self.job_dir, STATUS), info)
 
@@ -265,6 +270,7 @@ class Runner:
         os.chdir(self.job_dir)
         if self.job_dir not in sys.path:
             sys.path.insert(0, self.job_dir)  # Python layer files live in the job folder
+        self.gpu = gpu
         if gpu is None:
             self.caffe.set_mode_cpu()
         else:

@@ -148,7 +148,9 @@ class JobService:
 
     def show(self, job_id):
         """The job with its history [(status, time)] and progress (0..1 or None); a model also
-        has snapshots [(iteration, file)], eta (seconds, while it runs) and iters_per_epoch."""
+        has snapshots [(iteration, file)], eta (seconds, while it runs), iters_per_epoch and
+        trained_on (the runner's ``backend_used``: backend, Caffe module and version, python,
+        device; None before its first run)."""
         job = self.store.get(check_job_id(job_id))
         job["history"] = [(h["status"], h["time"]) for h in self.store.history(job_id)]
         job["progress"] = None
@@ -158,6 +160,7 @@ class JobService:
             job["eta"] = status.get("eta") if job["status"] == st.RUNNING else None
             job["iters_per_epoch"] = iters_per_epoch(job["dir"])
             job["snapshots"] = self.snapshots(job_id)
+            job["trained_on"] = status.get("backend")
         elif job["status"] == st.RUNNING:
             job["progress"] = build_progress(job["dir"])
         return job

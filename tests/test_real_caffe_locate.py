@@ -198,7 +198,11 @@ def test_runner_records_the_backend_it_used(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     used = runner.backend_used(module)
-    assert used == {"name": "pycaffe", "version": "1.0.0", "module": str(fake), "python": sys.executable}
+    assert used == {"name": "pycaffe", "version": "1.0.0", "module": str(fake), "python": sys.executable,
+                    "device": "cpu"}
+    assert runner.backend_used(module, gpu=1)["device"] == "gpu:1"
     import engine
+    import torch
     assert runner.backend_used(engine)["name"] == "engine"
+    assert runner.backend_used(engine)["torch"] == torch.__version__
     json.dumps(used)
