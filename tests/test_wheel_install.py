@@ -1,0 +1,63 @@
+"""A non-editable install finds the shipped files: a wheel of the project installed into a fresh
+virtual environment (no access to this checkout) lists the Standard Networks and finds the Dice
+layer module, both package data found through ``importlib.resources`` (``jobs.resources``).
+
+The venv is plain (no system site-packages) and gets the wheel only (``--no-deps``), so what is
+checked needs nothing but the standard library: the resources module and the network catalogue.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Not what the wheel is built from; a stale build/ would hand setuptools old files.
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                     ".pytest_cache", "tests", "bench", "docs", "docker", "data")
+
+PROBE = """
+import importlib.metadata, json
+import jobs
+from jobs import networks, resources
+print(json.dumps({
+    "jobs": jobs.__file__,
+    "networks_dir": resources.networks_dir(),
+    "networks": [n["name"] for n in networks.standard_networks()],
+    "titles": {n["name"]: n["title"] for n in networks.standard_networks()},
+    "dice": resources.python_layer_file("digits_python_layers"),
+    "plugins": sorted(ep.name for ep in importlib.metadata.entry_points(group="caffeseg.plugins")),
+    "scripts": sorted(ep.name for ep in importlib.metadata.entry_points(group="console_scripts")),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_a_wheel_install_lists_the_standard_networks_and_finds_the_dice_module(tmp_path):
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
+    # No build isolation: the build backend (setuptools) comes from this environment, not PyPI.
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), str(source)], check=True, timeout=600, cwd=tmp_path, capture_output=True)
+    [wheel] = list(wheels.glob("caffeseg-*.whl"))
+    env = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env)
+    python = env / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, timeout=600, cwd=tmp_path)
+    # -I: no PYTHONPATH, no user site, not the working directory; cwd is outside the checkout.
+    out = subprocess.run([str(python), "-I", "-c", PROBE], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    site = str(env)
+    assert found["jobs"].startswith(site) and found["networks_dir"].startswith(site), found
+    shipped = sorted(n[:-len(".prototxt")] for n in os.listdir(os.path.join(ROOT, "prototxt"))
+                     if n.endswith(".prototxt") and not n.endswith(("deploy.prototxt", "solver.prototxt")))
+    assert found["networks"] == shipped and {"fcn_alexnet", "fcn_alexnet_dice", "unet"} <= set(shipped)
+    assert found["titles"]["fcn_alexnet"] == "FCN-AlexNet"  # read from the installed prototxt/README.md
+    assert found["dice"].startswith(site) and found["dice"].endswith("python_layers/digits_python_layers.py")
+    assert found["plugins"] == ["sunnybrook"] and "caffeseg" in found["scripts"]
