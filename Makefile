@@ -9,7 +9,7 @@ PORT   ?= 5000
 DATA   ?= data
 PYTEST_ARGS ?=
 
-.PHONY: install serve test proto check-proto browser-deps lint-py39 bench clean caffe
+.PHONY: install serve test proto check-proto browser-deps graphviz-deps lint-py39 bench clean caffe
 
 install: $(STAMP)
 
@@ -36,7 +36,14 @@ browser-deps:
 caffe:
 	docker/build_caffe.sh
 
-test: install browser-deps
+# Graphviz's `dot` renders caffe.draw's graphs (BVLC's test_draw); from Debian, only when missing.
+graphviz-deps:
+	@command -v dot >/dev/null 2>&1 || { \
+	  echo "installing Debian graphviz for caffe.draw"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+	  || echo "WARNING: could not install graphviz; caffe.draw rendering tests will fail"; }
+
+test: install browser-deps graphviz-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate engine/proto/caffe_pb2.py from engine/proto/caffe.proto with the pinned protoc.

@@ -291,6 +291,11 @@ class Solver:
         if p.test_interval > 0 and self.iter % p.test_interval == 0:
             self.test_all()
 
+    def share_weights(self, net) -> None:
+        """pycaffe's ``solver.share_weights(net)``: ``net`` uses this solver's training-net
+        weights (``Net::ShareTrainedLayersWith``)."""
+        net.share_with(self.net)
+
     # -- the update ------------------------------------------------------------------------
     @torch.no_grad()
     def apply_update(self) -> float:
