@@ -30,12 +30,13 @@ import os
 import subprocess
 import sys
 
+from jobs import resources
+
 CAFFE_COMMIT = "9b891540183ddc834a02b2bd81b31afae71b2153"  # BVLC master's last commit; what CI tests
 ROOT_ENV = "CAFFESEG_CAFFE_ROOT"
 PYTHON_ENV = "CAFFESEG_CAFFE_PYTHON"
 CACHE_ENV = "CAFFESEG_CACHE"
 STAMP_NAME = ".caffeseg-build-complete"  # written last by docker/build_caffe.sh
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD_HINT = "run `make caffe` (builds BVLC Caffe into %s), or set %s to your own build" % (
     "~/.cache/caffeseg", ROOT_ENV)
 
@@ -58,7 +59,7 @@ class RealCaffe(object):
     def environment(self, env=None):
         """``env`` (default os.environ) with the project and this Caffe first on PYTHONPATH."""
         env = dict(os.environ if env is None else env)
-        parts = [PROJECT_ROOT] + ([self.pythonpath] if self.pythonpath else [])
+        parts = [resources.import_root()] + ([self.pythonpath] if self.pythonpath else [])
         if env.get("PYTHONPATH"):
             parts.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(parts)
@@ -109,16 +110,27 @@ def cached_builds(env=None):
     return found
 
 
-def _importable_real_caffe():
-    # As engine.caffe_shim.real_pycaffe_available; repeated here because the pycaffe image ships
-    # jobs/ without engine/.
+def _is_engine_proxy(path):
+    # The project's installed ``caffe`` package that stands for the engine starts with this line
+    # (engine/caffe_shim.PROXY_MARKER; repeated: the pycaffe image ships jobs/ without engine/).
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() == "# caffeseg-engine-proxy"
+    except OSError:
+        return False
+
+
+def importable_real_pycaffe():
+    """Whether ``import caffe`` in this interpreter gives a real pycaffe: not the engine, not the
+    project's proxy for it (the same answer as engine.caffe_shim.real_pycaffe_available)."""
     module = sys.modules.get("caffe")
     if module is not None:
-        return not getattr(module, "__caffeseg_engine__", False)
+        return not (getattr(module, "__caffeseg_engine__", False) or getattr(module, "__caffeseg_proxy__", False))
     try:
-        return importlib.util.find_spec("caffe") is not None
+        spec = importlib.util.find_spec("caffe")
     except (ImportError, ValueError):
         return False
+    return spec is not None and not _is_engine_proxy(spec.origin or "")
 
 
 def _from_root(root, env):
@@ -137,9 +149,9 @@ def _from_root(root, env):
 
 def _on_pythonpath(env):
     for folder in (env.get("PYTHONPATH") or "").split(os.pathsep):
-        if folder and (os.path.isfile(os.path.join(folder, "caffe", "__init__.py"))
-                       or os.path.isfile(os.path.join(folder, "caffe.py"))):
-            return folder
+        for path in (os.path.join(folder, "caffe", "__init__.py"), os.path.join(folder, "caffe.py")):
+            if folder and os.path.isfile(path) and not _is_engine_proxy(path):
+                return folder
     return None
 
 
@@ -153,7 +165,7 @@ def find_real_caffe(env=None):
     folder = _on_pythonpath(env)
     if folder:
         return RealCaffe(env.get(PYTHON_ENV), None, "PYTHONPATH entry %s" % folder)
-    if _importable_real_caffe():
+    if importable_real_pycaffe():
         return RealCaffe(env.get(PYTHON_ENV), None, "importable by %s" % sys.executable)
     builds = cached_builds(env)
     if builds:

@@ -8,7 +8,6 @@ errored fails with it), respecting CPU slots and one training per GPU. Waiting d
 built in a thread of the worker (``build_dataset``, set by the service), one at a time by default
 (``dataset_slots``), beside the trainings.
 """
-import importlib.util
 import json
 import os
 import signal
@@ -102,24 +101,7 @@ def job_backend(job):
 
 
 def _real_pycaffe_importable():
-    # engine.caffe_shim.real_pycaffe_available asks the same; it is repeated because the pycaffe
-    # image ships jobs/ without engine/.
-    # The project's installed `caffe` proxy (caffe_entry/, first line "# caffeseg-engine-proxy")
-    # is the engine, not pycaffe.
-    module = sys.modules.get("caffe")
-    if module is not None:
-        return not getattr(module, "__caffeseg_engine__", False)
-    try:
-        spec = importlib.util.find_spec("caffe")
-    except (ImportError, ValueError):
-        return False
-    if spec is None:
-        return False
-    try:
-        with open(spec.origin or "", encoding="utf-8", errors="replace") as f:
-            return f.readline().strip() != "# caffeseg-engine-proxy"
-    except OSError:
-        return True
+    return real_caffe.importable_real_pycaffe()
 
 
 def runnable_backends(backend):

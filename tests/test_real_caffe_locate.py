@@ -9,10 +9,12 @@ import sys
 import pytest
 
 from jobs import real_caffe as rc
+from jobs import resources
 from jobs import scheduler as sched
 from jobs import store as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMPORT_ROOT = resources.import_root()
 SHORT = rc.CAFFE_COMMIT[:8]
 
 
@@ -35,7 +37,7 @@ def env_for(tmp_path, **extra):
 
 @pytest.fixture(autouse=True)
 def nothing_importable(monkeypatch):
-    monkeypatch.setattr(rc, "_importable_real_caffe", lambda: False)
+    monkeypatch.setattr(rc, "importable_real_pycaffe", lambda: False)
 
 
 def test_nothing_built_is_none_and_says_how(tmp_path):
@@ -67,7 +69,7 @@ def test_the_cache_build_gives_its_interpreter_and_path(tmp_path):
     python, env = rc.runner_launch("/not/used", env_for(tmp_path, PYTHONPATH="/elsewhere"))
     assert python == sys.executable
     # the project first (python_layers), then the build, then what the user had
-    assert env["PYTHONPATH"].split(os.pathsep) == [ROOT, os.path.join(prefix, "python"), "/elsewhere"]
+    assert env["PYTHONPATH"].split(os.pathsep) == [IMPORT_ROOT, os.path.join(prefix, "python"), "/elsewhere"]
 
 
 def test_default_cache_is_under_xdg_or_home():
@@ -112,8 +114,12 @@ def test_a_caffe_on_pythonpath_is_the_users_choice(tmp_path):
     (mine / "caffe" / "__init__.py").write_text("")
     found = rc.find_real_caffe(env_for(tmp_path, PYTHONPATH=str(mine)))
     assert found.pythonpath is None and str(mine) in found.source
+    proxy = tmp_path / "proxy"
+    (proxy / "caffe").mkdir(parents=True)
+    (proxy / "caffe" / "__init__.py").write_text("# caffeseg-engine-proxy\n")
+    assert rc.find_real_caffe(env_for(tmp_path, PYTHONPATH=str(proxy))).source.startswith("make caffe build")
     python, env = rc.runner_launch("/usr/bin/mine", env_for(tmp_path, PYTHONPATH=str(mine)))
-    assert python == "/usr/bin/mine" and env["PYTHONPATH"].split(os.pathsep) == [ROOT, str(mine)]
+    assert python == "/usr/bin/mine" and env["PYTHONPATH"].split(os.pathsep) == [IMPORT_ROOT, str(mine)]
 
 
 def test_probe_imports_with_the_interpreter_and_rejects_the_engine(tmp_path):
@@ -159,7 +165,7 @@ def test_scheduler_runs_a_pycaffe_job_with_the_builds_interpreter(tmp_path, monk
     assert sched.Scheduler(store, backend="pycaffe").train("m1", poll=0.05) == st.ERROR
     lines = (tmp_path / "argv.txt").read_text().splitlines()
     assert lines[0] == recorder and lines[1] == sched.RUNNER_PATH and "pycaffe" in lines
-    assert lines[-1] == "PYTHONPATH=" + os.pathsep.join([ROOT, os.path.join(prefix, "python")])
+    assert lines[-1] == "PYTHONPATH=" + os.pathsep.join([IMPORT_ROOT, os.path.join(prefix, "python")])
 
 
 def test_scheduler_errors_a_pycaffe_job_when_no_caffe_is_found(tmp_path, monkeypatch):
@@ -206,3 +212,13 @@ def test_runner_records_the_backend_it_used(tmp_path):
     assert runner.backend_used(engine)["name"] == "engine"
     assert runner.backend_used(engine)["torch"] == torch.__version__
     json.dumps(used)
+
+
+def test_the_engine_and_its_installed_proxy_are_not_real_pycaffe(monkeypatch):
+    monkeypatch.undo()  # the real importable_real_pycaffe, not the fixture's stand-in
+    from engine import caffe_shim
+    assert rc.importable_real_pycaffe() == caffe_shim.real_pycaffe_available()
+    monkeypatch.delitem(sys.modules, "caffe", raising=False)
+    assert rc.importable_real_pycaffe() is False  # the venv's `caffe` is the project's proxy
+    engine = caffe_shim.install()
+    assert sys.modules["caffe"] is engine and rc.importable_real_pycaffe() is False
