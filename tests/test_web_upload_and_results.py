@@ -49,7 +49,7 @@ def tmp_path_root(job):
 
 
 def test_a_stale_result_is_replaced_and_nothing_is_left_aside(tmp_path):
-    from web.views.inference import save_result
+    from web.inference_store import save_result
     job = _job(tmp_path)
     save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [1, 1]})
     save_result(job, _result(2), "record", token="rec-10-ab", extra={"snapshot_stamp": [2, 2]})
@@ -60,7 +60,7 @@ def test_a_stale_result_is_replaced_and_nothing_is_left_aside(tmp_path):
 def test_a_concurrent_fresh_result_is_kept_not_deleted(tmp_path):
     """Two requests for the same out-of-date record: the second must not delete the first's
     fresh result (a reader may be loading its PNGs)."""
-    from web.views.inference import save_result
+    from web.inference_store import save_result
     job = _job(tmp_path)
     save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [2, 2]})
     marker = tmp_path_root(job) / "rec-10-ab" / "reader-holds-this"
@@ -71,7 +71,7 @@ def test_a_concurrent_fresh_result_is_kept_not_deleted(tmp_path):
 
 
 def test_a_winner_between_the_two_renames_is_kept(tmp_path, monkeypatch):
-    from web.views import inference
+    from web import inference_store as inference
     job = _job(tmp_path)
     inference.save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [1, 1]})
     real_rename = os.rename

@@ -129,3 +129,30 @@ def with_network(form: dict, chosen: dict) -> dict:
     out["pretrained_model"] = [chosen["weights"]] + extra
     out["pretrained_network_id"], out["pretrained_network_weights"] = chosen["id"], chosen["weights"]
     return out
+
+
+VARIANTS = {"gray": True, "rgb": False}  # which weights a preparation makes: 1-channel or RGB data
+
+
+def variant_is_gray(value) -> bool:
+    """A preparation's ``variant`` (gray | rgb) as ``prepare_pretrained``'s ``gray``."""
+    if value not in VARIANTS:
+        raise BadRequest(f"variant must be one of {', '.join(VARIANTS)}, got {value!r}",
+                         {"variant": "gray or rgb"})
+    return VARIANTS[value]
+
+
+def read_prototxt(storage) -> bytes:
+    """The uploaded network's bytes, refused above 1 MiB (a network description is small)."""
+    from jobs.pretrained import MAX_PROTOTXT_BYTES
+    data = storage.read(MAX_PROTOTXT_BYTES + 1)
+    if len(data) > MAX_PROTOTXT_BYTES:
+        raise BadRequest(f"the network file is larger than {MAX_PROTOTXT_BYTES} bytes",
+                         {"prototxt": "too large for a network description"})
+    return data
+
+
+def upload_from_form(backend, form) -> dict:
+    """Store the model of a validated ``PretrainedUploadForm`` (the tab's and the API's)."""
+    return backend.upload_pretrained(form.name.data, read_prototxt(form.prototxt.data), form.weights.data,
+                                     form.description.data or "")

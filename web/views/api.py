@@ -17,7 +17,7 @@ from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from web.safety import check_job_id, complete_path
 from web.views.common import backend, load_job, plugin_by_id, plugins
 from web.job_options import fill_model_choices, model_options
-from web.views import inference as inference_views
+from web import inference_store, pretrained_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -229,11 +229,10 @@ def pretrained_list():
 @bp.route("/pretrained", methods=["POST"])
 def upload_pretrained():
     from web.forms import PretrainedUploadForm
-    from web.views.pretrained import store_upload
     form = PretrainedUploadForm(meta={"csrf": False})
     if not form.validate():
         raise BadRequest("invalid pretrained model upload", _form_errors(form))
-    return jsonify(store_upload(form)), 201
+    return jsonify(pretrained_store.upload_from_form(backend(), form)), 201
 
 
 @bp.route("/pretrained/<pretrained_id>", methods=["DELETE"])
@@ -246,9 +245,8 @@ def delete_pretrained(pretrained_id):
 @bp.route("/pretrained/<name>/prepare", methods=["POST"])
 def prepare_pretrained(name):
     """Start downloading and converting a known model on the server; 202 with its state."""
-    from web.views.pretrained import variant_is_gray
     body = request.get_json(silent=True) or {}
-    state = backend().prepare_pretrained(name, variant_is_gray(body.get("variant", "")))
+    state = backend().prepare_pretrained(name, pretrained_store.variant_is_gray(body.get("variant", "")))
     return jsonify(state), 202
 
 
@@ -307,13 +305,13 @@ def infer(job_id):
     visualize = str(body.get("visualize", "")).lower() in ("1", "true", "yes", "y", "on")
     upload = request.files.get("image")
     if upload and upload.filename:
-        path = inference_views.store_upload(job, upload)
-        token = inference_views.run_inference(job, snapshot, image_path=path, visualize=visualize)
+        path = inference_store.store_upload(job, upload)
+        token = inference_store.run_inference(backend(), job, snapshot, image_path=path, visualize=visualize)
     elif body.get("record"):
-        token = inference_views.record_inference(job, str(body["record"]), snapshot, visualize=visualize)
+        token = inference_store.record_inference(backend(), job, str(body["record"]), snapshot, visualize=visualize)
     else:
         raise BadRequest("give a validation record key ('record') or upload an image ('image')")
-    result = inference_views.load_result(job, token)
+    result = inference_store.load_result(job, token)
     urls = {name: url_for("inference.result_png", job_id=job_id, token=token, name=name)
             for name in ("image", "prediction") + (("label",) if result.get("has_label") else ())}
     return jsonify(result | {"urls": urls, "page": url_for("inference.result", job_id=job_id, token=token)}), 201

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 
+from web import pretrained_store
 from web.backend import BadRequest, NotFound, Unavailable
 from web.forms import ConfirmForm, PretrainedUploadForm
 from web.safety import check_job_id
@@ -16,31 +17,6 @@ from web.views.common import backend
 bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
 
 UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
-VARIANTS = {"gray": True, "rgb": False}  # which weights a preparation makes: 1-channel or RGB data
-
-
-def variant_is_gray(value) -> bool:
-    if value not in VARIANTS:
-        raise BadRequest(f"variant must be one of {', '.join(VARIANTS)}, got {value!r}",
-                         {"variant": "gray or rgb"})
-    return VARIANTS[value]
-
-
-def read_prototxt(storage) -> bytes:
-    """The uploaded network's bytes, refused above 1 MiB (a network description is small)."""
-    from jobs.pretrained import MAX_PROTOTXT_BYTES
-    data = storage.read(MAX_PROTOTXT_BYTES + 1)
-    if len(data) > MAX_PROTOTXT_BYTES:
-        raise BadRequest(f"the network file is larger than {MAX_PROTOTXT_BYTES} bytes",
-                         {"prototxt": "too large for a network description"})
-    return data
-
-
-def store_upload(form: PretrainedUploadForm) -> dict:
-    return backend().upload_pretrained(form.name.data, read_prototxt(form.prototxt.data), form.weights.data,
-                                       form.description.data or "")
-
-
 @bp.route("/upload", methods=["POST"])
 def upload():
     from web.views.home import render_home
@@ -52,7 +28,7 @@ def upload():
                 flash(f"{label}: {message}", "error")
         return render_home("pretrained", upload=form, status=400)  # what the user typed stays
     try:
-        entry = store_upload(form)
+        entry = pretrained_store.upload_from_form(backend(), form)
     except (BadRequest, Unavailable) as exc:
         flash(f"The pretrained model was not stored: {exc}", "error")
         return render_home("pretrained", upload=form, status=400)
@@ -80,7 +56,7 @@ def prepare(name):
     back = redirect(url_for("home.index", tab="pretrained"))
     try:
         variant = request.form.get("variant", "")
-        backend().prepare_pretrained(name, variant_is_gray(variant))
+        backend().prepare_pretrained(name, pretrained_store.variant_is_gray(variant))
     except NotFound:
         abort(404)
     except (BadRequest, Unavailable) as exc:
