@@ -9,7 +9,7 @@ import os
 import shutil
 
 from engine.prototxt import PrototxtError, format_message, parse_net
-from jobs import derive, resources
+from jobs import derive, netcheck, resources
 from jobs.paths import atomic_write, atomic_write_json
 
 
@@ -59,6 +59,11 @@ def write_model_job(job_dir, dataset_dir, options):
                                       val_batch or 0, options)
     except derive.DeriveError as exc:
         raise ModelJobError(str(exc))
+    try:
+        param_shapes = netcheck.deploy_param_shapes(deploy)
+    except netcheck.NetworkCheckError as exc:
+        raise ModelJobError("the network cannot be built for this dataset (%dx%dx%d): %s"
+                            % (facts.channels, facts.height, facts.width, exc), "network")
     os.makedirs(job_dir, exist_ok=True)
     atomic_write(os.path.join(job_dir, "original.prototxt"), text)
     atomic_write(os.path.join(job_dir, "train_val.prototxt"), format_message(train_val))
@@ -69,7 +74,8 @@ def write_model_job(job_dir, dataset_dir, options):
         shutil.copy2(path, os.path.join(job_dir, os.path.basename(path)))
     weights = options.get("pretrained") or []
     if weights:
-        report = check_pretrained(train_val, weights if isinstance(weights, list) else [weights], facts.channels)
+        report = check_pretrained(train_val, weights if isinstance(weights, list) else [weights], facts.channels,
+                                  param_shapes)
         atomic_write_json(os.path.join(job_dir, "pretrained_report.json"), report)
         if report["mismatches"]:
             raise ModelJobError("pretrained weights do not fit the network: " + "; ".join(report["mismatches"]),
@@ -122,8 +128,10 @@ def channel_mismatch_advice(layer, data_channels, weight_channels, path):
             % (layer, data_channels, path, weight_channels, "; or ".join(ways)))
 
 
-def check_pretrained(net, weight_files, data_channels):
-    """Compare pretrained blobs with the network's layers, by name (how copy_from matches).
+def check_pretrained(net, weight_files, data_channels, param_shapes=None):
+    """Compare pretrained blobs with the network's layers, by name (how copy_from matches), and
+    with ``param_shapes`` ({layer: [blob shapes]} of the built net, see ``jobs.netcheck``) blob by
+    blob when given.
 
     Returns {"matched": [...], "unused": [...], "mismatches": [...]}; a mismatch message offers
     the channel surgeries (``caffeseg surgery rgb-to-gray|gray-to-rgb``) or the classifier→FCN surgery.
@@ -159,6 +167,8 @@ def check_pretrained(net, weight_files, data_channels):
                     problem = channel_mismatch_advice(src.name, data_channels, shape[1], path)
             elif dst.type == "InnerProduct" and dst.inner_product_param.num_output != shape[0]:
                 problem = "%s: %d outputs here, %d in %s" % (src.name, dst.inner_product_param.num_output, shape[0], path)
+            if problem is None and param_shapes is not None and src.name in param_shapes:
+                problem = netcheck.param_mismatch(src.name, src.blobs, param_shapes[src.name], path)
             if problem:
                 report["mismatches"].append(problem)
             else:
