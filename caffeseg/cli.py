@@ -62,10 +62,7 @@ def cmd_delete(args):
 
 
 def cmd_phantom(args):
-    try:
-        from plugin.sunnybrook import phantom
-    except ImportError as exc:
-        raise CliError("the phantom generator is not available (%s)" % exc, EXIT_UNAVAILABLE)
+    from plugin.sunnybrook import phantom
     out = os.path.abspath(args.out or os.path.join(data_root(args), "sample"))
     phantom.generate(out, cases=args.cases, seed=args.seed,
                      progress=_progress_bar("phantom") if not args.json else None)
@@ -126,10 +123,7 @@ def cmd_model_create(args):
 
 
 def _progress_bar(desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
+    from tqdm import tqdm
     bar = {}
 
     def update(done, total=None):
@@ -145,8 +139,6 @@ def _progress_bar(desc):
 def _dataset_progress():
     """The dataset builder reports events {done_all, total_all, ...}: show them as one bar."""
     update = _progress_bar("building dataset")
-    if update is None:
-        return None
     return lambda event: update(event.get("done_all") or 0, event.get("total_all") or None)
 
 
@@ -191,29 +183,16 @@ def cmd_model_metrics(args):
 
 
 def cmd_model_evaluate(args):
-    svc = service(args)
-    fn = getattr(svc, "evaluate", None)
-    if fn is None:
-        raise CliError("evaluation is not available in this version", EXIT_UNAVAILABLE)
-    table = fn(args.job_id, snapshot=args.snapshot)
-    emit(args, table)
+    emit(args, service(args).evaluate(args.job_id, snapshot=args.snapshot))
 
 
 def cmd_model_export(args):
-    svc = service(args)
-    fn = getattr(svc, "export", None)
-    if fn is None:
-        raise CliError("export is not available in this version", EXIT_UNAVAILABLE)
-    path = fn(args.job_id, snapshot=args.snapshot, out=args.out)
+    path = service(args).export(args.job_id, snapshot=args.snapshot, out=args.out)
     emit(args, {"path": path}, path)
 
 
 def cmd_infer(args):
-    svc = service(args)
-    fn = getattr(svc, "infer", None)
-    if fn is None:
-        raise CliError("inference is not available in this version", EXIT_UNAVAILABLE)
-    result = fn(args.job_id, snapshot=args.snapshot, record=args.record, image_path=args.image)
+    result = service(args).infer(args.job_id, snapshot=args.snapshot, record=args.record, image_path=args.image)
     rows = []
     for i, r in enumerate(result["results"]):
         row = {"source": r["source"], "metrics": r.get("metrics"),
@@ -258,15 +237,9 @@ def cmd_worker(args):
 
 
 def cmd_serve(args):
+    import web
     root = data_root(args)
-    try:
-        sample_folder(args)
-    except CliError as exc:
-        print("note: %s; no sample data written" % exc, file=sys.stderr)
-    try:
-        import web
-    except ImportError as exc:
-        raise CliError("the web application is not available (%s)" % exc, EXIT_UNAVAILABLE)
+    sample_folder(args)
     os.makedirs(os.path.join(root, "jobs"), exist_ok=True)
     app = web.create_app({"JOBS_DIR": os.path.join(root, "jobs"), "DATA_DIR": root})
     app.run(host=args.host, port=args.port)
@@ -310,10 +283,7 @@ def sample_folder(args, cases=None):
     """DATA/sample: the phantom release, generated on first use."""
     sample = os.path.join(data_root(args), "sample")
     if not os.path.isdir(os.path.join(sample, "challenge_training")):
-        try:
-            from plugin.sunnybrook import phantom
-        except ImportError as exc:
-            raise CliError("the phantom generator is not available (%s)" % exc, EXIT_UNAVAILABLE)
+        from plugin.sunnybrook import phantom
         print("generating the sample phantom into %s" % sample, file=sys.stderr)
         phantom.generate(sample, **({"cases": cases} if cases else {}))
     return sample

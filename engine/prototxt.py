@@ -181,8 +181,3 @@ def read_solver(path, upgrade=True):
 def format_message(msg):
     """Protobuf text format of ``msg`` (what Caffe writes for a prototxt)."""
     return text_format.MessageToString(msg)
-
-
-def write_prototxt(path, msg):
-    with open(path, "w") as f:
-        f.write(format_message(msg))

@@ -14,8 +14,6 @@ import re
 
 import numpy as np
 
-INPUT_LAYER_TYPES = ("Data",)
-
 
 class InferError(ValueError):
     pass

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-DEFAULT_DIR_NAME = "pretrained-models"
 CHUNK_BYTES = 1 << 20
 
 
@@ -78,10 +77,6 @@ KNOWN_MODELS = {
 
 class PretrainedError(RuntimeError):
     """A download that could not be completed or verified; the message names the model and URL."""
-
-
-def default_dir(base=".") -> Path:
-    return Path(base) / DEFAULT_DIR_NAME
 
 
 def sha1_of(path, chunk=CHUNK_BYTES) -> str:

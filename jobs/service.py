@@ -51,6 +51,7 @@ from jobs import store as st
 from jobs.model_job import ModelJobError, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
 from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
+from plugin.base import PluginError, get_plugin
 
 
 DATASET_LOG = "log.txt"  # a dataset job's log: queued, built (the builder's lines), finished
@@ -219,15 +220,13 @@ class JobService:
         return self.store.add_job(job_id, kind, name, folder, **kw)
 
     def _dataset_plugin(self, plugin):
-        """(plugin object, plugin id) for an id or an object; ServiceError if it is not installed."""
+        """(plugin object, plugin id) for an id or a DataPlugin; ServiceError if it is not
+        installed or broken."""
         if not isinstance(plugin, str):
-            return plugin, getattr(plugin, "id", str(plugin))
+            return plugin, plugin.id
         try:
-            from plugin import get_plugin
             return get_plugin(plugin), plugin
-        except ImportError as exc:
-            raise ServiceError("data plugins are not available (%s)" % exc)
-        except ValueError as exc:
+        except PluginError as exc:
             raise ServiceError(str(exc))
 
     def _new_dataset_job(self, plugin, values, name, group_name, build_options):

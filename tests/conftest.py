@@ -141,7 +141,7 @@ def golden():
 @pytest.fixture
 def phantom_release(tmp_path):
     """``(image_folder, contour_folder)`` of a 2-case, 3-slice phantom release under tmp_path."""
-    phantom = pytest.importorskip("plugin.sunnybrook.phantom")
+    from plugin.sunnybrook import phantom
     root = tmp_path / "sample"
     phantom.generate(str(root), cases=2, seed=0, slices=3)
     return root / "challenge_training", root / "TrainingDataContours"

@@ -270,7 +270,6 @@ def test_ui_pretrained_network_fills_the_form(browser_page, fake_site):
     """Picking a pretrained model makes it the network source, shows its network and the weights for
     the dataset's channels; Customize puts an uploaded model's network in the editor and its weights
     in "Pretrained model(s)"."""
-    pytest.importorskip("engine.caffemodel")
     import numpy as np
     from jobs import pretrained
     from web_helpers import write_weights
@@ -381,7 +380,6 @@ def test_ui_custom_network_editor_uncomments_a_layer(browser_page, fake_site):
 
 
 def test_ui_visualize_draws_shapes_or_selects_the_error_line(browser_page, fake_site):
-    pytest.importorskip("engine.prototxt")
     url, fake, _ = fake_site
     page = browser_page
     page.goto(f"{url}/models/new")
@@ -423,18 +421,6 @@ def test_ui_path_autocomplete_and_dataset_form(browser_page, fake_site):
 
 # -- the whole product ---------------------------------------------------------------------
 
-def _full_stack_available() -> str | None:
-    try:
-        import engine  # noqa: F401
-        import jobs.service  # noqa: F401
-        from plugin.sunnybrook import phantom  # noqa: F401
-        import jobs.dataset  # noqa: F401
-        from engine import prototxt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any missing piece skips with its reason
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 TINY_FCN = """name: "tiny_fcn"
 layer { name: "data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 2 } }
 layer { name: "label" type: "Data" top: "label" include { stage: "train" } data_param { batch_size: 2 } }
@@ -457,9 +443,6 @@ layer { name: "accuracy" type: "Accuracy" bottom: "score" bottom: "label" top: "
 
 def test_full_workflow(request, tmp_path):
     """Phantom dataset → slim model trained one epoch → live chart → inference → opacity slider."""
-    missing = _full_stack_available()
-    if missing:
-        pytest.skip(f"the full stack is not installed yet ({missing})")
     browser_page = request.getfixturevalue("browser_page")
     image_folder, contour_folder = request.getfixturevalue("phantom_release")
     from web import create_app
@@ -710,7 +693,6 @@ def test_ui_solver_and_backend_choices_are_not_cut_off(browser_page, fake_site):
 
 
 def test_ui_custom_network_errors_read_cleanly(browser_page, fake_site):
-    pytest.importorskip("engine.prototxt")
     url, fake, _ = fake_site
     page = browser_page
     page.goto(f"{url}/models/new")

@@ -1,45 +1,13 @@
-"""Dice, DiceLoss and SegmentationMetrics: hand-computed values, empty cases, gradient check,
-and (once the engine exists) the same layers running inside an engine Net."""
-import importlib
-import os
-import sys
-import types
-
+"""python_layers/digits_python_layers.py (Dice, DiceLoss, SegmentationMetrics): hand-computed
+values, empty cases, gradient check, and the same layers running inside an engine Net."""
 import numpy as np
 import pytest
 
-from tests.engine_helpers import engine_or_skip
+import engine
+from engine import caffe_shim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAYER_DIR = os.path.join(ROOT, "python_layers")
-
-
-def _load_module():
-    """Import digits_python_layers with whatever `caffe` is available (real, engine, or a stub)."""
-    if "caffe" not in sys.modules:
-        try:
-            from engine import caffe_shim  # the engine as `caffe` unless real pycaffe is there
-            caffe_shim.install()
-        except ImportError:
-            pass
-    if "caffe" not in sys.modules:
-        try:
-            importlib.import_module("caffe")
-        except ImportError:
-            stub = types.ModuleType("caffe")
-
-            class Layer(object):
-                def __init__(self, param=None):
-                    self.param_str = ""
-
-            stub.Layer = Layer
-            sys.modules["caffe"] = stub
-    if LAYER_DIR not in sys.path:
-        sys.path.insert(0, LAYER_DIR)
-    return importlib.import_module("digits_python_layers")
-
-
-dpl = _load_module()
+caffe_shim.install()  # the layer file says ``import caffe``: the engine, unless real pycaffe is loaded
+from python_layers import digits_python_layers as dpl  # noqa: E402
 
 
 class FakeBlob(object):
@@ -231,7 +199,6 @@ layer { name: "diceloss" type: "Python" bottom: "score" bottom: "label" top: "di
 
 
 def test_layers_inside_engine_net(tmp_path):
-    engine = engine_or_skip("engine.layer_types.python")
     path = tmp_path / "net.prototxt"
     path.write_text(NET_WITH_METRICS)
     net = engine.Net(str(path), engine.TEST)

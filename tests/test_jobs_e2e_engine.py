@@ -1,8 +1,6 @@
 """End to end on the PyTorch engine: tiny LMDB dataset → model trained 2 epochs by the runner
 subprocess → snapshots, metric series, evaluation table, inference on a record and on a DICOM
-upload → export → the exported model reloads and predicts the same.
-
-Runs once the engine's Net and solvers are in (``engine.Net`` / ``engine.get_solver``)."""
+upload → export → the exported model reloads and predicts the same."""
 import json
 import os
 
@@ -17,10 +15,6 @@ from jobs import store as st
 from jobs.service import JobService
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 from tests.test_jobs_eval_infer_export import write_dicom
-
-engine = pytest.importorskip("engine")
-if not (hasattr(engine, "Net") and hasattr(engine, "get_solver")):
-    pytest.skip("the engine has no Net/get_solver yet", allow_module_level=True)
 
 
 def phantom_like(n, seed):

@@ -236,7 +236,6 @@ def _finish_builds(svc, timeout=60):
 
 
 def test_submitted_dataset_is_queued_then_built_by_the_worker(svc, phantom_release):
-    pytest.importorskip("engine.lmdb_io")
     job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "queued ds", group_name="g")
     assert job["status"] == st.WAITING  # returned at once; nothing built yet
     assert not os.path.exists(os.path.join(job["dir"], "dataset.json"))
@@ -267,7 +266,6 @@ def test_submitted_dataset_is_queued_then_built_by_the_worker(svc, phantom_relea
 
 
 def test_dataset_form_errors_raise_before_anything_is_queued(svc, tmp_path):
-    pytest.importorskip("plugin.sunnybrook")
     with pytest.raises(ServiceError) as info:
         svc.submit_dataset("sunnybrook", _sunnybrook_values(tmp_path / "nope", tmp_path / "nope2"), "bad")
     assert set(info.value.field_errors) >= {"image_folder", "contour_folder"}
@@ -279,7 +277,6 @@ def test_dataset_form_errors_raise_before_anything_is_queued(svc, tmp_path):
 
 
 def test_a_failing_build_records_its_message_and_log(svc, tmp_path):
-    pytest.importorskip("plugin.sunnybrook")
     from tests.jobs_fixtures import contours_without_images
     job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*contours_without_images(tmp_path)), "no images")
     assert svc.scheduler.step() == [job["id"]]
@@ -291,7 +288,6 @@ def test_a_failing_build_records_its_message_and_log(svc, tmp_path):
 
 
 def test_abort_stops_a_running_build_and_resume_builds_it_again(svc, phantom_release, monkeypatch):
-    pytest.importorskip("engine.lmdb_io")
     from plugin.sunnybrook import SunnybrookPlugin
     encode = SunnybrookPlugin.encode
     gate = threading.Event()
@@ -320,7 +316,6 @@ def test_abort_stops_a_running_build_and_resume_builds_it_again(svc, phantom_rel
 
 
 def test_create_dataset_still_builds_in_the_foreground(svc, phantom_release, tmp_path):
-    pytest.importorskip("engine.lmdb_io")
     events = []
     job = svc.create_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "cli ds", progress=events.append)
     assert job["status"] == st.DONE and events[-1]["phase"] == "finish"
@@ -339,7 +334,6 @@ def _run_worker_build(svc, job_id):
 
 
 def test_an_abort_after_the_files_are_in_place_leaves_the_dataset_done(svc, phantom_release, monkeypatch):
-    pytest.importorskip("engine.lmdb_io")
     from jobs import dataset as builder
     write = builder._write_atomic
 
@@ -355,7 +349,6 @@ def test_an_abort_after_the_files_are_in_place_leaves_the_dataset_done(svc, phan
 
 
 def test_an_abort_before_the_move_keeps_the_log_and_completes(svc, phantom_release, monkeypatch):
-    pytest.importorskip("engine.lmdb_io")
     from jobs import dataset as builder
     move = builder._move_into_place
 
@@ -372,7 +365,6 @@ def test_an_abort_before_the_move_keeps_the_log_and_completes(svc, phantom_relea
 
 
 def test_a_dataset_with_its_files_in_place_but_not_done_builds_again(svc, phantom_release):
-    pytest.importorskip("engine.lmdb_io")
     job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "rebuilt")
     assert _run_worker_build(svc, job["id"])["status"] == st.DONE
     # The worker died between moving the files into place and recording Done.
@@ -388,7 +380,6 @@ def test_a_dataset_with_its_files_in_place_but_not_done_builds_again(svc, phanto
 
 
 def test_the_job_log_is_the_only_dataset_log(svc, phantom_release):
-    pytest.importorskip("engine.lmdb_io")
     job = svc.submit_dataset("sunnybrook", _sunnybrook_values(*phantom_release), "one log")
     assert _run_worker_build(svc, job["id"])["status"] == st.DONE
     assert not os.path.exists(os.path.join(job["dir"], "build.log"))

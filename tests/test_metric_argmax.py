@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from test_python_layers import dpl
+from test_digits_python_layers import dpl
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 5])

@@ -8,6 +8,7 @@ Split); a net with a layer type OpenCV lacks is skipped with that type named.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,7 +16,6 @@ import engine
 from conftest import golden_case_names, load_golden
 from engine.prototxt import format_message, read_net
 
-cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2.dnn, "readNetFromCaffe"):
     pytest.skip(f"OpenCV {cv2.__version__} has no Caffe importer (OpenCV 5 dropped it; the project "
                 "pins opencv-python-headless < 5)", allow_module_level=True)

@@ -1,19 +1,19 @@
 """The networks in prototxt/: stage filtering, output size = input size (Caffe's shape rules,
 checked here by a small independent calculator), OpenCV's Caffe importer on random weights, and the
-engine Net in TRAIN / val / deploy once it exists (then engine outputs must equal OpenCV's)."""
+engine Net in TRAIN / val / deploy (whose outputs must equal OpenCV's)."""
 import glob
 import math
 import os
-import sys
 
+import cv2
 import numpy as np
 import pytest
 
+import engine
 from engine.blobproto import array_to_blobproto, blobproto_to_array
 from engine.caffemodel import write_caffemodel
 from engine.prototxt import format_message, read_net
 from engine.proto import caffe_pb2
-from tests.engine_helpers import engine_or_skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOTXT_DIR = os.path.join(ROOT, "prototxt")
@@ -354,7 +354,6 @@ def deploy_with_random_weights(name, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
 def test_opencv_deploy_output_shape(name, tmp_path):
-    cv2 = pytest.importorskip("cv2")
     (h, w), prototxt, weights = deploy_with_random_weights(name, tmp_path)
     cv_net = cv2.dnn.readNetFromCaffe(prototxt, weights)
     image = np.random.RandomState(1).uniform(0, 255, (1, 1, h, w)).astype(np.float32)
@@ -368,8 +367,6 @@ def test_opencv_deploy_output_shape(name, tmp_path):
 
 @pytest.mark.parametrize("name", NETS)
 def test_engine_builds_train_val_deploy(name, tmp_path):
-    engine = engine_or_skip()
-    sys.path.insert(0, os.path.join(ROOT, "python_layers"))
     size = (256, 256) if name in ("lab_fc",) else (67, 61)
     for which, phase in (("train", engine.TRAIN), ("val", engine.TEST), ("deploy", engine.TEST)):
         net_param = derive(name, which, [1, 1, size[0], size[1]])
@@ -385,7 +382,6 @@ def test_engine_builds_train_val_deploy(name, tmp_path):
 @pytest.mark.parametrize("name", ["lab_cnn", "unet", "deeplab_aspp"])
 @pytest.mark.parametrize("size", [(256, 256), (257, 263)])
 def test_engine_deploy_full_size(name, size, tmp_path):
-    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 1, size[0], size[1]])))
     net = engine.Net(str(path), engine.TEST)
@@ -395,8 +391,6 @@ def test_engine_deploy_full_size(name, size, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in NETS if n != "fcn_alexnet_dice"])
 def test_engine_deploy_matches_opencv(name, tmp_path):
-    engine = engine_or_skip()
-    cv2 = pytest.importorskip("cv2")
     (h, w), prototxt, weights = deploy_with_random_weights(name, tmp_path)
     image = np.random.RandomState(2).uniform(0, 255, (1, 1, h, w)).astype(np.float32)
     cv_net = cv2.dnn.readNetFromCaffe(prototxt, weights)
@@ -444,7 +438,6 @@ def test_readme_parameter_counts():
 
 @pytest.mark.parametrize("name", NETS)
 def test_engine_parameter_counts_match_readme(name, tmp_path):
-    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 1, 256, 256])))
     net = engine.Net(str(path), engine.TEST)
@@ -461,7 +454,6 @@ GOLDEN_ALEXNET_WIDTHS = {"conv1": 16, "conv2": 32, "conv3": 48, "conv4": 48, "co
 def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
     """Our FCN-AlexNet at the golden widths, with the golden weights, gives BVLC Caffe's `score`
     (run through OpenCV's importer; our net shifts by -116, so it is fed the input + 116)."""
-    cv2 = pytest.importorskip("cv2")
     golden_dir = os.path.join(ROOT, "tests", "golden", "nets", case)
     golden = np.load(os.path.join(golden_dir, "io.npz"))
     image = golden["input:data"]
@@ -481,11 +473,7 @@ def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
     """The job runner's own DIGITS derivation (jobs.derive) accepts every file; its deploy net runs."""
-    engine = engine_or_skip()
-    try:
-        from jobs.derive import DatasetFacts, derive_networks
-    except ImportError as exc:
-        pytest.skip("jobs.derive not available: %s" % exc)
+    from jobs.derive import DatasetFacts, derive_networks
     for stage in ("train", "val"):
         for part in ("features", "labels"):
             (tmp_path / ("%s_db" % stage) / part).mkdir(parents=True)
@@ -506,7 +494,6 @@ def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
 @pytest.mark.parametrize("name", ["fcn_alexnet", "fcn_8s"])
 def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
     """Once per net at full width (the sizes pretrained files need): builds, runs, keeps the size."""
-    engine = engine_or_skip()
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(derive(name, "deploy", [1, 3, 256, 256])))
     net = engine.Net(str(path), engine.TEST)
@@ -517,7 +504,6 @@ def test_engine_full_width_fcn_forward_at_256(name, tmp_path):
 def test_pascal_fcn8s_style_weights_load_into_fcn_8s(tmp_path):
     """A file laid out like fcn8s-heavy-pascal.caffemodel (trunk + 21-class score/upscore layers)
     fills our trunk by name; its 21-class layers are ignored as Caffe ignores unknown layers."""
-    engine = engine_or_skip()
     net_param = slim(derive("fcn_8s", "deploy", [1, 3, 40, 40]), 16)
     (tmp_path / "deploy.prototxt").write_text(format_message(net_param))
     _, shapes = infer_shapes(net_param)

@@ -100,10 +100,6 @@ class ReferenceNet:
 
 
 def _engine_factory():
-    try:
-        import engine.net  # noqa: F401
-    except ImportError:
-        pytest.skip("engine.net (the Net) is not available yet")
     return None  # the solver's default: engine.Net
 
 

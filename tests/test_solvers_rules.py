@@ -174,7 +174,6 @@ def test_test_compute_loss_reports_the_mean_objective(monkeypatch):
 
 
 def test_solve_trains_from_lmdb_data_layers_with_tests_and_snapshots(monkeypatch, tmp_path):
-    pytest.importorskip("engine.net")
     from engine.datum import array_to_datum
     from engine.lmdb_io import LmdbWriter
     gen = np.random.default_rng(0)

@@ -158,7 +158,6 @@ def test_standard_network_descriptions_are_whole_sentences_and_distinct():
 
 
 def test_visualize_errors_name_the_editor_line_never_a_temporary_file():
-    pytest.importorskip("engine.prototxt")
     from web.backend import BadRequest
     from web.netinspect import inspect
     with pytest.raises(BadRequest) as info:
