@@ -6,7 +6,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
-DATA   ?= data
+# empty: the default data folder of every caffeseg command ($CAFFESEG_DATA or ~/.caffeseg)
+DATA   ?=
 PYTEST_ARGS ?=
 
 .PHONY: install serve test proto check-proto browser-deps graphviz-deps lint-py39 bench clean caffe
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: install
-	$(VENV)/bin/caffeseg serve --host $(HOST) --port $(PORT) --data $(DATA)
+	$(VENV)/bin/caffeseg serve --host $(HOST) --port $(PORT) $(if $(DATA),--data $(DATA))
 
 # Chromium for the browser tests comes from Debian; installed only when missing.
 browser-deps:

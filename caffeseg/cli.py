@@ -23,7 +23,8 @@ class CliError(Exception):
 
 
 def data_root(args):
-    return os.path.abspath(os.path.expanduser(args.data or os.environ.get("CAFFESEG_DATA") or "~/.caffeseg"))
+    from jobs.paths import default_data_dir
+    return os.path.abspath(os.path.expanduser(args.data)) if args.data else default_data_dir()
 
 
 def service(args):
@@ -333,7 +334,7 @@ def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand must not reset what was given before it (caffeseg --data X jobs).
     common.add_argument("--data", default=argparse.SUPPRESS,
-                        help="root folder for jobs and sample data (default $CAFFESEG_DATA or ~/.caffeseg)")
+                        help="root folder for jobs and sample data (default $CAFFESEG_DATA or ~/.caffeseg, as the web app)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     common.add_argument("--backend", choices=("engine", "pycaffe", "auto"), default=argparse.SUPPRESS,
                         help="what trains: the PyTorch engine, real pycaffe, or pycaffe when importable")

@@ -46,6 +46,15 @@ def inside(root, path):
     return full
 
 
+DATA_ENV = "CAFFESEG_DATA"
+
+
+def default_data_dir():
+    """The one default data root of the CLI, the web app and ``make serve``: ``$CAFFESEG_DATA``,
+    else ``~/.caffeseg`` (jobs in ``jobs/``, the sample phantom in ``sample/``)."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(DATA_ENV) or "~/.caffeseg"))
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode=None):
     """A binary file that becomes ``path`` only when the block ends without error: written under a

@@ -10,9 +10,12 @@ import os
 import secrets
 from pathlib import Path
 
+from jobs.paths import default_data_dir
+
 DEFAULTS = {
     # Root of everything the app owns: jobs live in DATA_DIR/jobs unless JOBS_DIR says otherwise.
-    "DATA_DIR": "data",
+    # None = the CLI's default too (jobs.paths.default_data_dir: $CAFFESEG_DATA or ~/.caffeseg).
+    "DATA_DIR": None,
     "JOBS_DIR": None,
     # Folders the server-side path fields may point into (autocomplete and validation).
     # None = DATA_DIR only.
@@ -93,7 +96,7 @@ def resolve(config=None) -> dict:
         if env is not None:
             settings[key] = env
     settings.update({k: v for k, v in _as_dict(config).items() if v is not None or k not in DEFAULTS})
-    data_dir = Path(settings["DATA_DIR"]).expanduser().resolve()
+    data_dir = Path(settings["DATA_DIR"] or default_data_dir()).expanduser().resolve()
     settings["DATA_DIR"] = str(data_dir)
     jobs_dir = settings.get("JOBS_DIR") or data_dir / "jobs"
     settings["JOBS_DIR"] = str(Path(jobs_dir).expanduser().resolve())
