@@ -3,7 +3,8 @@
 ``model_options(form, backend)`` reads a validated ``ModelForm`` (the page and ``POST
 /api/models`` share it), ``service_model_options`` renames those values to
 ``JobService.create_model``'s options, ``model_form_values`` turns a model's ``clone_values``
-back into form fields; ``SERVICE_FIELD_NAMES`` maps the service's field errors onto the form.
+back into form fields and ``clone_form_data``/``restore_network_tab`` into the Clone form's
+data; ``SERVICE_FIELD_NAMES`` maps the service's field errors onto the form.
 The dataset form has ``dataset_build_options`` and ``dataset_form_values``.
 """
 from __future__ import annotations
@@ -182,6 +183,52 @@ def model_form_values(values: dict) -> dict:
     if files:
         out["python_layer_server_file"] = files[0] if isinstance(files, list) else files
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _plain_number(value):
+    """1.0 → 1 (the form shows "1", as on a new form); other values unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def restore_network_tab(form: ModelForm, job: dict, lists: dict) -> None:
+    """The clone's network tab as the model was made (DIGITS): a standard or previous network
+    comes back chosen on its tab, not pasted into Custom Network (the service gives every model's
+    original.prototxt as its text). A custom network, or one no longer offered, stays custom."""
+    options = job.get("options") or {}
+    if (form.network_source.data or "custom") != "custom" or options.get("pretrained_network"):
+        return
+    standard = options.get("standard_network")
+    previous = options.get("previous_job_id")
+    if standard and standard in {n["name"] for n in lists["networks"]}:
+        form.network_source.data, form.standard_network.data = "standard", standard
+    elif not standard and previous and previous in {j["id"] for j in lists["previous"]}:
+        form.network_source.data, form.previous_network.data = "previous", previous
+    else:
+        return
+    form.custom_network.data = ""
+
+
+def clone_form_data(values: dict, name: str) -> dict:
+    """``Backend.clone``'s values of a model → the new-model form's data (lists as "a, b" text,
+    1.0 as 1, pretrained paths joined by ":"), named ``name``; absent values keep the defaults."""
+    values = dict(values)
+    for key in ("base_lr", "batch_size", "lr_step_values"):
+        if isinstance(values.get(key), str):  # e.g. the service's stepvalue "50.0,85.0"
+            try:
+                values[key] = [float(v) for v in values[key].split(",") if v.strip()]
+            except ValueError:
+                pass
+        if isinstance(values.get(key), (list, tuple)):
+            values[key] = ", ".join(str(_plain_number(v)) for v in values[key])
+    for key in ("snapshot_interval", "val_interval", "lr_step_size", "lr_gamma", "lr_power", "weight_decay"):
+        values[key] = _plain_number(values.get(key))
+    values = {k: v for k, v in values.items() if v is not None}
+    if isinstance(values.get("pretrained_model"), (list, tuple)):
+        values["pretrained_model"] = ":".join(values["pretrained_model"])
+    values["model_name"] = name
+    return values
 
 
 def dataset_build_options(options: dict) -> dict:

@@ -7,17 +7,14 @@ which is what CSRF protection has to stop.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
-from werkzeug.datastructures import MultiDict
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request, send_file, url_for
 
 from web.backend import BadRequest
 from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from web.safety import check_job_id, complete_path
 from web.views.common import backend, load_job, plugin_by_id, plugins
 from web.job_options import fill_model_choices, model_options
-from web import inference_store, pretrained_store
+from web import api_spec, inference_store, pretrained_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -42,70 +39,21 @@ def _body() -> dict:
     return data
 
 
-def _with_defaults(form_cls, flat: dict) -> MultiDict:
-    """API bodies may leave out any field that has a default in the form."""
-    blank = form_cls(formdata=None, meta={"csrf": False})
-    merged = {}
-    for field in blank:
-        if field.name in flat or field.type in ("CSRFTokenField", "FileField"):
-            continue
-        if field.type == "BooleanField":
-            if field.data:
-                merged[field.name] = "y"
-        elif field.data not in (None, "") and not isinstance(field.data, (list, dict)):
-            merged[field.name] = str(field.data)
-    for key, value in flat.items():
-        if isinstance(value, bool):
-            if value:
-                merged[key] = "y"
-        elif value is not None and value != "":
-            merged[key] = str(value)
-    return MultiDict(merged)
-
-
-def _form_errors(form) -> dict:
-    return {name: "; ".join(msgs) for name, msgs in form.errors.items()}
-
-
 @bp.route("/health")
 def health():
     return jsonify({"status": "ok"})
 
 
-OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
-METHODS = ("get", "post", "put", "patch", "delete")
-
-
 @bp.route("/openapi.yaml")
 def openapi():
-    return Response(OPENAPI_PATH.read_text(), mimetype="application/yaml")
+    return Response(api_spec.OPENAPI_PATH.read_text(), mimetype="application/yaml")
 
 
 @bp.route("/")
 def reference():
     """The API reference as a page (the nav's API link): every operation of openapi.yaml."""
-    import yaml
-    from flask import render_template
-    spec = yaml.safe_load(OPENAPI_PATH.read_text())
-    operations = []
-    for path, item in spec.get("paths", {}).items():
-        shared = item.get("parameters", [])
-        for method in METHODS:
-            op = item.get(method)
-            if op is None:
-                continue
-            body = (((op.get("requestBody") or {}).get("content") or {}))
-            schema = next(iter(body.values()), {}).get("schema", {}) if body else {}
-            operations.append({
-                "method": method.upper(), "path": path, "summary": op.get("summary", ""),
-                "description": op.get("description", ""),
-                "parameters": [p for p in shared + op.get("parameters", []) if "name" in p],
-                "body_type": next(iter(body), None),
-                "body_fields": sorted((schema.get("properties") or {}).items()),
-                "required": set(schema.get("required") or []),
-                "responses": sorted((op.get("responses") or {}).keys()),
-                "anchor": (method + path).replace("/", "-").replace("{", "").replace("}", "")})
-    return render_template("api_reference.html", info=spec.get("info", {}), operations=operations)
+    info, operations = api_spec.operations()
+    return render_template("api_reference.html", info=info, operations=operations)
 
 
 @bp.route("/plugins")
@@ -174,9 +122,9 @@ def create_dataset():
     plugin = plugin_by_id(str(body.get("plugin") or ""))
     flat = {**(body.get("values") or {}), **(body.get("options") or {})}
     form_cls = dataset_form_class(plugin)
-    form = form_cls(formdata=_with_defaults(form_cls, flat), meta={"csrf": False})
+    form = form_cls(formdata=api_spec.with_defaults(form_cls, flat), meta={"csrf": False})
     if not form.validate():
-        raise BadRequest("invalid dataset options", _form_errors(form))
+        raise BadRequest("invalid dataset options", api_spec.form_errors(form))
     values = {name: form[name].data for name in form.plugin_field_names}
     options = {name: form[name].data for name in GENERIC_DATASET_FIELDS}
     job_id = backend().create_dataset(plugin.id, values, options)
@@ -208,10 +156,10 @@ def create_model():
         if isinstance(value, list):
             value = (":" if key == "pretrained_model" else ",").join(str(v) for v in value)
         flat[key] = value
-    form = ModelForm(formdata=_with_defaults(ModelForm, flat), meta={"csrf": False})
+    form = ModelForm(formdata=api_spec.with_defaults(ModelForm, flat), meta={"csrf": False})
     fill_model_choices(form, backend())
     if not form.validate():
-        raise BadRequest("invalid model options", _form_errors(form))
+        raise BadRequest("invalid model options", api_spec.form_errors(form))
     ids = backend().create_model(model_options(form, backend()))
     return jsonify({"ids": ids, "urls": [url_for("models.show", job_id=i) for i in ids]}), 201
 
@@ -231,7 +179,7 @@ def upload_pretrained():
     from web.forms import PretrainedUploadForm
     form = PretrainedUploadForm(meta={"csrf": False})
     if not form.validate():
-        raise BadRequest("invalid pretrained model upload", _form_errors(form))
+        raise BadRequest("invalid pretrained model upload", api_spec.form_errors(form))
     return jsonify(pretrained_store.upload_from_form(backend(), form)), 201
 
 

@@ -9,7 +9,8 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 
 from web.backend import BadRequest, Unavailable, running_seconds
 from web.forms import ConfirmForm, ModelForm
-from web.job_options import SERVICE_FIELD_NAMES, fill_model_choices, model_options
+from web.job_options import (SERVICE_FIELD_NAMES, clone_form_data, fill_model_choices, model_options,
+                              restore_network_tab)
 from web.views.common import add_post_actions, backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
@@ -51,52 +52,13 @@ def new():
     return _render(form, lists, status=400 if request.method == "POST" else 200)
 
 
-def _plain_number(value):
-    """1.0 → 1 (the form shows "1", as on a new form); other values unchanged."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _restore_network_tab(form: ModelForm, job: dict, lists: dict) -> None:
-    """The clone's network tab as the model was made (DIGITS): a standard or previous network
-    comes back chosen on its tab, not pasted into Custom Network (the service gives every model's
-    original.prototxt as its text). A custom network, or one no longer offered, stays custom."""
-    options = job.get("options") or {}
-    if (form.network_source.data or "custom") != "custom" or options.get("pretrained_network"):
-        return
-    standard = options.get("standard_network")
-    previous = options.get("previous_job_id")
-    if standard and standard in {n["name"] for n in lists["networks"]}:
-        form.network_source.data, form.standard_network.data = "standard", standard
-    elif not standard and previous and previous in {j["id"] for j in lists["previous"]}:
-        form.network_source.data, form.previous_network.data = "previous", previous
-    else:
-        return
-    form.custom_network.data = ""
-
-
 @bp.route("/<job_id>/clone")
 def clone(job_id):
     job = load_job(job_id, "model")
-    values = dict(backend().clone(job_id))
-    for key in ("base_lr", "batch_size", "lr_step_values"):
-        if isinstance(values.get(key), str):  # e.g. the service's stepvalue "50.0,85.0"
-            try:
-                values[key] = [float(v) for v in values[key].split(",") if v.strip()]
-            except ValueError:
-                pass
-        if isinstance(values.get(key), (list, tuple)):
-            values[key] = ", ".join(str(_plain_number(v)) for v in values[key])
-    for key in ("snapshot_interval", "val_interval", "lr_step_size", "lr_gamma", "lr_power", "weight_decay"):
-        values[key] = _plain_number(values.get(key))
-    values = {k: v for k, v in values.items() if v is not None}  # absent: the field's default
-    if isinstance(values.get("pretrained_model"), (list, tuple)):
-        values["pretrained_model"] = ":".join(values["pretrained_model"])
-    values["model_name"] = f"{job.get('name', job_id)} (clone)"
-    form = ModelForm(data=values, formdata=None)
+    form = ModelForm(data=clone_form_data(backend().clone(job_id), f"{job.get('name', job_id)} (clone)"),
+                     formdata=None)
     lists = fill_model_choices(form, backend())
-    _restore_network_tab(form, job, lists)
+    restore_network_tab(form, job, lists)
     return _render(form, lists, clone_of=job)
 
 

@@ -1,0 +1,66 @@
+"""The JSON API's description (``web/openapi.yaml``) and the form-backed request bodies.
+
+``operations()`` lists every operation of the spec for the reference page (``GET /api/``);
+``with_defaults`` lets an API body leave out any field that has a default in the page's form, so
+the API and the pages validate with the same Flask-WTF form.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from werkzeug.datastructures import MultiDict
+
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def operations() -> tuple[dict, list[dict]]:
+    """(the spec's ``info``, [{method, path, summary, description, parameters, body_type,
+    body_fields, required, responses, anchor}] in the spec's order)."""
+    spec = yaml.safe_load(OPENAPI_PATH.read_text())
+    operations = []
+    for path, item in spec.get("paths", {}).items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            body = (((op.get("requestBody") or {}).get("content") or {}))
+            schema = next(iter(body.values()), {}).get("schema", {}) if body else {}
+            operations.append({
+                "method": method.upper(), "path": path, "summary": op.get("summary", ""),
+                "description": op.get("description", ""),
+                "parameters": [p for p in shared + op.get("parameters", []) if "name" in p],
+                "body_type": next(iter(body), None),
+                "body_fields": sorted((schema.get("properties") or {}).items()),
+                "required": set(schema.get("required") or []),
+                "responses": sorted((op.get("responses") or {}).keys()),
+                "anchor": (method + path).replace("/", "-").replace("{", "").replace("}", "")})
+    return spec.get("info", {}), operations
+
+
+def with_defaults(form_cls, flat: dict) -> MultiDict:
+    """API bodies may leave out any field that has a default in the form."""
+    blank = form_cls(formdata=None, meta={"csrf": False})
+    merged = {}
+    for field in blank:
+        if field.name in flat or field.type in ("CSRFTokenField", "FileField"):
+            continue
+        if field.type == "BooleanField":
+            if field.data:
+                merged[field.name] = "y"
+        elif field.data not in (None, "") and not isinstance(field.data, (list, dict)):
+            merged[field.name] = str(field.data)
+    for key, value in flat.items():
+        if isinstance(value, bool):
+            if value:
+                merged[key] = "y"
+        elif value is not None and value != "":
+            merged[key] = str(value)
+    return MultiDict(merged)
+
+
+def form_errors(form) -> dict:
+    """A failed form's errors as {field: "message; message"} (the API's ``fields``)."""
+    return {name: "; ".join(msgs) for name, msgs in form.errors.items()}
