@@ -87,6 +87,23 @@ def _name(entry):
     return ", ".join("%s=%s" % kv for kv in sorted(src.items())) or "entry"
 
 
+def _bit_depth_mismatch(dtype, dataset_dtype):
+    """Why a record of ``dtype`` cannot join a dataset of ``dataset_dtype`` (None if it can).
+
+    An 8-bit slice among 16-bit ones holds 0..255 where the others hold 0..4095 or more: the same
+    tissue would get other numbers, silently. Rescaling would guess a window the file does not
+    state, so the record is skipped with this reason (wider integer types from a DICOM rescale,
+    int64 or float32 beside uint16, are the same modality units and stay)."""
+    eight_bit = ("uint8", "int8")
+    if (dtype in eight_bit) == (dataset_dtype in eight_bit):
+        return None
+    return ("%s pixels among the dataset's %s ones (%s); convert the file to the bit depth of "
+            "the others or remove it" % (dtype, dataset_dtype,
+                                        "8-bit values 0..255 are not on the 16-bit scale"
+                                        if dtype in eight_bit else
+                                        "the dataset's first record is 8-bit: convert or remove the 8-bit files"))
+
+
 def _png_ready(feature, entry):
     if feature.dtype in (np.uint8, np.uint16):
         return feature
@@ -216,11 +233,13 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
                             first_shape = shape
                             feature_info = {"shape": info["shape"], "dtype": info["dtype"]}
                             label_info = {"shape": info["label_shape"], "dtype": "uint8"}
-                        if shape != first_shape and enforce_same_shape:
+                        depth = _bit_depth_mismatch(info["dtype"], feature_info["dtype"])
+                        if (shape != first_shape and enforce_same_shape) or depth:
                             src = (info["meta"] or {}).get("files", {}).get("image") \
                                 or _name(entries[i])
-                            msg = ("%s: shape %s differs from the dataset's %s (enforce same "
-                                   "shape is on)" % (src, list(shape), list(first_shape)))
+                            msg = ("%s: %s" % (src, depth)) if depth else \
+                                ("%s: shape %s differs from the dataset's %s (enforce same "
+                                 "shape is on)" % (src, list(shape), list(first_shape)))
                             skipped.append({"file": src, "message": msg})
                             say("skipped: %s" % msg)
                         else:

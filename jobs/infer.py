@@ -58,29 +58,17 @@ def preprocessing_from_train_val(path):
 
 
 def load_image(path):
-    """An image file → C×H×W array in its own dtype (uint8/uint16/float); DICOM via pydicom."""
-    lower = path.lower()
+    """An image file → C×H×W array in its own dtype (uint8/uint16/float); DICOM in modality units.
+
+    ``plugin.images.read_image``: the size is checked from the header before decoding, and DICOM
+    is read exactly as the dataset builder reads it (Modality LUT / Rescale Slope+Intercept)."""
+    from plugin.images import ImageTooLarge, UnreadableImage, read_image
     try:
-        if lower.endswith((".dcm", ".dicom")) or _looks_like_dicom(path):
-            import pydicom
-            arr = np.asarray(pydicom.dcmread(path).pixel_array)
-        elif lower.endswith((".tif", ".tiff")):
-            import tifffile
-            arr = np.asarray(tifffile.imread(path))
-        else:
-            import cv2
-            arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise InferError("%s is not an image OpenCV can read" % path)
-            if arr.ndim == 3:
-                arr = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr  # BGR(A) → RGB
-    except InferError:
-        raise
-    except Exception as exc:
-        raise InferError("cannot read image %s (%s)" % (path, exc))
-    if arr.ndim == 2:
-        return arr[None]
-    return np.ascontiguousarray(np.transpose(arr, (2, 0, 1)))
+        return read_image(path)
+    except (ImageTooLarge, UnreadableImage) as exc:
+        raise InferError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a decoder's own failure, named with the file
+        raise InferError("cannot read image %s (%s)" % (path, exc)) from None
 
 
 def resize_image(image, height, width):
@@ -106,14 +94,6 @@ def resize_image(image, height, width):
             out = np.clip(np.rint(out), info.min, info.max)
         out = out.astype(dtype)
     return out
-
-
-def _looks_like_dicom(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def blob_stats(array, bins=20):

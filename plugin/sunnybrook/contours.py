@@ -10,6 +10,9 @@ import numpy as np
 
 from plugin.base import EntryError
 
+# A contour enclosing less than this (in pixels²) outlines nothing: its points lie on one line.
+MIN_AREA_PX = 0.5
+
 
 def read_contour(path):
     """Return an N x 2 float array of (x, y) points; EntryError names the file and line."""
@@ -39,7 +42,19 @@ def read_contour(path):
     if len(points) < 3:
         raise EntryError("%s: a contour needs at least 3 points, found %d" % (path, len(points)),
                          source=path)
-    return np.asarray(points, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    area = polygon_area(points)
+    if area < MIN_AREA_PX:
+        # fillPoly would draw the points' line as a label a few pixels wide
+        raise EntryError("%s: the contour encloses no area (%.2f px² from %d points on one line); "
+                         "skipped" % (path, area, len(points)), source=path)
+    return points
+
+
+def polygon_area(points):
+    """Area enclosed by the closed polygon of N x 2 ``points`` (shoelace formula), in pixels²."""
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def check_inside(points, shape, path):

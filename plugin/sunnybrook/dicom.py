@@ -1,8 +1,12 @@
 """Reading Sunnybrook (and other MR) DICOM slices with pydicom, keeping values exact.
 
 * Stored pixel values are kept as they are (16-bit stays 16-bit; no 8-bit windowing).
-* Rescale Slope/Intercept are applied when present and not identity; integer slope and
-  intercept give integer values (exact in float32 up to 2**24), others give float32.
+* Stored values become modality units as pydicom's ``apply_modality_lut`` defines them: the
+  Modality LUT Sequence when present, else Rescale Slope/Intercept (when not identity); integer
+  slope and intercept give integer values (exact in float32 up to 2**24), others give float32.
+  Inference reads uploads through this same function (``plugin.images.read_image``).
+* The image size comes from the header (Rows × Columns × frames) and is refused above
+  ``plugin.images.max_image_pixels()`` before the pixel data is read or decoded.
 * Compressed transfer syntaxes are decoded by pydicom's pixel-data plugins (pylibjpeg,
   pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle, or pydicom's own RLE decoder); when
   none can decode a file, the error names the transfer syntax and what to install.
@@ -14,6 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from plugin.base import EntryError
+from plugin.images import ImageTooLarge, check_pixel_count
 
 # What to install for each family of compressed transfer syntaxes.
 _PLUGIN_HINTS = (
@@ -45,7 +50,8 @@ def read_slice(path):
     import pydicom
     from pydicom.errors import InvalidDicomError
     try:
-        ds = pydicom.dcmread(path)
+        # Large values (the pixel data) are read only when used, after the size check below.
+        ds = pydicom.dcmread(path, defer_size="1 MB")
     except InvalidDicomError:
         raise EntryError("%s: not a DICOM file (no DICM preamble or header)" % path,
                          source=path) from None
@@ -53,6 +59,14 @@ def read_slice(path):
         raise EntryError("%s: unreadable DICOM (%s)" % (path, exc), source=path) from None
     if "PixelData" not in ds:
         raise EntryError("%s: DICOM file has no pixel data" % path, source=path)
+    try:
+        check_pixel_count(path, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0),
+                          int(ds.get("NumberOfFrames", 1) or 1))
+    except ImageTooLarge as exc:
+        raise EntryError(str(exc), source=path) from None
+    except (TypeError, ValueError) as exc:
+        raise EntryError("%s: unreadable image size in the DICOM header (%s)" % (path, exc),
+                         source=path) from None
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     ts_name = ts.name if ts is not None else "unknown transfer syntax"
     try:
@@ -80,7 +94,7 @@ def read_slice(path):
     if pixels.ndim == 3 and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise EntryError("%s: multi-frame DICOM (%d frames); one slice per file expected"
                          % (path, pixels.shape[0]), source=path)
-    pixels = _rescale(ds, pixels)
+    pixels = _modality_values(ds, pixels)
     spacing = None
     if "PixelSpacing" in ds:
         try:
@@ -106,7 +120,14 @@ def _available_decoders(ts):
         return []
 
 
-def _rescale(ds, pixels):
+def _modality_values(ds, pixels):
+    """Stored values → modality units (DICOM PS3.3 C.11.1), as ``apply_modality_lut``.
+
+    The Modality LUT Sequence goes through pydicom; the rescale is its linear formula, kept
+    integer for integer slope and intercept (exact), float32 otherwise (what the dataset stores)."""
+    from pydicom.pixels import apply_modality_lut
+    if "ModalityLUTSequence" in ds:
+        return apply_modality_lut(pixels, ds)
     slope = ds.get("RescaleSlope")
     intercept = ds.get("RescaleIntercept")
     if slope is None and intercept is None:
@@ -117,6 +138,7 @@ def _rescale(ds, pixels):
         return pixels
     if slope.is_integer() and intercept.is_integer():
         return pixels.astype(np.int64) * int(slope) + int(intercept)
+    # apply_modality_lut's own rescale needs both tags; one alone means the other's default
     return (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
 
 
