@@ -1,6 +1,6 @@
 """BlobProto <-> numpy, and ``.binaryproto`` files (mean images).
 
-Caffe's rules (notes §1.2, §6.2, checklist 20):
+Caffe's rules (``Blob::FromProto``/``ToProto``, and the shape check of ``Net::CopyTrainedLayersFrom``):
 * A BlobProto with *any* of the legacy ``num/channels/height/width`` fields present is a legacy
   4-D blob and its ``shape`` is ignored. Such a blob matches a target shape when the target,
   left-padded with 1s to 4 axes, equals ``[num, channels, height, width]``; the target keeps its

@@ -1,4 +1,4 @@
-"""Caffe's weight fillers (notes §4), producing float32 CPU tensors.
+"""Caffe's weight fillers (``FillerParameter``, chosen by its ``type`` string), producing float32 CPU tensors.
 
 Random fillers draw from the engine RNG (``engine.rng``), so ``set_random_seed`` makes them
 reproducible; the values cannot match Caffe's boost mt19937 stream bit for bit, only in
@@ -52,7 +52,7 @@ def fill(filler: caffe_pb2.FillerParameter | None, shape: Sequence[int],
          generator: torch.Generator | None = None) -> torch.Tensor:
     """A new float32 CPU tensor of ``shape`` filled as Caffe's ``filler`` would fill it."""
     if filler is None:
-        filler = caffe_pb2.FillerParameter()  # constant 0 (checklist 24)
+        filler = caffe_pb2.FillerParameter()  # Caffe's default filler: constant 0 (a layer without weight_filler starts at zeros)
     shape = tuple(int(d) for d in shape)
     gen = generator if generator is not None else rng.generator("cpu")
     kind = filler.type

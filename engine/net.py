@@ -1,4 +1,4 @@
-"""pycaffe's ``caffe.Net`` over the engine's torch layers (notes §3, §6.2).
+"""pycaffe's ``caffe.Net`` over the engine's torch layers (Caffe's ``Net::Init``, ``Net::CopyTrainedLayersFrom``).
 
 Construction follows ``Net::Init``: filter layers by NetState, insert implicit Splits, build
 layers in file order (in-place tops reuse their bottom's blob), register and share params,
@@ -366,7 +366,9 @@ class Net:
         return owner
 
     def _decide_backward(self, param: caffe_pb2.NetParameter) -> None:
-        """``Net::Init``'s need-backward rules (notes §3.4), including force_backward."""
+        """``Net::Init``'s need-backward rules, including force_backward: a layer needs backward if a
+        param of it learns (lr_mult ≠ 0) or a bottom needs it (and propagate_down allows), and only
+        while some loss lies downstream of it (or ``force_backward``)."""
         blob_need = {id(b): False for b in self.blobs.values()}
         for layer in self.layers:
             need = False

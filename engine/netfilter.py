@@ -1,4 +1,4 @@
-"""Which layers a NetState keeps: Caffe's include/exclude rules (``Net::FilterNet``, notes §3.1)."""
+"""Which layers a NetState keeps: Caffe's include/exclude rules (``Net::FilterNet``)."""
 from __future__ import annotations
 
 from engine.proto import caffe_pb2

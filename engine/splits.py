@@ -1,4 +1,5 @@
-"""Caffe's implicit Split layers (``InsertSplits``, notes §3.2, checklist 23).
+"""Caffe's implicit Split layers (``InsertSplits``): named ``<blob>_<producing layer>_<top index>_split``,
+with tops ``<...>_split_<k>``.
 
 A blob read by several later layers (or read once and also weighted as a loss) is routed
 through a ``Split`` layer, so each consumer gets its own top and the gradients add up.

@@ -1,4 +1,5 @@
-"""Caffe's ``DataTransformer`` for ``TransformationParameter`` (notes §2.24, checklist 18–19).
+"""Caffe's ``DataTransformer`` for ``TransformationParameter``: mirror drawn in both phases, random
+crops in TRAIN and the centre in TEST, ``(x − mean)·scale`` with ``mean_file`` at the uncropped position.
 
 Per item, in Caffe's order:
 

@@ -25,7 +25,7 @@ class UpgradeError(ValueError):
     """A legacy definition that Caffe itself would refuse to upgrade."""
 
 
-# V1 LayerType enum name -> type string of the current format (notes §1.6).
+# V1 LayerType enum name (caffe.proto's V1LayerParameter.LayerType) -> type string of the current format.
 V1_TYPE_TO_STRING = {
     "NONE": "",
     "ABSVAL": "AbsVal",

@@ -1,4 +1,4 @@
-"""Fillers (notes §4): deterministic ones exactly, random ones by their statistics.
+"""Fillers: deterministic ones exactly, random ones by their statistics.
 
 Tolerances come from the sample size: a mean of n draws is checked to 6 standard errors,
 a standard deviation to 6·σ/sqrt(2n)."""

@@ -1,4 +1,4 @@
-"""Caffe's subtle layer rules (notes §0 checklist) on hand-made inputs, with expected values
+"""Caffe's subtle layer rules on hand-made inputs, with expected values
 worked out from the rules by hand, not from our code."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def grads(xs, top, dy):
     return [None if v is None else v.tolist() for v in g]
 
 
-# -- Eltwise MAX ties (checklist 10) -------------------------------------------------------
+# -- Eltwise MAX ties: bottom 1 wins a tie with bottom 0 -----------------------------------------
 def test_eltwise_max_tie_between_first_two_goes_to_bottom_1():
     layer = make('name: "m" type: "Eltwise" bottom: "a" bottom: "b" top: "y" eltwise_param { operation: MAX }')
     xs, (y,) = run(layer, [1.0, 2.0, 3.0], [1.0, 1.0, 5.0])
@@ -59,7 +59,7 @@ def test_eltwise_coeff_with_prod_is_refused():
                  'eltwise_param { operation: PROD coeff: 1 coeff: 2 }'), [1.0], [2.0])
 
 
-# -- Pooling (checklist 1-3) ---------------------------------------------------------------
+# -- Pooling: output size, AVE divisor, first-maximum ties ---------------------------------------
 def test_max_pool_tie_gradient_goes_to_first_maximum():
     layer = make('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 stride: 2 }')
     xs, (y,) = run(layer, [[[[5.0, 5.0], [5.0, 5.0]]]])
@@ -126,7 +126,7 @@ def test_pool_pad_not_smaller_than_kernel_is_refused():
         make('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 2 pad: 2 }').setup([(1, 1, 4, 4)])
 
 
-# -- Convolution sizes (checklist 5, 6) -----------------------------------------------------
+# -- Convolution sizes: C++ integer division; Deconvolution's blob layout ------------------------
 def test_conv_truncating_division_still_gives_one_output():
     # in 2, k 4, s 3, pad 0: (2-4)/3 truncates to 0 -> 1 output; missing taps read 0
     layer = make('name: "c" type: "Convolution" bottom: "x" top: "y" '
@@ -153,7 +153,7 @@ def test_conv_default_weight_filler_is_zero_and_group_checked():
              'convolution_param { num_output: 2 kernel_size: 1 group: 2 }').setup([(1, 3, 2, 2)])
 
 
-# -- LRN (checklist 4) ----------------------------------------------------------------------
+# -- LRN: alpha/local_size across, alpha/local_size² within (k ignored) --------------------------
 def test_lrn_within_channel_ignores_k_and_divides_alpha_by_size_squared():
     layer = make('name: "l" type: "LRN" bottom: "x" top: "y" '
                  'lrn_param { norm_region: WITHIN_CHANNEL local_size: 3 alpha: 9 beta: 1 k: 100 }')
@@ -169,7 +169,7 @@ def test_lrn_across_channels_divides_alpha_by_size():
     assert y.flatten().tolist() == pytest.approx([1 / 7, 2 / 7, 0.0])
 
 
-# -- Losses and accuracy (checklist 8, 9) ---------------------------------------------------
+# -- Losses and accuracy: SoftmaxWithLoss normalization, Accuracy ties ---------------------------
 def test_softmax_loss_ignore_label_valid_normalizer_and_flt_min_clamp():
     layer = make('name: "s" type: "SoftmaxWithLoss" bottom: "x" bottom: "l" top: "loss" '
                  'loss_param { ignore_label: 255 }')

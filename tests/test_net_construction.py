@@ -1,4 +1,4 @@
-"""Net construction rules of Caffe's ``Net::Init`` (notes §3), checked on tiny nets."""
+"""Net construction rules of Caffe's ``Net::Init``, checked on tiny nets."""
 from __future__ import annotations
 
 import numpy as np

@@ -78,7 +78,8 @@ def test_key_field_numbers_and_defaults(message, name, number, default):
 
 
 def test_packed_flags_match_caffe():
-    # Packed fields must be packed and Datum.float_data must not be (notes §1.0).
+    # caffe.proto is proto2: only fields declared [packed = true] are packed (BlobProto data/diff,
+    # shape dims); Datum.float_data is not, so the files we write have the bytes Caffe writes.
     for message, name, packed in [(caffe_pb2.BlobProto, "data", True),
                                   (caffe_pb2.BlobProto, "diff", True),
                                   (caffe_pb2.BlobProto, "double_data", True),

@@ -153,7 +153,9 @@ def infer_shapes(net):
 
 def crop_alignment(net):
     """For each Crop: (offset in the prototxt, offset that aligns it), by composing coordinate maps
-    y_blob = a * y_data + b from the input through every layer (notes §7.4)."""
+    y_blob = a * y_data + b from the input through every layer, as ``caffe.coord_map.crop`` does
+    (Convolution/Pooling a = 1/s, b = (p - (k_ext - 1)/2)/s; Deconvolution a = s, b = (k_ext - 1)/2 - p;
+    Crop (1, -offset); pointwise layers (1, 0))."""
     maps, result = {}, {}
     for layer in net.layer:
         t = layer.type
@@ -203,7 +205,7 @@ def test_crop_offsets_align_with_the_input(name):
 
 
 def test_crop_alignment_reproduces_the_fcn_offsets():
-    # the published FCN offsets (notes §7.4) come out of the same computation
+    # the offsets of fcn.berkeleyvision.org's prototxts come out of the same computation
     assert crop_alignment(derive("fcn_8s", "deploy", [1, 3, 8, 8])) == {
         "score_pool4c": (5, 5.0), "score_pool3c": (9, 9.0), "score": (31, 31.0)}
     assert crop_alignment(derive("fcn_alexnet", "deploy", [1, 3, 8, 8])) == {"score": (18, 18.0)}
@@ -289,7 +291,7 @@ def test_fcn_8s_trunk_names_and_shapes_match_the_pascal_model():
     assert set(FCN8S_TRUNK) <= set(params)
     for name, shape in expected.items():
         assert params[name][0] == shape
-    # worked shapes of notes §7.4 for a 500x500 input
+    # FCN-8s shapes for a 500x500 input, worked by hand with Caffe's size rules
     assert blobs["upscore2_seg"][2:] == (34, 34) and blobs["upscore_pool4_seg"][2:] == (70, 70)
     assert blobs["upscore8_seg"][2:] == (568, 568) and blobs["score"] == (1, 2, 500, 500)
 

@@ -1,4 +1,5 @@
-"""Accuracy (notes §2.13, checklist 9): ties with the true class count against it."""
+"""Accuracy: ties with the true class count against it (correct iff fewer than ``top_k`` other
+classes score ``>=`` the true class)."""
 from __future__ import annotations
 
 import torch

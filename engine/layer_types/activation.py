@@ -1,4 +1,4 @@
-"""Element-wise (neuron) layers: ReLU, Sigmoid, TanH, Power, Dropout (notes §2.5, 2.6, 2.14, 2.15),
+"""Element-wise (neuron) layers: ReLU, Sigmoid, TanH, Power, Dropout,
 and AbsVal, BNLL, Clip, ELU, Exp, Log, PReLU, Swish, Threshold with Caffe's own backward formulas."""
 from __future__ import annotations
 

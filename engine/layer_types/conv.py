@@ -1,4 +1,4 @@
-"""Convolution and Deconvolution (notes §2.1, §2.2).
+"""Convolution and Deconvolution (Caffe's ``ConvolutionLayer``, ``DeconvolutionLayer``).
 
 Shapes follow Caffe exactly: the convolution output size uses C++ integer division (a
 numerator in (-stride, 0) still gives one output, which PyTorch refuses, so the input is

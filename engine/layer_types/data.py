@@ -1,6 +1,6 @@
 """Caffe's ``Data`` layer: Datum records from an LMDB, transformed, prefetched in a thread.
 
-Semantics (notes §2.24):
+Semantics (Caffe's ``DataLayer`` with its ``DataTransformer``):
 
 * records are read in key order; after the last one the cursor wraps to the first, so a
   batch may straddle the end (nothing is shuffled);

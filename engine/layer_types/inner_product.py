@@ -1,4 +1,4 @@
-"""InnerProduct (notes §2.7): y = X·Wᵀ + b over the axes from ``axis`` on."""
+"""InnerProduct: y = X·Wᵀ + b over the axes from ``axis`` on."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Input layer (notes §2.23): no bottoms; its tops are the net's inputs."""
+"""Input layer: no bottoms; its tops are the net's inputs."""
 from __future__ import annotations
 
 from engine.layer_types.base import Layer, register

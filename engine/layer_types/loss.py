@@ -1,4 +1,4 @@
-"""Loss layers other than SoftmaxWithLoss: EuclideanLoss, SigmoidCrossEntropyLoss (notes §2.26),
+"""Loss layers other than SoftmaxWithLoss: EuclideanLoss, SigmoidCrossEntropyLoss,
 ContrastiveLoss, HingeLoss, MultinomialLogisticLoss and InfogainLoss."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Local response normalization (notes §2.4, checklist 4).
+"""Local response normalization: ACROSS_CHANNELS scales ``alpha`` by ``1/local_size``, WITHIN_CHANNEL
+by ``1/local_size²`` and ignores ``k`` (fixed at 1), as Caffe does.
 
 ACROSS_CHANNELS reproduces Caffe's CPU arithmetic order, not just its formula: Caffe slides a
 window over the channels, adding the entering channel's α/n·x² and subtracting the leaving

@@ -1,4 +1,5 @@
-"""BatchNorm, Scale and Bias (notes §2.20-2.22, checklist 17)."""
+"""BatchNorm, Scale and Bias. BatchNorm keeps Caffe's three statistics blobs
+``[Σmean, Σvar (unbiased), Σweight]``, never learned."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Pooling (notes §2.3, checklist 1-3).
+"""Pooling (Caffe's ``PoolingLayer``: MAX, AVE; STOCHASTIC in TEST takes the weighted average).
 
 Caffe's output size (ceil by default, with its own clip rule) differs from PyTorch's
 ``ceil_mode``, so the input is padded explicitly to exactly the extent Caffe's windows cover
@@ -120,7 +120,7 @@ class PoolingLayer(Layer):
         h, w = x.shape[2], x.shape[3]
         if len(self.param.top) == 1 and self._torch_agrees(x.shape, kernel, outs):
             # same windows, same first-maximum rule, and for AVE the same divisor (pad cells
-            # count, ceil overhang does not: count_include_pad with ceil_mode), notes §2.3
+            # count, ceil overhang does not: count_include_pad with ceil_mode)
             if self.method == _P.MAX:
                 return [F.max_pool2d(x, kernel, self.stride, self.pad, ceil_mode=not self.floor)]
             return [F.avg_pool2d(x, kernel, self.stride, self.pad, ceil_mode=not self.floor,

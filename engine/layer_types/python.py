@@ -1,4 +1,4 @@
-"""``type: "Python"`` layers: user classes deriving from ``caffe.Layer`` (notes §2.25).
+"""``type: "Python"`` layers: user classes deriving from ``caffe.Layer`` (Caffe's ``PythonLayer``).
 
 The user's class sees Caffe's pycaffe contract: ``setup(bottom, top)`` once, ``reshape`` after
 setup and before every forward, ``forward(bottom, top)``, ``backward(top, propagate_down,

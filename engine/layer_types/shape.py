@@ -1,5 +1,5 @@
 """Layers that move data without arithmetic (or with simple element-wise merges):
-Crop, Flatten, Reshape, Concat, Split, Silence, Eltwise (notes §2.8-2.10, 2.16-2.19)."""
+Crop, Flatten, Reshape, Concat, Split, Silence, Eltwise."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""Softmax and SoftmaxWithLoss (notes §2.11, §2.12, checklist 8)."""
+"""Softmax and SoftmaxWithLoss (normalization: explicit ``normalization``, else legacy
+``normalize``, default VALID; probabilities clamped at FLT_MIN before the log)."""
 from __future__ import annotations
 
 import torch

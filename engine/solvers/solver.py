@@ -1,4 +1,4 @@
-"""Caffe's ``Solver`` loop (notes §5) over the engine ``Net``.
+"""Caffe's ``Solver`` loop (``Solver::Step``, ``SGDSolver::ApplyUpdate``) over the engine ``Net``.
 
 One iteration (``Solver::Step``): zero the param diffs → test if due → ``iter_size``
 forward/backward passes (diffs accumulate) → smoothed loss, display → ``ApplyUpdate``
