@@ -31,7 +31,7 @@ FCN-AlexNet has none (Caffe's default: constant 0), the lab's from-scratch situa
 
 Reported per rung (validation set, after training): pixel accuracy (Accuracy layer), Dice (the
 lab's Dice layer, mean over images), boundary F-score at ``--tolerance`` px and Hausdorff /
-HD95 distances in pixels of the ``--size`` grid (``bench/boundary.py``; images where the net
+HD95 distances in pixels of the ``--size`` grid (``jobs/boundary.py``; images where the net
 predicts no LV at all have no distance and are counted instead), LV pixels predicted vs
 labelled, the train loss, seconds per iteration. This is a benchmark: nothing here asserts.
 """
@@ -48,10 +48,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "python_layers"))
 
-import boundary  # noqa: E402  (bench/boundary.py)
+from jobs import boundary  # noqa: E402
 from engine.prototxt import format_message, read_net  # noqa: E402
 from engine.proto import caffe_pb2  # noqa: E402
 from jobs import derive  # noqa: E402

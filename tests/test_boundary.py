@@ -1,14 +1,8 @@
-"""bench/boundary.py: boundary F-score and Hausdorff distance on hand-checkable masks."""
-import importlib.util
-import os
-
+"""jobs/boundary.py: boundary F-score and Hausdorff distance on hand-checkable masks."""
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("bench_boundary", os.path.join(ROOT, "bench", "boundary.py"))
-boundary = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(boundary)
+from jobs import boundary
 
 
 def square(n=20, top=5, left=5, side=8):

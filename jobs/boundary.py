@@ -1,7 +1,7 @@
 """Boundary quality of a binary segmentation: boundary F-score and Hausdorff distance.
 
-Used by ``bench/lab_ladder.py`` beside Dice, to ask whether a network draws the left-ventricle
-outline well (Dice rewards overlap and is forgiving of a blocky or jagged outline).
+Beside Dice, it asks whether a network draws the left-ventricle outline well (Dice rewards
+overlap and is forgiving of a blocky or jagged outline); ``bench/lab_ladder.py`` reports it.
 
 * ``boundary(mask)``: the mask's boundary pixels (the mask minus its erosion by a 4-neighbour cross).
 * ``boundary_f_score(pred, gt, tolerance)``: precision = share of predicted boundary pixels
