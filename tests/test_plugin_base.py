@@ -109,7 +109,7 @@ def test_defaults_and_description(tmp_path):
     # test_plugin_sunnybrook.py)
     values = DataPlugin.validate(plugin, {"image_folder": str(tmp_path), "contour_folder": str(tmp_path)})
     assert values["val_percent"] == 10 and values["channel_conversion"] == "L"
-    assert values["contour_type"] == "inner" and values["split_by"] == "slice"
+    assert values["contour_type"] == "inner" and values["split_by"] == "patient"
     assert values["enforce_same_shape"] is True
     desc = plugin.describe()
     assert desc["id"] == "sunnybrook" and all(f["help"] for f in desc["fields"])

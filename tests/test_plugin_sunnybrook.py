@@ -64,8 +64,8 @@ def test_fill_uses_digits_truncation():
 def test_dataset_values_are_exact_and_labels_are_the_contours(release, tmp_path, mode,
                                                               channels, encoding):
     out = str(tmp_path / "ds")
-    info = build_dataset(SunnybrookPlugin(), _form(release, channel_conversion=mode), out,
-                         encoding=encoding)
+    info = build_dataset(SunnybrookPlugin(), _form(release, channel_conversion=mode, split_by="slice"),
+                         out, encoding=encoding)
     assert info["stages"]["train"]["count"] == 9 and info["stages"]["val"]["count"] == 3
     assert info["feature"]["shape"] == [channels, 256, 256] and info["feature"]["dtype"] == "uint16"
     assert info["classes"] == ["background", "LV cavity"]
@@ -257,7 +257,7 @@ def test_full_size_phantom_release_splits_234_26(tmp_path):
     summary = phantom.generate(release, cases=15, seed=0)
     assert summary["contours"]["icontour"] == 260 and len(summary["cases"]) == 15
     events = []
-    info = build_dataset(SunnybrookPlugin(), _form(release, val_percent=10), str(tmp_path / "ds"),
+    info = build_dataset(SunnybrookPlugin(), _form(release, val_percent=10, split_by="slice"), str(tmp_path / "ds"),
                          encoding="png", workers=2, progress=events.append)
     assert info["stages"]["train"]["count"] == 234 and info["stages"]["val"]["count"] == 26
     assert info["skipped_count"] == 0 and events[-1]["done_all"] == 260

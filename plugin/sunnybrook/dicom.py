@@ -107,6 +107,15 @@ def read_slice(path):
         "slice_location": _float_or_none(ds.get("SliceLocation")),
         "instance_number": _int_or_none(ds.get("InstanceNumber")),
         "trigger_time": _float_or_none(ds.get("TriggerTime")),
+        # Slice geometry and identity, for per-patient volumes and DICOM SEG references.
+        "slice_thickness": _float_or_none(ds.get("SliceThickness")),
+        "spacing_between_slices": _float_or_none(ds.get("SpacingBetweenSlices")),
+        "image_position": _floats_or_none(ds.get("ImagePositionPatient"), 3),
+        "image_orientation": _floats_or_none(ds.get("ImageOrientationPatient"), 6),
+        "cardiac_images": _int_or_none(ds.get("CardiacNumberOfImages")),
+        "patient_id": str(ds.get("PatientID", "") or "") or None,
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
+        "sop_uid": str(ds.get("SOPInstanceUID", "") or "") or None,
     }
     return DicomSlice(pixels=pixels, pixel_spacing=spacing, meta=meta)
 
@@ -147,6 +156,15 @@ def _float_or_none(v):
         return None if v is None else float(v)
     except (TypeError, ValueError):
         return None
+
+
+def _floats_or_none(v, count):
+    """A multi-valued numeric element (ImagePositionPatient...) as a list of floats, or None."""
+    try:
+        values = [float(x) for x in v]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count and all(np.isfinite(values)) else None
 
 
 def _int_or_none(v):

@@ -21,6 +21,8 @@ SAX_SERIES = {
 CASES = tuple(SAX_SERIES)
 
 CONTOUR_KINDS = ("icontour", "ocontour", "p1contour", "p2contour")
+# Cine phases per slice position: image number = slice × 20 + phase + 1 in the release.
+PHASES_PER_SLICE = 20
 EXPERT_SUBDIR = os.path.join("contours-manual", "IRCCI-expert")
 
 _CASE_RE = re.compile(r"^(SC-(?:HF-I|HF-NI|HYP|N))-(\d+)$")

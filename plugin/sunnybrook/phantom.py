@@ -20,6 +20,10 @@ Rician noise, and is stored as 16-bit unsigned with 12 bits used, like a scanner
 The default layout has 260 inner contours (234 train / 26 val at 10 %), like the release:
 cases 1-10 have 9 slices with the apical ES contour missing (17 each), cases 11-15 have 18.
 Deterministic for a given seed (numpy Generator seeded per case, deterministic UIDs).
+
+The summary's ``truth`` gives, per case, every contoured slice's closed-form endocardial (and at
+ED epicardial) area in mm² and the LV function they define (EDV, ESV, SV, EF, myocardial mass):
+tests check the clinical evaluation against it.
 """
 
 import math
@@ -32,6 +36,7 @@ from plugin.sunnybrook import layout
 IMAGE_SIZE = 256
 PHASES_PER_SLICE = 20
 MAX_VALUE = 4095  # Bits Stored 12
+SLICE_SPACING_MM = 10.0  # 8 mm slices with a 2 mm gap, as in the release
 
 # Tissue intensities on the 12-bit scale (bright blood in SSFP cine, dark myocardium).
 _FAT, _MUSCLE, _LUNG, _LIVER, _MEDIASTINUM = 1500, 560, 70, 720, 480
@@ -70,6 +75,12 @@ class _CaseAnatomy:
         """t in [0, 1] from base to apex."""
         size = 1.0 - 0.28 * t ** 1.4
         return self.lv_radius * size * (self.es_factor if es else 1.0)
+
+    def profile_area(self, r):
+        """Closed-form area (px²) inside ``radial_profile(θ, r)``: ½∫R(θ)²dθ = πr²(1 + (a2² + a3²)/2)
+        (the cross term of the two harmonics integrates to zero)."""
+        a2, a3 = self.shape_amp
+        return math.pi * r * r * (1.0 + (a2 * a2 + a3 * a3) / 2.0)
 
     def radial_profile(self, theta, r):
         a2, a3 = self.shape_amp
@@ -252,6 +263,7 @@ def generate(out_dir, cases=15, seed=0, slices=None, progress=None, slices_per_c
     total = sum(2 * p[2] for p in plan)
     done = 0
     counts = {k: 0 for k in layout.CONTOUR_KINDS}
+    truth = {}
     for case, idx, n_slices, drop_apex_es in plan:
         rng = np.random.default_rng([seed, idx])
         anat = _CaseAnatomy(rng)
@@ -259,6 +271,8 @@ def generate(out_dir, cases=15, seed=0, slices=None, progress=None, slices_per_c
         ctr_dir = os.path.join(contour_root, layout.dir_from_case(case), layout.EXPERT_SUBDIR)
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(ctr_dir, exist_ok=True)
+        case_truth = truth[case] = {"pixel_spacing": anat.spacing, "slice_spacing_mm": SLICE_SPACING_MM,
+                                    "slices": []}
         for k in range(n_slices):
             t = k / max(1, n_slices - 1)
             for es in (False, True):
@@ -268,12 +282,18 @@ def generate(out_dir, cases=15, seed=0, slices=None, progress=None, slices_per_c
                 breath = (rng.normal(0, 1.5), rng.normal(0, 2.5))
                 pixels, center, r_in, r_out, papillary = _render(anat, rng, t, es, breath)
                 _write_dicom(os.path.join(img_dir, layout.image_name(case, image_no)), pixels,
-                             case, image_no, anat, anat.base_location - 10.0 * k,
+                             case, image_no, anat, anat.base_location - SLICE_SPACING_MM * k,
                              phase * anat.rr_ms / PHASES_PER_SLICE, seed)
                 if not (es and drop_apex_es and k == n_slices - 1):
                     _write_contour(os.path.join(ctr_dir, layout.contour_name(image_no, "icontour")),
                                    _contour_points(anat, rng, center, r_in))
                     counts["icontour"] += 1
+                    px_mm2 = anat.spacing * anat.spacing
+                    case_truth["slices"].append({
+                        "image_no": image_no, "phase": "ES" if es else "ED", "slice_index": k,
+                        "slice_location": anat.base_location - SLICE_SPACING_MM * k,
+                        "endo_area_mm2": anat.profile_area(r_in) * px_mm2,
+                        "epi_area_mm2": None if es else anat.profile_area(r_out) * px_mm2})
                 if not es:
                     _write_contour(os.path.join(ctr_dir, layout.contour_name(image_no, "ocontour")),
                                    _contour_points(anat, rng, center, r_out, jitter=0.35))
@@ -288,8 +308,22 @@ def generate(out_dir, cases=15, seed=0, slices=None, progress=None, slices_per_c
                 done += 1
                 if progress is not None:
                     progress(done, total)
+    for case_truth in truth.values():
+        case_truth.update(_truth_function(case_truth["slices"]))
     return {"image_folder": image_root, "contour_folder": contour_root, "cases": case_names,
-            "images": total, "contours": counts}
+            "images": total, "contours": counts, "truth": truth}
+
+
+def _truth_function(slices):
+    """The phantom's own LV function: its cavity is a stack of SLICE_SPACING_MM-thick discs
+    with the closed-form contour areas, so EDV/ESV = Σ area × spacing over the contoured slices
+    of each phase (the apical ES slice without contour counts zero, as the data shows nothing)."""
+    def volume(phase, key):
+        return sum(s[key] for s in slices if s["phase"] == phase) * SLICE_SPACING_MM / 1000.0
+    edv, esv = volume("ED", "endo_area_mm2"), volume("ES", "endo_area_mm2")
+    myo_ml = volume("ED", "epi_area_mm2") - edv
+    return {"edv_ml": edv, "esv_ml": esv, "sv_ml": edv - esv, "ef_percent": 100.0 * (edv - esv) / edv,
+            "myocardial_mass_g": 1.05 * myo_ml}
 
 
 def window_png(dicom_path, png_path, center=900, width=1800):

@@ -47,11 +47,12 @@ class SunnybrookPlugin(DataPlugin):
                                ("inner_outer", "Inner + outer: cavity and myocardium (3 classes)")),
                       help="Inner uses endocardial contours; inner+outer also fills the "
                            "epicardial contour as myocardium (images with both contours only)."),
-            FormField("split_by", "Split by", "choice", default="slice",
-                      choices=(("slice", "Slice (as DIGITS)"),
-                               ("patient", "Patient (no patient in both train and val)")),
-                      help="Slice-level splits leak a patient's anatomy into validation; "
-                           "patient-level splits measure generalisation to new patients."),
+            FormField("split_by", "Split by", "choice", default="patient",
+                      choices=(("patient", "Patient (no patient in both train and val)"),
+                               ("slice", "Slice (as DIGITS)")),
+                      help="Patient-level splits measure generalisation to new patients and give "
+                           "whole patients for the per-patient volumes and EF of an evaluation; "
+                           "slice-level splits (DIGITS) leak a patient's anatomy into validation."),
             FormField("seed", "Random seed", "int", default=0, min=0,
                       help="Seed of the train/val shuffle, so the split is reproducible."),
             FormField("enforce_same_shape", "Enforce same shape", "bool", default=True,
@@ -104,6 +105,7 @@ class SunnybrookPlugin(DataPlugin):
                 if parsed is None:
                     continue
                 by_image.setdefault(parsed[0], {})[parsed[1]] = os.path.join(expert, name)
+            phases = _cardiac_phases(by_image)
             for image_no in sorted(by_image):
                 files = by_image[image_no]
                 if "icontour" not in files:
@@ -120,7 +122,9 @@ class SunnybrookPlugin(DataPlugin):
                                     "%s: no matching image %s" % (files["icontour"], img)})
                     continue
                 entries.append({"case": case, "image_no": image_no, "image": img,
-                                "icontour": files["icontour"],
+                                "icontour": files["icontour"], "phase": phases[image_no],
+                                "slice_index": (image_no - 1) // layout.PHASES_PER_SLICE,
+                                "phase_index": (image_no - 1) % layout.PHASES_PER_SLICE,
                                 "ocontour": files.get("ocontour") if want_outer else None})
         if not entries:
             raise PluginError("no usable contoured image: %d contour(s) in %s had no matching "
@@ -155,7 +159,9 @@ class SunnybrookPlugin(DataPlugin):
             perm = rng.permutation(len(entries))
             val = [entries[i] for i in perm[:n_val]]
             train = [entries[i] for i in perm[n_val:]]
-            split = {"by": "slice"}
+            by_stage = {stage: {e["case"] for e in items} for stage, items in (("train", train), ("val", val))}
+            # A patient on both sides leaks its anatomy into validation and has partial volumes.
+            split = {"by": "slice", "cases_in_both": sorted(by_stage["train"] & by_stage["val"])}
         split.update({"seed": seed, "val_percent": pct})
         return {"train": train, "val": val}, split
 
@@ -185,8 +191,33 @@ class SunnybrookPlugin(DataPlugin):
             feature = np.repeat(feature, 3, axis=0)
         meta = {"case": e["case"], "image_no": e["image_no"],
                 "title": "record %s / image %04d" % (e["case"], e["image_no"]), "files": files,
-                "pixel_spacing": list(sl.pixel_spacing) if sl.pixel_spacing else None}
+                "pixel_spacing": list(sl.pixel_spacing) if sl.pixel_spacing else None,
+                "phase": e.get("phase"), "slice_index": e.get("slice_index"),
+                "phase_index": e.get("phase_index")}
+        for name in ("slice_location", "trigger_time", "slice_thickness", "spacing_between_slices",
+                     "image_position", "image_orientation", "patient_id", "series_uid", "sop_uid"):
+            meta[name] = sl.meta.get(name)
+        if meta["slice_location"] is None and meta["image_position"] and meta["image_orientation"]:
+            # No SliceLocation: the position along the slice normal (row × column direction).
+            o = np.asarray(meta["image_orientation"], dtype=np.float64)
+            meta["slice_location"] = float(np.dot(np.cross(o[:3], o[3:]), meta["image_position"]))
         return EncodedRecord(feature=feature, label=label[np.newaxis], meta=meta)
+
+
+def _cardiac_phases(by_image):
+    """{image number: "ED" | "ES" | None} for one case's contoured images.
+
+    The release numbers images slice × 20 + phase + 1 (``layout.PHASES_PER_SLICE``); the experts
+    contoured two phases per case: end-diastole is the earlier one (the R wave triggers the cine,
+    phase 0 in the release), end-systole the later one. A case contoured at a single phase gets
+    ED; phases other than the earliest and latest are None."""
+    phase_of = {n: (n - 1) % layout.PHASES_PER_SLICE for n, files in by_image.items()
+                if "icontour" in files}
+    if not phase_of:
+        return {n: None for n in by_image}
+    first, last = min(phase_of.values()), max(phase_of.values())
+    return {n: ("ED" if phase_of.get(n) == first else "ES" if phase_of.get(n) == last else None)
+            for n in by_image}
 
 
 def _folder_problem(path, what):
