@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from jobs.pretrained import PretrainedError
+
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -52,9 +54,49 @@ def cmd_jobs(args):
     emit(args, jobs, "\n".join(job_line(j) for j in jobs) or "(no jobs)")
 
 
+def _when(seconds):
+    """Epoch seconds as local date and time (what a person reads); None as '-'."""
+    import datetime
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(float(seconds)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds):
+    if seconds is None:
+        return "-"
+    seconds = int(round(float(seconds)))
+    return "%dh %02dm %02ds" % (seconds // 3600, seconds % 3600 // 60, seconds % 60) if seconds >= 3600 \
+        else "%dm %02ds" % (seconds // 60, seconds % 60)
+
+
+def show_text(job):
+    """``caffeseg model show`` for a person: dates, durations, history and snapshots on their own lines."""
+    lines = ["%s  %s  (%s, %s)" % (job["id"], job["name"], job["kind"], job["status"])]
+    fields = [("group", job.get("group_name")), ("dataset", job.get("dataset_id")),
+              ("created", _when(job.get("created_at"))), ("updated", _when(job.get("updated_at"))),
+              ("progress", None if job.get("progress") is None else "%.0f %%" % (100 * job["progress"])),
+              ("eta", _duration(job["eta"]) if job.get("eta") is not None else None),
+              ("error", job.get("error")), ("notes", job.get("notes")), ("folder", job.get("dir"))]
+    trained_on = job.get("trained_on") or {}
+    if trained_on:
+        fields.append(("trained on", " ".join(str(trained_on[k]) for k in ("name", "version", "device")
+                                              if trained_on.get(k))))
+    lines += ["  %-10s %s" % (k, v) for k, v in fields if v not in (None, "")]
+    if job.get("options"):
+        lines.append("  options    " + ", ".join("%s=%s" % (k, v) for k, v in sorted(job["options"].items())
+                                                  if not isinstance(v, (dict, list)) and v not in (None, "")))
+    if job.get("history"):
+        lines.append("  history")
+        lines += ["    %-12s %s" % (status, _when(at)) for status, at in job["history"]]
+    if job.get("snapshots"):
+        lines.append("  snapshots  " + ", ".join("iteration %d" % it for it, _name in job["snapshots"]))
+    return "\n".join(lines)
+
+
 def cmd_show(args):
     job = service(args).show(args.job_id)
-    emit(args, job, "\n".join("%s: %s" % (k, v) for k, v in sorted(job.items())))
+    emit(args, job, show_text(job))
 
 
 def cmd_delete(args):
@@ -434,7 +476,8 @@ def build_parser():
     p.add_argument("job_id")
     p.add_argument("--snapshot", type=int)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--record", help="validation record key")
+    src.add_argument("--record", help="validation record: its key (00000021) or the name the pages show "
+                                      "('SC-HF-I-1 / 0021')")
     src.add_argument("--image", help="PNG/TIFF/DICOM file or a folder")
     p.add_argument("--out", help="write class maps, probabilities and Sunnybrook contour files here")
     p.set_defaults(func=cmd_infer)
@@ -466,11 +509,17 @@ def build_parser():
     p.add_argument("--gray", action="store_true", help="with --prepare: conv1 summed over RGB (1-channel data)")
     p.add_argument("--classes", type=int, default=2, help="with --prepare: classes of the converted score layers")
     p.set_defaults(func=cmd_pretrained)
-    p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--base-lr", default="0.0001")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom",
+                       description="Run the DIGITS medical-imaging lab end to end on the Sunnybrook-layout "
+                                   "phantom: build the dataset, train each lab network, evaluate it on the "
+                                   "validation set and print one table (val loss, accuracy, Dice). Slow on a "
+                                   "CPU: use --cases and --only for a short run.")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per network (default: %(default)s)")
+    p.add_argument("--base-lr", default="0.0001",
+                   help="base learning rate of every network (default: %(default)s, the lab's)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per iteration (default: the network's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the train/val split and of the solvers (default: %(default)s)")
     p.add_argument("--cases", type=int, default=None, help="phantom cases to generate (default: all 15)")
     p.add_argument("--only", action="append", help="run only these networks (file names, e.g. lab_cnn)")
     p.set_defaults(func=cmd_lab)
@@ -491,7 +540,7 @@ def main(argv=None):
     except KeyError as exc:
         print("caffeseg: error: %s" % (exc.args[0] if exc.args else exc), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, PretrainedError) as exc:  # our errors: one line, no traceback
         print("caffeseg: error: %s" % exc, file=sys.stderr)
         return EXIT_BAD_INPUT
     return code or EXIT_OK

@@ -420,6 +420,21 @@ class DatasetInfo:
         """Record key -> readable name (``record_name``)."""
         return {rec["key"]: record_name(rec) for rec in self.records(stage)}
 
+    def record_key(self, stage, key_or_name):
+        """The key of a record given by its key ("00000021") or by the name the pages show
+        ("SC-HF-I-1 / 0021", spaces and case ignored); DatasetError naming examples otherwise."""
+        names = self.record_names(stage)
+        wanted = str(key_or_name).strip()
+        if wanted in names:
+            return wanted
+        squeeze = lambda text: "".join(text.split()).lower()  # noqa: E731
+        matches = [key for key, name in names.items() if squeeze(name) == squeeze(wanted)]
+        if len(matches) == 1:
+            return matches[0]
+        examples = ", ".join("%s (%s)" % (name, key) for key, name in list(names.items())[:3])
+        raise DatasetError("no %s record %r in this dataset: give a record key or name, e.g. %s"
+                           % (stage, wanted, examples or "(the dataset has none)"))
+
 
 def record_name(meta):
     """A record's readable name from its metadata (a dataset.json record, an evaluation row):

@@ -79,6 +79,13 @@ class PretrainedError(RuntimeError):
     """A download that could not be completed or verified; the message names the model and URL."""
 
 
+def unreachable_advice(name):
+    """The ways to a known model when its published address cannot be reached (offline, proxy)."""
+    return ("Other ways: a copy on a reachable server (CAFFESEG_PRETRAINED_MIRRORS=\"%s=URL\" for the web's "
+            "Prepare, or 'caffeseg pretrained %s --url URL'), or download the file elsewhere and upload "
+            "it on the Pretrained Models tab" % (name, name))
+
+
 def sha1_of(path, chunk=CHUNK_BYTES) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as handle:
@@ -183,15 +190,17 @@ def fetch(name, dest_dir, url=None, progress: Optional[Callable[[int, Optional[i
             last_error = None
             break
         except urllib.error.HTTPError as exc:
-            raise PretrainedError("%s: HTTP %d %s from %s" % (model.name, exc.code, exc.reason, source))
+            raise PretrainedError("%s: HTTP %d %s from %s. %s" % (model.name, exc.code, exc.reason, source,
+                                                                 unreachable_advice(model.name)))
         except (http.client.IncompleteRead, http.client.HTTPException, ConnectionError,
                 socket.timeout, TimeoutError, urllib.error.URLError) as exc:
             last_error = exc  # resume with a Range request
     if last_error is not None:
         raise PretrainedError("%s: download from %s failed after %d attempts (%s); %d bytes kept in %s, "
-                              "the next attempt resumes from there" % (model.name, source, retries + 1, last_error,
-                                                              partial.stat().st_size if partial.exists() else 0,
-                                                              partial))
+                              "the next attempt resumes from there. %s"
+                              % (model.name, source, retries + 1, last_error,
+                                 partial.stat().st_size if partial.exists() else 0, partial,
+                                 unreachable_advice(model.name)))
     try:
         _verify(model, partial, model.size if model.size is not None else total, source)
     except PretrainedError:

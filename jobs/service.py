@@ -503,7 +503,13 @@ class JobService:
         inputs = []
         try:
             if record is not None:
-                image, label = inf.record_by_key(self.store.get(job["dataset_id"])["dir"], record)
+                from jobs.dataset import DatasetError, DatasetInfo
+                dataset_dir = self.store.get(job["dataset_id"])["dir"]
+                try:
+                    record = DatasetInfo.read(dataset_dir).record_key("val", record)
+                except DatasetError as exc:
+                    raise ServiceError(str(exc))
+                image, label = inf.record_by_key(dataset_dir, record)
                 inputs.append(("record:%s" % record, image, label))
             elif image_path:
                 for path in inf.image_files(image_path):
