@@ -27,7 +27,7 @@ CAFFE_TREE=8eaae6eadc67ef9bdc918e141e7773139cb5fabd
 CAFFE_TARBALL_SHA256=108a9be9bb1bb8859b09c6b4418ef19282ff5471ad346bb7e9be5c7bd820e1c2
 CAFFE_URL=https://github.com/BVLC/caffe/archive/${CAFFE_COMMIT}.tar.gz
 # Bump when the fixes or CMake flags below change, so an older cached build is not taken as current.
-RECIPE=1
+RECIPE=2
 STAMP_NAME=.caffeseg-build-complete
 
 # Debian packages: the compile needs the first group, pycaffe at run time the second
@@ -195,11 +195,16 @@ build() {
   (cd "$work/build" && make -j"$jobs" all > "$work/make.log" 2>&1 && make install >> "$work/make.log" 2>&1) \
     || { tail -40 "$work/make.log" >&2; die "make failed (log: $work/make.log)"; }
   # A build is only complete once its pycaffe imports with the interpreter it is for.
-  PYTHONPATH="$prefix/python" "$PY" -c 'import caffe, caffe._caffe; caffe.Net' \
+  (cd / && PYTHONPATH="$prefix/python" "$PY" -c 'import caffe, caffe._caffe; caffe.Net') \
     || die "the built pycaffe does not import with $PY"
   # The install tree (lib/, bin/, python/) is what is kept; sources and objects are dropped.
   cp "$work/cmake.log" "$work/make.log" "$prefix/"
-  cp -r "$work/src/python/caffe/test" "$prefix/pycaffe-tests"
+  # pycaffe's own test suite, laid out as in the source: its caffe.draw test reads the
+  # prototxt files of models/ and examples/ three folders above itself.
+  mkdir -p "$prefix/pycaffe-tests/python/caffe"
+  cp -r "$work/src/python/caffe/test" "$prefix/pycaffe-tests/python/caffe/test"
+  (cd "$work/src" && find models examples -name '*.prototxt' -print0 \
+    | xargs -0 cp --parents -t "$prefix/pycaffe-tests")
   local t1
   t1=$(date +%s)
   {
