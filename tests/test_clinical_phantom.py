@@ -6,24 +6,19 @@ Tolerances: expert-contour volumes within 1 % of the truth (contour points are j
 0.25 px), traced-mask volumes within 2 %, EF within 1 percentage point."""
 import os
 
-import cv2
 import numpy as np
 import pytest
 
 from jobs import clinical
 from jobs import evaluate as ev
-from jobs.dataset import build_dataset
 from plugin.sunnybrook import contours, layout, phantom
-from plugin.sunnybrook.plugin import SunnybrookPlugin
-
-CASES = ["SC-HF-I-1", "SC-N-2", "SC-HYP-1"]
+from tests.clinical_fixtures import CASES, OracleModel, make_dataset, make_release
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("clinical") / "release")
-    summary = phantom.generate(root, cases=CASES, seed=4, slices=5)
-    return root, summary
+    return root, make_release(root)
 
 
 def _expert_records(root, case, truth, source):
@@ -77,34 +72,11 @@ def test_default_layout_truth_leaves_out_the_uncontoured_apex(tmp_path):
     assert sum(1 for s in truth["slices"] if s["phase"] == "ED") == 9
 
 
-class OracleModel:
-    """Stands in for the network: answers each image with its label, optionally dilated by
-    ``grow`` pixels (a model that over-segments)."""
-
-    def __init__(self, dataset_dir, grow=0):
-        self.weights = "oracle.caffemodel"
-        self.lookup = {}
-        for stage in ("train", "val"):
-            for _, _, image, label in ev.iter_stage(dataset_dir, stage):
-                if grow:
-                    label = cv2.dilate(label.astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8))
-                self.lookup[image.tobytes()] = label
-
-    def predict(self, image):
-        return {"class_map": self.lookup[np.asarray(image).tobytes()]}
-
-    def crop_like(self, label):
-        return label
-
-
 @pytest.fixture(scope="module")
 def dataset(release, tmp_path_factory):
     root, _ = release
     out = str(tmp_path_factory.mktemp("clinical_ds") / "ds")
-    form = {"image_folder": os.path.join(root, "challenge_training"),
-            "contour_folder": os.path.join(root, "TrainingDataContours"), "val_percent": 30}
-    info = build_dataset(SunnybrookPlugin(), SunnybrookPlugin().validate(form), out)
-    return out, info
+    return out, make_dataset(root, out)
 
 
 def test_records_carry_patient_phase_and_slice_position(dataset, release):
@@ -150,11 +122,8 @@ def test_evaluation_adds_the_clinical_columns_and_patient_table(dataset, release
 
 def test_slice_split_warns_about_patients_on_both_sides(release, tmp_path):
     root, _ = release
-    form = {"image_folder": os.path.join(root, "challenge_training"),
-            "contour_folder": os.path.join(root, "TrainingDataContours"), "val_percent": 30,
-            "split_by": "slice"}
     out = str(tmp_path / "ds")
-    info = build_dataset(SunnybrookPlugin(), SunnybrookPlugin().validate(form), out)
+    info = make_dataset(root, out, split_by="slice")
     assert info["split"]["cases_in_both"]
     table = ev.evaluate(OracleModel(out), out)
     warnings = table["clinical"]["warnings"]
