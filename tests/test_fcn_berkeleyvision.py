@@ -68,6 +68,7 @@ def test_fixture_set_is_complete():
          "nyud-fcn32s-color-hha", "siftflow-fcn8s"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net_dir", _all_net_dirs(), ids=lambda d: f"{d.parent.name}/{d.name}")
 def test_net_py_regenerates_the_shipped_prototxts(net_dir, tmp_path):
     shipped = sorted(p.name for p in net_dir.glob("*.prototxt") if p.stem in ("train", "val", "trainval", "test"))
