@@ -83,8 +83,9 @@ def test_the_proxy_is_not_taken_for_real_pycaffe_by_the_scheduler(tmp_path):
 
 def test_process_wide_helpers():
     assert caffe.__version__ == "1.0.0"
-    assert caffe.has_nccl() is False
-    caffe.NCCL(None, b"uid")  # constructible as in a Caffe without NCCL
+    assert caffe.has_nccl() is True  # engine.parallel: torch.distributed (tests/test_parallel.py)
+    caffe.NCCL(None, b"uid")  # constructing it joins no process group
+    assert caffe.NCCL.new_uid().startswith(b"tcp://127.0.0.1:")
     assert "Convolution" in caffe.layer_type_list() and "Python" in caffe.layer_type_list()
     assert caffe.layer_type_list() == sorted(caffe.layer_type_list())
     caffe.set_solver_count(3)
