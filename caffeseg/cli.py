@@ -3,7 +3,7 @@
 The composition root: it imports ``jobs`` and, for ``serve``, ``web``; nothing imports it.
 
 Exit codes: 0 success; 1 the job ran but ended Error, Aborted or Interrupted; 2 bad input
-(unknown job, bad option, refused network); 3 a needed part is not installed/available.
+(unknown job, bad option, refused network, an unknown or broken data plugin).
 Every command takes ``--data DIR`` (default ``$CAFFESEG_DATA`` or ``~/.caffeseg``): jobs live
 in ``DIR/jobs``, the sample phantom in ``DIR/sample``. ``--json`` prints machine-readable output.
 """
@@ -15,7 +15,7 @@ import sys
 
 from jobs.pretrained import PretrainedError
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class CliError(Exception):
@@ -162,7 +162,30 @@ def cmd_model_create(args):
         jobs = [svc.show(j["id"]) for j in jobs]
         emit(args, jobs, "\n".join(job_line(j) for j in jobs))
         return EXIT_OK if all(s == "Done" for s in statuses) else EXIT_JOB_FAILED
+    if args.queue:
+        for j in jobs:
+            svc.submit(j["id"])
+        jobs = [svc.show(j["id"]) for j in jobs]
+        _queued_note(args, jobs)
     emit(args, jobs, "\n".join(job_line(j) for j in jobs))
+
+
+def _queued_note(args, jobs):
+    """Say on stderr which worker takes the Waiting jobs (``Scheduler.takes``)."""
+    if args.json:
+        return
+    for backend in sorted({(j.get("options") or {}).get("backend") or "" for j in jobs}):
+        print("queued: %s" % QUEUED_FOR[backend], file=sys.stderr)
+
+
+# Which worker takes a Waiting model job, by its recorded backend (jobs.scheduler.Scheduler.takes).
+QUEUED_FOR = {
+    "pycaffe": "a pycaffe worker takes it (`caffeseg --backend pycaffe worker`, "
+               "`python3 -m jobs.worker --backend pycaffe`, docker compose's pycaffe-worker)",
+    "engine": "an engine worker takes it (`caffeseg --backend engine worker`, or the app's worker)",
+    "auto": "any worker takes it",
+    "": "the app's worker (`caffeseg serve`) or an engine worker (`caffeseg worker`) takes it",
+}
 
 
 def _progress_bar(desc):
@@ -197,6 +220,13 @@ def _train_foreground(svc, job_id, resume=False):
 
 
 def cmd_model_train(args):
+    if args.queue:
+        svc = service(args)
+        svc.submit(args.job_id)
+        job = svc.show(args.job_id)
+        _queued_note(args, [job])
+        emit(args, {"id": args.job_id, "status": job["status"]}, "%s %s" % (args.job_id, job["status"]))
+        return EXIT_OK
     status = _train_foreground(service(args), args.job_id)
     emit(args, {"id": args.job_id, "status": status}, "%s %s" % (args.job_id, status))
     return EXIT_OK if status == "Done" else EXIT_JOB_FAILED
@@ -268,6 +298,58 @@ def _write_prediction(out_dir, index, r):
             f.write(sunnybrook_contour_text(contour))
         files.append(path)
     return files
+
+
+def installation(check_caffe=True):
+    """What ``caffeseg info`` and ``caffeseg --version`` report: the versions of caffeseg, Python
+    and torch, the engine, the real Caffe the pycaffe backend would use (``jobs.real_caffe``;
+    ``check_caffe``: its interpreter imports it once, about a second) and the data plugins."""
+    import importlib.metadata
+    import platform
+
+    import engine
+    import torch
+    from jobs import real_caffe
+    from plugin.base import discover_plugins
+    try:
+        version = importlib.metadata.version("caffeseg")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never pip-installed
+        version = None
+    plugins = discover_plugins()
+    return {"caffeseg": version, "python": platform.python_version(), "python_executable": sys.executable,
+            "torch": torch.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "engine": os.path.dirname(os.path.abspath(engine.__file__)),
+            "real_caffe": real_caffe.caffe_info(check_import=check_caffe),
+            "plugins": sorted(plugins.plugins),
+            "broken_plugins": [{"name": b.name, "source": b.source, "error": b.error} for b in plugins.broken]}
+
+
+def installation_text(info):
+    from jobs import real_caffe
+    lines = ["caffeseg %s" % (info["caffeseg"] or "(not installed: no package metadata)"),
+             "Python %s (%s)" % (info["python"], info["python_executable"]),
+             "torch %s (%s)" % (info["torch"], "CUDA %s" % info["cuda"] if info["cuda"] else "CPU only"),
+             "engine backend: %s" % info["engine"],
+             real_caffe.describe(info["real_caffe"]),
+             "data plugins: %s" % (", ".join(info["plugins"]) or "none")]
+    lines += ["broken data plugin %s (%s): %s" % (b["name"], b["source"], b["error"]) for b in info["broken_plugins"]]
+    return "\n".join(lines)
+
+
+def cmd_info(args):
+    info = installation()
+    emit(args, info, installation_text(info))
+
+
+class _VersionAction(argparse.Action):
+    """``caffeseg --version``: the ``info`` report, then exit (like argparse's own version action)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        argparse.Action.__init__(self, option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(installation_text(installation()))
+        parser.exit()
 
 
 def cmd_worker(args):
@@ -381,6 +463,8 @@ def build_parser():
     common.add_argument("--backend", choices=("engine", "pycaffe", "auto"), default=argparse.SUPPRESS,
                         help="what trains: the PyTorch engine, real pycaffe, or pycaffe when importable")
     ap = argparse.ArgumentParser(prog="caffeseg", description=__doc__.split("\n")[0], parents=[common])
+    ap.add_argument("--version", action=_VersionAction,
+                    help="print caffeseg's, Python's and torch's versions, the real Caffe found, and exit")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("jobs", parents=[common], help="list jobs")
@@ -447,12 +531,18 @@ def build_parser():
     p.add_argument("--pretrained", action="append", help=".caffemodel to load before training")
     p.add_argument("--group")
     p.add_argument("--notes")
-    p.add_argument("--train", action="store_true", help="train now, in the foreground")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--train", action="store_true", help="train now, in the foreground")
+    when.add_argument("--queue", action="store_true",
+                      help="leave it Waiting for the worker that takes its backend (see --backend)")
     p.set_defaults(func=cmd_model_create)
     for name, func in (("train", cmd_model_train), ("abort", cmd_model_abort), ("show", cmd_show),
                        ("delete", cmd_delete)):
         p = md.add_parser(name, parents=[common])
         p.add_argument("job_id")
+        if name == "train":
+            p.add_argument("--queue", action="store_true",
+                           help="leave it Waiting for the worker that takes its backend instead of training here")
         p.set_defaults(func=func)
     p = md.add_parser("resume", parents=[common])
     p.add_argument("job_id")
@@ -482,6 +572,8 @@ def build_parser():
     p.add_argument("--out", help="write class maps, probabilities and Sunnybrook contour files here")
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("info", parents=[common], help="versions, backends (the real Caffe found) and plugins")
+    p.set_defaults(func=cmd_info)
     p = sub.add_parser("worker", parents=[common], help="run queued jobs (survives web restarts)")
     p.add_argument("--slots", type=int, default=1, help="trainings at once on CPU")
     p.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1: one training per GPU")

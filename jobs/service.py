@@ -414,8 +414,14 @@ class JobService:
                 log.write("evaluation failed: %s: %s\n" % (type(exc).__name__, exc))
 
     def submit(self, job_id, resume=False):
-        """Queue a model job for the worker (``caffeseg worker`` or ``start_worker``)."""
+        """Queue a model job: Waiting, for the worker that takes its backend (``Scheduler.takes``:
+        ``caffeseg worker``, ``python3 -m jobs.worker``, or ``start_worker``). A job already
+        Waiting or Running is refused."""
         job = self.store.get(check_job_id(job_id))
+        if job["kind"] != "model":
+            raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
+        if job["status"] in (st.WAITING, st.RUNNING):
+            raise ServiceError("job %s is already %s" % (job_id, job["status"]))
         if resume:
             job["options"]["_resume"] = True
             self.store.update(job_id, options=job["options"])

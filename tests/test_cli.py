@@ -67,3 +67,52 @@ def test_phantom_dataset_model_on_the_real_builder(env, capsys):
     assert os.path.join(ds["dir"], "mean.binaryproto") in train_val
     deploy = open(os.path.join(jobs[0]["dir"], "deploy.prototxt")).read()
     assert "dim: 256" in deploy and "Data" not in deploy
+
+
+def test_queue_leaves_jobs_waiting_for_the_worker_of_their_backend(env, capsys):
+    """model create --queue and model train ID --queue: Waiting, taken by a worker that runs the
+    recorded backend (a pycaffe job by a pycaffe worker only), and then trained by it; resume
+    --queue still refuses a job that never ran."""
+    from jobs import scheduler as sched
+    from jobs import store as st
+    tmp_path, common, net = env
+    code, ds = run_json(capsys, common + ["dataset", "import", make_dataset_dir(str(tmp_path / "b")), "--name", "d"])
+    code, [queued] = run_json(capsys, common + ["model", "create", "--dataset", ds["id"], "--network-file", net,
+                                                "--epochs", "1", "--backend", "pycaffe", "--queue"])
+    assert code == 0 and queued["status"] == "Waiting" and queued["options"]["backend"] == "pycaffe"
+    code, [later] = run_json(capsys, common + ["model", "create", "--dataset", ds["id"], "--network-file", net,
+                                               "--epochs", "1"])
+    assert later["status"] == "Initialized"
+    assert cli.main(common + ["model", "resume", later["id"], "--queue"]) == cli.EXIT_BAD_INPUT
+    assert "only Interrupted, Aborted or Error jobs resume" in capsys.readouterr().err
+    code, out = run_json(capsys, common + ["model", "train", later["id"], "--queue"])
+    assert code == 0 and out == {"id": later["id"], "status": "Waiting"}
+    assert cli.main(common + ["model", "train", later["id"], "--queue"]) == cli.EXIT_BAD_INPUT
+    assert "already Waiting" in capsys.readouterr().err
+
+    store = st.JobStore(str(tmp_path / "data" / "jobs"))
+    engine_worker = sched.Scheduler(store, backend="engine")
+    pycaffe_worker = sched.Scheduler(store, backend="pycaffe")
+    assert [j["id"] for j in engine_worker.ready_jobs()] == [later["id"]]  # no recorded backend
+    assert [j["id"] for j in pycaffe_worker.ready_jobs()] == [queued["id"]]
+    # the fake pycaffe on PYTHONPATH is what `import caffe` gives the runner: the pycaffe worker trains it
+    assert pycaffe_worker.step() == [queued["id"]]
+    pycaffe_worker._running[queued["id"]].join(60)
+    assert store.get(queued["id"])["status"] == "Done" and store.get(later["id"])["status"] == "Waiting"
+
+
+def test_version_and_info_report_the_installation(env, capsys, monkeypatch):
+    import torch
+    from jobs import real_caffe
+    tmp_path, common, net = env
+    monkeypatch.setattr(real_caffe, "caffe_info", lambda check_import=True, env=None: {
+        "found": False, "hint": "run `make caffe`"})
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("caffeseg ") and "torch %s" % torch.__version__ in text
+    assert "real Caffe: not found (run `make caffe`)" in text and "data plugins: sunnybrook" in text
+    code, info = run_json(capsys, common + ["info"])
+    assert code == 0 and info["torch"] == torch.__version__ and info["real_caffe"]["found"] is False
+    assert info["plugins"] == ["sunnybrook"] and info["broken_plugins"] == []
