@@ -4,10 +4,10 @@
 The files are unpacked from the tarball into a temporary folder (with the ``models/`` and
 ``examples/`` prototxts that ``test_draw`` walks) and run by pytest in a subprocess whose
 ``import caffe`` resolves to the engine through the project's ``caffe`` proxy package
-(``caffe_entry/``), exactly as a user's script would. Nothing is skipped on the engine: the one
+(``caffe_entry/``), exactly as a user's script would. Nothing is skipped on the engine. The one
 NCCL test (``test_nccl.py::TestNCCL::test_newuid``) checks ``caffe.NCCL.new_uid`` only when
-``caffe.has_nccl()``; the engine has no NCCL, so that test checks nothing here. No test needs
-CUDA (pycaffe's tests run on the CPU).
+``caffe.has_nccl()`` is True (otherwise it checks nothing). No test needs CUDA (pycaffe's tests
+run on the CPU).
 """
 from __future__ import annotations
 
