@@ -6,10 +6,11 @@ counters, ``Timer`` and NCCL.
   ``stderr`` (or no handler configured) the records go to standard error. ``log(text)`` writes
   an INFO record.
 * ``solver_count``/``solver_rank``/``set_multiprocess``: the counters Caffe's multi-GPU
-  training reads. The engine trains on one device, so they are plain values kept for scripts
-  that set and read them.
-* ``has_nccl()`` is False: the engine is built without NCCL; ``NCCL(solver, uid)`` can be
-  constructed (as in a Caffe built without NCCL) but has no ``new_uid``/``bcast``.
+  training reads: set them before ``get_solver`` (the solver builds test nets on rank 0 only,
+  Data layers shard their records by rank).
+* ``has_nccl()`` is True where ``torch.distributed`` exists: ``NCCL(solver, uid)``,
+  ``NCCL.new_uid()``, ``bcast()`` and ``solver.add_callback(nccl)`` train one net on several
+  processes (NCCL between GPUs, gloo on the CPU) with Caffe's semantics; see ``engine.parallel``.
 """
 from __future__ import annotations
 
@@ -78,15 +79,43 @@ def set_multiprocess(value: bool) -> None:
 
 
 def has_nccl() -> bool:
-    return False
+    from engine import parallel
+    return parallel.available()
 
 
 class NCCL:
-    """``caffe.NCCL(solver, uid)`` of a Caffe built without NCCL: constructible, no methods."""
+    """``caffe.NCCL(solver, uid)``: the gradient exchange of one rank (``engine.parallel.GradientSync``,
+    made on first use, so constructing it joins nothing). ``uid`` is rank 0's ``new_uid()``, or
+    empty to rendezvous through ``MASTER_ADDR``/``MASTER_PORT`` as torchrun sets them."""
 
     def __init__(self, solver, uid):
         self.solver = solver
         self.uid = uid
+        self._sync = None
+
+    @staticmethod
+    def new_uid() -> bytes:
+        from engine import parallel
+        return parallel.new_uid()
+
+    def _impl(self):
+        if self._sync is None:
+            from engine import parallel
+            self._sync = parallel.GradientSync(self.solver, self.uid)
+        return self._sync
+
+    def bcast(self) -> None:
+        self._impl().bcast()
+
+    def on_start(self) -> None:
+        self._impl().on_start()
+
+    def on_gradients_ready(self) -> None:
+        self._impl().on_gradients_ready()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (the engine's addition: a common stop)."""
+        return self._impl().any_rank(flag)
 
 
 class Timer:

@@ -159,15 +159,10 @@ def import_backend(name):
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
-        import engine
-    except ImportError as exc:
-        raise RunnerError("the engine backend cannot be imported (%s)" % exc)
-    try:
         from engine import caffe_shim
-        return caffe_shim.install()
-    except ImportError:
-        sys.modules.setdefault("caffe", engine)
-        return engine
+    except ImportError as exc:  # e.g. the pycaffe image, which has no torch: say so, exit 2
+        raise RunnerError("the engine backend cannot be imported (%s)" % exc)
+    return caffe_shim.install()
 
 
 def backend_used(caffe, gpu=None):

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from jobs import real_caffe, resources
+from jobs import real_caffe, resources, threads
 from jobs import runner as runner_mod
 from jobs import store as st
 
@@ -192,6 +192,9 @@ class Scheduler:
             except real_caffe.RealCaffeError as exc:
                 self.store.set_status(job_id, st.ERROR, str(exc))
                 return st.ERROR
+        # Each runner's thread count and OpenMP wait policy (jobs.threads): they must be in its
+        # environment, as torch or OpenBLAS reads them once, when it starts its thread pool.
+        threads.runner_environment(env, trainings=len(self.gpus) or self.cpu_slots)
         with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
             proc = subprocess.Popen(command, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=job["dir"])

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine import rng
+from engine import rng, runtime
 from engine.layer_types.base import Layer, register
 from engine.proto import caffe_pb2
 from engine.transformer import TransformError, Transformer
@@ -96,7 +96,7 @@ class _SharedReaders:
 class _RecordCursor:
     """Endless key-order walk over an LMDB, wrapping at the end (Caffe's DB cursor + SeekToFirst)."""
 
-    def __init__(self, path: str, skip: int = 0):
+    def __init__(self, path: str, skip: int = 0, shard: tuple[int, int] = (0, 1)):
         self.path = path
         self.reader = _SharedReaders.acquire(path)
         if len(self.reader) == 0:
@@ -104,6 +104,17 @@ class _RecordCursor:
         self._items = self.reader.items()
         for _ in range(skip):
             self.next()
+        self.rank, self.ranks = shard
+        self.offset = 0  # records of the stream passed so far (Caffe's DataLayer offset_)
+
+    def next_kept(self) -> tuple[str, bytes]:
+        """The next record of this rank's shard: stream record k when ``k % ranks == rank``
+        (Caffe's ``DataLayer::Skip`` in multi-device training; every record with one rank)."""
+        while self.offset % self.ranks != self.rank:
+            self.next()
+            self.offset += 1
+        self.offset += 1
+        return self.next()
 
     def next(self) -> tuple[str, bytes]:
         try:
@@ -120,14 +131,14 @@ class _RecordCursor:
 class _Prefetcher:
     """The background producer: reads, decodes and transforms batches into a bounded queue."""
 
-    def __init__(self, source, skip, batch_size, transform_param, transformer, out_queue, stop):
-        self.source, self.skip, self.batch_size = source, skip, batch_size
+    def __init__(self, source, skip, batch_size, transform_param, transformer, out_queue, stop, shard=(0, 1)):
+        self.source, self.skip, self.batch_size, self.shard = source, skip, batch_size, shard
         self.transform_param, self.transformer = transform_param, transformer
         self.queue, self.stop = out_queue, stop
 
     def run(self):
         try:
-            cursor = _RecordCursor(self.source, self.skip)
+            cursor = _RecordCursor(self.source, self.skip, self.shard)
         except Exception as err:  # surfaced on the next forward
             self.put(err)
             return
@@ -154,7 +165,7 @@ class _Prefetcher:
         data = None
         labels = np.zeros(self.batch_size, dtype=np.float32)
         for i in range(self.batch_size):
-            key, raw = cursor.next()
+            key, raw = cursor.next_kept()
             where = f"{self.source} key \"{key}\""
             item, label = decode_record(raw, self.transform_param, where)
             out = self.transformer(item)
@@ -242,8 +253,11 @@ class DataLayer(Layer):
 
     # -- prefetching ---------------------------------------------------------------------
     def _start(self):
+        # Multi-device training (engine.parallel): each TRAIN rank reads its own shard; TEST
+        # nets (rank 0 only) read everything, as Caffe's DataLayer::Skip.
+        shard = (runtime.solver_rank(), runtime.solver_count()) if self.phase == caffe_pb2.TRAIN else (0, 1)
         prefetcher = _Prefetcher(self.source, self.skip, self.batch_size, self.param.transform_param,
-                                 self.transformer, self._queue, self._stop)
+                                 self.transformer, self._queue, self._stop, shard)
         self._thread = threading.Thread(target=prefetcher.run, name=f"prefetch-{self.name}", daemon=True)
         # The thread holds no reference to the layer, so a dropped net is collected and this
         # finalizer stops its thread (and releases the database).

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import rng
+from engine import rng, runtime
 from engine.proto import caffe_pb2
 from engine.solvers import updates
 from engine.solvers.lr_policy import LearningRate, SolverConfigError
@@ -126,6 +126,7 @@ class Solver:
         self.smoothed_loss = 0.0
         self.last_lr = float(p.base_lr)
         self.requested_early_exit = False
+        self.iteration_loss = 0.0  # the current iteration's loss, for gradient callbacks
         self._init_train_net()
         self._init_test_nets()
         for weights in self._weight_files():
@@ -185,6 +186,8 @@ class Solver:
         if specs and p.test_interval <= 0:
             raise SolverConfigError("test nets need test_interval > 0")
         self.test_nets = []
+        if runtime.solver_rank() != 0:
+            return  # multi-device training tests on rank 0 only (Caffe: InitTestNets on the root solver)
         for i, (net_param, source) in enumerate(specs):
             extra = p.test_state[i] if len(p.test_state) else None
             state = _merged_state(caffe_pb2.TEST, net_param, extra)
@@ -198,7 +201,11 @@ class Solver:
 
     # -- observers -------------------------------------------------------------------------
     def add_callback(self, on_start=None, on_gradients=None):
-        """pycaffe's hook: ``on_start()`` at the top of each iteration, ``on_gradients()`` before the update."""
+        """pycaffe's hook: ``on_start()`` at the top of each iteration, ``on_gradients()`` before the update.
+        ``add_callback(nccl)`` (one object with ``on_start``/``on_gradients_ready``, e.g.
+        ``caffe.NCCL``) registers its two methods, as pycaffe's overload does."""
+        if on_gradients is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients = on_start.on_start, on_start.on_gradients_ready
         self._callbacks.append((on_start, on_gradients))
 
     def add_iteration_listener(self, fn: Callable[[IterationInfo], None]):
@@ -257,6 +264,13 @@ class Solver:
             for _ in range(max(1, p.iter_size)):
                 loss += self._forward_backward()
             loss /= max(1, p.iter_size)
+            # A gradient callback may replace it (engine.parallel: the mean over the ranks), so
+            # the smoothed loss, display and outputs are taken after the callbacks.
+            self.iteration_loss = loss
+            for _, on_gradients in self._callbacks:
+                if on_gradients:
+                    on_gradients()
+            loss = self.iteration_loss
             self._update_smoothed_loss(loss, start_iter)
             outputs = {name: np.array(self.net.blobs[name].data, copy=True) for name in self.net.outputs}
             if p.display > 0 and self.iter % p.display == 0:
@@ -264,9 +278,6 @@ class Solver:
                 for name, value in outputs.items():
                     for k, v in enumerate(np.ravel(value)):
                         log.info("    Train net output #%d: %s = %g", k, name, v)
-            for _, on_gradients in self._callbacks:
-                if on_gradients:
-                    on_gradients()
             rate = self.apply_update()
             self.iter += 1
             info = IterationInfo(self.iter, loss, self.smoothed_loss, rate, outputs,

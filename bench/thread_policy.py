@@ -1,0 +1,211 @@
+"""A training's speed while the web answers: the thread policy (jobs/threads.py) against none.
+
+For each variant (which environment the training and the inference processes start with), back
+to back on the same machine:
+
+  quiet   a training process alone: FCN-AlexNet TRAIN forward+backward steps through engine.Net
+          (Input layers, batch 1, --size²), for --seconds;
+  loaded  the same, while an inference process (the web's work: deploy forward passes of one
+          record, back to back, the heaviest the web can ask) runs beside it; the bench starts
+          that load itself and stops it afterwards.
+
+It prints steps/s quiet and loaded, their ratio (the target: loaded >= 70 % of quiet), the
+inference latency p50/p95 during the loaded run, and `uptime`'s load average before each run
+(the machine is usually shared: compare ratios from the same run). Rounds alternate the variants.
+
+    .venv/bin/python bench/thread_policy.py                        # default, 2 threads passive, policy
+    .venv/bin/python bench/thread_policy.py --seconds 20 --rounds 2 --size 256
+    .venv/bin/python bench/thread_policy.py --variants default policy
+
+Variants:
+  default       no variables: torch's own thread count (the cores) and OpenMP's spinning wait
+  all-passive   training and inference with every core, passive wait
+  policy        jobs.threads.plan: training / inference threads from the cores, passive wait
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jobs import threads  # noqa: E402  (stdlib only: the parent never loads torch)
+
+NET = os.path.join(ROOT, "prototxt", "fcn_alexnet.prototxt")
+
+
+def variant_environments(name, cores):
+    """(training env, inference env): the variables each process gets on top of the parent's
+    environment (whose own OMP/MKL/OPENBLAS/KMP variables are removed first)."""
+    if name == "default":
+        return {}, {}
+    if name == "all-passive":
+        every = threads.ThreadPlan("training", cores, cores).environment()
+        return every, dict(every)
+    if name == "policy":
+        return (threads.plan("training", cores=cores).environment(),
+                threads.plan("inference", cores=cores).environment())
+    raise SystemExit("unknown variant %s" % name)
+
+
+def child_env(extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in threads.THREAD_VARIABLES and k not in threads.PASSIVE_WAIT and k != threads.OVERRIDE_ENV}
+    env.update(extra)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+# -- the two child roles ---------------------------------------------------------------------------
+
+def _input_net(size, phase_stage):
+    """FCN-AlexNet with Input blobs data (1×1×size²) and label in place of its Data layers."""
+    from engine.prototxt import format_message, read_net
+    from engine.proto import caffe_pb2
+    source = read_net(NET)
+    param = caffe_pb2.NetParameter(name=source.name)
+    for name, channels in (("data", 1), ("label", 1)):
+        layer = param.layer.add(name=name, type="Input")
+        layer.top.append(name)
+        layer.input_param.shape.add().dim.extend([1, channels, size, size])
+    for lp in source.layer:
+        if lp.type in ("Data", "Accuracy", "Python"):
+            continue
+        if any(r.stage and phase_stage not in r.stage for r in lp.include):
+            continue
+        if any(phase_stage in r.stage for r in lp.exclude):
+            continue
+        copy = param.layer.add()
+        copy.CopyFrom(lp)
+        del copy.include[:]
+        del copy.exclude[:]
+    handle = tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False)
+    handle.write(format_message(param))
+    handle.close()
+    return handle.name
+
+
+def run_child(role, size, seconds):
+    import numpy as np
+    import torch
+    import engine
+    path = _input_net(size, "train" if role == "train" else "deploy")
+    net = engine.Net(path, engine.TRAIN if role == "train" else engine.TEST)
+    os.unlink(path)
+    rs = np.random.RandomState(0)
+    net.blobs["data"].data[...] = rs.rand(*net.blobs["data"].data.shape) * 255
+    if "label" in net.blobs:
+        net.blobs["label"].data[...] = rs.randint(0, 2, net.blobs["label"].data.shape)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
+
+    def once():
+        if role == "train":
+            net.forward()
+            net.backward()
+        else:
+            with torch.no_grad():
+                net.forward()
+    once()  # warm-up
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    times, end = [], time.time() + seconds
+    while not stop["now"] and (role != "train" or time.time() < end):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times}), flush=True)
+
+
+# -- the parent ------------------------------------------------------------------------------------
+
+def _start(role, env, size, seconds):
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", role, "--size", str(size),
+                             "--seconds", str(seconds)], env=child_env(env), stdout=subprocess.PIPE,
+                            universal_newlines=True)
+
+
+def _ready(proc):
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("a bench child failed to start (see its error above)")
+    return json.loads(line)
+
+
+def _times(proc):
+    out, _ = proc.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1])["times"]
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def measure(variant, cores, size, seconds, with_load):
+    train_env, infer_env = variant_environments(variant, cores)
+    load = load_average()
+    loader = None
+    if with_load:
+        loader = _start("infer", infer_env, size, 0)
+        infer_threads = _ready(loader)["threads"]
+    trainer = _start("train", train_env, size, seconds)
+    train_threads = _ready(trainer)["threads"]
+    steps = _times(trainer)
+    result = {"variant": variant, "loaded": with_load, "load_before": load, "train_threads": train_threads,
+              "steps": len(steps), "steps_per_s": len(steps) / sum(steps) if steps else 0.0,
+              "median_step_s": percentile(steps, 0.5)}
+    if loader is not None:
+        loader.send_signal(signal.SIGTERM)
+        served = _times(loader)
+        result.update(infer_threads=infer_threads, infer_p50_s=percentile(served, 0.5),
+                      infer_p95_s=percentile(served, 0.95), infer_answers=len(served))
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["default", "all-passive", "policy"],
+                    choices=["default", "all-passive", "policy"])
+    ap.add_argument("--seconds", type=float, default=15.0, help="training time per measurement")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--cores", type=int, default=0, help="cores the policy plans for (0 = this process's)")
+    ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--child", choices=["train", "infer"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return run_child(args.child, args.size, args.seconds)
+    cores = args.cores or threads.usable_cores()
+    print("thread policy bench: FCN-AlexNet 1x1x%d², %d usable cores, %.0f s per measurement, %s"
+          % (args.size, cores, args.seconds, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
+    print("%-12s %5s %7s %13s %11s %9s %8s %10s %10s %-16s" % (
+        "variant", "round", "threads", "quiet step/s", "loaded st/s", "loaded/q", "inf thr",
+        "inf p50 s", "inf p95 s", "load (quiet;loaded)"))
+    rows = []
+    for rnd in range(args.rounds):
+        for variant in args.variants:
+            quiet = measure(variant, cores, args.size, args.seconds, False)
+            loaded = measure(variant, cores, args.size, args.seconds, True)
+            rows += [quiet, loaded]
+            ratio = loaded["steps_per_s"] / quiet["steps_per_s"] if quiet["steps_per_s"] else float("nan")
+            print("%-12s %5d %7d %13.3f %11.3f %8.0f%% %8d %10.3f %10.3f %s; %s" % (
+                variant, rnd + 1, quiet["train_threads"], quiet["steps_per_s"], loaded["steps_per_s"],
+                100 * ratio, loaded["infer_threads"], loaded["infer_p50_s"], loaded["infer_p95_s"],
+                quiet["load_before"], loaded["load_before"]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The thread policy (jobs/threads.py): counts per role from the cores and training slots, the
+passive OpenMP wait, the operator's override, and that a runner the scheduler starts carries it
+in its environment."""
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from jobs import scheduler as sched
+from jobs import store as st
+from jobs import threads
+
+
+@pytest.mark.parametrize("cores, trainings, expected", [
+    (1, 1, 1),    # nothing to reserve on one core: the training still gets a thread
+    (2, 1, 1),    # one core for the training, one for the web's answers
+    (2, 2, 1),
+    (4, 1, 3),
+    (4, 2, 1),    # (4 - 1) // 2
+    (16, 1, 12),  # 4 threads reserved for inference
+    (16, 3, 4),
+    (16, 20, 1),  # more slots than cores: one thread each, never zero
+])
+def test_training_threads_leave_the_inference_share_and_split_the_rest(cores, trainings, expected):
+    assert threads.plan("training", cores=cores, trainings=trainings, env={}).threads == expected
+
+
+def test_inference_and_dataset_threads():
+    for cores, expected in ((1, 1), (2, 1), (4, 1), (8, 2), (16, 4), (64, 16)):
+        assert threads.plan("inference", cores=cores, env={}).threads == expected
+    assert threads.plan("dataset", cores=64, env={}).threads == 1
+
+
+def test_the_roles_together_do_not_oversubscribe_the_cores():
+    for cores in range(2, 65):
+        for trainings in range(1, cores):
+            train = threads.plan("training", cores=cores, trainings=trainings, env={}).threads
+            infer = threads.plan("inference", cores=cores, env={}).threads
+            if (cores - infer) >= trainings:  # enough cores for one thread each
+                assert train * trainings + infer <= cores, (cores, trainings)
+
+
+def test_without_the_inference_reserve_the_trainings_share_every_core():
+    assert threads.plan("training", cores=2, reserve_inference=False, env={}).threads == 2
+    assert threads.plan("training", cores=16, trainings=3, reserve_inference=False, env={}).threads == 5
+
+
+def test_environment_sets_every_pool_and_the_passive_wait():
+    env = threads.plan("training", cores=8, env={}).environment()
+    assert env == {"OMP_NUM_THREADS": "6", "MKL_NUM_THREADS": "6", "OPENBLAS_NUM_THREADS": "6",
+                   "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def test_the_operators_override_wins_for_the_roles_it_names():
+    env = {"CAFFESEG_THREADS": "training=2, inference=3"}
+    assert threads.plan("training", cores=16, env=env).threads == 2
+    assert threads.plan("inference", cores=16, env=env).threads == 3
+    assert threads.plan("dataset", cores=16, env=env).threads == 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ("training", "not ROLE=THREADS"),
+    ("gpu=2", "not ROLE=THREADS"),
+    ("training=0", "whole number"),
+    ("training=two", "whole number"),
+])
+def test_a_bad_override_is_named(text, words):
+    with pytest.raises(ValueError) as err:
+        threads.plan("training", cores=4, env={"CAFFESEG_THREADS": text})
+    assert words in str(err.value) and "CAFFESEG_THREADS" in str(err.value)
+
+
+def test_unknown_role_is_refused():
+    with pytest.raises(ValueError, match="role"):
+        threads.plan("web", cores=2, env={})
+
+
+def test_usable_cores_follow_the_affinity():
+    assert threads.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_apply_before_torch_sets_the_wait_policy_of_a_new_process():
+    # A fresh interpreter: the policy is applied before torch loads, so torch's pool starts so.
+    code = ("import os, sys; sys.path.insert(0, %r); from jobs import threads; "
+            "plan, effective = threads.apply_to_this_process('inference', cores=8); "
+            "import torch; print(plan.threads, effective, torch.get_num_threads(), "
+            "os.environ['OMP_WAIT_POLICY'])" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_VARIABLES}
+    env.pop("CAFFESEG_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "True", "2", "PASSIVE"]
+
+
+# -- the scheduler hands the plan to each runner ---------------------------------------------------
+
+ENV_DUMP = "#!/bin/sh\n# stands in for the runner's interpreter: $1 is runner.py, $2 the job folder\nenv > \"$2/runner_env.txt\"\n"
+
+
+def _runner_env(tmp_path, monkeypatch, **scheduler_args):
+    fake_python = tmp_path / "python"
+    fake_python.write_text(ENV_DUMP)
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
+    store = st.JobStore(str(tmp_path / "jobs"))
+    folder = os.path.join(store.root, "m1")
+    os.makedirs(folder)
+    store.add_job("m1", "model", "m1", folder, options={"backend": "engine"}, status=st.WAITING)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "99")  # an inherited value does not leak through
+    monkeypatch.delenv("CAFFESEG_THREADS", raising=False)
+    scheduler = sched.Scheduler(store, python=str(fake_python), backend="engine", **scheduler_args)
+    assert scheduler.train("m1") == st.DONE
+    with open(os.path.join(folder, "runner_env.txt")) as f:
+        return dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+
+
+def test_a_runner_starts_with_the_training_plan_in_its_environment(tmp_path, monkeypatch):
+    env = _runner_env(tmp_path, monkeypatch, cpu_slots=3)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "4"  # (16-4)//3
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["KMP_BLOCKTIME"] == "0"
+
+
+def test_a_gpu_scheduler_splits_the_cores_per_gpu_slot(tmp_path, monkeypatch):
+    env = _runner_env(tmp_path, monkeypatch, gpus=[0, 1])
+    assert env["OMP_NUM_THREADS"] == "6"  # (16 - 4) // 2 trainings at once
