@@ -256,7 +256,21 @@ def cmd_model_metrics(args):
 
 
 def cmd_model_evaluate(args):
-    emit(args, service(args).evaluate(args.job_id, snapshot=args.snapshot))
+    table = service(args).evaluate(args.job_id, snapshot=args.snapshot)
+    from caffeseg.evaluation_text import evaluation_report
+    emit(args, table, evaluation_report(table))
+
+
+def cmd_model_clinical_export(args):
+    """Predicted contours (Sunnybrook text, zip) or DICOM SEG of an evaluation, written to --out."""
+    name, _, data = service(args).clinical_export(args.job_id, args.format, snapshot=args.snapshot,
+                                                  case=args.case, record=args.record)
+    out = args.out or name
+    if os.path.isdir(out):
+        out = os.path.join(out, name)
+    with open(out, "wb") as f:
+        f.write(data)
+    emit(args, {"path": out, "bytes": len(data)}, out)
 
 
 def cmd_model_export(args):
@@ -484,7 +498,9 @@ def build_parser():
     p.add_argument("--contour-folder", required=True)
     p.add_argument("--channels", choices=("L", "RGB"), default="L")
     p.add_argument("--val-pct", type=int, default=10)
-    p.add_argument("--split", choices=("slice", "patient"), default="slice")
+    p.add_argument("--split", choices=("slice", "patient"), default="patient",
+                   help="patient: whole patients in validation, for per-patient volumes/EF (default); "
+                        "slice: DIGITS' split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoding", choices=("none", "png"), default="none")
     p.add_argument("--name", required=True)
@@ -561,6 +577,16 @@ def build_parser():
         if name == "export":
             p.add_argument("--out")
         p.set_defaults(func=func)
+
+    p = md.add_parser("clinical-export", parents=[common],
+                      help="an evaluation's predicted contours (Sunnybrook text zip) or DICOM SEG")
+    p.add_argument("job_id")
+    p.add_argument("--format", choices=("contours", "dicom-seg"), default="contours")
+    p.add_argument("--case", help="one patient, e.g. SC-HF-I-1 (default: all evaluated)")
+    p.add_argument("--record", help="one validation record key")
+    p.add_argument("--snapshot", type=int, help="the evaluation of that iteration (default: the last)")
+    p.add_argument("--out", help="file or folder (default: the export's own name, here)")
+    p.set_defaults(func=cmd_model_clinical_export)
 
     p = sub.add_parser("infer", parents=[common], help="run a trained model on a record or an image")
     p.add_argument("job_id")

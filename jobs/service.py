@@ -500,6 +500,30 @@ class JobService:
         with open(path) as f:
             return json.load(f)
 
+    def clinical_export(self, job_id, fmt, snapshot=None, case=None, record=None):
+        """Predicted segmentations of an evaluation to take away: fmt "contours" (Sunnybrook
+        text files in a zip laid out like the expert release) or "dicom-seg" (DICOM SEG per
+        patient and phase, referencing the source images), for one record (key), one patient
+        (case) or all. Returns (file name, content type, bytes); jobs/clinical_export.py."""
+        from jobs import clinical_export as cx
+        from jobs.evaluate import masks_path
+        job = self._model(job_id)
+        table = self.evaluation(job_id, snapshot)
+        if table is None:
+            raise ServiceError("job %s has no evaluation%s: evaluate it first"
+                               % (job_id, "" if snapshot is None else " at iteration %d" % int(snapshot)))
+        name = "evaluation.json" if snapshot is None else "evaluation_iter_%d.json" % int(snapshot)
+        from jobs.dataset import DatasetError, load_dataset_info
+        try:
+            info = load_dataset_info(self.store.get(job["dataset_id"])["dir"])
+        except DatasetError as exc:
+            raise ServiceError(str(exc))
+        try:
+            masks = cx.load_masks(masks_path(os.path.join(job["dir"], name)))
+            return cx.export(table, masks, info, fmt, case=case, key=record)
+        except cx.ExportError as exc:
+            raise ServiceError(str(exc))
+
     def infer(self, job_id, snapshot=None, record=None, image_path=None, visualize=False):
         """Predict one val record (by key), one image file, or every image of a folder.
         Returns {"results": [{"source", "class_map", "probabilities", "metrics"?, "contours"}]}."""
