@@ -257,7 +257,6 @@ def _finish_builds(svc):
 
 
 def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
-    pytest.importorskip("plugin.sunnybrook")
     from tests.jobs_fixtures import contours_without_images
     client, svc, _, data = site
     (data / "empty_images").mkdir()
