@@ -110,7 +110,3 @@ def install(replacing=None) -> object:
     for name in ("proto", "proto.caffe_pb2", "io"):
         sys.modules.setdefault("caffe." + name, importlib.import_module("engine." + name))
     return engine
-
-
-#: names other modules probe for
-install_as_caffe = install
