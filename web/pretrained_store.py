@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs import pretrained, pretrained_prepare
+from jobs.pretrained import MAX_PROTOTXT_BYTES
 from web.backend import BadRequest, NotFound
 
 
@@ -27,13 +29,8 @@ def catalogue(data_dir) -> list[dict]:
     path, available, size, variants: {gray|rgb: {network, weights, ready, downloaded, steps}},
     preparation (``jobs.pretrained_prepare`` state or None)}`` for known models; uploaded ones have ``network`` None, ``network_name``, ``prototxt`` and
     ``weights`` and are always ready."""
-    try:
-        from jobs import pretrained
-    except ImportError:
-        return []
     root = folder(data_dir)
     out = []
-    from jobs import pretrained_prepare
     for name, model in pretrained.KNOWN_MODELS.items():
         download = root / model.filename
         out.append({"id": name, "name": name, "kind": "known", "description": model.description,
@@ -58,7 +55,6 @@ def resolve(data_dir, pretrained_id, channels) -> dict:
     ``{id, standard_network | network_text, weights}``. ``channels`` are the dataset's feature
     channels (1 → the gray variant of a known model). Raises NotFound for an unknown id and
     BadRequest (field ``pretrained_network``) when the weights are not made yet."""
-    from jobs import pretrained
     root = folder(data_dir)
     pretrained_id = str(pretrained_id or "")
     if pretrained_id in pretrained.KNOWN_MODELS:
@@ -87,7 +83,6 @@ def resolve(data_dir, pretrained_id, channels) -> dict:
 def save_upload(data_dir, name, prototxt: bytes, weights_storage, description="") -> dict:
     """Store an uploaded network + caffemodel (werkzeug FileStorage for the weights): the file is
     written once, straight into its store folder (``jobs.pretrained.save_upload``)."""
-    from jobs import pretrained
     try:
         return pretrained.save_upload(folder(data_dir), name, prototxt, weights_storage, description)
     except pretrained.UploadError as exc:
@@ -97,7 +92,6 @@ def save_upload(data_dir, name, prototxt: bytes, weights_storage, description=""
 def prepare_known(data_dir, name, gray, url=None) -> dict:
     """Start preparing a known model's gray or RGB weights in the background (download, check,
     surgery); NotFound for a name that is not a known model, BadRequest when it is under way."""
-    from jobs import pretrained, pretrained_prepare
     if name not in pretrained.KNOWN_MODELS:
         raise NotFound(f"no known pretrained model {name!r} (known: {', '.join(pretrained.KNOWN_MODELS)})")
     try:
@@ -107,7 +101,6 @@ def prepare_known(data_dir, name, gray, url=None) -> dict:
 
 
 def delete_upload(data_dir, pretrained_id) -> None:
-    from jobs import pretrained
     if pretrained_id in pretrained.KNOWN_MODELS:
         raise BadRequest(f"{pretrained_id} is a known public model; remove its files on the server "
                          f"({folder(data_dir)}) to delete it")
@@ -144,7 +137,6 @@ def variant_is_gray(value) -> bool:
 
 def read_prototxt(storage) -> bytes:
     """The uploaded network's bytes, refused above 1 MiB (a network description is small)."""
-    from jobs.pretrained import MAX_PROTOTXT_BYTES
     data = storage.read(MAX_PROTOTXT_BYTES + 1)
     if len(data) > MAX_PROTOTXT_BYTES:
         raise BadRequest(f"the network file is larger than {MAX_PROTOTXT_BYTES} bytes",
