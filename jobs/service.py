@@ -9,9 +9,10 @@
 
 Queries: ``list_jobs(kind=None)``, ``show(id)`` (+ history [(status, time)], progress, and for a
 model snapshots [(iteration, file)], eta, iters_per_epoch), ``snapshots(id)``, ``log(id)``,
-``dataset_info(id)`` (``jobs.dataset.DatasetInfo``), ``metrics(id, since=0)`` → {"series": [(iteration, name,
-value, phase or None)], "status", "progress", "eta", "iters_per_epoch"} (phase "train"/"val"; lr, epoch, throughput and eta
-have phase None), ``evaluation(id, snapshot=None)`` (stored table or None), ``clone_values(id)``.
+``dataset_info(id)`` (``jobs.dataset.DatasetInfo``), ``dataset_keys(id, stage)``,
+``dataset_record(id, stage, key)`` (the LMDBs, read under ``lmdb_lock``), ``metrics(id,
+since=0)`` → {"series": [(iteration, name, value, phase or None)], "status", "progress", "eta",
+"iters_per_epoch"} (phase "train"/"val"; lr, epoch, throughput and eta have phase None), ``evaluation(id, snapshot=None)`` (stored table or None), ``clone_values(id)``.
 Actions: ``train(id, resume=False, evaluate=False)`` (foreground, returns the final status),
 ``submit(id, resume=False)`` (queue for the worker), ``start_worker()`` (scheduler thread in this
 process: it builds queued datasets and trains queued models), ``resume(id, wait=False)`` (a
@@ -44,6 +45,7 @@ import collections
 import json
 import os
 import shutil
+import threading
 import time
 
 from jobs import derive
@@ -140,6 +142,11 @@ class JobService:
         self.scheduler.on_done = self._evaluate_after_training  # worker-run jobs are evaluated too
         self.scheduler.prepare = self._derive_pending
         self.scheduler.build_dataset = self.build_dataset_job  # queued dataset jobs (submit_dataset)
+        # LMDB refuses to open a database that is already open in the same process: every read of a
+        # dataset's LMDBs here (evaluation, also the worker thread's after a training; inference of
+        # a record; the web's dataset explorer) takes this lock.
+        self.lmdb_lock = threading.RLock()
+        self._key_cache = {}
         # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
         self.store.mark_running_interrupted(pid_alive)
 
@@ -203,12 +210,38 @@ class JobService:
         """A dataset job's dataset.json (``jobs.dataset.DatasetInfo``), None while it is not
         written yet; DatasetError when it cannot be read."""
         from jobs.dataset import DATASET_JSON, DatasetInfo
-        job = self.store.get(check_job_id(job_id))
-        if job["kind"] != "dataset":
-            raise ServiceError("job %s is a %s, not a dataset" % (job_id, job["kind"]))
+        job = self._dataset_job(job_id)
         if not os.path.isfile(os.path.join(job["dir"], DATASET_JSON)):
             return None
         return DatasetInfo.read(job["dir"])
+
+    def dataset_keys(self, job_id, stage):
+        """The LMDB keys of a dataset job's stage (train/val), in record order; [] without one."""
+        folder = os.path.join(self._dataset_job(job_id)["dir"], "%s_db" % stage, "features")
+        if not os.path.isdir(folder):
+            return []
+        cache_key = (folder, os.stat(folder).st_mtime)
+        if cache_key not in self._key_cache:
+            from engine.lmdb_io import LmdbReader
+            with self.lmdb_lock, LmdbReader(folder) as reader:
+                self._key_cache[cache_key] = list(reader.keys())
+        return self._key_cache[cache_key]
+
+    def dataset_record(self, job_id, stage, key):
+        """(feature C x H x W, label H x W) of one record of a dataset job's stage, by LMDB key."""
+        from jobs import infer as inf
+        folder = self._dataset_job(job_id)["dir"]
+        try:
+            with self.lmdb_lock:
+                return inf.record_by_key(folder, key, stage)
+        except inf.InferError as exc:
+            raise ServiceError(str(exc))
+
+    def _dataset_job(self, job_id):
+        job = self.store.get(check_job_id(job_id))
+        if job["kind"] != "dataset":
+            raise ServiceError("job %s is a %s, not a dataset" % (job_id, job["kind"]))
+        return job
 
     # -- datasets --------------------------------------------------------------------------------
     def _new_job(self, kind, name, **kw):
@@ -455,7 +488,6 @@ class JobService:
 
     def start_worker(self):
         """Run the scheduler loop in a background thread of this process (single-process serve)."""
-        import threading
         self._stop = threading.Event()
         t = threading.Thread(target=self.scheduler.loop, args=(self._stop,), daemon=True)
         t.start()
@@ -487,7 +519,8 @@ class JobService:
         dataset = self.store.get(job["dataset_id"])
         model = self._deploy_model(job, snapshot)
         name = "evaluation.json" if snapshot is None else "evaluation_iter_%d.json" % int(snapshot)
-        return evaluate(model, dataset["dir"], os.path.join(job["dir"], name), progress=progress)
+        with self.lmdb_lock:
+            return evaluate(model, dataset["dir"], os.path.join(job["dir"], name), progress=progress)
 
     def evaluation(self, job_id, snapshot=None):
         """The stored evaluation table, or None when the job has not been evaluated."""
@@ -539,7 +572,8 @@ class JobService:
                     record = DatasetInfo.read(dataset_dir).record_key("val", record)
                 except DatasetError as exc:
                     raise ServiceError(str(exc))
-                image, label = inf.record_by_key(dataset_dir, record)
+                with self.lmdb_lock:
+                    image, label = inf.record_by_key(dataset_dir, record)
                 inputs.append(("record:%s" % record, image, label))
             elif image_path:
                 for path in inf.image_files(image_path):
@@ -556,13 +590,42 @@ class JobService:
             raise ServiceError(str(exc))
         return {"snapshot": os.path.basename(model.weights), "classes": model.classes, "results": results}
 
+    def infer_series(self, job_id, path, snapshot=None):
+        """DICOM images of one patient (a folder, a zip, or one file) → per image the predicted
+        LV area in mm², and for one series at several phases the volumes and EF
+        (jobs/series_function.py: ED = largest volume, ES = smallest). Returns {"snapshot",
+        "images": [{"source", "lv_area_mm2", "slice_location", "phase_key", ...}], "function"}."""
+        import tempfile
+        from jobs import infer as inf
+        from jobs import series_function as sf
+        from plugin.base import EntryError
+        from plugin.sunnybrook.dicom import read_header
+        job = self._model(job_id)
+        model = self._deploy_model(job, snapshot)
+        readings = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="caffeseg-series-") as work:
+                for path_one in sf.series_files(path, work):
+                    header = read_header(path_one)
+                    class_map = model.predict(inf.load_image(path_one))["class_map"]
+                    reading = sf.image_reading(class_map, header)
+                    reading["source"] = os.path.basename(path_one)
+                    readings.append(reading)
+        except (inf.InferError, EntryError, sf.SeriesError) as exc:
+            raise ServiceError(str(exc))
+        if not readings:
+            raise ServiceError("%s holds no image" % path)
+        return {"snapshot": os.path.basename(model.weights), "images": readings,
+                "function": sf.series_function(readings)}
+
     def infer_record(self, job_id, record, snapshot=None, visualize=False):
         """One val record by key → {"image", "class_map", "probabilities", "label", "metrics",
         "contours", "classes", "layers" (with visualize: name, kind, shape, mean, std, histogram)}."""
         from jobs import infer as inf
         job = self._model(job_id)
         try:
-            image, label = inf.record_by_key(self.store.get(job["dataset_id"])["dir"], record)
+            with self.lmdb_lock:
+                image, label = inf.record_by_key(self.store.get(job["dataset_id"])["dir"], record)
         except inf.InferError as exc:
             raise ServiceError(str(exc))
         return self._infer_one(job, snapshot, image, label, "record:%s" % record, visualize)

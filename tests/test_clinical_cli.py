@@ -56,3 +56,11 @@ def test_evaluate_report_and_clinical_exports(tmp_path, capsys):
     assert zipfile.is_zipfile(str(out / "c.zip"))
     assert cli.main(common + ["model", "clinical-export", job_id, "--case", "SC-N-40"]) == cli.EXIT_BAD_INPUT
     assert "of patient SC-N-40" in capsys.readouterr().err
+
+    # the inference read-out of an uploaded series (the patient's DICOM folder) on the same model
+    from jobs.service import JobService
+    svc = JobService(str(tmp_path / "data" / "jobs"), backend="engine")
+    got = svc.infer_series(job_id, os.path.join(root, "challenge_training", case))
+    assert len(got["images"]) == 4 and all(r["lv_area_mm2"] is not None for r in got["images"])
+    assert got["function"]["spacing_mm"] == pytest.approx(10.0)
+    assert set(got["function"]["slices"].values()) == {2}

@@ -95,12 +95,20 @@ def read_slice(path):
         raise EntryError("%s: multi-frame DICOM (%d frames); one slice per file expected"
                          % (path, pixels.shape[0]), source=path)
     pixels = _modality_values(ds, pixels)
+    spacing, meta = header_meta(ds)
+    return DicomSlice(pixels=pixels, pixel_spacing=spacing, meta=meta)
+
+
+def header_meta(ds):
+    """(pixel spacing (row, column) mm or None, {slice geometry, timing and identity}) of a
+    dataset's header; nothing here needs the pixel data."""
     spacing = None
     if "PixelSpacing" in ds:
         try:
             spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
         except (TypeError, ValueError, IndexError):
             spacing = None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     meta = {
         "transfer_syntax": str(ts) if ts is not None else None,
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
@@ -117,7 +125,21 @@ def read_slice(path):
         "series_uid": str(ds.get("SeriesInstanceUID", "") or "") or None,
         "sop_uid": str(ds.get("SOPInstanceUID", "") or "") or None,
     }
-    return DicomSlice(pixels=pixels, pixel_spacing=spacing, meta=meta)
+    return spacing, meta
+
+
+def read_header(path):
+    """header_meta of one DICOM file without decoding its pixels; EntryError naming the file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise EntryError("%s: not a DICOM file (no DICM preamble or header)" % path,
+                         source=path) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise EntryError("%s: unreadable DICOM (%s)" % (path, exc), source=path) from None
+    return header_meta(ds)
 
 
 def _available_decoders(ts):
