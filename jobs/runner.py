@@ -1,9 +1,16 @@
 """Training runner: one process per training job, driving a backend through the pycaffe API.
 
-Runs under Python 3.9 with numpy and real pycaffe only (no torch, no protobuf, no project
-imports on the pycaffe path), so the same file works in a BVLC Caffe Docker image.
+Runs under Python 3.9 with numpy and real pycaffe only (no torch, no protobuf; of the project
+only ``jobs.ranks``, standard library only, on the pycaffe path), so the same file works in a
+BVLC Caffe Docker image.
 
     python runner.py JOB_DIR [--backend engine|pycaffe|auto] [--resume] [--weights A,B] [--gpu N]
+                             [--gpus 0,1 | --cpu-ranks N]
+
+``--gpus``/``--cpu-ranks``: one job on several devices, one process per device (``jobs/ranks.py``:
+this process is rank 0 and starts the others; engine backend only). Each rank trains on its shard
+of the data, gradients are averaged over the ranks before every update (Caffe's multi-GPU rules),
+and only rank 0 writes the files below.
 
 Files it reads in JOB_DIR: ``solver.prototxt`` (as derived), ``train_val.prototxt``, optional
 ``job.json`` (``{"epochs": E}``). Files it writes:
@@ -34,6 +41,10 @@ import re
 import signal
 import sys
 import time
+
+if __package__ in (None, ""):  # run as a script: the jobs package is beside this file
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jobs import ranks as ranks_mod  # noqa: E402
 
 EXIT_DONE, EXIT_ERROR, EXIT_NAN, EXIT_ABORTED = 0, 2, 3, 143
 RUN_SOLVER = "solver_run.prototxt"
@@ -191,18 +202,20 @@ def blob_mean(blob):
 ABORT_FLAG = "abort_requested"  # written by jobs.scheduler.Scheduler.abort in the job folder
 
 class Runner:
-    def __init__(self, job_dir, caffe, log=print):
+    def __init__(self, job_dir, caffe, log=print, ranks=None):
         self.job_dir = os.path.abspath(job_dir)
         self.caffe = caffe
-        self.log = log
+        self.ranks = ranks or ranks_mod.Ranks()
+        self.log = log if self.ranks.writes else (lambda message: None)
         self.stop_requested = False
         self.started = None  # wall-clock start of run() (written in runner_status.json)
         self.gpu = None  # the device run() trains on (None: CPU)
         with open(os.path.join(self.job_dir, "solver.prototxt")) as f:
             text = f.read()
         self.fields = read_solver_fields(text)
-        with open(os.path.join(self.job_dir, RUN_SOLVER), "w") as f:
-            f.write(run_solver_text(text))
+        if self.ranks.writes:  # rank 0 writes it before it starts the other ranks
+            with open(os.path.join(self.job_dir, RUN_SOLVER), "w") as f:
+                f.write(run_solver_text(text))
         self.max_iter = int(self.fields.get("max_iter", ["0"])[0])
         self.snapshot_every = int(self.fields.get("snapshot", ["0"])[0])
         self.test_every = int(self.fields.get("test_interval", ["0"])[0])
@@ -223,6 +236,8 @@ class Runner:
         ``STATUS_EVERY_S``, and at each validation/snapshot) and at the end; ``iter / max_iter``
         is the progress the pages show, ``started`` the wall-clock start of this run, ``eta``
         the seconds left while running."""
+        if not self.ranks.writes:
+            return
         info = {"state": state, "iter": iteration, "max_iter": self.max_iter, "message": message,
                 "time": time.time(), "pid": os.getpid(), "started": self.started,
                 "backend": backend_used(self.caffe, self.gpu)}
@@ -266,6 +281,9 @@ class Runner:
         if self.job_dir not in sys.path:
             sys.path.insert(0, self.job_dir)  # Python layer files live in the job folder
         self.gpu = gpu
+        if self.ranks.world > 1:
+            gpu = self.ranks.device
+            self.ranks.configure(self.caffe)  # before the solver: its Data layers shard by rank
         if gpu is None:
             self.caffe.set_mode_cpu()
         else:
@@ -282,9 +300,12 @@ class Runner:
             for path in weights:
                 solver.net.copy_from(path)
                 self.log("loaded weights %s" % path)
-        truncate_metrics(self.metrics_path, solver.iter)
+        nccl = self.ranks.attach(self.caffe, solver)  # every rank starts from rank 0's weights
+        if self.ranks.writes:
+            truncate_metrics(self.metrics_path, solver.iter)
         first_blob = list(solver.net.blobs.keys())[0] if len(solver.net.blobs) else None
-        images_per_iter = (solver.net.blobs[first_blob].data.shape[0] if first_blob else 1) * self.iter_size
+        images_per_iter = ((solver.net.blobs[first_blob].data.shape[0] if first_blob else 1) * self.iter_size
+                           * self.ranks.world)
 
         started, start_iter = time.time(), solver.iter
         self.started = started
@@ -292,11 +313,14 @@ class Runner:
         self.log("training iterations %d to %d%s" % (solver.iter + 1, self.max_iter,
                  " (%g epoch%s)" % (self.epochs, "" if self.epochs == 1 else "s") if self.epochs else ""))
         status_at = started
-        with open(self.metrics_path, "a") as out:
+        with open(self.metrics_path if self.ranks.writes else os.devnull, "a") as out:
             while solver.iter < self.max_iter:
                 # The flag file is how a scheduler on another host (container) asks for an abort:
                 # it cannot signal this process.
-                if self.stop_requested or os.path.exists(os.path.join(self.job_dir, ABORT_FLAG)):
+                stop = self.stop_requested or os.path.exists(os.path.join(self.job_dir, ABORT_FLAG))
+                if nccl is not None:
+                    stop = nccl.any_rank(stop)  # all ranks stop at the same iteration
+                if stop:
                     self.status("aborted", solver.iter, "aborted by the user")
                     self.log("aborted at iteration %d" % solver.iter)
                     return EXIT_ABORTED
@@ -317,13 +341,14 @@ class Runner:
                     self.log(msg)
                     return EXIT_NAN
                 last = it >= self.max_iter
-                if (self.test_every and it % self.test_every == 0) or (last and self.test_every):
+                if self.ranks.writes and ((self.test_every and it % self.test_every == 0)
+                                          or (last and self.test_every)):
                     val = self.validate(solver)
                     if val is not None:
                         self.record(out, it, "val", val)
                         self.log("iteration %d val %s" % (it, val))
                 marked = False
-                if (self.snapshot_every and it % self.snapshot_every == 0) or last:
+                if self.ranks.writes and ((self.snapshot_every and it % self.snapshot_every == 0) or last):
                     self.snapshot(solver)
                     self.log("snapshot at iteration %d" % it)
                     marked = True
@@ -342,22 +367,35 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--weights", default="", help="comma-separated .caffemodel files to load first")
     ap.add_argument("--gpu", type=int, default=None)
+    ap.add_argument("--gpus", default="", help="several GPUs for this job, e.g. 0,1 (one process each)")
+    ap.add_argument("--cpu-ranks", type=int, default=1, help="this job in N processes on the CPU (gloo)")
     args = ap.parse_args(argv)
     runner = None
+    place = ranks_mod.Ranks()
     try:
+        place = ranks_mod.from_environment(ranks_mod.parse_gpus(args.gpus), args.cpu_ranks)
         caffe = import_backend(args.backend)
-        runner = Runner(args.job_dir, caffe, log=lambda m: print(m, flush=True))
+        runner = Runner(args.job_dir, caffe, log=lambda m: print(m, flush=True), ranks=place)
+        if place.world > 1 and place.writes:
+            place.launch_peers(os.path.abspath(__file__), sys.argv[1:] if argv is None else list(argv))
 
         def on_term(signum, frame):
             runner.stop_requested = True
+            place.signal_peers(signum)
         signal.signal(signal.SIGTERM, on_term)
         weights = [w for w in args.weights.split(",") if w]
-        return runner.run(resume=args.resume, weights=weights, gpu=args.gpu)
-    except (RunnerError, OSError) as exc:
+        code = runner.run(resume=args.resume, weights=weights, gpu=args.gpu)
+        place.finish()
+        return code
+    except (RunnerError, ranks_mod.RanksError, OSError) as exc:
         message = str(exc)
     except Exception as exc:  # the backend's own errors: report them, in one line, in the status
         message = "%s: %s" % (type(exc).__name__, exc)
-    print("error: " + message, file=sys.stderr, flush=True)
+    print("%serror: %s" % ("" if place.writes else "[rank %d] " % place.rank, message), file=sys.stderr, flush=True)
+    place.signal_peers(signal.SIGTERM)
+    place.finish(timeout=5)
+    if not place.writes:
+        return EXIT_ERROR
     if runner is not None or os.path.isdir(args.job_dir):
         write_json_atomic(os.path.join(os.path.abspath(args.job_dir), STATUS),
                           {"state": "error", "message": message, "time": time.time()})

@@ -8,6 +8,7 @@ as one job whose files only rank 0 writes.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,3 +201,131 @@ def test_joining_without_a_count_or_an_address_is_refused(monkeypatch):
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with pytest.raises(parallel.ParallelError, match="MASTER_ADDR, MASTER_PORT"):
         parallel.join(torch.device("cpu"), b"", world_size=2, rank=0)
+
+
+# -- the runner: one job, two processes ------------------------------------------------------------
+
+RUNNER = os.path.join(ROOT, "jobs", "runner.py")
+
+
+def tiny_job(tmp_path, name, **settings):
+    from tests.test_jobs_e2e_engine import engine_job
+    folder = tmp_path / name
+    folder.mkdir()
+    _, _, job = engine_job(folder, **settings)
+    return job["dir"]
+
+
+def run_runner(job_dir, *args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, RUNNER, job_dir, "--backend", "engine"] + list(args),
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metric_lines(job_dir):
+    with open(os.path.join(job_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def final_weights(job_dir, iteration):
+    from engine.caffemodel import layer_arrays, read_caffemodel
+    return layer_arrays(read_caffemodel(os.path.join(job_dir, "snapshot_iter_%d.caffemodel" % iteration)))
+
+
+def peers_of(job_dir):
+    """Processes still running with the job folder on their command line."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if job_dir.encode() in f.read() and int(pid) != os.getpid():
+                        found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.timeout(400)
+def test_runner_with_two_cpu_ranks_trains_as_one_process_with_twice_the_iter_size(tmp_path):
+    ranked = tiny_job(tmp_path, "ranked", epochs=2, random_seed=1)
+    single = tiny_job(tmp_path, "single", epochs=2, random_seed=1)
+    solver_path = os.path.join(single, "solver.prototxt")
+    text = open(solver_path).read()
+    assert "iter_size: 1\n" in text
+    open(solver_path, "w").write(text.replace("iter_size: 1\n", "iter_size: 2\n"))
+    done = run_runner(ranked, "--cpu-ranks", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run_runner(single).returncode == 0
+    lines = metric_lines(ranked)
+    train = [l["iter"] for l in lines if l["phase"] == "train"]
+    max_iter = json.load(open(os.path.join(ranked, "runner_status.json")))["max_iter"]
+    assert train == list(range(1, max_iter + 1))  # written once, by rank 0
+    assert [l["iter"] for l in lines if l["phase"] == "val"] == [l["iter"] for l in metric_lines(single)
+                                                               if l["phase"] == "val"]
+    assert json.load(open(os.path.join(ranked, "runner_status.json")))["state"] == "done"
+    assert "[rank 1]" not in done.stdout + done.stderr  # the peer writes no log lines
+    want, got = final_weights(single, max_iter), final_weights(ranked, max_iter)
+    assert want.keys() == got.keys()
+    for name in want:
+        for a, b in zip(want[name], got[name]):
+            assert np.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    # 2 ranks × batch 2 per iteration, as the single process's iter_size 2
+    assert {l["iter"]: l["throughput"] > 0 for l in lines if l["phase"] == "train"}
+    assert peers_of(ranked) == []
+
+
+@pytest.mark.timeout(400)
+def test_two_rank_job_aborts_together_and_resumes(tmp_path):
+    job_dir = tiny_job(tmp_path, "job", epochs=200, snapshot_interval=2, val_interval=50, random_seed=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, RUNNER, job_dir, "--backend", "engine", "--cpu-ranks", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 200
+    while time.time() < deadline and not any(n.endswith(".solverstate") for n in os.listdir(job_dir)):
+        time.sleep(0.05)
+    assert any(n.endswith(".solverstate") for n in os.listdir(job_dir)), proc.stdout.read() if proc.poll() else ""
+    proc.send_signal(signal.SIGTERM)  # what Scheduler.abort sends the job's pid (rank 0)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    status = json.load(open(os.path.join(job_dir, "runner_status.json")))
+    assert status["state"] == "aborted", status
+    stopped = status["iter"]
+    assert stopped < json.load(open(os.path.join(job_dir, "runner_status.json")))["max_iter"]
+    time.sleep(0.5)
+    assert peers_of(job_dir) == [], "a rank outlived the abort"
+    # Shorten the job so the resumed run ends soon: 4 iterations past the newest solverstate.
+    from jobs.runner import latest_solverstate, snapshot_iteration
+    resume_at = snapshot_iteration(latest_solverstate(job_dir))
+    solver_path = os.path.join(job_dir, "solver.prototxt")
+    text = open(solver_path).read()
+    open(solver_path, "w").write(re.sub(r"max_iter: \d+", "max_iter: %d" % (resume_at + 4), text))
+    resumed = run_runner(job_dir, "--cpu-ranks", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from snapshot_iter_%d.solverstate" % resume_at in resumed.stdout
+    train = [l["iter"] for l in metric_lines(job_dir) if l["phase"] == "train"]
+    assert train == list(range(1, resume_at + 5))  # no gap, no duplicate
+    assert peers_of(job_dir) == []
+
+
+def test_pycaffe_backend_refuses_several_devices(tmp_path):
+    from jobs import ranks
+
+    class RealPycaffe:  # what the runner sees under real Caffe: not the engine
+        __name__ = "caffe"
+
+    with pytest.raises(ranks.RanksError, match="one device"):
+        ranks.Ranks(0, 2).configure(RealPycaffe())
+
+
+def test_gpu_lists_are_checked():
+    from jobs import ranks
+    assert ranks.parse_gpus("0, 2") == [0, 2]
+    with pytest.raises(ranks.RanksError, match="twice"):
+        ranks.parse_gpus("1,1")
+    with pytest.raises(ranks.RanksError, match="'x'"):
+        ranks.parse_gpus("0,x")
+    place = ranks.from_environment([3, 5], env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert (place.rank, place.world, place.device, place.writes) == (1, 2, 5, False)
+    with pytest.raises(ranks.RanksError, match="do not fit"):
+        ranks.from_environment([3, 5], env={"RANK": "2", "WORLD_SIZE": "2"})
