@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from jobs import clinical
+from jobs import boundary, clinical
 from jobs.paths import atomic_write_json
 
 LV_CLASS = 1
@@ -135,6 +135,8 @@ def clinical_columns(info, meta, pred_full, label_full, spacing):
         return {"expert_contour_source": source, "clinical_error": "no PixelSpacing"}
     row = clinical.record_clinical(pred_full, expert, spacing, lv_class=LV_CLASS)
     row["expert_contour_source"] = source
+    # Outline agreement of the two masks within 2 px (jobs.boundary), beside the contour distances.
+    row["boundary_f"] = boundary.boundary_f_score(pred_full == LV_CLASS, label_full == LV_CLASS)[0]
     if (label_full == 2).any() or (meta.get("files") or {}).get("ocontour"):
         # Epicardium = cavity + myocardium (classes 1 and 2), for the myocardial mass at ED.
         epi_pred = clinical.mask_contour(pred_full >= 1)

@@ -102,6 +102,7 @@ def test_evaluation_adds_the_clinical_columns_and_patient_table(dataset, release
     for r in table["records"]:
         assert r["expert_contour_source"] == "file"
         assert r["apd_mm"] < 1.0 and r["good_contour"] and r["phase"] in ("ED", "ES")
+        assert r["boundary_f"] == 1.0  # the oracle's mask is the label
     phases = {row["phase"]: row for row in table["clinical"]["phase_summary"]}
     assert phases["ED"]["good_percent"] == 100.0 and phases["ES"]["count"] == 5 * len(val_cases)
     patients = {p["case"]: p for p in table["clinical"]["patients"]}
