@@ -175,3 +175,27 @@ def test_a_running_build_shows_the_builders_progress(site):
     assert listed[job["id"]]["progress"] == 0.75
     shown = backend.job(job["id"])
     assert shown["status"] == "Running" and shown["info"]["counts"] == {} and "building: sunnybrook" in shown["log"]
+
+
+def test_the_explorer_waits_for_an_evaluation_holding_the_same_lmdb(site):
+    """LMDB opens a database once per process: while the worker thread's evaluation has the val
+    LMDB open (under the service's lmdb_lock), the explorer waits instead of failing."""
+    from engine.lmdb_io import LmdbReader
+    backend, svc, dataset, _ = site
+    opened, release, answers = threading.Event(), threading.Event(), []
+
+    def evaluation():
+        with svc.lmdb_lock, LmdbReader(os.path.join(dataset["dir"], "val_db", "features")):
+            opened.set()
+            release.wait(10)
+    holder = threading.Thread(target=evaluation)
+    holder.start()
+    opened.wait(10)
+    reader = threading.Thread(target=lambda: answers.append(backend.dataset_record(dataset["id"], "val", 1)))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive() and not answers  # waiting for the lock, not failing on the LMDB
+    release.set()
+    reader.join(10)
+    holder.join(10)
+    assert answers and answers[0][0].shape == (1, 8, 8)

@@ -3,19 +3,16 @@
 Each method calls the one service method that answers it and shapes the answer for the
 templates (``web.backend`` documents the shapes). The service's errors map onto the web's:
 ``KeyError`` → NotFound, ``ValueError`` (``ServiceError``, ``DatasetError``, a bad job id) →
-BadRequest. Reading a dataset's LMDB records for the explorer is done here, under one lock.
+BadRequest.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
-from engine.datum import bytes_to_array
-from engine.lmdb_io import LmdbReader
 from jobs import networks
 from jobs.dataset import DatasetError, record_name
 from jobs.service import JobService
@@ -126,11 +123,6 @@ class ServiceBackend:
         self.service = service if service is not None else JobService(settings["JOBS_DIR"])
         if service is None and settings.get("START_WORKER", True):
             self.service.start_worker()
-        self._key_cache: dict[tuple, list[str]] = {}
-        # LMDB refuses to open a database that is already open in the same process, and the
-        # explorer's images are requested in parallel while the service (inference, evaluation)
-        # opens the same val database: every LMDB use from this process goes through this lock.
-        self._lmdb_lock = threading.RLock()
 
     # -- listing and lifecycle ----------------------------------------------------------------
     def _summary(self, job: dict) -> dict:
@@ -242,52 +234,23 @@ class ServiceBackend:
         return [job["id"] for job in jobs]
 
     # -- datasets (the records of the LMDBs the builder wrote) ------------------------------------
-    def _read(self, db_path: Path, fn):
-        """``fn(reader)`` on a freshly opened reader of ``db_path``, under the LMDB lock."""
-        with self._lmdb_lock, LmdbReader(str(db_path)) as reader:
-            return fn(reader)
-
-    def _keys(self, db_path: Path) -> list[str]:
-        key = (str(db_path), db_path.stat().st_mtime if db_path.exists() else 0)
-        if key not in self._key_cache:
-            self._key_cache[key] = self._read(db_path, lambda r: list(r.keys()))
-        return self._key_cache[key]
-
-    def _dataset(self, job_id) -> dict:
-        job = self._show(job_id)
-        if job["kind"] != "dataset":
-            raise NotFound(f"job {job_id} is not a dataset")
-        return job
-
     def dataset_records(self, job_id, stage, offset, limit):
-        job = self._dataset(job_id)
+        with _service_errors():
+            keys = self.service.dataset_keys(check_job_id(job_id), stage)
         info = self._dataset_info(job_id)
         names = info.record_names(stage) if info is not None else {}
-        db = Path(job["dir"]) / f"{stage}_db" / "features"
-        if not db.exists():
-            return {"total": 0, "records": []}
-        keys = self._keys(db)
         recs = [{"index": i, "key": k, "name": names.get(k)}
                 for i, k in enumerate(keys[offset:offset + limit], start=offset)]
         return {"total": len(keys), "records": recs}
 
     def dataset_record(self, job_id, stage, index):
-        job = self._dataset(job_id)
-        stage_dir = Path(job["dir"]) / f"{stage}_db"
-        keys = self._keys(stage_dir / "features") if (stage_dir / "features").exists() else []
-        if not 0 <= index < len(keys):
-            raise NotFound(f"no record {index} in the {stage} set")
-        arrays = {}
-        for part in ("features", "labels"):
-            path = stage_dir / part
-            if path.exists():
-                raw = self._read(path, lambda r: r.get(keys[index]))
-                arrays[part] = bytes_to_array(raw, f"{path} key {keys[index]}")[0]
-        label = arrays.get("labels")
-        if label is not None and label.ndim == 3:
-            label = label[0]
+        with _service_errors():
+            keys = self.service.dataset_keys(check_job_id(job_id), stage)
+            if not 0 <= index < len(keys):
+                raise NotFound(f"no record {index} in the {stage} set")
+            feature, label = self.service.dataset_record(job_id, stage, keys[index])
         info = self._dataset_info(job_id)
-        return arrays["features"], label, {"palette": info.palette if info is not None else None}
+        return feature, label, {"palette": info.palette if info is not None else None}
 
     def _dataset_shape(self, dataset_id):
         if not dataset_id:
@@ -328,12 +291,12 @@ class ServiceBackend:
             return _evaluation_view(self.service.evaluation(check_job_id(job_id)))
 
     def evaluate(self, job_id):
-        with self._lmdb_lock, _service_errors():
+        with _service_errors():
             return _evaluation_view(self.service.evaluate(check_job_id(job_id)))
 
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
         job = self._show(job_id)
-        with self._lmdb_lock, _service_errors():
+        with _service_errors():
             if record is not None:
                 raw = self.service.infer_record(job_id, record, snapshot=snapshot, visualize=visualize)
             else:
