@@ -1,8 +1,10 @@
-"""python_layers must run under Python 3.9 with numpy only (users drop it next to real pycaffe).
+"""python_layers must run under Python 3.9 with numpy only (users drop it next to real pycaffe),
+and so must the job worker of the pycaffe image (``python3 -m jobs.worker`` and what it imports).
 
 Two checks: vermin's static minimum-version analysis, and a real import + Dice forward under a
 Python 3.9 interpreter with a stub `caffe` module. The 3.9 venv is cached in the temp dir.
 """
+import ast
 import os
 import subprocess
 import sys
@@ -15,12 +17,39 @@ PY39 = "/root/.pyenv/versions/3.9.18/bin/python3.9"
 VENV_DIR = os.path.join(tempfile.gettempdir(), "caffeseg-py39-numpy-venv")
 
 
+def _worker_modules():
+    """The in-repo modules ``python3 -m jobs.worker`` imports (the pycaffe image runs it under
+    Python 3.9), followed statically from jobs/worker.py; the engine is not in that image (the
+    runner imports it only for the engine backend)."""
+    todo, seen = [os.path.join("jobs", "worker.py")], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + ["%s.%s" % (node.module, a.name) for a in node.names]
+            for name in names:
+                module = os.path.join(*name.split(".")) + ".py"
+                if name.split(".")[0] == "jobs" and os.path.isfile(os.path.join(ROOT, module)):
+                    todo.append(module)
+    return sorted(seen)
+
+
 def _vermin_targets():
-    targets = [os.path.join(ROOT, "python_layers")]
-    runner = os.path.join(ROOT, "jobs", "runner.py")
-    if os.path.exists(runner):
-        targets.append(runner)
-    return targets
+    return [os.path.join(ROOT, "python_layers")] + [os.path.join(ROOT, m) for m in _worker_modules()]
+
+
+def test_the_worker_closure_is_followed():
+    modules = _worker_modules()
+    assert {os.path.join("jobs", n) for n in ("worker.py", "scheduler.py", "runner.py", "store.py",
+                                                "resources.py")} <= set(modules), modules
 
 
 def test_vermin_reports_no_violations_for_3_9():
