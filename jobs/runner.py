@@ -166,6 +166,8 @@ def import_backend(name):
         except ImportError:
             if name == "pycaffe":
                 raise RunnerError("backend pycaffe asked for, but 'import caffe' fails on this Python")
+    # Run as a script (python jobs/runner.py): the folder holding jobs/ also holds engine/
+    # (jobs.resources.import_root(), which this file cannot import before this line).
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
