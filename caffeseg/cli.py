@@ -376,12 +376,17 @@ def cmd_worker(args):
 
 
 def cmd_serve(args):
-    import web
     root = data_root(args)
     sample_folder(args)
     os.makedirs(os.path.join(root, "jobs"), exist_ok=True)
-    app = web.create_app({"JOBS_DIR": os.path.join(root, "jobs"), "DATA_DIR": root})
-    app.run(host=args.host, port=args.port)
+    from web import server
+    config = {"JOBS_DIR": os.path.join(root, "jobs"), "DATA_DIR": root, "HOST": args.host, "PORT": args.port}
+    if args.trusted_hosts:
+        config["TRUSTED_HOSTS"] = args.trusted_hosts
+    try:  # waitress; Werkzeug's debugger only with --dev (never from FLASK_DEBUG)
+        server.serve(config, dev=args.dev)
+    except ValueError as exc:
+        raise CliError(str(exc))
 
 
 def cmd_surgery(args):
@@ -607,6 +612,12 @@ def build_parser():
     p = sub.add_parser("serve", parents=[common], help="the web interface")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--trusted-hosts", metavar="NAMES",
+                   help="comma-separated host names the server answers to (default: localhost, "
+                        "127.0.0.1, [::1] and --host; '*' = any; env CAFFESEG_TRUSTED_HOSTS)")
+    p.add_argument("--dev", action="store_true",
+                   help="developer mode: Werkzeug's server with its debugger (runs code typed in "
+                        "the browser; loopback only) instead of waitress")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("surgery", parents=[common], help="classifier weights → FCN weights; conv1 RGB ↔ gray",
                        description="alexnet-fcn / vgg16-fcn8s: ImageNet classifier → FCN starting weights; "

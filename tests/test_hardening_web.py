@@ -157,3 +157,22 @@ def test_server_options_bound_requests():
     assert options["host"] == "127.0.0.1"
     assert options["channel_timeout"] > 0 and options["max_request_header_size"] <= 1 << 20
     assert options["max_request_body_size"] >= 1 << 30
+
+
+def test_caffeseg_serve_runs_waitress_and_the_debugger_only_with_dev(tmp_path, monkeypatch):
+    """`caffeseg serve` (what `make serve` runs) goes through web.server.serve: waitress unless --dev."""
+    from caffeseg import cli
+    from web import server as server_module
+    calls = []
+    monkeypatch.setattr(server_module, "serve", lambda config, dev=False: calls.append((config, dev)))
+    monkeypatch.setattr(cli, "sample_folder", lambda args, cases=None: str(tmp_path / "sample"))
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    assert cli.main(["--data", str(tmp_path), "serve", "--port", "5999"]) in (0, None)
+    config, dev = calls[-1]
+    assert dev is False and config["HOST"] == "127.0.0.1" and config["PORT"] == 5999
+    cli.main(["--data", str(tmp_path), "serve", "--dev", "--trusted-hosts", "lab.example.org"])
+    assert calls[-1][1] is True and calls[-1][0]["TRUSTED_HOSTS"] == "lab.example.org"
+    # the real serve refuses the debugger on a non-loopback address (exit code, no traceback)
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "sample_folder", lambda args, cases=None: str(tmp_path / "sample"))
+    assert cli.main(["--data", str(tmp_path), "serve", "--dev", "--host", "0.0.0.0"]) == cli.EXIT_BAD_INPUT

@@ -53,7 +53,7 @@ def serve(config: dict, dev: bool = False) -> None:
         app.run(host=settings["HOST"], port=int(settings["PORT"]), debug=True, use_reloader=False)
         return
     server = build_server(settings)
-    allowed = server.application.config.get("CAFFESEG_TRUSTED_HOSTS")
+    allowed = server.flask_app.config.get("CAFFESEG_TRUSTED_HOSTS")
     print(f"caffeseg: serving on http://{settings['HOST']}:{server.effective_port}/ (waitress, "
           f"{THREADS} threads); answers to host names: {', '.join(allowed) if allowed else 'any'}",
           file=sys.stderr)
@@ -66,4 +66,5 @@ def build_server(settings: dict):
     import web
     app = web.create_app(settings)  # HOST goes in: the Host check trusts the bound name
     server = waitress.server.create_server(app, **server_options(settings))
+    server.flask_app = app  # waitress keeps only the WSGI callable
     return server
