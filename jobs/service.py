@@ -638,7 +638,9 @@ class JobService:
             image = inf.load_image(image_path)
         except inf.InferError as exc:
             raise ServiceError(str(exc))
-        return self._infer_one(job, snapshot, image, None, image_path, visualize)
+        result = self._infer_one(job, snapshot, image, None, image_path, visualize)
+        _add_dicom_area(result, image_path)
+        return result
 
     def _infer_one(self, job, snapshot, image, label, source, visualize):
         from jobs import infer as inf
@@ -713,3 +715,21 @@ class JobService:
             raise ServiceError("only model jobs are cloned directly; use clone_values for datasets")
         values.pop("standard_network", None)
         return self.create_model(values)
+
+
+def _add_dicom_area(result, path):
+    """An uploaded DICOM's predicted LV area in mm² (jobs.series_function) into its metrics, when
+    its header gives PixelSpacing and the prediction has the image's own size."""
+    from jobs import series_function as sf
+    from plugin.base import EntryError
+    from plugin.images import looks_like_dicom
+    from plugin.sunnybrook.dicom import read_header
+    if not (str(path).lower().endswith((".dcm", ".dicom")) or looks_like_dicom(path)):
+        return
+    try:
+        header = read_header(path)
+    except EntryError:
+        return
+    reading = sf.image_reading(result["class_map"], header)
+    if reading["lv_area_mm2"] is not None and tuple(result["image"].shape[-2:]) == tuple(result["class_map"].shape):
+        result["metrics"] = dict(result.get("metrics") or {}, lv_area_mm2=reading["lv_area_mm2"])

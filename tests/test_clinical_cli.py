@@ -64,3 +64,8 @@ def test_evaluate_report_and_clinical_exports(tmp_path, capsys):
     assert len(got["images"]) == 4 and all(r["lv_area_mm2"] is not None for r in got["images"])
     assert got["function"]["spacing_mm"] == pytest.approx(10.0)
     assert set(got["function"]["slices"].values()) == {2}
+    # one uploaded DICOM: its predicted LV area in mm² among the result's metrics, as the series reads it
+    first = sorted(os.listdir(os.path.join(root, "challenge_training", case)))[0]
+    one = svc.infer_image(job_id, os.path.join(root, "challenge_training", case, first))
+    by_name = {r["source"]: r for r in got["images"]}
+    assert one["metrics"]["lv_area_mm2"] == pytest.approx(by_name[first]["lv_area_mm2"])
