@@ -425,7 +425,7 @@ class DatasetInfo:
         ("SC-HF-I-1 / 0021", spaces and case ignored); DatasetError naming examples otherwise."""
         names = self.record_names(stage)
         wanted = str(key_or_name).strip()
-        if wanted in names:
+        if wanted in names or not names:  # without record metadata only keys exist (the LMDB checks them)
             return wanted
         squeeze = lambda text: "".join(text.split()).lower()  # noqa: E731
         matches = [key for key, name in names.items() if squeeze(name) == squeeze(wanted)]

@@ -48,6 +48,8 @@ def test_infer_takes_the_record_name_the_pages_show(tmp_path):
     assert info.record_key("val", "sc-hf-i-1/0048") == "00000001"
     with pytest.raises(DatasetError, match=r"no val record 'SC-HF-I-9 / 0001'.*SC-HF-I-1 / 0021 \(00000000\)"):
         info.record_key("val", "SC-HF-I-9 / 0001")
+    info.info = {"records": {}}  # a dataset without record metadata: keys pass to the LMDB as they are
+    assert info.record_key("val", "00000007") == "00000007"
 
 
 def test_lab_help_documents_every_option(capsys):
