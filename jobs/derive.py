@@ -332,7 +332,10 @@ def derive_solver(train_count, val_count, batch_size, val_batch_size, options):
         raise DeriveError("batch size must be at least 1")
     if train_count < 1:
         raise DeriveError("the dataset has no training records")
-    per_epoch = int(math.ceil(float(train_count) / (batch_size * s.iter_size)))
+    # A job on N GPUs reads N batches per iteration (one per rank, jobs/ranks.py): N times fewer
+    # iterations make an epoch.
+    from jobs.gpus import devices_of
+    per_epoch = int(math.ceil(float(train_count) / (batch_size * s.iter_size * devices_of(options))))
     s.max_iter = per_epoch * epochs
     s.snapshot = _interval(float(options.get("snapshot_interval", 1)), per_epoch, s.max_iter, 0)
     s.snapshot_prefix = "snapshot"

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from jobs import gpus as gpu_policy
 from jobs import real_caffe, resources, threads
 from jobs import runner as runner_mod
 from jobs import store as st
@@ -131,7 +132,7 @@ class Scheduler:
         self.python = python or sys.executable
         self.backend = backend
         self.cpu_slots = max(1, int(cpu_slots))
-        self.gpus = list(gpus)
+        self.gpus = gpu_policy.detect() if gpus == "auto" else list(gpus)  # "auto": NVML's list
         self._running = {}  # job id → thread
         self._building = {}  # dataset job id → thread
         self.dataset_slots = 1
@@ -143,7 +144,7 @@ class Scheduler:
         self._runnable = None
 
     # -- one training job -------------------------------------------------------------------
-    def runner_command(self, job, resume=False, gpu=None):
+    def runner_command(self, job, resume=False, gpu=None, gpus=None):
         wanted = job_backend(job)
         if wanted is None and self.build_dataset is None:
             wanted = "engine"  # a standalone worker runs unrecorded jobs as engine jobs (see takes)
@@ -153,16 +154,27 @@ class Scheduler:
         weights = (job.get("options") or {}).get("pretrained") or []
         if weights and not resume:
             cmd += ["--weights", ",".join(weights if isinstance(weights, list) else [weights])]
-        if gpu is not None:
+        if gpus and len(gpus) > 1:  # one job on several GPUs: one runner process each (jobs/ranks.py)
+            cmd += ["--gpus", ",".join(str(g) for g in gpus)]
+        elif gpus:
+            cmd += ["--gpu", str(gpus[0])]
+        elif gpu is not None:
             cmd += ["--gpu", str(gpu)]
         return cmd
 
     def train(self, job_id, resume=False, gpu=None, on_progress=None, poll=0.5, auto_evaluate=True,
-              claimed=False):
+              claimed=False, gpus=None):
         """Run the runner for ``job_id`` and wait; returns the final status.
         ``claimed``: the job was already moved to Running by ``step`` (worker path)."""
         self._local.auto_evaluate = auto_evaluate
         job = self.store.get(job_id)
+        if gpus is None and gpu is None and not claimed and self.gpus:
+            gpus = self.gpus_for(job)  # a foreground training picks its GPUs as the worker would
+            if gpus is None:
+                self.store.set_status(job_id, st.ERROR, "the GPUs this job asks for are busy or not here "
+                                      "(free: %s); queue it to wait for them" % (",".join(map(str, self.free_gpus())) or "none"))
+                return st.ERROR
+            self.store.update(job_id, options=dict(job["options"] or {}, assigned_gpus=gpus))
         if self.prepare is not None:
             try:
                 self.prepare(job)
@@ -184,7 +196,7 @@ class Scheduler:
             os.unlink(flag)
         env = dict(os.environ)
         env["PYTHONPATH"] = IMPORT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        command = self.runner_command(job, resume, gpu)
+        command = self.runner_command(job, resume, gpu, gpus)
         if command[command.index("--backend") + 1] == "pycaffe":
             # Real Caffe may need its own interpreter and path (the `make caffe` build).
             try:
@@ -262,6 +274,34 @@ class Scheduler:
                 return self.abort(job_id)
         return False
 
+    # -- GPUs (jobs/gpus.py) -----------------------------------------------------------------
+    def gpu_holders(self):
+        """{gpu: [(job id, shares)]} of the running model jobs of this host on this scheduler's GPUs."""
+        here = socket.gethostname()
+        holders = {g: [] for g in self.gpus}
+        for job in self.store.list("model"):
+            if job["status"] != st.RUNNING or job.get("host") not in (None, here):
+                continue
+            options = job.get("options") or {}
+            for g in options.get("assigned_gpus") or []:
+                if g in holders:
+                    holders[g].append((job["id"], bool(gpu_policy.request_from_options(options).share)))
+        return holders
+
+    def free_gpus(self):
+        """This scheduler's GPUs that no running job holds."""
+        return [g for g, on_it in sorted(self.gpu_holders().items()) if not on_it]
+
+    def gpus_for(self, job):
+        """The GPUs ``job`` would get now ([] = the CPU), or None while they are taken (or when the
+        request cannot be met by this scheduler, whose GPUs are not the ones it asks for)."""
+        try:
+            request = gpu_policy.request_from_options(job.get("options"))
+            holders = {g: [share for _, share in on_it] for g, on_it in self.gpu_holders().items()}
+            return gpu_policy.assign(request, self.gpus, holders)
+        except gpu_policy.GpuRequestError:
+            return None
+
     # -- the worker ----------------------------------------------------------------------
     def takes(self, job):
         """Whether this scheduler runs ``job``: a job for ``engine``/``pycaffe`` goes only to a
@@ -334,21 +374,24 @@ class Scheduler:
             for tid in [k for k, t in self._running.items() if not t.is_alive()]:
                 del self._running[tid]
             for job in self.ready_jobs():
-                if len(self._running) >= (len(self.gpus) or self.cpu_slots):
-                    break
-                busy = {t.gpu for t in self._running.values()}
-                gpu = next((g for g in self.gpus if g not in busy), None)
+                gpus = self.gpus_for(job)
+                if gpus is None:
+                    continue  # its GPUs are taken: it waits
+                if not gpus and sum(1 for t in self._running.values() if not getattr(t, "gpus", None)) >= self.cpu_slots:
+                    continue
                 resume = bool((job.get("options") or {}).get("_resume"))
+                options = dict(job["options"] or {})
+                options.pop("_resume", None)
+                options["assigned_gpus"] = gpus  # what the holders of each GPU are read from
                 if not self.store.claim(job["id"], st.WAITING, st.RUNNING,
-                                        "started by worker %d%s" % (os.getpid(), " (resume)" if resume else "")):
+                                        "started by worker %d%s%s" % (os.getpid(), " (resume)" if resume else "",
+                                                                      " on GPU %s" % ",".join(map(str, gpus)) if gpus else ""),
+                                        options=options):
                     continue  # another worker took it
-                if resume:
-                    options = dict(job["options"])
-                    options.pop("_resume", None)
-                    self.store.update(job["id"], options=options)
-                t = threading.Thread(target=self.train, args=(job["id"], resume, gpu),
-                                     kwargs={"claimed": True}, daemon=True)
-                t.gpu = gpu
+                t = threading.Thread(target=self.train, args=(job["id"], resume, None),
+                                     kwargs={"claimed": True, "gpus": gpus}, daemon=True)
+                t.gpu = gpus[0] if gpus else None
+                t.gpus = gpus
                 self._running[job["id"]] = t
                 t.start()
                 started.append(job["id"])

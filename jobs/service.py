@@ -49,6 +49,8 @@ import threading
 import time
 
 from jobs import derive
+from jobs import gpus as gpu_policy
+from jobs import hardware
 from jobs import store as st
 from jobs.model_job import ModelJobError, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
@@ -390,6 +392,11 @@ class JobService:
             options["pretrained"] = (weights if isinstance(weights, list) else [weights]) + [snap]
         if options.get("previous_job_id"):
             options["previous_job_dir"] = self.store.get(check_job_id(options["previous_job_id"]))["dir"]
+        try:  # GPUs (jobs/gpus.py): what this machine can never give is refused now, naming the field
+            gpu_policy.check_request(gpu_policy.request_from_options(options), self.scheduler.gpus,
+                                     options.get("backend"))
+        except gpu_policy.GpuRequestError as exc:
+            raise ServiceError(str(exc), {exc.field: str(exc)})
         lrs = derive.sweep(options.get("base_lr", 0.01))
         batches = derive.sweep(options.get("batch_size") or [None])
         name = options.get("name") or "model"
@@ -429,6 +436,24 @@ class JobService:
             raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
         return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress,
                                     auto_evaluate=evaluate)
+
+    def gpu_summary(self):
+        """This service's GPUs: {"total", "free" [indices], "jobs" {gpu: [running job ids]}}."""
+        holders = self.scheduler.gpu_holders()
+        return {"total": len(self.scheduler.gpus), "free": self.scheduler.free_gpus(),
+                "jobs": {g: [job_id for job_id, _ in on_it] for g, on_it in sorted(holders.items())}}
+
+    def hardware(self, job_id):
+        """The model page's hardware panel: {"device" ("CPU" or "GPU 0,1"), "gpus" (NVML rows),
+        "process" (the runner and its ranks, None when not running), "system"}."""
+        job = self.store.get(check_job_id(job_id))
+        assigned = (job.get("options") or {}).get("assigned_gpus") or []
+        import socket
+        running = (job["status"] == st.RUNNING and job.get("host") in (None, socket.gethostname())
+                   and pid_alive(job.get("pid")))
+        return {"device": "GPU " + ",".join(map(str, assigned)) if assigned else "CPU",
+                "gpus": hardware.gpu_usage(assigned), "system": hardware.system_usage(),
+                "process": hardware.process_usage(job["pid"]) if running else None}
 
     def _derive_pending(self, job):
         """Derive the files of a model created while its dataset was building (now Done)."""
