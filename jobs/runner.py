@@ -347,8 +347,16 @@ class Runner:
                                           or (last and self.test_every)):
                     val = self.validate(solver)
                     if val is not None:
-                        self.record(out, it, "val", val)
+                        self.record(out, it, "val", val)  # kept: NaN is a gap in the chart
                         self.log("iteration %d val %s" % (it, val))
+                        bad = [k for k, v in val.items() if not math.isfinite(v)]
+                        if bad:
+                            msg = ("validation %s is %s at iteration %d although training is finite: "
+                                   "the network diverges on the validation set; try a lower learning "
+                                   "rate (or check the validation records)" % (bad[0], val[bad[0]], it))
+                            self.status("error", it, msg)
+                            self.log(msg)
+                            return EXIT_NAN
                 marked = False
                 if self.ranks.writes and ((self.snapshot_every and it % self.snapshot_every == 0) or last):
                     self.snapshot(solver)
@@ -389,7 +397,9 @@ def main(argv=None):
         code = runner.run(resume=args.resume, weights=weights, gpu=args.gpu)
         place.finish()
         return code
-    except (RunnerError, ranks_mod.RanksError, OSError) as exc:
+    except OSError as exc:
+        message = os_error_message(exc)
+    except (RunnerError, ranks_mod.RanksError) as exc:
         message = str(exc)
     except Exception as exc:  # the backend's own errors: report them, in one line, in the status
         message = "%s: %s" % (type(exc).__name__, exc)
@@ -399,9 +409,27 @@ def main(argv=None):
     if not place.writes:
         return EXIT_ERROR
     if runner is not None or os.path.isdir(args.job_dir):
-        write_json_atomic(os.path.join(os.path.abspath(args.job_dir), STATUS),
-                          {"state": "error", "message": message, "time": time.time()})
+        try:
+            write_json_atomic(os.path.join(os.path.abspath(args.job_dir), STATUS),
+                              {"state": "error", "message": message, "time": time.time()})
+        except OSError as exc:  # the same unwritable folder: the "error:" line above is the record
+            print("note: %s could not be written either (%s)" % (STATUS, os_error_message(exc)),
+                  file=sys.stderr, flush=True)
     return EXIT_ERROR
+
+
+def os_error_message(exc):
+    """"cannot write snapshot_iter_4.caffemodel: permission denied" rather than an errno dump."""
+    import errno
+    name = os.path.basename(exc.filename) if getattr(exc, "filename", None) else None
+    reason = (exc.strerror or str(exc)).lower() if exc.strerror else str(exc)
+    writing = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                            getattr(errno, "EDQUOT", -1))
+    if name is None:
+        return reason
+    if writing:
+        return "cannot write %s: %s (the job folder must stay writable while the job trains)" % (name, reason)
+    return "%s: %s" % (name, reason)
 
 
 if __name__ == "__main__":

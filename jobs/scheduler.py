@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,6 +27,9 @@ RUNNER_PATH = os.path.abspath(runner_mod.__file__)
 IMPORT_ROOT = resources.import_root()  # on the runner's PYTHONPATH: it imports engine/ from there
 ABORT_FLAG = runner_mod.ABORT_FLAG  # the runner stops at its next iteration when it appears
 ABORT_GRACE_SECONDS = 10.0  # a runner still busy in one long iteration after this is killed
+# A locked job database (another process holding a write lock) is waited out, never fatal to a
+# supervision: retries back off from the first delay, doubling, up to the longest one.
+STORE_RETRY_FIRST_S, STORE_RETRY_LONGEST_S = 0.5, 10.0
 
 
 def ingest_metrics(store, job):
@@ -57,6 +61,52 @@ def ingest_metrics(store, job):
     store.update(job["id"], metrics_offset=offset + end)
     job["metrics_offset"] = offset + end
     return len(rows)
+
+
+def patiently(fn, *args, what="the job database", log=None, **kwargs):
+    """``fn(*args, **kwargs)``, retried with backoff while the store is locked or busy.
+
+    Used where giving up would leave a job wrong (a supervised training's status, its metrics):
+    the runner keeps training meanwhile, and the outcome is recorded once the lock is gone."""
+    delay, said = STORE_RETRY_FIRST_S, False
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if log is not None and not said:
+                log("%s is busy (%s); retrying" % (what, exc))
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_LONGEST_S)
+
+
+def _append_log(job_dir, line):
+    try:
+        with open(os.path.join(job_dir, "log.txt"), "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+    except OSError:
+        pass  # an unwritable job folder: the status message still says what happened
+
+
+def runner_error_from_log(job_dir, tail_bytes=65536):
+    """The runner's last ``error: ...`` line in log.txt (its stderr), without the prefix, or None.
+
+    When the job folder became unwritable, runner_status.json still holds an older state; the
+    runner's stderr goes to log.txt through a file the scheduler opened before, so the reason is
+    there."""
+    try:
+        with open(os.path.join(job_dir, "log.txt"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):].strip() or None
+    return None
 
 
 def read_runner_status(job_dir):
@@ -210,16 +260,28 @@ class Scheduler:
         with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
             proc = subprocess.Popen(command, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=job["dir"])
-        self.store.update(job_id, pid=proc.pid)
+        log = lambda line: _append_log(job["dir"], "scheduler: " + line)  # noqa: E731
+        patiently(self.store.update, job_id, pid=proc.pid, log=log)
         if not claimed:
-            self.store.set_status(job_id, st.RUNNING, "resumed" if resume else None)
+            patiently(self.store.set_status, job_id, st.RUNNING, "resumed" if resume else None, log=log)
         while proc.poll() is None:
             time.sleep(poll)
-            ingest_metrics(self.store, job)
+            self._ingest_quietly(job, log)
             if on_progress:
                 on_progress(read_runner_status(job["dir"]))
-        ingest_metrics(self.store, job)
-        return self._finish(job, proc.returncode)
+        patiently(ingest_metrics, self.store, job, log=log)
+        return patiently(self._finish, job, proc.returncode, log=log)
+
+    def _ingest_quietly(self, job, log):
+        """Ingest new metric lines; a locked store only delays them to the next poll."""
+        try:
+            ingest_metrics(self.store, job)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if not getattr(self._local, "said_busy", False):
+                log("the job database is busy (%s); metrics are ingested when it is free" % exc)
+                self._local.said_busy = True
 
     def _finish(self, job, code):
         info = read_runner_status(job["dir"])
@@ -231,7 +293,9 @@ class Scheduler:
         elif code in (runner_mod.EXIT_ABORTED, -signal.SIGTERM):
             status, msg = st.ABORTED, "aborted"
         elif code in (runner_mod.EXIT_NAN, runner_mod.EXIT_ERROR):
-            status, msg = st.ERROR, info.get("message") or "the runner failed (see log.txt)"
+            stale = info.get("state") != "error"  # the folder became unwritable: see log.txt
+            msg = (runner_error_from_log(job["dir"]) if stale else None) or info.get("message")
+            status, msg = st.ERROR, msg or "the runner failed (see log.txt)"
         else:  # killed by a signal, power loss...: can be resumed from the last solverstate
             status, msg = st.INTERRUPTED, "runner stopped (exit %s)" % code
         self.store.update(job["id"], pid=None)
@@ -397,11 +461,78 @@ class Scheduler:
                 started.append(job["id"])
         return started
 
+    # -- after a restart: runners nobody watches ----------------------------------------------
+    def recover(self, adopt=True):
+        """Settle the Running jobs of this host whose supervisor is gone (a restarted server/worker).
+
+        A model job whose runner still runs (same pid *and* start time: not a reused pid) is
+        adopted when ``adopt``: a thread ingests its metrics and records its outcome when it ends.
+        A runner that ended while nobody watched is judged by its runner_status.json: done →
+        Done (and evaluated), error → Error with its message, aborted → Aborted; one that stopped
+        mid-way → Interrupted (resumable). A dataset job whose building process is gone →
+        Interrupted. Only pids recorded on this host (or with no host) are judged: a worker in
+        another container sharing the database is left alone. Returns {job id: what was done}."""
+        here = socket.gethostname()
+        done = {}
+        for job in patiently(self.store.list):
+            if job["status"] != st.RUNNING or job.get("host") not in (None, here):
+                continue
+            alive = st.same_process(job.get("pid"), job.get("pid_started"))
+            if job["kind"] != "model":
+                if not alive:
+                    if self.store.claim(job["id"], st.RUNNING, st.INTERRUPTED, "the process running this job stopped"):
+                        done[job["id"]] = st.INTERRUPTED
+                continue
+            if alive:
+                if adopt and job["id"] not in self._running:
+                    t = threading.Thread(target=self._watch, args=(job["id"],), daemon=True,
+                                         name="adopted-%s" % job["id"])
+                    t.gpu = None
+                    self._running[job["id"]] = t
+                    t.start()
+                    done[job["id"]] = "adopted"
+                continue
+            done[job["id"]] = self._settle(job)
+        return done
+
+    def _watch(self, job_id, poll=0.5):
+        """Supervise a runner this process did not start (no exit code: its status file tells)."""
+        job = patiently(self.store.get, job_id)
+        log = lambda line: _append_log(job["dir"], "scheduler: " + line)  # noqa: E731
+        log("adopted runner pid %s after a restart" % job["pid"])
+        while st.same_process(job.get("pid"), job.get("pid_started")):
+            time.sleep(poll)
+            self._ingest_quietly(job, log)
+        patiently(ingest_metrics, self.store, job, log=log)
+        return patiently(self._settle, job, log=log)
+
+    def _settle(self, job):
+        """Record the outcome of a runner that ended unwatched, from its runner_status.json."""
+        info = read_runner_status(job["dir"])
+        state = info.get("state")
+        if state == "done" and int(info.get("iter") or 0) >= int(info.get("max_iter") or 0):
+            status, msg = st.DONE, "finished while no scheduler watched it"
+        elif state == "error":
+            status, msg = st.ERROR, info.get("message") or runner_error_from_log(job["dir"]) or "the runner failed"
+        elif state == "aborted":
+            status, msg = st.ABORTED, "aborted"
+        else:
+            status, msg = st.INTERRUPTED, "the runner stopped at iteration %s (no exit status: killed?)" % info.get("iter")
+        ingest_metrics(self.store, job)
+        # Compare-and-set: two processes recovering at once settle (and evaluate) it once.
+        if not self.store.claim(job["id"], st.RUNNING, status, msg, pid=None):
+            return None
+        if status == st.DONE and self.on_done is not None:
+            self.on_done(job["id"])
+        return status
+
     def loop(self, stop_event=None, poll=1.0):
-        # Only pids recorded on this host are judged: a worker in another container (sharing the
-        # database) must not mark the app's live trainings Interrupted, nor the app the worker's.
-        self.store.mark_running_interrupted(pid_alive, host=socket.gethostname())
+        self.recover(adopt=True)
         stop_event = stop_event or threading.Event()
         while not stop_event.is_set():
-            self.step()
+            try:
+                self.step()
+            except sqlite3.OperationalError as exc:  # a locked store: the next step tries again
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
             stop_event.wait(poll)

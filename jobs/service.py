@@ -149,8 +149,10 @@ class JobService:
         # a record; the web's dataset explorer) takes this lock.
         self.lmdb_lock = threading.RLock()
         self._key_cache = {}
-        # Jobs whose runner vanished (server restart, kill, power loss) can be resumed.
-        self.store.mark_running_interrupted(pid_alive)
+        # Running jobs nobody supervises (server restart, kill, power loss): a runner that ended
+        # meanwhile gets its real outcome (Done is evaluated), one that stopped mid-way becomes
+        # Interrupted (resumable); live runners are left to the worker, which adopts them.
+        self.scheduler.recover(adopt=False)
 
     # -- queries ---------------------------------------------------------------------------
     def list_jobs(self, kind=None):

@@ -7,7 +7,14 @@ replaces the value instead of duplicating it, and "metrics since iteration N" is
 
 Statuses follow DIGITS: Initialized, Waiting, Running, Done, Error, Aborted, plus Interrupted
 (a job that was Running when its process vanished; it can be resumed).
+
+A pid is stored with the host that recorded it and the process's start time (``pid_started``,
+from /proc on Linux), so a later process can tell the same runner from another process that
+got the same pid. A database locked by another process for longer than ``busy_timeout``
+raises ``StoreBusy`` (an ``sqlite3.OperationalError``) naming the file; callers that must not
+give up (the scheduler supervising a training) retry it with backoff.
 """
+import functools
 import json
 import os
 import socket
@@ -61,27 +68,90 @@ class StoreError(ValueError):
     pass
 
 
+class StoreBusy(sqlite3.OperationalError):
+    """The database stayed locked by another process for the whole busy timeout."""
+
+
+def _busy_is_explained(method):
+    """sqlite's bare "database is locked" → StoreBusy naming the file and what to do."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreBusy:
+            raise
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise StoreBusy("the job database %s is locked by another process (waited %g s): %s; "
+                            "try again in a moment" % (self.path, self.busy_timeout, exc)) from None
+    return call
+
+
+def _proc_stat(pid):
+    """Fields of /proc/PID/stat after the command name (field 3, the state, first), or None."""
+    try:
+        with open("/proc/%d/stat" % int(pid)) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_start_time(pid):
+    """Epoch seconds at which process ``pid`` started (Linux /proc), or None if unknown."""
+    try:
+        fields = _proc_stat(pid)
+        ticks = int(fields[19])  # field 22 of stat(5), counted after the ")" of the name
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration, TypeError):
+        return None
+
+
+def same_process(pid, started):
+    """Whether ``pid`` is alive and (when both start times are known) is the process that
+    started at ``started``: not another one that was given the same pid later."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        pass  # alive, owned by another user
+    except (OSError, ValueError):
+        return False
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # exited, not yet reaped by its parent: it runs no more
+    now = process_start_time(pid)
+    return started is None or now is None or abs(now - float(started)) < 2.0
+
+
 class JobStore:
     """Thread-safe access to the jobs database (one connection per thread)."""
 
-    def __init__(self, root):
+    def __init__(self, root, busy_timeout=None):
         self.root = os.path.abspath(root)
+        # Seconds a statement waits for another process's lock before StoreBusy.
+        self.busy_timeout = float(busy_timeout if busy_timeout is not None
+                                  else os.environ.get("CAFFESEG_DB_BUSY_TIMEOUT", 30))
         os.makedirs(self.root, exist_ok=True)
         self.path = os.path.join(self.root, DB_NAME)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         columns = {r["name"] for r in self._db().execute("PRAGMA table_info(jobs)")}
-        if "host" not in columns:  # databases made before hosts were recorded
-            try:
-                self._db().execute("ALTER TABLE jobs ADD COLUMN host TEXT")
-            except sqlite3.OperationalError:  # another process added it first
-                pass
+        for column, kind in (("host", "TEXT"), ("pid_started", "REAL")):
+            if column not in columns:  # databases made before hosts / start times were recorded
+                try:
+                    self._db().execute("ALTER TABLE jobs ADD COLUMN %s %s" % (column, kind))
+                except sqlite3.OperationalError:  # another process added it first
+                    pass
 
     # -- connection ---------------------------------------------------------------------
     def _db(self):
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -114,6 +184,7 @@ class JobStore:
             self._local.db = None
 
     # -- jobs ---------------------------------------------------------------------------
+    @_busy_is_explained
     def add_job(self, job_id, kind, name, job_dir, dataset_id=None, group_name=None, notes=None,
                 options=None, status=INITIALIZED):
         check_job_id(job_id)
@@ -126,12 +197,14 @@ class JobStore:
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, None))
         return self.get(job_id)
 
+    @_busy_is_explained
     def get(self, job_id):
         row = self._db().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             raise KeyError("no job %s" % job_id)
         return self._job(row)
 
+    @_busy_is_explained
     def list(self, kind=None):
         if kind:
             rows = self._db().execute("SELECT * FROM jobs WHERE kind=? ORDER BY created_at DESC", (kind,))
@@ -139,6 +212,7 @@ class JobStore:
             rows = self._db().execute("SELECT * FROM jobs ORDER BY created_at DESC")
         return [self._job(r) for r in rows.fetchall()]
 
+    @_busy_is_explained
     def jobs_using_dataset(self, dataset_id):
         rows = self._db().execute("SELECT * FROM jobs WHERE dataset_id=?", (dataset_id,)).fetchall()
         return [self._job(r) for r in rows]
@@ -148,14 +222,18 @@ class JobStore:
         job["options"] = json.loads(job["options"] or "{}")
         return job
 
+    @_busy_is_explained
     def update(self, job_id, **fields):
-        allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir", "host"}
+        allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir", "host",
+                   "pid_started"}
         bad = set(fields) - allowed
         if bad:
             raise StoreError("cannot update job fields %s" % sorted(bad))
         if "pid" in fields and "host" not in fields:
             # A pid means something only on the machine (container) that recorded it.
             fields["host"] = socket.gethostname() if fields["pid"] else None
+        if "pid" in fields and "pid_started" not in fields:
+            fields["pid_started"] = process_start_time(fields["pid"]) if fields["pid"] else None
         if "options" in fields:
             fields["options"] = json.dumps(fields["options"], sort_keys=True)
         sets = ", ".join("%s=?" % k for k in fields)
@@ -165,6 +243,7 @@ class JobStore:
             if cur.rowcount == 0:
                 raise KeyError("no job %s" % job_id)
 
+    @_busy_is_explained
     def set_status(self, job_id, status, message=None):
         now = time.time()
         with self._tx() as db:
@@ -174,6 +253,7 @@ class JobStore:
                 raise KeyError("no job %s" % job_id)
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, message))
 
+    @_busy_is_explained
     def claim(self, job_id, from_status, to_status, message=None, **fields):
         """Atomically move a job from ``from_status`` to ``to_status``; False if another process
         got there first (two workers never start the same queued job). ``fields`` (as ``update``,
@@ -190,17 +270,20 @@ class JobStore:
                 self.update(job_id, **fields)
         return True
 
+    @_busy_is_explained
     def history(self, job_id):
         rows = self._db().execute("SELECT status, time, message FROM status_history WHERE job_id=?"
                                   " ORDER BY time, rowid", (job_id,)).fetchall()
         return [dict(r) for r in rows]
 
+    @_busy_is_explained
     def delete(self, job_id):
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
             db.execute("DELETE FROM status_history WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM metrics WHERE job_id=?", (job_id,))
 
+    @_busy_is_explained
     def mark_running_interrupted(self, alive=lambda pid: False, host=""):
         """On start: jobs left Running by a vanished process become Interrupted (resumable).
 
@@ -219,16 +302,19 @@ class JobStore:
         return ids
 
     # -- metrics ------------------------------------------------------------------------
+    @_busy_is_explained
     def add_metrics(self, job_id, rows):
         """rows: iterable of (iteration, phase, name, value). Same key → value replaced."""
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
                            [(job_id, int(i), p, n, None if v is None else float(v)) for i, p, n, v in rows])
 
+    @_busy_is_explained
     def drop_metrics_after(self, job_id, iteration):
         with self._tx() as db:
             db.execute("DELETE FROM metrics WHERE job_id=? AND iteration>?", (job_id, int(iteration)))
 
+    @_busy_is_explained
     def metrics_since(self, job_id, since=0):
         """[(iteration, phase, name, value)] with iteration >= since, ordered by iteration."""
         rows = self._db().execute("SELECT iteration, phase, name, value FROM metrics WHERE job_id=? AND"

@@ -79,6 +79,8 @@ FAKE_CAFFE = textwrap.dedent('''
             _call("share_with")
         def forward(self):
             _call("test_forward")
+            if os.environ.get("FAKE_VAL_NAN"):  # validation diverges, training does not
+                self.blobs["loss"] = Blob([float("nan")], ())
 
     class Solver(object):
         def __init__(self, path):

@@ -8,6 +8,7 @@ through ``web.service_backend.ServiceBackend``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -53,6 +54,14 @@ def _register_errors(app: Flask) -> None:
     def bad_request(exc):
         extra = {k: getattr(exc, k) for k in ("line", "column") if getattr(exc, k, None) is not None}
         return _error(400, str(exc), fields=exc.field_errors, **extra)
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def store_busy(exc):
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return unexpected(exc)
+        log.warning("job database busy on %s: %s", request.path, exc)
+        return _error(503, "The job database is busy: another process holds its lock. Nothing was "
+                           "lost; reload this page in a moment.", detail=str(exc))
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
