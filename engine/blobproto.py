@@ -100,7 +100,8 @@ def array_to_blobproto(arr, diff=None):
     """A BlobProto holding ``shape`` and float32 ``data`` (and ``diff`` if given)."""
     arr = np.asarray(arr)
     bp = caffe_pb2.BlobProto()
-    bp.shape.dim.extend(int(d) for d in arr.shape)
+    if arr.ndim:  # Caffe's ToProto leaves a 0-axis blob (PReLU channel_shared) without any shape
+        bp.shape.dim.extend(int(d) for d in arr.shape)
     payload = b""
     if arr.size:
         payload += _packed_floats(5, arr.ravel())

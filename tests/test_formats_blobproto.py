@@ -117,3 +117,12 @@ def test_bad_binaryproto(tmp_path):
         read_binaryproto(str(path))
     with pytest.raises(BlobShapeError, match="cannot read"):
         read_binaryproto(str(tmp_path / "missing.binaryproto"))
+
+
+def test_a_0_axis_blob_is_written_without_shape_as_caffe_does():
+    # Caffe's Blob::ToProto clears the shape and adds no dim for a 0-axis blob (PReLU channel_shared)
+    import numpy as np
+    from engine.blobproto import array_to_blobproto, blobproto_to_array, stored_shape
+    bp = array_to_blobproto(np.float32(0.25))
+    assert not bp.HasField("shape") and list(bp.data) == [0.25]
+    assert stored_shape(bp) == () and blobproto_to_array(bp).shape == ()
