@@ -367,6 +367,8 @@ class _VersionAction(argparse.Action):
 
 
 def cmd_worker(args):
+    from jobs import threads
+    threads.apply_to_this_process("dataset")  # it builds datasets in its own threads; runners get theirs
     svc = service(args)
     print("worker on %s (Ctrl-C to stop)" % svc.root, file=sys.stderr)
     try:
@@ -376,6 +378,10 @@ def cmd_worker(args):
 
 
 def cmd_serve(args):
+    # This process answers the inference requests itself: its thread count and OpenMP wait
+    # policy (jobs.threads) are set before anything loads torch, so a training keeps its cores.
+    from jobs import threads
+    threads.apply_to_this_process("inference")
     root = data_root(args)
     sample_folder(args)
     os.makedirs(os.path.join(root, "jobs"), exist_ok=True)

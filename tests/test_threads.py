@@ -3,6 +3,7 @@ passive OpenMP wait, the operator's override, and that a runner the scheduler st
 in its environment."""
 import os
 import stat
+import textwrap
 import subprocess
 import sys
 
@@ -125,3 +126,24 @@ def test_a_runner_starts_with_the_training_plan_in_its_environment(tmp_path, mon
 def test_a_gpu_scheduler_splits_the_cores_per_gpu_slot(tmp_path, monkeypatch):
     env = _runner_env(tmp_path, monkeypatch, gpus=[0, 1])
     assert env["OMP_NUM_THREADS"] == "6"  # (16 - 4) // 2 trainings at once
+
+
+def test_caffeseg_serve_sets_the_inference_plan_before_torch_loads(tmp_path):
+    # A fresh process, as `caffeseg serve` runs: the fake server reports what the app would compute with.
+    code = textwrap.dedent("""
+        import os, sys
+        from caffeseg import cli
+        from web import server
+        cli.sample_folder = lambda args, cases=None: None
+        def serve(config, dev=False):
+            import torch
+            print(os.environ["OMP_WAIT_POLICY"], os.environ["OMP_NUM_THREADS"], torch.get_num_threads())
+        server.serve = serve
+        sys.exit(cli.main(["--data", sys.argv[1], "serve"]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_VARIABLES + ("CAFFESEG_THREADS",)}
+    wanted = str(threads.plan("inference", env={}).threads)  # fewer than torch's default (the cores) from 2 cores up
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["PASSIVE", wanted, wanted]
