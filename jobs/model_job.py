@@ -40,6 +40,13 @@ def network_text(options, root=None):
     raise ModelJobError("choose a network: a standard network, a previous model or custom text", "network")
 
 
+def data_roots():
+    """Folders beside the job and its dataset that a network may name files in: the web's
+    DATA_ROOTS setting, shared through the environment (``CAFFESEG_DATA_ROOTS``, ':'-separated)."""
+    raw = os.environ.get("CAFFESEG_DATA_ROOTS", "")
+    return [os.path.abspath(os.path.expanduser(p)) for p in raw.split(os.pathsep) if p]
+
+
 def write_model_job(job_dir, dataset_dir, options):
     """Derive and write all files of a model job; returns the SolverParameter."""
     text, source = network_text(options)
@@ -59,6 +66,10 @@ def write_model_job(job_dir, dataset_dir, options):
                                       val_batch or 0, options)
     except derive.DeriveError as exc:
         raise ModelJobError(str(exc))
+    try:
+        netcheck.check_file_paths(train_val, os.path.abspath(job_dir), [os.path.abspath(dataset_dir)] + data_roots())
+    except netcheck.NetworkPathError as exc:
+        raise ModelJobError(str(exc), "network")
     try:
         param_shapes = netcheck.deploy_param_shapes(deploy)
     except netcheck.NetworkCheckError as exc:

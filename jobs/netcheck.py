@@ -50,3 +50,88 @@ def param_mismatch(layer, stored_blobs, expected_shapes, path):
                     "starts from its filler)" % (layer, what, _shape_text(expected), path,
                                                  _shape_text(stored_shape(blob))))
     return None
+
+
+# -- files a network reads or writes -------------------------------------------------------------
+
+# (parameter message, field) of every file path a layer's parameters may name; a list file
+# (the ``source`` of ImageData/HDF5Data) names further files, one per line.
+PATH_FIELDS = (
+    ("transform_param", "mean_file"),
+    ("data_param", "source"),
+    ("image_data_param", "source"), ("image_data_param", "root_folder"), ("image_data_param", "mean_file"),
+    ("window_data_param", "source"), ("window_data_param", "root_folder"), ("window_data_param", "mean_file"),
+    ("hdf5_data_param", "source"),
+    ("hdf5_output_param", "file_name"),
+)
+LIST_FILES = {("image_data_param", "source"), ("hdf5_data_param", "source")}
+MAX_LIST_LINES = 100000  # a list file longer than this is refused rather than read
+
+
+class NetworkPathError(ValueError):
+    """A network names a file outside the job folder and the data roots."""
+
+
+def _inside(path, roots):
+    import os
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r) for r in roots)
+
+
+def check_file_paths(net, job_dir, roots):
+    """Refuse a network that would read or write a file outside ``job_dir`` and ``roots``.
+
+    Relative paths resolve against the job folder (the runner's working directory, as Caffe
+    resolves them against its own); symlinks are followed. Whether a file exists is never said,
+    so the message cannot be used to probe the server's disk. Entries of ImageData / HDF5Data
+    list files inside the roots are checked the same way. Raises NetworkPathError naming the
+    layer and field."""
+    import os
+    allowed = [job_dir] + [r for r in roots if r]
+
+    def where(p):
+        return p if os.path.isabs(p) else os.path.join(job_dir, p)
+
+    def refuse(layer, field, value, detail=""):
+        raise NetworkPathError(
+            "layer '%s' %s: %r%s is outside the job folder and the data folders (%s); a network "
+            "may only name files of its job or its dataset (the dataset supplies the LMDBs and "
+            "the mean: choose mean 'image' or 'pixel')"
+            % (layer.name, field, value, detail, ", ".join(allowed)))
+
+    for layer in net.layer:
+        for message, field in PATH_FIELDS:
+            if not layer.HasField(message):
+                continue
+            params = getattr(layer, message)
+            if field not in params.DESCRIPTOR.fields_by_name or not params.HasField(field):
+                continue
+            value = getattr(params, field)
+            if not value:
+                continue
+            name = "%s.%s" % (message, field)
+            if not _inside(where(value), allowed):
+                refuse(layer, name, value)
+            if (message, field) in LIST_FILES and os.path.isfile(where(value)):
+                root = params.root_folder if message == "image_data_param" else ""
+                for n, entry in enumerate(_list_entries(where(value), message), 1):
+                    if n > MAX_LIST_LINES:
+                        raise NetworkPathError("layer '%s' %s: %r lists more than %d files"
+                                               % (layer.name, name, value, MAX_LIST_LINES))
+                    if not _inside(where(root + entry), allowed):
+                        refuse(layer, name, value, " lists %r, which" % (root + entry))
+
+
+def _list_entries(path, message):
+    """The file names a list file gives: ImageData lines are 'path label' (the path may hold
+    spaces), HDF5Data lines are one path each."""
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if message == "image_data_param":
+                head, _, tail = line.rpartition(" ")
+                yield head if head and tail.lstrip("-").isdigit() else line
+            else:
+                yield line
