@@ -319,15 +319,17 @@ class SegmentationMetrics(caffe.Layer):
     def reshape(self, bottom, top):
         n, c, h, w = check_score_and_label(bottom, "SegmentationMetrics")
         self.num_classes = c
-        for index, blob in enumerate(top):
-            blob.reshape(c if index >= 4 else 1)
+        # Indexed, not iterated: real pycaffe's blob vectors support len() and [i] only
+        # (iterating raises "No to_python (by-value) converter found for caffe::Blob<float>*").
+        for index in range(len(top)):
+            top[index].reshape(c if index >= 4 else 1)
 
     def forward(self, bottom, top):
         values = segmentation_metrics(channel_argmax(bottom[0].data),
                                       labels_of(bottom[1].data, "SegmentationMetrics"),
                                       self.num_classes, int(self.options["ignore_label"]))
-        for index, blob in enumerate(top):
-            blob.data[...] = values[self.TOP_NAMES[index]]
+        for index in range(len(top)):
+            top[index].data[...] = values[self.TOP_NAMES[index]]
 
     def backward(self, top, propagate_down, bottom):
         pass
