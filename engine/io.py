@@ -14,6 +14,7 @@ from engine.blobproto import blobproto_to_array as _blobproto_to_array
 from engine.datum import array_to_datum as _array_to_datum
 from engine.datum import datum_to_array  # noqa: F401
 from engine.proto import caffe_pb2  # noqa: F401
+from engine import resize as _resize
 
 
 def array_to_datum(arr, label=None):
@@ -47,7 +48,8 @@ def blobprotovector_str_to_arraylist(text):
 
 
 def load_image(filename, color=True):
-    """An image file as float32 H×W×3 (RGB, ``color=True``) or H×W×1 in [0, 1]."""
+    """An image file as float32 H×W×3 (RGB, ``color=True``) or H×W×1 in [0, 1] (8-bit /255,
+    16-bit /65535); alpha is dropped; ``color=False`` turns RGB into skimage's gray (BT.709)."""
     from PIL import Image
     try:
         with Image.open(filename) as img:
@@ -67,24 +69,30 @@ def load_image(filename, color=True):
         arr = arr[:, :, np.newaxis]
         if color:
             arr = np.tile(arr, (1, 1, 3))
-    elif arr.shape[2] == 4:
+    elif arr.shape[2] in (3, 4):
         arr = arr[:, :, :3]
         if not color:
-            arr = arr.mean(axis=2, keepdims=True)
-    elif not color and arr.shape[2] == 3:
-        arr = (arr * np.array([0.299, 0.587, 0.114], np.float32)).sum(axis=2, keepdims=True)
+            # pycaffe reads gray through skimage's rgb2gray: ITU-R BT.709 luma
+            arr = (arr * np.array([0.2125, 0.7154, 0.0721], np.float32)).sum(axis=2, keepdims=True)
     return arr
 
 
 def resize_image(im, new_dims, interp_order=1):
-    """Resize H×W×K ``im`` to ``new_dims`` (height, width); bilinear by default, nearest for 0."""
-    import cv2
-    h, w = int(new_dims[0]), int(new_dims[1])
-    flag = cv2.INTER_NEAREST if interp_order == 0 else cv2.INTER_LINEAR
-    im = np.asarray(im, dtype=np.float32)
-    channels = [cv2.resize(np.ascontiguousarray(im[:, :, k]), (w, h), interpolation=flag)
-                for k in range(im.shape[2])]
-    return np.stack(channels, axis=2).astype(np.float32)
+    """Resize H×W×K ``im`` to ``new_dims`` (height, width) with pycaffe's results: 1- and
+    3-channel images are scaled to [0, 1], resized as ``skimage.transform.resize(...,
+    mode='constant')`` does and scaled back (a constant image stays constant); other channel
+    counts as ``scipy.ndimage.zoom`` does (``engine.resize``). Orders 0 and 1."""
+    im = np.asarray(im, dtype=np.float64)
+    if im.ndim != 3:
+        raise ValueError(f"resize_image needs an H x W x K image, got shape {im.shape}")
+    size = (int(new_dims[0]), int(new_dims[1]))
+    if im.shape[-1] in (1, 3):
+        low, high = im.min(), im.max()
+        if high <= low:
+            return np.full(size + (im.shape[-1],), low, dtype=np.float32)
+        resized = _resize.skimage_resize((im - low) / (high - low), size, interp_order)
+        return (resized * (high - low) + low).astype(np.float32)
+    return _resize.ndimage_zoom(im, size, interp_order).astype(np.float32)
 
 
 class Transformer:

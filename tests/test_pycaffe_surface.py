@@ -566,3 +566,58 @@ def test_solver_share_weights(tmp_path):
     solver.share_weights(other)
     solver.net.params["ip"][0].data[...] = 7
     assert (other.params["ip"][0].data == 7).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# io.resize_image / load_image: pycaffe's skimage / scipy arithmetic, worked out by hand
+# ---------------------------------------------------------------------------------------------
+def test_resize_image_upsampling_blends_the_border_with_zero_like_skimage_constant_mode():
+    image = np.array([[[2.0], [6.0]]], np.float32)  # 1 x 2 x 1, scaled to [0, 1] inside: [0, 1]
+    # width 2 -> 4: input coordinates (o + 0.5)/2 - 0.5 = -0.25, 0.25, 0.75, 1.25; beyond the
+    # ends the scaled image is 0: [0.75*0, 0.75*0 + 0.25*1, 0.25*0 + 0.75*1, 0.75*1 + 0.25*0]
+    expected = np.array([0.0, 0.25, 0.75, 0.75]) * 4 + 2
+    out = caffe.io.resize_image(image, (1, 4))
+    assert out.shape == (1, 4, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :, 0], expected, rtol=1e-6)
+    nearest = caffe.io.resize_image(image, (1, 4), interp_order=0)  # round(-0.25..1.25) = 0, 0, 1, 1
+    np.testing.assert_allclose(nearest[0, :, 0], [2, 2, 6, 6])
+    np.testing.assert_array_equal(caffe.io.resize_image(np.full((3, 3, 3), 5.0), (2, 7)), np.full((2, 7, 3), 5.0))
+    with pytest.raises(ValueError, match="interp_order 3"):
+        caffe.io.resize_image(image, (1, 4), interp_order=3)
+
+
+def test_resize_image_shrinking_blurs_first():
+    row = np.array([0.0, 1.0, 0.0, 0.0])  # already in [0, 1]
+    image = np.stack([row, row]).reshape(2, 4, 1)
+    out = caffe.io.resize_image(image, (2, 2))
+    # width 4 -> 2: Gaussian sigma (2 - 1)/2 = 0.5, radius int(4*0.5 + 0.5) = 2, zero-extended
+    taps = np.exp(-2.0 * np.arange(-2, 3) ** 2)
+    taps /= taps.sum()
+    blurred = np.convolve(np.pad(row, 2), taps, mode="valid")
+    # then sampled at (o + 0.5)*2 - 0.5 = 0.5 and 2.5 (the height axis is unchanged)
+    expected = [(blurred[0] + blurred[1]) / 2, (blurred[2] + blurred[3]) / 2]
+    np.testing.assert_allclose(out[0, :, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(out[1, :, 0], expected, rtol=1e-6)
+
+
+def test_resize_image_other_channel_counts_align_corners_like_ndimage_zoom():
+    image = np.array([[[0, 10], [4, 20], [8, 60]]], np.float32)  # 1 x 3 x 2
+    out = caffe.io.resize_image(image, (1, 5))
+    # coordinates o*(3-1)/(5-1) = 0, 0.5, 1, 1.5, 2: plain linear interpolation, no blur
+    np.testing.assert_allclose(out[0, :, 0], [0, 2, 4, 6, 8])
+    np.testing.assert_allclose(out[0, :, 1], [10, 15, 20, 40, 60])
+
+
+def test_load_image_color_gray_and_16_bit(tmp_path):
+    from PIL import Image
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    color = caffe.io.load_image(str(tmp_path / "rgb.png"))
+    assert color.shape == (2, 2, 3) and color.dtype == np.float32
+    np.testing.assert_allclose(color, rgb / 255.0)
+    gray = caffe.io.load_image(str(tmp_path / "rgb.png"), color=False)
+    np.testing.assert_allclose(gray[:, :, 0], [[0.2125, 0.7154], [0.0721, 1.0]], rtol=1e-5)
+    Image.fromarray(np.array([[0, 65535]], np.uint16)).save(tmp_path / "deep.png")
+    deep = caffe.io.load_image(str(tmp_path / "deep.png"))
+    assert deep.shape == (1, 2, 3)
+    np.testing.assert_allclose(deep[0, :, 0], [0.0, 1.0])
