@@ -131,26 +131,30 @@ class Transformer:
         self.input_scale[name] = float(scale)
 
     def set_mean(self, name, mean):
+        """The mean to subtract: per channel (length C), or C×H×W / H×W elementwise; an
+        elementwise mean of another size is resized to the input's (as pycaffe does)."""
         self._check_input(name)
-        mean = np.asarray(mean, dtype=np.float32)
+        mean = np.asarray(mean)
         if mean.ndim == 1:
             if mean.shape[0] != self.inputs[name][1]:
                 raise ValueError(f"mean has {mean.shape[0]} channels, input '{name}' has {self.inputs[name][1]}")
             mean = mean[:, np.newaxis, np.newaxis]
         else:
-            shape = mean.shape if mean.ndim != 2 else (1,) + mean.shape
+            shape = (1,) + mean.shape if mean.ndim == 2 else mean.shape
             if len(shape) != 3:
                 raise ValueError(f"mean shape {mean.shape} is invalid (give C, or C×H×W)")
             if tuple(shape) != self.inputs[name][1:]:
-                raise ValueError(f"mean shape {tuple(shape)} does not match input '{name}' shape "
-                                 f"{self.inputs[name][1:]}")
-            mean = mean.reshape(shape)
+                low, high = mean.min(), mean.max()
+                scaled = (mean.reshape(shape) - low) / (high - low)
+                mean = resize_image(scaled.transpose((1, 2, 0)), self.inputs[name][2:]).transpose((2, 0, 1)) \
+                    * (high - low) + low
         self.mean[name] = mean
 
     def preprocess(self, name, data):
-        """H×W×K image → C×H×W net input."""
+        """H×W×K image -> K×H×W net input: float32, resize to the input size, transpose,
+        channel swap, ×raw_scale, −mean, ×input_scale (in place on float32, as pycaffe)."""
         self._check_input(name)
-        x = np.asarray(data, dtype=np.float32)
+        x = np.array(data, dtype=np.float32)
         in_dims = self.inputs[name][2:]
         if x.shape[:2] != in_dims:
             x = resize_image(x, in_dims)
@@ -159,23 +163,28 @@ class Transformer:
         if name in self.channel_swap:
             x = x[list(self.channel_swap[name]), :, :]
         if name in self.raw_scale:
-            x = x * self.raw_scale[name]
+            x *= self.raw_scale[name]
         if name in self.mean:
-            x = x - self.mean[name]
+            x -= self.mean[name]
         if name in self.input_scale:
-            x = x * self.input_scale[name]
-        return np.ascontiguousarray(x, dtype=np.float32)
+            x *= self.input_scale[name]
+        return np.ascontiguousarray(x)
 
     def deprocess(self, name, data):
-        """C×H×W net input → H×W×K image (inverse of ``preprocess``, without the resize)."""
+        """Net input -> image: ``preprocess`` undone (without the resize), after squeezing
+        singleton axes as pycaffe does."""
         self._check_input(name)
-        x = np.array(data, dtype=np.float32).squeeze() if np.ndim(data) > 3 else np.array(data, np.float32)
+        x = np.array(data).squeeze()
         if name in self.input_scale:
-            x = x / self.input_scale[name]
+            x /= self.input_scale[name]
         if name in self.mean:
-            x = x + self.mean[name]
+            mean = self.mean[name]
+            if np.broadcast_shapes(x.shape, mean.shape) == x.shape:
+                x += mean  # in place, keeping the data's float32 like pycaffe
+            else:
+                x = x + mean
         if name in self.raw_scale:
-            x = x / self.raw_scale[name]
+            x /= self.raw_scale[name]
         if name in self.channel_swap:
             x = x[np.argsort(self.channel_swap[name]), :, :]
         if name in self.transpose:

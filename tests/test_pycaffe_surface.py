@@ -621,3 +621,28 @@ def test_load_image_color_gray_and_16_bit(tmp_path):
     deep = caffe.io.load_image(str(tmp_path / "deep.png"))
     assert deep.shape == (1, 2, 3)
     np.testing.assert_allclose(deep[0, :, 0], [0.0, 1.0])
+
+
+def test_transformer_order_of_operations_and_its_inverse():
+    t = caffe.io.Transformer({"data": (1, 3, 2, 2)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_channel_swap("data", (2, 1, 0))
+    t.set_raw_scale("data", 255)
+    t.set_mean("data", np.array([10.0, 20.0, 30.0]))
+    t.set_input_scale("data", 0.5)
+    image = np.random.RandomState(3).rand(2, 2, 3).astype(np.float32)
+    x = t.preprocess("data", image)
+    # K×H×W, BGR, ×255, minus the per-channel mean (given in the swapped order), ×0.5
+    expected = (image.transpose(2, 0, 1)[[2, 1, 0]] * 255 - np.array([10, 20, 30])[:, None, None]) * 0.5
+    assert x.dtype == np.float32 and x.shape == (3, 2, 2)
+    np.testing.assert_allclose(x, expected, rtol=1e-5)
+    np.testing.assert_allclose(t.deprocess("data", x[None]), image, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_resizes_an_elementwise_mean_of_another_size():
+    t = caffe.io.Transformer({"data": (1, 1, 1, 4)})
+    t.set_mean("data", np.array([[[2.0, 6.0]]]))  # 1 x 1 x 2 mean for a 1 x 1 x 4 input
+    # as resize_image: [2, 6] -> [2, 3, 5, 5] (see the resize test above)
+    np.testing.assert_allclose(t.mean["data"][0, 0], [2, 3, 5, 5], rtol=1e-6)
+    with pytest.raises(ValueError, match="mean has 2 channels"):
+        t.set_mean("data", np.array([1.0, 2.0]))
