@@ -132,6 +132,20 @@ class ServiceError(ValueError):
         self.field_errors = field_errors
 
 
+class NotOwner(ServiceError):
+    """A user who did not make a job asked to edit, abort or delete it (DIGITS' owner rule)."""
+
+
+def check_owner(job, user):
+    """DIGITS' rule: only a job's owner edits, aborts or deletes it; anyone views, clones and
+    tests it. ``user`` None is the local single user (no login), who may do everything; a job
+    made without login (owner None) is anyone's."""
+    if user is None or not job.get("owner") or job["owner"] == user:
+        return
+    raise NotOwner("job %s (%s) belongs to %s; %s may view, clone and test it, not change it"
+                   % (job["id"], job["name"], job["owner"], user))
+
+
 def open_service(root, **kwargs):
     return JobService(root, **kwargs)
 
@@ -248,7 +262,7 @@ class JobService:
         return job
 
     # -- datasets --------------------------------------------------------------------------------
-    def _new_job(self, kind, name, **kw):
+    def _new_job(self, kind, name, **kw):  # kw: store.add_job's (dataset_id, group_name, notes, options, owner)
         job_id = new_job_id()
         while os.path.exists(job_dir(self.root, job_id)):
             job_id = new_job_id()
@@ -266,7 +280,7 @@ class JobService:
         except PluginError as exc:
             raise ServiceError(str(exc))
 
-    def _new_dataset_job(self, plugin, values, name, group_name, build_options):
+    def _new_dataset_job(self, plugin, values, name, group_name, build_options, owner=None):
         """Check the plugin's form values and the build options, then record the job (Initialized)."""
         plugin_obj, plugin_id = self._dataset_plugin(plugin)
         unknown = sorted(set(build_options) - set(DATASET_BUILD_OPTIONS))
@@ -281,22 +295,23 @@ class JobService:
         except ValueError as exc:  # FormError (per field) or PluginError (the input as a whole)
             errors = getattr(exc, "errors", None)
             raise ServiceError("please correct the marked fields: %s" % exc if errors else str(exc), errors)
-        job = self._new_job("dataset", name, group_name=group_name,
+        job = self._new_job("dataset", name, group_name=group_name, owner=owner,
                             options={"plugin": plugin_id, "values": values, "build": build_options})
         return plugin_obj, job
 
-    def submit_dataset(self, plugin, values, name, group_name=None, **build_options):
+    def submit_dataset(self, plugin, values, name, group_name=None, owner=None, **build_options):
         """Queue a dataset build and return the job (Waiting) at once; the worker
         (``start_worker`` / ``caffeseg worker``) builds it, writing its progress and log to the job.
         The plugin's form checks run here, so field errors come back before anything is queued."""
-        _, job = self._new_dataset_job(plugin, values, name, group_name, build_options)
+        _, job = self._new_dataset_job(plugin, values, name, group_name, build_options, owner)
         _append_line(os.path.join(job["dir"], DATASET_LOG), "queued: %s dataset %s" % (job["options"]["plugin"], name))
         self.store.set_status(job["id"], st.WAITING)
         return self.store.get(job["id"])
 
-    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, **build_options):
+    def create_dataset(self, plugin, values, name, group_name=None, progress=None, log=None, owner=None,
+                       **build_options):
         """Build a dataset now, in this thread (the CLI); returns the Done job or raises ServiceError."""
-        plugin_obj, job = self._new_dataset_job(plugin, values, name, group_name, build_options)
+        plugin_obj, job = self._new_dataset_job(plugin, values, name, group_name, build_options, owner)
         self.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "built in the foreground", pid=os.getpid())
         status, exc = self.build_dataset_job(job["id"], progress=progress, log=log, plugin=plugin_obj)
         if status != st.DONE:
@@ -360,20 +375,22 @@ class JobService:
             os.unlink(flag)  # the abort came after the last record: the dataset is complete
         return st.DONE, None
 
-    def import_dataset(self, folder, name, group_name=None):
+    def import_dataset(self, folder, name, group_name=None, owner=None):
         """Register an already built dataset folder (with dataset.json): it is copied in."""
         if not os.path.isfile(os.path.join(folder, "dataset.json")):
             raise ServiceError("%s has no dataset.json: not a dataset folder" % folder)
-        job = self._new_job("dataset", name, group_name=group_name, options={"imported_from": os.path.abspath(folder)})
+        job = self._new_job("dataset", name, group_name=group_name, owner=owner,
+                            options={"imported_from": os.path.abspath(folder)})
         shutil.rmtree(job["dir"])
         shutil.copytree(folder, job["dir"])
         self.store.set_status(job["id"], st.DONE)
         return self.store.get(job["id"])
 
     # -- models ------------------------------------------------------------------------------------
-    def create_model(self, options):
+    def create_model(self, options, owner=None):
         """Create model job(s). base_lr and batch_size may be comma-separated lists: one job per
-        combination, named "<name> lr=<v> bs=<v>", all in one group. Returns the list of jobs."""
+        combination, named "<name> lr=<v> bs=<v>", all in one group. Returns the list of jobs.
+        ``owner``: the user making them (None: no login)."""
         options = dict(options)
         dataset_id = options.get("dataset_id")
         try:
@@ -409,7 +426,7 @@ class JobService:
             one = dict(options, base_lr=float(lr), batch_size=int(bs) if bs not in (None, "") else None)
             label = name if len(combos) == 1 else "%s lr=%s%s" % (name, lr, " bs=%s" % bs if bs else "")
             job = self._new_job("model", label, dataset_id=dataset_id, group_name=group,
-                                notes=options.get("notes"), options=one)
+                                notes=options.get("notes"), options=one, owner=owner)
             try:
                 if dataset["status"] in (st.INITIALIZED, st.WAITING, st.RUNNING):
                     # The dataset is still being built: keep the network now, derive when the
@@ -520,8 +537,9 @@ class JobService:
         t.start()
         return t
 
-    def abort(self, job_id):
-        return self.scheduler.abort(check_job_id(job_id))
+    def abort(self, job_id, user=None):
+        check_owner(self.store.get(check_job_id(job_id)), user)
+        return self.scheduler.abort(job_id)
 
     # -- evaluation, inference, export ---------------------------------------------------------------
     def _model(self, job_id):
@@ -697,8 +715,9 @@ class JobService:
             raise ServiceError(str(exc))
 
     # -- editing -------------------------------------------------------------------------------------
-    def delete(self, job_id):
+    def delete(self, job_id, user=None):
         job = self.store.get(check_job_id(job_id))
+        check_owner(job, user)
         if job["kind"] == "dataset":
             users = self.store.jobs_using_dataset(job_id)
             if users:
@@ -712,20 +731,90 @@ class JobService:
         self.store.delete(job["id"])
         shutil.rmtree(job["dir"], ignore_errors=True)
 
-    def rename(self, job_id, name):
-        self.store.update(check_job_id(job_id), name=str(name))
+    def rename(self, job_id, name, user=None):
+        self.edit(job_id, user=user, name=name)
 
-    def set_notes(self, job_id, notes):
-        self.store.update(check_job_id(job_id), notes=notes)
+    def set_notes(self, job_id, notes, user=None):
+        self.edit(job_id, user=user, notes=notes)
 
-    def set_group(self, job_id, group_name):
-        self.store.update(check_job_id(job_id), group_name=group_name)
+    def set_group(self, job_id, group_name, user=None):
+        self.edit(job_id, user=user, group_name=group_name)
+
+    def edit(self, job_id, user=None, **fields):
+        """DIGITS' ``PUT /jobs/<id>``: change a job's name, notes and/or group_name (only the
+        owner, ``check_owner``). A name is 1-256 characters after trimming; notes up to 64 KiB
+        ("" clears them); group_name "" or None takes the job out of its group. Returns the job."""
+        job = self.store.get(check_job_id(job_id))
+        check_owner(job, user)
+        unknown = sorted(set(fields) - {"name", "notes", "group_name"})
+        if unknown:
+            raise ServiceError("a job's %s cannot be edited (name, notes, group_name can)" % ", ".join(unknown))
+        changes = {}
+        if "name" in fields:
+            name = str(fields["name"] or "").strip()
+            if not name or len(name) > 256:
+                raise ServiceError("a job name needs 1-256 characters", {"name": "1-256 characters"})
+            changes["name"] = name
+        if "notes" in fields:
+            notes = "" if fields["notes"] is None else str(fields["notes"])
+            if len(notes.encode("utf-8")) > 65536:
+                raise ServiceError("notes longer than 64 KiB", {"notes": "at most 64 KiB"})
+            changes["notes"] = notes or None
+        if "group_name" in fields:
+            group = str(fields["group_name"] or "").strip()
+            if len(group) > 256:
+                raise ServiceError("a group name has at most 256 characters", {"group_name": "at most 256 characters"})
+            changes["group_name"] = group or None
+        if changes:
+            self.store.update(job_id, **changes)
+        return self.store.get(job_id)
+
+    def bulk(self, action, job_ids, user=None, group_name=None):
+        """One action on many jobs (the home page's selection): "abort", "delete" or "group"
+        (move them to ``group_name``; "" takes them out). Each job is done on its own: returns
+        {"done": [ids], "errors": {id: message}} (a refused or unknown job does not stop the others)."""
+        if action not in ("abort", "delete", "group"):
+            raise ServiceError("unknown bulk action %r (abort, delete, group)" % (action,))
+        done, errors = [], {}
+        for job_id in dict.fromkeys(job_ids):  # each once, in the order given
+            try:
+                if action == "abort":
+                    self.abort(job_id, user=user)
+                elif action == "delete":
+                    self.delete(job_id, user=user)
+                else:
+                    self.edit(job_id, user=user, group_name=group_name)
+                done.append(job_id)
+            except (KeyError, ValueError) as exc:  # ServiceError, NotOwner, JobPathError
+                errors[str(job_id)] = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        return {"done": done, "errors": errors}
+
+    def details(self, job_id, pretrained_dir=None):
+        """The job page's panels (jobs/job_details.py): {"timeline" (status, time, message,
+        duration), "folder", "disk_bytes", "related" [{id, name, kind, status, relation}],
+        "pretrained" (weights a model loaded, with their source; ``pretrained_dir`` is the
+        pretrained store), "owner"}."""
+        from jobs import job_details
+        job = self.store.get(check_job_id(job_id))
+        jobs = self.store.list()
+        return {"timeline": job_details.status_timeline(self.store.history(job_id)),
+                "folder": job["dir"], "disk_bytes": job_details.folder_size(job["dir"]),
+                "related": job_details.related_jobs(job, jobs), "owner": job.get("owner"),
+                "pretrained": job_details.pretrained_used(job, jobs, pretrained_dir)
+                if job["kind"] == "model" else []}
+
+    def metric_summary(self, job_id):
+        """Every metric the job recorded with its last, min and max ({"val/dice": {...}}; see
+        jobs.job_details.metric_summary): the home table's metric columns."""
+        from jobs import job_details
+        return job_details.metric_summary(self.metrics(job_id)["series"])
 
     def clone_values(self, job_id):
         """The options a job was made with (for a "clone" form); internal keys removed."""
         job = self.store.get(check_job_id(job_id))
         values = {k: v for k, v in job["options"].items() if not k.startswith("_")}
         values["name"] = job["name"] + " (clone)"
+        values["cloned_from"] = job["id"]  # related jobs: the clone links back
         if job["kind"] == "model":
             values["dataset_id"] = job["dataset_id"]
             with open(os.path.join(job["dir"], "original.prototxt")) as f:
@@ -736,12 +825,13 @@ class JobService:
                                             for p in ([files] if isinstance(files, str) else files)]
         return values
 
-    def clone(self, job_id):
+    def clone(self, job_id, owner=None):
+        """A new model job with this one's options (anyone may clone; the clone is ``owner``'s)."""
         values = self.clone_values(job_id)
         if self.store.get(job_id)["kind"] != "model":
             raise ServiceError("only model jobs are cloned directly; use clone_values for datasets")
         values.pop("standard_network", None)
-        return self.create_model(values)
+        return self.create_model(values, owner=owner)
 
 
 def _add_dicom_area(result, path):

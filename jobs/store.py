@@ -140,8 +140,8 @@ class JobStore:
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         columns = {r["name"] for r in self._db().execute("PRAGMA table_info(jobs)")}
-        for column, kind in (("host", "TEXT"), ("pid_started", "REAL")):
-            if column not in columns:  # databases made before hosts / start times were recorded
+        for column, kind in (("host", "TEXT"), ("pid_started", "REAL"), ("owner", "TEXT")):
+            if column not in columns:  # databases made before hosts / start times / owners were recorded
                 try:
                     self._db().execute("ALTER TABLE jobs ADD COLUMN %s %s" % (column, kind))
                 except sqlite3.OperationalError:  # another process added it first
@@ -186,14 +186,15 @@ class JobStore:
     # -- jobs ---------------------------------------------------------------------------
     @_busy_is_explained
     def add_job(self, job_id, kind, name, job_dir, dataset_id=None, group_name=None, notes=None,
-                options=None, status=INITIALIZED):
+                options=None, status=INITIALIZED, owner=None):
+        """``owner``: the user name that made the job (None: made without login, anyone's)."""
         check_job_id(job_id)
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO jobs (id, kind, name, status, dir, created_at, updated_at, dataset_id,"
-                       " group_name, notes, options) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       " group_name, notes, options, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                        (job_id, kind, name, status, job_dir, now, now, dataset_id, group_name, notes,
-                        json.dumps(options or {}, sort_keys=True)))
+                        json.dumps(options or {}, sort_keys=True), owner))
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, status, now, None))
         return self.get(job_id)
 
@@ -225,7 +226,7 @@ class JobStore:
     @_busy_is_explained
     def update(self, job_id, **fields):
         allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir", "host",
-                   "pid_started"}
+                   "pid_started", "owner"}
         bad = set(fields) - allowed
         if bad:
             raise StoreError("cannot update job fields %s" % sorted(bad))
