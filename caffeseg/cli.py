@@ -104,6 +104,50 @@ def cmd_delete(args):
     emit(args, {"deleted": args.job_id}, "deleted %s" % args.job_id)
 
 
+def cmd_job_edit(args):
+    """Rename a job, set its notes or its group ("" clears), as DIGITS' PUT /jobs/<id>."""
+    fields = {k: getattr(args, k) for k in ("name", "notes", "group_name") if getattr(args, k) is not None}
+    if not fields:
+        raise CliError("give --name, --notes and/or --group")
+    job = service(args).edit(args.job_id, **fields)
+    emit(args, job, "%s  %s  group=%s  notes=%s" % (job["id"], job["name"], job["group_name"] or "-",
+                                                   job["notes"] or "-"))
+
+
+def cmd_job_bulk(args):
+    """abort / delete / group several jobs; each is done on its own, refusals are listed."""
+    result = service(args).bulk(args.action, args.job_ids, group_name=args.group)
+    lines = ["%s %s" % (args.action, j) for j in result["done"]]
+    lines += ["refused %s: %s" % (j, why) for j, why in sorted(result["errors"].items())]
+    emit(args, result, "\n".join(lines))
+    return EXIT_OK if not result["errors"] else EXIT_BAD_INPUT
+
+
+def details_text(job, details):
+    lines = ["%s  %s  (%s, %s)" % (job["id"], job["name"], job["kind"], job["status"]),
+             "  folder     %s (%.1f MiB)" % (details["folder"], details["disk_bytes"] / float(1 << 20))]
+    if details.get("owner"):
+        lines.append("  owner      %s" % details["owner"])
+    lines.append("  timeline")
+    lines += ["    %-12s %s%s" % (t["status"], _when(t["time"]),
+                                  "  (%s)" % _duration(t["duration"]) if t["duration"] is not None else "")
+              for t in details["timeline"]]
+    if details["related"]:
+        lines.append("  related")
+        lines += ["    %-12s %s %s (%s)" % (r["relation"], r["id"], r["name"], r["status"]) for r in details["related"]]
+    for p in details["pretrained"]:
+        lines.append("  pretrained %s [%s%s]%s" % (p["path"], p["source"], " " + p["job_id"] if p.get("job_id") else "",
+                                                 "" if p["exists"] else " (missing)"))
+    return "\n".join(lines)
+
+
+def cmd_job_details(args):
+    svc = service(args)
+    job = svc.show(args.job_id)
+    details = svc.details(args.job_id, pretrained_dir=os.path.join(data_root(args), "pretrained"))
+    emit(args, details, details_text(job, details))
+
+
 def cmd_phantom(args):
     from plugin.sunnybrook import phantom
     out = os.path.abspath(args.out or os.path.join(data_root(args), "sample"))
@@ -134,7 +178,7 @@ def _model_options(args):
                "set_num_output": args.set_num_output, "group_name": args.group, "notes": args.notes,
                "lr_policy": {"policy": args.lr_policy, "stepsize": args.stepsize, "stepvalue": args.stepvalue,
                              "gamma": args.gamma, "power": args.power}}
-    for key in ("batch_size", "val_batch_size", "crop_size", "weight_decay", "random_seed"):
+    for key in ("batch_size", "val_batch_size", "crop_size", "weight_decay", "random_seed", "rms_decay", "momentum"):
         if getattr(args, key) not in (None, ""):
             options[key] = getattr(args, key)
     if args.network_file:
@@ -315,39 +359,15 @@ def _write_prediction(out_dir, index, r):
 
 
 def installation(check_caffe=True):
-    """What ``caffeseg info`` and ``caffeseg --version`` report: the versions of caffeseg, Python
-    and torch, the engine, the real Caffe the pycaffe backend would use (``jobs.real_caffe``;
-    ``check_caffe``: its interpreter imports it once, about a second) and the data plugins."""
-    import importlib.metadata
-    import platform
-
-    import engine
-    import torch
-    from jobs import real_caffe
-    from plugin.base import discover_plugins
-    try:
-        version = importlib.metadata.version("caffeseg")
-    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never pip-installed
-        version = None
-    plugins = discover_plugins()
-    return {"caffeseg": version, "python": platform.python_version(), "python_executable": sys.executable,
-            "torch": torch.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "engine": os.path.dirname(os.path.abspath(engine.__file__)),
-            "real_caffe": real_caffe.caffe_info(check_import=check_caffe),
-            "plugins": sorted(plugins.plugins),
-            "broken_plugins": [{"name": b.name, "source": b.source, "error": b.error} for b in plugins.broken]}
+    """What ``caffeseg info`` and ``caffeseg --version`` report (``jobs.server_info``, which the
+    web's Info menu shows too): server, versions, the real Caffe found, plugins, CPU/GPUs."""
+    from jobs.server_info import server_info
+    return server_info(check_caffe=check_caffe)
 
 
 def installation_text(info):
-    from jobs import real_caffe
-    lines = ["caffeseg %s" % (info["caffeseg"] or "(not installed: no package metadata)"),
-             "Python %s (%s)" % (info["python"], info["python_executable"]),
-             "torch %s (%s)" % (info["torch"], "CUDA %s" % info["cuda"] if info["cuda"] else "CPU only"),
-             "engine backend: %s" % info["engine"],
-             real_caffe.describe(info["real_caffe"]),
-             "data plugins: %s" % (", ".join(info["plugins"]) or "none")]
-    lines += ["broken data plugin %s (%s): %s" % (b["name"], b["source"], b["error"]) for b in info["broken_plugins"]]
-    return "\n".join(lines)
+    from jobs.server_info import server_info_text
+    return server_info_text(info)
 
 
 def cmd_info(args):
@@ -496,6 +516,22 @@ def build_parser():
     p.add_argument("--kind", choices=("dataset", "model"))
     p.set_defaults(func=cmd_jobs)
 
+    jb = sub.add_parser("job", help="edit jobs of any kind").add_subparsers(dest="sub", required=True)
+    p = jb.add_parser("edit", parents=[common], help="rename, notes, group (\"\" clears notes/group)")
+    p.add_argument("job_id")
+    p.add_argument("--name")
+    p.add_argument("--notes")
+    p.add_argument("--group", dest="group_name")
+    p.set_defaults(func=cmd_job_edit)
+    p = jb.add_parser("bulk", parents=[common], help="abort, delete or group several jobs")
+    p.add_argument("action", choices=("abort", "delete", "group"))
+    p.add_argument("job_ids", nargs="+")
+    p.add_argument("--group", default="", help="with group: the group to move them to (\"\": none)")
+    p.set_defaults(func=cmd_job_bulk)
+    p = jb.add_parser("details", parents=[common], help="status timeline, folder size, related jobs, pretrained used")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_job_details)
+
     p = sub.add_parser("phantom", parents=[common], help="write the synthetic Sunnybrook-like sample")
     p.add_argument("--out")
     p.add_argument("--cases", type=int, default=15)
@@ -548,6 +584,8 @@ def build_parser():
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--power", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, help="default base_lr/100 (what DIGITS used)")
+    p.add_argument("--rms-decay", type=float, help="RMSProp's decay of the squared-gradient average (default 0.99)")
+    p.add_argument("--momentum", type=float, help="default 0.9 (none for AdaGrad and RMSProp)")
     p.add_argument("--mean", choices=("none", "image", "pixel"), default="none")
     p.add_argument("--crop-size", type=int)
     p.add_argument("--snapshot-interval", type=float, default=1, help="epochs")

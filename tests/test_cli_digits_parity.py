@@ -1,0 +1,79 @@
+"""caffeseg CLI for what DIGITS did in its web UI only: job edit/bulk/details, info (one
+function for CLI and web), the RMSProp decay option."""
+import json
+import os
+
+import pytest
+
+from caffeseg import cli
+from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", install_fake_caffe(str(tmp_path / "fake")))
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    net = tmp_path / "net.prototxt"
+    net.write_text(TINY_NET)
+    return tmp_path, ["--data", str(tmp_path / "data"), "--json"], str(net)
+
+
+def run_json(capsys, argv):
+    code = cli.main(argv)
+    out = capsys.readouterr().out
+    return code, (json.loads(out) if out.strip() else None)
+
+
+def _dataset_and_models(env, capsys, *extra):
+    tmp_path, common, net = env
+    code, ds = run_json(capsys, common + ["dataset", "import", make_dataset_dir(str(tmp_path / "b")), "--name", "ph"])
+    assert code == 0
+    code, jobs = run_json(capsys, common + ["model", "create", "--dataset", ds["id"], "--network-file", net,
+                                            "--epochs", "2", "--base-lr", "0.1,0.01"] + list(extra))
+    assert code == 0
+    return ds, jobs
+
+
+def test_job_edit_bulk_and_details(env, capsys):
+    tmp_path, common, net = env
+    ds, jobs = _dataset_and_models(env, capsys)
+    code, job = run_json(capsys, common + ["job", "edit", jobs[0]["id"], "--name", "first", "--notes", "try 1"])
+    assert code == 0 and (job["name"], job["notes"]) == ("first", "try 1")
+    assert cli.main(common + ["job", "edit", jobs[0]["id"]]) == cli.EXIT_BAD_INPUT
+    assert "give --name" in capsys.readouterr().err
+    code, result = run_json(capsys, common + ["job", "bulk", "group", jobs[0]["id"], jobs[1]["id"], "--group", "g2"])
+    assert code == 0 and result == {"done": [jobs[0]["id"], jobs[1]["id"]], "errors": {}}
+    code, details = run_json(capsys, common + ["job", "details", ds["id"]])
+    assert code == 0 and {r["id"] for r in details["related"]} == {j["id"] for j in jobs}
+    assert details["disk_bytes"] > 0 and details["timeline"][-1]["status"] == "Done"
+    code = cli.main(["--data", str(tmp_path / "data"), "job", "details", jobs[0]["id"]])
+    text = capsys.readouterr().out
+    assert code == 0 and "dataset      %s ph (Done)" % ds["id"] in text and "Initialized" in text
+    code, result = run_json(capsys, common + ["job", "bulk", "delete", ds["id"], jobs[0]["id"]])
+    assert code == cli.EXIT_BAD_INPUT and result["done"] == [jobs[0]["id"]]
+    assert "used by model" in result["errors"][ds["id"]]
+
+
+def test_rms_decay_reaches_the_solver(env, capsys):
+    ds, jobs = _dataset_and_models(env, capsys, "--solver", "RMSProp", "--rms-decay", "0.9")
+    solver = open(os.path.join(jobs[0]["dir"], "solver.prototxt")).read()
+    assert "rms_decay: 0.9" in solver and 'type: "RMSProp"' in solver and "momentum" not in solver
+
+
+def test_info_is_the_shared_server_info(env, capsys, monkeypatch):
+    import socket
+
+    import torch
+    from jobs import real_caffe, server_info
+    tmp_path, common, net = env
+    monkeypatch.setattr(real_caffe, "caffe_info", lambda check_import=True, env=None: {
+        "found": False, "hint": "run `make caffe`"})
+    code, info = run_json(capsys, common + ["info"])
+    assert code == 0 and info["server"] == socket.gethostname() and info["torch"] == torch.__version__
+    assert info["engine_version"] == "1.0.0" and info["cpu"]["cores"] == os.cpu_count()
+    assert isinstance(info["gpus"], list) and info["memory_total"] > 0
+    same = server_info.server_info()
+    assert {k: same[k] for k in ("server", "torch", "engine", "plugins")} == \
+        {k: info[k] for k in ("server", "torch", "engine", "plugins")}
+    text = server_info.server_info_text(dict(info, gpus=[{"index": 0, "name": "H200", "memory_total": 141 << 30}]))
+    assert "on %s" % socket.gethostname() in text.splitlines()[0] and "GPUs: 0 H200 (141.0 GiB)" in text
