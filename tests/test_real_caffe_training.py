@@ -85,7 +85,7 @@ def trained(tmp_path_factory):
     for backend in ("engine", "pycaffe"):
         [job] = svc.create_model({"dataset_id": dataset["id"], "network_text": NET, "name": "on " + backend,
                                   "epochs": 4, "base_lr": 0.05, "snapshot_interval": 1, "val_interval": 1,
-                                  "pretrained": [weights], "backend": backend, "random_seed": 1})
+                                  "pretrained": [weights], "backend": backend, "random_seed": 1, "mean": "image"})
         status = svc.train(job["id"])
         log = open(os.path.join(job["dir"], "log.txt")).read()
         assert status == st.DONE, "%s job failed:\n%s" % (backend, log[-3000:])
@@ -125,7 +125,7 @@ def test_same_status_and_snapshots_and_the_backend_each_job_used(trained):
     svc, jobs, _, _ = trained
     assert jobs["engine"]["status"] == jobs["pycaffe"]["status"] == st.DONE
     shots = {b: [it for it, _ in svc.snapshots(jobs[b]["id"])] for b in jobs}
-    max_iter = svc.show(jobs["engine"]["id"])["iters_per_epoch"] * 4
+    max_iter = int(svc.show(jobs["engine"]["id"])["iters_per_epoch"] * 4)
     assert shots["engine"] == shots["pycaffe"] and len(shots["engine"]) == 4 and shots["engine"][-1] == max_iter
     found = real_caffe()
     for backend, job in jobs.items():
@@ -224,7 +224,7 @@ def test_a_pycaffe_worker_trains_a_queued_job_on_real_caffe(trained, how):
     assert done["trained_on"]["name"] == "pycaffe"
     assert done["trained_on"]["module"] == os.path.join(real_caffe().pythonpath, "caffe")
     assert [r[0] for r in svc.metrics(job["id"])["series"] if r[1] == "loss" and r[3] == "train"] == \
-        list(range(1, done["iters_per_epoch"] + 1))
+        list(range(1, int(done["iters_per_epoch"]) + 1))
 
 
 @pytest.mark.timeout(900)
