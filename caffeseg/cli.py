@@ -163,7 +163,24 @@ def cmd_dataset_create(args):
     progress = _dataset_progress()
     job = service(args).create_dataset(args.plugin, values, args.name, encoding=args.encoding,
                                        progress=progress)
-    emit(args, job, "dataset %s (%s) Done" % (job["id"], job["name"]))
+    emit(args, job, dataset_summary(job))
+
+
+def dataset_summary(job, shown=20):
+    """"dataset ID (name) Done: train 240, val 26; 3 records skipped:" and why, as the web page says."""
+    from jobs.dataset import load_dataset_info
+    try:
+        info = load_dataset_info(job["dir"])
+    except ValueError:
+        return "dataset %s (%s) Done" % (job["id"], job["name"])
+    counts = ", ".join("%s %d" % (s, v.get("count", 0)) for s, v in sorted((info.get("stages") or {}).items()))
+    skipped = info.get("skipped") or []
+    lines = ["dataset %s (%s) Done: %s; %d record%s skipped%s" % (
+        job["id"], job["name"], counts, len(skipped), "" if len(skipped) == 1 else "s", ":" if skipped else "")]
+    lines += ["  skipped: %s" % s.get("message") for s in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append("  ... %d more in %s" % (len(skipped) - shown, os.path.join(job["dir"], "log.txt")))
+    return "\n".join(lines)
 
 
 def cmd_dataset_import(args):
@@ -201,6 +218,9 @@ def _model_options(args):
 def cmd_model_create(args):
     svc = service(args)
     jobs = svc.create_model(_model_options(args))
+    for job in jobs:  # what the options check let through but probably is not meant
+        for warning in _job_warnings(job):
+            print("warning: %s: %s" % (job["id"], warning), file=sys.stderr)
     if args.train:
         statuses = [_train_foreground(svc, j["id"]) for j in jobs]
         jobs = [svc.show(j["id"]) for j in jobs]
@@ -212,6 +232,14 @@ def cmd_model_create(args):
         jobs = [svc.show(j["id"]) for j in jobs]
         _queued_note(args, jobs)
     emit(args, jobs, "\n".join(job_line(j) for j in jobs))
+
+
+def _job_warnings(job):
+    try:
+        with open(os.path.join(job["dir"], "job.json")) as f:
+            return json.load(f).get("warnings") or []
+    except (OSError, ValueError):
+        return []
 
 
 def _queued_note(args, jobs):
@@ -579,8 +607,8 @@ def build_parser():
     p.add_argument("--solver", default="SGD", choices=("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"))
     p.add_argument("--lr-policy", default="fixed",
                    choices=("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid"))
-    p.add_argument("--stepsize", type=float, default=33, help="% of training")
-    p.add_argument("--stepvalue", default="50,85", help="% of training, comma-separated")
+    p.add_argument("--stepsize", type=float, default=33, help="%% of training")
+    p.add_argument("--stepvalue", default="50,85", help="%% of training, comma-separated")
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--power", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, help="default base_lr/100 (what DIGITS used)")

@@ -9,7 +9,7 @@ import os
 import shutil
 
 from engine.prototxt import PrototxtError, format_message, parse_net
-from jobs import derive, netcheck, resources
+from jobs import derive, model_options, netcheck, resources
 from jobs.paths import atomic_write, atomic_write_json
 
 
@@ -59,11 +59,16 @@ def write_model_job(job_dir, dataset_dir, options):
         raise ModelJobError("%s: %s" % (where, exc.message), "network")
     facts = derive.DatasetFacts.load(dataset_dir)
     try:
+        model_options.check_model_options(options)
         train_val, deploy = derive.derive_networks(original, facts, options)
         batch = derive.data_batch_size(train_val, derive.TRAIN_STATE)
         val_batch = derive.data_batch_size(train_val, derive.VAL_STATE)
+        warnings = model_options.check_against_dataset(facts.train_count, facts.val_count, batch, val_batch,
+                                                       options)
         solver = derive.derive_solver(facts.train_count, facts.val_count if val_batch else 0, batch,
                                       val_batch or 0, options)
+    except model_options.ModelOptionError as exc:
+        raise ModelJobError(str(exc), exc.field)
     except derive.DeriveError as exc:
         raise ModelJobError(str(exc))
     try:
@@ -91,10 +96,23 @@ def write_model_job(job_dir, dataset_dir, options):
         if report["mismatches"]:
             raise ModelJobError("pretrained weights do not fit the network: " + "; ".join(report["mismatches"]),
                                 "pretrained")
+        if not report["matched"]:
+            # copy_from matches by layer name: nothing would be loaded, the net would train from
+            # scratch while the log says "loaded weights"
+            names = report["unused"][:6]
+            raise ModelJobError(
+                "no layer of the pretrained weights matches a layer of this network by name (Caffe's "
+                "copy_from matches names), so nothing would be loaded; the weights have %s; rename the "
+                "network's layers to match, or train without pretrained weights"
+                % (("layers " + ", ".join(names) + (", ..." if len(report["unused"]) > 6 else ""))
+                   if names else "no layer with weights"), "pretrained")
     atomic_write_json(os.path.join(job_dir, "job.json"), {
         "epochs": int(options.get("epochs", 30)), "dataset_dir": os.path.abspath(dataset_dir),
         "network_source": source, "options": _jsonable(options), "max_iter": solver.max_iter,
-        "classes": facts.classes, "mean": options.get("mean", "none")})
+        "classes": facts.classes, "mean": options.get("mean", "none"), "warnings": warnings})
+    if warnings:
+        with open(os.path.join(job_dir, "log.txt"), "a") as log:
+            log.write("".join("warning: %s\n" % w for w in warnings))
     return solver
 
 

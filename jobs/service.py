@@ -417,11 +417,18 @@ class JobService:
         except gpu_policy.GpuRequestError as exc:
             raise ServiceError(str(exc), {exc.field: str(exc)})
         lrs = derive.sweep(options.get("base_lr", 0.01))
-        batches = derive.sweep(options.get("batch_size") or [None])
+        given = options.get("batch_size")
+        batches = derive.sweep(given if given not in (None, "") else [None])  # 0 is refused, not "unset"
         name = options.get("name") or "model"
         combos = [(lr, bs) for lr in lrs for bs in batches]
         group = options.get("group_name") or (name if len(combos) > 1 else None)
         jobs = []
+        from jobs.model_options import ModelOptionError, check_model_options
+        for lr, bs in combos:  # one check for the CLI, the form and the API, before any job exists
+            try:
+                check_model_options(dict(options, base_lr=lr, batch_size=bs))
+            except ModelOptionError as exc:
+                raise ServiceError(str(exc), exc.field_errors)
         for lr, bs in combos:
             one = dict(options, base_lr=float(lr), batch_size=int(bs) if bs not in (None, "") else None)
             label = name if len(combos) == 1 else "%s lr=%s%s" % (name, lr, " bs=%s" % bs if bs else "")

@@ -119,7 +119,8 @@ class FormField:
         if self.kind == "path":
             path = os.path.expanduser(str(raw).strip())
             if self.must_exist and not os.path.isdir(path):
-                raise ValueError("folder %s does not exist" % path)
+                raise ValueError("%s is a file, not a folder" % path if os.path.isfile(path)
+                                 else "folder %s does not exist" % path)
             return os.path.abspath(path)
         return str(raw)
 

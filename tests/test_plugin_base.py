@@ -98,7 +98,7 @@ def test_form_validation_names_each_bad_field(tmp_path):
     errors = err.value.errors
     assert "does not exist" in errors["image_folder"]
     assert "required" in errors["contour_folder"]
-    assert "at most 100" in errors["val_percent"]
+    assert "at most 99" in errors["val_percent"]
     assert "one of L, RGB" in errors["channel_conversion"]
     assert "whole number" in errors["seed"]
 

@@ -40,8 +40,10 @@ class SunnybrookPlugin(DataPlugin):
                                ("RGB", "RGB (the slice copied to 3 channels)")),
                       help="Grayscale stores 1 x H x W; RGB repeats the plane into 3 channels "
                            "for networks pretrained on colour images."),
-            FormField("val_percent", "% for validation", "int", default=10, min=0, max=100,
-                      help="Share of entries (or of patients' entries) held out for validation."),
+            # 100 % would leave nothing to train on: refused with the other range checks
+            FormField("val_percent", "% for validation", "int", default=10, min=0, max=99,
+                      help="Share of entries (or of patients' entries) held out for validation "
+                           "(0-99; 100 would leave no training record)."),
             FormField("contour_type", "Contour type", "choice", default="inner",
                       choices=(("inner", "Inner: LV cavity (2 classes)"),
                                ("inner_outer", "Inner + outer: cavity and myocardium (3 classes)")),
