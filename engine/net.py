@@ -57,6 +57,11 @@ class NetError(ValueError):
     """The net definition breaks a construction rule; the message names the layer or blob."""
 
 
+class NetFileError(NetError, RuntimeError):
+    """A network or weights file cannot be opened. A RuntimeError too: pycaffe's ``Net(...)``
+    raises RuntimeError("Could not open file ...") there (its CheckFile)."""
+
+
 class WeightsMismatchError(NetError):
     """A weights file's blob does not fit the net's parameter (``copy_from``)."""
 
@@ -122,8 +127,17 @@ def _read_net_param(network) -> tuple[caffe_pb2.NetParameter, str | None]:
     if isinstance(network, bytes):
         network = network.decode()
     path = os.fspath(network)
+    _check_file(path)
     from engine.prototxt import read_net
     return read_net(path), path
+
+
+def _check_file(path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError:
+        raise NetFileError(f"Could not open file {path}") from None
 
 
 class Net:
@@ -149,6 +163,8 @@ class Net:
             param.state.stage.append(stage)
         self.phase = int(phase)
         self.device = device_state.current_device()
+        if weights is not None:
+            _check_file(os.fspath(weights))
         self._build(param)
         if weights is not None:
             self.copy_from(weights)

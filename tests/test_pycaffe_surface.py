@@ -646,3 +646,14 @@ def test_transformer_resizes_an_elementwise_mean_of_another_size():
     np.testing.assert_allclose(t.mean["data"][0, 0], [2, 3, 5, 5], rtol=1e-6)
     with pytest.raises(ValueError, match="mean has 2 channels"):
         t.set_mean("data", np.array([1.0, 2.0]))
+
+
+def test_missing_files_raise_runtime_error_as_pycaffe(tmp_path):
+    from engine.net import NetError
+    with pytest.raises(RuntimeError, match="Could not open file .*nope.prototxt") as info:
+        caffe.Net(str(tmp_path / "nope.prototxt"), caffe.TEST)
+    assert isinstance(info.value, NetError)  # and the engine's own error class
+    path = tmp_path / "ip.prototxt"
+    path.write_text(IP_NET)
+    with pytest.raises(RuntimeError, match="Could not open file .*none.caffemodel"):
+        caffe.Net(str(path), caffe.TEST, weights=str(tmp_path / "none.caffemodel"))
