@@ -68,7 +68,8 @@ class FormError(ValueError):
 
 @dataclass
 class FormField:
-    """One field of a plugin form. ``kind`` is one of path, choice, int, float, bool, text."""
+    """One field of a plugin form. ``kind`` is one of path (a folder), file, choice, int, float,
+    bool, text."""
 
     name: str
     label: str
@@ -79,7 +80,7 @@ class FormField:
     choices: Sequence[Tuple[str, str]] = ()  # (value, label)
     min: Optional[float] = None
     max: Optional[float] = None
-    must_exist: bool = True  # for kind="path": the folder must exist
+    must_exist: bool = True  # for kind="path"/"file": the folder/file must exist
 
     def clean(self, raw):
         """Return the typed value for ``raw`` or raise ValueError with a user-facing message."""
@@ -121,6 +122,12 @@ class FormField:
             if self.must_exist and not os.path.isdir(path):
                 raise ValueError("%s is a file, not a folder" % path if os.path.isfile(path)
                                  else "folder %s does not exist" % path)
+            return os.path.abspath(path)
+        if self.kind == "file":
+            path = os.path.expanduser(str(raw).strip())
+            if self.must_exist and not os.path.isfile(path):
+                raise ValueError("%s %s" % (path, "is a folder, not a file" if os.path.isdir(path)
+                                            else "does not exist"))
             return os.path.abspath(path)
         return str(raw)
 

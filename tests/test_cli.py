@@ -112,7 +112,7 @@ def test_version_and_info_report_the_installation(env, capsys, monkeypatch):
     assert done.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("caffeseg ") and "torch %s" % torch.__version__ in text
-    assert "real Caffe: not found (run `make caffe`)" in text and "data plugins: sunnybrook" in text
+    assert "real Caffe: not found (run `make caffe`)" in text and "data plugins: image_segmentation, sunnybrook" in text
     code, info = run_json(capsys, common + ["info"])
     assert code == 0 and info["torch"] == torch.__version__ and info["real_caffe"]["found"] is False
-    assert info["plugins"] == ["sunnybrook"] and info["broken_plugins"] == []
+    assert info["plugins"] == ["image_segmentation", "sunnybrook"] and info["broken_plugins"] == []

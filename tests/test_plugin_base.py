@@ -76,7 +76,7 @@ def test_broken_plugins_are_listed_with_their_reason_and_hide_nothing(monkeypatc
     _entry_points(monkeypatch, _EP("gone", "gone:Plugin", fails), _EP("notaplugin", "x:dict", lambda: dict),
                   _EP("toy", "x:Toy", lambda: _Toy), _EP("toy2", "x:Duplicate", lambda: Duplicate))
     found = discover_plugins()
-    assert set(found.plugins) == {"toy", "sunnybrook"}
+    assert set(found.plugins) == {"toy", "sunnybrook", "image_segmentation"}
     reasons = {b.name: b.error for b in found.broken}
     assert reasons["gone"] == "ImportError: no module named 'gone'"
     assert "not a plugin.base.DataPlugin subclass" in reasons["notaplugin"]

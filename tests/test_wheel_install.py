@@ -60,4 +60,4 @@ def test_a_wheel_install_lists_the_standard_networks_and_finds_the_dice_module(t
     assert found["networks"] == shipped and {"fcn_alexnet", "fcn_alexnet_dice", "unet"} <= set(shipped)
     assert found["titles"]["fcn_alexnet"] == "FCN-AlexNet"  # read from the installed prototxt/README.md
     assert found["dice"].startswith(site) and found["dice"].endswith("python_layers/digits_python_layers.py")
-    assert found["plugins"] == ["sunnybrook"] and "caffeseg" in found["scripts"]
+    assert found["plugins"] == ["image_segmentation", "sunnybrook"] and "caffeseg" in found["scripts"]
