@@ -8,6 +8,8 @@ top; edges out of Data/Convolution/Deconvolution/InnerProduct layers carry the b
 """
 from __future__ import annotations
 
+import shutil
+
 import pydot
 
 from engine.proto import caffe_pb2
@@ -118,6 +120,10 @@ def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False) -> by
     graph = get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm)
     if ext == "raw":
         return graph.to_string().encode()
+    if shutil.which("dot") is None:
+        raise RuntimeError(f"caffe.draw renders '{ext}' with Graphviz's `dot` program, which is not on PATH: "
+                           "install Graphviz (Debian: apt-get install graphviz), or use a '.raw' file for the "
+                           "dot source")
     return graph.create(format=ext)
 
 

@@ -657,3 +657,10 @@ def test_missing_files_raise_runtime_error_as_pycaffe(tmp_path):
     path.write_text(IP_NET)
     with pytest.raises(RuntimeError, match="Could not open file .*none.caffemodel"):
         caffe.Net(str(path), caffe.TEST, weights=str(tmp_path / "none.caffemodel"))
+
+
+def test_draw_without_graphviz_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(caffe.draw.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install graphviz"):
+        caffe.draw.draw_net(_small_spec(), "LR", ext="png")
+    assert caffe.draw.draw_net(_small_spec(), "LR", ext="raw").startswith(b"digraph")
