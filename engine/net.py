@@ -775,13 +775,16 @@ class Net:
             else:
                 store[name].extend(value)
 
-    @staticmethod
-    def _strip_padding(collected: dict, given: dict) -> dict:
+    def _strip_padding(self, collected: dict, given: dict) -> dict:
+        """Arrays of the collected batches, without the rows of the zero-padded last batch
+        (per-sample results only; a scalar such as a loss has one value per batch)."""
         result = {name: np.asarray(values) for name, values in collected.items()}
-        if given and result:
-            pad = len(next(iter(result.values()))) - len(next(iter(given.values())))
-            if pad > 0:
-                result = {name: value[:-pad] for name, value in result.items()}
+        if given:
+            num = len(next(iter(given.values())))
+            pad = -num % next(iter(self.blobs.values())).shape[0]
+            if pad:
+                result = {name: value[:-pad] if len(value) == num + pad else value
+                          for name, value in result.items()}
         return result
 
     def forward_all(self, blobs=None, **kwargs):

@@ -664,3 +664,21 @@ def test_draw_without_graphviz_says_what_to_install(monkeypatch):
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
         caffe.draw.draw_net(_small_spec(), "LR", ext="png")
     assert caffe.draw.draw_net(_small_spec(), "LR", ext="raw").startswith(b"digraph")
+
+
+LOSS_NET = """
+name: "loss" force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "target" type: "Input" top: "target" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "target" top: "loss" }
+"""
+
+
+def test_forward_all_keeps_one_scalar_per_batch_and_strips_only_sample_rows(tmp_path):
+    net = _ip_net(tmp_path, LOSS_NET)
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    out = net.forward_all(blobs=["data"], data=x, target=np.zeros_like(x))
+    # batches [x0 x1], [x2 x3], [x4 0]: Euclidean loss sum((d - t)^2) / 2 / batch size
+    losses = [float((x[i:i + 2] ** 2).sum()) / 4 for i in (0, 2)] + [float((x[4] ** 2).sum()) / 4]
+    np.testing.assert_allclose(out["loss"], losses, rtol=1e-6)
+    np.testing.assert_array_equal(out["data"], x)
