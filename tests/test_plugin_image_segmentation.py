@@ -394,3 +394,35 @@ def test_one_epoch_of_a_tiny_model(tmp_path):
     result = svc.infer(job["id"], record="00000000")["results"][0]
     assert result["class_map"].shape == (H, W)
     assert json.load(open(os.path.join(dataset["dir"], "dataset.json")))["plugin"]["id"] == "image_segmentation"
+
+
+# -- the web, unchanged, builds its form and the dataset --------------------------------------
+
+def test_the_web_form_builds_it_without_any_web_change(tmp_path):
+    from web import create_app
+    data = tmp_path / "data"
+    feat, lab = write_pairs(str(data), names(4))
+    app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data)], "WTF_CSRF_ENABLED": False,
+                      "START_WORKER": False})
+    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
+    assert "/datasets/new/image_segmentation" in client.get("/").get_data(as_text=True)
+    html = client.get("/datasets/new/image_segmentation").get_data(as_text=True)
+    assert all('name="%s"' % f in html for f in ("feature_folder", "label_folder", "colormap_method",
+                                                 "class_labels_file", "ignore_label"))
+    form = {"feature_folder": feat, "label_folder": lab, "val_percent": "25", "channel_conversion": "none",
+            "colormap_method": "label", "class_count": "3", "seed": "0", "encoding": "png",
+            "encoder_batch_size": "32", "encoder_threads": "1", "db_backend": "lmdb", "enforce_same_shape": "y",
+            "dataset_name": "web seg"}
+    bad = client.post("/datasets/new/image_segmentation", data=dict(form, label_folder=feat))
+    assert bad.status_code == 400 and "is the feature image folder itself" in bad.get_data(as_text=True)
+    resp = client.post("/datasets/new/image_segmentation", data=form)
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    job_id = resp.headers["Location"].rsplit("/", 1)[1]
+    assert svc.scheduler.step() == [job_id]
+    for thread in list(svc.scheduler._building.values()):
+        thread.join(60)
+    job = svc.show(job_id)
+    assert job["status"] == "Done", open(os.path.join(job["dir"], "log.txt")).read()
+    info = DatasetInfo.read(job["dir"])
+    assert info.counts == {"train": 3, "val": 1} and info.info["feature"]["storage"] == "png"
+    assert client.get("/datasets/%s" % job_id).status_code == 200
