@@ -8,6 +8,8 @@ The files are unpacked from the tarball into a temporary folder (with the ``mode
 NCCL test (``test_nccl.py::TestNCCL::test_newuid``) checks ``caffe.NCCL.new_uid`` only when
 ``caffe.has_nccl()`` is True (otherwise it checks nothing). No test needs CUDA (pycaffe's tests
 run on the CPU).
+Also from the same source, unchanged: ``python/draw_net.py`` (renders CaffeNet), and the pycaffe
+example ``examples/pycaffe/linreg.prototxt`` with its Python loss layer ``layers/pyloss.py``.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def _wanted(name: str) -> bool:
         return False
     if rest.startswith("python/caffe/test/"):
         return rest.endswith(".py")
+    if rest in ("python/draw_net.py", "examples/pycaffe/layers/pyloss.py"):
+        return True
     return rest.endswith(".prototxt") and rest.split("/")[0] in ("models", "examples")
 
 
@@ -106,3 +110,38 @@ def test_bvlc_pycaffe_suite_passes_on_the_engine(suite_dir, tmp_path):
     # every file contributed tests (a file that fails to import would show as an error above)
     assert {n.split("::")[0] for n in results} == set(TEST_FILES), sorted(results)
     assert len(results) == 52, sorted(results)
+
+
+def test_bvlc_draw_net_script_runs_unchanged(suite_dir, tmp_path):
+    if shutil.which("dot") is None:
+        pytest.fail("Graphviz's `dot` is missing (make graphviz-deps)")
+    source = suite_dir.parents[2]
+    out_png = tmp_path / "caffenet.png"
+    out = subprocess.run(
+        [sys.executable, str(source / "python" / "draw_net.py"),
+         str(source / "models" / "bvlc_reference_caffenet" / "train_val.prototxt"), str(out_png),
+         "--rankdir", "TB", "--phase", "TEST", "--display_lrm"],
+        env=_engine_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == f"Drawing net to {out_png}"
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bvlc_pyloss_example_layer_trains_linreg(suite_dir, monkeypatch):
+    """examples/pycaffe/linreg.prototxt with its Python EuclideanLossLayer (pyloss.py), both
+    unchanged: the loss and the gradients are the closed-form Euclidean ones."""
+    import numpy as np
+    from engine import caffe_shim
+    caffe = caffe_shim.install()
+    source = suite_dir.parents[2]
+    monkeypatch.syspath_prepend(str(source / "examples" / "pycaffe" / "layers"))
+    net = caffe.Net(str(source / "examples" / "pycaffe" / "linreg.prototxt"), caffe.TRAIN)
+    loss = net.forward()["loss"].item()  # pyloss shapes its top (1,)
+    ipx, ipy = net.blobs["ipx"].data.copy(), net.blobs["ipy"].data.copy()
+    n = ipx.shape[0]
+    np.testing.assert_allclose(loss, ((ipx - ipy) ** 2).sum() / n / 2, rtol=1e-5)
+    net.backward()
+    np.testing.assert_allclose(net.blobs["ipx"].diff, (ipx - ipy) / n, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(net.blobs["ipy"].diff, -(ipx - ipy) / n, rtol=1e-5, atol=1e-7)
+    x = net.blobs["x"].data.reshape(n, -1)
+    np.testing.assert_allclose(net.params["ipx"][0].diff, ((ipx - ipy) / n).T @ x, rtol=1e-4, atol=1e-6)
