@@ -8,6 +8,7 @@ The files are unpacked from the tarball into a temporary folder (with the ``mode
 NCCL test (``test_nccl.py::TestNCCL::test_newuid``) checks ``caffe.NCCL.new_uid`` only when
 ``caffe.has_nccl()`` is True (otherwise it checks nothing). No test needs CUDA (pycaffe's tests
 run on the CPU).
+
 Also from the same source, unchanged: ``python/draw_net.py`` (renders CaffeNet), and the pycaffe
 example ``examples/pycaffe/linreg.prototxt`` with its Python loss layer ``layers/pyloss.py``.
 """
