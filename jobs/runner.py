@@ -255,6 +255,11 @@ class Runner:
         out.write(json.dumps(line) + "\n")
         out.flush()
 
+    def abort_asked(self):
+        """SIGTERM (``stop_requested``) or the abort flag file: the flag is how a scheduler that
+        cannot signal this process (another host, a restarted server's adopted runner) asks."""
+        return self.stop_requested or os.path.exists(os.path.join(self.job_dir, ABORT_FLAG))
+
     def validate(self, solver):
         nets = getattr(solver, "test_nets", None) or []
         if not nets or self.test_iter < 1:
@@ -265,6 +270,8 @@ class Runner:
             share(solver.net)  # Caffe's Solver::Test does the same before testing
         sums = {}
         for _ in range(self.test_iter):
+            if self.abort_asked():
+                return None  # a long validation must not hold up an abort (no partial val row)
             net.forward()
             for name in net.outputs:
                 sums[name] = sums.get(name, 0.0) + blob_mean(net.blobs[name])
@@ -317,9 +324,7 @@ class Runner:
         status_at = started
         with open(self.metrics_path if self.ranks.writes else os.devnull, "a") as out:
             while solver.iter < self.max_iter:
-                # The flag file is how a scheduler on another host (container) asks for an abort:
-                # it cannot signal this process.
-                stop = self.stop_requested or os.path.exists(os.path.join(self.job_dir, ABORT_FLAG))
+                stop = self.abort_asked()
                 if nccl is not None:
                     stop = nccl.any_rank(stop)  # all ranks stop at the same iteration
                 if stop:

@@ -510,6 +510,8 @@ class Scheduler:
         """Record the outcome of a runner that ended unwatched, from its runner_status.json."""
         info = read_runner_status(job["dir"])
         state = info.get("state")
+        if state not in ("done", "error") and os.path.exists(os.path.join(job["dir"], ABORT_FLAG)):
+            state = "aborted"  # killed after the grace period (as _finish): still the user's abort
         if state == "done" and int(info.get("iter") or 0) >= int(info.get("max_iter") or 0):
             status, msg = st.DONE, "finished while no scheduler watched it"
         elif state == "error":

@@ -79,6 +79,7 @@ FAKE_CAFFE = textwrap.dedent('''
             _call("share_with")
         def forward(self):
             _call("test_forward")
+            time.sleep(float(os.environ.get("FAKE_TEST_SECONDS", "0")))  # a slow validation pass
             if os.environ.get("FAKE_VAL_NAN"):  # validation diverges, training does not
                 self.blobs["loss"] = Blob([float("nan")], ())
 

@@ -1,0 +1,110 @@
+"""Issue 21 (the lab walked as a newcomer), jobs side: aborting a runner adopted after a server
+restart is fast and ends Aborted (item 6)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import types
+
+import pytest
+
+from jobs import runner as runner_mod
+from jobs import scheduler as scheduler_mod
+from jobs import store as st
+from jobs.scheduler import IMPORT_ROOT, Scheduler
+from jobs.service import JobService
+from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+
+
+@pytest.fixture
+def svc(tmp_path, monkeypatch):
+    fake = install_fake_caffe(str(tmp_path / "fake"))
+    monkeypatch.setenv("PYTHONPATH", fake)
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    service = JobService(str(tmp_path / "jobs"), backend="pycaffe")
+    service.fake_path = fake
+    return service
+
+
+def _start_unsupervised(svc, tmp_path, **env):
+    """A Running job whose runner was started by a server that is gone (nobody waits for it)."""
+    dataset = svc.import_dataset(make_dataset_dir(str(tmp_path / "built")), "phantom")
+    [job] = svc.create_model(dict(dataset_id=dataset["id"], network_text=TINY_NET, epochs=4, name="tiny"))
+    command = svc.scheduler.runner_command(job)
+    full_env = dict(os.environ, PYTHONPATH=svc.fake_path + os.pathsep + IMPORT_ROOT, **env)
+    with open(os.path.join(job["dir"], "log.txt"), "ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=job["dir"])
+    svc.store.update(job["id"], pid=proc.pid)
+    svc.store.set_status(job["id"], st.RUNNING)
+    return job, proc
+
+
+def _wait_for(predicate, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_abort_of_an_adopted_runner_stuck_in_validation_ends_aborted_within_the_grace(svc, tmp_path, monkeypatch):
+    """The runner sits in one validation forward far longer than the grace: it is killed, and the
+    adopting scheduler (no exit code, runner_status.json still 'running') records Aborted — the
+    user's abort — not Interrupted, within the grace period plus a poll."""
+    monkeypatch.setattr(scheduler_mod, "ABORT_GRACE_SECONDS", 1.0)
+    job, proc = _start_unsupervised(svc, tmp_path, FAKE_TEST_SECONDS="120")
+    calls = str(tmp_path / "calls.jsonl")
+    assert _wait_for(lambda: os.path.exists(calls) and "test_forward" in open(calls).read(), 30)
+    restarted = Scheduler(svc.store, backend="pycaffe")
+    assert restarted.recover(adopt=True) == {job["id"]: "adopted"}
+    asked = time.time()
+    assert restarted.abort(job["id"]) is True
+    assert _wait_for(lambda: svc.store.get(job["id"])["status"] != st.RUNNING, 15)
+    took = time.time() - asked
+    proc.wait(5)
+    assert svc.store.get(job["id"])["status"] == st.ABORTED
+    assert took < 6, took
+    assert [h["message"] for h in svc.store.history(job["id"])][-1] == "aborted"
+
+
+def test_abort_of_an_adopted_runner_between_validation_passes_is_its_own_abort(svc, tmp_path):
+    """SIGTERM during a validation of several passes: the runner stops at the next pass (no val
+    row for the cut validation) and writes 'aborted'; the adopter records Aborted well before
+    the grace period would kill it."""
+    job, proc = _start_unsupervised(svc, tmp_path, FAKE_TEST_SECONDS="0.3")
+    calls = str(tmp_path / "calls.jsonl")
+    assert _wait_for(lambda: os.path.exists(calls) and "test_forward" in open(calls).read(), 30)
+    restarted = Scheduler(svc.store, backend="pycaffe")
+    assert restarted.recover(adopt=True) == {job["id"]: "adopted"}
+    asked = time.time()
+    restarted.abort(job["id"])
+    assert proc.wait(scheduler_mod.ABORT_GRACE_SECONDS) == runner_mod.EXIT_ABORTED  # not killed
+    assert _wait_for(lambda: svc.store.get(job["id"])["status"] == st.ABORTED, 10)
+    assert time.time() - asked < scheduler_mod.ABORT_GRACE_SECONDS
+    assert scheduler_mod.read_runner_status(job["dir"])["state"] == "aborted"
+
+
+def test_validation_stops_between_passes_when_an_abort_is_asked():
+    """Runner.validate checks the abort request before every test forward: with 5 passes and an
+    abort asked during the second, only 2 forwards run and no (partial) result is returned."""
+    forwards = []
+    runner = types.SimpleNamespace(test_iter=5, stop_requested=False, stop_at=2)
+
+    class Net:
+        outputs = ["loss"]
+        blobs = {"loss": types.SimpleNamespace(data=types.SimpleNamespace(mean=lambda: 1.0, size=1))}
+
+        def forward(self):
+            forwards.append(1)
+            if len(forwards) == runner.stop_at:
+                runner.stop_requested = True
+
+    runner.abort_asked = lambda: runner.stop_requested
+    solver = types.SimpleNamespace(test_nets=[Net()])
+    assert runner_mod.Runner.validate(runner, solver) is None
+    assert len(forwards) == 2
+    runner.stop_requested, runner.stop_at, forwards[:] = False, None, []
+    assert runner_mod.Runner.validate(runner, solver) == {"loss": 1.0}
+    assert len(forwards) == 5
