@@ -1,10 +1,20 @@
-"""Model download: a ``.tar.gz`` that real Caffe loads as-is.
+"""Model download: a ``.tar.gz`` (or ``.zip``, as DIGITS' ``download.zip``) that real Caffe loads as-is.
 
 Contents: ``deploy.prototxt``, the chosen ``snapshot_iter_<N>.caffemodel``, ``mean.binaryproto``
 (when the model was trained with a mean image), ``labels.txt`` (one class per line), the job's
 Python layer files (``*.py``), ``original.prototxt``, ``solver.prototxt``, ``train_val.prototxt``
-and ``info.json`` (snapshot, classes, preprocessing, framework) — what DIGITS' download held.
+and ``info.json`` — what DIGITS' download held.
+
+``info.json`` carries caffeseg's keys (``name``, ``snapshot``, ``classes``, ``preprocess``,
+``framework``, ``deploy``) and DIGITS' own (``digits_info``, the names its Caffe train task's
+``get_task_stats`` and job ``json_dict`` write and its ``upload_archive`` reads): "snapshot file",
+"model file" (original.prototxt, the all-stages network), "deploy file", "train_val file",
+"solver file", "mean file" ("" without a mean image), "labels file", "framework" ("caffe"),
+"image dimensions" ([height, width, channels], DIGITS' ``get_feature_dims`` order), "image
+resize mode" ("squash": how caffeseg resizes an image of another size), "job id", "creation
+time", "username" and "python layer file" (when the job has one).
 """
+import datetime
 import fcntl
 import glob
 import io
@@ -12,6 +22,7 @@ import json
 import os
 import tarfile
 import time
+import zipfile
 
 from jobs.infer import latest_snapshot, preprocessing_from_train_val
 from jobs.paths import atomic_output, atomic_write_json
@@ -25,6 +36,14 @@ COMPRESS_LEVEL = 1
 EXPORT_DIR = "downloads"
 #: archives kept per job: the newest requested ones; older ones are removed on the next build
 KEEP_ARCHIVES = 2
+#: download formats (file name endings), as DIGITS' /models/<id>/download.<extension>
+FORMATS = ("tar.gz", "zip")
+#: how caffeseg's inference fits an image of another size than the dataset's (jobs.infer.resize_image)
+RESIZE_MODE = "squash"
+
+
+class ExportError(ValueError):
+    pass
 
 
 def _archive_files(job_dir, weights):
@@ -59,15 +78,26 @@ def _readable(member):
     return member
 
 
-def _write_archive(out_path, files, info, classes):
-    """Write the tar.gz atomically (``jobs.paths.atomic_output``): concurrent writers never share a
-    temporary name, and readers see whole archives only."""
+def _write_archive(out_path, files, info, classes, fmt="tar.gz"):
+    """Write the tar.gz or zip atomically (``jobs.paths.atomic_output``): concurrent writers never
+    share a temporary name, and readers see whole archives only."""
+    texts = (("labels.txt", "".join("%s\n" % c for c in classes)),
+             ("info.json", json.dumps(info, indent=2, sort_keys=True)))
+    if fmt == "zip":
+        with atomic_output(out_path, mode=0o644) as raw, \
+                zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+            for src, arcname in files:
+                zf.write(src, arcname=arcname)
+            for arcname, text in texts:
+                entry = zipfile.ZipInfo(arcname, date_time=time.localtime()[:6])
+                entry.external_attr, entry.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+                zf.writestr(entry, text.encode("utf-8"))
+        return out_path
     with atomic_output(out_path, mode=0o644) as raw, \
             tarfile.open(fileobj=raw, mode="w:gz", compresslevel=COMPRESS_LEVEL) as tar:
         for src, arcname in files:
             tar.add(src, arcname=arcname, filter=lambda m: _readable(m))
-        for arcname, text in (("labels.txt", "".join("%s\n" % c for c in classes)),
-                              ("info.json", json.dumps(info, indent=2, sort_keys=True))):
+        for arcname, text in texts:
             data = text.encode("utf-8")
             member = _readable(tarfile.TarInfo(arcname))
             member.size, member.mtime = len(data), int(time.time())
@@ -75,36 +105,92 @@ def _write_archive(out_path, files, info, classes):
     return out_path
 
 
-def export_model(job_dir, out_path=None, snapshot=None, name=None):
-    """The model download for ``snapshot`` (default: the newest): a .tar.gz real Caffe loads as-is.
+def _image_dimensions(job_dir):
+    """[height, width, channels] of the dataset's features (DIGITS' ``get_feature_dims``), else
+    of the deploy net's input; None when neither can be read."""
+    from jobs.dataset import DatasetError, DatasetInfo
+    try:
+        with open(os.path.join(job_dir, "job.json")) as f:
+            dataset_dir = json.load(f).get("dataset_dir")
+        channels, height, width = DatasetInfo.read(dataset_dir).feature_shape[-3:]
+        return [int(height), int(width), int(channels)]
+    except (OSError, ValueError, TypeError, KeyError, DatasetError):
+        pass
+    try:
+        from engine.prototxt import read_net
+        net = read_net(os.path.join(job_dir, "deploy.prototxt"))
+        dims = list(net.input_shape[0].dim) if len(net.input_shape) else list(net.input_dim)
+        if not dims:
+            dims = next(list(layer.input_param.shape[0].dim) for layer in net.layer if layer.type == "Input")
+        return [int(dims[2]), int(dims[3]), int(dims[1])]
+    except Exception:  # noqa: BLE001 - an unreadable deploy net: the key is left out
+        return None
+
+
+def digits_info(job_dir, files, weights, pre, job=None):
+    """The DIGITS keys of info.json (see the module docstring) for these archive ``files``."""
+    names = {arcname for _, arcname in files}
+    info = {"snapshot file": os.path.basename(weights), "framework": "caffe",
+            "mean file": pre.get("mean_file") or "", "labels file": "labels.txt",
+            "image resize mode": RESIZE_MODE}
+    for key, name in (("model file", "original.prototxt"), ("deploy file", "deploy.prototxt"),
+                      ("train_val file", "train_val.prototxt"), ("solver file", "solver.prototxt")):
+        if name in names:
+            info[key] = name
+    dims = _image_dimensions(job_dir)
+    if dims:
+        info["image dimensions"] = dims
+    layers = sorted(n for n in names if n.endswith(".py"))
+    if layers:
+        info["python layer file"] = layers[0]
+    if job:
+        info.update({"job id": job["id"], "username": job.get("owner") or "",
+                     "creation time": str(datetime.datetime.fromtimestamp(job["created_at"]))})
+    return info
+
+
+def _manifest_name(archive_name):
+    """The cache manifest beside an archive: model_X.json for model_X.tar.gz, model_X.zip.json."""
+    return archive_name[:-len(".tar.gz")] + ".json" if archive_name.endswith(".tar.gz") else archive_name + ".json"
+
+
+def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz", job=None):
+    """The model download for ``snapshot`` (default: the newest): a .tar.gz (``fmt`` "tar.gz") or
+    .zip (``fmt`` "zip") real Caffe loads as-is; ``job`` (the store row) fills info.json's DIGITS
+    job keys (id, creation time, username).
 
     With ``out_path`` the archive is written there. Without it, the job's cached archive of that
-    snapshot is returned, built once: it is rebuilt only when one of its input files changed (size
-    or modification time), concurrent requests wait for one build instead of each writing 200 MB,
-    and archives of snapshots no longer requested are removed (see ``KEEP_ARCHIVES``).
+    snapshot and format is returned, built once: it is rebuilt only when one of its input files
+    changed (size or modification time) or its info did, concurrent requests wait for one build
+    instead of each writing 200 MB, and archives no longer requested are removed (see
+    ``KEEP_ARCHIVES``).
     """
+    if fmt not in FORMATS:
+        raise ExportError("unknown download format %r (one of %s)" % (fmt, ", ".join(FORMATS)))
     weights = latest_snapshot(job_dir, snapshot)
     files, pre = _archive_files(job_dir, weights)
     classes = _job_classes(job_dir)
     info = {"name": name or os.path.basename(job_dir), "snapshot": os.path.basename(weights),
             "classes": classes, "preprocess": pre, "framework": "caffe", "deploy": "deploy.prototxt"}
+    info.update(digits_info(job_dir, files, weights, pre, job))
     if out_path:
-        return _write_archive(out_path, files, dict(info, exported_at=time.time()), classes)
+        return _write_archive(out_path, files, dict(info, exported_at=time.time()), classes, fmt)
     folder = os.path.join(job_dir, EXPORT_DIR)
     os.makedirs(folder, exist_ok=True)
     stem = "model_%s" % os.path.splitext(os.path.basename(weights))[0]
-    archive, manifest_path = os.path.join(folder, stem + ".tar.gz"), os.path.join(folder, stem + ".json")
+    archive = os.path.join(folder, "%s.%s" % (stem, fmt))
+    manifest_path = os.path.join(folder, _manifest_name(os.path.basename(archive)))
     manifest = {"inputs": [[arcname, os.stat(src).st_size, os.stat(src).st_mtime_ns] for src, arcname in files],
-                "info": info}
+                "info": info, "format": fmt}
     with open(os.path.join(folder, ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others then find it done
         try:
             if os.path.isfile(archive) and _read_json(manifest_path) == manifest:
                 os.utime(manifest_path)  # most recently requested: kept by the clean-up
                 return archive
-            _write_archive(archive, files, dict(info, exported_at=time.time()), classes)
+            _write_archive(archive, files, dict(info, exported_at=time.time()), classes, fmt)
             atomic_write_json(manifest_path, manifest)
-            _clean_exports(folder, keep=stem)
+            _clean_exports(folder, keep=os.path.basename(manifest_path))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return archive
@@ -120,19 +206,27 @@ def _read_json(path):
 
 def _clean_exports(folder, keep):
     """Remove left-over temporary files (a killed build) and all but the KEEP_ARCHIVES most
-    recently requested archives; ``keep`` (the one just built) always stays."""
+    recently requested archives (any format); ``keep`` (the manifest just written) always stays."""
     for tmp in glob.glob(os.path.join(folder, ".tmp-*")):
         os.unlink(tmp)
     manifests = sorted(glob.glob(os.path.join(folder, "model_*.json")), key=os.path.getmtime, reverse=True)
-    others = [path for path in manifests if os.path.basename(path) != keep + ".json"]
+    others = [path for path in manifests if os.path.basename(path) != keep]
     for path in others[KEEP_ARCHIVES - 1:]:
-        for old in (path, path[:-len(".json")] + ".tar.gz"):
+        archive = path[:-len(".json")] if path.endswith(".zip.json") else path[:-len(".json")] + ".tar.gz"
+        for old in (path, archive):
             if os.path.exists(old):
                 os.unlink(old)
 
 
 def extract(archive, dest):
-    """Unpack an export safely (no absolute paths or '..')."""
+    """Unpack an export safely (no absolute paths or '..'; see also jobs.pretrained_archive)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                if name.startswith("/") or ".." in name.split("/") or name.endswith("/"):
+                    raise ValueError("unsafe member %r in %s" % (name, archive))
+            zf.extractall(dest)
+        return dest
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             if member.name.startswith("/") or ".." in member.name.split("/") or not member.isfile():

@@ -280,6 +280,12 @@ UPLOAD_DIR_NAME = "uploaded"
 UPLOAD_NETWORK = "network.prototxt"
 UPLOAD_WEIGHTS = "weights.caffemodel"
 UPLOAD_INFO = "info.json"
+UPLOAD_LABELS = "labels.txt"
+#: files an upload may keep beside its network and weights (the deploy net, the mean image)
+UPLOAD_EXTRA_FILES = ("deploy.prototxt", "mean.binaryproto")
+IMAGE_TYPES = {"gray": 1, "grayscale": 1, "1": 1, "color": 3, "colour": 3, "rgb": 3, "3": 3}
+RESIZE_MODES = ("squash", "crop", "fill", "half_crop")  # DIGITS' resize modes
+MAX_LABELS_BYTES = 1 << 20
 MAX_PROTOTXT_BYTES = 1 << 20
 _UPLOAD_ID = re.compile(r"^up-[0-9a-f]{12}$")
 _UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+()-]{0,63}$")
@@ -448,7 +454,56 @@ def _check_upload_weights(path, net):
     return matched
 
 
-def save_upload(dest_dir, name, prototxt, weights, description="") -> dict:
+def check_upload_image(image):
+    """The upload form's image fields (DIGITS: image type, resize mode, width, height) checked:
+    {"channels" 1|3, "type" gray|color, "resize_mode", "width", "height"} or None; UploadError
+    names the field."""
+    if not image or not any(v not in (None, "") for v in image.values()):
+        return None
+    kind = str(image.get("type") or image.get("image_type") or "").strip().lower()
+    if kind not in IMAGE_TYPES:
+        raise UploadError("image type: gray or color", "image_type")
+    mode = str(image.get("resize_mode") or "squash").strip().lower()
+    if mode not in RESIZE_MODES:
+        raise UploadError("resize mode: one of %s" % ", ".join(RESIZE_MODES), "resize_mode")
+    out = {"channels": IMAGE_TYPES[kind], "type": "gray" if IMAGE_TYPES[kind] == 1 else "color", "resize_mode": mode}
+    for field in ("width", "height"):
+        value = image.get(field)
+        if value in (None, ""):
+            out[field] = None
+            continue
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 65536:
+            raise UploadError("%s: a whole number of pixels, 1-65536" % field, field)
+        out[field] = number
+    return out
+
+
+def check_upload_labels(labels):
+    """A labels file (bytes/str, one class per line) or a list of names → the class names."""
+    if labels is None:
+        return None
+    if isinstance(labels, (bytes, bytearray)):
+        if len(labels) > MAX_LABELS_BYTES:
+            raise UploadError("the labels file is larger than %d bytes" % MAX_LABELS_BYTES, "labels_file")
+        try:
+            labels = labels.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadError("the labels file is not UTF-8 text", "labels_file") from None
+    names = [line.strip() for line in labels.splitlines()] if isinstance(labels, str) else [str(n).strip() for n in labels]
+    names = [n for n in names if n]
+    if not names:
+        return None
+    if len(names) > 4096 or any(len(n) > 256 for n in names):
+        raise UploadError("at most 4096 labels of up to 256 characters each", "labels_file")
+    return names
+
+
+def save_upload(dest_dir, name, prototxt, weights, description="", labels=None, image=None,
+                extra_files=None, source=None) -> dict:
     """Check and store a user's network + weights under ``dest_dir/uploaded/<id>/``.
 
     ``prototxt`` is the network text (str or bytes); ``weights`` a .caffemodel file path (checked,
@@ -457,13 +512,23 @@ def save_upload(dest_dir, name, prototxt, weights, description="") -> dict:
     must parse, the weights must be a caffemodel with blobs (its layer names are read by
     streaming, never the whole file), and at least one weighted layer must be named as in the
     network (Caffe's copy_from matches by name). Returns the entry (see :func:`list_uploads`).
-    The folder is listed only once ``info.json`` is written, last."""
+    The folder is listed only once ``info.json`` is written, last.
+
+    DIGITS' upload fields: ``labels`` (a labels file's text/bytes or a list of class names →
+    labels.txt), ``image`` ({type gray|color, resize_mode, width, height}, ``check_upload_image``);
+    ``extra_files`` {name: path} of ``UPLOAD_EXTRA_FILES`` (an archive's deploy net and mean image,
+    copied in); ``source`` (where it came from, e.g. {"job_id", "snapshot"}) is recorded."""
     import json
     import secrets
     import shutil
     import time
 
     name, prototxt, net = _check_upload_network(name, prototxt)
+    labels, image = check_upload_labels(labels), check_upload_image(image)
+    for extra in extra_files or {}:
+        if extra not in UPLOAD_EXTRA_FILES:
+            raise UploadError("an upload keeps only %s besides its network and weights, not %s"
+                              % (", ".join(UPLOAD_EXTRA_FILES), extra))
     from_path = not hasattr(weights, "save")
     matched = _check_upload_weights(weights, net) if from_path else None
     upload_id = "up-" + secrets.token_hex(6)
@@ -479,8 +544,14 @@ def save_upload(dest_dir, name, prototxt, weights, description="") -> dict:
             matched = _check_upload_weights(part, net)
             os.replace(part, folder / UPLOAD_WEIGHTS)
         (folder / UPLOAD_NETWORK).write_text(prototxt)
+        for extra, path in (extra_files or {}).items():
+            shutil.copyfile(str(path), str(folder / extra))
+        if labels:
+            (folder / UPLOAD_LABELS).write_text("".join("%s\n" % n for n in labels))
         info = {"id": upload_id, "name": name, "description": (description or "").strip()[:500],
-                "created": time.time(), "matched": matched, "network_name": net.name or ""}
+                "created": time.time(), "matched": matched, "network_name": net.name or "",
+                "labels": labels, "image": image, "source": source,
+                "files": sorted(extra_files or {})}
         (folder / UPLOAD_INFO).write_text(json.dumps(info))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -711,15 +711,32 @@ class JobService:
             r["layers"] = layers
         return r
 
-    def export(self, job_id, snapshot=None, out=None):
-        """Write the model download (.tar.gz) and return its path."""
-        from jobs.export import export_model
+    def export(self, job_id, snapshot=None, out=None, fmt="tar.gz"):
+        """Write the model download (``fmt`` "tar.gz" or "zip"; info.json with caffeseg's and
+        DIGITS' keys, jobs/export.py) and return its path."""
+        from jobs.export import ExportError, export_model
         from jobs.infer import InferError
         job = self._model(job_id)
         try:
-            return export_model(job["dir"], out_path=out, snapshot=snapshot, name=job["name"])
-        except InferError as exc:
+            return export_model(job["dir"], out_path=out, snapshot=snapshot, name=job["name"], fmt=fmt, job=job)
+        except (InferError, ExportError) as exc:
             raise ServiceError(str(exc))
+
+    def make_pretrained(self, job_id, pretrained_dir, snapshot=None, name=None, description="", owner=None):
+        """DIGITS' "Make Pretrained Model": the job's snapshot (default: the newest) with its network,
+        deploy net, mean, labels and image facts becomes an uploaded pretrained model in
+        ``pretrained_dir`` (jobs/pretrained_archive.py). Anyone who may view the job may do it (as
+        a clone); ``owner`` is recorded. Returns the pretrained entry."""
+        from jobs.infer import InferError
+        from jobs.pretrained import UploadError
+        from jobs.pretrained_archive import make_pretrained
+        job = self._model(job_id)
+        try:
+            entry = make_pretrained(job["dir"], pretrained_dir, name or job["name"], snapshot=snapshot,
+                                    description=description, job=dict(job, owner=owner or job.get("owner")))
+        except (InferError, UploadError) as exc:
+            raise ServiceError(str(exc), {getattr(exc, "field", None) or "snapshot": str(exc)})
+        return entry
 
     # -- editing -------------------------------------------------------------------------------------
     def delete(self, job_id, user=None):
