@@ -85,49 +85,36 @@ def check_bottoms(net, what):
 # -- dataset facts ---------------------------------------------------------------------------
 
 class DatasetFacts:
-    """What derivation needs from a dataset job (read from its dataset.json)."""
+    """What derivation needs from a dataset job: its ``jobs.dataset.DatasetInfo`` (the one reader
+    of dataset.json) and its folder."""
 
     def __init__(self, folder, info):
         self.folder = os.path.abspath(folder)
         self.info = info
-        counts = dict(info.get("counts") or {})
-        for stage, s in (info.get("stages") or {}).items():
-            if isinstance(s, dict) and s.get("count") is not None:
-                counts.setdefault(stage, s["count"])
-        self.train_count = int(counts.get("train") or 0)
-        self.val_count = int(counts.get("val") or 0)
-        shape = info.get("feature_shape") or (info.get("feature") or {}).get("shape") or [1, 0, 0]
-        self.channels, self.height, self.width = (int(x) for x in shape[-3:])
-        classes = info.get("classes") or info.get("labels") or []
-        self.classes = [c.get("name") if isinstance(c, dict) else c for c in classes]
-        self.pixel_spacing = info.get("pixel_spacing")
+        self.train_count = int(info.counts.get("train") or 0)
+        self.val_count = int(info.counts.get("val") or 0)
+        self.channels, self.height, self.width = (int(x) for x in info.feature_shape[-3:])
+        self.classes = list(info.classes)
+        self.pixel_spacing = info.info.get("pixel_spacing")
 
     @classmethod
     def load(cls, folder):
-        import json
-        path = os.path.join(folder, "dataset.json")
+        from jobs.dataset import DatasetError, DatasetInfo
         try:
-            with open(path) as f:
-                info = json.load(f)
-        except OSError as exc:
-            raise DeriveError("dataset folder %s has no readable dataset.json (%s)" % (folder, exc))
-        return cls(folder, info)
+            return cls(folder, DatasetInfo.read(folder))
+        except DatasetError as exc:
+            raise DeriveError(str(exc)) from None
 
     def db(self, stage, part):
         """Absolute path of ``<stage>_db/<part>`` (part: features | labels), or None."""
-        stages = self.info.get("stages") or {}
-        entry = stages.get(stage) if isinstance(stages.get(stage), dict) else {}
-        given = entry.get(part + "_db") or entry.get(part)  # dataset.json: "features_db": "train_db/features"
-        path = os.path.join(self.folder, given) if given else os.path.join(self.folder, "%s_db" % stage, part)
+        entry = self.info.info["stages"].get(stage) or {}
+        path = os.path.join(self.folder, entry.get(part + "_db") or "%s_db/%s" % (stage, part))
         return path if os.path.isdir(path) else None
 
     def mean_file(self):
-        named = self.info.get("mean_file")
-        for candidate in ([named] if named else []) + ["mean.binaryproto", os.path.join("train_db", "mean.binaryproto")]:
-            path = os.path.join(self.folder, candidate)
-            if os.path.isfile(path):
-                return path
-        return None
+        named = self.info.info.get("mean_file")
+        path = os.path.join(self.folder, named) if named else None
+        return path if path and os.path.isfile(path) else None
 
 
 # -- network derivation ------------------------------------------------------------------------

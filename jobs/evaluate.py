@@ -12,12 +12,12 @@ table (EDV, ESV, SV, EF, myocardial mass; predicted vs expert) under ``clinical`
 The deploy net is driven through the pycaffe API (``jobs.infer.DeployModel``); the metric maths
 is plain numpy so it is testable on its own.
 """
-import json
 import os
 
 import numpy as np
 
 from jobs import boundary, clinical
+from jobs.dataset import DatasetInfo
 from jobs.paths import atomic_write_json
 
 LV_CLASS = 1
@@ -56,24 +56,16 @@ def summarize(records, worst=5):
 
 
 def record_meta(info, stage, index, key):
-    """The dataset.json entry of one record (case, image, pixel_spacing...), or {}."""
+    """The dataset.json entry of one record (case, image, pixel_spacing...), or {}: records are
+    listed per stage in key order (``jobs.dataset.build_dataset``)."""
     records = (info.get("records") or {}).get(stage) or []
-    rec = None
-    if isinstance(records, list) and index < len(records):
-        rec = records[index]
-    elif isinstance(records, dict):
-        rec = records.get(key)
-    return rec if isinstance(rec, dict) else {}
+    rec = records[index] if index < len(records) else {}
+    return rec if rec.get("key") == key else {}
 
 
 def record_spacing(info, stage, index, key):
-    """PixelSpacing of one record: per-record entry in dataset.json if any, else the global one."""
-    rec = record_meta(info, stage, index, key)
-    if rec:
-        for name in ("pixel_spacing", "PixelSpacing", "spacing"):
-            if rec.get(name):
-                return rec[name]
-    return info.get("pixel_spacing")
+    """PixelSpacing of one record: its own entry in dataset.json if any, else the global one."""
+    return record_meta(info, stage, index, key).get("pixel_spacing") or info.get("pixel_spacing")
 
 
 def iter_stage(dataset_dir, stage="val"):
@@ -161,8 +153,7 @@ def _dataset_cases(info):
 
 def evaluate(model, dataset_dir, out_path=None, stage="val", progress=None):
     """Run ``model`` (a jobs.infer.DeployModel) over a stage; returns (and writes) the table."""
-    with open(os.path.join(dataset_dir, "dataset.json")) as f:
-        info = json.load(f)
+    info = DatasetInfo.read(dataset_dir).info  # the one reader: refuses another format or version
     records, masks = [], {}
     for index, key, image, label in iter_stage(dataset_dir, stage):
         pred = model.predict(image)["class_map"]

@@ -476,11 +476,9 @@ def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
 def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
     """The job runner's own DIGITS derivation (jobs.derive) accepts every file; its deploy net runs."""
     from jobs.derive import DatasetFacts, derive_networks
-    for stage in ("train", "val"):
-        for part in ("features", "labels"):
-            (tmp_path / ("%s_db" % stage) / part).mkdir(parents=True)
+    from tests.jobs_fixtures import make_dataset_dir
     size = (256, 256) if name == "lab_fc" else (67, 61)
-    facts = DatasetFacts(str(tmp_path), {"feature_shape": [1, size[0], size[1]], "classes": ["background", "lv"]})
+    facts = DatasetFacts.load(make_dataset_dir(str(tmp_path), shape=(1,) + size))
     net_param = read_net(net_path(name))
     if name in BIG_NETS:
         slim(net_param, 16)
