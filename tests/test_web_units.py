@@ -71,17 +71,12 @@ def test_to_display_shapes():
     assert imaging.to_display(np.zeros((3, 4, 5))).shape == (4, 5, 3)
 
 
-def test_config_accepts_a_path_a_dict_with_aliases_and_an_object(tmp_path, monkeypatch):
+def test_config_is_one_dict_of_the_documented_keys(tmp_path, monkeypatch):
     from web.config import resolve
     monkeypatch.delenv("CAFFESEG_DATA_DIR", raising=False)
-    assert resolve(str(tmp_path))["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
-    assert resolve({"data": str(tmp_path)})["DATA_ROOTS"] == [str(tmp_path.resolve())]
-
-    class CliConfig:
-        data_dir = str(tmp_path)
-        jobs_dir = None
-        host = "127.0.0.1"
-    assert resolve(CliConfig())["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
+    assert resolve({"DATA_DIR": str(tmp_path)})["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
+    with pytest.raises(TypeError, match="config is a dict"):
+        resolve(str(tmp_path))  # no guessing what a bare path or an object means
     monkeypatch.setenv("CAFFESEG_ALLOW_PYTHON_LAYER_UPLOAD", "false")
     monkeypatch.setenv("CAFFESEG_DATA_ROOTS", f"{tmp_path}:/srv/data")
     settings = resolve({"DATA_DIR": str(tmp_path)})

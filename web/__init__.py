@@ -1,7 +1,7 @@
 """caffeseg's web front end: a DIGITS-style workbench in Flask.
 
-``create_app(config=None)`` builds the app. ``config`` is a dict (or an object with the same
-attribute names); see ``web.config.DEFAULTS`` for the keys. ``config["BACKEND"]`` may supply a
+``create_app(config=None)`` builds the app. ``config`` is a dict; see ``web.config.DEFAULTS``
+for the keys. ``config["BACKEND"]`` may supply a
 ready ``web.backend.Backend`` (tests do); otherwise the app opens ``jobs.service`` on ``JOBS_DIR``
 through ``web.service_backend.ServiceBackend``.
 """
@@ -124,6 +124,10 @@ def create_app(config=None) -> Flask:
     # which a cross-site form cannot send; the browser pages send both the header and the token.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
+    from web.views import clinical  # the evaluation page, take-aways, DICOM series (and their API)
+    app.register_blueprint(clinical.bp)
+    csrf.exempt(clinical.api_bp)
+    app.register_blueprint(clinical.api_bp)
 
     from web import templating
     templating.install(app)

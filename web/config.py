@@ -1,8 +1,8 @@
 """Default settings of the web app and how a caller overrides them.
 
-``create_app(config)`` accepts a dict (or a ``jobs`` config object with the same attribute
-names). Every key can also come from the environment as ``CAFFESEG_<KEY>``; explicit config
-wins over the environment, which wins over these defaults.
+``create_app(config)`` accepts a dict of these settings. Every key can also come from the
+environment as ``CAFFESEG_<KEY>``; explicit config wins over the environment, which wins over
+these defaults.
 """
 from __future__ import annotations
 
@@ -65,27 +65,13 @@ def _from_env(key: str):
     return raw
 
 
-# Other spellings a caller (the CLI, a test) may use for the same settings.
-ALIASES = {"DATA": "DATA_DIR", "DATA_ROOT": "DATA_DIR", "ROOT": "DATA_DIR", "JOBS": "JOBS_DIR",
-           "JOBS_ROOT": "JOBS_DIR", "ROOTS": "DATA_ROOTS", "ALLOWED_ROOTS": "DATA_ROOTS"}
-
-
 def _as_dict(config) -> dict:
     if config is None:
         return {}
-    if isinstance(config, (str, os.PathLike)):
-        return {"DATA_DIR": os.fspath(config)}
-    if isinstance(config, dict):
-        return {ALIASES.get(k.upper(), k.upper()) if isinstance(k, str) and k.upper() in ALIASES else k: v
-                for k, v in config.items()}
-    # A config object (e.g. from the CLI): take its public upper- and lower-case attributes.
-    out = {}
-    for name in dir(config):
-        if not name.startswith("_"):
-            value = getattr(config, name)
-            if not callable(value):
-                out[ALIASES.get(name.upper(), name.upper())] = value
-    return out
+    if not isinstance(config, dict):
+        raise TypeError("create_app(config): config is a dict of settings (e.g. {'DATA_DIR': ...}), not %s"
+                        % type(config).__name__)
+    return dict(config)
 
 
 def resolve(config=None) -> dict:
