@@ -86,8 +86,8 @@ def number_of(record):
     return int(record["name"][3:])
 
 
-def bgr_of(i):
-    return np.ascontiguousarray(rgb_of(i).transpose(2, 0, 1)[::-1])
+def chw_of(i):
+    return np.ascontiguousarray(rgb_of(i).transpose(2, 0, 1))  # R, G, B planes
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -128,11 +128,11 @@ def test_palette_labels_percent_split_rgb_features(tmp_path, encoding):
             seen.append((stage, i))
             assert rec["files"] == {"image": "img%02d.png" % i, "label": "img%02d.png" % i}
             feature, _ = bytes_to_array(fbytes)
-            np.testing.assert_array_equal(feature, bgr_of(i))  # Caffe's B, G, R planes
-            if encoding == "png":  # the stored file is an ordinary RGB PNG for a viewer
-                datum = parse_datum(fbytes)
-                assert datum.encoded and datum.data[:4] == b"\x89PNG"
-                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(datum.data))), rgb_of(i))
+            np.testing.assert_array_equal(feature, chw_of(i))
+            datum = parse_datum(fbytes)
+            assert datum.encoded == (encoding == "png") and (datum.data[:4] == b"\x89PNG") == (encoding == "png")
+            if encoding == "png":  # the planes go to OpenCV as they are: the file's B plane is our R plane
+                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(datum.data))), rgb_of(i)[:, :, ::-1])
             label, _ = bytes_to_array(lbytes)
             np.testing.assert_array_equal(label, classes_of(i)[np.newaxis])
     assert sorted(i for _, i in seen) == list(range(10))  # each pair once, train and val disjoint
@@ -184,7 +184,7 @@ def test_rgb_labels_with_colour_map_and_class_names(tmp_path):
     assert info.palette == [list(c) for c in VOC_COLOURS] and info.counts["train"] == 3
     for (_, f), (_, lb), rec in zip(read_db(job["dir"], "train", "features"),
                                     read_db(job["dir"], "train", "labels"), info.records("train")):
-        np.testing.assert_array_equal(bytes_to_array(f)[0], bgr_of(number_of(rec)))
+        np.testing.assert_array_equal(bytes_to_array(f)[0], chw_of(number_of(rec)))
         np.testing.assert_array_equal(bytes_to_array(lb)[0][0], classes_of(number_of(rec)))
 
 
@@ -393,6 +393,10 @@ def test_one_epoch_of_a_tiny_model(tmp_path):
     assert table is not None and table["count"] == 2, log
     result = svc.infer(job["id"], record="00000000")["results"][0]
     assert result["class_map"].shape == (H, W)
+    # the record's own feature file, uploaded, is read in the order the dataset stored (R, G, B)
+    name = DatasetInfo.read(dataset["dir"]).records("val")[0]["files"]["image"]
+    upload = svc.infer(job["id"], image_path=os.path.join(feat, name))["results"][0]
+    np.testing.assert_array_equal(upload["class_map"], result["class_map"])
     assert json.load(open(os.path.join(dataset["dir"], "dataset.json")))["plugin"]["id"] == "image_segmentation"
 
 
@@ -426,3 +430,15 @@ def test_the_web_form_builds_it_without_any_web_change(tmp_path):
     info = DatasetInfo.read(job["dir"])
     assert info.counts == {"train": 3, "val": 1} and info.info["feature"]["storage"] == "png"
     assert client.get("/datasets/%s" % job_id).status_code == 200
+
+
+def test_worker_processes_build_the_same_dataset(tmp_path):
+    """encode runs in forked workers (the plugin and its entries are pickled): same LMDBs."""
+    feat, lab = write_pairs(str(tmp_path / "d"), names(6))
+    values = {"feature_folder": feat, "label_folder": lab, "val_percent": 34, "class_count": 3}
+    svc = JobService(str(tmp_path / "jobs"), backend="engine")
+    inline = svc.create_dataset("image_segmentation", values, "inline")
+    forked = svc.create_dataset("image_segmentation", values, "forked", workers=2, executor="process")
+    for stage in ("train", "val"):
+        for part in ("features", "labels"):
+            assert read_db(inline["dir"], stage, part) == read_db(forked["dir"], stage, part)

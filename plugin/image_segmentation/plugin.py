@@ -24,10 +24,10 @@ value outside the classes is an error naming the file, the value and a pixel, un
 Features (``channel_conversion``, as DIGITS): ``RGB`` and ``L`` convert with Pillow (L is
 ITU-R 601 luma, ``(R*299 + G*587 + B*114) / 1000``), ``none`` keeps the file's own channels.
 16-bit grayscale stays 16-bit (``L``), or is copied to 3 channels (``RGB``); Pillow would clip
-it to 8 bits. Colour features are stored B, G, R (and B, G, R, A), Caffe's channel order, as
-DIGITS' ``create_generic_db`` stored them (``encoding=none``: the planes swapped; PNG: a file
-OpenCV decodes to B, G, R): a network pretrained on Caffe's ImageNet models gets the order it
-was trained in.
+it to 8 bits. Colour features are returned R, G, B (, A), as DIGITS' extension returned them.
+DIGITS' builder (``create_generic_db``) then swapped them to Caffe's B, G, R; caffeseg's builder
+stores the planes as given, and its web display and upload inference read 3 channels as R, G, B,
+so R, G, B is the order that agrees with them (see docs/PLUGINS.md on BGR).
 
 Splits: separate validation folders, or a seeded shuffle of the pairs with the first
 floor(n x % / 100) for validation (DIGITS' ``split_image_list``).
@@ -362,7 +362,7 @@ def _sixteen_bit(image, path):
 
 
 def _feature_array(image, conversion, path):
-    """C x H x W feature: 1 channel, or 3/4 in B, G, R(, A) order (module notes)."""
+    """C x H x W feature: 1 channel, or 3/4 in R, G, B(, A) order (module notes)."""
     mode = image.mode
     if mode in SIXTEEN_BIT_MODES:
         plane = _sixteen_bit(image, path)
@@ -379,9 +379,7 @@ def _feature_array(image, conversion, path):
     arr = np.asarray(image)
     if arr.ndim == 2:
         return arr[np.newaxis].copy()
-    chw = arr.transpose(2, 0, 1)
-    order = [2, 1, 0] if chw.shape[0] == 3 else [2, 1, 0, 3]
-    return np.ascontiguousarray(chw[order])
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def _label_from_indices(image, e, path):
