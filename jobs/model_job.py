@@ -14,7 +14,10 @@ from jobs.paths import atomic_write, atomic_write_json
 
 
 class ModelJobError(ValueError):
-    """Bad model-job options; ``field`` names the form field when there is one."""
+    """Bad model-job options; ``field`` names the form field when there is one, ``line`` and
+    ``column`` the place of a syntax error in the network text."""
+
+    line = column = None
 
     def __init__(self, message, field=None):
         ValueError.__init__(self, message)
@@ -56,7 +59,9 @@ def write_model_job(job_dir, dataset_dir, options):
         where = source if source == "custom network" else os.path.basename(source)
         if exc.line:
             where += ", line %d" % exc.line + (", column %d" % exc.column if exc.column else "")
-        raise ModelJobError("%s: %s" % (where, exc.message), "network")
+        err = ModelJobError("%s: %s" % (where, exc.message), "network")
+        err.line, err.column = exc.line, exc.column  # the API's JSON error has them (docs/WEB.md)
+        raise err
     facts = derive.DatasetFacts.load(dataset_dir)
     try:
         model_options.check_model_options(options)

@@ -449,7 +449,9 @@ class JobService:
                 self._remove(job)
                 for made in jobs:
                     self._remove(made)
-                raise ServiceError(str(exc), getattr(exc, "field_errors", None))
+                err = ServiceError(str(exc), getattr(exc, "field_errors", None))
+                err.line, err.column = getattr(exc, "line", None), getattr(exc, "column", None)
+                raise err
             jobs.append(self.store.get(job["id"]))
         return jobs
 

@@ -122,7 +122,11 @@ def test_dataset_backend_refusal_goes_beside_the_field(env):
     app, client, fake, data = env
     resp = client.post("/datasets/new/sunnybrook", data=dataset_form(data, val_percent="100"))
     assert resp.status_code == 400
-    assert "must be below 100" in resp.get_data(as_text=True)
+    # 100 % is refused upfront by the plugin's own range (0-99, issue 16 item 15), beside the field
+    html = resp.get_data(as_text=True)
+    block = re.search(r'id="field-val_percent"(.*?)(id="field-|</section>)', html, re.S).group(1)
+    assert 'class="field-error"' in block and "99" in block, block
+    assert not [c for c in fake.calls if c[0] == "create_dataset"]
 
 
 def test_csrf_is_enforced_when_enabled(tmp_path):

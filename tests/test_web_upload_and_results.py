@@ -122,12 +122,19 @@ def test_an_upload_of_another_size_is_resized_to_the_datasets_size(tmp_path):
     before the backend sees it, and the result page says so; a 32×32 upload goes as it is."""
     import tifffile
     client, fake, m = _site(tmp_path)
+    seen = {}  # what the backend was given, read while it infers (the upload is removed after)
+    real_infer = fake.infer
+
+    def infer(job_id, snapshot, *, record=None, image_path=None, visualize=False):
+        if image_path and image_path.endswith(".tif"):
+            seen["image"] = tifffile.imread(image_path)
+        return real_infer(job_id, snapshot, record=record, image_path=image_path, visualize=visualize)
+    fake.infer = infer
     small = (np.arange(80 * 100).reshape(80, 100) % 4000).astype(np.uint16)
     resp = client.post(f"/models/{m}/infer", data={"which": "image", "image": (_png(small), "small.png")},
                        content_type="multipart/form-data")
     assert resp.status_code == 302, resp.get_data(as_text=True)
-    sent = fake.calls[-1][4]
-    image = tifffile.imread(sent)
+    image = seen["image"]
     assert image.shape == (32, 32) and image.dtype == np.uint16
     page = client.get(resp.headers["Location"]).get_data(as_text=True)
     assert "resized from 100×80 to 32×32" in page and "upload small.png" in page

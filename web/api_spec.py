@@ -64,3 +64,19 @@ def with_defaults(form_cls, flat: dict) -> MultiDict:
 def form_errors(form) -> dict:
     """A failed form's errors as {field: "message; message"} (the API's ``fields``)."""
     return {name: "; ".join(msgs) for name, msgs in form.errors.items()}
+
+
+def refuse_unknown_keys(given, known, where="the request body") -> None:
+    """BadRequest naming every key of ``given`` that is not in ``known`` (a misspelt option would
+    otherwise be ignored silently and its default used)."""
+    from web.backend import BadRequest
+    unknown = sorted(str(k) for k in given if k not in known)
+    if unknown:
+        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)}; "
+                         f"the fields are: {', '.join(sorted(known))}",
+                         {k: "unknown field" for k in unknown})
+
+
+def form_field_names(form_cls) -> set[str]:
+    """The names an API body may use for ``form_cls`` (its fields, without the CSRF token)."""
+    return {f.name for f in form_cls(formdata=None, meta={"csrf": False}) if f.type != "CSRFTokenField"}

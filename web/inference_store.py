@@ -171,9 +171,29 @@ def store_upload(job: dict, upload) -> str:
         raise BadRequest(f"{upload.filename}: upload a PNG, TIFF or DICOM file", {"image": "unsupported file type"})
     folder = Path(job["dir"]) / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
+    prune_uploads(folder)
     target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}-{name}"
     upload.save(str(target))
     return str(target)
+
+
+# An upload lives only while it is inferred (``run_inference`` removes it); one older than this
+# was left by a process that stopped meanwhile and is removed when the next one is stored.
+STALE_UPLOAD_SECONDS = 3600
+
+
+def prune_uploads(folder: Path, now: float | None = None) -> list[str]:
+    """Remove uploads older than STALE_UPLOAD_SECONDS from ``folder``; returns their names."""
+    now = time.time() if now is None else now
+    removed = []
+    for p in folder.iterdir():
+        try:
+            if p.is_file() and now - p.stat().st_mtime > STALE_UPLOAD_SECONDS:
+                p.unlink()
+                removed.append(p.name)
+        except OSError:
+            continue
+    return removed
 
 
 STORED_UPLOAD_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}-(.+)$")
@@ -238,7 +258,29 @@ def _hide_paths(message: str, paths, name: str) -> str:
 def run_inference(backend, job: dict, snapshot, record=None, image_path=None, visualize=False, token=None,
                   extra=None, upload_name=None) -> str:
     """Infer one validation record or one stored upload (resized to the dataset's size first) and
-    store the result; returns its token. Errors name the upload as the user named it."""
+    store the result; returns its token. Errors name the upload as the user named it. A stored
+    upload (and its resized copy) is removed afterwards, whether the inference succeeded or not:
+    the result keeps its own images and the file's name."""
+    if image_path and not record:
+        try:
+            return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name)
+        finally:
+            discard_upload(image_path)
+    return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name)
+
+
+def discard_upload(path: str) -> None:
+    """Remove a stored upload and the resized copies made of it (``prepare_upload``)."""
+    stored = Path(path)
+    import glob
+    for p in [stored] + list(stored.parent.glob(f"{glob.escape(stored.stem)}.resized-*.tif")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _run_inference(backend, job: dict, snapshot, record, image_path, visualize, token, extra, upload_name) -> str:
     extra = dict(extra or {})
     infer_path = image_path
     if image_path and not record:

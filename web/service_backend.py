@@ -63,7 +63,11 @@ def _service_errors():
     except KeyError as exc:
         raise NotFound(str(exc).strip("'\"")) from None
     except ValueError as exc:
-        raise BadRequest(str(exc), getattr(exc, "field_errors", None)) from None
+        err = BadRequest(str(exc), getattr(exc, "field_errors", None))
+        for place in ("line", "column"):  # a network's syntax error: where, for the JSON error
+            if getattr(exc, place, None) is not None:
+                setattr(err, place, getattr(exc, place))
+        raise err from None
 
 
 def dataset_view(info) -> dict:
@@ -86,14 +90,19 @@ def _series(rows, since=0) -> tuple[dict, dict]:
     the bookkeeping ones (epoch, eta, throughput)."""
     charted, bookkeeping = {}, {}
     for iteration, name, value, phase in rows:
-        if iteration < since or value is None:
+        if iteration < since:
             continue
         if phase:
-            charted.setdefault(f"{phase}/{name}", []).append([iteration, float(value)])
-        elif name in BOOKKEEPING_SERIES:
+            # A non-finite output (stored as NULL) stays a point: null, a gap in the chart; the
+            # job's status message says why (the runner stops on it).
+            charted.setdefault(f"{phase}/{name}", []).append([iteration, None if value is None else float(value)])
+            continue
+        if value is None:
+            continue
+        if name in BOOKKEEPING_SERIES:
             bookkeeping.setdefault(name, []).append([iteration, float(value)])
-        else:
-            charted.setdefault(name, []).append([iteration, float(value)])
+            continue
+        charted.setdefault(name, []).append([iteration, float(value)])
     return charted, bookkeeping
 
 
@@ -102,7 +111,9 @@ def _key_metrics(series: dict) -> dict:
     out = {}
     for name, points in series.items():
         if name.startswith("val/") or name == "train/loss":
-            values = [p[1] for p in points]
+            values = [p[1] for p in points if p[1] is not None]
+            if not values:
+                continue
             step = max(1, len(values) // SPARK_POINTS)
             out[name] = {"last": values[-1], "min": min(values), "max": max(values), "spark": values[::step]}
     return out

@@ -119,9 +119,11 @@ def job_action(job_id, action):
 @bp.route("/datasets", methods=["POST"])
 def create_dataset():
     body = _body()
+    api_spec.refuse_unknown_keys(body, {"plugin", "values", "options"})
     plugin = plugin_by_id(str(body.get("plugin") or ""))
     flat = {**(body.get("values") or {}), **(body.get("options") or {})}
     form_cls = dataset_form_class(plugin)
+    api_spec.refuse_unknown_keys(flat, api_spec.form_field_names(form_cls), "values/options")
     form = form_cls(formdata=api_spec.with_defaults(form_cls, flat), meta={"csrf": False})
     if not form.validate():
         raise BadRequest("invalid dataset options", api_spec.form_errors(form))
@@ -151,6 +153,7 @@ def dataset_records(job_id):
 @bp.route("/models", methods=["POST"])
 def create_model():
     body = _body()
+    api_spec.refuse_unknown_keys(body, api_spec.form_field_names(ModelForm))
     flat = {}
     for key, value in body.items():
         if isinstance(value, list):
@@ -215,6 +218,7 @@ def pretrained_network(pretrained_id):
 @bp.route("/network/inspect", methods=["POST"])
 def inspect_network():
     body = _body()
+    api_spec.refuse_unknown_keys(body, {"text", "dataset"})
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("send the network as {\"text\": \"...prototxt...\"}")

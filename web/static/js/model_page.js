@@ -52,7 +52,7 @@
   // Plotly spans a flat series ±1 around its value (accuracy 0.98 on a 0–2 axis): give one
   // value a narrow band instead; otherwise Plotly's own autorange.
   function flatRange(chart) {
-    const ys = [...chart.traces.values()].flatMap(t => t.y).filter(v => isFinite(v));
+    const ys = [...chart.traces.values()].flatMap(t => t.y).filter(v => v !== null && isFinite(v));
     if (!ys.length || chart.key === "learning rate") return undefined;
     const lo = Math.min(...ys), hi = Math.max(...ys);
     if (hi > lo) return undefined;
@@ -95,7 +95,8 @@
       if (!fresh.length) return;
       fresh.forEach(p => { if (p[0] > last) last = p[0]; });
       lastIter.set(name, Math.max(...fresh.map(p => p[0])));
-      const pts = fresh.filter(p => isFinite(p[1]));
+      // null = a non-finite value (the job's message says why): kept, Plotly leaves a gap
+      const pts = fresh.filter(p => p[1] === null || isFinite(p[1]));
       if (!pts.length) return;
       const chart = chartFor(name);
       const trace = traceFor(chart, name);
