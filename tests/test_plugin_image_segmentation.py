@@ -430,6 +430,15 @@ def test_the_web_form_builds_it_without_any_web_change(tmp_path):
     info = DatasetInfo.read(job["dir"])
     assert info.counts == {"train": 3, "val": 1} and info.info["feature"]["storage"] == "png"
     assert client.get("/datasets/%s" % job_id).status_code == 200
+    png = client.get("/datasets/%s/records/train/0/feature.png" % job_id)
+    assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
+    # the JSON API: the plugin's fields, and a dataset from JSON values
+    [listed] = [p for p in client.get("/api/plugins").get_json() if p["id"] == "image_segmentation"]
+    assert {f["name"]: f["kind"] for f in listed["fields"]}["class_labels_file"] == "file"
+    resp = client.post("/api/datasets", json={"plugin": "image_segmentation", "values": {
+        "feature_folder": feat, "label_folder": lab, "class_count": 3, "val_percent": 0},
+        "options": {"dataset_name": "api seg"}}, headers={"X-Requested-With": "t"})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
 
 
 def test_worker_processes_build_the_same_dataset(tmp_path):
