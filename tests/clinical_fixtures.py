@@ -42,3 +42,19 @@ class OracleModel:
 
     def crop_like(self, label):
         return label
+
+
+def evaluated_model_job(svc, tmp_path, cases=("SC-HF-I-1", "SC-N-2", "SC-HYP-1", "SC-N-3"), grow=1):
+    """A dataset built from a phantom release, imported into ``svc`` (a JobService), one model job
+    on it, and that job's evaluation.json / evaluation_masks.npz written by jobs.evaluate with
+    OracleModel standing in for the network (no training). Returns (dataset job, model job)."""
+    from tests.jobs_fixtures import TINY_NET
+    root = str(tmp_path / "release")
+    make_release(root, cases=list(cases), slices=3)
+    built = str(tmp_path / "built")
+    make_dataset(root, built, val_percent=50)
+    ds = svc.import_dataset(built, "clinical")
+    [job] = svc.create_model({"dataset_id": ds["id"], "network_text": TINY_NET, "set_num_output": True})
+    ds_dir = svc.show(ds["id"])["dir"]
+    ev.evaluate(OracleModel(ds_dir, grow=grow), ds_dir, os.path.join(job["dir"], "evaluation.json"))
+    return ds, job

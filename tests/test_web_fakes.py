@@ -185,6 +185,18 @@ class FakeBackend:
         self.calls.append(("evaluate", job_id))
         return self.evaluation(job_id)
 
+    def clinical_export(self, job_id, fmt, *, case=None, record=None):
+        self.calls.append(("clinical_export", job_id, fmt, case, record))
+        self.job(job_id)
+        return f"contours-{case or record or 'all'}.zip", "application/zip", b"PK\x05\x06" + bytes(18)
+
+    def infer_series(self, job_id, path):
+        self.calls.append(("infer_series", job_id, path))
+        self.job(job_id)
+        return {"snapshot": "snapshot_iter_10.caffemodel",
+                "images": [{"source": "IM-0001.dcm", "lv_area_mm2": 1200.0, "slice_location": 0.0, "phase_key": "phase 0"}],
+                "function": {"why_not": "volumes need several DICOM slices with PixelSpacing (one series at ED and ES)"}}
+
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
         self.calls.append(("infer", job_id, snapshot, record, image_path, visualize))
         if record is not None and record not in ("00000000", "00000001"):

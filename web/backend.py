@@ -138,6 +138,17 @@ class Backend(Protocol):
     def evaluate(self, job_id: str) -> dict:
         """Evaluate the latest snapshot on the validation set now; returns the table."""
 
+    def clinical_export(self, job_id: str, fmt: str, *, case: str | None = None,
+                        record: str | None = None) -> tuple[str, str, bytes]:
+        """(file name, content type, bytes) of the evaluation's predicted contours (fmt
+        "contours": Sunnybrook text files in a zip) or DICOM SEG ("dicom-seg"), for one record,
+        one patient (case) or all; BadRequest when there is nothing to export."""
+
+    def infer_series(self, job_id: str, path: str) -> dict:
+        """DICOM images of one patient (folder, zip or file) through the latest snapshot:
+        ``{snapshot, images: [{source, lv_area_mm2, slice_location, phase_key}], function:
+        {edv_ml, esv_ml, sv_ml, ef_percent, ed_phase, es_phase, spacing_mm} or {why_not}}``."""
+
     def infer(self, job_id: str, snapshot: int | None, *, record: str | None = None,
               image_path: str | None = None, visualize: bool = False) -> dict:
         """``{image: ndarray H×W or C×H×W, prediction: H×W int, label: H×W or None,

@@ -305,6 +305,14 @@ class ServiceBackend:
         with _service_errors():
             return _evaluation_view(self.service.evaluate(check_job_id(job_id)))
 
+    def clinical_export(self, job_id, fmt, *, case=None, record=None):
+        with _service_errors():
+            return self.service.clinical_export(check_job_id(job_id), fmt, case=case, record=record)
+
+    def infer_series(self, job_id, path):
+        with _service_errors():
+            return self.service.infer_series(check_job_id(job_id), path)
+
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
         job = self._show(job_id)
         with _service_errors():
@@ -326,7 +334,10 @@ def _evaluation_view(table):
         return None
     worst = [dict(w, name=record_name(w)) for w in table["worst"]]
     columns = [k for k in EVALUATION_COLUMNS if worst and k in worst[0]]
-    return {"summary": table["summary"], "worst": worst, "worst_columns": columns, "records": table["records"]}
+    # every record named, and the clinical part (docs/CLINICAL.md) for the evaluation page
+    records = [dict(r, name=record_name(r)) for r in table["records"]]
+    return {"summary": table["summary"], "worst": worst, "worst_columns": columns, "records": records,
+            "clinical": table.get("clinical"), "snapshot": table.get("snapshot"), "stage": table.get("stage")}
 
 
 def _inference_view(raw: dict, info) -> dict:
