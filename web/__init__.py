@@ -128,10 +128,6 @@ def create_app(config=None) -> Flask:
     app.register_blueprint(clinical.bp)
     csrf.exempt(clinical.api_bp)
     app.register_blueprint(clinical.api_bp)
-    from web.views import clinical  # the evaluation page, take-aways, DICOM series (and their API)
-    app.register_blueprint(clinical.bp)
-    csrf.exempt(clinical.api_bp)
-    app.register_blueprint(clinical.api_bp)
 
     from web import templating
     templating.install(app)
