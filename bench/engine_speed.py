@@ -202,34 +202,35 @@ def bench_net(net_name, channels, repeat, profile, with_torch):
     return rows, timings
 
 
-def engine_net_row(path, data, label, repeat):
-    """Time engine.Net when the core helper's class exists (pycaffe surface); None otherwise.
-
-    The net is written out with Input layers 'data' and 'label' in place of the Data layers
-    (and without Accuracy/Python layers), TRAIN phase, so forward+backward includes the loss."""
-    try:
-        import engine
-        Net = engine.Net
-    except (ImportError, AttributeError):
-        return None
-    import tempfile
+def input_net_text(path, data_shape, label_shape):
+    """The train stage of ``path`` with Input layers 'data' and 'label' in place of the Data
+    layers (and without Accuracy/Python layers), as prototxt text: forward+backward in TRAIN
+    phase includes the loss."""
     from engine.prototxt import format_message
+    source = read_net(path)
+    bench_net_param = caffe_pb2.NetParameter(name=source.name)
+    for name, shape in (("data", data_shape), ("label", label_shape)):
+        layer = bench_net_param.layer.add(name=name, type="Input")
+        layer.top.append(name)
+        layer.input_param.shape.add().dim.extend(shape)
+    for lp in source.layer:
+        if lp.type in SKIPPED_TYPES or any(r.stage and "train" not in r.stage for r in lp.include):
+            continue
+        copy = bench_net_param.layer.add()
+        copy.CopyFrom(lp)
+        del copy.include[:]
+        del copy.exclude[:]
+    return format_message(bench_net_param)
+
+
+def engine_net_row(path, data, label, repeat):
+    """Time engine.Net (TRAIN, with the loss) on ``input_net_text``."""
+    import engine
+    Net = engine.Net
+    import tempfile
     try:
-        source = read_net(path)
-        bench_net_param = caffe_pb2.NetParameter(name=source.name)
-        for name, shape in (("data", data.shape), ("label", label.shape)):
-            layer = bench_net_param.layer.add(name=name, type="Input")
-            layer.top.append(name)
-            layer.input_param.shape.add().dim.extend(shape)
-        for lp in source.layer:
-            if lp.type in SKIPPED_TYPES or any(r.stage and "train" not in r.stage for r in lp.include):
-                continue
-            copy = bench_net_param.layer.add()
-            copy.CopyFrom(lp)
-            del copy.include[:]
-            del copy.exclude[:]
         with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as handle:
-            handle.write(format_message(bench_net_param))
+            handle.write(input_net_text(path, data.shape, label.shape))
         if DEVICE.type == "cuda":
             engine.set_mode_gpu()
         net = Net(handle.name, phase=caffe_pb2.TRAIN)
@@ -249,8 +250,104 @@ def engine_net_row(path, data, label, repeat):
         return None
 
 
+# -- side by side with real Caffe (--caffe) ---------------------------------------------------------
+
+STEP_SCRIPT = os.path.join(ROOT, "bench", "caffe_step.py")
+LOAD_CODE = "import time\nend = time.time() + %f\nwhile time.time() < end:\n    pass\n"
+
+
+def prepare_case(folder, net_name, channels, batch, size):
+    """Net text, weights (the engine's fillers, written as a .caffemodel both backends load) and
+    the input arrays of one case, as files in ``folder``."""
+    import numpy as np
+    import engine
+    path = os.path.join(ROOT, "prototxt", f"{net_name}.prototxt")
+    data_shape, label_shape = (batch, channels, size, size), (batch, 1, size, size)
+    stem = os.path.join(folder, f"{net_name}-{channels}-{batch}")
+    files = {"net": stem + ".prototxt", "weights": stem + ".caffemodel", "data": stem + "-data.npy",
+             "label": stem + "-label.npy"}
+    with open(files["net"], "w") as f:
+        f.write(input_net_text(path, data_shape, label_shape))
+    rng.set_seed(1)
+    engine.Net(files["net"], caffe_pb2.TRAIN).save(files["weights"])
+    rs = np.random.RandomState(0)
+    np.save(files["data"], (rs.rand(*data_shape) * 255).astype(np.float32))
+    np.save(files["label"], rs.randint(0, 2, label_shape).astype(np.float32))
+    return files
+
+
+def run_step(python, env, files, repeat, timeout=3600):
+    import json
+    import subprocess
+    cmd = [python, STEP_SCRIPT, "--repeat", str(repeat)] + [a for k in ("net", "weights", "data", "label")
+                                                             for a in (f"--{k}", files[k])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} {STEP_SCRIPT} failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def side_by_side(args):
+    """Engine and real Caffe back to back per case, same files, same thread count, quiet and
+    with one CPU-bound load process (started here, bounded, stopped after the pair)."""
+    import subprocess
+    import tempfile
+    from jobs import real_caffe
+    from jobs import threads as thread_policy
+    found = real_caffe.find_real_caffe()
+    if found is None:
+        print("real Caffe not found (" + real_caffe.BUILD_HINT + "): engine figures only, no ratio")
+    threads = args.threads or thread_policy.usable_cores()
+    policy = thread_policy.ThreadPlan("training", threads, thread_policy.usable_cores()).environment()
+    base = {k: v for k, v in os.environ.items() if k not in policy}
+    engine_env = dict(base, **policy)
+    engine_env["PYTHONPATH"] = ROOT + os.pathsep + base.get("PYTHONPATH", "")
+    caffe_env = dict(found.environment(base), **policy) if found else None
+    print(f"side by side, {threads} thread(s) each ({', '.join(f'{k}={v}' for k, v in policy.items())}), "
+          f"best of {args.repeat}; real Caffe: {found.python if found else 'missing'} "
+          f"{found.pythonpath if found else ''}")
+    print(f"{'net':<12} {'input':<14} {'load':<7} {'engine fwd':>10} {'engine f+b':>10} {'caffe fwd':>10} "
+          f"{'caffe f+b':>10} {'f+b ratio':>9} {'fwd ratio':>9}  loadavg")
+    with tempfile.TemporaryDirectory(prefix="engine-speed-") as folder:
+        for net_name in args.nets:
+            for channels in args.channels:
+                for batch in args.batches:
+                    files = prepare_case(folder, net_name, channels, batch, args.size)
+                    for loaded in args.loads:
+                        loader = None
+                        if loaded == "busy":
+                            loader = subprocess.Popen([sys.executable, "-c", LOAD_CODE % args.load_limit_s])
+                        try:
+                            before = load_average()
+                            eng = run_step(sys.executable, engine_env, files, args.repeat)
+                            caf = run_step(found.python or sys.executable, caffe_env, files, args.repeat) if found else None
+                        finally:
+                            if loader is not None:
+                                loader.kill()
+                                loader.wait()
+                        shape = f"{batch}x{channels}x{args.size}x{args.size}"
+                        cf = f"{caf['forward_s']:>10.3f} {caf['fwdbwd_s']:>10.3f}" if caf else f"{'-':>10} {'-':>10}"
+                        ratios = (f"{eng['fwdbwd_s'] / caf['fwdbwd_s']:>8.2f}x {eng['forward_s'] / caf['forward_s']:>8.2f}x"
+                                  if caf else f"{'-':>9} {'-':>9}")
+                        print(f"{net_name:<12} {shape:<14} {loaded:<7} {eng['forward_s']:>10.3f} {eng['fwdbwd_s']:>10.3f} "
+                              f"{cf} {ratios}  {before}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--caffe", action="store_true",
+                    help="engine and real Caffe side by side (subprocesses, same files and threads)")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1], help="--caffe: batch sizes")
+    ap.add_argument("--loads", nargs="+", default=["quiet", "busy"], choices=["quiet", "busy"],
+                    help="--caffe: without / with one CPU-bound load process")
+    ap.add_argument("--load-limit-s", type=float, default=3600.0,
+                    help="--caffe: the load process ends by itself after this many seconds at the latest")
+    ap.add_argument("--size", type=int, default=256, help="--caffe: input height and width")
     ap.add_argument("--nets", nargs="+", default=["fcn_alexnet"], choices=sorted(CAFFE_REFERENCE))
     ap.add_argument("--channels", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (best is reported)")
@@ -259,6 +356,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the Caffe figures are CPU figures)")
     ap.add_argument("--no-torch", action="store_true", help="skip the hand-written PyTorch baseline")
     args = ap.parse_args(argv)
+    if args.caffe:
+        return side_by_side(args)
     global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda":  # Caffe computes in full float32

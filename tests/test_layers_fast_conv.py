@@ -38,3 +38,35 @@ def test_choice_by_shape():
     assert fast_conv.choose(torch.zeros(1, 3, 9, 9), torch.zeros(4, 3, 3, 3), [1, 1], [0, 0], [1, 1], 1) is None
     assert fast_conv.choose(x_small_map, torch.zeros(4096, 128, 6, 6), [1, 1], [0, 0], [1, 1], 2) is None
     assert fast_conv.choose(torch.zeros(1, 256, 64, 64), torch.zeros(4096, 256, 6, 6), [1, 1], [0, 0], [1, 1], 1) is None
+
+
+def test_pointwise_backward_matches_autograd():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fast_conv._pointwise, (x, w, b))
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_both_gemm_libraries_give_conv2d(monkeypatch, library):
+    monkeypatch.setattr(fast_conv, "_GEMM", library)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 6, 6, generator=gen, requires_grad=True)
+    w = torch.randn(5, 4, 3, 3, generator=gen, requires_grad=True)
+    y = fast_conv._Im2colConv.apply(x, w, None, (1, 1), (1, 1), (1, 1))
+    dy = torch.randn(y.shape, generator=gen)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    ref = F.conv2d(x, w, None, 1, 1)
+    rdx, rdw = torch.autograd.grad(ref, (x, w), dy)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(dx, rdx)
+    torch.testing.assert_close(dw, rdw)
+
+
+def test_gemm_library_by_cpu_vendor_and_override():
+    assert fast_conv.gemm_library(env={}, vendor="AuthenticAMD") == "numpy"  # MKL's generic path on AMD
+    assert fast_conv.gemm_library(env={}, vendor="GenuineIntel") == "torch"
+    assert fast_conv.gemm_library(env={"CAFFESEG_CPU_GEMM": "torch"}, vendor="AuthenticAMD") == "torch"
+    with pytest.raises(ValueError, match="CAFFESEG_CPU_GEMM"):
+        fast_conv.gemm_library(env={"CAFFESEG_CPU_GEMM": "blis"})

@@ -1,17 +1,58 @@
 """Convolutions as explicit matmuls for CPU shapes where PyTorch's default kernels are slow.
 
 FCN's fc6 (a 6×6 kernel, 256→4096, on a small map after pad-100) and fc7 (1×1, 4096→4096)
-dominate the backward pass on CPU. Written as unfold + mm (or a plain mm for 1×1), with an
+dominate the backward pass on CPU. Written as unfold + GEMM (or a plain GEMM for 1×1), with an
 explicit backward, they run at BLAS speed. ``choose`` returns None for every other shape,
 and always on accelerators, where cuDNN is the better choice.
+
+Which BLAS: torch's CPU wheels call MKL, whose sgemm on AMD processors runs a generic path
+(bench/gemm_choice.py: 1.3-1.8× slower than OpenBLAS at 1 thread on an AMD EPYC for these
+shapes, about 2× at 2 threads); numpy's wheels carry OpenBLAS (what BVLC Caffe uses). So on AMD
+CPUs the GEMMs go through numpy (zero-copy views of the same memory), elsewhere through torch.
+``CAFFESEG_CPU_GEMM=numpy|torch`` overrides the choice.
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 #: below this many output channels × input taps the default kernel is fine
 _MIN_WORK = 1 << 20
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def gemm_library(env=None, vendor=None) -> str:
+    """"numpy" (OpenBLAS) or "torch" (MKL) for this machine's CPU GEMMs (module docstring)."""
+    choice = (os.environ if env is None else env).get("CAFFESEG_CPU_GEMM", "").strip().lower()
+    if choice in ("numpy", "torch"):
+        return choice
+    if choice:
+        raise ValueError(f"CAFFESEG_CPU_GEMM must be numpy or torch, got {choice!r}")
+    return "numpy" if (_cpu_vendor() if vendor is None else vendor) == "AuthenticAMD" else "torch"
+
+
+_GEMM = gemm_library()
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (2-D, or batched over a leading axis) on the chosen BLAS; transposed views are
+    passed as such (no copy)."""
+    if _GEMM == "numpy":
+        return torch.from_numpy(np.matmul(a.detach().numpy(), b.detach().numpy()))
+    return torch.matmul(a, b)
 
 
 def choose(x, weight, stride, pad, dilation, group):
@@ -30,13 +71,45 @@ def choose(x, weight, stride, pad, dilation, group):
 
 
 def _pointwise(x, weight, bias):
-    n, c, h, w = x.shape
-    w2 = weight.reshape(weight.shape[0], c)
-    cols = x.reshape(n, c, h * w)
-    y = torch.matmul(w2, cols)  # [n, out, hw]
-    if bias is not None:
-        y = y + bias.view(1, -1, 1)
-    return y.reshape(n, -1, h, w)
+    """A 1×1 stride-1 convolution as one GEMM per image: ``(N, C, H, W) → (N, O, H, W)``."""
+    return _PointwiseConv.apply(x, weight, bias)
+
+
+class _PointwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        n, c, h, w = x.shape
+        cols = x.reshape(n, c, h * w)
+        w2 = weight.reshape(weight.shape[0], c)
+        y = _mm(w2, cols)  # [n, out, hw]
+        if bias is not None:
+            y += bias.view(1, -1, 1)
+        ctx.save_for_backward(cols, weight)
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        return y.reshape(n, -1, h, w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        cols, weight = ctx.saved_tensors
+        return _gemm_backward(ctx, dy, cols, weight, lambda dcols: dcols.reshape(ctx.x_shape))
+
+
+def _gemm_backward(ctx, dy, cols, weight, to_input):
+    """(dx, dw, db) of ``y = W2 @ cols (+ b)`` per image; ``to_input`` maps dcols to dx."""
+    n, out_ch = dy.shape[:2]
+    dy2 = dy.reshape(n, out_ch, -1)
+    dx = dw = db = None
+    if ctx.needs_input_grad[1]:
+        w2 = _mm(dy2[0], cols[0].t())
+        for i in range(1, n):
+            w2 += _mm(dy2[i], cols[i].t())
+        dw = w2.reshape(weight.shape)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        db = dy2.sum(dim=(0, 2))
+    if ctx.needs_input_grad[0]:
+        dx = to_input(_mm(weight.reshape(out_ch, -1).t(), dy2))
+    return dx, dw, db
 
 
 class _Im2colConv(torch.autograd.Function):
@@ -47,27 +120,18 @@ class _Im2colConv(torch.autograd.Function):
         oh = (h + 2 * pad[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         cols = F.unfold(x, (kh, kw), dilation=dilation, padding=pad, stride=stride)  # [n, c*kh*kw, L]
-        w2 = weight.reshape(out_ch, -1)
-        y = torch.matmul(w2, cols)
+        y = _mm(weight.reshape(out_ch, -1), cols)
         if bias is not None:
-            y = y + bias.view(1, -1, 1)
+            y += bias.view(1, -1, 1)
         ctx.save_for_backward(cols, weight)
-        ctx.geometry = ((h, w), (kh, kw), stride, pad, dilation, bias is not None)
+        ctx.geometry = ((h, w), (kh, kw), stride, pad, dilation)
+        ctx.has_bias = bias is not None
         return y.reshape(n, out_ch, oh, ow)
 
     @staticmethod
     def backward(ctx, dy):
         cols, weight = ctx.saved_tensors
-        (h, w), (kh, kw), stride, pad, dilation, has_bias = ctx.geometry
-        n, out_ch = dy.shape[:2]
-        dy2 = dy.reshape(n, out_ch, -1)
-        dx = dw = db = None
-        if ctx.needs_input_grad[1]:
-            dw = torch.einsum("nol,nkl->ok", dy2, cols).reshape(weight.shape) if n > 1 else \
-                torch.mm(dy2[0], cols[0].t()).reshape(weight.shape)
-        if has_bias and ctx.needs_input_grad[2]:
-            db = dy2.sum(dim=(0, 2))
-        if ctx.needs_input_grad[0]:
-            dcols = torch.matmul(weight.reshape(out_ch, -1).t(), dy2)
-            dx = F.fold(dcols, (h, w), (kh, kw), dilation=dilation, padding=pad, stride=stride)
+        (h, w), (kh, kw), stride, pad, dilation = ctx.geometry
+        dx, dw, db = _gemm_backward(ctx, dy, cols, weight, lambda dcols: F.fold(
+            dcols, (h, w), (kh, kw), dilation=dilation, padding=pad, stride=stride))
         return dx, dw, db, None, None, None
