@@ -14,6 +14,7 @@ from web.job_options import (SERVICE_FIELD_NAMES, clone_form_data, fill_model_ch
 from web.views.common import add_post_actions, backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
+DEFAULT_NETWORK = "fcn_alexnet"  # the network the lab starts from (the list is sorted by file name)
 
 def _render(form, lists, clone_of=None, status=200):
     return render_template("model_new.html", form=form, clone_of=clone_of,
@@ -31,7 +32,8 @@ def new():
         if request.args.get("network"):
             form.standard_network.data = request.args["network"]
         elif lists["networks"]:
-            form.standard_network.data = lists["networks"][0]["name"]
+            names = [n["name"] for n in lists["networks"]]
+            form.standard_network.data = DEFAULT_NETWORK if DEFAULT_NETWORK in names else names[0]
     if form.validate_on_submit():
         try:
             ids = backend().create_model(model_options(form, backend()))

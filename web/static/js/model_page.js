@@ -37,13 +37,17 @@
     return charts.get(key);
   }
 
+  // Accuracy (a fraction from Caffe's Accuracy layer) is drawn in % on a fixed 0–100 axis.
+  function isPercent(key) { return /accuracy/i.test(key); }
+
   function traceFor(chart, name) {
     if (!chart.traces.has(name)) {
       const val = name.startsWith("val/");
       chart.traces.set(name, {
         name: name, x: [], y: [], type: "scatter", mode: val ? "lines+markers" : "lines",
         line: { color: COLORS[chart.traces.size % COLORS.length], width: 1.6, shape: chart.key === "learning rate" ? "hv" : "linear" },
-        marker: { size: 5 }, hovertemplate: "epoch %{x:.3f}<br>%{y:.4g}<extra>" + name + "</extra>",
+        marker: { size: 5 },
+        hovertemplate: "epoch %{x:.3f}<br>" + (isPercent(chart.key) ? "%{y:.2f} %" : "%{y:.4g}") + "<extra>" + name + "</extra>",
       });
     }
     return chart.traces.get(name);
@@ -61,12 +65,13 @@
   }
 
   function layout(chart) {
-    const range = flatRange(chart);
+    const percent = isPercent(chart.key);
+    const range = percent ? [0, 100] : flatRange(chart);
     return {
       height: 240, margin: { l: 56, r: 12, t: 8, b: 36 }, datarevision: chart.revision,
       font: { size: 11 }, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
       xaxis: { title: { text: "epoch", standoff: 4 }, zeroline: false, gridcolor: "#eff1f5" },
-      yaxis: Object.assign({ zeroline: false, gridcolor: "#eff1f5", exponentformat: "e",
+      yaxis: Object.assign({ zeroline: false, gridcolor: "#eff1f5", exponentformat: "e", ticksuffix: percent ? " %" : "",
                              rangemode: chart.key === "learning rate" ? "tozero" : "normal" },
                            range ? { range: range, autorange: false } : { autorange: true }),
       legend: { orientation: "h", x: 0, y: 1.12, font: { size: 10 } }, showlegend: true,
@@ -100,7 +105,8 @@
       if (!pts.length) return;
       const chart = chartFor(name);
       const trace = traceFor(chart, name);
-      pts.forEach(p => { trace.x.push(toEpoch(p[0])); trace.y.push(p[1]); });
+      const scale = isPercent(chart.key) ? 100 : 1;
+      pts.forEach(p => { trace.x.push(toEpoch(p[0])); trace.y.push(p[1] * scale); });
       changed.add(chart);
     });
     since = Math.max(since, last);

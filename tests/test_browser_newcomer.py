@@ -1,0 +1,99 @@
+"""Issue 21 (the lab walked as a newcomer in Chromium): the pages' fixes, on the fake backend.
+Fixtures from tests/test_browser_e2e.py (Chromium + Playwright; skipped without them)."""
+from __future__ import annotations
+
+import pytest
+
+from test_browser_e2e import browser_page, fake_site  # noqa: F401  (pytest fixtures)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+def _metrics_with(series, status="Running", iters_per_epoch=2):
+    def metrics(job_id, since=0):
+        return {"status": status, "progress": 0.5, "iteration": 4, "iters_per_epoch": iters_per_epoch,
+                "series": {name: [p for p in pts if p[0] >= since] for name, pts in series.items()}}
+    return metrics
+
+
+# -- item 13 -----------------------------------------------------------------------------------
+
+def test_ui_accuracy_is_drawn_in_percent_on_a_0_to_100_axis(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "acc", status="Running", dataset_id=ds)
+    fake.metrics = _metrics_with({"train/loss": [[1, 0.9], [2, 0.7]], "val/accuracy": [[2, 0.981], [4, 0.99]]})
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    plot = "document.querySelector('.chart[data-chart=\"accuracy\"] .plot')"
+    page.wait_for_function(f"{plot} && {plot}.data && {plot}.data[0].y.length === 2")
+    y = page.evaluate(f"{plot}.data[0].y")
+    assert y == pytest.approx([98.1, 99.0])
+    axis = page.evaluate(f"{plot}.layout.yaxis")
+    assert axis["range"] == [0, 100] and axis["ticksuffix"] == " %"
+    # the loss chart keeps its own values and autorange
+    loss = page.evaluate("document.querySelector('.chart[data-chart=\"loss\"] .plot').data[0].y")
+    assert loss == pytest.approx([0.9, 0.7])
+    assert not page.js_errors
+
+
+def test_ui_abort_asks_for_confirmation(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "long", status="Running", dataset_id=ds)
+    page = browser_page
+    dialogs = []
+
+    def answer(dialog):
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+    page.on("dialog", answer)
+    page.goto(f"{url}/models/{m}")
+    page.click("#abort-btn")
+    assert dialogs and dialogs[0].startswith("Abort this training?")
+    assert ("abort", m) not in fake.calls and fake.jobs_[m]["status"] == "Running"
+    page.remove_listener("dialog", answer)
+    page.on("dialog", lambda d: d.accept())
+    page.click("#abort-btn")
+    page.wait_for_load_state()
+    assert ("abort", m) in fake.calls
+
+
+def test_ui_an_errored_job_without_iterations_does_not_say_waiting(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "broken", status="Error", dataset_id=ds, error="Check failed: bottom shape")
+    fake.jobs_[m]["snapshots"] = []
+    fake.metrics = _metrics_with({}, status="Error")
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    text = page.inner_text("#charts")
+    assert "Waiting for the first iterations" not in text
+    assert "No iterations were recorded" in text and "the error is above" in text
+
+
+def test_ui_the_header_of_an_aborted_job_stays_on_one_line(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "FCN-AlexNet on the sample, lab run", status="Aborted", dataset_id=ds)
+    fake.jobs_[m]["snapshots"] = []  # no .solverstate: the "nothing to resume" note shows
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    boxes = page.evaluate("[...document.querySelectorAll('.title-row > :not(.spacer)')].map(e => e.getBoundingClientRect().top)")
+    assert max(boxes) - min(boxes) < 12, boxes  # title, badge and buttons share one line
+    assert page.is_visible("#no-resume")
+    badge = page.evaluate("(() => { const h = document.querySelector('.title-row h1').getBoundingClientRect();"
+                          " const b = document.querySelector('#job-status .badge').getBoundingClientRect();"
+                          " return [h.top, b.top, b.bottom, h.bottom]; })()")
+    assert badge[0] <= badge[1] and badge[2] <= badge[3] + 1
+
+
+def test_new_model_form_starts_from_fcn_alexnet(fake_site):
+    import urllib.request
+    url, fake, _ = fake_site
+    fake.standard_networks = lambda: [
+        {"name": n, "title": n, "description": "", "text": "name: 'x'\n"}
+        for n in ("deeplab_aspp", "fcn_8s", "fcn_alexnet", "unet")]
+    html = urllib.request.urlopen(f"{url}/models/new").read().decode()
+    checked = [line for line in html.splitlines() if 'name="standard_network"' in line and "checked" in line]
+    assert len(checked) == 1 and 'value="fcn_alexnet"' in checked[0]
