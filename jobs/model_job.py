@@ -81,6 +81,7 @@ def write_model_job(job_dir, dataset_dir, options):
     except netcheck.NetworkPathError as exc:
         raise ModelJobError(str(exc), "network")
     try:
+        netcheck.check_layer_types(train_val, options.get("backend"))
         param_shapes = netcheck.deploy_param_shapes(deploy)
     except netcheck.NetworkCheckError as exc:
         raise ModelJobError("the network cannot be built for this dataset (%dx%dx%d): %s"

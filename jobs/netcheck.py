@@ -135,3 +135,58 @@ def _list_entries(path, message):
                 yield head if head and tail.lstrip("-").isdigit() else line
             else:
                 yield line
+
+
+# -- layer types the job's backend knows ---------------------------------------------------------
+
+_REAL_CAFFE_TYPES = {}  # RealCaffe description → its layer_type_list(), asked once per process
+LAYER_LIST_PROBE = "import json, caffe; print(json.dumps(sorted(caffe.layer_type_list())))"
+
+
+def backend_layer_types(backend):
+    """(name of the backend, the layer types it implements) for a job recorded with ``backend``
+    (engine, pycaffe, auto or None), or (name, None) when the list cannot be had here.
+
+    The engine's list is ``engine.layer_types.registered_types()``; real Caffe's is its own
+    ``caffe.layer_type_list()``, asked of the located Caffe (``jobs.real_caffe``) in a
+    subprocess with its interpreter, since real pycaffe is usually not importable in the server."""
+    if backend != "pycaffe":
+        from engine.layer_types import registered_types
+        return "the engine", set(registered_types())
+    import json
+    import subprocess
+    from jobs import real_caffe
+    try:
+        found = real_caffe.find_real_caffe()
+    except real_caffe.RealCaffeError:
+        found = None
+    if found is None:
+        return "real Caffe", None  # the runner says how to get one
+    key = repr(found)
+    if key not in _REAL_CAFFE_TYPES:
+        import sys
+        try:
+            proc = subprocess.run([found.python or sys.executable, "-c", LAYER_LIST_PROBE],
+                                  env=found.environment(), capture_output=True, universal_newlines=True,
+                                  timeout=120)
+            lines = proc.stdout.strip().splitlines()
+            _REAL_CAFFE_TYPES[key] = set(json.loads(lines[-1])) if proc.returncode == 0 and lines else None
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            _REAL_CAFFE_TYPES[key] = None
+    return "real Caffe", _REAL_CAFFE_TYPES[key]
+
+
+def check_layer_types(net, backend):
+    """NetworkCheckError for the first layer (of every phase and stage: loss layers too, which the
+    deploy net leaves out) whose type the job's backend does not implement."""
+    name, known = backend_layer_types(backend)
+    if known is None:
+        return
+    for layer in net.layer:
+        if layer.type not in known:
+            import difflib
+            close = difflib.get_close_matches(layer.type, sorted(known), n=2, cutoff=0.8)
+            raise NetworkCheckError(
+                "layer '%s' has type '%s', which %s does not implement%s (it has %d layer types: %s)"
+                % (layer.name, layer.type, name, "; did you mean %s?" % " or ".join(close[:3]) if close else "",
+                   len(known), ", ".join(sorted(known))))
