@@ -1,4 +1,5 @@
-"""The golden vectors of tests/golden are reproduced by the real Caffe `make caffe` builds.
+"""The golden vectors of tests/golden (layers, nets, data layers, solver traces and snapshots) are
+reproduced by the real Caffe `make caffe` builds.
 
 A control for the golden files themselves (BVLC Caffe at 9b891540, this machine's compiler and
 OpenBLAS) and the proof that they can be regenerated from the project:
@@ -105,3 +106,41 @@ def test_real_caffe_writes_the_golden_hdf5_output(tmp_path):
             dataset = key.split(":")[-1]
             assert written[dataset].dtype == np.float32
             np.testing.assert_array_equal(written[dataset][...], expected[key], err_msg=key)
+
+
+SOLVER_CASES = sorted(c for c in os.listdir(os.path.join(GOLDEN_DIR, "solvers"))
+                      if os.path.isfile(os.path.join(GOLDEN_DIR, "solvers", c, "trace.npz")))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", SOLVER_CASES)
+def test_real_caffe_reproduces_the_golden_solver_trace(tmp_path, name):
+    """Each step's parameters and loss, then the snapshot (.caffemodel and .solverstate)."""
+    from engine.blobproto import blobproto_to_array
+    from engine.caffemodel import read_caffemodel, read_solverstate
+    real_caffe()
+    golden = os.path.join(GOLDEN_DIR, "solvers", name)
+    case = shutil.copytree(golden, str(tmp_path / "case"))
+    run_task("solver", case, str(tmp_path / "out.npz"))
+    got = np.load(str(tmp_path / "out.npz"))
+    trace = np.load(os.path.join(golden, "trace.npz"))
+    afters = [k for k in trace.files if k.startswith("after:")]
+    assert afters and sorted(k for k in got.files if k.startswith("after:")) == sorted(afters)
+    for key in afters:
+        assert_close_to_caffe(got[key], trace[key], "%s %s" % (name, key))
+    assert_close_to_caffe(got["loss"], trace["loss"], "%s loss" % name)
+    snaps = sorted(f for f in os.listdir(golden) if f.startswith("snap_iter_"))
+    assert len(snaps) == 2
+    for snap in snaps:
+        assert os.path.getmtime(os.path.join(case, snap)) > os.path.getmtime(os.path.join(case, "trace.npz"))
+    model = [f for f in snaps if f.endswith(".caffemodel")][0]
+    ours = {l.name: l.blobs for l in read_caffemodel(os.path.join(case, model)).layer if len(l.blobs)}
+    for layer in read_caffemodel(os.path.join(golden, model)).layer:
+        for k, blob in enumerate(layer.blobs):
+            assert_close_to_caffe(blobproto_to_array(ours[layer.name][k]), blobproto_to_array(blob),
+                                  "%s %s %s:%d" % (name, model, layer.name, k))
+    state = [f for f in snaps if f.endswith(".solverstate")][0]
+    a, b = read_solverstate(os.path.join(case, state)), read_solverstate(os.path.join(golden, state))
+    assert (a.iter, a.current_step, len(a.history)) == (b.iter, b.current_step, len(b.history))
+    for k, (mine, theirs) in enumerate(zip(a.history, b.history)):
+        assert_close_to_caffe(blobproto_to_array(mine), blobproto_to_array(theirs), "%s history %d" % (name, k))

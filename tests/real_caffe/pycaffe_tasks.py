@@ -16,6 +16,10 @@ jobs.real_caffe, never inside pytest, whose ``caffe`` is the engine): Python 3.9
     pycaffe_tasks.py predict DEPLOY WEIGHTS PREPROCESS.json IMAGE.npy OUT.npy
         the class probabilities (C x H x W) of one image, preprocessed as Caffe's TEST phase
         does ((x - mean) cropped at the centre, times scale; the mean from a binaryproto).
+    pycaffe_tasks.py solver CASE_DIR OUT.npz
+        a golden solver case (tests/golden/solvers/CASE, run in a scratch copy: the snapshot
+        overwrites snap_iter_N.*): init.caffemodel loaded, feed:IT:BLOB set before each step(1);
+        after:IT:LAYER:I and loss (the net's loss after each step) written, then snapshot().
     pycaffe_tasks.py info
         {"version", "module"} of the caffe imported.
 """
@@ -129,6 +133,27 @@ def task_forward(args):
     np.savez(args.out, **out)
 
 
+def task_solver(args):
+    os.chdir(args.case)  # the solver's net: and snapshot_prefix are relative to the cwd
+    trace = np.load("trace.npz")
+    solver = caffe.get_solver("solver.prototxt")
+    solver.net.copy_from("init.caffemodel")
+    out, losses = {}, []
+    for it in range(len(trace["loss"])):
+        for key in trace.files:
+            if key.startswith("feed:%d:" % it):
+                solver.net.blobs[key.split(":")[2]].data[...] = trace[key]
+        solver.step(1)
+        losses.append(float(solver.net.blobs["loss"].data))
+        for key in trace.files:
+            if key.startswith("after:%d:" % it):
+                _, _, layer, index = key.split(":")
+                out[key] = np.array(solver.net.params[layer][int(index)].data)
+    out["loss"] = np.array(losses)
+    solver.snapshot()
+    np.savez(args.out, **out)
+
+
 def read_mean(path):
     blob = caffe_pb2.BlobProto()
     with open(path, "rb") as f:
@@ -194,6 +219,10 @@ def main(argv=None):
     for name in ("deploy", "weights", "preprocess", "image", "out"):
         p.add_argument(name)
     p.set_defaults(run=task_predict)
+    p = sub.add_parser("solver")
+    p.add_argument("case")
+    p.add_argument("out")
+    p.set_defaults(run=task_solver)
     p = sub.add_parser("info")
     p.set_defaults(run=task_info)
     args = ap.parse_args(argv)
