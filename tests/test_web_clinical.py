@@ -99,3 +99,35 @@ def test_series_upload_needs_files_and_refuses_other_types(site):
     refused = client.post("/api/jobs/%s/infer-series" % job["id"], data={"files": (io.BytesIO(b"x"), "a.dcm")},
                           content_type="multipart/form-data")
     assert refused.status_code == 403  # a cross-site form cannot send X-Requested-With
+
+
+def test_series_upload_reads_areas_volumes_and_ef(site, tmp_path):
+    """The series page on the real service: the model job gets a real (untrained, xavier) engine
+    snapshot of its deploy net; the DICOMs of one phantom patient go up as files and as a zip."""
+    import zipfile as zf
+    import engine
+    client, svc, job, table = site
+    net = engine.Net(os.path.join(job["dir"], "deploy.prototxt"), engine.TEST)
+    net.save(os.path.join(job["dir"], "snapshot_iter_1.caffemodel"))
+    case = table["clinical"]["patients"][0]["case"]
+    folder = os.path.join(svc.dataset_info(job["dataset_id"]).form_values["image_folder"], case)
+    names = sorted(os.listdir(folder))
+    files = [(open(os.path.join(folder, n), "rb"), n) for n in names]
+    got = client.post("/models/%s/series" % job["id"], data={"files": files}, content_type="multipart/form-data")
+    html = got.get_data(as_text=True)
+    assert got.status_code == 200, html
+    for n in names:
+        assert "<td>%s</td>" % n in html  # the user's names, not the stored ones
+    assert html.count("<td>phase ") == len(names) == 6
+    archive = tmp_path / "series.zip"
+    with zf.ZipFile(archive, "w") as z:
+        for n in names:
+            z.write(os.path.join(folder, n), "sax/" + n)
+    got = client.post("/api/jobs/%s/infer-series" % job["id"], headers={"X-Requested-With": "t"},
+                      data={"files": (open(archive, "rb"), "series.zip")}, content_type="multipart/form-data")
+    answer = got.get_json()
+    assert got.status_code == 200, answer
+    assert sorted(r["source"] for r in answer["images"]) == names
+    assert all(r["lv_area_mm2"] is not None for r in answer["images"])
+    assert answer["function"]["spacing_mm"] == pytest.approx(10.0)
+    assert set(answer["function"]["slices"].values()) == {3}

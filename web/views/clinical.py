@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import secrets
 import shutil
 import time
@@ -41,6 +42,7 @@ PATIENT_VALUES = (("EDV ml", "edv_ml"), ("ESV ml", "esv_ml"), ("SV ml", "sv_ml")
                   ("Mass g", "myocardial_mass_g"))
 EXPORT_FORMATS = ("contours", "dicom-seg")
 SERIES_SUFFIXES = (".dcm", ".dicom", ".ima", ".zip", "")
+STORED_PREFIX = re.compile(r"^\d{4}_")  # the numbering of _store_series (or of a zip's extraction)
 
 
 def _evaluation(job_id: str) -> dict:
@@ -137,9 +139,12 @@ def _read_series(job: dict, files) -> dict:
     try:
         only = list(folder.iterdir())
         target = only[0] if len(only) == 1 else folder  # one zip or one image: itself
-        return backend().infer_series(job["id"], str(target))
+        result = backend().infer_series(job["id"], str(target))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    for image in result.get("images") or []:  # the user's file names, without the storage prefixes
+        image["source"] = STORED_PREFIX.sub("", str(image.get("source", "")))
+    return result
 
 
 @bp.route("/models/<job_id>/series", methods=["GET", "POST"])
