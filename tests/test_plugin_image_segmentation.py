@@ -19,7 +19,7 @@ from engine.lmdb_io import LmdbReader
 from jobs import store as st
 from jobs.dataset import DatasetInfo
 from jobs.service import JobService, ServiceError
-from plugin.base import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Entry, EntryError, FormError, PluginError
+from plugin.base import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, EntryError, FormError, PluginError
 from plugin.base import discover_plugins, get_plugin
 from plugin.image_segmentation import ImageSegmentationPlugin
 from plugin.image_segmentation.classes import generated_palette
