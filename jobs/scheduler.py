@@ -474,26 +474,39 @@ class Scheduler:
         another container sharing the database is left alone. Returns {job id: what was done}."""
         here = socket.gethostname()
         done = {}
-        for job in patiently(self.store.list):
+        try:
+            jobs = self.store.list()
+        except sqlite3.OperationalError:  # locked: the worker loop's recover settles them later
+            return done
+        for job in jobs:
             if job["status"] != st.RUNNING or job.get("host") not in (None, here):
                 continue
-            alive = st.same_process(job.get("pid"), job.get("pid_started"))
-            if job["kind"] != "model":
-                if not alive:
-                    if self.store.claim(job["id"], st.RUNNING, st.INTERRUPTED, "the process running this job stopped"):
-                        done[job["id"]] = st.INTERRUPTED
-                continue
-            if alive:
-                if adopt and job["id"] not in self._running:
-                    t = threading.Thread(target=self._watch, args=(job["id"],), daemon=True,
-                                         name="adopted-%s" % job["id"])
-                    t.gpu = None
-                    self._running[job["id"]] = t
-                    t.start()
-                    done[job["id"]] = "adopted"
-                continue
-            done[job["id"]] = self._settle(job)
+            try:
+                self._recover_one(job, adopt, done)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                done[job["id"]] = None  # left Running; a later start settles it
         return done
+
+    def _recover_one(self, job, adopt, done):
+        alive = st.same_process(job.get("pid"), job.get("pid_started"))
+        if job["kind"] != "model":
+            if not alive and self.store.claim(job["id"], st.RUNNING, st.INTERRUPTED,
+                                              "the process running this job stopped"):
+                done[job["id"]] = st.INTERRUPTED
+            return
+        if alive:
+            if adopt and job["id"] not in self._running:
+                t = threading.Thread(target=self._watch, args=(job["id"],), daemon=True,
+                                     name="adopted-%s" % job["id"])
+                t.gpus = list((job.get("options") or {}).get("assigned_gpus") or [])  # what it was given
+                t.gpu = t.gpus[0] if t.gpus else None
+                self._running[job["id"]] = t
+                t.start()
+                done[job["id"]] = "adopted"
+            return
+        done[job["id"]] = self._settle(job)
 
     def _watch(self, job_id, poll=0.5):
         """Supervise a runner this process did not start (no exit code: its status file tells)."""
