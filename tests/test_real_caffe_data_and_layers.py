@@ -8,6 +8,7 @@
 Real Caffe runs in a subprocess (tests/real_caffe/pycaffe_tasks.py); skips when it is not built.
 """
 import os
+import subprocess
 
 import numpy as np
 import pydicom
@@ -17,7 +18,7 @@ from engine.datum import bytes_to_array
 from engine.lmdb_io import LmdbReader
 from jobs.dataset import build_dataset
 from plugin.sunnybrook import SunnybrookPlugin, phantom
-from tests.real_caffe_helpers import real_caffe, run_task
+from tests.real_caffe_helpers import TASKS, real_caffe, real_env, run_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_DIR = os.path.join(ROOT, "python_layers")
@@ -114,3 +115,23 @@ def test_python_layers_in_real_caffe_give_the_engines_values(tmp_path, monkeypat
     net.backward()
     assert np.abs(real["diff:score"]).max() > 0
     np.testing.assert_allclose(real["diff:score"], net.blobs["score"].diff, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.timeout(600)
+def test_caffes_data_layer_refuses_16_bit_png_records(release, tmp_path):
+    """A dataset stored with encoding "png" keeps 16-bit PNGs; real Caffe's DataTransformer only
+    takes 8-bit decoded images and aborts (CHECK cv_img.depth() == CV_8U). Pinned here: such a
+    dataset is engine-only; "none" (float_data, above) is what both backends read."""
+    out = str(tmp_path / "ds")
+    form = {"image_folder": os.path.join(release, "challenge_training"),
+            "contour_folder": os.path.join(release, "TrainingDataContours"),
+            "val_percent": 25, "split_by": "slice", "channel_conversion": "L"}
+    info = build_dataset(SunnybrookPlugin(), form, out, encoding="png")
+    assert info["feature"]["storage"] == "png" and info["feature"]["dtype"] == "uint16"
+    net = tmp_path / "png.prototxt"
+    net.write_text(data_net(out, "train", 2))
+    found = real_caffe()
+    proc = subprocess.run([found.python, TASKS, "forward", str(net), str(tmp_path / "out.npz")],
+                          env=real_env(GLOG_minloglevel="0"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Image data type must be unsigned byte" in proc.stderr
