@@ -23,11 +23,14 @@ def evaluation_report(table):
     if rows:
         lines += ["", "Contours (Sunnybrook challenge: APD = mean distance of the automatic contour "
                       "to the expert's, good = APD < 5 mm)",
-                  "%-6s %5s %-15s %-15s %-15s %s" % ("phase", "n", "APD mm", "Dice", "Hausdorff mm", "good")]
+                  "%-6s %5s %-11s %-15s %-15s %-15s %-15s %s" % (
+                      "phase", "n", "good", "APD mm (good)", "Dice (good)", "APD mm (all)", "Dice (all)",
+                      "Hausdorff mm")]
         for r in rows:
-            lines.append("%-6s %5d %-15s %-15s %-15s %d (%.0f %%)" % (
-                r["phase"], r["count"], _mean_std(r["apd_mm"]), _mean_std(r["dice"], "%.3f"),
-                _mean_std(r["hausdorff_mm"]), r["good_contours"], r["good_percent"]))
+            lines.append("%-6s %5d %-11s %-15s %-15s %-15s %-15s %s" % (
+                r["phase"], r["count"], "%d (%.0f %%)" % (r["good_contours"], r["good_percent"]),
+                _mean_std(r.get("apd_mm_good")), _mean_std(r.get("dice_good"), "%.3f"),
+                _mean_std(r["apd_mm"]), _mean_std(r["dice"], "%.3f"), _mean_std(r["hausdorff_mm"])))
     patients = clinical.get("patients") or []
     if patients:
         lines += ["", "Patients (predicted / expert; volumes by summation of discs)",

@@ -174,19 +174,24 @@ def _stats(values):
 
 
 def phase_summary(records):
-    """The challenge's summary rows: per phase (ED, ES, all) mean ± std of APD (mm) and Dice, the
-    % of good contours (APD < 5 mm; a record without a predicted outline counts as not good) and
-    mean ± std of the Hausdorff distance. Records without an expert contour are left out."""
+    """The challenge's summary rows: per phase (ED, ES, all) the % of good contours (APD < 5 mm; a
+    record without a predicted outline counts as not good), mean ± std of APD (mm) and Dice over
+    the good contours (as the challenge's result tables give them: ``apd_mm_good``,
+    ``dice_good``) and over all records (``apd_mm``, ``dice``), and of the Hausdorff distance.
+    Records without an expert contour are left out."""
     rows = []
     for phase in PHASES + ("all",):
         chosen = [r for r in records if r.get("expert_lv_area_mm2") is not None
                   and (phase == "all" or r.get("phase") == phase)]
         if not chosen:
             continue
-        good = sum(1 for r in chosen if r.get("good_contour"))
+        good_rows = [r for r in chosen if r.get("good_contour")]
+        good = len(good_rows)
         rows.append({"phase": phase, "count": len(chosen),
                      "apd_mm": _stats(r.get("apd_mm") for r in chosen),
                      "dice": _stats(r.get("dice") for r in chosen),
+                     "apd_mm_good": _stats(r.get("apd_mm") for r in good_rows),
+                     "dice_good": _stats(r.get("dice") for r in good_rows),
                      "hausdorff_mm": _stats(r.get("hausdorff_mm") for r in chosen),
                      "good_contours": good, "good_percent": 100.0 * good / len(chosen)})
     return rows

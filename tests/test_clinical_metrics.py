@@ -145,6 +145,9 @@ def test_phase_summary_and_partial_patients():
     assert rows["ED"]["count"] == 2 and rows["ED"]["apd_mm"]["mean"] == pytest.approx(3.0)
     assert rows["ED"]["apd_mm"]["std"] == pytest.approx(math.sqrt(2.0))
     assert rows["ES"]["good_percent"] == 0.0 and rows["all"]["good_percent"] == pytest.approx(200 / 3)
+    # the challenge's APD and Dice over the good contours only
+    assert rows["all"]["apd_mm_good"]["mean"] == pytest.approx(3.0) and rows["all"]["apd_mm"]["mean"] == pytest.approx(4.0)
+    assert rows["all"]["dice_good"]["mean"] == pytest.approx(0.85) and rows["ES"]["dice_good"] is None
     table = clinical.patient_table(recs, all_cases_count={"A": 5})
     assert table["patients"][0]["partial"] and "A: 3 of its 5" in table["warnings"][0]
     assert table["agreement"]["ef_percent"] is None
