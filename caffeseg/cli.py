@@ -346,8 +346,30 @@ def cmd_model_clinical_export(args):
 
 
 def cmd_model_export(args):
-    path = service(args).export(args.job_id, snapshot=args.snapshot, out=args.out)
+    path = service(args).export(args.job_id, snapshot=args.snapshot, out=args.out, fmt=args.format)
     emit(args, {"path": path}, path)
+
+
+def cmd_model_make_pretrained(args):
+    """DIGITS' "Make Pretrained Model": the snapshot into DATA/pretrained (the web's Pretrained tab)."""
+    entry = service(args).make_pretrained(args.job_id, os.path.join(data_root(args), "pretrained"),
+                                          snapshot=args.snapshot, name=args.name)
+    emit(args, entry, "pretrained model %s (%s) from %s" % (entry["id"], entry["name"], args.job_id))
+
+
+def cmd_test_many(args):
+    """Test Many in the foreground: per image its statistics; results.csv and class maps on disk."""
+    svc = service(args)
+    done = svc.test_many(args.job_id, snapshot=args.snapshot, folder=args.folder, list_file=args.list,
+                         zip_path=args.zip, dataset_stage=args.dataset_stage, probabilities=args.probabilities,
+                         resize=tuple(args.resize) if args.resize else None, wait=True)
+    lines = ["%-40s %s" % (r["source"], r["error"] if r.get("error") else "LV area %d px, confidence %.3f%s" % (
+        r["lv_area_px"], r["mean_confidence"], "  Dice %.3f" % r["dice"] if "dice" in r else ""))
+             for r in done["rows"]]
+    lines.append("%s: %d images, results in %s" % (done["status"]["state"], len(done["rows"]),
+                                                   os.path.join(done["folder"], "results.csv")))
+    emit(args, done, "\n".join(lines))
+    return EXIT_OK if done["status"]["state"] == "Done" else EXIT_JOB_FAILED
 
 
 def cmd_infer(args):
@@ -456,6 +478,21 @@ def cmd_surgery(args):
 
 def cmd_pretrained(args):
     from jobs import pretrained
+    store_dir = os.path.join(data_root(args), "pretrained")
+    if args.import_archive:
+        from jobs.pretrained_archive import import_archive
+        entry = import_archive(store_dir, args.import_archive, name=args.name)
+        emit(args, entry, "pretrained model %s (%s) from %s" % (entry["id"], entry["name"], args.import_archive))
+        return
+    if args.layers:
+        from jobs.pretrained_archive import layer_table
+        entry = pretrained.upload_entry(store_dir, args.layers)
+        with open(entry["prototxt"]) as f:
+            table = layer_table(entry["weights"], f.read())
+        lines = ["%-20s %-16s %s  (%d)" % (r["name"], r["type"], " ".join("x".join(map(str, s)) for s in r["shapes"]),
+                                         r["param_count"]) for r in table["layers"]]
+        emit(args, table, "\n".join(lines + ["total parameters %d" % table["total"]]))
+        return
     if args.name is None:
         rows = {k: {"file": m.filename, "url": m.url, "use": m.use} for k, m in pretrained.KNOWN_MODELS.items()}
         emit(args, rows, "\n".join("%-16s %s" % (k, m.description) for k, m in pretrained.KNOWN_MODELS.items()))
@@ -653,7 +690,25 @@ def build_parser():
         p.add_argument("--snapshot", type=int, help="iteration (default: the last)")
         if name == "export":
             p.add_argument("--out")
+            p.add_argument("--format", choices=("tar.gz", "zip"), default="tar.gz")
         p.set_defaults(func=func)
+    p = md.add_parser("make-pretrained", parents=[common],
+                      help="the snapshot becomes a pretrained model (DIGITS' Make Pretrained Model)")
+    p.add_argument("job_id")
+    p.add_argument("--snapshot", type=int, help="iteration (default: the last)")
+    p.add_argument("--name", help="default: the job's name")
+    p.set_defaults(func=cmd_model_make_pretrained)
+    p = md.add_parser("test-many", parents=[common], help="infer many images at once (DIGITS' Test Many / Test a DB)")
+    p.add_argument("job_id")
+    p.add_argument("--snapshot", type=int)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--folder", help="every image of a folder")
+    src.add_argument("--list", help="a text file of image paths, one per line")
+    src.add_argument("--zip", help="a zip of images")
+    src.add_argument("--dataset-stage", choices=("train", "val"), help="every record of the model's dataset stage")
+    p.add_argument("--probabilities", action="store_true", help="also write float16 probabilities (.npy)")
+    p.add_argument("--resize", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="squash images to this size first")
+    p.set_defaults(func=cmd_test_many)
 
     p = md.add_parser("clinical-export", parents=[common],
                       help="an evaluation's predicted contours (Sunnybrook text zip) or DICOM SEG")
@@ -709,6 +764,10 @@ def build_parser():
                    help="also convert it into the weights its prototxt/ network starts from")
     p.add_argument("--gray", action="store_true", help="with --prepare: conv1 summed over RGB (1-channel data)")
     p.add_argument("--classes", type=int, default=2, help="with --prepare: classes of the converted score layers")
+    p.add_argument("--import", dest="import_archive", metavar="ARCHIVE",
+                   help="store a caffeseg or DIGITS model download (tar/tar.gz/zip with info.json) as a "
+                        "pretrained model (NAME, if given, names it)")
+    p.add_argument("--layers", metavar="ID", help="an uploaded pretrained model's layers and parameter shapes")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("lab", parents=[common], help="the whole DIGITS lab on the sample phantom",
                        description="Run the DIGITS medical-imaging lab end to end on the Sunnybrook-layout "

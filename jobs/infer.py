@@ -213,6 +213,8 @@ class DeployModel:
         if visualize:
             result["activations"] = {k: blob_stats(b.data) for k, b in self.net.blobs.items()}
             result["weights"] = {k: [blob_stats(p.data) for p in ps] for k, ps in self.net.params.items()}
+            from jobs.visualize import layer_visuals  # DIGITS' pictures: activation grids, weight images, counts
+            result["visuals"] = layer_visuals(self.net)
         return result
 
 

@@ -30,6 +30,15 @@ DEFAULT_MAX_BYTES = 4 << 30
 _CHUNK = 1 << 20
 
 
+def upload_name(text):
+    """A job's or an archive's name made into an upload name (``jobs.pretrained``'s rule: 1-64 of
+    letters, digits, spaces, _.+()-, starting with a letter or digit): others become "_"."""
+    import re
+    name = re.sub(r"[^A-Za-z0-9 _.+()-]", "_", str(text or "")).strip()
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)[:64].strip()
+    return name or "pretrained"
+
+
 def max_archive_bytes():
     return int(os.environ.get("CAFFESEG_MAX_PRETRAINED_BYTES", DEFAULT_MAX_BYTES))
 
@@ -207,8 +216,8 @@ def import_archive(dest_dir, archive, name=None, description=""):
         if isinstance(dims, list) and len(dims) == 3:
             image = {"type": "gray" if int(dims[2]) == 1 else "color", "height": dims[0], "width": dims[1],
                      "resize_mode": info.get("image resize mode") or "squash"}
-        given = (name or info.get("name") or os.path.splitext(os.path.basename(str(snapshot)))[0]).strip()
-        return store.save_upload(dest_dir, given[:64], network, weights, description=description, labels=labels,
+        given = name or upload_name(info.get("name") or os.path.splitext(os.path.basename(str(snapshot)))[0])
+        return store.save_upload(dest_dir, given, network, weights, description=description, labels=labels,
                                  image=image, extra_files=extra,
                                  source={"archive": os.path.basename(str(archive)),
                                          "job_id": info.get("job id"), "username": info.get("username")})

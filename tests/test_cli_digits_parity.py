@@ -77,3 +77,37 @@ def test_info_is_the_shared_server_info(env, capsys, monkeypatch):
         {k: info[k] for k in ("server", "torch", "engine", "plugins")}
     text = server_info.server_info_text(dict(info, gpus=[{"index": 0, "name": "H200", "memory_total": 141 << 30}]))
     assert "on %s" % socket.gethostname() in text.splitlines()[0] and "GPUs: 0 H200 (141.0 GiB)" in text
+
+
+def test_export_zip_make_pretrained_import_layers_and_test_many(env, capsys, monkeypatch):
+    import zipfile
+
+    from jobs import infer as inf
+    from tests.test_jobs_eval_infer_export import FakeCaffe
+    from tests.web_helpers import write_weights
+    import numpy as np
+    tmp_path, common, net = env
+    ds, jobs = _dataset_and_models(env, capsys)
+    job = jobs[0]
+    assert cli.main(common + ["model", "train", job["id"]]) == 0
+    capsys.readouterr()
+    write_weights(inf.latest_snapshot(job["dir"]), {"conv1": [np.ones((4, 1, 3, 3), np.float32), np.zeros(4, np.float32)]})
+    code, out = run_json(capsys, common + ["model", "export", job["id"], "--format", "zip"])
+    assert code == 0 and zipfile.is_zipfile(out["path"])
+    code, made = run_json(capsys, common + ["model", "make-pretrained", job["id"], "--name", "mine"])
+    assert code == 0 and made["name"] == "mine" and made["source"]["job_id"] == job["id"]
+    code, imported = run_json(capsys, common + ["pretrained", "--import", out["path"]])
+    assert code == 0 and imported["labels"] == ["background", "lv"] and imported["id"] != made["id"]
+    code, table = run_json(capsys, common + ["pretrained", "--layers", imported["id"]])
+    assert code == 0 and table["layers"][0]["shapes"] == [[4, 1, 3, 3], [4]] and table["total"] == 40
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    import cv2
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        picture = np.zeros((8, 8), np.uint8)
+        picture[:k + 1, :2] = 200
+        cv2.imwrite(str(images / ("%d.png" % k)), picture)
+    code, done = run_json(capsys, common + ["model", "test-many", job["id"], "--folder", str(images), "--probabilities"])
+    assert code == 0 and done["status"]["state"] == "Done" and [r["lv_area_px"] for r in done["rows"]] == [2, 4, 6]
+    assert os.path.isfile(os.path.join(done["folder"], "results.csv"))

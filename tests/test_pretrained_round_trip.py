@@ -228,3 +228,9 @@ def test_layer_table_streams_shapes_and_counts(tmp_path):
     (tmp_path / "net.caffemodel").write_text(TINY_NET)  # a prototxt under a caffemodel's name
     with pytest.raises(ValueError):
         pa.layer_table(str(tmp_path / "net.caffemodel"))
+
+
+def test_names_that_are_not_upload_names_are_cleaned():
+    assert pa.upload_name("tiny lr=0.1 bs=2") == "tiny lr_0.1 bs_2"
+    assert pa.upload_name("  ..über/net  ") == "ber_net"
+    assert pa.upload_name("===") == "pretrained" and len(pa.upload_name("x" * 100)) == 64
