@@ -4,7 +4,7 @@ Two ways in, one result (``sys.modules["caffe"]`` is the ``engine`` package itse
 
 * ``install()``: the runner, the Python-layer loader and ``jobs.infer`` call it; it registers
   the engine as ``caffe`` unless some ``caffe`` module is already loaded.
-* The installed proxy package ``caffe`` (``caffe_entry/caffe/__init__.py``, put on the path
+* The installed proxy package ``caffe`` (``engine/pycaffe_proxy/caffe/__init__.py``, put on the path
   by ``pip install`` of this project) calls ``install(replacing=<proxy>)`` so that a plain
   ``python script.py`` with ``import caffe`` gets the engine. The proxy sits in site-packages
   (or, for an editable install, behind setuptools' path finder), so a real pycaffe that is

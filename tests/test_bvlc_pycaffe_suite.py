@@ -4,7 +4,7 @@
 The files are unpacked from the tarball into a temporary folder (with the ``models/`` and
 ``examples/`` prototxts that ``test_draw`` walks) and run by pytest in a subprocess whose
 ``import caffe`` resolves to the engine through the project's ``caffe`` proxy package
-(``caffe_entry/``), exactly as a user's script would. Nothing is skipped on the engine. The one
+(``engine/pycaffe_proxy/``), exactly as a user's script would. Nothing is skipped on the engine. The one
 NCCL test (``test_nccl.py::TestNCCL::test_newuid``) checks ``caffe.NCCL.new_uid`` only when
 ``caffe.has_nccl()`` is True (otherwise it checks nothing). No test needs CUDA (pycaffe's tests
 run on the CPU).
@@ -60,7 +60,7 @@ def _unpack(into: Path) -> Path:
 def _engine_env() -> dict:
     # The proxy folder first, so a real pycaffe elsewhere on the path cannot answer `import caffe`
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "caffe_entry"), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "engine" / "pycaffe_proxy"), str(ROOT)])
     env.pop("CAFFESEG_TEST_GPU", None)
     return env
 

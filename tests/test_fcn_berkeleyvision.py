@@ -48,7 +48,7 @@ def _all_net_dirs():
 
 def _env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "caffe_entry"), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "engine" / "pycaffe_proxy"), str(ROOT)])
     return env
 
 

@@ -31,7 +31,7 @@ def _run_script(tmp_path, code, pythonpath=()):
     script.write_text(textwrap.dedent(code))
     env = dict(os.environ)
     # the proxy as an installed package would be: after whatever the user put on PYTHONPATH
-    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [str(ROOT / "caffe_entry"), str(ROOT)])
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [str(ROOT / "engine" / "pycaffe_proxy"), str(ROOT)])
     return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
 
