@@ -131,3 +131,16 @@ def test_series_upload_reads_areas_volumes_and_ef(site, tmp_path):
     assert all(r["lv_area_mm2"] is not None for r in answer["images"])
     assert answer["function"]["spacing_mm"] == pytest.approx(10.0)
     assert set(answer["function"]["slices"].values()) == {3}
+
+
+def test_dataset_page_warns_about_patients_on_both_sides(site, tmp_path):
+    from tests.clinical_fixtures import make_dataset, make_release
+    client, svc, job, _ = site
+    page = client.get("/datasets/%s" % job["dataset_id"]).get_data(as_text=True)
+    assert 'id="split-patients"' in page and 'id="split-leak"' not in page
+    root = str(tmp_path / "release")
+    make_release(root, cases=["SC-HF-I-1", "SC-N-2"], slices=3)
+    make_dataset(root, str(tmp_path / "built"), val_percent=50, split_by="slice")
+    ds = svc.import_dataset(str(tmp_path / "built"), "by slice")
+    page = client.get("/datasets/%s" % ds["id"]).get_data(as_text=True)
+    assert 'id="split-leak"' in page and "SC-HF-I-1, SC-N-2" in page

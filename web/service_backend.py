@@ -76,7 +76,8 @@ def dataset_view(info) -> dict:
         return {"counts": {}, "classes": [], "palette": [], "form_values": {}}
     return {"counts": info.counts, "feature_shape": info.feature_shape, "feature_dtype": info.feature_dtype,
             "label_shape": info.label_shape, "label_dtype": info.label_dtype, "classes": info.classes,
-            "palette": info.palette, "form_values": info.form_values}
+            "palette": info.palette, "form_values": info.form_values,
+            "split": info.info.get("split") or {}}  # by slice|patient, val_cases, cases_in_both
 
 
 def _dataset_summary(view: dict) -> dict:
