@@ -97,3 +97,52 @@ def test_new_model_form_starts_from_fcn_alexnet(fake_site):
     html = urllib.request.urlopen(f"{url}/models/new").read().decode()
     checked = [line for line in html.splitlines() if 'name="standard_network"' in line and "checked" in line]
     assert len(checked) == 1 and 'value="fcn_alexnet"' in checked[0]
+
+
+# -- item 11 -----------------------------------------------------------------------------------
+
+LAB_LIKE_NET = ('name: "fcn"\n'
+                'layer { name: "train_data" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: 1 } }\n'
+                'layer { name: "val_data" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 4 } }\n')
+
+
+def test_ui_lr_preview_uses_the_networks_batch_and_the_datasets_size(browser_page, fake_site):
+    """The issue's case: 31 training records, the network's batch 1, 2 epochs = 62 iterations
+    (the preview used to assume batch 16: '4 iterations, 2 per epoch')."""
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "sample", summary={"train_count": 31, "val_count": 8, "classes": ["bg", "lv"]})
+    fake.standard_networks = lambda: [{"name": "fcn_alexnet", "title": "FCN-AlexNet", "description": "", "text": LAB_LIKE_NET},
+                                      {"name": "unet", "title": "U-Net", "description": "",
+                                       "text": LAB_LIKE_NET.replace("batch_size: 1 ", "batch_size: 2 ")}]
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    page.select_option("#dataset", ds)
+    page.fill("#epochs", "2")
+    page.check("#show-advanced-lr")
+    page.wait_for_selector("#lr_policy", state="visible")
+    info = page.inner_text("#lr-preview-info")
+    assert "62 iterations, 31 per epoch" in info and "31 training records" in info and "batch 1 (the network's)" in info
+    page.check("input[name=standard_network][value=unet]")  # its train batch is 2
+    assert "32 iterations, 16 per epoch" in page.inner_text("#lr-preview-info")
+    page.fill("#batch_size", "8")  # the form's value wins
+    info = page.inner_text("#lr-preview-info")
+    assert "8 iterations, 4 per epoch" in info and "batch 8 (the form's)" in info
+    page.fill("#batch_size", "")
+    page.click("[data-net-tab=custom]")
+    page.fill("#custom_network", LAB_LIKE_NET.replace("batch_size: 1 ", "batch_size: 31 "))
+    assert "2 iterations, 1 per epoch" in page.inner_text("#lr-preview-info")
+    assert not page.js_errors
+
+
+def test_ui_model_page_shows_the_jobs_settings(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "set", dataset_id=ds)
+    fake.jobs_[m]["settings"] = [("Network", "standard network fcn_alexnet.prototxt"), ("Epochs", "2 (62 iterations, 31 per epoch)"),
+                                 ("Batch size", "1 (the network's own)"), ("Solver", "SGD"), ("Learning rate policy", "step (gamma 0.1, stepsize 21)"),
+                                 ("Pretrained weights", "none (from the fillers)"), ("Backend", "engine; ran on engine 1.0"), ("Device", "cpu")]
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    rows = page.eval_on_selector_all("#settings tr", "trs => trs.map(r => [r.cells[0].textContent, r.cells[1].textContent])")
+    assert dict(rows)["Batch size"] == "1 (the network's own)" and dict(rows)["Device"] == "cpu"
+    assert [r[0] for r in rows][:3] == ["Network", "Epochs", "Batch size"]

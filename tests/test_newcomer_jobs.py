@@ -108,3 +108,27 @@ def test_validation_stops_between_passes_when_an_abort_is_asked():
     runner.stop_requested, runner.stop_at, forwards[:] = False, None, []
     assert runner_mod.Runner.validate(runner, solver) == {"loss": 1.0}
     assert len(forwards) == 5
+
+
+# -- item 11: the model page's Settings come from the job's own files ------------------------------
+
+def test_settings_read_back_what_the_training_uses(svc, tmp_path):
+    """The tiny net's own batch (2) with batch accumulation 3, a step policy, 3 epochs over the
+    fixture's training records; backend and device from the runner's backend_used."""
+    dataset = svc.import_dataset(make_dataset_dir(str(tmp_path / "built")), "phantom")
+    [job] = svc.create_model(dict(dataset_id=dataset["id"], network_text=TINY_NET, epochs=3, name="s", base_lr=0.02,
+                                  iter_size=3, backend="pycaffe"))
+    rows = dict(svc.show(job["id"])["settings"])
+    assert rows["Network"] == "custom network"
+    assert rows["Batch size"] == "2 (the network's own), accumulated over 3: 6 per update"
+    assert rows["Base learning rate"] == "0.02"
+    assert rows["Solver"] == "SGD" and rows["Pretrained weights"] == "none (from the fillers)"
+    assert rows["Backend"] == "pycaffe"
+    epochs = rows["Epochs"]
+    assert epochs.startswith("3 (") and "iterations" in epochs
+    from jobs.job_settings import training_settings
+    used = dict(training_settings(job["dir"], {"name": "engine", "version": "1.0", "device": "gpu:1", "torch": "2.13.0"}))
+    assert used["Backend"] == "pycaffe; ran on engine 1.0 (torch 2.13.0)" and used["Device"] == "gpu:1"
+    import json
+    max_iter = json.load(open(os.path.join(job["dir"], "job.json")))["max_iter"]
+    assert epochs == "3 (%d iterations, %g per epoch)" % (max_iter, max_iter / 3)

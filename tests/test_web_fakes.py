@@ -61,6 +61,7 @@ class FakeBackend:
             (d / "snapshot_iter_4.caffemodel").write_bytes(b"weights")
             job["snapshots"] = [{"iteration": 4, "epoch": 1.0, "file": "snapshot_iter_4.caffemodel", "size": 7}]
             job["metrics"] = {"train/loss": {"last": 0.5, "min": 0.4, "max": 0.9, "spark": [0.9, 0.7, 0.5]}}
+            job["settings"] = [("Network", "standard network fcn_tiny.prototxt"), ("Batch size", "2 (the network's own)")]
         job.update(extra)
         self.jobs_[job_id] = job
         return job_id

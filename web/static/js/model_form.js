@@ -234,18 +234,59 @@
     });
   });
 
+  // The TRAIN batch of a network text: the batch_size of the first Data layer included in the
+  // train stage (DIGITS nets: include { stage: "train" } or phase: TRAIN), else the first one.
+  function trainBatch(text) {
+    const re = /batch_size\s*:\s*(\d+)/g;
+    let m, first = null;
+    while ((m = re.exec(text || "")) !== null) {
+      const layerStart = text.lastIndexOf("layer", m.index);
+      const head = text.slice(Math.max(0, layerStart), m.index);
+      if (first === null) first = parseInt(m[1], 10);
+      if (/stage\s*:\s*"train"|phase\s*:\s*TRAIN/.test(head)) return parseInt(m[1], 10);
+    }
+    return first;
+  }
+  // The chosen network's text, when the page has it (Previous Networks: not shown here).
+  function chosenNetworkText() {
+    const tab = source.value || "standard";
+    if (tab === "custom") return editor.value;
+    if (tab === "standard") {
+      const radio = document.querySelector("input[name=standard_network]:checked");
+      const net = radio && (data.networks || []).find(n => n.name === radio.value);
+      return net ? net.text : null;
+    }
+    if (tab === "pretrained") {
+      const radio = document.querySelector("input[name=pretrained_network]:checked");
+      const entry = radio && (data.pretrained || []).find(p => p.id === radio.value);
+      const net = entry && (data.networks || []).find(n => n.name === entry.network);
+      return net ? net.text : null;
+    }
+    return null;
+  }
+  // The batch the training will use: the form's first value, else the network's own, else 16 (assumed).
+  function effectiveBatch() {
+    const typed = firstOf("batch_size", null);
+    if (typed) return { size: typed, origin: "the form's" };
+    const own = trainBatch(chosenNetworkText());
+    if (own) return { size: own, origin: "the network's" };
+    return { size: 16, origin: "assumed" };
+  }
+
   function drawLR() {
     document.querySelectorAll(".lr-param").forEach(f => { f.hidden = !f.classList.contains("lr-" + policy.value); });
     const d = datasetInfo();
     const known = d && d.summary && d.summary.train_count;
     const trainCount = known || 100;
-    const batch = firstOf("batch_size", 16) * Math.max(1, num("batch_accumulation", 1));
+    const chosenBatch = effectiveBatch();
+    const batch = chosenBatch.size * Math.max(1, num("batch_accumulation", 1));
     const epochs = Math.max(1, num("epochs", 1));
     const itersPerEpoch = Math.max(1, Math.ceil(trainCount / batch));
     const maxIter = Math.min(itersPerEpoch * epochs, 200000);
     const defaults = CaffeLR.DEFAULTS[policy.value] || {};
     document.getElementById("lr-preview-info").textContent =
-      "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch" + (known ? "" : ", assuming 100 training records") + ")";
+      "(" + maxIter + " iterations, " + itersPerEpoch + " per epoch: " + (known ? trainCount + " training records" : "assuming 100 training records") +
+      ", batch " + chosenBatch.size + " (" + chosenBatch.origin + ")" + (batch !== chosenBatch.size ? " × " + (batch / chosenBatch.size) + " accumulated" : "") + ")";
     if (adv.hidden) return;
     const params = CaffeLR.solverParams({
       policy: policy.value, base_lr: firstOf("base_lr", 0.01), gamma: num("lr_gamma", defaults.gamma || 0.1),
@@ -270,6 +311,10 @@
     }
   }
   document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
+  // The network (its batch) can change without an input event: tabs, radios, Customize.
+  document.querySelectorAll("#model-form input[type=radio]").forEach(i => i.addEventListener("change", drawLR));
+  document.querySelectorAll("[data-net-tab]").forEach(t => t.addEventListener("click", () => setTimeout(drawLR)));
+  editor.addEventListener("input", drawLR);
   showSummary();
   showPretrained();
   showAdvanced();  // a browser that restored the checkbox (Back) opens the options again
