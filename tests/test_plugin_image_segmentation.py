@@ -451,3 +451,26 @@ def test_worker_processes_build_the_same_dataset(tmp_path):
     for stage in ("train", "val"):
         for part in ("features", "labels"):
             assert read_db(inline["dir"], stage, part) == read_db(forked["dir"], stage, part)
+
+
+def test_class_files_outside_the_data_roots_are_refused_by_form_and_api(tmp_path):
+    # a `file` field is a server path: /etc/passwd must not become class names on the dataset page
+    from web import create_app
+    data = tmp_path / "data"
+    feat, lab = write_pairs(str(data), names(4))
+    outside = tmp_path / "secret.txt"
+    outside.write_text("root\ndaemon\nbin\n")
+    app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data)], "WTF_CSRF_ENABLED": False,
+                      "START_WORKER": False})
+    client = app.test_client()
+    form = {"feature_folder": feat, "label_folder": lab, "val_percent": "25", "channel_conversion": "none",
+            "colormap_method": "label", "class_count": "3", "seed": "0", "encoding": "none",
+            "encoder_batch_size": "32", "encoder_threads": "1", "db_backend": "lmdb", "enforce_same_shape": "y",
+            "dataset_name": "x", "class_labels_file": str(outside)}
+    page = client.post("/datasets/new/image_segmentation", data=form)
+    assert page.status_code == 400 and "outside" in page.get_data(as_text=True)
+    resp = client.post("/api/datasets", json={"plugin": "image_segmentation", "values": {
+        "feature_folder": feat, "label_folder": lab, "class_count": 3, "class_labels_file": str(outside)},
+        "options": {"dataset_name": "api"}}, headers={"X-Requested-With": "t"})
+    assert resp.status_code == 400 and "class_labels_file" in resp.get_data(as_text=True)
+    assert app.extensions["caffeseg_backend"].service.list_jobs("dataset") == []

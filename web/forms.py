@@ -110,8 +110,8 @@ def _wtf_field(spec: FormField):
     if spec.kind in ("int", "float") and (spec.min is not None or spec.max is not None):
         validators.append(NumberRange(min=spec.min, max=spec.max))
     kw = dict(label=spec.label, description=spec.help, default=spec.default)
-    if spec.kind == "path":
-        validators.append(ServerPath(folder=True))
+    if spec.kind in ("path", "file"):  # a folder or a file: both only inside the data roots
+        validators.append(ServerPath(folder=spec.kind == "path"))
         field = StringField(validators=validators, render_kw={"data-path-complete": "1"}, **kw)
     elif spec.kind == "int":
         field = IntegerField(validators=validators, **kw)
