@@ -646,6 +646,83 @@ class JobService:
             raise ServiceError(str(exc))
         return {"snapshot": os.path.basename(model.weights), "classes": model.classes, "results": results}
 
+    def test_many(self, job_id, snapshot=None, folder=None, list_file=None, paths=None, zip_path=None,
+                  dataset_stage=None, probabilities=False, resize=None, roots=None, wait=False):
+        """Test Many (jobs/infer_many.py): the model over a server folder, a list file, uploaded
+        files, a zip, or a whole dataset stage ("train"/"val" of the model's dataset, with labels:
+        DIGITS' Test a DB), as one request with progress. ``roots``: the folders server paths must
+        lie in (None: any, the CLI); ``resize`` (height, width) or None (as the images are).
+        Without ``wait`` it runs in a thread of this process and returns at once. Returns
+        ``test_many_status`` of the request."""
+        from jobs import infer_many as im
+        job = self._model(job_id)
+        model = self._deploy_model(job, snapshot)
+        request = {"snapshot": os.path.basename(model.weights), "probabilities": bool(probabilities),
+                   "resize": list(resize) if resize else None}
+        try:
+            if dataset_stage:
+                if dataset_stage not in ("train", "val"):
+                    raise im.TestManyError("dataset stage train or val, not %r" % (dataset_stage,), "dataset_stage")
+                dataset_dir = self.store.get(job["dataset_id"])["dir"]
+                keys = self.dataset_keys(job["dataset_id"], dataset_stage)
+                if not keys:
+                    raise im.TestManyError("the dataset has no %s records" % dataset_stage, "dataset_stage")
+                if len(keys) > im.max_images():
+                    raise im.TestManyError("%d records; one request takes at most %d" % (len(keys), im.max_images()))
+                test_id, out = im.new_request(job["dir"], dict(request, source={"dataset_stage": dataset_stage}))
+                inputs, total = im.dataset_inputs(dataset_dir, dataset_stage, keys, self.lmdb_lock), len(keys)
+            else:
+                source = {k: v for k, v in (("folder", folder), ("list_file", list_file), ("zip", zip_path))
+                          if v} or {"uploads": len(paths or [])}
+                test_id, out = im.new_request(job["dir"], dict(request, source=source))
+                try:
+                    images = im.collect_images(folder, list_file, paths, zip_path, roots=roots,
+                                               work_dir=os.path.join(out, "inputs"))
+                except im.TestManyError:
+                    shutil.rmtree(out, ignore_errors=True)
+                    raise
+                inputs, total = ((source_name, path, None) for source_name, path in images), len(images)
+        except im.TestManyError as exc:
+            raise ServiceError(str(exc), {exc.field: str(exc)} if exc.field else None)
+        flag = os.path.join(out, "abort_requested")
+
+        def work():
+            im.run(model, inputs, total, out, model.classes, probabilities=probabilities, resize=resize,
+                   extra=_add_dicom_area, should_stop=lambda: os.path.exists(flag))
+        if wait:
+            work()
+        else:
+            thread = threading.Thread(target=work, name="test-many-%s" % test_id, daemon=True)
+            self._test_threads = getattr(self, "_test_threads", {})
+            self._test_threads[test_id] = thread
+            thread.start()
+        return self.test_many_status(job_id, test_id, with_rows=wait)
+
+    def test_many_status(self, job_id, test_id, with_rows=True):
+        """{"id", "request", "status" (state, done, total, started, finished, error), "rows" and
+        "classes" once written, "folder"}; a request left Running by a process that ended (no
+        thread here runs it) reads as Interrupted. KeyError for an unknown request."""
+        from jobs import infer_many as im
+        job = self._model(job_id)
+        out = im.read_request(job["dir"], test_id, with_rows=with_rows)
+        thread = getattr(self, "_test_threads", {}).get(test_id)
+        if out["status"]["state"] == "Running" and (thread is None or not thread.is_alive()):
+            out["status"]["state"] = "Interrupted"
+        return out
+
+    def test_many_list(self, job_id):
+        """The model's Test Many requests, oldest first (without their rows)."""
+        from jobs import infer_many as im
+        job = self._model(job_id)
+        return [self.test_many_status(job_id, r["id"], with_rows=False) for r in im.list_requests(job["dir"])]
+
+    def test_many_abort(self, job_id, test_id):
+        """Ask a running request to stop after its current image."""
+        from jobs import infer_many as im
+        folder = im.read_request(self._model(job_id)["dir"], test_id, with_rows=False)["folder"]
+        with open(os.path.join(folder, "abort_requested"), "w"):
+            pass
+
     def infer_series(self, job_id, path, snapshot=None):
         """DICOM images of one patient (a folder, a zip, or one file) → per image the predicted
         LV area in mm², and for one series at several phases the volumes and EF
@@ -712,7 +789,17 @@ class JobService:
             layers = [dict(stats, name=name, kind="activation") for name, stats in r.pop("activations").items()]
             for name, blobs in r.pop("weights").items():
                 layers += [dict(stats, name="%s[%d]" % (name, i), kind="weights") for i, stats in enumerate(blobs)]
+            # DIGITS' pictures (jobs.visualize): an activation grid per blob; per layer with
+            # parameters its weight image and parameter count, on the row of its first blob
+            pictures = {(v["kind"], v["name"]): v for v in r.pop("visuals", [])}
+            for row in layers:
+                if row["kind"] == "activation":
+                    row["png"] = (pictures.get(("activation", row["name"])) or {}).get("png")
+                elif row["name"].endswith("[0]"):
+                    picture = pictures.get(("weights", row["name"][:-3])) or {}
+                    row.update(png=picture.get("png"), param_count=picture.get("param_count"))
             r["layers"] = layers
+            r["param_total"] = sum(v.get("param_count") or 0 for v in pictures.values())
         return r
 
     def export(self, job_id, snapshot=None, out=None, fmt="tar.gz"):
@@ -733,10 +820,10 @@ class JobService:
         a clone); ``owner`` is recorded. Returns the pretrained entry."""
         from jobs.infer import InferError
         from jobs.pretrained import UploadError
-        from jobs.pretrained_archive import make_pretrained
+        from jobs.pretrained_archive import make_pretrained, upload_name
         job = self._model(job_id)
         try:
-            entry = make_pretrained(job["dir"], pretrained_dir, name or job["name"], snapshot=snapshot,
+            entry = make_pretrained(job["dir"], pretrained_dir, name or upload_name(job["name"]), snapshot=snapshot,
                                     description=description, job=dict(job, owner=owner or job.get("owner")))
         except (InferError, UploadError) as exc:
             raise ServiceError(str(exc), {getattr(exc, "field", None) or "snapshot": str(exc)})
