@@ -8,7 +8,8 @@
 # Environment (all optional):
 #   CAFFESEG_CACHE         cache root (default ${XDG_CACHE_HOME:-~/.cache}/caffeseg)
 #   CAFFE_PYTHON           interpreter pycaffe is built for (default /usr/bin/python3: Debian's
-#                          Boost.Python and python3-numpy are built against it)
+#                          Boost.Python and python3-numpy are built against it; another one needs
+#                          its own headers, a shared libpython, numpy < 2 and a matching Boost.Python)
 #   CAFFE_TARBALL          source tarball (default ../shared/third_party/bvlc-caffe-9b891540.tar.gz
 #                          beside the clone, whose sha256 must match); when absent the GitHub
 #                          archive of the commit is downloaded. Any archive must hold the commit's
@@ -29,7 +30,8 @@ CAFFE_TREE=8eaae6eadc67ef9bdc918e141e7773139cb5fabd
 # sha256 of the git-archive tarball in ../shared/third_party (a faster first check for that file).
 CAFFE_TARBALL_SHA256=108a9be9bb1bb8859b09c6b4418ef19282ff5471ad346bb7e9be5c7bd820e1c2
 CAFFE_URL=https://github.com/BVLC/caffe/archive/${CAFFE_COMMIT}.tar.gz
-# Bump when the fixes or CMake flags below change, so an older cached build is not taken as current.
+# Bump when the fixes, the CMake flags or the files kept below change, so an older cached build
+# is not taken as current.
 RECIPE=2
 STAMP_NAME=.caffeseg-build-complete
 
