@@ -171,3 +171,18 @@ def test_a_collinear_contour_is_skipped_with_the_reason(tmp_path, phantom_releas
 def test_a_real_contour_keeps_its_area():
     square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
     assert contours.polygon_area(square) == 100.0
+
+
+def test_the_dataset_page_says_which_records_were_skipped_and_why(tmp_path, phantom_release):
+    """Item 12: the skip is said on the page too, not only in the log."""
+    from web import create_app
+    plugin, values, entries = _sunnybrook(phantom_release)
+    line = entries[0]["icontour"]
+    with open(line, "w") as fh:
+        fh.write("10 10\n20 20\n30 30\n")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "START_WORKER": False, "WTF_CSRF_ENABLED": False})
+    service = app.extensions["caffeseg_backend"].service
+    job = service.create_dataset("sunnybrook", dict(values, split_by="slice"), "ds")
+    page = app.test_client().get("/datasets/%s" % job["id"]).get_data(as_text=True)
+    assert 'id="skipped-records"' in page and "1 record skipped" in page
+    assert "encloses no area" in page
