@@ -31,7 +31,8 @@ def data_root(args):
 
 def service(args):
     from jobs.service import JobService
-    gpus = [int(g) for g in (getattr(args, "gpus", None) or "").split(",") if g.strip()]
+    text = getattr(args, "gpus", None) or ""
+    gpus = "auto" if text.strip() == "auto" else [int(g) for g in text.split(",") if g.strip()]
     return JobService(os.path.join(data_root(args), "jobs"), backend=getattr(args, "backend", None) or "auto",
                       cpu_slots=getattr(args, "slots", None) or 1, gpus=gpus)
 
@@ -209,6 +210,13 @@ def _model_options(args):
         options["python_layer_files"] = args.python_layer
     if args.pretrained:
         options["pretrained"] = [os.path.abspath(p) for p in args.pretrained]
+    # GPUs (jobs/gpus.py): the next N available, or these; the real-pycaffe backend takes one
+    if getattr(args, "gpu_count", None) is not None:
+        options["gpu_count"] = args.gpu_count
+    if getattr(args, "use_gpus", None):
+        options["gpus"] = args.use_gpus
+    if getattr(args, "share_gpus", False):
+        options["share_gpus"] = True
     if getattr(args, "backend_given", False):
         # Recorded on the job: only a scheduler/worker that can run this backend takes it.
         options["backend"] = args.backend
@@ -659,6 +667,10 @@ def build_parser():
     p.add_argument("--set-num-output", action="store_true", help="score layers get the class count")
     p.add_argument("--python-layer", action="append", help="a Python layer file to copy in")
     p.add_argument("--pretrained", action="append", help=".caffemodel to load before training")
+    p.add_argument("--gpu-count", type=int, help="train on the next N free GPUs (0: the CPU; default 1 "
+                   "where the worker has GPUs); several: one process per GPU, engine backend only")
+    p.add_argument("--use-gpus", help="train on these GPUs, e.g. 0,1 (real pycaffe: one GPU)")
+    p.add_argument("--share-gpus", action="store_true", help="may share its GPUs with jobs that allow it too")
     p.add_argument("--group")
     p.add_argument("--notes")
     when = p.add_mutually_exclusive_group()
@@ -734,7 +746,7 @@ def build_parser():
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("worker", parents=[common], help="run queued jobs (survives web restarts)")
     p.add_argument("--slots", type=int, default=1, help="trainings at once on CPU")
-    p.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1: one training per GPU")
+    p.add_argument("--gpus", default="", help="GPU ids this worker hands out, e.g. 0,1, or auto (NVML's list)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("serve", parents=[common], help="the web interface")
     p.add_argument("--host", default="127.0.0.1")

@@ -223,3 +223,14 @@ def test_an_epoch_of_a_two_gpu_job_has_half_the_iterations():
     two = derive.derive_solver(100, 10, 5, 5, {"epochs": 2, "gpu_count": 2})
     given = derive.derive_solver(100, 10, 5, 5, {"epochs": 2, "gpus": "0,1,2,3"})
     assert (one.max_iter, two.max_iter, given.max_iter) == (40, 20, 10)  # ceil(100 / (5 × N)) × 2
+
+
+def test_cli_model_create_records_the_gpu_choice():
+    from caffeseg import cli
+    args = cli.build_parser().parse_args(["model", "create", "--dataset", "x", "--gpu-count", "2", "--share-gpus"])
+    options = cli._model_options(args)
+    assert (options["gpu_count"], options["share_gpus"]) == (2, True) and "gpus" not in options
+    args = cli.build_parser().parse_args(["model", "create", "--dataset", "x", "--use-gpus", "1,3"])
+    assert gpu_policy.request_from_options(cli._model_options(args)) == R(None, [1, 3], False)
+    args = cli.build_parser().parse_args(["model", "create", "--dataset", "x"])
+    assert not {"gpu_count", "gpus", "share_gpus"} & set(cli._model_options(args))
