@@ -918,6 +918,12 @@ class JobService:
                 "pretrained": job_details.pretrained_used(job, jobs, pretrained_dir)
                 if job["kind"] == "model" else []}
 
+    def epoch_costs(self):
+        """{standard network: its latest ended training's seconds per training image, ...} for
+        the New Model form's cost hint (``jobs.cost.epoch_costs``)."""
+        from jobs import cost
+        return cost.epoch_costs(self.store)
+
     def metric_summary(self, job_id):
         """Every metric the job recorded with its last, min and max ({"val/dice": {...}}; see
         jobs.job_details.metric_summary): the home table's metric columns."""

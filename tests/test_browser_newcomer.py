@@ -146,3 +146,30 @@ def test_ui_model_page_shows_the_jobs_settings(browser_page, fake_site):
     rows = page.eval_on_selector_all("#settings tr", "trs => trs.map(r => [r.cells[0].textContent, r.cells[1].textContent])")
     assert dict(rows)["Batch size"] == "1 (the network's own)" and dict(rows)["Device"] == "cpu"
     assert [r[0] for r in rows][:3] == ["Network", "Epochs", "Batch size"]
+
+
+# -- item 12 -----------------------------------------------------------------------------------
+
+def test_ui_the_form_shows_the_time_per_epoch_and_suggests_a_smaller_run(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "sample", summary={"train_count": 31, "val_count": 8, "classes": ["bg", "lv"]})
+    fake.standard_networks = lambda: [{"name": n, "title": n, "description": "", "text": LAB_LIKE_NET}
+                                      for n in ("fcn_alexnet", "unet")]
+    # the last FCN-AlexNet here: 12.4 s per training image (6.4 min per epoch of 31 records)
+    fake.costs = {"fcn_alexnet": {"seconds_per_image": 12.4, "images": 62, "seconds": 768.8,
+                                  "job_id": "20260101-000000-0009", "job_name": "lab run", "status": "Done"}}
+    page = browser_page
+    page.goto(f"{url}/models/new")
+    assert not page.is_visible("#cost-hint")  # no dataset chosen yet
+    page.select_option("#dataset", ds)
+    page.fill("#epochs", "30")
+    hint = page.inner_text("#cost-hint")
+    assert hint.startswith("About 6.4 min per epoch here (31 training records; measured on lab run, 20260101-000000-0009")
+    assert "3.2 h for 30 epochs" in hint and "That is hours: for a first look try 9 epochs" in hint
+    assert "warn-text" in page.get_attribute("#cost-hint", "class")
+    page.fill("#epochs", "2")
+    hint = page.inner_text("#cost-hint")
+    assert "12.8 min for 2 epochs" in hint and "hours" not in hint
+    page.check("input[name=standard_network][value=unet]")
+    assert page.inner_text("#cost-hint").startswith("No training of this network has run here yet")
+    assert not page.js_errors

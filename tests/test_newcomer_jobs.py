@@ -132,3 +132,44 @@ def test_settings_read_back_what_the_training_uses(svc, tmp_path):
     import json
     max_iter = json.load(open(os.path.join(job["dir"], "job.json")))["max_iter"]
     assert epochs == "3 (%d iterations, %g per epoch)" % (max_iter, max_iter / 3)
+
+
+# -- item 12: the cost hint's figure ----------------------------------------------------------------
+
+def _ended_job(store, root, job_id, network, batch, iter_size, iterations, running, status=st.DONE):
+    """A model job of ``network`` that ran ``iterations`` iterations in ``running`` (start, end) pairs."""
+    import json
+    folder = os.path.join(root, job_id)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "train_val.prototxt"), "w") as f:
+        f.write('layer { name: "d" type: "Data" top: "data" include { stage: "train" } data_param { batch_size: %d } }\n'
+                'layer { name: "v" type: "Data" top: "data" include { stage: "val" } data_param { batch_size: 7 } }\n' % batch)
+    with open(os.path.join(folder, "solver.prototxt"), "w") as f:
+        f.write('base_lr: 0.01\niter_size: %d\n' % iter_size)
+    with open(os.path.join(folder, runner_mod.STATUS), "w") as f:
+        json.dump({"state": "done", "iter": iterations, "max_iter": iterations}, f)
+    store.add_job(job_id, "model", "m-" + network, folder, options={"standard_network": network})
+    db = store._db()
+    db.execute("DELETE FROM status_history WHERE job_id=?", (job_id,))
+    for start, end in running:
+        db.execute("INSERT INTO status_history (job_id, status, time, message) VALUES (?,?,?,NULL)", (job_id, st.RUNNING, start))
+        db.execute("INSERT INTO status_history (job_id, status, time, message) VALUES (?,?,?,NULL)", (job_id, st.INTERRUPTED, end))
+    db.commit()
+    store.set_status(job_id, status)
+
+
+def test_epoch_cost_is_time_running_per_training_image_of_the_latest_ended_job(tmp_path):
+    from jobs import cost
+    store = st.JobStore(str(tmp_path))
+    # older fcn_alexnet job: 100 s for 10 images; newer one: ran 300 s + 100 s (resumed) for
+    # 20 iterations × batch 2 × iter_size 5 = 200 images -> 2 s per image
+    _ended_job(store, str(tmp_path), "20260101-000000-0001", "fcn_alexnet", 1, 1, 10, [(1000, 1100)])
+    time.sleep(0.01)
+    _ended_job(store, str(tmp_path), "20260101-000000-0002", "fcn_alexnet.prototxt", 2, 5, 20,
+               [(2000, 2300), (5000, 5100)], status=st.ABORTED)
+    _ended_job(store, str(tmp_path), "20260101-000000-0003", "unet", 4, 1, 0, [(10, 20)])  # no iteration: no figure
+    costs = cost.epoch_costs(store)
+    assert set(costs) == {"fcn_alexnet"}
+    c = costs["fcn_alexnet"]
+    assert c["job_id"] == "20260101-000000-0002" and c["images"] == 200 and c["seconds"] == 400
+    assert c["seconds_per_image"] == pytest.approx(2.0)

@@ -148,6 +148,9 @@ class FakeBackend:
     def standard_networks(self):
         return [{"name": "fcn_tiny", "title": "FCN tiny", "description": "test net", "text": "name: 'tiny'\n"}]
 
+    def epoch_costs(self):
+        return dict(getattr(self, "costs", {}))
+
     # Pretrained models: the real store (web.pretrained_store) under this fake's folder; every
     # dataset of the fake has 1-channel features.
     def pretrained_models(self):

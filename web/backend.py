@@ -111,6 +111,10 @@ class Backend(Protocol):
     def snapshots(self, job: dict) -> list[dict]:
         """``[{iteration, epoch, file, size}]`` of a model from its summary (``jobs()`` entry)."""
 
+    def epoch_costs(self) -> dict:
+        """``{network name: {seconds_per_image, images, seconds, job_id, job_name, status}}``: the
+        latest ended training of each standard network here (``jobs.cost``)."""
+
     def pretrained_models(self) -> list[dict]:
         """Known public models and uploaded ones (``web.pretrained_store.catalogue``)."""
 

@@ -62,7 +62,8 @@ def fill_model_choices(form: ModelForm, backend) -> dict:
     form.previous_snapshot.choices = choice_list(snapshots)
     pretrained = _safe(backend.pretrained_models, [])
     form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
-    return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained}
+    costs = _safe(backend.epoch_costs, {})  # the cost hint: time per training image, measured here
+    return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained, "costs": costs}
 
 
 def model_options(form: ModelForm, backend) -> dict:

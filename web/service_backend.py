@@ -281,6 +281,10 @@ class ServiceBackend:
     def pretrained_models(self):
         return pretrained_store.catalogue(self.settings["DATA_DIR"])
 
+    def epoch_costs(self):
+        with _service_errors():
+            return self.service.epoch_costs()
+
     def pretrained_network(self, pretrained_id, dataset_id):
         shape = self._dataset_shape(dataset_id)
         return pretrained_store.resolve(self.settings["DATA_DIR"], pretrained_id, shape[0] if shape else None)

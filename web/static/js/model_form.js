@@ -310,6 +310,61 @@
                    { displaylogo: false, showLink: false, responsive: true, displayModeBar: false });
     }
   }
+  // Cost hint: time per epoch from the latest training of the chosen standard network here
+  // (data.costs: seconds per training image, validation and snapshots included) × the dataset's
+  // training records; hours suggest a smaller run.
+  const HOUR = 3600;
+  function chosenStandardName() {
+    const tab = source.value || "standard";
+    if (tab === "standard") {
+      const radio = document.querySelector("input[name=standard_network]:checked");
+      return radio ? radio.value : null;
+    }
+    if (tab === "pretrained") {
+      const radio = document.querySelector("input[name=pretrained_network]:checked");
+      const entry = radio && (data.pretrained || []).find(p => p.id === radio.value);
+      return entry ? entry.network : null;
+    }
+    return null;
+  }
+  function formatTime(s) {
+    if (s < 90) return Math.round(s) + " s";
+    if (s < 2 * HOUR) return (s / 60).toFixed(1) + " min";
+    return (s / HOUR).toFixed(1) + " h";
+  }
+  function showCost() {
+    const hint = document.getElementById("cost-hint");
+    if (!hint) return;
+    const name = chosenStandardName(), d = datasetInfo();
+    const records = d && d.summary && d.summary.train_count;
+    const cost = name && (data.costs || {})[name];
+    hint.classList.remove("warn-text");
+    if (!name || !records) { hint.hidden = true; return; }
+    hint.hidden = false;
+    if (!cost) {
+      hint.textContent = "No training of this network has run here yet: the first one shows its time per epoch (and the next forms use it).";
+      return;
+    }
+    const perEpoch = cost.seconds_per_image * records;
+    const epochs = Math.max(1, num("epochs", 1));
+    const total = perEpoch * epochs;
+    let text = "About " + formatTime(perEpoch) + " per epoch here (" + records + " training records; measured on " +
+               cost.job_name + ", " + cost.job_id + ": " + formatTime(cost.seconds) + " for " + cost.images +
+               " training images, validation included), so " + formatTime(total) + " for " + epochs + " epoch" + (epochs === 1 ? "" : "s") + ".";
+    if (total >= HOUR) {
+      const fit = Math.max(1, Math.floor(HOUR / perEpoch));
+      text += " That is hours: for a first look try " + (fit < epochs ? fit + " epoch" + (fit === 1 ? "" : "s") + " (about an hour), " : "") +
+              "a smaller dataset, or a slimmer network (lab CNN, U-Net).";
+      hint.classList.add("warn-text");
+    }
+    hint.textContent = text;
+  }
+  document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", showCost));
+  document.querySelectorAll("#model-form input[type=radio]").forEach(i => i.addEventListener("change", showCost));
+  document.querySelectorAll("[data-net-tab]").forEach(t => t.addEventListener("click", () => setTimeout(showCost)));
+  datasetSelect.addEventListener("change", showCost);
+  showCost();
+
   document.querySelectorAll("#model-form input, #model-form select").forEach(i => i.addEventListener("input", drawLR));
   // The network (its batch) can change without an input event: tabs, radios, Customize.
   document.querySelectorAll("#model-form input[type=radio]").forEach(i => i.addEventListener("change", drawLR));
