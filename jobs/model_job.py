@@ -43,6 +43,15 @@ def network_text(options, root=None):
     raise ModelJobError("choose a network: a standard network, a previous model or custom text", "network")
 
 
+def job_warnings(job_dir):
+    """The warnings the option check left on a model job (job.json ``warnings``), or []."""
+    try:
+        with open(os.path.join(job_dir, "job.json")) as f:
+            return list(json.load(f).get("warnings") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def data_roots():
     """Folders beside the job and its dataset that a network may name files in: the web's
     DATA_ROOTS setting, shared through the environment (``CAFFESEG_DATA_ROOTS``, ':'-separated)."""

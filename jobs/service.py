@@ -53,7 +53,7 @@ from jobs import gpus as gpu_policy
 from jobs import hardware
 from jobs import store as st
 from jobs.job_settings import training_settings
-from jobs.model_job import ModelJobError, write_model_job
+from jobs.model_job import ModelJobError, job_warnings, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
 from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
 from plugin.base import PluginError, get_plugin
@@ -188,6 +188,7 @@ class JobService:
             job["iters_per_epoch"] = iters_per_epoch(job["dir"])
             job["snapshots"] = self.snapshots(job_id)
             job["trained_on"] = status.get("backend")
+            job["warnings"] = job_warnings(job["dir"])  # what the option check let through, said
             job["settings"] = training_settings(job["dir"], job["trained_on"])  # the model page's Settings
         elif job["status"] == st.RUNNING:
             job["progress"] = build_progress(job["dir"])

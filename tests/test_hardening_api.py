@@ -122,3 +122,14 @@ def test_a_prototxt_syntax_error_has_its_line_in_the_json(real_env):
     data = resp.get_json()
     assert resp.status_code == 400 and "typo_field" in data["error"]
     assert data["line"] == line, data
+
+
+def test_a_warning_of_the_option_check_is_on_the_model_page(real_env, tmp_path):
+    client, service, _ = real_env
+    no_val = service.import_dataset(make_dataset_dir(str(tmp_path / "noval"), train=10, val=0), "no val")
+    resp = client.post("/api/models", json=_model_body(no_val))
+    assert resp.status_code == 201, resp.get_json()
+    [job_id] = resp.get_json()["ids"]
+    page = client.get(f"/models/{job_id}").get_data(as_text=True)
+    assert "data-warning" in page and "the dataset has no validation records" in page
+    assert client.get(f"/api/jobs/{job_id}").get_json()["warnings"][0].startswith("the dataset has no validation")
