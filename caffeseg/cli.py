@@ -226,8 +226,9 @@ def _model_options(args):
 def cmd_model_create(args):
     svc = service(args)
     jobs = svc.create_model(_model_options(args))
+    from jobs.model_job import job_warnings
     for job in jobs:  # what the options check let through but probably is not meant
-        for warning in _job_warnings(job):
+        for warning in job_warnings(job["dir"]):
             print("warning: %s: %s" % (job["id"], warning), file=sys.stderr)
     if args.train:
         statuses = [_train_foreground(svc, j["id"]) for j in jobs]
@@ -240,14 +241,6 @@ def cmd_model_create(args):
         jobs = [svc.show(j["id"]) for j in jobs]
         _queued_note(args, jobs)
     emit(args, jobs, "\n".join(job_line(j) for j in jobs))
-
-
-def _job_warnings(job):
-    try:
-        with open(os.path.join(job["dir"], "job.json")) as f:
-            return json.load(f).get("warnings") or []
-    except (OSError, ValueError):
-        return []
 
 
 def _queued_note(args, jobs):
