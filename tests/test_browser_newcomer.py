@@ -173,3 +173,53 @@ def test_ui_the_form_shows_the_time_per_epoch_and_suggests_a_smaller_run(browser
     page.check("input[name=standard_network][value=unet]")
     assert page.inner_text("#cost-hint").startswith("No training of this network has run here yet")
     assert not page.js_errors
+
+
+# -- items 5 and 10: compare across datasets, telling models apart -------------------------------
+
+def _two_datasets(fake):
+    a = fake.add_job("dataset", "sample")
+    b = fake.add_job("dataset", "small phantom")
+    names = {a: ["SC-HF-I-1 / 0021", "SC-HF-I-1 / 0041"], b: ["SC-HF-I-1 / 0041", "SC-N-2 / 0060"]}
+
+    def dataset_records(job_id, stage, offset, limit):
+        recs = [{"index": i, "key": f"{i:08d}", "name": n} for i, n in enumerate(names[job_id])]
+        return {"total": len(recs), "records": recs[offset:offset + limit]}
+    fake.dataset_records = dataset_records
+    ma = fake.add_job("model", "FCN-AlexNet", dataset_id=a)
+    mb = fake.add_job("model", "FCN-AlexNet", dataset_id=b)  # the same name, another dataset
+    return a, b, ma, mb
+
+
+def test_compare_across_datasets_matches_records_by_case_and_image(fake_site):
+    import urllib.request
+    url, fake, _ = fake_site
+    _, _, ma, mb = _two_datasets(fake)
+    # SC-HF-I-1 / 0041 is key 1 in the first dataset and key 0 in the second
+    html = urllib.request.urlopen(f"{url}/compare?models={ma}&models={mb}&record=00000001").read().decode()
+    infers = {c[1]: c[3] for c in fake.calls if c[0] == "infer"}
+    assert infers == {ma: "00000001", mb: "00000000"}
+    assert "Not compared" not in html
+    # SC-HF-I-1 / 0021 is not in the second dataset: refused with the reason, not another slice shown
+    fake.calls.clear()
+    html = urllib.request.urlopen(f"{url}/compare?models={ma}&models={mb}&record=00000000").read().decode()
+    assert {c[1]: c[3] for c in fake.calls if c[0] == "infer"} == {ma: "00000000"}
+    assert "whose validation set has no record SC-HF-I-1 / 0021" in html
+
+
+def test_models_of_the_same_name_show_their_dataset_and_id(browser_page, fake_site):
+    url, fake, _ = fake_site
+    _, _, ma, mb = _two_datasets(fake)
+    page = browser_page
+    page.goto(f"{url}/?tab=model")
+    rows = page.eval_on_selector_all("#panel-model tr[data-job-id]", "trs => trs.map(r => r.cells[1].innerText)")
+    assert any(ma in r and "sample" in r for r in rows) and any(mb in r and "small phantom" in r for r in rows)
+    page.goto(f"{url}/compare")
+    labels = page.eval_on_selector_all("#compare-form label.check", "ls => ls.map(l => l.innerText)")
+    assert any("FCN-AlexNet" in l and "· sample ·" in l and ma in l for l in labels)
+    assert any("FCN-AlexNet" in l and "· small phantom ·" in l and mb in l for l in labels)
+    page.goto(f"{url}/models/new")
+    page.click("[data-net-tab=previous]")
+    prev = page.eval_on_selector_all("[data-net-panel=previous] tbody tr", "trs => trs.map(r => r.cells[1].innerText)")
+    assert any(ma in r and "sample" in r for r in prev) and any(mb in r and "small phantom" in r for r in prev)
+    assert not page.js_errors

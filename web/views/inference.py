@@ -99,10 +99,13 @@ def compare():
     models = [j for j in _safe_jobs("model")]
     panels, error = [], None
     if model_ids and record:
-        for model_id in model_ids[:6]:
-            job = load_job(model_id, "model")
+        jobs = [load_job(model_id, "model") for model_id in model_ids[:6]]
+        for job, key, refusal in _same_record_everywhere(jobs, record):
+            if refusal:
+                panels.append({"job": job, "error": refusal})
+                continue
             try:
-                token = store.record_inference(backend(), job, record)
+                token = store.record_inference(backend(), job, key)
                 panels.append({"job": job, "result": store.load_result(job, token), "token": token})
             except (BadRequest, Unavailable, LookupError, ValueError) as exc:
                 panels.append({"job": job, "error": str(exc)})
@@ -110,8 +113,33 @@ def compare():
         missing = ([] if model_ids else ["tick at least one model"]) + ([] if record else ["choose a validation record"])
         error = "Nothing compared yet: " + " and ".join(missing) + "."
     listing = _compare_records(model_ids)
-    return render_template("compare.html", models=models, chosen=model_ids, record=record,
+    datasets = {j["id"]: j.get("name") or j["id"] for j in _safe_jobs("dataset")}
+    return render_template("compare.html", models=models, chosen=model_ids, record=record, dataset_names=datasets,
                            records=listing["records"], records_note=listing["note"], panels=panels, error=error)
+
+
+def _same_record_everywhere(jobs: list[dict], key: str):
+    """``(job, key in its dataset, refusal)`` per model: ``key`` names a record of the first model's
+    dataset; a model trained on another dataset gets the record with the same identity (case and
+    image, the record's name) there, never whatever sits under the same key."""
+    first = next((j for j in jobs if j.get("dataset_id")), None)
+    by_key = {r["key"]: r for r in store.val_records(backend(), first)} if first else {}
+    chosen = by_key.get(key)
+    name = chosen.get("name") if chosen else None
+    for job in jobs:
+        if first is None or job.get("dataset_id") == first.get("dataset_id"):
+            yield job, key, None
+            continue
+        if not name or name == key:
+            yield job, None, ("Not compared: this model was trained on another dataset, and the record has no case/image "
+                              "name to find it there (keys are positions, not identities).")
+            continue
+        match = next((r["key"] for r in store.val_records(backend(), job) if r.get("name") == name), None)
+        if match is None:
+            yield job, None, (f"Not compared: this model was trained on another dataset, whose validation set has "
+                              f"no record {name}.")
+        else:
+            yield job, match, None
 
 
 def _compare_records(model_ids: list[str]) -> dict:
@@ -134,7 +162,8 @@ def _compare_records(model_ids: list[str]) -> dict:
         note = f"The dataset of {first.get('name') or first['id']} has no validation records."
     elif others:
         note = (f"Records of {first.get('name') or first['id']}'s dataset; {', '.join(others)} "
-                "were trained on another dataset and may not have them.")
+                "were trained on another dataset: there the record with the same case and image is used, "
+                "or the model is left out with the reason.")
     else:
         note = f"{len(records)} records of the validation set of {first.get('name') or first['id']}'s dataset."
     return {"records": records, "note": note}
