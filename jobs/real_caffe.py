@@ -55,6 +55,8 @@ class RealCaffe(object):
         self.pythonpath = pythonpath
         self.source = source
         self.build = dict(build or {})
+        # `make caffe` builds with CPU_ONLY; of other builds we do not know
+        self.cpu_only = True if self.build.get("commit") else None
 
     def environment(self, env=None):
         """``env`` (default os.environ) with the project and this Caffe first on PYTHONPATH."""
@@ -67,7 +69,7 @@ class RealCaffe(object):
 
     def as_dict(self):
         info = {"found": True, "python": self.python or sys.executable, "pythonpath": self.pythonpath,
-                "source": self.source}
+                "source": self.source, "cpu_only": self.cpu_only}
         for key in ("commit", "python_version", "numpy_version", "built", "build_seconds"):
             if key in self.build:
                 info[key] = self.build[key]
@@ -175,13 +177,17 @@ def find_real_caffe(env=None):
     return None
 
 
-def runner_launch(python, env=None):
+def runner_launch(python, env=None, gpu=False):
     """(interpreter, environment) for the runner of a ``pycaffe`` job, ``python`` being the one it
-    would use otherwise: the located Caffe's, or RealCaffeError saying how to get one."""
+    would use otherwise: the located Caffe's, or RealCaffeError saying how to get one. ``gpu``: the
+    job is to train on a GPU, which a `make caffe` build (CPU_ONLY) cannot do (Caffe would abort)."""
     env = os.environ if env is None else env
     found = find_real_caffe(env)
     if found is None:
         raise RealCaffeError("the job needs real Caffe (backend pycaffe) and none is found: " + BUILD_HINT)
+    if gpu and found.cpu_only:
+        raise RealCaffeError("the job asks for a GPU, but the real Caffe found (%s) is a CPU-only build; "
+                             "train it on the CPU, or on the engine backend for a GPU" % found.source)
     return found.python or python, found.environment(env)
 
 

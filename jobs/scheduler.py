@@ -250,7 +250,8 @@ class Scheduler:
         if command[command.index("--backend") + 1] == "pycaffe":
             # Real Caffe may need its own interpreter and path (the `make caffe` build).
             try:
-                command[0], env = real_caffe.runner_launch(self.python)
+                command[0], env = real_caffe.runner_launch(
+                    self.python, gpu=any(arg in ("--gpu", "--gpus") for arg in command))
             except real_caffe.RealCaffeError as exc:
                 self.store.set_status(job_id, st.ERROR, str(exc))
                 return st.ERROR

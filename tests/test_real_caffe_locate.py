@@ -72,6 +72,19 @@ def test_the_cache_build_gives_its_interpreter_and_path(tmp_path):
     assert env["PYTHONPATH"].split(os.pathsep) == [IMPORT_ROOT, os.path.join(prefix, "python"), "/elsewhere"]
 
 
+def test_a_make_caffe_build_refuses_gpu_jobs(tmp_path):
+    fake_build(tmp_path / "cache")
+    assert rc.find_real_caffe(env_for(tmp_path)).cpu_only is True
+    assert rc.caffe_info(check_import=False, env=env_for(tmp_path))["cpu_only"] is True
+    with pytest.raises(rc.RealCaffeError, match="asks for a GPU.*CPU-only build"):
+        rc.runner_launch(sys.executable, env_for(tmp_path), gpu=True)
+    own = tmp_path / "own"
+    (own / "python" / "caffe").mkdir(parents=True)
+    (own / "python" / "caffe" / "__init__.py").write_text("")
+    python, _ = rc.runner_launch("/usr/bin/mine", env_for(tmp_path, CAFFESEG_CAFFE_ROOT=str(own)), gpu=True)
+    assert python == "/usr/bin/mine"  # a user's build may have CUDA: its runner decides
+
+
 def test_default_cache_is_under_xdg_or_home():
     assert rc.cache_root({}) == os.path.join(os.path.expanduser("~"), ".cache", "caffeseg")
     assert rc.cache_root({"XDG_CACHE_HOME": "/x"}) == "/x/caffeseg"
@@ -222,3 +235,17 @@ def test_the_engine_and_its_installed_proxy_are_not_real_pycaffe(monkeypatch):
     assert rc.importable_real_pycaffe() is False  # the venv's `caffe` is the project's proxy
     engine = caffe_shim.install()
     assert sys.modules["caffe"] is engine and rc.importable_real_pycaffe() is False
+
+
+def test_scheduler_errors_a_gpu_pycaffe_job_on_a_cpu_only_build(tmp_path, monkeypatch):
+    recorder = _recording_python(tmp_path)
+    fake_build(tmp_path / "cache", python=recorder)
+    for key, value in env_for(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.delenv("CAFFESEG_CAFFE_ROOT", raising=False)
+    store = st.JobStore(str(tmp_path / "jobs"))
+    _waiting_model(store, "pycaffe")
+    assert sched.Scheduler(store, backend="pycaffe").train("m1", gpu=0) == st.ERROR
+    assert "CPU-only build" in store.get("m1")["error"]
+    assert not (tmp_path / "argv.txt").exists()  # no runner was started
