@@ -157,13 +157,56 @@ def cmd_phantom(args):
     emit(args, {"path": out}, "phantom written to %s" % out)
 
 
+# The Sunnybrook plugin's fields as their own options (the lab's commands); any plugin's fields,
+# Sunnybrook's included, also as --set FIELD=VALUE.
+SUNNYBROOK_OPTIONS = {"image_folder": "image_folder", "contour_folder": "contour_folder",
+                      "channels": "channel_conversion", "val_pct": "val_percent", "split": "split_by", "seed": "seed"}
+
+
+def _plugin_fields(plugin_id):
+    from plugin.base import PluginError, get_plugin
+    try:
+        return {f.name: f for f in get_plugin(plugin_id).form_fields()}
+    except PluginError as exc:
+        raise CliError(str(exc))
+
+
+def dataset_values(args):
+    """The plugin's form values from the Sunnybrook options and --set FIELD=VALUE (raw text: the
+    plugin's FormField.clean types them, as for the web form)."""
+    fields = _plugin_fields(args.plugin)
+    given = {option: getattr(args, option) for option in SUNNYBROOK_OPTIONS if getattr(args, option) is not None}
+    if args.plugin == "sunnybrook":
+        values = {SUNNYBROOK_OPTIONS[option]: value for option, value in given.items()}
+    elif given:
+        raise CliError("%s %s the Sunnybrook plugin's; give %s's fields as --set FIELD=VALUE (fields: %s)"
+                       % (", ".join("--" + o.replace("_", "-") for o in given), "is" if len(given) == 1 else "are",
+                          args.plugin, ", ".join(fields)))
+    else:
+        values = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in fields:
+            raise CliError("--set %s: give FIELD=VALUE with one of %s's fields: %s"
+                           % (item, args.plugin, ", ".join(fields)))
+        values[name.strip()] = value
+    return values
+
+
+def cmd_dataset_fields(args):
+    fields = _plugin_fields(args.plugin)
+    rows = [{"name": f.name, "kind": f.kind, "required": f.required, "default": f.default, "help": f.help,
+             "choices": [c[0] for c in f.choices]} for f in fields.values()]
+    emit(args, rows, "\n".join("%-22s %-7s %s%s" % (r["name"], r["kind"], r["help"],
+                                                    " (one of %s)" % ", ".join(r["choices"]) if r["choices"] else "")
+                               for r in rows))
+
+
 def cmd_dataset_create(args):
-    values = {"image_folder": args.image_folder, "contour_folder": args.contour_folder,
-              "channel_conversion": args.channels, "val_percent": args.val_pct, "split_by": args.split,
-              "seed": args.seed}
+    values = dataset_values(args)
     progress = _dataset_progress()
     job = service(args).create_dataset(args.plugin, values, args.name, encoding=args.encoding,
-                                       progress=progress)
+                                       label_encoding=args.label_encoding, progress=progress)
     emit(args, job, dataset_summary(job))
 
 
@@ -606,18 +649,25 @@ def build_parser():
 
     ds = sub.add_parser("dataset", help="dataset jobs").add_subparsers(dest="sub", required=True)
     p = ds.add_parser("create", parents=[common])
-    p.add_argument("--plugin", default="sunnybrook")
-    p.add_argument("--image-folder", required=True)
-    p.add_argument("--contour-folder", required=True)
-    p.add_argument("--channels", choices=("L", "RGB"), default="L")
-    p.add_argument("--val-pct", type=int, default=10)
-    p.add_argument("--split", choices=("slice", "patient"), default="patient",
-                   help="patient: whole patients in validation, for per-patient volumes/EF (default); "
-                        "slice: DIGITS' split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encoding", choices=("none", "png"), default="none")
+    p.add_argument("--plugin", default="sunnybrook", help="data plugin id (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a field of the plugin's form (list them: caffeseg dataset fields PLUGIN); repeatable")
+    p.add_argument("--image-folder", help="Sunnybrook: the challenge_training folder (DICOM)")
+    p.add_argument("--contour-folder", help="Sunnybrook: the expert contour folder")
+    p.add_argument("--channels", choices=("L", "RGB"), help="Sunnybrook: channel conversion (default L)")
+    p.add_argument("--val-pct", help="Sunnybrook: %% of records for validation (default 10)")
+    p.add_argument("--split", choices=("slice", "patient"),
+                   help="Sunnybrook: patient = whole patients in validation, for per-patient volumes/EF "
+                        "(default); slice = DIGITS' split")
+    p.add_argument("--seed", help="Sunnybrook: seed of the split (default 0)")
+    p.add_argument("--encoding", choices=("none", "png", "jpg"), default="none",
+                   help="feature storage: none (exact values), png (lossless), jpg (lossy, 8-bit images only)")
+    p.add_argument("--label-encoding", choices=("none", "png"), default="none", help="label storage (lossless)")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_dataset_create)
+    p = ds.add_parser("fields", parents=[common], help="list a data plugin's form fields (for --set)")
+    p.add_argument("plugin", nargs="?", default="sunnybrook")
+    p.set_defaults(func=cmd_dataset_fields)
     p = ds.add_parser("import", parents=[common], help="register a built dataset folder (dataset.json)")
     p.add_argument("folder")
     p.add_argument("--name", required=True)

@@ -41,14 +41,15 @@ STATUS_FILE = "status"
 MEAN_FILE = "mean.binaryproto"
 LOG_FILE = "build.log"
 KEY_FORMAT = "%08d"
-ENCODINGS = ("none", "png")
+ENCODINGS = ("none", "png", "jpg")  # feature Datums: exact float_data, lossless PNG, lossy 8-bit JPEG
+LABEL_ENCODINGS = ("none", "png")  # label Datums: raw uint8 bytes or PNG (never lossy: they are classes)
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be built or loaded (the message names the folder/reason)."""
 
 
-def _encode_entry(plugin, entry, values, encoding):
+def _encode_entry(plugin, entry, values, encoding, label_encoding="none"):
     """Run in a worker: one entry -> ("ok", feature bytes, label bytes, info) or ("skip", msg)."""
     from engine.datum import array_to_datum, DatumError
     try:
@@ -69,9 +70,12 @@ def _encode_entry(plugin, entry, values, encoding):
         stored = feature
         if encoding == "png":
             stored = _png_ready(feature, entry)
+        elif encoding == "jpg" and feature.dtype != np.uint8:
+            raise EntryError("%s: %s pixels cannot be stored as JPEG (8-bit only); use encoding 'none' or "
+                             "'png' for this dataset" % (_name(entry), feature.dtype))
         try:
-            f_datum = array_to_datum(stored, encoding="png" if encoding == "png" else None)
-            l_datum = array_to_datum(label)
+            f_datum = array_to_datum(stored, encoding=None if encoding == "none" else encoding)
+            l_datum = array_to_datum(label, encoding=None if label_encoding == "none" else label_encoding)
         except DatumError as exc:
             raise EntryError("%s: %s" % (_name(entry), exc)) from None
         info = {"shape": list(feature.shape), "dtype": str(feature.dtype),
@@ -157,7 +161,7 @@ class _Executor:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
+def build_dataset(plugin, form_values, out_dir, *, encoding="none", label_encoding="none", workers=1,
                   executor="thread", progress=None, log=None, enforce_same_shape=None,
                   overwrite=False, keep_files=(), log_file=LOG_FILE):
     """Build a dataset with ``plugin`` from ``form_values`` into ``out_dir``.
@@ -177,6 +181,9 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
 
     if encoding not in ENCODINGS:
         raise DatasetError("encoding must be one of %s, got %r" % (", ".join(ENCODINGS), encoding))
+    if label_encoding not in LABEL_ENCODINGS:
+        raise DatasetError("label encoding must be one of %s, got %r"
+                           % (", ".join(LABEL_ENCODINGS), label_encoding))
     started = time.time()
     log_lines = []
 
@@ -220,7 +227,7 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
             n_ok = 0
             with LmdbWriter(os.path.join(db_dir, "features")) as fdb, \
                     LmdbWriter(os.path.join(db_dir, "labels")) as ldb:
-                work = ((plugin, e, values, encoding) for e in entries)
+                work = ((plugin, e, values, encoding, label_encoding) for e in entries)
                 for i, result in enumerate(pool.map(_encode_entry, work)):
                     done_all += 1
                     if result[0] == "skip":
@@ -259,8 +266,9 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
             counts[stage] = n_ok
         if not counts.get("train"):
             raise DatasetError("no usable training record: %d entr%s skipped (see the "
-                               "messages above); nothing was written to %s"
-                               % (len(skipped), "y" if len(skipped) == 1 else "ies", out_dir))
+                               "messages above%s); nothing was written to %s"
+                               % (len(skipped), "y" if len(skipped) == 1 else "ies",
+                                  "; the first: %s" % skipped[0]["message"] if skipped else "", out_dir))
         mean = (mean_sum / counts["train"]).astype(np.float32)
         write_binaryproto(os.path.join(tmp, MEAN_FILE), mean[np.newaxis])
         say("done: %s; %d skipped" % (", ".join("%s %d" % (s, counts[s]) for s in stages),
@@ -269,11 +277,11 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", workers=1,
             "format": DATASET_FORMAT, "version": DATASET_VERSION,
             "plugin": {"id": plugin.id, "title": plugin.title},
             "form_values": values,
-            "encoding": encoding,
+            "encoding": encoding, "label_encoding": label_encoding,
             "stages": {s: {"count": counts[s], "features_db": "%s_db/features" % s,
                            "labels_db": "%s_db/labels" % s} for s in stages},
-            "feature": dict(feature_info, storage="png" if encoding == "png" else "float_data"),
-            "label": dict(label_info, storage="data"),
+            "feature": dict(feature_info, storage="float_data" if encoding == "none" else encoding),
+            "label": dict(label_info, storage="data" if label_encoding == "none" else label_encoding),
             "classes": plugin.class_labels(values),
             "palette": plugin.palette(values),
             "split": items.split,

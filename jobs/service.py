@@ -27,7 +27,8 @@ Dataset jobs: ``submit_dataset`` checks the plugin's form values (field errors r
 and queues the build; ``build_dataset_job(id)`` (the worker) runs it, appending to ``log.txt``
 and rewriting ``build_status.json`` (the builder's progress event) in the job folder; ``show``
 gives ``progress`` while it runs; a failure sets Error with the builder's message. Build
-options: encoding (none|png), workers, executor (thread|process), enforce_same_shape.
+options: encoding (none|png|jpg), label_encoding (none|png), workers, executor (thread|process),
+enforce_same_shape.
 
 Model options: dataset_id, name, group_name, notes; network: standard_network | network_text |
 previous_job_id; epochs, base_lr, batch_size (both may be comma-separated sweeps), val_batch_size,
@@ -62,7 +63,7 @@ from plugin.base import PluginError, get_plugin
 DATASET_LOG = "log.txt"  # a dataset job's log: queued, built (the builder's lines), finished
 DATASET_PROGRESS = "build_status.json"  # the builder's last progress event, rewritten while it runs
 PROGRESS_EVERY_S = 0.5
-DATASET_BUILD_OPTIONS = ("encoding", "workers", "executor", "enforce_same_shape")
+DATASET_BUILD_OPTIONS = ("encoding", "label_encoding", "workers", "executor", "enforce_same_shape")
 
 
 class DatasetAborted(Exception):
@@ -290,9 +291,12 @@ class JobService:
         if unknown:
             raise ServiceError("unknown dataset build option(s) %s (known: %s)"
                                % (", ".join(unknown), ", ".join(DATASET_BUILD_OPTIONS)))
-        encoding = build_options.get("encoding", "none")
-        if encoding not in ("none", "png"):
-            raise ServiceError("encoding must be none or png, got %r" % (encoding,), {"encoding": "none or png"})
+        from jobs.dataset import ENCODINGS, LABEL_ENCODINGS
+        for option, allowed in (("encoding", ENCODINGS), ("label_encoding", LABEL_ENCODINGS)):
+            value = build_options.get(option, "none")
+            if value not in allowed:
+                raise ServiceError("%s must be one of %s, got %r" % (option, ", ".join(allowed), value),
+                                   {option: "one of " + ", ".join(allowed)})
         try:
             plugin_obj.validate(dict(values))
         except ValueError as exc:  # FormError (per field) or PluginError (the input as a whole)

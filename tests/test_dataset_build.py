@@ -160,8 +160,10 @@ def test_refuses_to_overwrite_and_bad_encoding(tmp_path):
         build_dataset(ToyPlugin(), {}, str(out))
     info = build_dataset(ToyPlugin(n=5), {}, str(out), overwrite=True)
     assert load_dataset_info(str(out))["stages"] == info["stages"]
-    with pytest.raises(DatasetError, match="encoding must be one of"):
-        build_dataset(ToyPlugin(), {}, str(tmp_path / "x"), encoding="jpg")
+    with pytest.raises(DatasetError, match="encoding must be one of none, png, jpg"):
+        build_dataset(ToyPlugin(), {}, str(tmp_path / "x"), encoding="webp")
+    with pytest.raises(DatasetError, match="label encoding must be one of none, png"):
+        build_dataset(ToyPlugin(), {}, str(tmp_path / "x"), label_encoding="jpg")
 
 
 def test_png_refuses_values_it_cannot_hold(tmp_path):

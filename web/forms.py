@@ -87,7 +87,7 @@ def parse_number_list(text: str | None, integer: bool = False) -> list:
 
 # -- dataset form ------------------------------------------------------------------------
 
-GENERIC_DATASET_FIELDS = ("encoding", "encoder_batch_size", "encoder_threads", "db_backend",
+GENERIC_DATASET_FIELDS = ("encoding", "label_encoding", "encoder_batch_size", "encoder_threads", "db_backend",
                           "enforce_same_shape", "group_name", "dataset_name")
 
 
@@ -128,10 +128,17 @@ def _wtf_field(spec: FormField):
 
 
 class _DatasetBase(FlaskForm):
-    encoding = SelectField("Feature encoding", choices=choice_list([("none", "None (exact values)"), ("png", "PNG (lossless)")]),
+    encoding = SelectField("Feature encoding", choices=choice_list([("none", "None (exact values)"), ("png", "PNG (lossless)"),
+                                                                   ("jpg", "JPEG (lossy, 8-bit images only)")]),
                            default="none",
                            description="How images are stored in the LMDB. 'None' keeps 16-bit values exactly "
-                                       "as floats; PNG is lossless and smaller but slower to decode.")
+                                       "as floats; PNG is lossless and smaller but slower to decode; JPEG is "
+                                       "smallest but changes pixel values (8-bit photographs, not 16-bit MRI).")
+    label_encoding = SelectField("Label encoding", choices=choice_list([("none", "None (raw class bytes)"),
+                                                                         ("png", "PNG (lossless)")]),
+                                 default="none",
+                                 description="How label images are stored. Labels are class numbers, so only "
+                                             "lossless storage is offered.")
     encoder_batch_size = IntegerField("Encoder batch size", default=32,
                                       validators=[InputRequired(), NumberRange(min=1, max=4096)],
                                       description="Records written to the database per transaction.")

@@ -235,7 +235,8 @@ def clone_form_data(values: dict, name: str) -> dict:
 def dataset_build_options(options: dict) -> dict:
     """The dataset form's generic fields → ``JobService.submit_dataset``'s keyword arguments."""
     out = {"name": options.get("dataset_name") or "dataset", "group_name": options.get("group_name") or None,
-           "encoding": options.get("encoding") or "none", "workers": options.get("encoder_threads") or 1}
+           "encoding": options.get("encoding") or "none", "label_encoding": options.get("label_encoding") or "none",
+           "workers": options.get("encoder_threads") or 1}
     if options.get("enforce_same_shape") is not None:
         out["enforce_same_shape"] = options["enforce_same_shape"]
     return out
