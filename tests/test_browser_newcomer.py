@@ -223,3 +223,35 @@ def test_models_of_the_same_name_show_their_dataset_and_id(browser_page, fake_si
     prev = page.eval_on_selector_all("[data-net-panel=previous] tbody tr", "trs => trs.map(r => r.cells[1].innerText)")
     assert any(ma in r and "sample" in r for r in prev) and any(mb in r and "small phantom" in r for r in prev)
     assert not page.js_errors
+
+
+# -- item 3 (the page's part) --------------------------------------------------------------------
+
+def test_ui_download_model_says_it_is_preparing_until_the_download_starts(browser_page, fake_site):
+    import time as _time
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "big", dataset_id=ds)
+    real_download = fake.download
+
+    def slow_download(job_id, snapshot=None):
+        _time.sleep(2.5)  # packing a 200 MB archive
+        return real_download(job_id, snapshot)
+    fake.download = slow_download
+    page = browser_page
+    page.goto(f"{url}/models/{m}")
+    assert page.is_hidden("#download-note")
+    with page.expect_download(timeout=20000) as download:
+        page.click("#download-btn")
+        page.wait_for_selector("#download-note[data-state=preparing]", state="visible", timeout=2000)
+        assert page.inner_text("#download-note").startswith("Preparing the model archive…")
+    page.wait_for_selector("#download-note[data-state=started]", timeout=10000)
+    assert download.value.suggested_filename.endswith("_iter_4.tar.gz")
+    assert page.evaluate("window.location.pathname") == f"/models/{m}"  # the page stayed
+    # the snapshot table's archive link does the same
+    page.wait_for_selector("#download-note", state="hidden", timeout=10000)
+    with page.expect_download(timeout=20000):
+        page.click("#snapshots a.archive-link")
+        page.wait_for_selector("#download-note[data-state=preparing]", state="visible", timeout=2000)
+    page.wait_for_selector("#download-note[data-state=started]", timeout=10000)
+    assert not page.js_errors

@@ -196,4 +196,9 @@ def download(job_id):
     if problem is not None:
         flash(problem, "error")
         return redirect(url_for("models.show", job_id=job_id))
-    return send_file(path, as_attachment=True, download_name=_download_name(job, path, snapshot, iterations))
+    response = send_file(path, as_attachment=True, download_name=_download_name(job, path, snapshot, iterations))
+    token = request.args.get("download_token", "")
+    if re.fullmatch(r"[a-z0-9]{1,16}", token):  # the model page's "preparing…" note ends when this arrives
+        response.set_cookie("caffeseg_download", token, max_age=120, samesite="Strict",
+                            path=url_for("models.show", job_id=job_id))
+    return response

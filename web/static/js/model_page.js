@@ -166,13 +166,13 @@
       cells.forEach((text, i) => { const td = tr.insertCell(); td.textContent = text; if (i < 2) td.className = "num"; });
       const links = tr.insertCell();
       const a = document.createElement("a"); a.href = s.file_url; a.textContent = ".caffemodel";
-      const b = document.createElement("a"); b.href = s.archive_url; b.textContent = "model archive";
+      const b = document.createElement("a"); b.href = s.archive_url; b.textContent = "model archive"; b.className = "archive-link";
       links.append(a, " · ", b);
     });
     const dl = document.getElementById("download-btn");
     if (dl && dl.tagName !== "A" && dl.dataset.href) {  // the first snapshot: Download model works now
       const link = document.createElement("a");
-      link.className = "btn"; link.id = "download-btn"; link.href = dl.dataset.href; link.textContent = dl.textContent;
+      link.className = "btn archive-link"; link.id = "download-btn"; link.href = dl.dataset.href; link.textContent = dl.textContent;
       dl.replaceWith(link);
     }
   }
@@ -232,6 +232,49 @@
     else if (document.getElementById("abort-btn")) setTimeout(() => location.reload(), 500);
   }
   poll();
+})();
+
+// Download model: the first download of a snapshot packs its archive on the server (seconds to
+// minutes for a big net) before the first byte. The page says so until the download starts: the
+// link carries a token the server's answer sets as a cookie (models.download), which ends the note.
+(function () {
+  "use strict";
+  const note = document.getElementById("download-note");
+  if (!note) return;
+  let timer = null;
+  function cookie(name) {
+    const hit = document.cookie.split("; ").find(c => c.startsWith(name + "="));
+    return hit ? decodeURIComponent(hit.slice(name.length + 1)) : null;
+  }
+  document.addEventListener("click", ev => {
+    const link = ev.target.closest("a.archive-link");
+    if (!link || ev.defaultPrevented || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+    ev.preventDefault();
+    const token = Math.random().toString(36).slice(2, 12);
+    const started = Date.now();
+    clearInterval(timer);
+    note.hidden = false;
+    note.dataset.state = "preparing";
+    const say = () => {
+      const s = Math.round((Date.now() - started) / 1000);
+      note.textContent = "Preparing the model archive… " + s + " s. The first download of a snapshot packs it on the " +
+                         "server (a minute or two for FCN-AlexNet); later downloads of it start at once.";
+    };
+    say();
+    timer = setInterval(() => {
+      if (cookie("caffeseg_download") === token) {
+        clearInterval(timer);
+        note.dataset.state = "started";
+        note.textContent = "The download has started (see your browser's downloads).";
+        setTimeout(() => { note.hidden = true; }, 4000);
+        return;
+      }
+      say();
+    }, 500);
+    const url = new URL(link.href, location.href);
+    url.searchParams.set("download_token", token);
+    location.href = url.toString();
+  });
 })();
 
 // A finished model is evaluated on the validation set right after training: show the table as
