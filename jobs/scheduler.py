@@ -194,11 +194,15 @@ class Scheduler:
         self._runnable = None
 
     # -- one training job -------------------------------------------------------------------
-    def runner_command(self, job, resume=False, gpu=None, gpus=None):
+    def runner_backend(self, job):
+        """The backend the runner of ``job`` is started with: the job's own, else this scheduler's."""
         wanted = job_backend(job)
         if wanted is None and self.build_dataset is None:
             wanted = "engine"  # a standalone worker runs unrecorded jobs as engine jobs (see takes)
-        cmd = [self.python, RUNNER_PATH, job["dir"], "--backend", wanted if wanted in BACKENDS else self.backend]
+        return wanted if wanted in BACKENDS else self.backend
+
+    def runner_command(self, job, resume=False, gpu=None, gpus=None):
+        cmd = [self.python, RUNNER_PATH, job["dir"], "--backend", self.runner_backend(job)]
         if resume:
             cmd.append("--resume")
         weights = (job.get("options") or {}).get("pretrained") or []
@@ -247,11 +251,10 @@ class Scheduler:
         env = dict(os.environ)
         env["PYTHONPATH"] = IMPORT_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         command = self.runner_command(job, resume, gpu, gpus)
-        if command[command.index("--backend") + 1] == "pycaffe":
+        if self.runner_backend(job) == "pycaffe":
             # Real Caffe may need its own interpreter and path (the `make caffe` build).
             try:
-                command[0], env = real_caffe.runner_launch(
-                    self.python, gpu=any(arg in ("--gpu", "--gpus") for arg in command))
+                command[0], env = real_caffe.runner_launch(self.python, gpu=gpu is not None or bool(gpus))
             except real_caffe.RealCaffeError as exc:
                 self.store.set_status(job_id, st.ERROR, str(exc))
                 return st.ERROR

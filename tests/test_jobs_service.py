@@ -489,7 +489,7 @@ def test_resume_cuts_the_metrics_file_before_the_runner_starts(svc, dataset, mon
     open(os.path.join(job["dir"], "snapshot_iter_32.solverstate"), "wb").close()
     seen = os.path.join(job["dir"], "seen_by_runner.jsonl")
     # the "runner" only records what the metrics file holds when it starts
-    monkeypatch.setattr(svc.scheduler, "runner_command", lambda job, resume=False, gpu=None: [
+    monkeypatch.setattr(svc.scheduler, "runner_command", lambda job, resume=False, gpu=None, gpus=None: [
         sys.executable, "-c", "import shutil, sys; shutil.copy('metrics.jsonl', %r); sys.exit(0)" % seen])
     svc.scheduler.train(job["id"], resume=True, auto_evaluate=False)
     assert open(seen).read() == "".join(lines[:32])
