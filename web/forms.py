@@ -53,6 +53,26 @@ class ServerPath:
         field.data = str(path)
 
 
+class PythonLayerPath(ServerPath):
+    """A Python layer file: one of the product's own (``python_layers/``, e.g.
+    ``digits_python_layers.py``, given by name, as ``python_layers/NAME`` or by its full path)
+    is accepted as is; any other file must be inside the data roots (``ServerPath``)."""
+
+    def __init__(self):
+        super().__init__(folder=False)
+
+    def __call__(self, form, field):
+        from jobs import resources
+        value = (field.data or "").strip()
+        name = value.replace("\\", "/").rsplit("/", 1)[-1]
+        if name.endswith(".py"):
+            own = resources.python_layer_file(name[:-len(".py")])
+            if own and value in (name, f"{resources.PYTHON_LAYERS_PACKAGE}/{name}", own):
+                field.data = own
+                return
+        super().__call__(form, field)
+
+
 _NUMBER_LIST_RE = re.compile(r"^\s*[0-9.eE+-]+(\s*,\s*[0-9.eE+-]+)*\s*$")
 
 
@@ -182,10 +202,13 @@ class ModelForm(FlaskForm):
                                                  "failed); choose another",
                           description="The dataset job whose LMDBs feed the Data layers.")
     python_layer_server_file = StringField(
-        "Python layer file on the server", validators=[Optional(), ServerPath(folder=False)],
-        render_kw={"data-path-complete": "1"},
-        description="A .py file defining the Python layers the network uses (e.g. the Dice layer). "
-                    "It runs inside the training process on this server.")
+        "Python layer file on the server", validators=[Optional(), PythonLayerPath()],
+        render_kw={"data-path-complete": "1", "placeholder": "not needed for the lab's Dice layer"},
+        description="Leave empty for the product's own layers: digits_python_layers.py (Dice, DiceLoss, "
+                    "SegmentationMetrics) is supplied to every job whose network names it (the lab's step "
+                    "\"enter the file path for the custom layer\" needs nothing here; its name is accepted too). "
+                    "For your own layers: a .py file inside the data folders; it runs inside the training "
+                    "process on this server.")
     python_layer_upload = FileField(
         "…or upload a Python layer file",
         description="Uploaded code runs on this server with the server's permissions.")
