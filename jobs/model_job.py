@@ -85,6 +85,9 @@ def write_model_job(job_dir, dataset_dir, options):
         raise ModelJobError(str(exc), exc.field)
     except derive.DeriveError as exc:
         raise ModelJobError(str(exc))
+    problem = backend_storage_problem(facts.info.info, options.get("backend"))
+    if problem:
+        raise ModelJobError(problem, "backend")
     try:
         netcheck.check_file_paths(train_val, os.path.abspath(job_dir), [os.path.abspath(dataset_dir)] + data_roots())
     except netcheck.NetworkPathError as exc:
@@ -129,6 +132,19 @@ def write_model_job(job_dir, dataset_dir, options):
         with open(os.path.join(job_dir, "log.txt"), "a") as log:
             log.write("".join("warning: %s\n" % w for w in warnings))
     return solver
+
+
+def backend_storage_problem(info, backend):
+    """Why ``backend`` cannot read the dataset described by ``info`` (dataset.json), or None.
+
+    BVLC Caffe's Data layer decodes encoded Datums into 8-bit OpenCV images only: a 16-bit PNG
+    dataset stops it ("Image data type must be unsigned byte"), while the engine reads it."""
+    feature = info.get("feature") or {}
+    if backend == "pycaffe" and feature.get("storage") == "png" and feature.get("dtype") not in ("uint8", None):
+        return ("real Caffe cannot read this dataset: its %s images are stored as PNG, and Caffe's Data layer "
+                "decodes 8-bit images only. Train it on the engine, or build the dataset again with "
+                "feature encoding 'none' (exact values) for real Caffe" % feature.get("dtype"))
+    return None
 
 
 def _python_layer_files(options):

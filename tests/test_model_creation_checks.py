@@ -52,3 +52,23 @@ def test_fitting_weights_pass_and_are_reported_matched(svc, dataset, tmp_path):
     import os
     report = json.load(open(os.path.join(job["dir"], "pretrained_report.json")))
     assert report["matched"] == ["conv1"] and report["mismatches"] == []
+
+
+def test_real_caffe_is_refused_a_16_bit_png_dataset_at_creation(tmp_path):
+    # BVLC Caffe's Data layer decodes 8-bit images only (tests/test_real_caffe_data_and_layers.py
+    # shows it stopping on such a dataset); the engine reads it, so only pycaffe jobs are refused
+    from jobs.service import JobService
+    from tests.jobs_fixtures import make_dataset_dir, write_dataset_json
+    folder = make_dataset_dir(str(tmp_path / "png16"))
+    write_dataset_json(folder, {"train": 10, "val": 4}, (1, 8, 8), dtype="uint16")
+    import json
+    import os
+    info = json.load(open(os.path.join(folder, "dataset.json")))
+    info["feature"]["storage"] = "png"
+    json.dump(info, open(os.path.join(folder, "dataset.json"), "w"))
+    svc = JobService(str(tmp_path / "jobs"), backend="engine")
+    ds = svc.import_dataset(folder, "png16")
+    with pytest.raises(ServiceError, match="real Caffe cannot read this dataset: its uint16 images are stored as PNG"):
+        create(svc, ds, backend="pycaffe")
+    [job] = create(svc, ds, backend="engine")
+    assert job["status"] == "Initialized"
