@@ -127,7 +127,7 @@ def collect_images(folder=None, list_file=None, paths=None, zip_path=None, roots
                 raise TestManyError("line %d of %s: %s is not a file" % (number, list_file, line), "list_file")
             out.append((line, _inside(candidate, roots, "list_file")))
     elif paths:
-        out = [(os.path.basename(p), p) for p in paths]
+        out = [(os.path.basename(p), _inside(p, roots, "paths")) for p in paths]
     else:
         os.makedirs(work_dir, exist_ok=True)
         out = _unzip_images(zip_path, work_dir, limit)

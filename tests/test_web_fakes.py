@@ -215,11 +215,91 @@ class FakeBackend:
                                  "std": 0.2, "hist": {"counts": [1, 5, 2], "edges": [0, 1, 2, 3]}}]
         return result
 
-    def download(self, job_id, snapshot=None):
+    def download(self, job_id, snapshot=None, fmt="tar.gz"):
         job = self.job(job_id)
-        path = Path(job["dir"]) / "model.tar.gz"
+        path = Path(job["dir"]) / ("model." + fmt)
         path.write_bytes(b"archive")
         return str(path)
+
+    # DIGITS parity (issue 18): editing, details, info, pretrained round trip, Test Many
+    def edit_job(self, job_id, fields):
+        self.calls.append(("edit_job", job_id, dict(fields)))
+        self.job(job_id)
+        if "name" in fields and not str(fields["name"]).strip():
+            raise BadRequest("a job name needs 1-256 characters", {"name": "1-256 characters"})
+        for key, value in fields.items():
+            self.jobs_[job_id][key] = value
+        return self.job(job_id)
+
+    def bulk_jobs(self, action, job_ids, group=None):
+        self.calls.append(("bulk_jobs", action, list(job_ids), group))
+        done, errors = [], {}
+        for job_id in job_ids:
+            if job_id not in self.jobs_:
+                errors[job_id] = f"no job {job_id}"
+                continue
+            if action == "group":
+                self.jobs_[job_id]["group"] = group or ""
+            elif action == "delete":
+                del self.jobs_[job_id]
+            else:
+                self.jobs_[job_id]["status"] = "Aborted"
+            done.append(job_id)
+        return {"done": done, "errors": errors}
+
+    def job_details(self, job_id):
+        job = self.job(job_id)
+        now = time.time()
+        related = [{"id": j["id"], "name": j["name"], "kind": j["kind"], "status": j["status"],
+                    "relation": "model" if job["kind"] == "dataset" else "dataset"}
+                   for j in self.jobs_.values()
+                   if j.get("dataset_id") == job_id or j["id"] == job.get("dataset_id")]
+        return {"timeline": [{"status": "Waiting", "time": now - 65, "message": None, "duration": 5.0},
+                             {"status": "Running", "time": now - 60, "message": None, "duration": 60.0},
+                             {"status": job["status"], "time": now, "message": None, "duration": None}],
+                "folder": job["dir"], "disk_bytes": 1234, "related": related, "owner": job.get("owner"),
+                "pretrained": [{"path": "/data/pretrained/bvlc_alexnet-fcn-gray.caffemodel", "exists": True,
+                                "size": 1000, "source": "known"}] if job["kind"] == "model" else []}
+
+    def server_info(self):
+        return {"server": "fake-host", "caffeseg": "0.1.0", "python": "3.11", "python_executable": "python",
+                "torch": "2.13.0", "cuda": None, "engine": "/engine", "engine_version": "1.0.0",
+                "real_caffe": {"found": False, "hint": "run `make caffe`"}, "plugins": ["sunnybrook"],
+                "broken_plugins": [], "cpu": {"model": "Fake CPU", "cores": 2, "usable_cores": 2},
+                "memory_total": 8 << 30, "gpus": [], "gpu_jobs": {"total": 0, "free": [], "jobs": {}}}
+
+    def make_pretrained(self, job_id, snapshot=None, name=None):
+        self.calls.append(("make_pretrained", job_id, snapshot, name))
+        job = self.job(job_id)
+        return {"id": "up-000000000001", "name": name or job["name"], "source": {"job_id": job_id}}
+
+    def upload_pretrained_archive(self, archive, name=None):
+        from web import pretrained_store
+        self.calls.append(("upload_pretrained_archive", name))
+        return pretrained_store.save_archive(self.root, archive, name)
+
+    def pretrained_layers(self, pretrained_id):
+        from web import pretrained_store
+        return pretrained_store.layers(self.root, pretrained_id)
+
+    def test_many(self, job_id, source, options):
+        self.calls.append(("test_many", job_id, dict(source), dict(options)))
+        self.job(job_id)
+        self.tests_ = getattr(self, "tests_", {})
+        test_id = "t-%010d" % (len(self.tests_) + 1)
+        rows = [{"index": 0, "source": "img0.png", "height": 32, "width": 32, "lv_area_px": 12,
+                 "mean_confidence": 0.9, "classes": {"background": {"pixels": 1012, "fraction": 1012 / 1024},
+                                                     "lv": {"pixels": 12, "fraction": 12 / 1024}},
+                 "files": {"class_map": "class_maps/00000.png"}}]
+        self.tests_[test_id] = {"id": test_id, "request": {"source": dict(source)}, "classes": ["background", "lv"],
+                                "status": {"state": "Done", "done": 1, "total": 1, "error": None}, "rows": rows}
+        return self.tests_[test_id]
+
+    def test_many_status(self, job_id, test_id):
+        self.job(job_id)
+        if test_id not in getattr(self, "tests_", {}):
+            raise NotFound(f"no test request {test_id!r}")
+        return self.tests_[test_id]
 
 
 def test_fake_and_real_backends_implement_every_method_of_the_contract():

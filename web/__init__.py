@@ -15,7 +15,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from web import config as config_module
-from web.backend import BadRequest, NotFound, Unavailable
+from web.backend import BadRequest, Forbidden, NotFound, Unavailable
 from web.safety import SECURITY_HEADERS, UnsafePath, host_allowed, trusted_hosts
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(Unavailable)
     def unavailable(exc):
         return _error(501, str(exc))
+
+    @app.errorhandler(Forbidden)
+    def forbidden(exc):
+        return _error(403, str(exc))
 
     @app.errorhandler(BadRequest)
     def bad_request(exc):
@@ -128,6 +132,11 @@ def create_app(config=None) -> Flask:
     app.register_blueprint(clinical.bp)
     csrf.exempt(clinical.api_bp)
     app.register_blueprint(clinical.api_bp)
+
+    from web import users  # DIGITS' login (optional), the owner of what a request creates or changes
+    users.install(app)
+    from web.views import digits  # job editing, Info, Make Pretrained, archive upload, Test Many, DIGITS' URLs
+    digits.install(app)
 
     from web import templating
     templating.install(app)

@@ -30,6 +30,11 @@ class NotFound(LookupError):
     pass
 
 
+class Forbidden(PermissionError):
+    """The user may not do this to the job (DIGITS' owner rule: only the owner edits, aborts,
+    deletes; see web.users)."""
+
+
 class BadRequest(ValueError):
     """Input the backend refuses; the message is shown to the user beside the form."""
 
@@ -159,5 +164,42 @@ class Backend(Protocol):
         classes: [names], palette: [[r,g,b]], metrics: {...}, snapshot: iteration, layers:
         [{name, kind, shape, mean, std, hist: {counts, edges}}]}``."""
 
-    def download(self, job_id: str, snapshot: int | None = None) -> str:
-        """Path of a model archive ready to send."""
+    def download(self, job_id: str, snapshot: int | None = None, fmt: str = "tar.gz") -> str:
+        """Path of a model archive ready to send (``fmt`` tar.gz or zip, as DIGITS' download.<ext>)."""
+
+    # -- DIGITS parity: editing, details, info, pretrained round trip, Test Many --------
+    # The user of the request (web.users.current_user) is the owner of what is created and is
+    # checked (Forbidden) by abort, delete, edit_job and bulk_jobs.
+    def edit_job(self, job_id: str, fields: dict) -> dict:
+        """Change a job's ``name``, ``notes`` and/or ``group`` (DIGITS' PUT /jobs/<id>); returns
+        the job summary. BadRequest (a blank name…), Forbidden (not the owner)."""
+
+    def bulk_jobs(self, action: str, job_ids: list, group: str | None = None) -> dict:
+        """abort | delete | group several jobs, each on its own: ``{done: [ids], errors: {id: why}}``."""
+
+    def job_details(self, job_id: str) -> dict:
+        """The job page's panels: ``{timeline: [{status, time, message, duration}], folder,
+        disk_bytes, related: [{id, name, kind, status, relation}], pretrained: [{path, exists,
+        size, source, job_id?, pretrained_id?}], owner}``."""
+
+    def server_info(self) -> dict:
+        """The Info menu (``jobs.server_info``): server, versions, the real Caffe, CPU/GPUs."""
+
+    def make_pretrained(self, job_id: str, snapshot: int | None = None, name: str | None = None) -> dict:
+        """A model's snapshot as an uploaded pretrained model (DIGITS' to_pretrained); the entry."""
+
+    def upload_pretrained_archive(self, archive, name: str | None = None) -> dict:
+        """A caffeseg or DIGITS download (tar/tar.gz/zip; ``archive``: a werkzeug FileStorage)
+        stored as a pretrained model; BadRequest (field ``archive``) names what is wrong."""
+
+    def pretrained_layers(self, pretrained_id: str) -> dict:
+        """An uploaded pretrained model's ``{layers: [{name, type, shapes, param_count}], total}``."""
+
+    def test_many(self, job_id: str, source: dict, options: dict) -> dict:
+        """Start Test Many: ``source`` one of {folder}, {list_file}, {paths}, {zip_path},
+        {dataset_stage}; ``options`` {snapshot, probabilities, resize: [h, w] | None}. Returns
+        ``test_many_status`` (it runs in the background)."""
+
+    def test_many_status(self, job_id: str, test_id: str) -> dict:
+        """``{id, request, status: {state, done, total, started, finished, error}, rows?,
+        classes?}``; NotFound for an unknown request."""

@@ -42,9 +42,15 @@ DEFAULTS = {
     # Images (uploads, dataset slices) with more pixels than this are refused from their header,
     # before any decoding (decompression bombs). 4096×4096 is far above 1024×1024 MRI slices.
     "MAX_IMAGE_PIXELS": 4096 * 4096,
+    # DIGITS' login (web.users): a user name in a signed cookie; off = the local single user.
+    "LOGIN": False,
+    # With LOGIN: a shared secret the login form also asks for (None = a name is enough, as DIGITS).
+    "LOGIN_SECRET": None,
+    # The request header an authenticating proxy puts the user in (e.g. REMOTE_USER); None = unused.
+    "REMOTE_USER_HEADER": None,
 }
 
-_BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING", "START_WORKER"}
+_BOOL_KEYS = {"ALLOW_PYTHON_LAYER_UPLOAD", "WTF_CSRF_ENABLED", "TESTING", "START_WORKER", "LOGIN"}
 
 
 def _from_env(key: str):

@@ -100,6 +100,37 @@ def prepare_known(data_dir, name, gray, url=None) -> dict:
         raise BadRequest(str(exc)) from None
 
 
+def save_archive(data_dir, archive_storage, name=None) -> dict:
+    """Store a caffeseg or DIGITS download (werkzeug FileStorage of a tar/tar.gz/zip) as an
+    uploaded pretrained model (``jobs.pretrained_archive.import_archive``: safe unpacking, limits);
+    the upload is written into the store's incoming folder first and removed after."""
+    import tempfile
+    from jobs import pretrained_archive
+    root = folder(data_dir)
+    incoming = pretrained.uploads_dir(root) / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=str(incoming), suffix=".archive") as staged:
+        archive_storage.save(staged)
+        staged.flush()
+        try:
+            return pretrained_archive.import_archive(root, staged.name, name=(name or "").strip() or None)
+        except pretrained.UploadError as exc:
+            raise BadRequest(str(exc), {exc.field or "archive": str(exc)}) from None
+
+
+def layers(data_dir, pretrained_id) -> dict:
+    """An uploaded pretrained model's layers with parameter shapes (``layer_table``)."""
+    from jobs import pretrained_archive
+    try:
+        entry = pretrained.upload_entry(folder(data_dir), pretrained_id)
+    except KeyError:
+        raise NotFound(f"no uploaded pretrained model {pretrained_id!r}") from None
+    try:
+        return pretrained_archive.layer_table(entry["weights"], Path(entry["prototxt"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"cannot read the layers of {entry['name']}: {exc}") from None
+
+
 def delete_upload(data_dir, pretrained_id) -> None:
     if pretrained_id in pretrained.KNOWN_MODELS:
         raise BadRequest(f"{pretrained_id} is a known public model; remove its files on the server "

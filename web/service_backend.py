@@ -15,10 +15,11 @@ from pathlib import Path
 
 from jobs import networks
 from jobs.dataset import DatasetError, record_name
-from jobs.service import JobService
+from jobs.service import JobService, NotOwner
 from web import job_options, pretrained_store
-from web.backend import BadRequest, NotFound, running_seconds
+from web.backend import BadRequest, Forbidden, NotFound, running_seconds
 from web.netinspect import inspect
+from web.users import current_user
 from web.safety import check_job_id
 
 # Folders inside a job directory whose content is listed as one entry (LMDB internals, results).
@@ -62,6 +63,8 @@ def _service_errors():
         yield
     except KeyError as exc:
         raise NotFound(str(exc).strip("'\"")) from None
+    except NotOwner as exc:  # a ServiceError: before the ValueError branch
+        raise Forbidden(str(exc)) from None
     except ValueError as exc:
         err = BadRequest(str(exc), getattr(exc, "field_errors", None))
         for place in ("line", "column"):  # a network's syntax error: where, for the JSON error
@@ -202,11 +205,11 @@ class ServiceBackend:
 
     def abort(self, job_id):
         with _service_errors():
-            self.service.abort(check_job_id(job_id))
+            self.service.abort(check_job_id(job_id), user=current_user())
 
     def delete(self, job_id):
         with _service_errors():
-            self.service.delete(check_job_id(job_id))
+            self.service.delete(check_job_id(job_id), user=current_user())
 
     def resume(self, job_id):
         with _service_errors():
@@ -231,14 +234,15 @@ class ServiceBackend:
         """Queue the build with the jobs service and return the new job's id at once (its worker
         builds it; the plugin's form checks run first, errors go beside the fields)."""
         with _service_errors():
-            job = self.service.submit_dataset(plugin_id, dict(values), **job_options.dataset_build_options(options))
+            job = self.service.submit_dataset(plugin_id, dict(values), owner=current_user(),
+                                              **job_options.dataset_build_options(options))
         return job["id"]
 
     def create_model(self, options):
         service_options, staged = job_options.service_model_options(options, self.settings["JOBS_DIR"])
         try:
             with _service_errors():
-                jobs = self.service.create_model(service_options)
+                jobs = self.service.create_model(service_options, owner=current_user())
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
@@ -329,9 +333,65 @@ class ServiceBackend:
         info = self._dataset_info(job["dataset_id"]) if job.get("dataset_id") else None
         return _inference_view(raw, info)
 
-    def download(self, job_id, snapshot=None):
+    def download(self, job_id, snapshot=None, fmt="tar.gz"):
         with _service_errors():  # "no snapshot yet" is the user's 400, not a server error
-            return str(self.service.export(check_job_id(job_id), snapshot=snapshot))
+            return str(self.service.export(check_job_id(job_id), snapshot=snapshot, fmt=fmt))
+
+    # -- DIGITS parity (issue 18) -------------------------------------------------------------
+    def edit_job(self, job_id, fields):
+        changes = {("group_name" if k == "group" else k): v for k, v in fields.items()
+                   if k in ("name", "notes", "group")}
+        with _service_errors():
+            self.service.edit(check_job_id(job_id), user=current_user(), **changes)
+        return self._summary(self._show(job_id))
+
+    def bulk_jobs(self, action, job_ids, group=None):
+        with _service_errors():
+            return self.service.bulk(action, list(job_ids), user=current_user(), group_name=group)
+
+    def job_details(self, job_id):
+        with _service_errors():
+            return self.service.details(check_job_id(job_id),
+                                        pretrained_dir=str(pretrained_store.folder(self.settings["DATA_DIR"])))
+
+    def server_info(self):
+        from jobs.server_info import server_info
+        return server_info(self.service, check_caffe=False)
+
+    def make_pretrained(self, job_id, snapshot=None, name=None):
+        with _service_errors():
+            return self.service.make_pretrained(check_job_id(job_id), str(pretrained_store.folder(self.settings["DATA_DIR"])),
+                                                snapshot=snapshot, name=name, owner=current_user())
+
+    def upload_pretrained_archive(self, archive, name=None):
+        return pretrained_store.save_archive(self.settings["DATA_DIR"], archive, name)
+
+    def pretrained_layers(self, pretrained_id):
+        return pretrained_store.layers(self.settings["DATA_DIR"], pretrained_id)
+
+    def test_many(self, job_id, source, options):
+        allowed = {"folder", "list_file", "paths", "zip_path", "dataset_stage"}
+        if len([k for k, v in source.items() if v]) != 1 or not set(source) <= allowed:
+            raise BadRequest("give exactly one source: %s" % ", ".join(sorted(allowed)))
+        resize = options.get("resize")
+        # uploaded images are staged by the view in test_upload_dir(), the only place besides the
+        # data roots a request may read
+        roots = list(self.settings["DATA_ROOTS"]) + [self.test_upload_dir()]
+        with _service_errors():
+            return self.service.test_many(check_job_id(job_id), snapshot=options.get("snapshot"),
+                                          probabilities=bool(options.get("probabilities")),
+                                          resize=tuple(int(v) for v in resize) if resize else None,
+                                          roots=roots, wait=False, **source)
+
+    def test_upload_dir(self):
+        """Where the Test Many page stages uploaded images (inside DATA_DIR)."""
+        path = os.path.join(self.settings["DATA_DIR"], "test-uploads")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def test_many_status(self, job_id, test_id):
+        with _service_errors():
+            return self.service.test_many_status(check_job_id(job_id), str(test_id))
 
 
 def _evaluation_view(table):

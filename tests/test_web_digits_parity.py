@@ -1,0 +1,253 @@
+"""Issue 18 in the web: job editing and the job page's panels, Info, DIGITS' REST URLs and JSON
+shapes, the JSON API additions, Test Many, Make Pretrained and archive upload, and users (login,
+owner checks, proxy header) — on the fake backend for the pages and URLs, on the real jobs
+service for owners and the pretrained round trip."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from test_web_fakes import FakeBackend, sunnybrook_plugin
+from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+from tests.web_helpers import write_weights
+from web import create_app
+
+JSON = {"X-Requested-With": "test"}
+
+
+@pytest.fixture
+def env(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
+                      "WTF_CSRF_ENABLED": False, "TESTING": True})
+    ds = fake.add_job("dataset", "sunny")
+    model = fake.add_job("model", "m1", dataset_id=ds, group="g")
+    return app.test_client(), fake, ds, model, data
+
+
+def test_job_page_panels_and_inline_edit(env):
+    client, fake, ds, model, _ = env
+    html = client.get(f"/models/{model}").get_data(as_text=True)
+    for marker in ('id="job-edit-form"', 'id="job-timeline"', 'data-status="Running"', 'id="job-disk-size"',
+                   'data-relation="dataset"', 'id="job-pretrained"', 'id="make-pretrained-form"', 'id="test-many-link"'):
+        assert marker in html, marker
+    assert "1.2 KB" in html and "1m 00s" in html  # the fake's 1234 bytes; Running for 60 s
+    dataset_html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert 'data-relation="model"' in dataset_html and "m1" in dataset_html
+    resp = client.post(f"/jobs/{model}/edit", data={"name": "renamed", "notes": "lr too high", "group": "g2"})
+    assert resp.status_code == 302 and fake.calls[-1] == ("edit_job", model, {"name": "renamed", "notes": "lr too high",
+                                                                               "group": "g2"})
+    html = client.get(f"/models/{model}").get_data(as_text=True)
+    assert 'id="job-notes"' in html and "lr too high" in html
+    resp = client.post(f"/jobs/{model}/edit", data={"name": " "}, follow_redirects=True)
+    assert "1-256 characters" in resp.get_data(as_text=True)
+
+
+def test_info_page_and_api(env):
+    client, *_ = env
+    html = client.get("/info").get_data(as_text=True)
+    assert "fake-host" in html and "Fake CPU" in html and "not found (run `make caffe`)" in html
+    assert 'id="nav-info"' in client.get("/").get_data(as_text=True)
+    info = client.get("/api/info").get_json()
+    assert info["server"] == "fake-host" and info["engine_version"] == "1.0.0"
+
+
+def test_digits_json_urls(env):
+    client, fake, ds, model, _ = env
+    index = client.get("/index.json").get_json()
+    assert {d["id"] for d in index["datasets"]} == {ds} and index["models"] == [{"id": model, "name": "m1",
+                                                                                  "status": "Done"}]
+    assert index["server_name"] == "fake-host" and "jobs_dir" in index
+    completed = client.get("/completed_jobs.json").get_json()
+    assert set(completed) == {"running", "datasets", "models", "pretrained_models", "model_output_fields"}
+    [m] = completed["models"]
+    assert m["id"] == model and m["type"] == "model" and m["dataset_id"] == ds and m["progress"] == 100
+    assert m["loss (train) last"] == 0.5 and m["loss (train) min"] == 0.4 and m["loss (train) max"] == 0.9
+    assert "loss (train) last" in completed["model_output_fields"] and m["status_css"] == "ok"
+    assert client.get(f"/jobs/{model}/table_data.json").get_json()["job"]["name"] == "m1"
+    assert client.get(f"/models/{model}/status").get_json() == {"error": None, "status": "Done", "name": "m1",
+                                                                "type": "Generic Image Model"}
+    assert client.get("/jobs/20990101-000000-dead/status").get_json() == {"error": "Job not found."}
+    shown = client.get(f"/models/{model}.json").get_json()
+    assert shown["id"] == model and shown["snapshots"] == [1.0] and shown["directory"] and shown["framework"] == "caffe"
+    dataset = client.get(f"/datasets/{ds}.json").get_json()
+    assert dataset["image dimensions"] == [32, 32, 1] and dataset["classes"] == ["background", "lv"]
+    assert client.get(f"/models/{model}").status_code == 200  # the page URL is still the page
+
+
+def test_digits_state_changing_urls(env):
+    client, fake, ds, model, _ = env
+    assert client.put(f"/jobs/{model}", data={"job_name": "new name", "job_notes": "n"}).get_data(as_text=True) \
+        == "Model updated."
+    assert fake.jobs_[model]["name"] == "new name" and fake.jobs_[model]["notes"] == "n"
+    other = fake.add_job("model", "m2", dataset_id=ds)
+    assert client.post("/group", data={"group_name": "sweep", "job_ids[]": [model, other]}).get_data(as_text=True) \
+        == "Jobs regrouped."
+    assert fake.jobs_[model]["group"] == fake.jobs_[other]["group"] == "sweep"
+    assert client.post("/abort_jobs", data={"job_ids[]": [other]}).get_data(as_text=True) == "Jobs aborted."
+    assert client.post(f"/jobs/{model}/abort").get_data(as_text=True) == "Job aborted."
+    bad = client.delete("/jobs", data={"job_ids[]": [other, "20990101-000000-dead"]})
+    assert bad.status_code == 400 and other not in fake.jobs_
+    # a browser form of another site may not change anything here
+    refused = client.post("/abort_jobs", data={"job_ids[]": [model]}, headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403
+    assert client.delete(f"/models/{model}").get_data(as_text=True) == "Job deleted."
+    assert client.get(f"/clone/{ds}").status_code == 302
+    resp = client.get(f"/models/{fake.add_job('model', 'm3', dataset_id=ds)}/download.zip")
+    assert resp.status_code == 200 and resp.headers["Content-Disposition"].endswith(".zip")
+
+
+def test_json_api_additions(env):
+    client, fake, ds, model, _ = env
+    edited = client.put(f"/api/jobs/{model}", json={"notes": "from a script", "group": "api"}).get_json()
+    assert edited["notes"] == "from a script" and edited["group"] == "api"
+    assert client.put(f"/api/jobs/{model}", json={"status": "Done"}).status_code == 400
+    assert client.put(f"/api/jobs/{model}", data={"notes": "x"}).status_code == 403  # a form post: refused
+    result = client.post("/api/jobs/bulk", json={"action": "group", "job_ids": [model, "nope"], "group": "x"}).get_json()
+    assert result["done"] == [model] and "nope" in result["errors"]
+    details = client.get(f"/api/jobs/{model}/details").get_json()
+    assert [t["status"] for t in details["timeline"]] == ["Waiting", "Running", "Done"] and details["disk_bytes"] == 1234
+    made = client.post(f"/api/jobs/{model}/make-pretrained", json={"name": "mine"})
+    assert made.status_code == 201 and fake.calls[-1] == ("make_pretrained", model, None, "mine")
+
+
+def test_test_many_form_result_and_api(env):
+    client, fake, ds, model, data = env
+    assert 'id="test-many-form"' in client.get(f"/models/{model}/test-many").get_data(as_text=True)
+    resp = client.post(f"/models/{model}/test-many", data={"folder": str(data), "probabilities": "1"})
+    assert resp.status_code == 302
+    assert fake.calls[-1] == ("test_many", model, {"folder": str(data)},
+                              {"snapshot": None, "probabilities": True})
+    html = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert 'id="tm-table"' in html and "img0.png" in html and 'id="tm-csv"' in html
+    none = client.post(f"/models/{model}/test-many", data={})
+    assert none.status_code == 400 and "exactly one" in none.get_data(as_text=True)
+    upload = client.post(f"/models/{model}/test-many", data={"images": [(io.BytesIO(b"png"), "a.png"),
+                                                                         (io.BytesIO(b"png"), "b.png")]},
+                         content_type="multipart/form-data")
+    assert upload.status_code == 302
+    staged = fake.calls[-1][2]["paths"]
+    assert len(staged) == 2 and all(p.startswith(str(data / "test-uploads")) for p in staged)
+    started = client.post(f"/api/jobs/{model}/test-many", json={"dataset_stage": "val", "resize": [16, 16]})
+    assert started.status_code == 202
+    body = started.get_json()
+    assert "folder" not in body and body["csv"].endswith("/results.csv")
+    assert body["rows"][0]["files"]["class_map"].endswith("/class_maps/0.png")
+    assert client.get(f"/api/jobs/{model}/test-many/{body['id']}").get_json()["status"]["state"] == "Done"
+    assert client.get(f"/api/jobs/{model}/test-many/t-0000000999").status_code == 404
+
+
+# -- on the real jobs service ----------------------------------------------------------------------
+
+@pytest.fixture
+def real(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", install_fake_caffe(str(tmp_path / "fake")))
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def make(**config):
+        app = create_app(dict({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False}, **config))
+        return app, app.extensions["caffeseg_backend"].service
+    return make, tmp_path, data
+
+
+def _model(svc, tmp_path, owner):
+    ds = svc.import_dataset(make_dataset_dir(str(tmp_path / ("built-" + owner))), "d-" + owner, owner=owner)
+    [job] = svc.create_model({"dataset_id": ds["id"], "network_text": TINY_NET, "epochs": 4, "name": "m-" + owner},
+                             owner=owner)
+    return ds, job
+
+
+def test_login_owner_checks_and_navbar(real):
+    make, tmp_path, _ = real
+    app, svc = make(LOGIN=True)
+    client = app.test_client()
+    ds, alice_job = _model(svc, tmp_path, "alice")
+    # not logged in: pages are readable, changes are sent to the login page (the API: 401)
+    assert client.get(f"/models/{alice_job['id']}").status_code == 200
+    assert 'id="nav-login"' in client.get("/").get_data(as_text=True)
+    resp = client.post(f"/jobs/{alice_job['id']}/edit", data={"name": "x"})
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+    assert client.post("/api/jobs/bulk", json={"action": "abort", "job_ids": []}).status_code == 401
+    assert client.post("/login", data={"username": "../bob"}).status_code == 400
+    resp = client.post("/login", data={"username": "bob", "next": "https://evil.example/"})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/"  # never an open redirect
+    assert "bob" in client.get("/").get_data(as_text=True)
+    # bob may not change alice's job …
+    assert client.put(f"/api/jobs/{alice_job['id']}", json={"name": "bob's now"}).status_code == 403
+    assert client.delete(f"/jobs/{alice_job['id']}").status_code == 403
+    result = client.post("/api/jobs/bulk", json={"action": "delete", "job_ids": [alice_job["id"]]}).get_json()
+    assert "belongs to alice" in result["errors"][alice_job["id"]]
+    assert svc.show(alice_job["id"])["name"] == "m-alice"
+    # … but may view, clone and make his own jobs
+    assert client.get(f"/models/{alice_job['id']}/clone").status_code == 200
+    client.post("/logout")
+    client.post("/login", data={"username": "alice"})
+    assert client.put(f"/api/jobs/{alice_job['id']}", json={"name": "mine"}).get_json()["name"] == "mine"
+    details = client.get(f"/api/jobs/{alice_job['id']}/details").get_json()
+    assert details["owner"] == "alice"
+
+
+def test_shared_secret_and_proxy_header(real):
+    make, tmp_path, _ = real
+    app, _ = make(LOGIN=True, LOGIN_SECRET="lab-secret")
+    client = app.test_client()
+    assert 'id="secret"' in client.get("/login").get_data(as_text=True)
+    assert client.post("/login", data={"username": "bob", "secret": "wrong"}).status_code == 400
+    assert client.post("/login", data={"username": "bob", "secret": "lab-secret"}).status_code == 302
+    app2, svc2 = make(REMOTE_USER_HEADER="X-Remote-User")
+    client2 = app2.test_client()
+    ds, carol_job = _model(svc2, tmp_path, "carol")
+    assert client2.put(f"/api/jobs/{carol_job['id']}", json={"notes": "n"}).status_code == 401
+    assert client2.put(f"/api/jobs/{carol_job['id']}", json={"notes": "n"},
+                       headers={"X-Remote-User": "dave"}).status_code == 403
+    assert client2.put(f"/api/jobs/{carol_job['id']}", json={"notes": "n"},
+                       headers={"X-Remote-User": "carol"}).get_json()["notes"] == "n"
+
+
+def test_without_login_everyone_is_the_local_user(real):
+    make, tmp_path, _ = real
+    app, svc = make()
+    client = app.test_client()
+    ds, job = _model(svc, tmp_path, "alice")
+    assert 'id="nav-user"' not in client.get("/").get_data(as_text=True)
+    assert client.put(f"/api/jobs/{job['id']}", json={"name": "anyone may"}).get_json()["name"] == "anyone may"
+    assert client.get("/login").status_code == 302
+
+
+def test_make_pretrained_and_archive_upload_on_the_real_service(real):
+    make, tmp_path, data = real
+    app, svc = make()
+    client = app.test_client()
+    ds, job = _model(svc, tmp_path, "alice")
+    assert svc.train(job["id"]) == "Done"
+    from jobs.infer import latest_snapshot
+    write_weights(latest_snapshot(job["dir"]), {"conv1": [np.ones((4, 1, 3, 3), np.float32), np.zeros(4, np.float32)]})
+    resp = client.post(f"/models/{job['id']}/to_pretrained", data={"name": "from m"})
+    assert resp.status_code == 302 and "tab=pretrained" in resp.headers["Location"]
+    [entry] = [p for p in client.get("/api/pretrained").get_json() if p.get("kind") == "uploaded"]
+    assert entry["name"] == "from m"
+    layers = client.get(f"/api/pretrained/{entry['id']}/layers").get_json()
+    assert layers["layers"][0]["shapes"] == [[4, 1, 3, 3], [4]]
+    archive = client.get(f"/models/{job['id']}/download.zip")
+    assert archive.status_code == 200
+    info = json.loads(__import__("zipfile").ZipFile(io.BytesIO(archive.data)).read("info.json"))
+    assert info["snapshot file"].startswith("snapshot_iter_") and info["username"] == "alice"
+    up = client.post("/pretrained/archive", data={"archive": (io.BytesIO(archive.data), "m.zip"), "name": "round trip"},
+                     content_type="multipart/form-data")
+    assert up.status_code == 302
+    names = {p["name"] for p in client.get("/api/pretrained").get_json() if p.get("kind") == "uploaded"}
+    assert names == {"from m", "round trip"}
+    bad = client.post("/api/pretrained/archive", data={"archive": (io.BytesIO(b"not an archive"), "x.zip")},
+                      content_type="multipart/form-data", headers=JSON)
+    assert bad.status_code == 400 and "not a tar" in bad.get_json()["error"]
+    page = client.get("/pretrained/archive").get_data(as_text=True)
+    assert 'id="archive-form"' in page
+    assert os.path.isdir(data / "pretrained" / "uploaded")
