@@ -151,6 +151,17 @@ class FakeBackend:
     def epoch_costs(self):
         return dict(getattr(self, "costs", {}))
 
+    # GPUs: a test sets ``gpus`` (the summary) and ``hardware_panel`` to what the service would say.
+    def gpu_summary(self):
+        return dict(getattr(self, "gpus", {"total": 0, "free": [], "jobs": {}}))
+
+    def hardware(self, job_id):
+        self.job(job_id)
+        return dict(getattr(self, "hardware_panel", {
+            "device": "CPU", "gpus": [], "process": None,
+            "system": {"cores": 2, "load_average": [0.5, 0.4, 0.3], "memory_total": 8 << 30,
+                       "memory_available": 6 << 30, "memory_used_fraction": 0.25}}))
+
     # Pretrained models: the real store (web.pretrained_store) under this fake's folder; every
     # dataset of the fake has 1-channel features.
     def pretrained_models(self):

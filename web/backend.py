@@ -116,6 +116,16 @@ class Backend(Protocol):
     def snapshots(self, job: dict) -> list[dict]:
         """``[{iteration, epoch, file, size}]`` of a model from its summary (``jobs()`` entry)."""
 
+    def gpu_summary(self) -> dict:
+        """The GPUs trainings are given: {"total", "free": [indices], "jobs": {gpu: [job ids]}}
+        (jobs.service.JobService.gpu_summary)."""
+
+    def hardware(self, job_id: str) -> dict:
+        """A model's hardware panel: {"device" ("CPU" / "GPU 0,1"), "gpus" [{index, name,
+        memory_used, memory_total, utilization_percent}], "process" ({rss_bytes, cpu_percent,
+        threads, processes} or None when not running), "system" ({cores, load_average,
+        memory_total, memory_available})}."""
+
     def epoch_costs(self) -> dict:
         """``{network name: {seconds_per_image, images, seconds, job_id, job_name, status}}``: the
         latest ended training of each standard network here (``jobs.cost``)."""

@@ -235,6 +235,24 @@ class ModelForm(FlaskForm):
                              ("pycaffe", "Real Caffe (a pycaffe worker)"), ("auto", "Any worker")]),
         description="Which backend trains the model. Real Caffe needs a pycaffe worker "
                     "(docker/compose.yaml); the job waits until one takes it.")
+    gpu_count = IntegerField(
+        "GPUs (next available)", validators=[Optional(), NumberRange(min=0, max=64)],
+        description="Train on this many free GPUs; 0 = the CPU; empty = one GPU where the server has "
+                    "GPUs, else the CPU. Several GPUs: one process each, gradients averaged before every "
+                    "update (Caffe's multi-GPU rules; an epoch takes N times fewer iterations), PyTorch "
+                    "engine only: real Caffe trains a job on one GPU.")
+    gpus = StringField("…or these GPUs", validators=[Optional(), Length(max=200)],
+                       description="GPU numbers, e.g. 0,1 (instead of a count). Real Caffe: one GPU.")
+    share_gpus = BooleanField("May share its GPUs", validators=[Optional()],
+                              description="Run on GPUs other jobs use, if they allow sharing too.")
+
+    def validate_gpus(self, field):
+        parts = [p.strip() for p in (field.data or "").split(",") if p.strip()]
+        if any(not p.isdigit() for p in parts):
+            raise ValidationError("GPU numbers separated by commas, e.g. 0,1")
+        if parts and self.gpu_count.data not in (None, ""):
+            raise ValidationError("give a GPU count or GPU numbers, not both")
+
     solver_type = SelectField("Solver type", choices=choice_list(SOLVER_TYPES), default="SGD",
                               description="The optimisation algorithm.")
     base_lr = StringField("Base learning rate", default="0.01",

@@ -27,7 +27,8 @@ MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapsho
                        "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
                        "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
                        "network_source", "standard_network", "previous_network", "previous_snapshot",
-                       "pretrained_network", "custom_network", "group_name", "model_name", "backend")
+                       "pretrained_network", "custom_network", "group_name", "model_name", "backend",
+                       "gpu_count", "gpus", "share_gpus")
 
 # Datasets a model can be made for: built, or still being built (the model waits for it, as
 # jobs.service.create_model allows). Failed, aborted or interrupted builds have nothing to train on.
@@ -105,6 +106,10 @@ def service_model_options(form: dict, jobs_dir) -> tuple[dict, Path | None]:
         "crop_size": form.get("crop_size"),
         "lr_policy": _lr_policy(form),
         "backend": form.get("backend") or None,  # recorded on the job: only a worker for it takes it
+        # GPUs (jobs/gpus.py): a count of the next free ones, or these; the service checks them
+        "gpu_count": form.get("gpu_count"),
+        "gpus": (form.get("gpus") or "").strip() or None,
+        "share_gpus": True if form.get("share_gpus") else None,
     }
     source = form.get("network_source") or "standard"
     if source == "custom":
@@ -169,6 +174,9 @@ def model_form_values(values: dict) -> dict:
         "lr_gamma": policy.get("gamma"), "lr_power": policy.get("power"),
         "lr_step_values": policy.get("stepvalue"), "pretrained_model": values.get("pretrained"),
         "backend": values.get("backend"),
+        "gpu_count": values.get("gpu_count"),
+        "gpus": ",".join(str(g) for g in values["gpus"]) if isinstance(values.get("gpus"), list) else values.get("gpus"),
+        "share_gpus": values.get("share_gpus"),
     }
     if values.get("pretrained_network"):
         out["network_source"], out["pretrained_network"] = "pretrained", values["pretrained_network"]

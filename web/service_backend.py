@@ -289,6 +289,14 @@ class ServiceBackend:
         with _service_errors():
             return self.service.epoch_costs()
 
+    def gpu_summary(self):
+        with _service_errors():
+            return self.service.gpu_summary()
+
+    def hardware(self, job_id):
+        with _service_errors():
+            return self.service.hardware(job_id)
+
     def pretrained_network(self, pretrained_id, dataset_id):
         shape = self._dataset_shape(dataset_id)
         return pretrained_store.resolve(self.settings["DATA_DIR"], pretrained_id, shape[0] if shape else None)

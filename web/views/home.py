@@ -49,9 +49,13 @@ def render_home(active: str, upload: PretrainedUploadForm | None = None, status:
         tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": count,
                      "metric_names": metric_names[:4]})
     dataset_names = {j["id"]: j.get("name") or j["id"] for j in jobs if j.get("kind") == "dataset"}
+    try:
+        gpus = backend().gpu_summary()  # "n of m GPUs free" above the tabs
+    except Unavailable:
+        gpus = None
     return render_template("home.html", tabs=tabs, active=active, error=error, bulk=BulkForm(), dataset_names=dataset_names,
                            pretrained=pretrained, upload=upload or PretrainedUploadForm(), confirm=ConfirmForm(),
-                           max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD")), status
+                           max_pretrained_upload=current_app.config.get("MAX_PRETRAINED_UPLOAD"), gpus=gpus), status
 
 
 @bp.route("/jobs/bulk", methods=["POST"])

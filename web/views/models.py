@@ -100,7 +100,16 @@ def _live(job: dict) -> dict:
                           "archive_url": url_for("models.download", job_id=job["id"], snapshot=s["iteration"])})
     return {"status": status, "progress": job.get("progress"), "elapsed": running_seconds(job.get("history"), job.get("status"), job.get("elapsed")),
             "eta": job.get("eta") if running else None, "snapshots": snapshots,
-            "log": (job.get("log") or "")[-LOG_TAIL:], "waiting_note": _waiting_note(job)}
+            "log": (job.get("log") or "")[-LOG_TAIL:], "waiting_note": _waiting_note(job),
+            "hardware": _hardware(job["id"])}
+
+
+def _hardware(job_id: str) -> dict | None:
+    """The hardware panel (device, GPU memory/utilisation, the runner's CPU and memory), or None."""
+    try:
+        return backend().hardware(job_id)
+    except (Unavailable, LookupError, OSError):
+        return None
 
 
 LOG_TAIL = 20000  # characters of the log the model page shows
@@ -122,6 +131,7 @@ def show(job_id):
     resumable = any(str(f.get("name", "")).endswith(".solverstate") for f in job.get("files") or [])
     return render_template("model_show.html", job=job, evaluation=evaluation, evaluation_note=note,
                            confirm=ConfirmForm(), waiting_note=live["waiting_note"], resumable=resumable,
+                           hardware=live["hardware"],
                            poll_interval=current_app.config.get("POLL_INTERVAL_S", 2.0))
 
 

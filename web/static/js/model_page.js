@@ -198,6 +198,28 @@
     }
     const note = document.getElementById("waiting-note");
     if (note && !l.waiting_note) note.remove();
+    if (l.hardware) renderHardware(l.hardware);
+  }
+
+  function mib(n) { return Math.round(n / 1048576); }
+
+  function renderHardware(h) {  // the Hardware card, as model_show.html renders it
+    const device = document.getElementById("hw-device");
+    if (!device) return;
+    device.textContent = h.device;
+    const proc = document.getElementById("hw-process");
+    if (proc) {
+      const p = h.process;
+      proc.textContent = p ? mib(p.rss_bytes) + " MiB memory, " +
+        (p.cpu_percent === null || p.cpu_percent === undefined ? "–" : Math.round(p.cpu_percent)) +
+        " % CPU (100 % = one core), " + p.threads + " threads" +
+        (p.processes > 1 ? " in " + p.processes + " processes" : "") : "not running";
+    }
+    document.querySelectorAll("#hardware tr.hw-gpu").forEach((row, i) => {
+      const g = (h.gpus || [])[i];
+      if (g) row.cells[1].textContent = g.name + ": " + mib(g.memory_used) + " of " + mib(g.memory_total) +
+        " MiB, " + g.utilization_percent + " % busy";
+    });
   }
 
   setInterval(renderElapsed, 1000);
