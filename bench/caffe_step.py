@@ -3,7 +3,8 @@
 engine (``import caffe`` = caffeseg's engine), so both backends run the very same code.
 
 Python 3 + numpy + ``caffe`` only (real Caffe's interpreter has no torch). Prints one JSON line
-``{"backend", "forward_s", "fwdbwd_s", "threads_env"}`` (best of ``--repeat`` after a warm-up).
+``{"backend", "forward_s", "fwdbwd_s", "forward_cpu_s", "fwdbwd_cpu_s", "threads_env"}`` (best of
+``--repeat`` after a warm-up; ``*_cpu_s``: this process's CPU time).
 
     python bench/caffe_step.py --net NET.prototxt --weights W.caffemodel --data D.npy --label L.npy
 """
@@ -16,13 +17,16 @@ import numpy as np
 
 
 def best(fn, repeat):
+    """(best wall seconds, best CPU seconds of this process) of ``repeat`` runs after a warm-up.
+    CPU time hardly moves with other processes' load; wall time is what a user waits."""
     fn()  # warm-up: allocations, the engine's lazy kernels, OpenBLAS' pool
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def main(argv=None):
@@ -43,10 +47,11 @@ def main(argv=None):
         net.forward()
         net.backward()
 
-    forward = best(net.forward, args.repeat)
-    fwdbwd = best(step, args.repeat)
+    forward, forward_cpu = best(net.forward, args.repeat)
+    fwdbwd, fwdbwd_cpu = best(step, args.repeat)
     engine = bool(getattr(caffe, "__caffeseg_engine__", False))
     print(json.dumps({"backend": "engine" if engine else "caffe", "forward_s": forward, "fwdbwd_s": fwdbwd,
+                      "forward_cpu_s": forward_cpu, "fwdbwd_cpu_s": fwdbwd_cpu,
                       "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}),
           flush=True)
 
