@@ -251,3 +251,25 @@ def test_make_pretrained_and_archive_upload_on_the_real_service(real):
     page = client.get("/pretrained/archive").get_data(as_text=True)
     assert 'id="archive-form"' in page
     assert os.path.isdir(data / "pretrained" / "uploaded")
+
+
+def test_rmsprop_decay_field_reaches_the_solver_and_comes_back_on_clone(tmp_path):
+    from tests.test_web_integration import _built_dataset
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
+    ds = svc.import_dataset(str(_built_dataset(tmp_path / "built")), "imported")
+    assert 'name="rms_decay"' in client.get("/models/new").get_data(as_text=True)
+    form = {"dataset": ds["id"], "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
+            "batch_accumulation": "1", "solver_type": "RMSProp", "rms_decay": "0.95", "base_lr": "0.01",
+            "lr_policy": "fixed", "lr_step_size": "33", "lr_gamma": "0.1", "lr_power": "0.75", "lr_step_values": "50,85",
+            "mean_subtraction": "none", "network_source": "custom", "custom_network": TINY_NET, "model_name": "rms"}
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    [job] = svc.list_jobs("model")
+    solver = open(os.path.join(job["dir"], "solver.prototxt")).read()
+    assert "rms_decay: 0.95" in solver and 'type: "RMSProp"' in solver
+    assert 'value="0.95"' in client.get(f"/models/{job['id']}/clone").get_data(as_text=True)
+    bad = client.post("/models/new", data=dict(form, rms_decay="1.5", model_name="bad"))
+    assert bad.status_code == 400 and len(svc.list_jobs("model")) == 1

@@ -260,6 +260,9 @@ class ModelForm(FlaskForm):
                           description="Initial learning rate. Several comma-separated values create one job per value.")
     weight_decay = FloatField("Weight decay", validators=[Optional(), NumberRange(min=0)],
                               description="L2 regularisation. Empty = base_lr / 100, the value DIGITS used silently.")
+    rms_decay = FloatField("RMSProp decay", validators=[Optional(), NumberRange(min=0, max=1)],
+                           description="RMSProp only: how fast the mean squared gradient forgets (Caffe's "
+                                       "rms_decay). Empty = 0.99.")
     lr_policy = SelectField("Policy", choices=choice_list(LR_POLICIES), default="step",
                             description="How the learning rate changes during training.")
     lr_step_size = FloatField("Step size (% of training)", default=33,

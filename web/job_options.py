@@ -24,7 +24,7 @@ SERVICE_FIELD_NAMES = {"dataset_id": "dataset", "name": "model_name", "network":
                        "pretrained": "pretrained_model", "mean": "mean_subtraction"}
 
 MODEL_OPTION_FIELDS = ("dataset", "python_layer_server_file", "epochs", "snapshot_interval", "val_interval",
-                       "random_seed", "batch_accumulation", "solver_type", "weight_decay", "lr_policy",
+                       "random_seed", "batch_accumulation", "solver_type", "weight_decay", "rms_decay", "lr_policy",
                        "lr_step_size", "lr_gamma", "lr_power", "mean_subtraction", "crop_size",
                        "network_source", "standard_network", "previous_network", "previous_snapshot",
                        "pretrained_network", "custom_network", "group_name", "model_name", "backend",
@@ -123,6 +123,8 @@ def service_model_options(form: dict, jobs_dir) -> tuple[dict, Path | None]:
         raise BadRequest("choose a pretrained network", {"pretrained_network": "choose a pretrained network"})
     else:
         opts["standard_network"] = form.get("standard_network")
+    if form.get("rms_decay") not in (None, "") and (form.get("solver_type") or "SGD") == "RMSProp":
+        opts["rms_decay"] = float(form["rms_decay"])  # Caffe's default 0.99 when left empty
     if form.get("pretrained_model"):
         opts["pretrained"] = list(form["pretrained_model"])
     if form.get("pretrained_network_id"):
@@ -168,6 +170,7 @@ def model_form_values(values: dict) -> dict:
         "snapshot_interval": values.get("snapshot_interval"), "val_interval": values.get("val_interval"),
         "random_seed": values.get("random_seed"), "batch_accumulation": values.get("iter_size"),
         "solver_type": values.get("solver_type"), "weight_decay": values.get("weight_decay"),
+        "rms_decay": values.get("rms_decay"),
         "base_lr": values.get("base_lr"), "batch_size": values.get("batch_size"),
         "mean_subtraction": values.get("mean"), "crop_size": values.get("crop_size"),
         "lr_policy": policy.get("policy"), "lr_step_size": policy.get("stepsize"),
