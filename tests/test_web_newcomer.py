@@ -35,3 +35,40 @@ def test_the_form_says_the_lab_layer_needs_no_file(env):
     html = client.get("/models/new").get_data(as_text=True)
     assert "digits_python_layers.py (Dice, DiceLoss, SegmentationMetrics) is supplied to every job" in html
     assert "needs nothing here" in html
+
+
+# -- item 14: the dataset form and page ------------------------------------------------------------
+
+def test_dataset_form_is_prefilled_with_the_sample_when_it_exists(env):
+    app, client, fake, data = env
+    html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
+    assert 'id="sample-note"' not in html
+    (data / "sample" / "challenge_training").mkdir(parents=True)
+    (data / "sample" / "TrainingDataContours").mkdir()
+    html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
+    assert 'id="sample-note"' in html
+    assert f'value="{data / "sample" / "challenge_training"}"' in html
+    assert f'value="{data / "sample" / "TrainingDataContours"}"' in html
+
+
+def test_dataset_form_has_no_encoder_batch_size_and_clone_keeps_the_build_options(env):
+    app, client, fake, _ = env
+    assert 'name="encoder_batch_size"' not in client.get("/datasets/new/sunnybrook").get_data(as_text=True)
+    from web import job_options
+    restored = job_options.dataset_form_values(
+        {"plugin": "sunnybrook", "values": {"val_percent": 10}, "name": "d (clone)",
+         "build": {"encoding": "png", "label_encoding": "png", "workers": 1, "enforce_same_shape": False}},
+        {"group_name": "lab"})
+    assert restored["options"] == {"dataset_name": "d (clone)", "group_name": "lab", "encoding": "png",
+                                   "label_encoding": "png", "encoder_threads": 1, "enforce_same_shape": False}
+
+
+def test_dataset_page_shows_options_by_label_and_why_delete_is_disabled(env):
+    app, client, fake, _ = env
+    ds = fake.add_job("dataset", "sunny-ds", plugin="sunnybrook")
+    fake.jobs_[ds]["info"]["form_values"] = {"channel_conversion": "L", "val_percent": 10, "split_by": "patient"}
+    fake.add_job("model", "fcn on it", dataset_id=ds)
+    html = client.get(f"/datasets/{ds}").get_data(as_text=True)
+    assert "<dt>Channel conversion</dt><dd>Grayscale (1 channel)</dd>" in html
+    assert "channel_conversion" not in html.split('id="dataset-options"')[1].split("</dl>")[0]
+    assert "Cannot be deleted: used by 1 model (fcn on it); delete them first." in html

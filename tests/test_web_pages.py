@@ -83,7 +83,7 @@ def test_dataset_form_has_plugin_and_generic_fields_with_help(env):
     app, client, fake, _ = env
     html = client.get("/datasets/new/sunnybrook").get_data(as_text=True)
     for name in ("image_folder", "contour_folder", "channel_conversion", "val_percent", "contour_type", "split_by", "seed",
-                 "encoding", "encoder_batch_size", "encoder_threads", "db_backend", "enforce_same_shape",
+                 "encoding", "encoder_threads", "db_backend", "enforce_same_shape",
                  "group_name", "dataset_name"):
         assert f'name="{name}"' in html, name
     assert html.count('class="help"') >= 14
@@ -603,7 +603,8 @@ def test_a_dataset_that_models_use_says_so_instead_of_offering_delete(env):
     ds = fake.add_job("dataset", "in use")
     fake.add_job("model", "first", dataset_id=ds)
     html = client.get(f"/datasets/{ds}").get_data(as_text=True)
-    assert re.search(r'<button[^>]*disabled id="delete-btn" title="Used by 1 model: first\. Delete them first\."', html)
+    assert re.search(r'<button[^>]*disabled id="delete-btn" aria-describedby="delete-reason"', html)
+    assert "Cannot be deleted: used by 1 model (first); delete them first." in html  # written, not only a tooltip
     free = fake.add_job("dataset", "free")
     html = client.get(f"/datasets/{free}").get_data(as_text=True)
     assert 'id="delete-btn" data-confirm="Delete this dataset and its files?"' in html

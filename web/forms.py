@@ -107,7 +107,7 @@ def parse_number_list(text: str | None, integer: bool = False) -> list:
 
 # -- dataset form ------------------------------------------------------------------------
 
-GENERIC_DATASET_FIELDS = ("encoding", "label_encoding", "encoder_batch_size", "encoder_threads", "db_backend",
+GENERIC_DATASET_FIELDS = ("encoding", "label_encoding", "encoder_threads", "db_backend",
                           "enforce_same_shape", "group_name", "dataset_name")
 
 
@@ -159,9 +159,6 @@ class _DatasetBase(FlaskForm):
                                  default="none",
                                  description="How label images are stored. Labels are class numbers, so only "
                                              "lossless storage is offered.")
-    encoder_batch_size = IntegerField("Encoder batch size", default=32,
-                                      validators=[InputRequired(), NumberRange(min=1, max=4096)],
-                                      description="Records written to the database per transaction.")
     encoder_threads = IntegerField("Encoder threads", default=4,
                                    validators=[InputRequired(), NumberRange(min=1, max=64)],
                                    description="Worker processes that read and encode images in parallel.")

@@ -255,5 +255,9 @@ def dataset_build_options(options: dict) -> dict:
 
 def dataset_form_values(values: dict, job: dict) -> dict:
     """``jobs.service.clone_values`` of a dataset → ``{plugin, values, options}`` for its form."""
+    build = values.get("build") or {}
+    options = {"dataset_name": values.get("name"), "group_name": job.get("group_name"),
+               "encoding": build.get("encoding"), "label_encoding": build.get("label_encoding"),
+               "encoder_threads": build.get("workers"), "enforce_same_shape": build.get("enforce_same_shape")}
     return {"plugin": values.get("plugin"), "values": values.get("values") or {},
-            "options": {"dataset_name": values.get("name"), "group_name": job.get("group_name")}}
+            "options": {k: v for k, v in options.items() if v is not None}}

@@ -15,11 +15,11 @@ STAGES = ("train", "val")
 PAGE_SIZE = 12
 
 
-def _render_form(plugin, form, clone_of=None):
+def _render_form(plugin, form, clone_of=None, sample=None):
     plugin_fields = [form[name] for name in form.plugin_field_names]
     generic_fields = [form[name] for name in GENERIC_DATASET_FIELDS]
     return render_template("dataset_new.html", plugin=plugin, form=form, plugin_fields=plugin_fields,
-                           generic_fields=generic_fields, clone_of=clone_of)
+                           generic_fields=generic_fields, clone_of=clone_of, sample=sample)
 
 
 @bp.route("/new/<plugin_id>", methods=["GET", "POST"])
@@ -44,7 +44,28 @@ def new(plugin_id):
             return _render_form(plugin, form), 501
         return redirect(url_for("datasets.show", job_id=job_id))
     status = 400 if request.method == "POST" else 200
-    return _render_form(plugin, form), status
+    sample = None
+    if request.method == "GET":
+        sample = _prefill_sample(plugin.id, form)
+    return _render_form(plugin, form, sample=sample), status
+
+
+# The sample phantom `caffeseg serve` writes into DATA_DIR/sample (as caffeseg lab uses it).
+SAMPLE_FOLDERS = {"sunnybrook": {"image_folder": "challenge_training", "contour_folder": "TrainingDataContours"}}
+
+
+def _prefill_sample(plugin_id: str, form) -> str | None:
+    """Fill the empty folder fields with the sample's when DATA_DIR/sample has them; returns the folder."""
+    from pathlib import Path
+    from flask import current_app
+    folders = SAMPLE_FOLDERS.get(plugin_id)
+    root = Path(current_app.config.get("DATA_DIR") or ".") / "sample"
+    if not folders or not all((root / sub).is_dir() for sub in folders.values()):
+        return None
+    for name, sub in folders.items():
+        if name in form and not form[name].data:
+            form[name].data = str(root / sub)
+    return str(root)
 
 
 @bp.route("/<job_id>/clone")
@@ -58,11 +79,28 @@ def clone(job_id):
     return _render_form(plugin, form, clone_of=job)
 
 
+def _labelled_options(values: dict, plugin_id: str | None) -> list[tuple[str, str]]:
+    """The plugin's form values as its form shows them: field labels, choice labels, yes/no."""
+    try:
+        fields = {f.name: f for f in plugin_by_id(plugin_id or "sunnybrook").form_fields()}
+    except LookupError:  # the plugin is gone or broken: the raw keys are all there is
+        fields = {}
+    out = []
+    for key, value in values.items():
+        spec = fields.get(key)
+        if spec is not None and spec.choices:
+            value = dict((str(v), label) for v, label in spec.choices).get(str(value), value)
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        out.append((spec.label if spec is not None else key.replace("_", " "), "–" if value in (None, "") else str(value)))
+    return out
+
+
 @bp.route("/<job_id>")
 def show(job_id):
     job = load_job(job_id, "dataset")
     info = job.get("info") or {}
-    options = info.get("form_values") or {}
+    options = _labelled_options(info.get("form_values") or {}, job.get("plugin"))
     try:  # a dataset that models use cannot be deleted: the page says so up front
         used_by = [j for j in backend().jobs() if j.get("kind") == "model" and j.get("dataset_id") == job_id]
     except Unavailable:
