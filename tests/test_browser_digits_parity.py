@@ -1,0 +1,48 @@
+"""Issue 18's pages in Chromium *enforcing* the CSP (no inline script may run): the job page's
+panels and inline edit (CSRF token included), the Info page, and the Test Many request page
+following its progress from the status API until it reloads with the results."""
+from __future__ import annotations
+
+import pytest
+
+from test_browser_e2e import fake_site  # noqa: F401 (the fixture)
+from test_hardening_browser import enforcing_page, wait_until  # noqa: F401 (the fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+
+def test_job_panels_edit_info_and_test_many_under_the_csp(enforcing_page, fake_site):  # noqa: F811
+    url, fake, data = fake_site
+    page = enforcing_page
+    ds = fake.add_job("dataset", "d")
+    model = fake.add_job("model", "m", dataset_id=ds)
+    page.goto(f"{url}/models/{model}")
+    assert page.locator("#job-timeline tbody tr").count() == 3
+    assert page.locator("#job-related [data-relation=dataset]").inner_text().startswith("dataset: d")
+    page.fill("#job-edit-name", "renamed in the browser")
+    page.fill("#job-edit-notes", "lr looks high")
+    page.click("#job-edit-save")
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text().startswith("renamed in the browser")
+    assert "lr looks high" in page.locator("#job-notes").inner_text()
+    assert page.evaluate("window.__csp") == []
+
+    page.click("#nav-info")
+    page.wait_for_load_state()
+    assert page.locator("#info-server").inner_text() == "fake-host"
+
+    page.goto(f"{url}/models/{model}/test-many")
+    page.fill("#tm-folder", str(data))
+    page.click("#tm-start")
+    page.wait_for_load_state()
+    test_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("#tm-table").count() == 1  # the fake finishes at once
+    # a request still running: the page follows its progress, then reloads with the results
+    rows = fake.tests_[test_id].pop("rows")  # the service writes its rows when the request ends
+    fake.tests_[test_id]["status"] = {"state": "Running", "done": 0, "total": 1, "error": None}
+    page.goto(page.url)
+    assert page.locator("#tm-table").count() == 0 and page.locator("#tm-count").inner_text() == "0 / 1"
+    fake.tests_[test_id].update(rows=rows, status={"state": "Done", "done": 1, "total": 1, "error": None})
+    wait_until(page, "document.querySelector('#tm-table') !== null")
+    assert "img0.png" in page.locator("#tm-table").inner_text()
+    assert page.evaluate("window.__csp") == [] and not page.js_errors
