@@ -37,6 +37,7 @@ class KnownModel:
     use: str                  # how the project turns it into segmentation weights
     conversion: Optional[str] = None  # jobs.surgery function that makes FCN weights of it
     network: Optional[str] = None     # the prototxt/ network (stem) these weights start
+    approx_bytes: Optional[int] = None  # shown before downloading: 4 bytes per parameter of the net
 
 
 KNOWN_MODELS = {
@@ -47,9 +48,11 @@ KNOWN_MODELS = {
         sha1="9116a64c0fbe4459d18f4bb6b56d647b63920377",
         size=None,
         description="BVLC AlexNet, ImageNet ILSVRC2012 classifier (RGB, BGR mean-subtracted input)",
-        use="jobs.surgery.alexnet_to_fcn -> prototxt/fcn_alexnet.prototxt (gray=True for 1-channel data)",
+        use="made into FCN-AlexNet weights (fc6/fc7 become convolutions; for 1-channel data conv1's RGB "
+            "filters are summed into one gray filter)",
         conversion="alexnet_to_fcn",
         network="fcn_alexnet",
+        approx_bytes=244 * 10 ** 6,  # 61.0 M parameters
     ),
     "fcn8s-heavy-pascal": KnownModel(
         name="fcn8s-heavy-pascal",
@@ -58,8 +61,10 @@ KNOWN_MODELS = {
         sha1="c449ea74dd7d83751d1357d6a8c323fcf4038962",
         size=None,
         description="FCN-8s trained on PASCAL VOC (21 classes), Long et al. 2015",
-        use="copy_from into prototxt/fcn_8s.prototxt (trunk conv1_1..fc7 loads; 2-class score layers start fresh)",
+        use="loaded into FCN-8s as it is: the trunk (conv1_1 … fc7) loads, the 2-class score layers start "
+            "from their fillers",
         network="fcn_8s",
+        approx_bytes=538 * 10 ** 6,  # 134.5 M parameters (21-class heads)
     ),
     "VGG16": KnownModel(
         name="VGG16",
@@ -68,9 +73,10 @@ KNOWN_MODELS = {
         sha1=None,
         size=None,
         description="VGG ILSVRC 16-layer classifier (Simonyan & Zisserman 2014)",
-        use="jobs.surgery.vgg16_to_fcn8s -> prototxt/fcn_8s.prototxt",
+        use="made into FCN-8s weights (fc6/fc7 become convolutions)",
         conversion="vgg16_to_fcn8s",
         network="fcn_8s",
+        approx_bytes=553 * 10 ** 6,  # 138.4 M parameters
     ),
 }
 

@@ -255,3 +255,33 @@ def test_ui_download_model_says_it_is_preparing_until_the_download_starts(browse
         page.wait_for_selector("#download-note[data-state=preparing]", state="visible", timeout=2000)
     page.wait_for_selector("#download-note[data-state=started]", timeout=10000)
     assert not page.js_errors
+
+
+# -- item 15 -----------------------------------------------------------------------------------
+
+def test_ui_internal_split_blobs_are_hidden_until_asked_for(browser_page, fake_site):
+    url, fake, _ = fake_site
+    ds = fake.add_job("dataset", "d")
+    m = fake.add_job("model", "viz", dataset_id=ds)
+    real_infer = fake.infer
+
+    def infer(job_id, snapshot, **kw):
+        result = real_infer(job_id, snapshot, **kw)
+        if kw.get("visualize"):
+            row = dict(result["layers"][0])
+            result["layers"] = [row, dict(row, name="conv1_relu1_0_split_0"), dict(row, name="conv1_relu1_0_split_1"),
+                                dict(row, name="score_split")]  # not Caffe's pattern: kept
+        return result
+    fake.infer = infer
+    page = browser_page
+    page.goto(f"{url}/models/{m}/infer")
+    page.select_option("select[name=record]", "00000001")
+    page.check("input[name=visualize]")
+    page.click("form#record-form button[type=submit], form:has(select[name=record]) button[type=submit]")
+    page.wait_for_selector("#layer-table")
+    visible = lambda: page.eval_on_selector_all("#layer-table tbody tr", "trs => trs.filter(t => !t.hidden).map(t => t.cells[0].textContent)")  # noqa: E731
+    assert visible() == ["conv1", "score_split"]
+    assert "internal split blobs (2" in page.inner_text("label:has(#show-split-blobs)")
+    page.check("#show-split-blobs")
+    assert visible() == ["conv1", "conv1_relu1_0_split_0", "conv1_relu1_0_split_1", "score_split"]
+    assert not page.js_errors

@@ -179,4 +179,4 @@ def test_the_api_link_opens_a_reference_page_of_every_operation(env):
         for method in item:
             if method in ("get", "post", "put", "patch", "delete"):
                 assert f'id="{method}{path}"'.replace("/", "-").replace("{", "").replace("}", "") in html, (method, path)
-    assert "variant" in html and "one of gray, rgb" in html  # body fields of POST /api/pretrained/{name}/prepare
+    assert "variant" in html and "one of <code>gray</code>, <code>rgb</code>" in html  # body fields of POST /api/pretrained/{name}/prepare

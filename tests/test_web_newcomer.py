@@ -72,3 +72,37 @@ def test_dataset_page_shows_options_by_label_and_why_delete_is_disabled(env):
     assert "<dt>Channel conversion</dt><dd>Grayscale (1 channel)</dd>" in html
     assert "channel_conversion" not in html.split('id="dataset-options"')[1].split("</dl>")[0]
     assert "Cannot be deleted: used by 1 model (fcn on it); delete them first." in html
+
+
+# -- item 15: the pretrained tab and the API reference ---------------------------------------------
+
+def test_pretrained_tab_says_what_is_done_in_words_and_the_download_size(env):
+    app, client, fake, _ = env
+    html = client.get("/?tab=pretrained").get_data(as_text=True)
+    assert "jobs.surgery" not in html and "gray=True" not in html
+    assert "made into FCN-AlexNet weights" in html
+    assert "download: about 232.7 MB" in html  # bvlc_alexnet: 61.0 M parameters x 4 bytes
+
+
+def test_api_reference_renders_code_enums_and_form_help(env):
+    import re
+    app, client, fake, _ = env
+    html = client.get("/api/").get_data(as_text=True)
+    text_only = re.sub(r"<[^>]+>", "", html)
+    assert "`" not in text_only  # markdown code spans became <code>
+    assert "<code>X-Requested-With</code>" in html
+    assert "one of , " not in text_only
+    assert 'one of "" (empty: the default), <code>engine</code>, <code>pycaffe</code>, <code>auto</code>' in html
+    # a body field the spec leaves undescribed takes the form's help text
+    epochs_row = re.search(r'<td class="mono">epochs</td>.*?</tr>', html, re.S).group(0)
+    assert "Training epochs: How many passes over the training set." in epochs_row
+
+
+def test_openapi_yaml_is_shown_in_the_browser_and_downloadable(env):
+    app, client, fake, _ = env
+    shown = client.get("/api/openapi.yaml")
+    assert shown.mimetype == "text/plain" and "Content-Disposition" not in shown.headers
+    assert shown.get_data(as_text=True).startswith("openapi:")
+    saved = client.get("/api/openapi.yaml?download=1")
+    assert saved.headers["Content-Disposition"] == "attachment; filename=openapi.yaml"
+    assert saved.get_data() == shown.get_data()

@@ -19,6 +19,7 @@ def operations() -> tuple[dict, list[dict]]:
     """(the spec's ``info``, [{method, path, summary, description, parameters, body_type,
     body_fields, required, responses, anchor}] in the spec's order)."""
     spec = yaml.safe_load(OPENAPI_PATH.read_text())
+    helps = _form_field_help()
     operations = []
     for path, item in spec.get("paths", {}).items():
         shared = item.get("parameters", [])
@@ -33,11 +34,36 @@ def operations() -> tuple[dict, list[dict]]:
                 "description": op.get("description", ""),
                 "parameters": [p for p in shared + op.get("parameters", []) if "name" in p],
                 "body_type": next(iter(body), None),
-                "body_fields": sorted((schema.get("properties") or {}).items()),
+                "body_fields": [(name, _described(field, helps.get(name)))
+                                for name, field in sorted((schema.get("properties") or {}).items())],
                 "required": set(schema.get("required") or []),
                 "responses": sorted((op.get("responses") or {}).keys()),
                 "anchor": (method + path).replace("/", "-").replace("{", "").replace("}", "")})
     return spec.get("info", {}), operations
+
+
+def _form_field_help() -> dict:
+    """{field name: its form help} of the forms the API bodies go through (the model form and
+    the dataset form's generic fields): a body field the spec does not describe gets the form's text."""
+    from web.forms import ModelForm, _DatasetBase
+    out = {}
+    for form_cls in (_DatasetBase, ModelForm):
+        for name in dir(form_cls):
+            unbound = getattr(form_cls, name, None)
+            kwargs = getattr(unbound, "kwargs", None)
+            if not isinstance(kwargs, dict) or not hasattr(unbound, "field_class"):
+                continue
+            label = kwargs.get("label") or (unbound.args[0] if getattr(unbound, "args", None) else "")
+            text = kwargs.get("description") or ""
+            out[name] = f"{label}: {text}" if label and text else (label or text)
+    return out
+
+
+def _described(field: dict, fallback: str | None) -> dict:
+    field = dict(field or {})
+    if not field.get("description") and fallback:
+        field["description"] = fallback
+    return field
 
 
 def with_defaults(form_cls, flat: dict) -> MultiDict:

@@ -35,6 +35,7 @@ def catalogue(data_dir) -> list[dict]:
         download = root / model.filename
         out.append({"id": name, "name": name, "kind": "known", "description": model.description,
                     "use": model.use, "network": model.network, "path": str(download),
+                    "download_size": model.approx_bytes,
                     "available": download.is_file(),
                     "size": download.stat().st_size if download.is_file() else None,
                     "variants": {"gray": pretrained.network_weights(name, root, gray=True),

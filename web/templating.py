@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 
 from markupsafe import Markup, escape
 
@@ -78,9 +79,33 @@ def status_class(status) -> str:
     return STATUS_CLASS.get(str(status or "").lower(), "wait")
 
 
+_SPLIT_BLOB = re.compile(r"_split_\d+$")
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def inline_code(text) -> Markup:
+    """Markdown-style `code` spans of a description as <code> (the rest escaped)."""
+    parts = _CODE_SPAN.split(str(text or ""))
+    return Markup("".join(f"<code>{escape(p)}</code>" if i % 2 else str(escape(p)) for i, p in enumerate(parts)))
+
+
+def enum_values(values) -> Markup:
+    """An enum as the API reference lists it: each value as code, the empty string named as such."""
+    shown = ['"" (empty: the default)' if v == "" else ("null" if v is None else f"<code>{escape(v)}</code>")
+             for v in values or []]
+    return Markup(", ".join(shown))
+
+
+def split_blob(name) -> bool:
+    """A blob Caffe's automatic Split layers add (``conv1_relu1_0_split_1``): internal, hidden by default."""
+    return bool(_SPLIT_BLOB.search(str(name or "")))
+
+
 def install(app) -> None:
     app.jinja_env.filters.update(duration=duration, timestamp=timestamp, filesize=filesize,
                                  number=number, sparkline=sparkline, status_class=status_class)
+    app.jinja_env.filters.update(inline_code=inline_code, enum_values=enum_values)
+    app.jinja_env.tests["split_blob"] = split_blob
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
 

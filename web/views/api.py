@@ -46,7 +46,11 @@ def health():
 
 @bp.route("/openapi.yaml")
 def openapi():
-    return Response(api_spec.OPENAPI_PATH.read_text(), mimetype="application/yaml")
+    """The spec, shown as text in a browser (``?download=1``: as a file to save)."""
+    if request.args.get("download"):
+        return Response(api_spec.OPENAPI_PATH.read_text(), mimetype="application/yaml",
+                        headers={"Content-Disposition": "attachment; filename=openapi.yaml"})
+    return Response(api_spec.OPENAPI_PATH.read_text(), mimetype="text/plain")
 
 
 @bp.route("/")
