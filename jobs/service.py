@@ -56,7 +56,7 @@ from jobs import store as st
 from jobs.job_settings import training_settings
 from jobs.model_job import ModelJobError, job_warnings, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
-from jobs.scheduler import Scheduler, ingest_metrics, pid_alive, read_runner_status
+from jobs.scheduler import Scheduler, ingest_metrics, patiently, pid_alive, read_runner_status
 from plugin.base import PluginError, get_plugin
 
 
@@ -372,12 +372,13 @@ class JobService:
             aborted = isinstance(exc, DatasetAborted) or os.path.exists(flag)
             status, message = (st.ABORTED, "aborted") if aborted else (st.ERROR, str(exc) or type(exc).__name__)
             on_log("%s: %s" % ("aborted" if aborted else "error", message))
-            self.store.update(job_id, pid=None)
-            self.store.set_status(job_id, status, message)
+            # a locked store must not leave a finished build Running: wait it out (backoff)
+            patiently(self.store.update, job_id, pid=None, log=on_log)
+            patiently(self.store.set_status, job_id, status, message, log=on_log)
             return status, exc
         on_log("done")
-        self.store.update(job_id, pid=None)
-        self.store.set_status(job_id, st.DONE)
+        patiently(self.store.update, job_id, pid=None, log=on_log)
+        patiently(self.store.set_status, job_id, st.DONE, log=on_log)
         if os.path.exists(flag):
             os.unlink(flag)  # the abort came after the last record: the dataset is complete
         return st.DONE, None

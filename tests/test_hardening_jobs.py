@@ -262,3 +262,19 @@ def test_a_diverging_validation_is_an_error_with_advice_and_keeps_its_point(svc,
     val_loss = [r for r in series if r[1] == "loss" and r[3] == "val"]
     assert val_loss == [(5, "loss", None, "val")]  # the point is there, as a gap (null)
     assert [r[0] for r in series if r[1] == "loss" and r[3] == "train"] == [1, 2, 3, 4, 5]
+
+
+def test_a_dataset_build_ending_while_the_database_is_locked_is_still_done(tmp_path, phantom_release, monkeypatch):
+    images, contours_dir = phantom_release
+    monkeypatch.setenv("CAFFESEG_DB_BUSY_TIMEOUT", "0.2")  # each statement gives up after 0.2 s
+    service = JobService(str(tmp_path / "jobs"))
+    holder = {}
+
+    def on_progress(event):  # lock the database while the build runs, longer than the build
+        if "thread" not in holder and event.get("done_all"):
+            holder["thread"] = _lock_database(service.store.path, 3.0)
+    job = service.create_dataset("sunnybrook", {"image_folder": str(images), "contour_folder": str(contours_dir),
+                                                "split_by": "slice"}, "ds", progress=on_progress)
+    holder["thread"].join()
+    assert job["status"] == st.DONE
+    assert "job database is busy" in open(os.path.join(job["dir"], "log.txt")).read()
