@@ -273,3 +273,35 @@ def test_rmsprop_decay_field_reaches_the_solver_and_comes_back_on_clone(tmp_path
     assert 'value="0.95"' in client.get(f"/models/{job['id']}/clone").get_data(as_text=True)
     bad = client.post("/models/new", data=dict(form, rms_decay="1.5", model_name="bad"))
     assert bad.status_code == 400 and len(svc.list_jobs("model")) == 1
+
+
+def test_layer_pictures_in_the_inference_result(tmp_path, monkeypatch):
+    """DIGITS' "Show visualizations": each blob's activation grid is stored beside the result and
+    shown in the layer table."""
+    from jobs import infer as inf
+    from tests.test_jobs_eval_infer_export import FakeCaffe, job as job_fixture  # noqa: F401
+    from tests.test_jobs_eval_infer_export import write_db
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
+    images = [np.zeros((1, 8, 8), np.uint8) for _ in range(2)]
+    images[0][0, 2:6, 2:6] = 200
+    for stage in ("train", "val"):
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), images)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), [np.zeros((1, 8, 8), np.uint8)] * 2)
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
+    dataset = svc.import_dataset(ds, "d")
+    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    result = client.post(f"/api/jobs/{m['id']}/infer", json={"record": "00000000", "visualize": True}).get_json()
+    data_row = next(layer for layer in result["layers"] if layer["name"] == "data")
+    assert data_row["picture"] and "png" not in data_row
+    picture = client.get(f"/models/{m['id']}/inference/{result['token']}/{data_row['picture']}.png")
+    import cv2
+    decoded = cv2.imdecode(np.frombuffer(picture.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert picture.status_code == 200 and decoded.shape == (8, 8) and decoded[3, 3] == 255 and decoded[0, 0] == 0
+    page = client.get(result["page"]).get_data(as_text=True)
+    assert 'class="layer-picture"' in page
+    assert client.get(f"/models/{m['id']}/inference/{result['token']}/layer-x.png").status_code == 404

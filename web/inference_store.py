@@ -63,12 +63,21 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
         has_label = result.get("label") is not None
         if has_label:
             (tmp / "label.png").write_bytes(imaging.class_map_png(result["label"]))
+        layers = []  # each layer picture (DIGITS' activation grid / weight image) as layer-<n>.png
+        for n, layer in enumerate(result.get("layers") or []):
+            layer = dict(layer)
+            picture = layer.pop("png", None)
+            if picture:
+                (tmp / f"layer-{n}.png").write_bytes(picture)
+                layer["picture"] = f"layer-{n}"
+            layers.append(layer)
         summary = {
             "token": token, "source": source, "snapshot": result.get("snapshot"),
             "classes": list(result.get("classes") or []),
             "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
             "metrics": result.get("metrics") or {}, "has_label": has_label,
-            "layers": result.get("layers") or [], "shape": list(np.asarray(result["prediction"]).shape[-2:]),
+            "layers": layers, "param_total": result.get("param_total"),
+            "shape": list(np.asarray(result["prediction"]).shape[-2:]),
         }
         summary.update(extra or {})
         (tmp / "result.json").write_text(json.dumps(summary, default=float))

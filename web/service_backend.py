@@ -417,8 +417,11 @@ def _evaluation_view(table):
 def _inference_view(raw: dict, info) -> dict:
     """``infer_record``/``infer_image``'s answer → ``Backend.infer``'s (palette from the dataset)."""
     import numpy as np
+    # png: DIGITS' picture of the layer (activation grid, conv weights; jobs.visualize), stored as
+    # a file beside the result by web.inference_store; param_count on a layer's first weight row
     layers = [{"name": layer["name"], "kind": layer["kind"], "shape": layer["shape"], "mean": layer["mean"],
-               "std": layer["std"], "hist": {"counts": layer["histogram"], "edges": layer["edges"]}}
+               "std": layer["std"], "hist": {"counts": layer["histogram"], "edges": layer["edges"]},
+               "png": layer.get("png"), "param_count": layer.get("param_count")}
               for layer in raw.get("layers") or []]
     snapshot = raw["snapshot"]
     return {"image": np.asarray(raw["image"]), "prediction": np.asarray(raw["class_map"]),
@@ -426,5 +429,5 @@ def _inference_view(raw: dict, info) -> dict:
             "classes": list(raw.get("classes") or (info.classes if info is not None else [])),
             "palette": info.palette if info is not None else [],
             "metrics": {k: float(v) for k, v in (raw.get("metrics") or {}).items() if isinstance(v, (int, float))},
-            "layers": layers, "source": raw.get("source"),
+            "layers": layers, "source": raw.get("source"), "param_total": raw.get("param_total"),
             "snapshot": int(snapshot.rsplit("_iter_", 1)[1].split(".")[0]) if "_iter_" in snapshot else snapshot}

@@ -5,6 +5,7 @@ Results are computed and stored by ``web.inference_store``; these views only rou
 from __future__ import annotations
 
 import os
+import re
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
@@ -81,8 +82,8 @@ def result(job_id, token):
 @bp.route("/models/<job_id>/inference/<token>/<name>.png")
 def result_png(job_id, token, name):
     check_job_id(job_id)
-    if name not in ("image", "prediction", "label"):
-        abort(404)
+    if name not in ("image", "prediction", "label") and not re.fullmatch(r"layer-\d{1,5}", name):
+        abort(404)  # layer-<n>: a layer's picture (web.inference_store)
     job = load_job(job_id, "model")
     store.load_result(job, token)
     path = job_file(job["dir"], f"inference/{token}/{name}.png")
