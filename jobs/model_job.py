@@ -176,16 +176,20 @@ def _bundled_python_layers(net, given):
 
 def channel_mismatch_advice(layer, data_channels, weight_channels, path):
     """Every way out of a first convolution whose input channels differ from the dataset's."""
+    def channels(n):
+        return "%d channel%s%s" % (n, "" if n == 1 else "s", {1: " (gray)", 3: " (RGB)"}.get(n, ""))
     ways = []
     surgery = {(1, 3): "rgb-to-gray", (3, 1): "gray-to-rgb"}.get((data_channels, weight_channels))
     if surgery:
-        ways.append("convert the weights: 'caffeseg surgery %s %s OUT.caffemodel', then use OUT.caffemodel"
-                    % (surgery, path))
+        out = "%s_%s.caffemodel" % (os.path.splitext(path)[0], surgery.split("-")[-1])
+        ways.append("convert them on the server with 'caffeseg surgery %s %s %s' and give %s as the "
+                    "pretrained model" % (surgery, path, out, os.path.basename(out)))
     ways.append("use weights made for %d-channel data (upload them on the Pretrained Models tab)" % data_channels)
-    ways.append("use a dataset with %d channel(s) (channel conversion %s)"
-                % (weight_channels, {1: "L", 3: "RGB"}.get(weight_channels, "?")))
-    return ("%s: the data has %d channel(s), the weights in %s expect %d. Ways out: %s"
-            % (layer, data_channels, path, weight_channels, "; or ".join(ways)))
+    ways.append("build the dataset with %s instead (Clone it, channel conversion %s)"
+                % (channels(weight_channels), {1: "L", 3: "RGB"}.get(weight_channels, "?")))
+    return ("%s: the data has %s, the weights in %s were made for %s. Ways out: %s"
+            % (layer, channels(data_channels), path, channels(weight_channels),
+               "; ".join("(%d) %s" % (i + 1, way) for i, way in enumerate(ways))))
 
 
 def check_pretrained(net, weight_files, data_channels, param_shapes=None):

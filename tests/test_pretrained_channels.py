@@ -23,8 +23,9 @@ def weights(tmp_path, channels):
 def test_gray_weights_on_rgb_data_offer_gray_to_rgb(tmp_path):
     path = weights(tmp_path, 1)
     [problem] = check_pretrained(net_with_conv1(), [path], data_channels=3)["mismatches"]
-    assert "the data has 3 channel(s), the weights in %s expect 1" % path in problem
-    assert "'caffeseg surgery gray-to-rgb %s OUT.caffemodel'" % path in problem
+    assert "the data has 3 channels (RGB), the weights in %s were made for 1 channel (gray)" % path in problem
+    rgb = str(tmp_path / "w1_rgb.caffemodel")
+    assert "(1) convert them on the server with 'caffeseg surgery gray-to-rgb %s %s' and give w1_rgb.caffemodel" % (path, rgb) in problem
     assert "rgb-to-gray" not in problem
     assert "Pretrained Models tab" in problem and "channel conversion L" in problem
 
@@ -32,7 +33,7 @@ def test_gray_weights_on_rgb_data_offer_gray_to_rgb(tmp_path):
 def test_rgb_weights_on_gray_data_offer_rgb_to_gray(tmp_path):
     path = weights(tmp_path, 3)
     [problem] = check_pretrained(net_with_conv1(), [path], data_channels=1)["mismatches"]
-    assert "'caffeseg surgery rgb-to-gray %s OUT.caffemodel'" % path in problem
+    assert "'caffeseg surgery rgb-to-gray %s %s'" % (path, str(tmp_path / "w3_gray.caffemodel")) in problem
     assert "channel conversion RGB" in problem
 
 

@@ -106,3 +106,47 @@ def test_openapi_yaml_is_shown_in_the_browser_and_downloadable(env):
     saved = client.get("/api/openapi.yaml?download=1")
     assert saved.headers["Content-Disposition"] == "attachment; filename=openapi.yaml"
     assert saved.get_data() == shown.get_data()
+
+
+# -- item 2, on the page: gray weights on an RGB dataset -------------------------------------------
+
+def test_new_model_page_shows_the_channel_advice_once_beside_the_pretrained_field(tmp_path):
+    """The real service refuses gray weights on a 3-channel dataset; the form shows its advice
+    (the surgery of the direction that fits, with a concrete output file, and every other way
+    out) once, beside the pretrained-model field, and the banner only points at it."""
+    import html as html_mod
+    import re
+
+    import numpy as np
+
+    from engine.blobproto import array_to_blobproto
+    from engine.proto import caffe_pb2
+    from test_web_integration import TINY_NET
+    from tests.jobs_fixtures import write_dataset_json
+    from web import create_app
+    from web_helpers import write_lmdb_dataset
+    data, built = tmp_path / "data", tmp_path / "built"
+    data.mkdir()
+    write_lmdb_dataset(built, {"train": 4, "val": 2}, side=16, scale=16, box=(4, 9))
+    write_dataset_json(str(built), {"train": 4, "val": 2}, [3, 16, 16])  # an RGB dataset
+    net = caffe_pb2.NetParameter()
+    layer = net.layer.add(name="score", type="Convolution")
+    layer.blobs.append(array_to_blobproto(np.zeros((2, 1, 3, 3), np.float32)))  # gray weights
+    layer.blobs.append(array_to_blobproto(np.zeros(2, np.float32)))
+    weights = data / "fcn_gray.caffemodel"
+    weights.write_bytes(net.SerializeToString())
+    app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data)], "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    ds = app.extensions["caffeseg_backend"].service.import_dataset(str(built), "rgb")
+    resp = app.test_client().post("/models/new", data=model_form(
+        ds["id"], network_source="custom", custom_network=TINY_NET, mean_subtraction="none", pretrained_model=str(weights)))
+    assert resp.status_code == 400
+    page = html_mod.unescape(resp.get_data(as_text=True))
+    banner = re.search(r'class="flash flash-error"[^>]*>(.*?)</div>', page, re.S).group(1).strip()
+    assert banner == "Please correct the marked fields."
+    field = re.search(r'id="field-pretrained_model".*?class="field-error">(.*?)</', page, re.S).group(1)
+    rgb = str(data / "fcn_gray_rgb.caffemodel")
+    assert "the data has 3 channels (RGB), the weights in %s were made for 1 channel (gray)" % weights in field
+    assert "(1) convert them on the server with 'caffeseg surgery gray-to-rgb %s %s'" % (weights, rgb) in field
+    assert "(2) use weights made for 3-channel data (upload them on the Pretrained Models tab)" in field
+    assert "(3) build the dataset with 1 channel (gray) instead (Clone it, channel conversion L)" in field
+    assert page.count("Ways out") == 1

@@ -38,11 +38,14 @@ def new():
         try:
             ids = backend().create_model(model_options(form, backend()))
         except BadRequest as exc:
+            shown = 0
             for name, message in exc.field_errors.items():
                 name = SERVICE_FIELD_NAMES.get(name, name)
                 if name in form:
                     form[name].errors = list(form[name].errors) + [message]
-            flash(str(exc), "error")
+                    shown += 1
+            # a message shown beside its field is not repeated in the banner
+            flash("Please correct the marked fields." if shown and shown == len(exc.field_errors) else str(exc), "error")
             return _render(form, lists, status=400)
         except Unavailable as exc:
             flash(str(exc), "error")
