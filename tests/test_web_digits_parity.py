@@ -305,3 +305,13 @@ def test_layer_pictures_in_the_inference_result(tmp_path, monkeypatch):
     page = client.get(result["page"]).get_data(as_text=True)
     assert 'class="layer-picture"' in page
     assert client.get(f"/models/{m['id']}/inference/{result['token']}/layer-x.png").status_code == 404
+
+
+def test_new_model_for_a_plugin_offers_only_its_datasets(env):
+    client, fake, ds, model, _ = env
+    sunny = fake.add_job("dataset", "sunny lv", plugin="sunnybrook")
+    voc = fake.add_job("dataset", "voc", plugin="image_segmentation")
+    html = client.get("/models/new?plugin=sunnybrook").get_data(as_text=True)
+    assert f'value="{sunny}"' in html and f'value="{voc}"' not in html and 'id="plugin-filter"' in html
+    every = client.get("/models/new").get_data(as_text=True)
+    assert f'value="{sunny}"' in every and f'value="{voc}"' in every and 'id="plugin-filter"' not in every

@@ -44,10 +44,13 @@ def _safe(call, default):
         return default
 
 
-def fill_model_choices(form: ModelForm, backend) -> dict:
-    """Choices that come from the jobs store; returns the lists the template also needs."""
+def fill_model_choices(form: ModelForm, backend, plugin: str | None = None) -> dict:
+    """Choices that come from the jobs store; returns the lists the template also needs.
+    ``plugin`` (New Model ▸ Images ▸ <plugin>, DIGITS' per-extension menu): only the datasets that
+    plugin made are offered."""
     datasets = [j for j in _safe(lambda: backend.jobs("dataset"), [])
-                if str(j.get("status", "")).lower() in TRAINABLE_DATASET_STATUSES]
+                if str(j.get("status", "")).lower() in TRAINABLE_DATASET_STATUSES
+                and (not plugin or j.get("plugin") == plugin)]
     form.dataset.choices = choice_list([("", "— choose a dataset —")] + [
         (j["id"], f"{j.get('name', j['id'])} ({j.get('status', '?')})") for j in datasets])
     networks = _safe(backend.standard_networks, [])
@@ -64,7 +67,8 @@ def fill_model_choices(form: ModelForm, backend) -> dict:
     pretrained = _safe(backend.pretrained_models, [])
     form.pretrained_network.choices = choice_list((p["id"], p.get("name", p["id"])) for p in pretrained)
     costs = _safe(backend.epoch_costs, {})  # the cost hint: time per training image, measured here
-    return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained, "costs": costs}
+    return {"datasets": datasets, "networks": networks, "previous": previous, "pretrained": pretrained, "costs": costs,
+            "plugin_filter": plugin}
 
 
 def model_options(form: ModelForm, backend) -> dict:

@@ -25,7 +25,8 @@ def _render(form, lists, clone_of=None, status=200):
 @bp.route("/new", methods=["GET", "POST"])
 def new():
     form = ModelForm()
-    lists = fill_model_choices(form, backend())
+    # ?plugin= (the menu's entry) narrows the datasets offered; a POST accepts any dataset
+    lists = fill_model_choices(form, backend(), request.args.get("plugin") if request.method == "GET" else None)
     if request.method == "GET":
         if request.args.get("dataset"):
             form.dataset.data = request.args["dataset"]
