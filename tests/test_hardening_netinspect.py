@@ -95,3 +95,34 @@ def test_the_largest_preview_allowed_is_built_in_bounded_time():
     result = inspect(head + "".join(relu % i for i in range(MAX_PREVIEW_LAYERS - 1)))
     assert result["blobs"]["data"] == [1, 1, 8, 8]
     assert time.monotonic() - start < 20
+
+
+def test_a_network_that_would_allocate_gigabytes_is_refused_before_building():
+    """One convolution with 100000 outputs on 256×256 would allocate ~24 GB of tops at construction."""
+    bomb = ('name: "n"\nlayer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 256 dim: 256 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 100000 kernel_size: 3 } }\n')
+    start = time.monotonic()
+    with pytest.raises(BadRequest, match="GiB"):
+        inspect(bomb)
+    dummy = ('name: "n"\nlayer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 1000 dim: 1000 dim: 1000 dim: 10 } } }\n')
+    with pytest.raises(BadRequest, match="GiB"):
+        inspect(dummy)
+    assert time.monotonic() - start < 5
+
+
+def test_the_standard_networks_fit_the_preview():
+    from engine import prototxt as _  # noqa: F401
+    folder = Path(__file__).resolve().parent.parent / "prototxt"
+    for path in sorted(folder.glob("*.prototxt")):
+        result = inspect(path.read_text(), [1, 256, 256])
+        assert result["blobs"], path.name
+
+
+def test_layers_that_read_files_are_not_built_by_the_preview(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("/etc/hostname 0\n")
+    text = ('name: "n"\nlayer { name: "img" type: "ImageData" top: "data" top: "label" '
+            'image_data_param { source: "%s" batch_size: 1 } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n' % listing)
+    result = inspect(text)
+    assert "r" not in result["blobs"] and "ImageData layers read their data from files" in result["note"]

@@ -9,7 +9,8 @@ put it: the net is built from memory (no temporary file, whose folder the engine
 for Python-layer modules), and a Python layer is built only when its module is one of the
 project's own ``python_layers/`` files (loaded from that file by path). Any other Python layer,
 and every layer fed by its tops, is shown in the graph without shapes, and the note says why.
-The text and the layer count are bounded, since building costs server time.
+The text, the layer count and the memory the build would allocate are bounded, since building
+costs server time and memory.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ SOURCE = "custom network"
 # Bounds of one preview: the text is parsed (about 2 s per MiB) and every layer is built.
 MAX_PREVIEW_BYTES = 512 * 1024
 MAX_PREVIEW_LAYERS = 1000
+# Float32 elements (blobs + weights) a preview may allocate: 2 GiB. Estimated before building
+# (``_memory_bound``), since the engine allocates every top at construction.
+MAX_PREVIEW_ELEMENTS = 2 ** 29
+# Layers whose shapes come from files (or that write them): never built by the preview.
+FILE_LAYERS = ("ImageData", "HDF5Data", "WindowData", "HDF5Output", "MemoryData")
 
 
 def _replace_data_layers(net, feature_shape):
@@ -77,7 +83,12 @@ def inspect(text: str, feature_shape=None) -> dict:
         shown.add(tuple(l.top))
         layers.append({"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top)})
     _replace_data_layers(net, feature_shape)
-    skipped, unknown_blobs, foreign = _drop_foreign_python_layers(net)
+    skipped, unknown_blobs, foreign, file_layers = _drop_foreign_python_layers(net)
+    estimate = _memory_bound(net)
+    if estimate > MAX_PREVIEW_ELEMENTS:
+        raise BadRequest(f"{SOURCE}: building this network would need about {estimate * 4 / 2**30:.1f} GiB "
+                         f"(blobs and weights, float32); the preview builds nets up to "
+                         f"{MAX_PREVIEW_ELEMENTS * 4 / 2**30:.0f} GiB", {"network": "too large to preview"})
     try:  # DIGITS-style nets select their validation layers with stage "val"
         built = engine.Net.from_param(net, engine.TEST, stages=["val"])
     except Exception as exc:  # a layer's own check: report it beside the editor
@@ -91,9 +102,88 @@ def inspect(text: str, feature_shape=None) -> dict:
         note += (f" Python layer module{'s' if len(foreign) > 1 else ''} {', '.join(sorted(foreign))} "
                  "not run in the preview (only the project's python_layers/ are): shapes after "
                  f"{'them' if len(foreign) > 1 else 'it'} are unknown until training builds the net.")
+    if file_layers:
+        note += (f" {', '.join(sorted(file_layers))} layers read their data from files, which the preview "
+                 "does not open: what they feed has no shape here.")
     return {"layers": [l for l in layers if l["name"] in built_names or l["type"] == "Data"], "blobs": blobs,
             "phase": "TEST (stage val)", "note": note,
             "unknown_shapes": sorted(b for b in unknown_blobs if b)}
+
+
+def _pair(values, default):
+    values = list(values)
+    if not values:
+        return default, default
+    return (values[0], values[1]) if len(values) > 1 else (values[0], values[0])
+
+
+def _memory_bound(net) -> int:
+    """An upper bound of the float32 elements building ``net`` (batch as declared) allocates:
+    tops and weights of every layer, from a spatial-size walk that never underestimates
+    (padding counted, kernels ignored where they would shrink). Layers it does not model keep the
+    largest of their bottoms, which holds for element-wise, activation, crop and loss layers."""
+    shapes = {}  # blob → (n, c, h, w)
+    total = 0
+    for layer in net.layer:
+        bottoms = [shapes[b] for b in layer.bottom if b in shapes]
+        # the largest bottom (by elements) is what an unmodelled layer's tops are bounded by
+        n, c, h, w = max(bottoms, key=lambda x: x[0] * x[1] * x[2] * x[3]) if bottoms else (1, 1, 1, 1)
+        weights = 0
+        kind = layer.type
+        if kind == "Input":
+            for top, shape in zip(layer.top, layer.input_param.shape):
+                dims = tuple(int(d) for d in (list(shape.dim) + [1, 1, 1, 1])[:4])
+                shapes[top] = dims
+                total += dims[0] * dims[1] * dims[2] * dims[3]
+            continue
+        if kind in ("Convolution", "Deconvolution"):
+            p = layer.convolution_param
+            kh, kw = (p.kernel_h, p.kernel_w) if p.kernel_h else _pair(p.kernel_size, 1)
+            sh, sw = (p.stride_h, p.stride_w) if p.stride_h else _pair(p.stride, 1)
+            ph, pw = (p.pad_h, p.pad_w) if p.pad_h else _pair(p.pad, 0)
+            sh, sw = max(1, sh), max(1, sw)
+            if kind == "Deconvolution":
+                h, w = sh * h + kh, sw * w + kw
+            else:
+                h, w = (h + 2 * ph) // sh + 1, (w + 2 * pw) // sw + 1
+            weights = p.num_output * (c // max(1, p.group) or 1) * max(1, kh) * max(1, kw) + p.num_output
+            c = p.num_output
+        elif kind == "Pooling":
+            p = layer.pooling_param
+            if not p.global_pooling:
+                sh, sw = (p.stride_h, p.stride_w) if p.stride_h else (p.stride or 1, p.stride or 1)
+                ph, pw = (p.pad_h, p.pad_w) if p.pad_h else (p.pad, p.pad)
+                h, w = (h + 2 * ph) // max(1, sh) + 1, (w + 2 * pw) // max(1, sw) + 1
+            else:
+                h, w = 1, 1
+        elif kind == "InnerProduct":
+            weights = layer.inner_product_param.num_output * c * h * w
+            c, h, w = layer.inner_product_param.num_output, 1, 1
+        elif kind == "Concat":  # along channels (Caffe's default axis): the channels add up
+            c = sum(x[1] for x in bottoms) or c
+        elif kind == "Eltwise" or kind.endswith("Loss") or kind in ("Accuracy", "Crop"):
+            n, c, h, w = bottoms[0] if bottoms else (n, c, h, w)  # never larger than the first bottom
+        elif kind == "Tile":
+            c *= max(1, layer.tile_param.tiles)
+        elif kind == "DummyData":
+            for top, shape in zip(layer.top, layer.dummy_data_param.shape):
+                dims = tuple(int(d) for d in (list(shape.dim) + [1, 1, 1, 1])[:4])
+                shapes[top] = dims
+                total += dims[0] * dims[1] * dims[2] * dims[3]
+            continue
+        elif kind == "Im2col":
+            p = layer.convolution_param
+            kh, kw = (p.kernel_h, p.kernel_w) if p.kernel_h else _pair(p.kernel_size, 1)
+            c *= max(1, kh) * max(1, kw)
+        elif kind == "Embed":
+            p = layer.embed_param
+            weights = p.input_dim * p.num_output
+            c, h, w = c * h * w, p.num_output, 1
+        total += weights
+        for top in layer.top:
+            shapes[top] = (n, c, h, w)
+            total += n * c * h * w
+    return total
 
 
 def _project_module(name: str):
@@ -119,13 +209,18 @@ def _project_module(name: str):
 
 
 def _drop_foreign_python_layers(net):
-    """Remove Python layers whose module is not the project's, and the layers their tops feed.
+    """Remove Python layers whose module is not the project's, layers that read or write files
+    (``FILE_LAYERS``: the preview opens nothing on the server's disk), and the layers their tops feed.
 
-    Returns (removed layer names, blobs whose shape is then unknown, the foreign module names)."""
+    Returns (removed layer names, blobs whose shape is then unknown, the foreign module names,
+    the file layer types)."""
     caffe_shim.install()  # the project's layer files say ``import caffe``
-    removed, unknown, foreign, keep = set(), set(), set(), []
+    removed, unknown, foreign, files, keep = set(), set(), set(), set(), []
     for layer in net.layer:
         fed_unknown = any(b in unknown for b in layer.bottom)
+        if layer.type in FILE_LAYERS and not fed_unknown:
+            files.add(layer.type)  # its shapes come from files the preview does not open
+            fed_unknown = True
         if layer.type == "Python" and not fed_unknown:
             if _project_module(layer.python_param.module) is None:
                 foreign.add(layer.python_param.module or "(none)")
@@ -137,7 +232,7 @@ def _drop_foreign_python_layers(net):
             keep.append(layer)
     del net.layer[:]
     net.layer.extend(keep)
-    return removed, unknown, foreign
+    return removed, unknown, foreign, files
 
 
 def _where(line=None, column=None) -> str:
