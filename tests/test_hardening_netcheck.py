@@ -59,3 +59,12 @@ def test_real_caffes_layer_list_is_used_for_a_pycaffe_job(svc, tmp_path, monkeyp
     [job] = _create(svc, TINY_NET, backend="engine")
     assert job["kind"] == "model"
     netcheck._REAL_CAFFE_TYPES.clear()
+
+
+def test_a_network_that_would_allocate_gigabytes_is_refused_at_creation(svc):
+    """The deploy net is built in the server process, which allocates every top: a score layer of
+    600 M outputs on the 8×8 images would need ~150 GiB."""
+    wide = TINY_NET.replace("num_output: 7 kernel_size: 1", "num_output: 600000000 kernel_size: 1")
+    with pytest.raises(ServiceError) as err:
+        _create(svc, wide)
+    assert "GiB" in str(err.value) and err.value.field_errors.get("network")

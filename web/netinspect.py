@@ -22,7 +22,7 @@ from pathlib import Path
 import engine
 from engine import caffe_shim, prototxt
 from engine.proto import caffe_pb2
-from jobs import resources
+from jobs import netcheck, resources
 from web.backend import BadRequest
 
 DEFAULT_FEATURE_SHAPE = [1, 256, 256]
@@ -30,9 +30,9 @@ SOURCE = "custom network"
 # Bounds of one preview: the text is parsed (about 2 s per MiB) and every layer is built.
 MAX_PREVIEW_BYTES = 512 * 1024
 MAX_PREVIEW_LAYERS = 1000
-# Float32 elements (blobs + weights) a preview may allocate: 2 GiB. Estimated before building
-# (``_memory_bound``), since the engine allocates every top at construction.
-MAX_PREVIEW_ELEMENTS = 2 ** 29
+# Float32 elements (blobs + weights) a preview may allocate, estimated before building
+# (``jobs.netcheck.memory_bound``), since the engine allocates every top at construction.
+MAX_PREVIEW_ELEMENTS = netcheck.MAX_BUILD_ELEMENTS
 # Layers whose shapes come from files (or that write them): never built by the preview.
 FILE_LAYERS = ("ImageData", "HDF5Data", "WindowData", "HDF5Output", "MemoryData")
 
@@ -84,7 +84,7 @@ def inspect(text: str, feature_shape=None) -> dict:
         layers.append({"name": l.name, "type": l.type, "bottom": list(l.bottom), "top": list(l.top)})
     _replace_data_layers(net, feature_shape)
     skipped, unknown_blobs, foreign, file_layers = _drop_foreign_python_layers(net)
-    estimate = _memory_bound(net)
+    estimate = netcheck.memory_bound(net)
     if estimate > MAX_PREVIEW_ELEMENTS:
         raise BadRequest(f"{SOURCE}: building this network would need about {estimate * 4 / 2**30:.1f} GiB "
                          f"(blobs and weights, float32); the preview builds nets up to "
@@ -108,82 +108,6 @@ def inspect(text: str, feature_shape=None) -> dict:
     return {"layers": [l for l in layers if l["name"] in built_names or l["type"] == "Data"], "blobs": blobs,
             "phase": "TEST (stage val)", "note": note,
             "unknown_shapes": sorted(b for b in unknown_blobs if b)}
-
-
-def _pair(values, default):
-    values = list(values)
-    if not values:
-        return default, default
-    return (values[0], values[1]) if len(values) > 1 else (values[0], values[0])
-
-
-def _memory_bound(net) -> int:
-    """An upper bound of the float32 elements building ``net`` (batch as declared) allocates:
-    tops and weights of every layer, from a spatial-size walk that never underestimates
-    (padding counted, kernels ignored where they would shrink). Layers it does not model keep the
-    largest of their bottoms, which holds for element-wise, activation, crop and loss layers."""
-    shapes = {}  # blob → (n, c, h, w)
-    total = 0
-    for layer in net.layer:
-        bottoms = [shapes[b] for b in layer.bottom if b in shapes]
-        # the largest bottom (by elements) is what an unmodelled layer's tops are bounded by
-        n, c, h, w = max(bottoms, key=lambda x: x[0] * x[1] * x[2] * x[3]) if bottoms else (1, 1, 1, 1)
-        weights = 0
-        kind = layer.type
-        if kind == "Input":
-            for top, shape in zip(layer.top, layer.input_param.shape):
-                dims = tuple(int(d) for d in (list(shape.dim) + [1, 1, 1, 1])[:4])
-                shapes[top] = dims
-                total += dims[0] * dims[1] * dims[2] * dims[3]
-            continue
-        if kind in ("Convolution", "Deconvolution"):
-            p = layer.convolution_param
-            kh, kw = (p.kernel_h, p.kernel_w) if p.kernel_h else _pair(p.kernel_size, 1)
-            sh, sw = (p.stride_h, p.stride_w) if p.stride_h else _pair(p.stride, 1)
-            ph, pw = (p.pad_h, p.pad_w) if p.pad_h else _pair(p.pad, 0)
-            sh, sw = max(1, sh), max(1, sw)
-            if kind == "Deconvolution":
-                h, w = sh * h + kh, sw * w + kw
-            else:
-                h, w = (h + 2 * ph) // sh + 1, (w + 2 * pw) // sw + 1
-            weights = p.num_output * (c // max(1, p.group) or 1) * max(1, kh) * max(1, kw) + p.num_output
-            c = p.num_output
-        elif kind == "Pooling":
-            p = layer.pooling_param
-            if not p.global_pooling:
-                sh, sw = (p.stride_h, p.stride_w) if p.stride_h else (p.stride or 1, p.stride or 1)
-                ph, pw = (p.pad_h, p.pad_w) if p.pad_h else (p.pad, p.pad)
-                h, w = (h + 2 * ph) // max(1, sh) + 1, (w + 2 * pw) // max(1, sw) + 1
-            else:
-                h, w = 1, 1
-        elif kind == "InnerProduct":
-            weights = layer.inner_product_param.num_output * c * h * w
-            c, h, w = layer.inner_product_param.num_output, 1, 1
-        elif kind == "Concat":  # along channels (Caffe's default axis): the channels add up
-            c = sum(x[1] for x in bottoms) or c
-        elif kind == "Eltwise" or kind.endswith("Loss") or kind in ("Accuracy", "Crop"):
-            n, c, h, w = bottoms[0] if bottoms else (n, c, h, w)  # never larger than the first bottom
-        elif kind == "Tile":
-            c *= max(1, layer.tile_param.tiles)
-        elif kind == "DummyData":
-            for top, shape in zip(layer.top, layer.dummy_data_param.shape):
-                dims = tuple(int(d) for d in (list(shape.dim) + [1, 1, 1, 1])[:4])
-                shapes[top] = dims
-                total += dims[0] * dims[1] * dims[2] * dims[3]
-            continue
-        elif kind == "Im2col":
-            p = layer.convolution_param
-            kh, kw = (p.kernel_h, p.kernel_w) if p.kernel_h else _pair(p.kernel_size, 1)
-            c *= max(1, kh) * max(1, kw)
-        elif kind == "Embed":
-            p = layer.embed_param
-            weights = p.input_dim * p.num_output
-            c, h, w = c * h * w, p.num_output, 1
-        total += weights
-        for top in layer.top:
-            shapes[top] = (n, c, h, w)
-            total += n * c * h * w
-    return total
 
 
 def _project_module(name: str):
