@@ -5,9 +5,12 @@ trained at least one iteration: its seconds of training per training image — t
 (summed over resumes, so validation, snapshots and start-up are included: what a user waits for)
 divided by the images it went through (iterations × TRAIN batch × iter_size). An epoch of a new
 job then costs about ``seconds_per_image × training records``. No job of a network yet: no entry
-(the page says the first training gives the figure); nothing here runs a network.
+(the page says the first training gives the figure) until ``Estimator`` has measured one
+training step of the network on the dataset's image size (once, in the background, cached).
 """
+import json
 import os
+import threading
 import time
 
 from engine.prototxt import PrototxtError, read_net
@@ -81,3 +84,96 @@ def epoch_costs(store):
         if cost is not None:
             out[network] = cost
     return out
+
+
+# -- no training of a network here yet: a quick measurement, once, in the background ------------
+
+ESTIMATES_FILE = "cost_estimates.json"  # in the jobs folder: {"network|CxHxW": {...}}
+
+
+def measure_seconds_per_image(network, dataset_dir, repeats=2):
+    """Time one training step of ``network`` (a standard network's name) on this machine, for the
+    dataset's image size and the network's own TRAIN batch: its deploy net built by the engine,
+    forward then backward (``force_backward``, every output's diff 1) on random input; the best
+    of ``repeats`` after a first warm-up pass. Returns ``(seconds per image, batch)``. A training
+    step also has the loss and the solver update, and an epoch its validation: an estimate that
+    the first real training replaces."""
+    import numpy as np
+
+    import engine
+    from jobs import resources
+    original = read_net(resources.network_path(network))
+    facts = derive.DatasetFacts.load(dataset_dir)
+    train_val, deploy = derive.derive_networks(original, facts, {})
+    batch = derive.data_batch_size(train_val, derive.TRAIN_STATE) or 1
+    deploy.force_backward = True
+    net = engine.Net.from_param(deploy, engine.TEST)
+    name = net.inputs[0]
+    shape = (batch,) + tuple(net.blobs[name].data.shape[1:])
+    net.blobs[name].reshape(*shape)
+    net.reshape()
+    net.blobs[name].data[...] = np.random.RandomState(0).rand(*shape).astype(np.float32) * 255
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        net.forward()
+        for out in net.outputs:
+            net.blobs[out].diff[...] = 1.0
+        net.backward()
+        times.append(time.perf_counter() - started)
+    return min(times[1:]) / batch, batch
+
+
+class Estimator:
+    """Measurements of ``measure_seconds_per_image`` kept in ``ESTIMATES_FILE``; each (network,
+    image shape) is measured once, in a daemon thread, so asking never waits."""
+
+    def __init__(self, root, measure=measure_seconds_per_image):
+        self.path = os.path.join(root, ESTIMATES_FILE)
+        self.measure = measure
+        self.lock = threading.Lock()
+        self.running = {}
+
+    def _read(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def estimate(self, network, dataset_dir, shape):
+        """``{state: measuring|done|error, seconds_per_image, batch, measured_at, message}``."""
+        key = "%s|%s" % (network, "x".join(str(int(d)) for d in shape))
+        with self.lock:
+            known = self._read().get(key)
+            if known is not None:
+                return known
+            if key not in self.running:
+                thread = threading.Thread(target=self._run, args=(key, network, dataset_dir), daemon=True,
+                                          name="cost-estimate-%s" % network)
+                self.running[key] = thread
+                thread.start()
+        return {"state": "measuring"}
+
+    def _run(self, key, network, dataset_dir):
+        from jobs.paths import atomic_write_json
+        try:
+            per_image, batch = self.measure(network, dataset_dir)
+            entry = {"state": "done", "seconds_per_image": per_image, "batch": batch, "measured_at": time.time()}
+        except Exception as exc:  # noqa: BLE001 - any failure is reported as the estimate's state
+            entry = {"state": "error", "message": "%s: %s" % (type(exc).__name__, exc)}
+        with self.lock:
+            data = self._read()
+            data[key] = entry
+            atomic_write_json(self.path, data)
+            self.running.pop(key, None)
+
+
+_ESTIMATORS = {}
+_ESTIMATORS_LOCK = threading.Lock()
+
+
+def estimator_for(root):
+    """The one Estimator of a jobs folder in this process (so a measurement runs once)."""
+    with _ESTIMATORS_LOCK:
+        return _ESTIMATORS.setdefault(os.path.abspath(root), Estimator(root))

@@ -930,6 +930,18 @@ class JobService:
         from jobs import cost
         return cost.epoch_costs(self.store)
 
+    def cost_estimate(self, network, dataset_id):
+        """No training of ``network`` here yet: its measured training step on this dataset's image
+        size (``jobs.cost.Estimator``: measured once in the background, then kept)."""
+        from jobs import cost, networks
+        from jobs.dataset import DatasetInfo
+        if network not in {n["name"] for n in networks.standard_networks()}:
+            raise ServiceError("no standard network %r" % network, {"network": "unknown network"})
+        job = self._dataset_job(dataset_id)
+        if job["status"] != st.DONE:
+            raise ServiceError("dataset %s is not built yet" % dataset_id, {"dataset": "not built yet"})
+        return cost.estimator_for(self.root).estimate(network, job["dir"], DatasetInfo.read(job["dir"]).feature_shape)
+
     def metric_summary(self, job_id):
         """Every metric the job recorded with its last, min and max ({"val/dice": {...}}; see
         jobs.job_details.metric_summary): the home table's metric columns."""

@@ -170,8 +170,16 @@ def test_ui_the_form_shows_the_time_per_epoch_and_suggests_a_smaller_run(browser
     page.fill("#epochs", "2")
     hint = page.inner_text("#cost-hint")
     assert "12.8 min for 2 epochs" in hint and "hours" not in hint
+    # no training of U-Net here: the server measures a training step in the background; the
+    # form says so, asks again while it measures, then shows the estimate
+    fake.estimates = {"unet": [{"state": "measuring"}, {"state": "done", "seconds_per_image": 0.5, "batch": 1}]}
     page.check("input[name=standard_network][value=unet]")
-    assert page.inner_text("#cost-hint").startswith("No training of this network has run here yet")
+    assert page.inner_text("#cost-hint") == "Measuring a training step of this network here…"
+    page.wait_for_function("document.getElementById('cost-hint').textContent.startsWith('About')", timeout=10000)
+    hint = page.inner_text("#cost-hint")
+    assert hint.startswith("About 16 s per epoch here (31 training records; estimated from one training step (batch 1)")
+    assert "31 s for 2 epochs" in hint
+    assert [c for c in fake.calls if c[0] == "cost_estimate"] == [("cost_estimate", "unet", ds)] * 2
     assert not page.js_errors
 
 

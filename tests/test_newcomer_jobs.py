@@ -173,3 +173,53 @@ def test_epoch_cost_is_time_running_per_training_image_of_the_latest_ended_job(t
     c = costs["fcn_alexnet"]
     assert c["job_id"] == "20260101-000000-0002" and c["images"] == 200 and c["seconds"] == 400
     assert c["seconds_per_image"] == pytest.approx(2.0)
+
+
+def test_the_estimate_is_measured_once_in_the_background_and_kept(tmp_path):
+    import threading
+    from jobs import cost
+    release, calls = threading.Event(), []
+
+    def measure(network, dataset_dir):
+        calls.append(network)
+        release.wait(10)
+        if network == "broken":
+            raise ValueError("kernel larger than the input")
+        return 0.25, 4
+    estimator = cost.Estimator(str(tmp_path), measure=measure)
+    assert estimator.estimate("unet", "/ds", [1, 64, 64]) == {"state": "measuring"}  # answers at once
+    assert estimator.estimate("unet", "/ds", [1, 64, 64]) == {"state": "measuring"}
+    release.set()
+    assert _wait_for(lambda: estimator.estimate("unet", "/ds", [1, 64, 64])["state"] == "done", 10)
+    done = estimator.estimate("unet", "/ds", [1, 64, 64])
+    assert done["seconds_per_image"] == 0.25 and done["batch"] == 4
+    assert calls == ["unet"]  # measured once
+    # kept in the jobs folder: another process (a restarted server) does not measure again
+    again = cost.Estimator(str(tmp_path), measure=lambda *a: pytest.fail("measured twice"))
+    assert again.estimate("unet", "/ds", [1, 64, 64])["seconds_per_image"] == 0.25
+    # another image size is another measurement; a failure is kept with its message
+    estimator.estimate("broken", "/ds", [1, 8, 8])
+    assert _wait_for(lambda: estimator.estimate("broken", "/ds", [1, 8, 8])["state"] == "error", 10)
+    assert "kernel larger than the input" in estimator.estimate("broken", "/ds", [1, 8, 8])["message"]
+
+
+def test_a_training_step_is_measured_on_the_engine(tmp_path):
+    from jobs import cost
+    from jobs.model_job import network_text
+    folder = make_dataset_dir(str(tmp_path / "built"))
+    per_image, batch = cost.measure_seconds_per_image("lab_cnn", folder)
+    text, _ = network_text({"standard_network": "lab_cnn"})
+    from engine.prototxt import parse_net
+    from jobs import derive
+    assert batch == derive.data_batch_size(parse_net(text), derive.TRAIN_STATE)
+    assert 0 < per_image < 60
+
+
+def test_the_service_estimates_only_standard_networks_on_built_datasets(svc, tmp_path):
+    from jobs.service import ServiceError
+    dataset = svc.import_dataset(make_dataset_dir(str(tmp_path / "built")), "phantom")
+    with pytest.raises(ServiceError, match="no standard network"):
+        svc.cost_estimate("../../etc/passwd", dataset["id"])
+    first = svc.cost_estimate("lab_cnn", dataset["id"])
+    assert first["state"] in ("measuring", "done")
+    assert _wait_for(lambda: svc.cost_estimate("lab_cnn", dataset["id"])["state"] == "done", 60)

@@ -151,6 +151,13 @@ class FakeBackend:
     def epoch_costs(self):
         return dict(getattr(self, "costs", {}))
 
+    def cost_estimate(self, network, dataset_id):
+        self.calls.append(("cost_estimate", network, dataset_id))
+        self.job(dataset_id)
+        estimates = getattr(self, "estimates", {})  # tests: {network: [answers in turn]}
+        answers = estimates.get(network) or [{"state": "error", "message": "no estimate in this fake"}]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
     # GPUs: a test sets ``gpus`` (the summary) and ``hardware_panel`` to what the service would say.
     def gpu_summary(self):
         return dict(getattr(self, "gpus", {"total": 0, "free": [], "jobs": {}}))

@@ -130,6 +130,10 @@ class Backend(Protocol):
         """``{network name: {seconds_per_image, images, seconds, job_id, job_name, status}}``: the
         latest ended training of each standard network here (``jobs.cost``)."""
 
+    def cost_estimate(self, network: str, dataset_id: str) -> dict:
+        """No training of ``network`` here yet: ``{state: measuring|done|error, seconds_per_image,
+        batch, message}`` of one training step measured once in the background (``jobs.cost``)."""
+
     def pretrained_models(self) -> list[dict]:
         """Known public models and uploaded ones (``web.pretrained_store.catalogue``)."""
 

@@ -289,6 +289,10 @@ class ServiceBackend:
         with _service_errors():
             return self.service.epoch_costs()
 
+    def cost_estimate(self, network, dataset_id):
+        with _service_errors():
+            return self.service.cost_estimate(network, check_job_id(dataset_id))
+
     def gpu_summary(self):
         with _service_errors():
             return self.service.gpu_summary()

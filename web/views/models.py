@@ -58,6 +58,17 @@ def new():
     return _render(form, lists, status=400 if request.method == "POST" else 200)
 
 
+@bp.route("/new/cost")
+def cost_estimate():
+    """The New Model form's cost hint when no training of the network ran here yet: one training
+    step measured once in the background (the form asks again while it is measuring)."""
+    network, dataset = request.args.get("network", ""), request.args.get("dataset", "")
+    try:
+        return jsonify(backend().cost_estimate(network, dataset))
+    except (BadRequest, LookupError, ValueError) as exc:
+        return jsonify({"state": "error", "message": str(exc)}), 400
+
+
 @bp.route("/<job_id>/clone")
 def clone(job_id):
     job = load_job(job_id, "model")

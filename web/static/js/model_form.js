@@ -332,6 +332,21 @@
     if (s < 2 * HOUR) return (s / 60).toFixed(1) + " min";
     return (s / HOUR).toFixed(1) + " h";
   }
+  // No training of the network here yet: the server measures one training step in the
+  // background (models.cost_estimate); asked again every 2 s while it measures.
+  const estimates = {};
+  async function askEstimate(key, network, dataset) {
+    const hint = document.getElementById("cost-hint");
+    estimates[key] = { state: "measuring" };
+    try {
+      const url = hint.dataset.estimateUrl + "?network=" + encodeURIComponent(network) + "&dataset=" + encodeURIComponent(dataset);
+      estimates[key] = await apiFetch(url);
+    } catch (e) {
+      estimates[key] = { state: "error", message: (e.data && e.data.message) || e.message };
+    }
+    if (estimates[key].state === "measuring") setTimeout(() => { delete estimates[key]; showCost(); }, 2000);
+    else showCost();
+  }
   function showCost() {
     const hint = document.getElementById("cost-hint");
     if (!hint) return;
@@ -341,16 +356,28 @@
     hint.classList.remove("warn-text");
     if (!name || !records) { hint.hidden = true; return; }
     hint.hidden = false;
-    if (!cost) {
-      hint.textContent = "No training of this network has run here yet: the first one shows its time per epoch (and the next forms use it).";
-      return;
-    }
-    const perEpoch = cost.seconds_per_image * records;
     const epochs = Math.max(1, num("epochs", 1));
+    let perEpoch, basis;
+    if (cost) {
+      perEpoch = cost.seconds_per_image * records;
+      basis = "measured on " + cost.job_name + ", " + cost.job_id + ": " + formatTime(cost.seconds) + " for " +
+              cost.images + " training images, validation included";
+    } else {
+      const key = name + "|" + d.id, est = estimates[key];
+      if (!est) { askEstimate(key, name, d.id); hint.textContent = "Measuring a training step of this network here…"; return; }
+      if (est.state === "measuring") { hint.textContent = "Measuring a training step of this network here…"; return; }
+      if (est.state !== "done") {
+        hint.textContent = "No training of this network has run here yet, and a training step could not be measured (" +
+                           (est.message || "unknown error") + "): the first training shows its time per epoch.";
+        return;
+      }
+      perEpoch = est.seconds_per_image * records;
+      basis = "estimated from one training step (batch " + est.batch + ") measured here; no training of this network has run " +
+              "here yet, validation not included";
+    }
     const total = perEpoch * epochs;
-    let text = "About " + formatTime(perEpoch) + " per epoch here (" + records + " training records; measured on " +
-               cost.job_name + ", " + cost.job_id + ": " + formatTime(cost.seconds) + " for " + cost.images +
-               " training images, validation included), so " + formatTime(total) + " for " + epochs + " epoch" + (epochs === 1 ? "" : "s") + ".";
+    let text = "About " + formatTime(perEpoch) + " per epoch here (" + records + " training records; " + basis + "), so " +
+               formatTime(total) + " for " + epochs + " epoch" + (epochs === 1 ? "" : "s") + ".";
     if (total >= HOUR) {
       const fit = Math.max(1, Math.floor(HOUR / perEpoch));
       text += " That is hours: for a first look try " + (fit < epochs ? fit + " epoch" + (fit === 1 ? "" : "s") + " (about an hour), " : "") +
