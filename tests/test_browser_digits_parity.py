@@ -46,3 +46,35 @@ def test_job_panels_edit_info_and_test_many_under_the_csp(enforcing_page, fake_s
     wait_until(page, "document.querySelector('#tm-table') !== null")
     assert "img0.png" in page.locator("#tm-table").inner_text()
     assert page.evaluate("window.__csp") == [] and not page.js_errors
+
+
+def test_home_tables_filter_sort_columns_and_groups(enforcing_page, fake_site):  # noqa: F811
+    url, fake, _ = fake_site
+    page = enforcing_page
+    ds = fake.add_job("dataset", "d")
+    a = fake.add_job("model", "alpha", dataset_id=ds, group="sweep")
+    b = fake.add_job("model", "beta", dataset_id=ds, group="sweep")
+    c = fake.add_job("model", "gamma", dataset_id=ds)
+    for job_id, dice in ((a, 0.5), (b, 0.9), (c, 0.7)):
+        fake.jobs_[job_id]["metrics"] = {"val/dice": {"last": dice, "min": dice, "max": dice, "spark": [dice]},
+                                         "train/accuracy": {"last": 1 - dice, "min": 0, "max": 1, "spark": [0]}}
+    page.goto(f"{url}/?tab=model")
+    panel = "#panel-model"
+    assert page.locator(f'{panel} th[data-metric="train/accuracy"]').is_hidden()  # default: chooser only
+    page.click(f"{panel} .col-chooser summary")
+    page.check(f'{panel} [data-col-toggle="train/accuracy"]')
+    assert page.locator(f'{panel} th[data-metric="train/accuracy"]').is_visible()
+    page.goto(f"{url}/?tab=model")  # the choice is remembered
+    assert page.locator(f'{panel} th[data-metric="train/accuracy"]').is_visible()
+    page.click(f'{panel} th[data-metric="val/dice"]')
+    names = page.locator(f"{panel} tbody tr[data-job-id] td:nth-child(2) a").all_inner_texts()
+    assert names.index("alpha") < names.index("beta")  # 0.5 before 0.9 inside the group
+    page.click(f'{panel} th[data-metric="val/dice"]')
+    names = page.locator(f"{panel} tbody tr[data-job-id] td:nth-child(2) a").all_inner_texts()
+    assert names.index("beta") < names.index("alpha")
+    page.fill(f"{panel} .job-filter", "gam")
+    assert page.locator(f'tr[data-job-id="{c}"]').is_visible() and page.locator(f'tr[data-job-id="{a}"]').is_hidden()
+    page.fill(f"{panel} .job-filter", "")
+    page.click(f"{panel} .group-toggle")
+    assert page.locator(f'tr[data-job-id="{a}"]').is_hidden() and page.locator(f'tr[data-job-id="{c}"]').is_visible()
+    assert page.evaluate("window.__csp") == [] and not page.js_errors

@@ -315,3 +315,20 @@ def test_new_model_for_a_plugin_offers_only_its_datasets(env):
     assert f'value="{sunny}"' in html and f'value="{voc}"' not in html and 'id="plugin-filter"' in html
     every = client.get("/models/new").get_data(as_text=True)
     assert f'value="{sunny}"' in every and f'value="{voc}"' in every and 'id="plugin-filter"' not in every
+
+
+def test_home_table_every_metric_column_chooser_and_move_to_group(env):
+    client, fake, ds, model, _ = env
+    fake.jobs_[model]["metrics"] = {"train/loss": {"last": 0.5, "min": 0.4, "max": 0.9, "spark": [0.9, 0.5]},
+                                    "val/dice": {"last": 0.8, "min": 0.2, "max": 0.8, "spark": [0.2, 0.8]},
+                                    "train/accuracy": {"last": 0.9, "min": 0.5, "max": 0.9, "spark": [0.5, 0.9]}}
+    html = client.get("/?tab=model").get_data(as_text=True)
+    for name in ("val/dice", "train/loss", "train/accuracy"):
+        assert f'data-col-toggle="{name}"' in html
+    assert 'data-metric="train/accuracy" data-default-hidden' in html  # neither val nor the loss: chooser
+    assert 'data-metric="val/dice" data-value="0.8"' in html and 'class="job-filter"' in html
+    assert html.index('data-col-toggle="val/dice"') < html.index('data-col-toggle="train/loss"')
+    assert 'class="linklike group-toggle"' in html and "home_tables.js" in html
+    resp = client.post("/jobs/bulk", data={"action": "group", "group_name": "round 2", "job_ids": [model], "tab": "model"})
+    assert resp.status_code == 302 and fake.calls[-1] == ("bulk_jobs", "group", [model], "round 2")
+    assert fake.jobs_[model]["group"] == "round 2"

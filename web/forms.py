@@ -384,4 +384,5 @@ class ConfirmForm(FlaskForm):
 
 
 class BulkForm(FlaskForm):
-    action = SelectField(choices=choice_list([("delete", "Delete"), ("abort", "Abort")]))
+    action = SelectField(choices=choice_list([("delete", "Delete"), ("abort", "Abort"), ("group", "Move to group")]))
+    group_name = StringField(validators=[Optional(), Length(max=256)])

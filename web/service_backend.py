@@ -112,10 +112,12 @@ def _series(rows, since=0) -> tuple[dict, dict]:
 
 
 def _key_metrics(series: dict) -> dict:
-    """last/min/max and a sparkline of the validation outputs and the training loss."""
+    """last/min/max and a sparkline of every output the job records (train/<name>, val/<name>),
+    as DIGITS' model table (the home page shows the validation outputs and the training loss
+    first; its column chooser shows the others)."""
     out = {}
     for name, points in series.items():
-        if name.startswith("val/") or name == "train/loss":
+        if name.startswith(("val/", "train/")):
             values = [p[1] for p in points if p[1] is not None]
             if not values:
                 continue

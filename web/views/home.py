@@ -43,11 +43,15 @@ def render_home(active: str, upload: PretrainedUploadForm | None = None, status:
     tabs = []
     for kind, title in TABS:
         mine = [j for j in jobs if j.get("kind") == kind]
-        metric_names = sorted({m for j in mine for m in (j.get("metrics") or {})})
+        # every output the jobs record (DIGITS' model table); the validation outputs and the
+        # training loss show by default, the column chooser (js/home_tables.js) shows the rest
+        metric_names = sorted({m for j in mine for m in (j.get("metrics") or {})},
+                              key=lambda m: (not m.startswith("val/"), m != "train/loss", m))
         # The pretrained tab lists weight files, not jobs: its count is theirs.
         count = len(pretrained) if kind == "pretrained" else len(mine)
         tabs.append({"kind": kind, "title": title, "groups": _grouped(mine), "count": count,
-                     "metric_names": metric_names[:4]})
+                     "metric_names": metric_names,
+                     "shown_metrics": [m for m in metric_names if m.startswith("val/") or m == "train/loss"][:4]})
     dataset_names = {j["id"]: j.get("name") or j["id"] for j in jobs if j.get("kind") == "dataset"}
     try:
         gpus = backend().gpu_summary()  # "n of m GPUs free" above the tabs
@@ -67,6 +71,10 @@ def bulk():
         flash("Choose an action.", "error")
         return redirect(url_for("home.index", tab=tab))
     done, failed = 0, []
+    if form.action.data == "group" and ids:  # DIGITS' "move to group": each job on its own
+        result = backend().bulk_jobs("group", [check_job_id(j) for j in ids], (form.group_name.data or "").strip())
+        done, failed = len(result["done"]), [f"{j}: {why}" for j, why in sorted(result["errors"].items())]
+        ids = []
     for job_id in ids:
         try:
             check_job_id(job_id)
@@ -75,9 +83,10 @@ def bulk():
             else:
                 backend().abort(job_id)
             done += 1
-        except (UnsafePath, Unavailable, LookupError, ValueError) as exc:
+        except (UnsafePath, Unavailable, LookupError, ValueError, PermissionError) as exc:
             failed.append(f"{job_id}: {exc}")
-    verb = "deleted" if form.action.data == "delete" else "aborted"
+    verb = {"delete": "deleted", "abort": "aborted", "group": "moved"}[form.action.data]
+    ids = ids or request.form.getlist("job_ids")
     if done:
         flash(f"{done} job(s) {verb}.", "ok")
     for message in failed:
