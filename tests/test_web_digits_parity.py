@@ -332,3 +332,27 @@ def test_home_table_every_metric_column_chooser_and_move_to_group(env):
     resp = client.post("/jobs/bulk", data={"action": "group", "group_name": "round 2", "job_ids": [model], "tab": "model"})
     assert resp.status_code == 302 and fake.calls[-1] == ("bulk_jobs", "group", [model], "round 2")
     assert fake.jobs_[model]["group"] == "round 2"
+
+
+def test_upload_form_digits_fields_and_the_layers_page(env, tmp_path):
+    client, fake, ds, model, _ = env
+    weights = tmp_path / "w.caffemodel"
+    write_weights(weights, {"conv1": [np.ones((4, 1, 3, 3), np.float32), np.zeros(4, np.float32)]})
+    form = {"name": "with fields", "description": "", "prototxt": (io.BytesIO(TINY_NET.encode()), "net.prototxt"),
+            "weights": (io.BytesIO(weights.read_bytes()), "w.caffemodel"),
+            "labels_file": (io.BytesIO(b"background\nlv\n"), "labels.txt"), "image_type": "gray",
+            "resize_mode": "crop", "image_width": "64", "image_height": "48"}
+    resp = client.post("/pretrained/upload", data=form, content_type="multipart/form-data")
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    [entry] = [p for p in fake.pretrained_models() if p["kind"] == "uploaded"]
+    assert entry["labels"] == ["background", "lv"]
+    assert entry["image"] == {"channels": 1, "type": "gray", "resize_mode": "crop", "width": 64, "height": 48}
+    home = client.get("/?tab=pretrained").get_data(as_text=True)
+    assert 'name="labels_file"' in home and 'name="resize_mode"' in home and "2 labels" in home
+    assert 'id="upload-archive-link"' in home
+    page = client.get(f"/pretrained/{entry['id']}/layers").get_data(as_text=True)
+    assert 'data-layer="conv1"' in page and "4×1×3×3" in page and "40 parameters in all" in page
+    picture = client.get(f"/pretrained/{entry['id']}/layers/conv1.png")
+    assert picture.status_code == 200 and picture.data[:4] == b"\x89PNG"
+    assert client.get(f"/pretrained/{entry['id']}/layers/fc9.png").status_code == 404
+    assert client.get("/pretrained/up-000000000000/layers").status_code == 404

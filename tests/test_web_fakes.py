@@ -179,10 +179,10 @@ class FakeBackend:
         from web import pretrained_store
         return pretrained_store.resolve(self.root, pretrained_id, 1)
 
-    def upload_pretrained(self, name, prototxt, weights, description=""):
+    def upload_pretrained(self, name, prototxt, weights, description="", fields=None):
         from web import pretrained_store
         self.calls.append(("upload_pretrained", name))
-        return pretrained_store.save_upload(self.root, name, prototxt, weights, description)
+        return pretrained_store.save_upload(self.root, name, prototxt, weights, description, fields)
 
     def delete_pretrained(self, pretrained_id):
         from web import pretrained_store
@@ -299,6 +299,10 @@ class FakeBackend:
     def pretrained_layers(self, pretrained_id):
         from web import pretrained_store
         return pretrained_store.layers(self.root, pretrained_id)
+
+    def pretrained_layer_image(self, pretrained_id, layer):
+        from web import pretrained_store
+        return pretrained_store.layer_image(self.root, pretrained_id, layer)
 
     def test_many(self, job_id, source, options):
         self.calls.append(("test_many", job_id, dict(source), dict(options)))

@@ -141,7 +141,8 @@ class Backend(Protocol):
         """What a chosen pretrained model gives a model job on that dataset:
         ``{id, standard_network | network_text, weights}`` (``web.pretrained_store.resolve``)."""
 
-    def upload_pretrained(self, name: str, prototxt: bytes, weights, description: str = "") -> dict:
+    def upload_pretrained(self, name: str, prototxt: bytes, weights, description: str = "",
+                          fields: dict | None = None) -> dict:
         """Store a user's network + caffemodel (``weights``: a werkzeug FileStorage)."""
 
     def delete_pretrained(self, pretrained_id: str) -> None: ...
@@ -208,6 +209,9 @@ class Backend(Protocol):
 
     def pretrained_layers(self, pretrained_id: str) -> dict:
         """An uploaded pretrained model's ``{layers: [{name, type, shapes, param_count}], total}``."""
+
+    def pretrained_layer_image(self, pretrained_id: str, layer: str) -> bytes | None:
+        """PNG of a layer's weights (one tile per filter), None for weights that are not 4-D."""
 
     def test_many(self, job_id: str, source: dict, options: dict) -> dict:
         """Start Test Many: ``source`` one of {folder}, {list_file}, {paths}, {zip_path},

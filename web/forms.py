@@ -365,6 +365,18 @@ class PretrainedUploadForm(FlaskForm):
                                      "layers are rewired to the chosen dataset.")
     weights = FileField("Weights (.caffemodel)",
                         description="The trained weights; layers are matched to the network by name.")
+    # DIGITS' upload fields: kept with the model (its labels, what images it expects)
+    labels_file = FileField("Labels file (optional)", description="One class name per line, as DIGITS' labels.txt.")
+    image_type = SelectField("Image type", choices=choice_list([("", "(not given)"), ("gray", "Grayscale"),
+                                                                ("color", "Color")]), default="",
+                             description="The channels the weights were trained on.")
+    resize_mode = SelectField("Resize mode", choices=choice_list([("squash", "Squash"), ("crop", "Crop"),
+                                                                  ("fill", "Fill"), ("half_crop", "Half crop, half fill")]),
+                              default="squash", description="How images of another size were fitted (DIGITS' modes).")
+    image_width = IntegerField("Width", validators=[Optional(), NumberRange(min=1, max=65536)],
+                               description="The image width the model was trained on (pixels).")
+    image_height = IntegerField("Height", validators=[Optional(), NumberRange(min=1, max=65536)],
+                                description="The image height the model was trained on (pixels).")
 
     def validate_prototxt(self, field):
         if not (field.data and getattr(field.data, "filename", "")):

@@ -47,7 +47,8 @@ def catalogue(data_dir) -> list[dict]:
                     "network": None, "network_name": entry.get("network_name") or "",
                     "prototxt": entry["prototxt"], "path": entry["weights"], "weights": entry["weights"],
                     "available": True, "size": entry["size"], "created": entry.get("created"),
-                    "matched": entry.get("matched") or []})
+                    "matched": entry.get("matched") or [], "labels": entry.get("labels"),
+                    "image": entry.get("image"), "source": entry.get("source")})
     return out
 
 
@@ -81,11 +82,14 @@ def resolve(data_dir, pretrained_id, channels) -> dict:
     return {"id": pretrained_id, "network_text": prototxt.read_text(), "weights": entry["weights"]}
 
 
-def save_upload(data_dir, name, prototxt: bytes, weights_storage, description="") -> dict:
+def save_upload(data_dir, name, prototxt: bytes, weights_storage, description="", fields=None) -> dict:
     """Store an uploaded network + caffemodel (werkzeug FileStorage for the weights): the file is
-    written once, straight into its store folder (``jobs.pretrained.save_upload``)."""
+    written once, straight into its store folder (``jobs.pretrained.save_upload``); ``fields``:
+    {labels (bytes), image {type, resize_mode, width, height}} (DIGITS' upload fields)."""
+    fields = fields or {}
     try:
-        return pretrained.save_upload(folder(data_dir), name, prototxt, weights_storage, description)
+        return pretrained.save_upload(folder(data_dir), name, prototxt, weights_storage, description,
+                                      labels=fields.get("labels"), image=fields.get("image"))
     except pretrained.UploadError as exc:
         raise BadRequest(str(exc), {exc.field: str(exc)} if exc.field else None) from None
 
@@ -130,6 +134,17 @@ def layers(data_dir, pretrained_id) -> dict:
         return pretrained_archive.layer_table(entry["weights"], Path(entry["prototxt"]).read_text())
     except (OSError, ValueError) as exc:
         raise BadRequest(f"cannot read the layers of {entry['name']}: {exc}") from None
+
+
+def layer_image(data_dir, pretrained_id, layer) -> bytes | None:
+    """PNG of one layer's weights of an uploaded model (``jobs.pretrained_archive``), None when
+    they are not 4-D; NotFound for an unknown model or layer."""
+    from jobs import pretrained_archive
+    try:
+        entry = pretrained.upload_entry(folder(data_dir), pretrained_id)
+        return pretrained_archive.layer_weight_image(entry["weights"], layer)
+    except KeyError as exc:
+        raise NotFound(str(exc).strip("'\"")) from None
 
 
 def delete_upload(data_dir, pretrained_id) -> None:
@@ -177,6 +192,12 @@ def read_prototxt(storage) -> bytes:
 
 
 def upload_from_form(backend, form) -> dict:
-    """Store the model of a validated ``PretrainedUploadForm`` (the tab's and the API's)."""
+    """Store the model of a validated ``PretrainedUploadForm`` (the tab's and the API's), with
+    DIGITS' labels file, image type, resize mode and size when given."""
+    labels = form.labels_file.data
+    fields = {"labels": labels.read(pretrained.MAX_LABELS_BYTES + 1) if labels and getattr(labels, "filename", "") else None,
+              "image": {"type": form.image_type.data, "resize_mode": form.resize_mode.data,
+                        "width": form.image_width.data, "height": form.image_height.data}
+              if form.image_type.data else None}
     return backend.upload_pretrained(form.name.data, read_prototxt(form.prototxt.data), form.weights.data,
-                                     form.description.data or "")
+                                     form.description.data or "", fields)

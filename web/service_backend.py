@@ -307,8 +307,8 @@ class ServiceBackend:
         shape = self._dataset_shape(dataset_id)
         return pretrained_store.resolve(self.settings["DATA_DIR"], pretrained_id, shape[0] if shape else None)
 
-    def upload_pretrained(self, name, prototxt, weights, description=""):
-        return pretrained_store.save_upload(self.settings["DATA_DIR"], name, prototxt, weights, description)
+    def upload_pretrained(self, name, prototxt, weights, description="", fields=None):
+        return pretrained_store.save_upload(self.settings["DATA_DIR"], name, prototxt, weights, description, fields)
 
     def delete_pretrained(self, pretrained_id):
         pretrained_store.delete_upload(self.settings["DATA_DIR"], pretrained_id)
@@ -382,6 +382,9 @@ class ServiceBackend:
 
     def pretrained_layers(self, pretrained_id):
         return pretrained_store.layers(self.settings["DATA_DIR"], pretrained_id)
+
+    def pretrained_layer_image(self, pretrained_id, layer):
+        return pretrained_store.layer_image(self.settings["DATA_DIR"], pretrained_id, layer)
 
     def test_many(self, job_id, source, options):
         allowed = {"folder", "list_file", "paths", "zip_path", "dataset_stage"}

@@ -101,6 +101,25 @@ def upload_archive():
     return render_template("pretrained_archive.html", error=error), (400 if error else 200)
 
 
+@bp.route("/pretrained/<pretrained_id>/layers")
+def pretrained_layers_page(pretrained_id):
+    """An uploaded pretrained model's layers with parameter shapes and counts, and per layer a
+    picture of its weights (DIGITS' pretrained model page and layer visualisations)."""
+    entry = next((p for p in backend().pretrained_models() if p["id"] == pretrained_id), None)
+    if entry is None:
+        raise NotFound("no pretrained model %r" % (pretrained_id,))
+    return render_template("pretrained_layers.html", entry=entry, table=backend().pretrained_layers(pretrained_id))
+
+
+@bp.route("/pretrained/<pretrained_id>/layers/<path:layer>.png")
+def pretrained_layer_png(pretrained_id, layer):
+    image = backend().pretrained_layer_image(pretrained_id, layer)
+    if image is None:
+        abort(404, "the weights of %s are not 4-D: no picture" % layer)
+    from flask import Response
+    return Response(image, mimetype="image/png")
+
+
 @bp.route("/models/<job_id>/test-many", methods=["GET", "POST"])
 def test_many(job_id):
     job = load_job(job_id, "model")
