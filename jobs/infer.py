@@ -106,12 +106,15 @@ def blob_stats(array, bins=20):
 
 
 def lv_contours(class_map, lv_class=1):
-    """Outer contours of the LV mask as lists of (x, y), via cv2.findContours."""
+    """Outer contours of the LV mask as lists of (x, y), via cv2.findContours, at pixel index + 0.5
+    as ``jobs.clinical.mask_contour`` traces them: the Sunnybrook expert points are truncated to
+    pixel indices when a label is filled, so a perfect prediction's outline lies on the expert
+    contour, and the exported contour files of ``infer --out`` and the clinical export agree."""
     import cv2
     mask = (np.asarray(class_map) == lv_class).astype(np.uint8)
     found = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contours = found[0] if len(found) == 2 else found[1]
-    return [[(float(p[0][0]), float(p[0][1])) for p in c] for c in contours]
+    return [[(float(p[0][0]) + 0.5, float(p[0][1]) + 0.5) for p in c] for c in contours]
 
 
 def sunnybrook_contour_text(contour):

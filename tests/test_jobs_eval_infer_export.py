@@ -121,7 +121,9 @@ def test_infer_record_and_dicom_and_contour(job, tmp_path):
     assert np.allclose(r["probabilities"].sum(axis=0), 1.0)
     assert "data" in r["activations"] and r["activations"]["data"]["histogram"]
     contour = inf.lv_contours(r["class_map"])
-    assert len(contour) == 1 and (2.0, 2.0) in contour[0]
+    assert len(contour) == 1 and (2.5, 2.5) in contour[0]  # pixel (2, 2) of the outline, at its centre
+    from jobs.clinical import mask_contour
+    assert sorted(contour[0]) == sorted(map(tuple, mask_contour(r["class_map"] == 1).tolist()))
     assert inf.sunnybrook_contour_text([(2, 3)]) == "2.00 3.00\n"
     with pytest.raises(inf.InferError, match="no record"):
         inf.record_by_key(ds, "nope")
