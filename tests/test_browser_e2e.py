@@ -130,10 +130,10 @@ def test_ui_a_flat_series_gets_a_narrow_axis_not_plus_minus_one(browser_page, fa
     fake.metrics = lambda job_id, since=0: {
         "status": "Running", "progress": 0.1, "eta": 30, "iteration": 4, "iters_per_epoch": 4,
         "series": {"train/loss": [[i, 1.0 / i] for i in range(max(1, since), 5)],
-                   "val/accuracy": [[4, 0.98]] if since <= 4 else []}}
+                   "val/dice": [[4, 0.98]] if since <= 4 else []}}  # accuracy has its fixed 0-100 % axis
     page = browser_page
     page.goto(f"{url}/models/{m}")
-    plot = "document.querySelector('.chart[data-chart=\"accuracy\"] .plot')"
+    plot = "document.querySelector('.chart[data-chart=\"dice\"] .plot')"
     page.wait_for_function(f"{plot} && {plot}._fullLayout && {plot}._fullLayout.yaxis")
     low, high = page.evaluate(f"{plot}._fullLayout.yaxis.range")
     assert low < 0.98 < high and high - low < 0.2, (low, high)  # Plotly alone shows 0–2
