@@ -78,3 +78,36 @@ def test_home_tables_filter_sort_columns_and_groups(enforcing_page, fake_site): 
     page.click(f"{panel} .group-toggle")
     assert page.locator(f'tr[data-job-id="{a}"]').is_hidden() and page.locator(f'tr[data-job-id="{c}"]').is_visible()
     assert page.evaluate("window.__csp") == [] and not page.js_errors
+
+
+def test_segmentation_view_threshold_gamma_colormap_legend_hover_and_reset(enforcing_page, fake_site):  # noqa: F811
+    url, fake, _ = fake_site
+    page = enforcing_page
+    ds = fake.add_job("dataset", "d")
+    model = fake.add_job("model", "m", dataset_id=ds)
+    page.goto(f"{url}/models/{model}/infer")
+    page.select_option("#record", "00000001")
+    page.click("#test-record")
+    wait_until(page, "document.querySelector(\".overlay-view[data-ready='1']\") !== null")
+    count = ("(() => { const c = document.querySelector('.overlay-canvas'); const d = c.getContext('2d')"
+             ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4)"
+             " if (d[i] > d[i + 1] + 40) n++; return n; })()")  # reddish pixels: the coloured LV
+    before = page.evaluate(count)
+    # the fake's p(lv) is 0.8 on its prediction, 0.3 elsewhere: a threshold of 0.25 makes all of it LV
+    page.check(".ov-threshold-on")
+    page.fill(".ov-threshold", "25")
+    page.dispatch_event(".ov-threshold", "input")
+    wait_until(page, "document.querySelector('.overlay-view').dataset.thresholded === '1'")
+    assert page.locator(".ov-threshold-value").inner_text() == "0.25"
+    assert page.evaluate(count) > before
+    page.fill(".ov-gamma", "50")
+    page.dispatch_event(".ov-gamma", "input")
+    assert page.locator(".ov-gamma-value").inner_text() == "0.50"
+    page.select_option(".ov-input-colormap", "jet")
+    page.hover('.ov-legend li[data-class="1"]')
+    wait_until(page, "document.querySelector('.ov-legend li[data-class=\"1\"]').classList.contains('highlight')")
+    page.click(".ov-reset")
+    wait_until(page, "document.querySelector('.overlay-view').dataset.thresholded === '0'")
+    assert page.locator(".ov-gamma-value").inner_text() == "1.00"
+    assert page.locator(".ov-input-colormap").input_value() == "gray" and page.evaluate(count) == before
+    assert page.evaluate("window.__csp") == [] and not page.js_errors

@@ -356,3 +356,45 @@ def test_upload_form_digits_fields_and_the_layers_page(env, tmp_path):
     assert picture.status_code == 200 and picture.data[:4] == b"\x89PNG"
     assert client.get(f"/pretrained/{entry['id']}/layers/fc9.png").status_code == 404
     assert client.get("/pretrained/up-000000000000/layers").status_code == 404
+
+
+def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_path, monkeypatch):
+    import cv2
+    from jobs import infer as inf
+    from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
+    for stage in ("train", "val"):
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), [np.zeros((1, 8, 8), np.uint8)] * 2)
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), [np.zeros((1, 8, 8), np.uint8)] * 2)
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
+    [m] = svc.create_model({"dataset_id": svc.import_dataset(ds, "d")["id"], "network_text": TINY_NET, "epochs": 1})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    picture = np.zeros((10, 12), np.uint8)
+    picture[2:4, 3:9] = 200
+    cv2.imwrite(str(data / "wide.png"), picture)
+    page = client.get(f"/models/{m['id']}/infer").get_data(as_text=True)
+    assert 'name="no_resize"' in page and 'name="server_path"' in page
+
+    def infer(**form):
+        resp = client.post(f"/models/{m['id']}/infer", data=dict({"snapshot": "1", "which": "image"}, **form))
+        assert resp.status_code == 302, resp.get_data(as_text=True)
+        token = resp.headers["Location"].rsplit("/", 1)[1]
+        import json as _json
+        return token, _json.loads(open(os.path.join(m["dir"], "inference", token, "result.json")).read())
+
+    token, kept = infer(server_path=str(data / "wide.png"), no_resize="y")
+    assert kept["shape"] == [10, 12] and kept["not_resized"] and kept["has_probability"]
+    assert (data / "wide.png").is_file()  # the server's file is left alone
+    probability = client.get(f"/models/{m['id']}/inference/{token}/probability.png")
+    decoded = cv2.imdecode(np.frombuffer(probability.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # the fake net: p(lv) = 1 / (1 + e^(0.5 - x)) for the preprocessed pixel x (200 or 0), as 8 bits
+    assert decoded[2, 3] == round(255 / (1 + np.exp(0.5 - 200))) and decoded[0, 0] == round(255 / (1 + np.exp(0.5)))
+    _, squashed = infer(server_path=str(data / "wide.png"))
+    assert squashed["shape"] == [8, 8] and squashed["resized_from"] == [12, 10]
+    outside = client.post(f"/models/{m['id']}/infer", data={"snapshot": "1", "which": "image",
+                                                            "server_path": str(tmp_path / "ds" / "dataset.json")})
+    assert outside.status_code == 400 and "outside the allowed data folders" in outside.get_data(as_text=True)

@@ -227,6 +227,7 @@ class FakeBackend:
         pred = np.roll(_label(0), 1, axis=1)
         result = {"image": _feature(0), "prediction": pred, "label": label, "classes": ["background", "lv"],
                   "palette": [[0, 0, 0], [255, 0, 0]], "snapshot": snapshot or 4,
+                  "foreground_probability": np.where(pred > 0, 0.8, 0.3),  # the threshold's input
                   "metrics": {"dice": 0.9, "iou": 0.82, "area_pred_px": int(pred.sum())} if record else {}}
         if visualize:
             result["layers"] = [{"name": "conv1", "kind": "activation", "shape": [1, 4, 32, 32], "mean": 0.1,

@@ -214,7 +214,7 @@ def test_every_form_field_has_a_help_tooltip(env):
             assert missing == [], type(form).__name__
     m = fake.add_job("model", "m", dataset_id=fake.add_job("dataset", "d"))
     html = client.get(f"/models/{m}/infer").get_data(as_text=True)
-    assert html.count('class="help"') == 4  # snapshot, record, visualize, image
+    assert html.count('class="help"') == 6  # snapshot, record, visualize, no_resize, image, server_path
 
 
 def test_a_model_that_cannot_be_deleted_says_why(env, monkeypatch):

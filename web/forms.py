@@ -352,6 +352,13 @@ class InferenceForm(FlaskForm):
                                   "training data; without a label there is no Dice.")
     visualize = BooleanField("Show visualizations and statistics",
                              description="Also report every layer's activations and weights (slower).")
+    no_resize = BooleanField("Do not resize input image(s)",
+                             description="Infer an image of another size as it is (a fully convolutional net "
+                                         "takes any size) instead of squashing it to the dataset's size.")
+    server_path = StringField("Or an image on the server", validators=[Optional(), Length(max=4096),
+                                                                       ServerPath(folder=False)],
+                              render_kw={"data-path-complete": "1"},
+                              description="A PNG, TIFF or DICOM file inside the server's data folders.")
 
 
 class PretrainedUploadForm(FlaskForm):

@@ -60,6 +60,10 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
         image = np.asarray(result["image"])
         (tmp / "image.png").write_bytes(imaging.feature_png(image))
         (tmp / "prediction.png").write_bytes(imaging.class_map_png(result["prediction"]))
+        foreground = result.get("foreground_probability")
+        if foreground is not None:  # p(class 1) as 8 bits (0-255 = 0-1): the view's threshold
+            prob8 = np.clip(np.rint(np.asarray(foreground, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+            (tmp / "probability.png").write_bytes(imaging.class_map_png(prob8))
         has_label = result.get("label") is not None
         if has_label:
             (tmp / "label.png").write_bytes(imaging.class_map_png(result["label"]))
@@ -76,6 +80,7 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
             "classes": list(result.get("classes") or []),
             "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
             "metrics": result.get("metrics") or {}, "has_label": has_label,
+            "has_probability": foreground is not None,
             "layers": layers, "param_total": result.get("param_total"),
             "shape": list(np.asarray(result["prediction"]).shape[-2:]),
         }
@@ -264,18 +269,35 @@ def _hide_paths(message: str, paths, name: str) -> str:
     return message
 
 
+def store_server_file(job: dict, path, roots) -> str:
+    """Copy an image on the server (inside ``roots``, the data folders) into the model's uploads,
+    as an upload of that file: it is inferred and then removed like one, the original is left alone."""
+    from web.safety import within
+    source = within(path, roots)
+    if not source.is_file():
+        raise BadRequest(f"{path} is not a file on the server", {"server_path": "not a file"})
+    if source.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise BadRequest(f"{path}: a PNG, TIFF or DICOM file", {"server_path": "unsupported file type"})
+    folder = Path(job["dir"]) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    prune_uploads(folder)
+    target = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}-{secure_filename(source.name) or 'image'}"
+    shutil.copyfile(source, target)
+    return str(target)
+
+
 def run_inference(backend, job: dict, snapshot, record=None, image_path=None, visualize=False, token=None,
-                  extra=None, upload_name=None) -> str:
+                  extra=None, upload_name=None, resize=True) -> str:
     """Infer one validation record or one stored upload (resized to the dataset's size first) and
     store the result; returns its token. Errors name the upload as the user named it. A stored
     upload (and its resized copy) is removed afterwards, whether the inference succeeded or not:
     the result keeps its own images and the file's name."""
     if image_path and not record:
         try:
-            return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name)
+            return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name, resize)
         finally:
             discard_upload(image_path)
-    return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name)
+    return _run_inference(backend, job, snapshot, record, image_path, visualize, token, extra, upload_name, resize)
 
 
 def discard_upload(path: str) -> None:
@@ -289,12 +311,14 @@ def discard_upload(path: str) -> None:
             pass
 
 
-def _run_inference(backend, job: dict, snapshot, record, image_path, visualize, token, extra, upload_name) -> str:
+def _run_inference(backend, job: dict, snapshot, record, image_path, visualize, token, extra, upload_name,
+                   resize=True) -> str:
     extra = dict(extra or {})
     infer_path = image_path
     if image_path and not record:
         name = upload_name or upload_display_name(image_path)
-        infer_path, facts = prepare_upload(backend, job, image_path, name)
+        # resize=False: DIGITS' "Do not resize input image(s)", the image is inferred at its own size
+        infer_path, facts = prepare_upload(backend, job, image_path, name) if resize else (image_path, {"not_resized": True})
         extra.update(facts, upload_name=name)
         try:
             result = backend.infer(job["id"], snapshot, record=record, image_path=infer_path, visualize=visualize)

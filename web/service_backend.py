@@ -433,7 +433,11 @@ def _inference_view(raw: dict, info) -> dict:
                "png": layer.get("png"), "param_count": layer.get("param_count")}
               for layer in raw.get("layers") or []]
     snapshot = raw["snapshot"]
+    probabilities = raw.get("probabilities")
     return {"image": np.asarray(raw["image"]), "prediction": np.asarray(raw["class_map"]),
+            # the foreground class's probability (2-class results): the view's binary threshold
+            "foreground_probability": (np.asarray(probabilities)[1] if probabilities is not None
+                                       and np.ndim(probabilities) == 3 and len(probabilities) == 2 else None),
             "label": None if raw.get("label") is None else np.asarray(raw["label"]),
             "classes": list(raw.get("classes") or (info.classes if info is not None else [])),
             "palette": info.palette if info is not None else [],

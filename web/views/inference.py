@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
 from web import inference_store as store
 from web.backend import BadRequest, Unavailable
@@ -48,8 +48,14 @@ def infer(job_id):
         try:
             if upload and getattr(upload, "filename", "") and which != "record":
                 token = store.run_inference(backend(), job, snapshot, image_path=store.store_upload(job, upload),
-                                      visualize=form.visualize.data,
+                                      visualize=form.visualize.data, resize=not form.no_resize.data,
                                       upload_name=os.path.basename(upload.filename.replace("\\", "/")))
+            elif (form.server_path.data or "").strip() and which != "record":
+                path = form.server_path.data.strip()
+                token = store.run_inference(backend(), job, snapshot,
+                                            image_path=store.store_server_file(job, path, current_app.config["DATA_ROOTS"]),
+                                            visualize=form.visualize.data, resize=not form.no_resize.data,
+                                            upload_name=os.path.basename(path))
             elif form.record.data:
                 token = store.record_inference(backend(), job, form.record.data, snapshot, visualize=form.visualize.data)
             else:
@@ -82,7 +88,7 @@ def result(job_id, token):
 @bp.route("/models/<job_id>/inference/<token>/<name>.png")
 def result_png(job_id, token, name):
     check_job_id(job_id)
-    if name not in ("image", "prediction", "label") and not re.fullmatch(r"layer-\d{1,5}", name):
+    if name not in ("image", "prediction", "label", "probability") and not re.fullmatch(r"layer-\d{1,5}", name):
         abort(404)  # layer-<n>: a layer's picture (web.inference_store)
     job = load_job(job_id, "model")
     store.load_result(job, token)

@@ -51,6 +51,18 @@
     return grown;
   }
 
+  // The input image's colormaps (applied to its gray level after the gamma).
+  function inputColour(map, v) {
+    if (map === "inverted") return [255 - v, 255 - v, 255 - v];
+    const t = v / 255;
+    if (map === "hot") return [Math.min(255, 3 * 255 * t), Math.min(255, Math.max(0, 3 * 255 * t - 255)), Math.max(0, 3 * 255 * t - 510)];
+    if (map === "jet") {
+      const f = x => Math.round(255 * Math.max(0, Math.min(1, 1.5 - Math.abs(4 * t - x))));
+      return [f(3), f(2), f(1)];
+    }
+    return [v, v, v];
+  }
+
   function colour(scheme, palette, c) {
     if (scheme === "gray") { const v = c ? Math.round(255 * Math.min(1, 0.4 + 0.6 * c / 3)) : 0; return [v, v, v]; }
     if (scheme === "false") return FALSE_COLOUR[c % FALSE_COLOUR.length];
@@ -73,11 +85,16 @@
   async function setup(view) {
     const info = JSON.parse(view.dataset.result);
     const canvas = view.querySelector("canvas");
-    const [img, pred, lab] = await Promise.all([
+    const [img, pred, lab, prob] = await Promise.all([
       loadImage(view.dataset.image), loadImage(view.dataset.prediction),
-      view.dataset.label ? loadImage(view.dataset.label) : Promise.resolve(null)]);
+      view.dataset.label ? loadImage(view.dataset.label) : Promise.resolve(null),
+      view.dataset.probability ? loadImage(view.dataset.probability) : Promise.resolve(null)]);
     const base = pixels(img), w = base.width, h = base.height;
-    const predMap = classes(pixels(pred));
+    const argmaxMap = classes(pixels(pred));
+    const probMap = prob ? classes(pixels(prob)) : null;  // p(foreground) x 255
+    let predMap = argmaxMap;
+    let highlight = null;  // the class the pointer is on in the legend: only it is coloured
+    let drawnScheme = null;  // the colormap the legend was drawn for
     const labMap = lab ? classes(pixels(lab)) : null;
     canvas.width = w; canvas.height = h;
     const ctx = canvas.getContext("2d");
@@ -85,9 +102,18 @@
     const controls = {
       scheme: q(".ov-colormap"), opacity: q(".ov-opacity"), mask: q(".ov-mask"),
       outline: q(".ov-outline"), label: q(".ov-label"), width: q(".ov-width"),
+      gamma: q(".ov-gamma"), input: q(".ov-input-colormap"), thresholdOn: q(".ov-threshold-on"),
+      threshold: q(".ov-threshold"),
     };
+    // what Reset view restores: every control as the page drew it first
+    const defaults = new Map(Object.values(controls).filter(Boolean).map(c => [c, c.type === "checkbox" ? c.checked : c.value]));
 
     function render() {
+      const thresholded = probMap && controls.thresholdOn && controls.thresholdOn.checked;
+      const cut = controls.threshold ? controls.threshold.value / 100 : 0.5;
+      predMap = thresholded ? probMap.map(p => (p >= cut * 255 ? 1 : 0)) : argmaxMap;
+      const gamma = controls.gamma ? controls.gamma.value / 100 : 1;
+      const inputMap = controls.input ? controls.input.value : "gray";
       const scheme = controls.scheme ? controls.scheme.value : "dataset";
       const alpha = controls.opacity ? controls.opacity.value / 100 : 0.45;
       const lw = controls.width ? parseInt(controls.width.value, 10) : 1;
@@ -99,7 +125,12 @@
       const labCol = labelColour(scheme, info.palette, Math.max(2, (info.classes || []).length));
       for (let i = 0; i < w * h; i++) {
         let r = base.data[i * 4], g = base.data[i * 4 + 1], b = base.data[i * 4 + 2];
-        const c = predMap[i];
+        if (gamma !== 1 || inputMap !== "gray") {
+          const level = v => 255 * Math.pow(v / 255, 1 / gamma);
+          if (inputMap === "gray") { r = level(r); g = level(g); b = level(b); }
+          else [r, g, b] = inputColour(inputMap, level((r + g + b) / 3));
+        }
+        const c = highlight === null || predMap[i] === highlight ? predMap[i] : 0;
         if (c) {
           const col = colour(scheme, info.palette, c);
           r = r * (1 - alpha) + col[0] * alpha; g = g * (1 - alpha) + col[1] * alpha; b = b * (1 - alpha) + col[2] * alpha;
@@ -115,8 +146,12 @@
       label(".ov-opacity-value", Math.round(alpha * 100) + "%");
       label(".ov-mask-value", Math.round(mask * 100) + "%");
       label(".ov-width-value", lw + " px");
+      label(".ov-gamma-value", gamma.toFixed(2));
+      label(".ov-threshold-value", cut.toFixed(2));
+      view.dataset.thresholded = thresholded ? "1" : "0";
       canvas.dataset.renders = String((parseInt(canvas.dataset.renders || "0", 10)) + 1);
-      legend(scheme);
+      if (scheme !== drawnScheme) { legend(scheme); drawnScheme = scheme; }  // not under the pointer on hover
+      view.querySelectorAll(".ov-legend li[data-class]").forEach(li => li.classList.toggle("highlight", Number(li.dataset.class) === highlight));
     }
 
     function legend(scheme) {
@@ -130,6 +165,11 @@
         sw.style.background = "rgb(" + colour(scheme, info.palette, c).join(",") + ")";
         li.appendChild(sw);
         li.appendChild(document.createTextNode(name + (c === 0 ? "" : " (prediction)")));
+        li.dataset.class = String(c);
+        if (c) {  // pointing at a class shows it alone; leaving shows them all again
+          li.addEventListener("mouseenter", () => { highlight = c; render(); });
+          li.addEventListener("mouseleave", () => { highlight = null; render(); });
+        }
         ul.appendChild(li);
       });
       if (labMap) {
@@ -143,6 +183,12 @@
       }
     }
 
+    const reset = q(".ov-reset");
+    if (reset) reset.addEventListener("click", () => {
+      defaults.forEach((value, control) => { if (control.type === "checkbox") control.checked = value; else control.value = value; });
+      highlight = null;
+      render();
+    });
     Object.values(controls).forEach(c => c && c.addEventListener("input", render));
     Object.values(controls).forEach(c => c && c.addEventListener("change", render));
     render();
