@@ -21,6 +21,7 @@ def fake_env(tmp_path):
     data = tmp_path / "data"
     (data / "sample" / "challenge_training").mkdir(parents=True)
     (data / "sample" / "Sunnybrook Cardiac MR Database ContoursPart3").mkdir(parents=True)
+    (data / "sample" / "TrainingDataContours").mkdir(parents=True)
     fake = FakeBackend(tmp_path / "jobs")
     app = create_app({"DATA_DIR": str(data), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
                       "WTF_CSRF_ENABLED": False, "TESTING": True})
@@ -32,7 +33,9 @@ def _documented_dataset_body(data):
     text = DOCS.read_text()
     match = re.search(r"localhost:5000/api/datasets -d '(\{.*?\})'", text, re.S)
     assert match, "docs/WEB.md has no POST /api/datasets example"
-    return json.loads(match.group(1).replace("/data/", str(data) + "/"))
+    # the shell pieces of the example ('"$HOME"'/.caffeseg or /data) become this test's data folder
+    body = match.group(1).replace("'\"$HOME\"'/.caffeseg/", str(data) + "/").replace('"/data/', '"%s/' % data)
+    return json.loads(body)
 
 
 # -- item 15 -------------------------------------------------------------------------------------
