@@ -398,3 +398,31 @@ def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_pat
     outside = client.post(f"/models/{m['id']}/infer", data={"snapshot": "1", "which": "image",
                                                             "server_path": str(tmp_path / "ds" / "dataset.json")})
     assert outside.status_code == 400 and "outside the allowed data folders" in outside.get_data(as_text=True)
+
+
+def test_inference_json_gives_probabilities_when_asked(tmp_path, monkeypatch):
+    from jobs import infer as inf
+    from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
+    image = np.zeros((1, 8, 8), np.uint8)
+    image[0, :2, :3] = 200
+    for stage in ("train", "val"):
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), [image, image])
+        write_db(os.path.join(ds, "%s_db" % stage, "labels"), [np.zeros((1, 8, 8), np.uint8)] * 2)
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
+    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
+    [m] = svc.create_model({"dataset_id": svc.import_dataset(ds, "d")["id"], "network_text": TINY_NET, "epochs": 1})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    plain = client.post(f"/api/jobs/{m['id']}/infer", json={"record": "00000000"}).get_json()
+    assert "probabilities" not in plain["urls"] and plain["urls"]["prediction"].endswith("/prediction.png")
+    asked = client.post(f"/api/jobs/{m['id']}/infer", json={"record": "00000001", "probabilities": True}).get_json()
+    npy = client.get(asked["urls"]["probabilities"])
+    probs = np.load(io.BytesIO(npy.data))
+    assert npy.status_code == 200 and probs.dtype == np.float16 and probs.shape == (2, 8, 8)
+    # the fake net's softmax of (0.5, x): p(lv) = 1 / (1 + e^(0.5 - x)), x = 200 on the block, 0 elsewhere
+    assert float(probs[1, 0, 0]) == pytest.approx(1.0, abs=1e-3)
+    assert float(probs[1, 5, 5]) == pytest.approx(1 / (1 + np.exp(0.5)), abs=1e-3)
+    assert np.allclose(probs.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)

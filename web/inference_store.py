@@ -60,6 +60,11 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
         image = np.asarray(result["image"])
         (tmp / "image.png").write_bytes(imaging.feature_png(image))
         (tmp / "prediction.png").write_bytes(imaging.class_map_png(result["prediction"]))
+        if result.get("probabilities") is not None:  # the API's "probabilities": compact float16 .npy
+            import io
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(result["probabilities"], dtype=np.float16))
+            (tmp / "probabilities.npy").write_bytes(buffer.getvalue())
         foreground = result.get("foreground_probability")
         if foreground is not None:  # p(class 1) as 8 bits (0-255 = 0-1): the view's threshold
             prob8 = np.clip(np.rint(np.asarray(foreground, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
@@ -80,7 +85,7 @@ def save_result(job: dict, result: dict, source: str, token: str | None = None, 
             "classes": list(result.get("classes") or []),
             "palette": [list(map(int, p)) for p in (result.get("palette") or [])],
             "metrics": result.get("metrics") or {}, "has_label": has_label,
-            "has_probability": foreground is not None,
+            "has_probability": foreground is not None, "has_probabilities": result.get("probabilities") is not None,
             "layers": layers, "param_total": result.get("param_total"),
             "shape": list(np.asarray(result["prediction"]).shape[-2:]),
         }

@@ -435,6 +435,7 @@ def _inference_view(raw: dict, info) -> dict:
     snapshot = raw["snapshot"]
     probabilities = raw.get("probabilities")
     return {"image": np.asarray(raw["image"]), "prediction": np.asarray(raw["class_map"]),
+            "probabilities": None if probabilities is None else np.asarray(probabilities),  # C x H x W
             # the foreground class's probability (2-class results): the view's binary threshold
             "foreground_probability": (np.asarray(probabilities)[1] if probabilities is not None
                                        and np.ndim(probabilities) == 3 and len(probabilities) == 2 else None),

@@ -270,4 +270,8 @@ def infer(job_id):
     result = inference_store.load_result(job, token)
     urls = {name: url_for("inference.result_png", job_id=job_id, token=token, name=name)
             for name in ("image", "prediction") + (("label",) if result.get("has_label") else ())}
+    # "probabilities": the compact answer DIGITS' infer_one.json gave raw: the class map (8-bit
+    # PNG of the argmax, the prediction URL) and every class's probability as a float16 .npy
+    if str(body.get("probabilities", "")).lower() in ("1", "true", "yes", "y", "on") and result.get("has_probabilities"):
+        urls["probabilities"] = url_for("inference.result_probabilities", job_id=job_id, token=token)
     return jsonify(result | {"urls": urls, "page": url_for("inference.result", job_id=job_id, token=token)}), 201

@@ -98,6 +98,20 @@ def result_png(job_id, token, name):
     return Response(path.read_bytes(), mimetype="image/png")
 
 
+@bp.route("/models/<job_id>/inference/<token>/probabilities.npy")
+def result_probabilities(job_id, token):
+    """Every class's probability of a result, float16 C x H x W (numpy .npy), as DIGITS'
+    infer_one.json gave the raw outputs; the class map is the prediction PNG."""
+    check_job_id(job_id)
+    job = load_job(job_id, "model")
+    store.load_result(job, token)
+    path = job_file(job["dir"], f"inference/{token}/probabilities.npy")
+    if not path.is_file():
+        abort(404, "this result keeps no probabilities (made before they were stored)")
+    return Response(path.read_bytes(), mimetype="application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename={token}-probabilities.npy"})
+
+
 @bp.route("/compare")
 def compare():
     """The same validation record under two or more models, side by side."""
