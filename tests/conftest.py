@@ -145,3 +145,13 @@ def phantom_release(tmp_path):
     root = tmp_path / "sample"
     phantom.generate(str(root), cases=2, seed=0, slices=3)
     return root / "challenge_training", root / "TrainingDataContours"
+
+
+@pytest.fixture(autouse=True)
+def _python_layer_lookup_is_per_test():
+    """``web.create_app`` turns off the working-directory lookup of Python layers for its process;
+    in the test process each test starts from pycaffe's default again."""
+    from engine.layer_types import python as python_layers
+    saved = python_layers.SEARCH_WORKING_DIRECTORY
+    yield
+    python_layers.SEARCH_WORKING_DIRECTORY = saved

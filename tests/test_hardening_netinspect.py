@@ -126,3 +126,19 @@ def test_layers_that_read_files_are_not_built_by_the_preview(tmp_path):
             'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n' % listing)
     result = inspect(text)
     assert "r" not in result["blobs"] and "ImageData layers read their data from files" in result["note"]
+
+
+def test_the_server_never_imports_python_layers_from_its_working_directory(tmp_path, monkeypatch):
+    # pycaffe's lookup includes the working directory; the web process turns that off, so a
+    # module someone left in the server's folder cannot run when a job's net is built there
+    from engine.layer_types import python as python_layers
+    from web import create_app
+    monkeypatch.setattr(python_layers, "SEARCH_WORKING_DIRECTORY", True)
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "planted_layer.py").write_text("open(%r, 'w').write('ran')\n" % str(marker))
+    monkeypatch.chdir(tmp_path)
+    create_app({"DATA_DIR": str(tmp_path / "data"), "START_WORKER": False})
+    assert python_layers.SEARCH_WORKING_DIRECTORY is False
+    with pytest.raises(python_layers.PythonLayerError, match="was not found"):
+        python_layers._import_module("planted_layer", [str(tmp_path / "job")], "dice")
+    assert not marker.exists()

@@ -14,6 +14,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+from engine.layer_types import python as python_layer_types
 from web import config as config_module
 from web.backend import BadRequest, Forbidden, NotFound, Unavailable
 from web.safety import SECURITY_HEADERS, UnsafePath, host_allowed, trusted_hosts
@@ -116,6 +117,9 @@ def create_app(config=None) -> Flask:
     app.config["DEBUG"] = bool(settings.get("DEBUG", False))
     app.debug = app.config["DEBUG"]
     _install_guards(app, settings)
+    # Inference and evaluation build nets in this process: their Python layers come from the job
+    # folder and the project's python_layers/ only, never from the server's working directory.
+    python_layer_types.SEARCH_WORKING_DIRECTORY = False
     app.extensions["caffeseg_backend"] = _open_backend(settings)
     from web.views import pretrained
     pretrained.install_upload_limit(app)  # before CSRFProtect reads the body

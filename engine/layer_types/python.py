@@ -12,7 +12,8 @@ arrays are numpy views of CPU tensors; on an accelerator the adapter copies to a
 host, since user code is numpy code anyway).
 
 Module lookup, first hit wins: ``PythonLayer.search_dirs`` (set by the net/runner: the job
-folder, the prototxt's folder), the working directory, ``<dir>/python_layers`` for each of
+folder, the prototxt's folder), the working directory (unless ``SEARCH_WORKING_DIRECTORY`` is
+off, as in the web server), ``<dir>/python_layers`` for each of
 those, the project's ``python_layers/``, then ``sys.path``. ``import caffe`` inside the module
 resolves to the engine when real pycaffe is absent (``engine.caffe_shim``).
 
@@ -166,11 +167,17 @@ def is_annotated_user_error(err: BaseException) -> bool:
     return bool(getattr(err, "caffe_python_layer", None))
 
 
+#: pycaffe finds a Python layer's module from the working directory too (a user's script run in
+#: its folder). A server process turns this off (``web.create_app``): its working directory is
+#: nobody's job folder, so nothing there may be imported.
+SEARCH_WORKING_DIRECTORY = True
+
+
 def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str):
     from engine import caffe_shim
     caffe_shim.install()
     dirs = []
-    for d in list(search_dirs) + [os.getcwd()]:
+    for d in list(search_dirs) + ([os.getcwd()] if SEARCH_WORKING_DIRECTORY else []):
         dirs += [d, os.path.join(d, "python_layers")]
     dirs.append(_shipped_python_layers())
     dirs = [os.path.abspath(d) for d in dict.fromkeys(dirs) if os.path.isdir(d)]
