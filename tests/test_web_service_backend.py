@@ -157,7 +157,8 @@ def test_dataset_creation_is_queued_with_the_service(site, phantom_release):
                                      "encoder_threads": 2, "enforce_same_shape": False})
     job = svc.show(job_id)
     assert job["status"] == st.WAITING and job["name"] == "queued" and job["group_name"] is None
-    assert job["options"]["build"] == {"encoding": "png", "workers": 2, "enforce_same_shape": False}
+    assert job["options"]["build"] == {"encoding": "png", "label_encoding": "none", "workers": 2,
+                                     "enforce_same_shape": False}
     assert set(threading.enumerate()) == threads  # the web starts no build of its own
     with pytest.raises(BadRequest) as info:
         backend.create_dataset("sunnybrook", {"image_folder": "/missing", "contour_folder": str(contours)},
