@@ -426,3 +426,26 @@ def test_inference_json_gives_probabilities_when_asked(tmp_path, monkeypatch):
     assert float(probs[1, 0, 0]) == pytest.approx(1.0, abs=1e-3)
     assert float(probs[1, 5, 5]) == pytest.approx(1 / (1 + np.exp(0.5)), abs=1e-3)
     assert np.allclose(probs.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
+
+
+def test_digits_create_model_post_with_its_field_names(env):
+    client, fake, ds, model, _ = env
+    form = {"dataset": ds, "model_name": "from a DIGITS script", "train_epochs": "5", "learning_rate": "0.001",
+            "solver_type": "NESTEROV", "lr_policy": "exp", "lr_exp_gamma": "0.95", "lr_step_gamma": "0.1",
+            "method": "standard", "standard_networks": "fcn_tiny", "framework": "caffe", "batch_size": "4",
+            "use_mean": "image", "group_name": "scripts"}
+    resp = client.post("/models/images/generic.json", data=form)
+    assert resp.status_code == 200, resp.get_data(as_text=True)[-800:]
+    made = resp.get_json()
+    assert made["name"].startswith("from a DIGITS script") and made["status"] == "Running"
+    options = fake.calls[-1][1]
+    assert (options["epochs"], options["base_lr"], options["solver_type"], options["lr_policy"]) == \
+        (5, [0.001], "Nesterov", "exp")
+    assert options["lr_gamma"] == 0.95 and options["standard_network"] == "fcn_tiny"  # exp's gamma, not step's
+    assert options["batch_size"] == [4] and options["mean_subtraction"] == "image" and options["group_name"] == "scripts"
+    bad = client.post("/models/images/generic.json", data=dict(form, train_epochs="0"))
+    assert bad.status_code == 400 and "epochs" in bad.get_json()["fields"]
+    odd = client.post("/models/images/generic.json", data=dict(form, no_such_field="1"))
+    assert odd.status_code == 400 and "no_such_field" in odd.get_json()["error"]
+    page = client.post("/models/images/generic", data=form)
+    assert page.status_code == 302 and "/models/" in page.headers["Location"]

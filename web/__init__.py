@@ -24,7 +24,8 @@ csrf = CSRFProtect()
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/")
+    # the API, and DIGITS' .json URLs (its errors were JSON there too)
+    return request.path.startswith("/api/") or request.path.endswith(".json")
 
 
 def _error(status: int, message: str, **extra):

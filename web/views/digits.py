@@ -500,6 +500,74 @@ def digits_clone(job_id):
     return redirect(url_for("%ss.clone" % job["kind"], job_id=job_id))
 
 
+# DIGITS' model form field → caffeseg's ModelForm field (digits/model/forms.py names)
+DIGITS_MODEL_FIELDS = {
+    "dataset": "dataset", "model_name": "model_name", "group_name": "group_name", "train_epochs": "epochs",
+    "snapshot_interval": "snapshot_interval", "val_interval": "val_interval", "random_seed": "random_seed",
+    "batch_size": "batch_size", "batch_accumulation": "batch_accumulation", "learning_rate": "base_lr",
+    "weight_decay": "weight_decay", "rms_decay": "rms_decay", "lr_policy": "lr_policy",
+    "lr_step_size": "lr_step_size", "lr_multistep_values": "lr_step_values", "use_mean": "mean_subtraction",
+    "crop_size": "crop_size", "method": "network_source", "standard_networks": "standard_network",
+    "previous_networks": "previous_network", "custom_network": "custom_network",
+    "custom_network_snapshot": "pretrained_model", "select_gpu_count": "gpu_count", "select_gpus": "gpus"}
+# the policy's own gamma / power fields of DIGITS' form
+DIGITS_LR_GAMMA = {"step": "lr_step_gamma", "multistep": "lr_multistep_gamma", "exp": "lr_exp_gamma",
+                   "inv": "lr_inv_gamma", "sigmoid": "lr_sigmoid_gamma"}
+DIGITS_LR_POWER = {"inv": "lr_inv_power", "poly": "lr_poly_power"}
+DIGITS_SOLVERS = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
+                  "ADADELTA": "AdaDelta", "ADAM": "Adam"}
+# fields DIGITS scripts send that have no meaning here (one framework, one GPU policy)
+DIGITS_IGNORED = {"framework", "select_gpu", "shuffle", "python_layer_from_client", "python_layer_server_file"}
+
+
+def digits_model_form(form):
+    """DIGITS' model form fields → (caffeseg ModelForm values, the fields left unused)."""
+    out, unused = {}, []
+    policy = form.get("lr_policy") or "step"
+    for key in form:
+        values = form.getlist(key)
+        value = ",".join(values) if key == "select_gpus" else values[-1]
+        if key in DIGITS_MODEL_FIELDS:
+            out[DIGITS_MODEL_FIELDS[key]] = value
+        elif key == DIGITS_LR_GAMMA.get(policy):
+            out["lr_gamma"] = value
+        elif key == DIGITS_LR_POWER.get(policy):
+            out["lr_power"] = value
+        elif key == "lr_sigmoid_step" and policy == "sigmoid":
+            out["lr_step_size"] = value
+        elif key == "solver_type":
+            out["solver_type"] = DIGITS_SOLVERS.get(value.upper(), value)
+        elif not (key.startswith("lr_") or key in DIGITS_IGNORED):
+            unused.append(key)
+    if out.get("mean_subtraction") in ("", None):
+        out.pop("mean_subtraction", None)
+    return out, unused
+
+
+@digits_bp.route("/models/images/generic.json", methods=["POST"])
+@digits_bp.route("/models/images/generic", methods=["POST"])
+def digits_create_model():
+    """DIGITS' New Model POST with its form field names; answers its job JSON ({id, name, status},
+    {jobs: [...]} for a sweep) or, without .json, redirects to the model page."""
+    from web import api_spec
+    from web.forms import ModelForm
+    from web.job_options import fill_model_choices, model_options
+    values, unused = digits_model_form(request.form)
+    if unused:
+        raise BadRequest("fields caffeseg does not know: %s" % ", ".join(sorted(unused)),
+                         {k: "unknown field" for k in unused})
+    form = ModelForm(formdata=api_spec.with_defaults(ModelForm, values), meta={"csrf": False})
+    fill_model_choices(form, backend())
+    if not form.validate():
+        raise BadRequest("invalid model options", api_spec.form_errors(form))
+    ids = backend().create_model(model_options(form, backend()))
+    jobs = [load_job(i) for i in ids]
+    if not request.path.endswith(".json"):
+        return redirect(url_for("models.show", job_id=ids[0]) if len(ids) == 1 else url_for("home.index", tab="model"))
+    entries = [{"id": j["id"], "name": j["name"], "status": j["status"]} for j in jobs]
+    return jsonify(entries[0] if len(entries) == 1 else {"jobs": entries})
+
+
 @digits_bp.route("/models/<job_id>/download.<extension>")
 def digits_download(job_id, extension):
     """DIGITS' download.<extension> (tar.gz, tgz, zip); ?epoch= is the snapshot's epoch."""
