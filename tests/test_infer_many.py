@@ -69,6 +69,17 @@ def test_a_server_folder_inside_the_roots(model, tmp_path):
         table = list(csv.DictReader(f))
     assert [t["lv_area_px"] for t in table] == ["2", "4", "6"] and float(table[2]["fraction_lv"]) == 6 / 64.0
     assert [r["id"] for r in svc.test_many_list(m["id"])] == [done["id"]]
+    # the web's results grid: a coloured thumbnail of each class map
+    from web import create_app
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "JOBS_DIR": svc.root, "WTF_CSRF_ENABLED": False,
+                      "START_WORKER": False})
+    client = app.test_client()
+    page = client.get(f"/models/{m['id']}/test-many/{done['id']}").get_data(as_text=True)
+    assert page.count('class="tm-thumb"') == 3 and "img2.png" in page
+    thumb = client.get(f"/models/{m['id']}/test-many/{done['id']}/preview/1.png")
+    colour = cv2.imdecode(np.frombuffer(thumb.data, np.uint8), cv2.IMREAD_COLOR)
+    assert colour.shape == (8, 8, 3) and (colour[0, 0] != colour[7, 7]).any()  # LV coloured, background not
+    assert client.get(f"/models/{m['id']}/test-many/{done['id']}/preview/9.png").status_code == 404
     with pytest.raises(ServiceError, match="outside the data folders"):
         svc.test_many(m["id"], folder=str(tmp_path), roots=[str(tmp_path / "data")], wait=True)
     assert len(svc.test_many_list(m["id"])) == 1  # a refused request leaves nothing behind

@@ -24,7 +24,7 @@ import os
 import secrets
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, url_for)
 
 from web.backend import BadRequest, NotFound
@@ -155,6 +155,21 @@ def test_many_file(job_id, test_id, kind, index, ext):
         abort(404)
     return _test_file(job_id, test_id, "%s/%05d.%s" % (kind, index, ext),
                       "image/png" if ext == "png" else "application/octet-stream")
+
+
+@bp.route("/models/<job_id>/test-many/<test_id>/preview/<int:index>.png")
+def test_many_preview(job_id, test_id, index):
+    """A row's class map in colour (the results grid's thumbnail; the class_maps PNG holds the
+    class indices themselves)."""
+    import cv2
+    import numpy as np
+    from web import imaging
+    response = _test_file(job_id, test_id, "class_maps/%05d.png" % index, "image/png")
+    response.direct_passthrough = False
+    class_map = cv2.imdecode(np.frombuffer(response.get_data(), np.uint8), cv2.IMREAD_UNCHANGED)
+    if class_map is None:
+        abort(404, "the class map of row %d cannot be read" % index)
+    return Response(imaging.label_png(class_map), mimetype="image/png")
 
 
 def _test_file(job_id, test_id, relative, mimetype):
