@@ -139,8 +139,7 @@ def param_mismatch(layer, stored_blobs, expected_shapes, path):
 
 # -- files a network reads or writes -------------------------------------------------------------
 
-# (parameter message, field) of every file path a layer's parameters may name; a list file
-# (the ``source`` of ImageData/HDF5Data) names further files, one per line.
+# (parameter message, field) of every file path a layer's parameters may name.
 PATH_FIELDS = (
     ("transform_param", "mean_file"),
     ("data_param", "source"),
@@ -148,8 +147,10 @@ PATH_FIELDS = (
     ("window_data_param", "source"), ("window_data_param", "root_folder"), ("window_data_param", "mean_file"),
     ("hdf5_data_param", "source"),
     ("hdf5_output_param", "file_name"),
+    ("infogain_loss_param", "source"),
 )
-LIST_FILES = {("image_data_param", "source"), ("hdf5_data_param", "source")}
+# list files: ImageData's (one 'path label' a line), HDF5Data's (paths), WindowData's window file
+LIST_FILES = {("image_data_param", "source"), ("hdf5_data_param", "source"), ("window_data_param", "source")}
 MAX_LIST_LINES = 100000  # a list file longer than this is refused rather than read
 
 
@@ -168,9 +169,10 @@ def check_file_paths(net, job_dir, roots):
 
     Relative paths resolve against the job folder (the runner's working directory, as Caffe
     resolves them against its own); symlinks are followed. Whether a file exists is never said,
-    so the message cannot be used to probe the server's disk. Entries of ImageData / HDF5Data
-    list files inside the roots are checked the same way. Raises NetworkPathError naming the
-    layer and field."""
+    so the message cannot be used to probe the server's disk. The files named by ImageData /
+    HDF5Data list files and WindowData window files inside the roots are checked the same way,
+    read as the layers read them (_list_entries). Raises NetworkPathError naming the layer and
+    field."""
     import os
     allowed = [job_dir] + [r for r in roots if r]
 
@@ -198,7 +200,7 @@ def check_file_paths(net, job_dir, roots):
             if not _inside(where(value), allowed):
                 refuse(layer, name, value)
             if (message, field) in LIST_FILES and os.path.isfile(where(value)):
-                root = params.root_folder if message == "image_data_param" else ""
+                root = params.root_folder if message != "hdf5_data_param" else ""
                 for n, entry in enumerate(_list_entries(where(value), message), 1):
                     if n > MAX_LIST_LINES:
                         raise NetworkPathError("layer '%s' %s: %r lists more than %d files"
@@ -208,18 +210,91 @@ def check_file_paths(net, job_dir, roots):
 
 
 def _list_entries(path, message):
-    """The file names a list file gives: ImageData lines are 'path label' (the path may hold
-    spaces), HDF5Data lines are one path each."""
-    with open(path, errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if message == "image_data_param":
-                head, _, tail = line.rpartition(" ")
-                yield head if head and tail.lstrip("-").isdigit() else line
-            else:
-                yield line
+    """The file names a list file gives, split exactly as the reading layer splits it (engine and
+    Caffe), from the raw bytes: a name the layer would read must never escape the check.
+
+    ImageData: each line (split at '\\n' only) up to its last space, the whole line when it has
+    none; Caffe keeps a trailing '\\r', the engine drops it, so both are given. HDF5Data: every
+    whitespace-separated token (Caffe's ``source_file >> line``). WindowData: the image path after
+    each '# index' (then channels, height, width, window count and 6 numbers per window), read
+    until the file ends or stops matching that layout, where the layer stops too."""
+    import os
+    with open(path, "rb") as f:
+        raw = f.read()
+    if message == "hdf5_data_param":
+        for token in raw.split():
+            yield os.fsdecode(token)
+    elif message == "window_data_param":
+        yield from _window_images(raw)
+    else:
+        for line in raw.split(b"\n"):
+            for variant in {line, line.rstrip(b"\r")}:
+                if variant.strip():
+                    pos = variant.rfind(b" ")
+                    yield os.fsdecode(variant[:pos] if pos >= 0 else variant)
+
+
+def _window_images(raw):
+    """The image paths of a window file (layout in _list_entries) as the engine reads them
+    (whitespace tokens) and as Caffe's ``std::ifstream >>`` reads them (a number ends where its
+    digits end, so '5#' is two tokens there): both readers' paths are checked."""
+    import os
+    tokens = raw.split()
+    i = 0
+    while i < len(tokens) and tokens[i] == b"#":
+        if i + 2 < len(tokens):
+            yield os.fsdecode(tokens[i + 2])
+        try:
+            count = int(tokens[i + 6])
+        except (IndexError, ValueError):
+            break  # the engine refuses the file here, before reading another image
+        i += 7 + 6 * max(0, count)
+    yield from _caffe_window_images(raw)
+
+
+_WS = b" \t\n\v\f\r"
+
+
+def _caffe_window_images(raw):
+    """Caffe's WindowDataLayer reading loop: '#' index, path, 3 ints, count, count x (int, float,
+    4 ints); a failed extraction stops the stream for good (its failbit is sticky)."""
+    import os
+    import re
+    number = {"int": re.compile(rb"[+-]?[0-9]+"),
+              "float": re.compile(rb"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?(?![eE])")}
+    pos = [0]
+
+    def skip():
+        while pos[0] < len(raw) and raw[pos[0]:pos[0] + 1] in _WS:
+            pos[0] += 1
+
+    def word():
+        skip()
+        start = pos[0]
+        while pos[0] < len(raw) and raw[pos[0]:pos[0] + 1] not in _WS:
+            pos[0] += 1
+        if start == pos[0]:
+            raise EOFError
+        return raw[start:pos[0]]
+
+    def read(kind):
+        skip()
+        match = number[kind].match(raw, pos[0])
+        if not match:
+            raise EOFError
+        pos[0] = match.end()
+        return int(match.group()) if kind == "int" else 0
+
+    try:
+        word(), read("int")
+        while True:
+            yield os.fsdecode(word())
+            read("int"), read("int"), read("int")
+            for _ in range(read("int")):
+                read("int"), read("float"), read("int"), read("int"), read("int"), read("int")
+            word(), read("int")  # Caffe CHECKs the '#': any other word aborts there
+    except EOFError:
+        return
 
 
 # -- layer types the job's backend knows ---------------------------------------------------------
