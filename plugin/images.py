@@ -40,16 +40,59 @@ def max_image_pixels():
     return value
 
 
-def check_pixel_count(name, width, height, frames=1):
-    """ImageTooLarge naming ``name`` when width × height × frames exceeds the limit."""
-    total = int(width) * int(height) * max(1, int(frames or 1))
+def check_pixel_count(name, width, height, frames=1, units=1, why_units=""):
+    """ImageTooLarge naming ``name`` when width × height × frames × units exceeds the limit
+    (``units``: what one pixel of a frame counts, see ``tiff_pixel_units``; ``why_units`` says why)."""
+    total = int(width) * int(height) * max(1, int(frames or 1)) * max(1, int(units or 1))
     limit = max_image_pixels()
     if total > limit:
         frames_text = " × %d frames" % frames if frames and frames > 1 else ""
-        raise ImageTooLarge("%s: %d×%d%s pixels is more than this server reads (%d pixels, %s); "
+        units_text = " × %d%s" % (units, why_units) if units and units > 1 else ""
+        raise ImageTooLarge("%s: %d×%d%s pixels%s is more than this server reads (%d pixels, %s); "
                             "use a smaller image, or raise the limit with %s"
-                            % (name, int(width), int(height), frames_text, limit,
+                            % (name, int(width), int(height), frames_text, units_text, limit,
                                _square(limit), ENV_MAX_IMAGE_PIXELS))
+
+
+# A PNG pixel holds at most 4 samples of 16 bits: such a pixel counts once against the limit;
+# a TIFF pixel holding more (samples per pixel, bits per sample) counts as that many PNG pixels.
+PIXEL_SAMPLES, PIXEL_SAMPLE_BITS = 4, 16
+
+
+def tiff_pixel_units(page):
+    """How many PNG pixels one pixel of this TIFF page weighs: ceil(samples / 4) × ceil(bits / 16)."""
+    samples = max(1, int(page.samplesperpixel or 1))
+    bits = max(1, int(page.bitspersample or 1))
+    return -(-samples // PIXEL_SAMPLES) * -(-bits // PIXEL_SAMPLE_BITS)
+
+
+def _check_tiff(path, name):
+    """(width, height, pages) of the TIFF's first page, ImageTooLarge when all its pages together
+    (width × height × depth × pixel units each) exceed the limit; stops reading page headers as
+    soon as they do."""
+    import tifffile
+    limit = max_image_pixels()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            first = tif.pages[0]
+            width, height = int(first.imagewidth), int(first.imagelength)
+            total, pages = 0, 0
+            for page in tif.pages:
+                pages += 1
+                units = tiff_pixel_units(page) * max(1, int(page.imagedepth or 1))
+                total += int(page.imagewidth) * int(page.imagelength) * units
+                if total > limit:
+                    why = (" (a pixel of %d samples of %d bits, depth %d, counts as %d pixels)"
+                           % (page.samplesperpixel, page.bitspersample, page.imagedepth or 1, units))
+                    if pages == 1:
+                        check_pixel_count(name, page.imagewidth, page.imagelength, 1, units, why)
+                    check_pixel_count(name, width, height, pages, -(-total // max(1, pages * width * height)),
+                                      " (samples, bits and depth of %d pages counted)" % pages)
+    except ImageTooLarge:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any malformed header
+        raise UnreadableImage("%s: unreadable TIFF header (%s)" % (name, exc)) from None
+    return width, height, pages
 
 
 def _square(limit):
@@ -66,7 +109,8 @@ def looks_like_dicom(path):
 
 
 def header_size(path, name=None):
-    """(width, height, frames) from the file's header, without decoding pixels."""
+    """(width, height, frames) from the file's header, without decoding pixels; a TIFF is also
+    checked against the limit here, every page with its samples, bits and depth (_check_tiff)."""
     name = name or path
     lower = path.lower()
     if lower.endswith((".dcm", ".dicom")) or looks_like_dicom(path):
@@ -77,14 +121,7 @@ def header_size(path, name=None):
         except Exception as exc:  # noqa: BLE001 - any malformed header
             raise UnreadableImage("%s: unreadable DICOM header (%s)" % (name, exc)) from None
     if lower.endswith((".tif", ".tiff")):
-        import tifffile
-        try:
-            with tifffile.TiffFile(path) as tif:
-                pages = tif.pages
-                first = pages[0]
-                return int(first.imagewidth), int(first.imagelength), len(pages)
-        except Exception as exc:  # noqa: BLE001
-            raise UnreadableImage("%s: unreadable TIFF header (%s)" % (name, exc)) from None
+        return _check_tiff(path, name)
     import warnings
     from PIL import Image
     try:
