@@ -1,7 +1,7 @@
 """Caffe's rules for the neuron layers (AbsVal, BNLL, Clip, ELU, Exp, Log, PReLU, Swish,
-Threshold), ArgMax and the losses ContrastiveLoss, HingeLoss, MultinomialLogisticLoss and
-InfogainLoss, run through ``engine.Net``. Expected values are worked out by hand here from the
-formulas in BVLC's layer sources, not produced by the engine."""
+Threshold), ArgMax and the losses ContrastiveLoss, HingeLoss, MultinomialLogisticLoss,
+InfogainLoss and SigmoidCrossEntropyLoss, run through ``engine.Net``. Expected values are worked
+out by hand here from the formulas in BVLC's layer sources, not produced by the engine."""
 from __future__ import annotations
 
 import math
@@ -376,3 +376,26 @@ def test_in_place_log_and_bnll_read_the_top_in_backward_as_caffe_does():
                            {"x": [0.0]}, top="p", top_diff=[1.0])
     close(net.blobs["p"].data, [math.log(2.0)])
     close(net.blobs["x"].diff, [sigmoid(math.log(2.0))])  # e^y/(e^y + 1) with y = ln 2: 2/3
+
+
+# -- SigmoidCrossEntropyLoss -------------------------------------------------------------
+def test_sigmoid_cross_entropy_ignores_targets_whose_int_cast_is_the_ignore_label():
+    # Caffe compares static_cast<int>(target) with ignore_label: with ignore_label 0 the targets
+    # 0.5 and -0.7 truncate to 0 and are skipped; only the cell (x = -1, t = 1) counts.
+    net = forward_backward('layer { name: "s" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" '
+                           'top: "loss" loss_param { ignore_label: 0 } }',
+                           {"x": [[2.0, -1.0, 0.5]], "t": [[0.5, 1.0, -0.7]]})
+    # −log sigmoid(−1) = log(1 + e), normalized by the batch size N = 1 (BATCH_SIZE, the default)
+    close(net.blobs["loss"].data, math.log(1.0 + math.e))
+    # dx = (sigmoid(x) − t) · 1 / N at the counted cell, 0 at the ignored ones
+    close(net.blobs["x"].diff, [[0.0, sigmoid(-1.0) - 1.0, 0.0]])
+
+
+def test_sigmoid_cross_entropy_refuses_a_gradient_for_its_targets():
+    # targets computed by a learnable layer would get a gradient: Caffe aborts (LOG(FATAL))
+    net = make_net('layer { name: "tb" type: "Bias" bottom: "t" top: "target" bias_param { axis: 0 } }\n'
+                   'layer { name: "s" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "target" top: "loss" }',
+                   {"x": [[0.5, -2.0]], "t": [[1.0, 0.0]]}, force_backward=False)
+    net.forward()
+    with pytest.raises(LayerError, match="'s' \\(SigmoidCrossEntropyLoss\\).*cannot backpropagate to its target"):
+        net.backward()

@@ -46,13 +46,22 @@ class EuclideanLossLayer(Layer):
         return [(diff * diff).sum() / (2.0 * a.shape[0])]
 
 
+def _refuse_label_gradient(layer: Layer, what: str = "label") -> None:
+    """Caffe's LOG(FATAL) "cannot backpropagate to label inputs" as an error."""
+    raise layer.fail(f"cannot backpropagate to its {what} input; give the {what} bottom no learnable "
+                     "producer or set propagate_down: false for it")
+
+
 @register
 class SigmoidCrossEntropyLossLayer(Layer):
     """Caffe ``SigmoidCrossEntropyLoss``: cross-entropy of ``sigmoid(x)`` against targets in [0, 1].
 
-    Parameters (``loss_param``): ``ignore_label`` (optional), ``normalization`` (default
-    BATCH_SIZE here, as in Caffe; the legacy ``normalize`` maps true to VALID). The targets take
-    no gradient.
+    Parameters (``loss_param``): ``ignore_label`` (optional: a cell is ignored when its target
+    truncated to an int, Caffe's ``static_cast<int>``, equals it, so with ignore_label 0 a
+    target of 0.5 is ignored), ``normalization`` (default BATCH_SIZE here, as in Caffe; the
+    legacy ``normalize`` maps true to VALID). Backward (Caffe's): dx = (sigmoid(x) − t) ·
+    dloss / normalizer, 0 at ignored cells; a gradient asked for the targets is refused, as
+    Caffe aborts.
 
     Shape:
         - bottom 0 (scores): ``(N, *)``
@@ -63,6 +72,7 @@ class SigmoidCrossEntropyLossLayer(Layer):
     exact_bottoms = 2
     exact_tops = 1
     is_loss = True
+    explicit_backward = True
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
@@ -79,32 +89,43 @@ class SigmoidCrossEntropyLossLayer(Layer):
     def allow_force_backward(self, bottom_index):
         return bottom_index != 1
 
+    def _valid_and_normalizer(self, x, target):
+        """(mask of the cells that count, or None when there is no ignore_label; the normalizer)."""
+        if self.ignore_label is None:
+            valid, valid_count = None, torch.tensor(x.numel(), device=x.device)
+        else:
+            valid = target.to(torch.long) != self.ignore_label  # truncates toward 0, as static_cast<int>
+            valid_count = valid.sum()
+        outer = x.shape[0]
+        return valid, normalizer(self.mode, outer, x.numel() // outer, valid_count)
+
     def forward(self, bottoms, params):
-        x, target = bottoms[0], bottoms[1].detach().reshape(bottoms[0].shape)
+        x, target = bottoms[0], bottoms[1].reshape(bottoms[0].shape)
         positive = (x >= 0).to(x.dtype)
         # Caffe's overflow-safe form: x·(t − [x≥0]) − log(1 + exp(x − 2x·[x≥0]))
         per = x * (target - positive) - F.softplus(x - 2 * x * positive)
-        if self.ignore_label is not None:
-            valid = target != self.ignore_label
-            per = per * valid
-            valid_count = valid.sum()
-        else:
-            valid_count = torch.tensor(x.numel(), device=x.device)
-        outer = x.shape[0]
-        z = normalizer(self.mode, outer, x.numel() // outer, valid_count)
+        valid, z = self._valid_and_normalizer(x, target)
+        if valid is not None:
+            per = torch.where(valid, per, torch.zeros_like(per))  # skipped, as Caffe's loop does
         return [-per.sum() / z]
+
+    def backward(self, bottoms, params, tops, top_diffs, propagate_down, param_propagate_down):
+        if propagate_down[1]:
+            _refuse_label_gradient(self, "target")
+        if not propagate_down[0]:
+            return [None, None], []
+        x, target = bottoms[0], bottoms[1].reshape(bottoms[0].shape)
+        valid, z = self._valid_and_normalizer(x, target)
+        grad = torch.sigmoid(x) - target
+        if valid is not None:
+            grad = torch.where(valid, grad, torch.zeros_like(grad))
+        return [grad * (top_diffs[0] / z), None], []
 
 
 # -- ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, InfogainLoss ---------------------
 # Their backward is Caffe's formula (explicit), which differs from autograd's where Caffe
 # floors a probability (1e-20) or adds 1e-4 to a distance.
 LOG_THRESHOLD = 1e-20  # Caffe's kLOG_THRESHOLD
-
-
-def _refuse_label_gradient(layer: Layer, what: str = "label") -> None:
-    """Caffe's LOG(FATAL) "cannot backpropagate to label inputs" as an error."""
-    raise layer.fail(f"cannot backpropagate to its {what} input; give the {what} bottom no learnable "
-                     "producer or set propagate_down: false for it")
 
 
 def _class_labels(layer: Layer, labels: torch.Tensor, classes: int, ignore_label=None) -> torch.Tensor:
