@@ -73,7 +73,7 @@ def patiently(fn, *args, what="the job database", log=None, **kwargs):
         try:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not st.is_busy(exc):
                 raise
             if log is not None and not said:
                 log("%s is busy (%s); retrying" % (what, exc))
@@ -281,7 +281,7 @@ class Scheduler:
         try:
             ingest_metrics(self.store, job)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not st.is_busy(exc):
                 raise
             if not getattr(self._local, "said_busy", False):
                 log("the job database is busy (%s); metrics are ingested when it is free" % exc)
@@ -488,7 +488,7 @@ class Scheduler:
             try:
                 self._recover_one(job, adopt, done)
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not st.is_busy(exc):
                     raise
                 done[job["id"]] = None  # left Running; a later start settles it
         return done
@@ -552,6 +552,6 @@ class Scheduler:
             try:
                 self.step()
             except sqlite3.OperationalError as exc:  # a locked store: the next step tries again
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not st.is_busy(exc):
                     raise
             stop_event.wait(poll)

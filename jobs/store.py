@@ -72,6 +72,13 @@ class StoreBusy(sqlite3.OperationalError):
     """The database stayed locked by another process for the whole busy timeout."""
 
 
+def is_busy(exc):
+    """Whether an ``sqlite3.OperationalError`` says another connection holds the database (locked
+    or busy): a condition to wait out, unlike a broken schema or a missing file."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 def _busy_is_explained(method):
     """sqlite's bare "database is locked" → StoreBusy naming the file and what to do."""
     @functools.wraps(method)
@@ -81,7 +88,7 @@ def _busy_is_explained(method):
         except StoreBusy:
             raise
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_busy(exc):
                 raise
             raise StoreBusy("the job database %s is locked by another process (waited %g s): %s; "
                             "try again in a moment" % (self.path, self.busy_timeout, exc)) from None
