@@ -127,19 +127,17 @@ def mask_contour(mask):
     m = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
     if m.ndim != 2:
         raise ClinicalError("mask_contour: expected a 2-D mask, got shape %s" % (m.shape,))
-    found = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    contours = found[0] if len(found) == 2 else found[1]
-    if not contours:
-        return None
-    # The largest component by its pixel count (contourArea of a thin shape can be 0).
     count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if count < 2:
+        return None
+    # The largest component by its pixel count (contourArea of a thin shape can be 0), traced
+    # alone: it may lie inside a hole of a smaller one, where RETR_EXTERNAL on the whole mask
+    # would not report it.
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    best = None
-    for c in contours:
-        x, y = c[0, 0]
-        if labels[y, x] == biggest:
-            best = c
-            break
+    alone = np.ascontiguousarray(labels == biggest, dtype=np.uint8)
+    found = cv2.findContours(alone, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours = found[0] if len(found) == 2 else found[1]
+    best = max(contours, key=len)  # one 8-connected component: one outer contour
     pts = best[:, 0, :].astype(np.float64) + 0.5
     return pts if len(pts) >= 3 else None
 
