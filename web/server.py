@@ -21,18 +21,26 @@ CONNECTION_LIMIT = 200
 MAX_HEADER_BYTES = 64 * 1024
 
 
+# waitress' body bound when MAX_PRETRAINED_UPLOAD is 0 ("no limit"): waitress has no unlimited
+# setting, so a bound far above any model file (bodies over its inbuf_overflow are spooled to a
+# temporary file, so this is disk, not memory).
+NO_LIMIT_BODY_BYTES = 1 << 40
+
+
 def server_options(settings: dict) -> dict:
     """waitress.serve keyword arguments for the app's ``settings`` (``web.config.resolve``)."""
-    body_limit = max(int(settings.get("MAX_CONTENT_LENGTH") or 0),
-                     int(settings.get("MAX_PRETRAINED_UPLOAD") or 0))
+    pretrained_limit = int(settings.get("MAX_PRETRAINED_UPLOAD") or 0)
+    if pretrained_limit:
+        body_limit = max(int(settings.get("MAX_CONTENT_LENGTH") or 0), pretrained_limit) + 1024 * 1024
+    else:
+        body_limit = NO_LIMIT_BODY_BYTES
     return {
         "host": settings["HOST"], "port": int(settings["PORT"]), "threads": THREADS,
         "channel_timeout": CHANNEL_TIMEOUT_S, "cleanup_interval": max(1, CHANNEL_TIMEOUT_S // 3),
         "connection_limit": CONNECTION_LIMIT,
         "max_request_header_size": MAX_HEADER_BYTES,
         # The app enforces its own (per-endpoint) upload limits; this is waitress' outer bound.
-        # 0 = "no limit" for the pretrained uploads: waitress then keeps its own 1 GiB default.
-        "max_request_body_size": body_limit + 1024 * 1024 if body_limit else 1024 ** 3,
+        "max_request_body_size": body_limit,
         "ident": "caffeseg",
     }
 
