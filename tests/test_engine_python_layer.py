@@ -258,3 +258,77 @@ def test_python_data_layer_without_bottoms_and_changing_shapes(tmp_path, monkeyp
         net.forward()
         assert net.blobs["out"].shape == (1, 1, expected, expected + 1)
         assert float(net.blobs["out"].data.max()) == expected
+
+
+# -- construction as Caffe's GetPythonLayer: LayerClass(layer_param), caffe.Layer only ---------
+# (checked on real pycaffe 9b891540: a class without the parameter argument fails with the
+# TypeError of the call; a class not derived from caffe.Layer, and a subclass whose __init__
+# skips caffe.Layer.__init__, fail Boost.Python's conversion to a C++ layer)
+def test_the_class_is_constructed_with_the_layer_parameter(tmp_path):
+    _write_module(tmp_path, "user_layer_keeps", """
+        import caffe
+
+        class Keeps(caffe.Layer):
+            def __init__(self, layer_param):
+                super().__init__(layer_param)
+                self.given = layer_param
+
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].shape)
+        """)
+    layer = _layer(_param("user_layer_keeps", "Keeps", "abc"), [tmp_path])
+    layer.setup([(1, 2)])
+    assert layer.user.given.name == "py" and layer.user.given.python_param.layer == "Keeps"
+    assert layer.user.param_str == "abc"
+
+
+def test_an_error_in_the_users_init_keeps_its_type_and_names_layer_file_and_line(tmp_path):
+    _write_module(tmp_path, "user_layer_picky", """
+        import caffe
+
+        class Picky(caffe.Layer):
+            def __init__(self, layer_param):
+                super().__init__(layer_param)
+                raise TypeError("param_str must name a class")
+        """)
+    with pytest.raises(TypeError) as info:
+        _layer(_param("user_layer_picky", "Picky"), [tmp_path]).setup([(1, 2)])
+    message = str(info.value)
+    assert type(info.value) is TypeError
+    assert "layer 'py'" in message and "Picky(layer_param)" in message
+    assert "param_str must name a class" in message and "user_layer_picky.py, line 7" in message
+
+
+def test_a_class_whose_init_takes_no_layer_parameter_fails_as_in_caffe(tmp_path):
+    _write_module(tmp_path, "user_layer_noparam", """
+        import caffe
+
+        class NoParam(caffe.Layer):
+            def __init__(self):
+                super().__init__()
+        """)
+    with pytest.raises(TypeError, match=r"layer 'py'.*NoParam\(layer_param\).*takes 1 positional argument but 2"):
+        _layer(_param("user_layer_noparam", "NoParam"), [tmp_path]).setup([(1, 2)])
+
+
+@pytest.mark.parametrize("body, described", [
+    ("class Duck:\n    def setup(self, bottom, top):\n        pass\n", "a class deriving from object only"),
+    ("def Duck(layer_param):\n    return None\n", "a function"),
+], ids=["plain-class", "function"])
+def test_a_python_param_layer_that_is_not_a_caffe_layer_class_is_refused(tmp_path, body, described):
+    _write_module(tmp_path, "user_layer_duck", body)
+    with pytest.raises(PythonLayerError, match=rf"'Duck' of module 'user_layer_duck' .* is {described}, "
+                                               r"not a class derived from caffe.Layer"):
+        _layer(_param("user_layer_duck", "Duck"), [tmp_path]).setup([(1, 2)])
+
+
+def test_a_subclass_that_skips_caffe_layer_init_is_refused(tmp_path):
+    _write_module(tmp_path, "user_layer_lazy", """
+        import caffe
+
+        class Lazy(caffe.Layer):
+            def __init__(self, layer_param):
+                self.ready = True
+        """)
+    with pytest.raises(PythonLayerError, match=r"'Lazy' .* did not run caffe.Layer.__init__; .*super\(\).__init__"):
+        _layer(_param("user_layer_lazy", "Lazy"), [tmp_path]).setup([(1, 2)])

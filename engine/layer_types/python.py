@@ -1,6 +1,9 @@
 """``type: "Python"`` layers: user classes deriving from ``caffe.Layer`` (Caffe's ``PythonLayer``).
 
-The user's class sees Caffe's pycaffe contract: ``setup(bottom, top)`` once, ``reshape`` after
+The user's class sees Caffe's pycaffe contract: it is constructed as Caffe's ``GetPythonLayer``
+does, ``LayerClass(layer_param)`` (the ``LayerParameter``; its ``__init__`` must run
+``caffe.Layer.__init__``, and a class not derived from ``caffe.Layer`` is refused: real
+pycaffe's Boost.Python cannot take either as a layer), ``setup(bottom, top)`` once, ``reshape`` after
 setup and before every forward, ``forward(bottom, top)``, ``backward(top, propagate_down,
 bottom)``, attributes ``param_str``, ``phase`` and ``blobs``. ``bottom``/``top`` are lists of
 blob objects with writable numpy ``.data``/``.diff`` and ``reshape/count/num/channels/height/
@@ -43,9 +46,9 @@ def _shipped_python_layers() -> str:
 
 
 class PythonLayerError(base.LayerError):
-    """A Python layer cannot be made: its module or class is missing. (An exception raised by
-    the user's own code passes through as itself, its message naming the layer, file and line,
-    as in Caffe.)"""
+    """A Python layer cannot be made: its module or class is missing, or the class is not a
+    ``caffe.Layer``. (An exception raised by the user's own code, its ``__init__`` included,
+    passes through as itself, its message naming the layer, file and line, as in Caffe.)"""
 
 
 class LayerBlob:
@@ -116,6 +119,8 @@ class Layer:
         self.param_str = ""
         self.phase = caffe_pb2.TRAIN
         self.blobs = BlobVec()
+        # seen by PythonLayer: a subclass whose __init__ skips this one is refused, as pycaffe does
+        self.__constructed = True
 
     def setup(self, bottom, top):
         pass
@@ -159,6 +164,17 @@ def _annotate_user_error(layer_name: str, stage: str, err: BaseException) -> Bas
     except AttributeError:
         pass
     return err
+
+
+def _described(obj) -> str:
+    """What a python_param.layer that is no caffe.Layer class is, for the error."""
+    if not isinstance(obj, type):
+        return f"a {type(obj).__name__}"
+    bases = [f"{b.__module__}.{b.__qualname__}" for b in obj.__mro__[1:-1]]
+    text = f"a class deriving from {', '.join(bases)}" if bases else "a class deriving from object only"
+    if any(b.__name__ == "Layer" for b in obj.__mro__[1:]):
+        text += " (a caffe.Layer other than this engine's: was a real pycaffe imported in this process?)"
+    return text
 
 
 def is_annotated_user_error(err: BaseException) -> bool:
@@ -222,18 +238,26 @@ class PythonLayer(base.Layer):
         if not pp.module or not pp.layer:
             raise self.fail("python_param needs both 'module' and 'layer'")
         module = _import_module(pp.module, self.search_dirs, self.name)
+        where = f"module '{pp.module}' ({getattr(module, '__file__', '?')})"
         cls = getattr(module, pp.layer, None)
         if cls is None:
-            raise PythonLayerError(f"layer '{self.name}' (Python): module '{pp.module}' "
-                                   f"({getattr(module, '__file__', '?')}) has no class '{pp.layer}'")
+            raise PythonLayerError(f"layer '{self.name}' (Python): {where} has no class '{pp.layer}'")
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise PythonLayerError(
+                f"layer '{self.name}' (Python): '{pp.layer}' of {where} is {_described(cls)}, not a class "
+                f"derived from caffe.Layer; Caffe takes only those: class {pp.layer}(caffe.Layer): ...")
         try:
-            user = cls(self.param)
-        except TypeError:
-            user = cls()
+            user = cls(self.param)  # what Caffe's GetPythonLayer passes: the LayerParameter
+        except Exception as err:
+            raise _annotate_user_error(self.name, f"constructing {pp.layer}(layer_param)", err)
+        if not getattr(user, "_Layer__constructed", False):
+            raise PythonLayerError(
+                f"layer '{self.name}' (Python): class '{pp.layer}' of {where} did not run caffe.Layer.__init__; "
+                f"its __init__ must call super().__init__(layer_param) (Caffe refuses such a layer)")
         # Caffe sets these before setup
         user.param_str = pp.param_str
         user.phase = int(self.phase)
-        if not hasattr(user, "blobs") or user.blobs is None:
+        if getattr(user, "blobs", None) is None:
             user.blobs = BlobVec()
         return user
 
