@@ -18,7 +18,7 @@ import numpy as np
 
 from jobs import boundary, clinical
 from jobs.dataset import DatasetInfo
-from jobs.paths import atomic_write_json
+from jobs.paths import atomic_output, atomic_write_json
 
 LV_CLASS = 1
 METRICS = ("dice", "iou", "pixel_accuracy", "pred_area_px", "label_area_px", "pred_area_mm2", "label_area_mm2")
@@ -175,7 +175,8 @@ def evaluate(model, dataset_dir, out_path=None, stage="val", progress=None):
     table.update(summarize(records))
     table["clinical"] = clinical_summary(info, records)
     if out_path:
-        np.savez_compressed(masks_path(out_path), **masks)
+        with atomic_output(masks_path(out_path)) as f:  # a reader never sees a torn zip
+            np.savez_compressed(f, **masks)
         atomic_write_json(out_path, table)
     return table
 
