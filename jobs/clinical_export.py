@@ -55,12 +55,21 @@ def select(table, case=None, key=None):
     return rows
 
 
+def safe_name(text):
+    """``text`` as one file-name component: letters, digits, '-', '_' and '.' kept, anything else
+    '_', leading dots '_' (so never '..', '/x' or a hidden name): zip members built from a table's
+    case, key or phase then always unpack inside their folder."""
+    kept = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+    stripped = kept.lstrip(".")
+    return "_" * (len(kept) - len(stripped)) + stripped or "_"
+
+
 def _case_dir(case):
     from plugin.sunnybrook.layout import dir_from_case
     try:
         return dir_from_case(case)
     except ValueError:
-        return str(case)  # not a Sunnybrook case name: keep it as it is
+        return safe_name(case)  # not a Sunnybrook case name: kept, made safe as a folder name
 
 
 def contour_files(rows, masks, classes=2):
@@ -71,7 +80,7 @@ def contour_files(rows, masks, classes=2):
         if mask is None:
             raise ExportError("record %s has no stored prediction: evaluate the model again" % r["key"])
         number = r.get("image_no")
-        stem = "IM-0001-%04d" % number if isinstance(number, int) else "record-%s" % r["key"]
+        stem = "IM-0001-%04d" % number if isinstance(number, int) else "record-%s" % safe_name(r["key"])
         folder = "%s/%s" % (_case_dir(r.get("case") or "unknown"), AUTO_SUBDIR)
         kinds = [("icontour", mask == 1)] + ([("ocontour", mask >= 1)] if classes >= 3 else [])
         for kind, region in kinds:
@@ -171,8 +180,8 @@ def seg_groups(rows):
     share their plane positions and a SEG's frames are told apart by position."""
     groups = {}
     for r in rows:
-        phase = r["phase"] if r.get("phase") else "image%04d" % int(r.get("image_no") or 0)
-        groups.setdefault("%s-%s" % (r.get("case") or "unknown", phase), []).append(r)
+        phase = safe_name(r["phase"]) if r.get("phase") else "image%04d" % int(r.get("image_no") or 0)
+        groups.setdefault("%s-%s" % (safe_name(r.get("case") or "unknown"), phase), []).append(r)
     return groups
 
 
@@ -183,7 +192,7 @@ def export(table, masks, info, fmt, case=None, key=None, stage="val"):
     classes = len(info.get("classes") or []) or 2
     rows = select(table, case=case, key=key)
     label = key or case or "all"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label))
+    safe = safe_name(label)
     if fmt == "contours":
         return "contours-%s.zip" % safe, "application/zip", contours_zip(rows, masks, classes)
     if fmt == "dicom-seg":
