@@ -21,6 +21,7 @@ Variants:
   default       no variables: torch's own thread count (the cores) and OpenMP's spinning wait
   all-passive   training and inference with every core, passive wait
   policy        jobs.threads.plan: training / inference threads from the cores, passive wait
+  policy-nice   the same with the inference process at niceness 10 (what the web server runs at)
 """
 import argparse
 import json
@@ -47,10 +48,13 @@ def variant_environments(name, cores):
     if name == "all-passive":
         every = threads.ThreadPlan("training", cores, cores).environment()
         return every, dict(every)
-    if name == "policy":
+    if name in ("policy", "policy-nice"):
         return (threads.plan("training", cores=cores).environment(),
                 threads.plan("inference", cores=cores).environment())
     raise SystemExit("unknown variant %s" % name)
+
+
+INFERENCE_NICE = {"policy-nice": 10}  # the inference process's niceness in that variant
 
 
 def child_env(extra):
@@ -128,10 +132,10 @@ def run_child(role, size, seconds):
 
 # -- the parent ------------------------------------------------------------------------------------
 
-def _start(role, env, size, seconds):
+def _start(role, env, size, seconds, nice=0):
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", role, "--size", str(size),
                              "--seconds", str(seconds)], env=child_env(env), stdout=subprocess.PIPE,
-                            universal_newlines=True)
+                            universal_newlines=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _ready(proc):
@@ -156,7 +160,7 @@ def measure(variant, cores, size, seconds, with_load):
     load = load_average()
     loader = None
     if with_load:
-        loader = _start("infer", infer_env, size, 0)
+        loader = _start("infer", infer_env, size, 0, nice=INFERENCE_NICE.get(variant, 0))
         infer_threads = _ready(loader)["threads"]
     trainer = _start("train", train_env, size, seconds)
     train_threads = _ready(trainer)["threads"]
@@ -175,7 +179,7 @@ def measure(variant, cores, size, seconds, with_load):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["default", "all-passive", "policy"],
-                    choices=["default", "all-passive", "policy"])
+                    choices=["default", "all-passive", "policy", "policy-nice"])
     ap.add_argument("--seconds", type=float, default=15.0, help="training time per measurement")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
