@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "caffeseg.plugins"
 STAGES = ("train", "val", "test")
 
-# The plugin this package ships, found even where the package metadata (its entry point) is
-# absent: a checkout on PYTHONPATH that was never pip-installed.
-BUILTIN_PLUGINS = {"sunnybrook": "plugin.sunnybrook:SunnybrookPlugin"}
+# The plugins this package ships (its pyproject entry points), found even where the package
+# metadata is absent: a checkout on PYTHONPATH that was never pip-installed.
+BUILTIN_PLUGINS = {"sunnybrook": "plugin.sunnybrook:SunnybrookPlugin",
+                   "image_segmentation": "plugin.image_segmentation:ImageSegmentationPlugin"}
 
 
 class PluginError(ValueError):
