@@ -3,7 +3,7 @@
 Layout of a finished dataset folder::
 
     train_db/features  train_db/labels  val_db/features  val_db/labels   (LMDBs of Datum)
-    mean.binaryproto     float mean of the training features, shape 1 x C x H x W
+    mean.binaryproto     float mean of the training features as stored (JPEG: decoded), 1 x C x H x W
     dataset.json         counts, shapes, dtypes, classes, palette, split, form values,
                          per-record key -> source files / pixel spacing, skipped entries
     build.log            one line per skipped entry and a summary
@@ -51,7 +51,7 @@ class DatasetError(ValueError):
 
 def _encode_entry(plugin, entry, values, encoding, label_encoding="none"):
     """Run in a worker: one entry -> ("ok", feature bytes, label bytes, info) or ("skip", msg)."""
-    from engine.datum import array_to_datum, DatumError
+    from engine.datum import array_to_datum, datum_to_array, DatumError
     try:
         rec = plugin.encode(entry, values)
         feature = np.asarray(rec.feature)
@@ -78,9 +78,12 @@ def _encode_entry(plugin, entry, values, encoding, label_encoding="none"):
             l_datum = array_to_datum(label, encoding=None if label_encoding == "none" else label_encoding)
         except DatumError as exc:
             raise EntryError("%s: %s" % (_name(entry), exc)) from None
+        # The mean is of the pixels a net reads, as Caffe's compute_image_mean averages each
+        # decoded Datum: JPEG is lossy, so its stored pixels are decoded again for it.
+        mean_pixels = datum_to_array(f_datum) if encoding == "jpg" else feature
         info = {"shape": list(feature.shape), "dtype": str(feature.dtype),
                 "label_shape": list(label.shape), "meta": rec.meta,
-                "sum": feature.astype(np.float64) if entry.stage == "train" else None}
+                "sum": mean_pixels.astype(np.float64) if entry.stage == "train" else None}
         return ("ok", f_datum.SerializeToString(), l_datum.SerializeToString(), info)
     except EntryError as exc:
         return ("skip", str(exc), getattr(exc, "source", None) or _name(entry))

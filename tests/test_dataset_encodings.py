@@ -89,3 +89,17 @@ def test_cli_names_the_fields_when_the_options_do_not_fit(tmp_path, capsys):
     assert cli.main(common + ["dataset", "fields", "image_segmentation"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("feature_folder") and "label_folder" in out
+
+
+def test_a_jpeg_datasets_mean_is_the_mean_of_its_decoded_pixels(tmp_path):
+    # Caffe's compute_image_mean decodes each stored Datum (DecodeDatumNative) and averages those
+    # pixels: JPEG is lossy, so the mean of the pixels before encoding is not what a net reads
+    from engine.blobproto import read_binaryproto
+    job, info = build(tmp_path, encoding="jpg")
+    decoded = [bytes_to_array(raw)[0].astype(np.float64) for _, raw in read_db(job["dir"], "train", "features")]
+    expected = np.mean(decoded, axis=0)
+    before_encoding = np.mean([rgb_of(int(r["name"][3:])).transpose(2, 0, 1).astype(np.float64)
+                               for r in info.records("train")], axis=0)
+    assert np.abs(expected - before_encoding).max() > 0.5  # the JPEG loss shows in the mean
+    mean = np.asarray(read_binaryproto(os.path.join(job["dir"], "mean.binaryproto")))
+    np.testing.assert_allclose(mean.reshape(expected.shape), expected, rtol=0, atol=1e-4)
