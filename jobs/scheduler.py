@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 from jobs import gpus as gpu_policy
 from jobs import real_caffe, resources, threads
@@ -125,6 +126,15 @@ def pid_alive(pid):
     except (OSError, ValueError):
         return False
     return True
+
+
+def job_is_live(job):
+    """Whether a Running job's runner or its supervising worker/server still runs (a claimed job
+    has a supervisor before its runner has a pid); False for pids recorded on another host."""
+    if job.get("host") not in (None, socket.gethostname()):
+        return False
+    return (st.same_process(job.get("pid"), job.get("pid_started"))
+            or st.same_process(job.get("supervisor_pid"), job.get("supervisor_started")))
 
 
 BACKENDS = ("engine", "pycaffe")
@@ -265,7 +275,11 @@ class Scheduler:
             proc = subprocess.Popen(command, stdout=log,
                                     stderr=subprocess.STDOUT, env=env, cwd=job["dir"])
         log = lambda line: _append_log(job["dir"], "scheduler: " + line)  # noqa: E731
-        patiently(self.store.update, job_id, pid=proc.pid, log=log)
+        patiently(self.store.update, job_id, pid=proc.pid, supervisor_pid=os.getpid(), log=log)
+        if claimed and patiently(self.store.get, job_id, log=log)["status"] != st.RUNNING:
+            # Aborted while it was prepared (no runner pid to signal then): stop the runner now.
+            _write_abort_flag(job["dir"])
+            proc.terminate()
         if not claimed:
             patiently(self.store.set_status, job_id, st.RUNNING, "resumed" if resume else None, log=log)
         while proc.poll() is None:
@@ -302,8 +316,10 @@ class Scheduler:
             status, msg = st.ERROR, msg or "the runner failed (see log.txt)"
         else:  # killed by a signal, power loss...: can be resumed from the last solverstate
             status, msg = st.INTERRUPTED, "runner stopped (exit %s)" % code
-        self.store.update(job["id"], pid=None)
-        self.store.set_status(job["id"], status, msg)
+        # Compare-and-set, with the pids in the same transaction: a process that settled the job
+        # meanwhile (recover) has recorded (and evaluated) it; it is not recorded twice.
+        if not self.store.claim(job["id"], st.RUNNING, status, msg, pid=None, supervisor_pid=None):
+            return self.store.get(job["id"])["status"]
         if status == st.DONE and self.on_done is not None and getattr(self._local, "auto_evaluate", True):
             self.on_done(job["id"])
         return status
@@ -454,16 +470,31 @@ class Scheduler:
                 if not self.store.claim(job["id"], st.WAITING, st.RUNNING,
                                         "started by worker %d%s%s" % (os.getpid(), " (resume)" if resume else "",
                                                                       " on GPU %s" % ",".join(map(str, gpus)) if gpus else ""),
-                                        options=options):
+                                        options=options, pid=None, supervisor_pid=os.getpid()):
                     continue  # another worker took it
-                t = threading.Thread(target=self.train, args=(job["id"], resume, None),
-                                     kwargs={"claimed": True, "gpus": gpus}, daemon=True)
+                t = threading.Thread(target=self._train_claimed, args=(job["id"], resume, gpus), daemon=True)
                 t.gpu = gpus[0] if gpus else None
                 t.gpus = gpus
                 self._running[job["id"]] = t
                 t.start()
                 started.append(job["id"])
         return started
+
+    def _train_claimed(self, job_id, resume, gpus):
+        """``train`` of a job ``step`` claimed. Its supervisor (this process) stays recorded while
+        it lives, so an unexpected failure here must end the job, or nobody else would."""
+        try:
+            return self.train(job_id, resume, None, claimed=True, gpus=gpus)
+        except Exception as exc:
+            message = "the worker failed supervising this job: %s: %s" % (type(exc).__name__, exc)
+            job = patiently(self.store.get, job_id)
+            _append_log(job["dir"], "scheduler: " + traceback.format_exc())
+            if st.same_process(job.get("pid"), job.get("pid_started")):
+                # Its runner trains on: left to recover (adopted, or settled once it ends).
+                patiently(self.store.update, job_id, supervisor_pid=None)
+                return st.RUNNING
+            patiently(self.store.claim, job_id, st.RUNNING, st.ERROR, message, supervisor_pid=None)
+            return st.ERROR
 
     # -- after a restart: runners nobody watches ----------------------------------------------
     def recover(self, adopt=True):
@@ -500,8 +531,13 @@ class Scheduler:
                                               "the process running this job stopped"):
                 done[job["id"]] = st.INTERRUPTED
             return
+        if st.same_process(job.get("supervisor_pid"), job.get("supervisor_started")):
+            # Its worker or server is alive and waits for it (maybe still preparing, before its
+            # runner has a pid): not ours to judge or adopt.
+            return
         if alive:
             if adopt and job["id"] not in self._running:
+                self.store.update(job["id"], supervisor_pid=os.getpid())  # this process watches it now
                 t = threading.Thread(target=self._watch, args=(job["id"],), daemon=True,
                                      name="adopted-%s" % job["id"])
                 t.gpus = list((job.get("options") or {}).get("assigned_gpus") or [])  # what it was given
@@ -539,7 +575,7 @@ class Scheduler:
             status, msg = st.INTERRUPTED, "the runner stopped at iteration %s (no exit status: killed?)" % info.get("iter")
         ingest_metrics(self.store, job)
         # Compare-and-set: two processes recovering at once settle (and evaluate) it once.
-        if not self.store.claim(job["id"], st.RUNNING, status, msg, pid=None):
+        if not self.store.claim(job["id"], st.RUNNING, status, msg, pid=None, supervisor_pid=None):
             return None
         if status == st.DONE and self.on_done is not None:
             self.on_done(job["id"])

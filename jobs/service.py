@@ -56,7 +56,7 @@ from jobs import store as st
 from jobs.job_settings import training_settings
 from jobs.model_job import ModelJobError, job_warnings, write_model_job
 from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
-from jobs.scheduler import Scheduler, ingest_metrics, patiently, pid_alive, read_runner_status
+from jobs.scheduler import Scheduler, ingest_metrics, job_is_live, patiently, pid_alive, read_runner_status
 from plugin.base import PluginError, get_plugin
 
 
@@ -468,8 +468,8 @@ class JobService:
         job = self.store.get(check_job_id(job_id))
         if job["kind"] != "model":
             raise ServiceError("job %s is a %s, not a model" % (job_id, job["kind"]))
-        if job["status"] == st.RUNNING and pid_alive(job["pid"]):
-            raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"]))
+        if job["status"] == st.RUNNING and job_is_live(job):
+            raise ServiceError("job %s is already running (pid %s)" % (job_id, job["pid"] or job["supervisor_pid"]))
         return self.scheduler.train(job_id, resume=resume, gpu=gpu, on_progress=on_progress,
                                     auto_evaluate=evaluate)
 
@@ -844,7 +844,7 @@ class JobService:
             if users:
                 raise ServiceError("dataset %s is used by model(s) %s; delete them first" %
                                    (job["name"], ", ".join("%s (%s)" % (u["name"], u["id"]) for u in users)))
-        if job["status"] == st.RUNNING and pid_alive(job["pid"]):
+        if job["status"] == st.RUNNING and (pid_alive(job["pid"]) or job_is_live(job)):
             raise ServiceError("job %s is running; abort it first" % job_id)
         self._remove(job)
 

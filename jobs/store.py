@@ -10,7 +10,10 @@ Statuses follow DIGITS: Initialized, Waiting, Running, Done, Error, Aborted, plu
 
 A pid is stored with the host that recorded it and the process's start time (``pid_started``,
 from /proc on Linux), so a later process can tell the same runner from another process that
-got the same pid. A database locked by another process for longer than ``busy_timeout``
+got the same pid. A model job also records the process supervising it (``supervisor_pid``,
+``supervisor_started``: the worker or server that claimed it, then waits for its runner), so a
+process starting meanwhile leaves a job alone whose supervisor is alive, even before its runner
+has a pid. A database locked by another process for longer than ``busy_timeout``
 raises ``StoreBusy`` (an ``sqlite3.OperationalError``) naming the file; callers that must not
 give up (the scheduler supervising a training) retry it with backoff.
 """
@@ -147,7 +150,8 @@ class JobStore:
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         columns = {r["name"] for r in self._db().execute("PRAGMA table_info(jobs)")}
-        for column, kind in (("host", "TEXT"), ("pid_started", "REAL"), ("owner", "TEXT")):
+        for column, kind in (("host", "TEXT"), ("pid_started", "REAL"), ("owner", "TEXT"),
+                             ("supervisor_pid", "INTEGER"), ("supervisor_started", "REAL")):
             if column not in columns:  # databases made before hosts / start times / owners were recorded
                 try:
                     self._db().execute("ALTER TABLE jobs ADD COLUMN %s %s" % (column, kind))
@@ -233,15 +237,20 @@ class JobStore:
     @_busy_is_explained
     def update(self, job_id, **fields):
         allowed = {"name", "group_name", "notes", "options", "error", "pid", "metrics_offset", "dir", "host",
-                   "pid_started", "owner"}
+                   "pid_started", "owner", "supervisor_pid", "supervisor_started"}
         bad = set(fields) - allowed
         if bad:
             raise StoreError("cannot update job fields %s" % sorted(bad))
-        if "pid" in fields and "host" not in fields:
+        pids = [fields[k] for k in ("pid", "supervisor_pid") if k in fields]
+        if pids and "host" not in fields:
             # A pid means something only on the machine (container) that recorded it.
-            fields["host"] = socket.gethostname() if fields["pid"] else None
-        if "pid" in fields and "pid_started" not in fields:
-            fields["pid_started"] = process_start_time(fields["pid"]) if fields["pid"] else None
+            if any(pids):
+                fields["host"] = socket.gethostname()
+            elif "pid" in fields:  # no runner pid any more (clearing only the supervisor keeps it)
+                fields["host"] = None
+        for pid_field, started_field in (("pid", "pid_started"), ("supervisor_pid", "supervisor_started")):
+            if pid_field in fields and started_field not in fields:
+                fields[started_field] = process_start_time(fields[pid_field]) if fields[pid_field] else None
         if "options" in fields:
             fields["options"] = json.dumps(fields["options"], sort_keys=True)
         sets = ", ".join("%s=?" % k for k in fields)
@@ -269,8 +278,9 @@ class JobStore:
         sees the new status without them."""
         now = time.time()
         with self._tx() as db:
-            cur = db.execute("UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status=?",
-                             (to_status, now, job_id, from_status))
+            # An Error's message is the job's error, as set_status records it.
+            cur = db.execute("UPDATE jobs SET status=?, updated_at=?, error=CASE WHEN ?='Error' THEN ? ELSE error END"
+                             " WHERE id=? AND status=?", (to_status, now, to_status, message, job_id, from_status))
             if cur.rowcount == 0:
                 return False
             db.execute("INSERT INTO status_history VALUES (?,?,?,?)", (job_id, to_status, now, message))
