@@ -59,11 +59,14 @@ class RealCaffe(object):
         self.cpu_only = True if self.build.get("commit") else None
 
     def environment(self, env=None):
-        """``env`` (default os.environ) with the project and this Caffe first on PYTHONPATH."""
+        """``env`` (default os.environ) with this Caffe, then the project, first on PYTHONPATH.
+
+        This Caffe comes first: in a wheel install the project's import root is site-packages,
+        which also holds the ``caffe`` proxy that stands for the engine; were it first, the
+        runner of a pycaffe job would import the engine."""
         env = dict(os.environ if env is None else env)
-        parts = [resources.import_root()] + ([self.pythonpath] if self.pythonpath else [])
-        if env.get("PYTHONPATH"):
-            parts.append(env["PYTHONPATH"])
+        parts = ([self.pythonpath] if self.pythonpath else []) + [resources.import_root()]
+        parts += [p for p in (env.get("PYTHONPATH") or "").split(os.pathsep) if p and p not in parts]
         env["PYTHONPATH"] = os.pathsep.join(parts)
         return env
 
@@ -135,6 +138,22 @@ def importable_real_pycaffe():
     return spec is not None and not _is_engine_proxy(spec.origin or "")
 
 
+def _folder_before_a_proxy():
+    """The folder of the ``caffe`` this interpreter imports, when the project's import root holds
+    the engine's proxy (a wheel install: both in site-packages paths), else None: a runner with
+    the import root first on PYTHONPATH would import the proxy instead."""
+    if not _is_engine_proxy(os.path.join(resources.import_root(), "caffe", "__init__.py")):
+        return None
+    try:
+        spec = importlib.util.find_spec("caffe")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    package = os.path.dirname(spec.origin)
+    return os.path.dirname(package) if os.path.basename(spec.origin) == "__init__.py" else package
+
+
 def _from_root(root, env):
     if not os.path.isdir(root):
         raise RealCaffeError("%s=%s is not a folder" % (ROOT_ENV, root))
@@ -165,10 +184,10 @@ def find_real_caffe(env=None):
     if env.get(ROOT_ENV):
         return _from_root(env[ROOT_ENV], env)
     folder = _on_pythonpath(env)
-    if folder:
-        return RealCaffe(env.get(PYTHON_ENV), None, "PYTHONPATH entry %s" % folder)
+    if folder:  # put first again by environment(): before the import root and its caffe proxy
+        return RealCaffe(env.get(PYTHON_ENV), folder, "PYTHONPATH entry %s" % folder)
     if importable_real_pycaffe():
-        return RealCaffe(env.get(PYTHON_ENV), None, "importable by %s" % sys.executable)
+        return RealCaffe(env.get(PYTHON_ENV), _folder_before_a_proxy(), "importable by %s" % sys.executable)
     builds = cached_builds(env)
     if builds:
         prefix, stamp = builds[0]

@@ -68,8 +68,8 @@ def test_the_cache_build_gives_its_interpreter_and_path(tmp_path):
     assert prefix in found.source
     python, env = rc.runner_launch("/not/used", env_for(tmp_path, PYTHONPATH="/elsewhere"))
     assert python == sys.executable
-    # the project first (python_layers), then the build, then what the user had
-    assert env["PYTHONPATH"].split(os.pathsep) == [IMPORT_ROOT, os.path.join(prefix, "python"), "/elsewhere"]
+    # the build first (before a wheel install's caffe proxy), then the project, then what the user had
+    assert env["PYTHONPATH"].split(os.pathsep) == [os.path.join(prefix, "python"), IMPORT_ROOT, "/elsewhere"]
 
 
 def test_a_make_caffe_build_refuses_gpu_jobs(tmp_path):
@@ -126,13 +126,13 @@ def test_a_caffe_on_pythonpath_is_the_users_choice(tmp_path):
     (mine / "caffe").mkdir(parents=True)
     (mine / "caffe" / "__init__.py").write_text("")
     found = rc.find_real_caffe(env_for(tmp_path, PYTHONPATH=str(mine)))
-    assert found.pythonpath is None and str(mine) in found.source
+    assert found.pythonpath == str(mine) and str(mine) in found.source
     proxy = tmp_path / "proxy"
     (proxy / "caffe").mkdir(parents=True)
     (proxy / "caffe" / "__init__.py").write_text("# caffeseg-engine-proxy\n")
     assert rc.find_real_caffe(env_for(tmp_path, PYTHONPATH=str(proxy))).source.startswith("make caffe build")
     python, env = rc.runner_launch("/usr/bin/mine", env_for(tmp_path, PYTHONPATH=str(mine)))
-    assert python == "/usr/bin/mine" and env["PYTHONPATH"].split(os.pathsep) == [IMPORT_ROOT, str(mine)]
+    assert python == "/usr/bin/mine" and env["PYTHONPATH"].split(os.pathsep) == [str(mine), IMPORT_ROOT]
 
 
 def test_probe_imports_with_the_interpreter_and_rejects_the_engine(tmp_path):
@@ -178,7 +178,7 @@ def test_scheduler_runs_a_pycaffe_job_with_the_builds_interpreter(tmp_path, monk
     assert sched.Scheduler(store, backend="pycaffe").train("m1", poll=0.05) == st.ERROR
     lines = (tmp_path / "argv.txt").read_text().splitlines()
     assert lines[0] == recorder and lines[1] == sched.RUNNER_PATH and "pycaffe" in lines
-    assert lines[-1] == "PYTHONPATH=" + os.pathsep.join([IMPORT_ROOT, os.path.join(prefix, "python")])
+    assert lines[-1] == "PYTHONPATH=" + os.pathsep.join([os.path.join(prefix, "python"), IMPORT_ROOT])
 
 
 def test_scheduler_errors_a_pycaffe_job_when_no_caffe_is_found(tmp_path, monkeypatch):
@@ -249,3 +249,48 @@ def test_scheduler_errors_a_gpu_pycaffe_job_on_a_cpu_only_build(tmp_path, monkey
     assert sched.Scheduler(store, backend="pycaffe").train("m1", gpu=0) == st.ERROR
     assert "CPU-only build" in store.get("m1")["error"]
     assert not (tmp_path / "argv.txt").exists()  # no runner was started
+
+
+def _wheel_install(tmp_path, monkeypatch):
+    """A wheel install's import root: site-packages holding jobs/ and the engine's ``caffe`` proxy."""
+    site = tmp_path / "site-packages"
+    (site / "caffe").mkdir(parents=True)
+    (site / "caffe" / "__init__.py").write_text("# caffeseg-engine-proxy\n__version__ = 'the engine proxy'\n")
+    monkeypatch.setattr(rc.resources, "import_root", lambda: str(site))
+    return site
+
+
+def _imported_caffe_version(python, env):
+    out = subprocess.run([python, "-c", "import caffe; print(caffe.__version__)"], env=env,
+                         capture_output=True, universal_newlines=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("how", ["make caffe", "CAFFESEG_CAFFE_ROOT", "PYTHONPATH"])
+def test_in_a_wheel_install_the_runner_imports_real_caffe_not_the_engine_proxy(tmp_path, monkeypatch, how):
+    """Review finding 5: the import root (site-packages) holds the ``caffe`` proxy; the launcher's
+    PYTHONPATH must give the located real Caffe first, and a runner with it imports that one."""
+    site = _wheel_install(tmp_path, monkeypatch)
+    prefix = fake_build(tmp_path / "cache")
+    extra = {"CAFFESEG_CAFFE_ROOT": {"CAFFESEG_CAFFE_ROOT": prefix},
+             "PYTHONPATH": {"PYTHONPATH": os.path.join(prefix, "python")}}.get(how, {})
+    python, env = rc.runner_launch(sys.executable, dict(env_for(tmp_path, **extra), PATH=os.environ["PATH"]))
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[:2] == [os.path.join(prefix, "python"), str(site)]
+    assert _imported_caffe_version(python, env) == "fake"  # fake_build's __init__, not the proxy
+
+
+def test_an_importable_real_caffe_comes_before_a_proxy_in_the_import_root(tmp_path, monkeypatch):
+    """Real pycaffe importable by the interpreter itself (e.g. Debian's python3-caffe) while the
+    import root holds the proxy: its folder is put before the import root."""
+    site = _wheel_install(tmp_path, monkeypatch)
+    system = tmp_path / "dist-packages"
+    (system / "caffe").mkdir(parents=True)
+    (system / "caffe" / "__init__.py").write_text("__version__ = 'debian'\n")
+    monkeypatch.setattr(rc, "importable_real_pycaffe", lambda: True)
+    monkeypatch.syspath_prepend(str(system))
+    monkeypatch.delitem(sys.modules, "caffe", raising=False)
+    python, env = rc.runner_launch(sys.executable, dict(env_for(tmp_path), PATH=os.environ["PATH"]))
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(system), str(site)]
+    assert _imported_caffe_version(python, env) == "debian"
