@@ -31,7 +31,8 @@ CAFFE_TREE=8eaae6eadc67ef9bdc918e141e7773139cb5fabd
 CAFFE_TARBALL_SHA256=108a9be9bb1bb8859b09c6b4418ef19282ff5471ad346bb7e9be5c7bd820e1c2
 CAFFE_URL=https://github.com/BVLC/caffe/archive/${CAFFE_COMMIT}.tar.gz
 # Bump when the fixes, the CMake flags or the files kept below change, so an older cached build
-# is not taken as current.
+# is not taken as current. jobs/real_caffe.py CAFFE_BUILD_RECIPE is the same value (its locator
+# takes only builds of this recipe; tests/test_real_caffe_locate.py checks they agree).
 RECIPE=2
 STAMP_NAME=.caffeseg-build-complete
 

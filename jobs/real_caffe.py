@@ -37,6 +37,10 @@ ROOT_ENV = "CAFFESEG_CAFFE_ROOT"
 PYTHON_ENV = "CAFFESEG_CAFFE_PYTHON"
 CACHE_ENV = "CAFFESEG_CACHE"
 STAMP_NAME = ".caffeseg-build-complete"  # written last by docker/build_caffe.sh
+# docker/build_caffe.sh's RECIPE (its fixes, CMake flags, kept files): a build stamped with another
+# one is out of date. The script keeps its own copy, as it is copied alone into the pycaffe-bvlc
+# image before jobs/; tests/test_real_caffe_locate.py checks the two agree.
+CAFFE_BUILD_RECIPE = "2"
 BUILD_HINT = "run `make caffe` (builds BVLC Caffe into %s), or set %s to your own build" % (
     "~/.cache/caffeseg", ROOT_ENV)
 
@@ -91,7 +95,8 @@ def cache_root(env=None):
 
 
 def read_stamp(prefix):
-    """The ``key=value`` lines of a build's completed stamp, or None when the build is not complete."""
+    """The ``key=value`` lines of a build's completed stamp, or None when the build is not complete.
+    (Whether it is current, of CAFFE_COMMIT and CAFFE_BUILD_RECIPE, is ``cached_builds``' question.)"""
     try:
         with open(os.path.join(prefix, STAMP_NAME)) as f:
             lines = f.read().splitlines()
@@ -102,12 +107,14 @@ def read_stamp(prefix):
 
 
 def cached_builds(env=None):
-    """Complete ``make caffe`` builds of CAFFE_COMMIT in the cache whose interpreter still exists,
-    the system python3's first: [(prefix, stamp)]."""
+    """Complete ``make caffe`` builds of CAFFE_COMMIT and CAFFE_BUILD_RECIPE in the cache whose
+    interpreter still exists, the system python3's first: [(prefix, stamp)]. The same test as
+    docker/build_caffe.sh's ``stamp_is_current``: what the script would rebuild is not used."""
     found = []
     for prefix in sorted(glob.glob(os.path.join(cache_root(env), "caffe-%s-py*" % CAFFE_COMMIT[:8]))):
         stamp = read_stamp(prefix)
-        if (stamp and stamp["commit"] == CAFFE_COMMIT and os.path.isfile(stamp["python"])
+        if (stamp and stamp["commit"] == CAFFE_COMMIT and stamp.get("recipe") == CAFFE_BUILD_RECIPE
+                and os.path.isfile(stamp["python"])
                 and os.path.isfile(os.path.join(prefix, "python", "caffe", "__init__.py"))):
             found.append((prefix, stamp))
     system = os.path.realpath("/usr/bin/python3")

@@ -18,14 +18,16 @@ IMPORT_ROOT = resources.import_root()
 SHORT = rc.CAFFE_COMMIT[:8]
 
 
-def fake_build(cache, tag="py311", python=sys.executable, complete=True, commit=rc.CAFFE_COMMIT):
+def fake_build(cache, tag="py311", python=sys.executable, complete=True, commit=rc.CAFFE_COMMIT,
+               recipe=rc.CAFFE_BUILD_RECIPE):
     prefix = os.path.join(str(cache), "caffe-%s-%s" % (SHORT, tag))
     os.makedirs(os.path.join(prefix, "python", "caffe"))
     with open(os.path.join(prefix, "python", "caffe", "__init__.py"), "w") as f:
         f.write("__version__ = 'fake'\n")
     if complete:
         with open(os.path.join(prefix, rc.STAMP_NAME), "w") as f:
-            f.write("commit=%s\npython=%s\nbuilt=2026-01-01T00:00:00Z\n" % (commit, python))
+            f.write("commit=%s\n%spython=%s\nbuilt=2026-01-01T00:00:00Z\n"
+                    % (commit, "" if recipe is None else "recipe=%s\n" % recipe, python))
     return prefix
 
 
@@ -294,3 +296,22 @@ def test_an_importable_real_caffe_comes_before_a_proxy_in_the_import_root(tmp_pa
     python, env = rc.runner_launch(sys.executable, dict(env_for(tmp_path), PATH=os.environ["PATH"]))
     assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(system), str(site)]
     assert _imported_caffe_version(python, env) == "debian"
+
+
+@pytest.mark.parametrize("recipe", ["1", None])
+def test_a_build_stamped_with_another_recipe_is_not_taken(tmp_path, recipe):
+    """Review finding 13: `make caffe` rebuilds a build of an older recipe (or none recorded);
+    the locator must not use it meanwhile as a finished build."""
+    fake_build(tmp_path / "cache", recipe=recipe)
+    assert rc.find_real_caffe(env_for(tmp_path)) is None
+    assert rc.cached_builds(env_for(tmp_path)) == []
+    fake_build(tmp_path / "cache", tag="py312")  # the current recipe beside it is taken
+    assert rc.find_real_caffe(env_for(tmp_path)).build["recipe"] == rc.CAFFE_BUILD_RECIPE
+
+
+def test_the_build_script_and_the_locator_share_commit_and_recipe():
+    import re
+    script = open(os.path.join(ROOT, "docker", "build_caffe.sh")).read()
+    assert re.findall(r"^RECIPE=(\S+)$", script, re.M) == [rc.CAFFE_BUILD_RECIPE]
+    assert re.findall(r"^CAFFE_COMMIT=(\S+)$", script, re.M) == [rc.CAFFE_COMMIT]
+    assert 'grep -qx "recipe=$RECIPE"' in script  # what its stamp_is_current checks
