@@ -209,6 +209,8 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", label_encodi
     skipped = list(items.skipped)
     for s in skipped:
         say("skipped: %s" % s["message"])
+    for warning in items.warnings:
+        say("warning: %s" % warning)
     stages = [s for s in ("train", "val", "test") if s in items.stages]
     total_all = sum(len(items.stages[s]) for s in stages)
     say("%s: %d entries to encode (%s)" % (plugin.id, total_all,
@@ -293,6 +295,7 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", label_encodi
             "records": records,
             "skipped": skipped,
             "skipped_count": len(skipped),
+            "warnings": list(items.warnings),
             "workers": pool.workers, "executor": executor if pool.workers > 1 else "inline",
             "build_seconds": round(time.time() - started, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -154,6 +154,9 @@ class Itemization:
     stages: Dict[str, List[Entry]]
     skipped: List[Dict[str, str]] = field(default_factory=list)  # {"file":..., "message":...}
     split: Dict[str, Any] = field(default_factory=dict)
+    # what the user should check although nothing was skipped; the build logs them and keeps
+    # them in dataset.json ("warnings")
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass

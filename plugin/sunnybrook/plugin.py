@@ -89,7 +89,7 @@ class SunnybrookPlugin(DataPlugin):
         if errors:
             raise PluginError("; ".join(errors.values()))
         want_outer = values.get("contour_type") == "inner_outer"
-        entries, skipped, seen = [], [], {}
+        entries, skipped, seen, warnings = [], [], {}, []
         for case, case_dir in case_dirs:
             expert = os.path.join(case_dir, layout.EXPERT_SUBDIR)
             if case in seen:
@@ -107,7 +107,9 @@ class SunnybrookPlugin(DataPlugin):
                 if parsed is None:
                     continue
                 by_image.setdefault(parsed[0], {})[parsed[1]] = os.path.join(expert, name)
-            phases = _cardiac_phases(by_image)
+            phases, warning = _cardiac_phases(case, by_image)
+            if warning:
+                warnings.append(warning)
             for image_no in sorted(by_image):
                 files = by_image[image_no]
                 if "icontour" not in files:
@@ -135,7 +137,7 @@ class SunnybrookPlugin(DataPlugin):
         return Itemization(
             stages={stage: [Entry(stage, {"case": e["case"], "image_no": e["image_no"]}, e)
                             for e in items] for stage, items in stages.items()},
-            skipped=skipped, split=split)
+            skipped=skipped, split=split, warnings=warnings)
 
     def _split(self, entries, values):
         pct = int(values.get("val_percent", 10))
@@ -206,20 +208,37 @@ class SunnybrookPlugin(DataPlugin):
         return EncodedRecord(feature=feature, label=label[np.newaxis], meta=meta)
 
 
-def _cardiac_phases(by_image):
-    """{image number: "ED" | "ES" | None} for one case's contoured images.
+def _cardiac_phases(case, by_image):
+    """({image number: "ED" | "ES" | None} for one case's contoured images, warning or None).
 
     The release numbers images slice × 20 + phase + 1 (``layout.PHASES_PER_SLICE``); the experts
-    contoured two phases per case: end-diastole is the earlier one (the R wave triggers the cine,
-    phase 0 in the release), end-systole the later one. A case contoured at a single phase gets
-    ED; phases other than the earliest and latest are None."""
+    contoured two phases per case and drew outer (epicardial) contours at end-diastole only, so
+    ED is the contoured phase holding outer contours. Without them (or with them at several
+    phases) ED is the earliest contoured phase (the R wave triggers the cine: phase 0 in the
+    release). ES is the latest other contoured phase; any further phase is None. When the
+    outer contours are not at the earliest phase, the two rules disagree: the warning says so."""
     phase_of = {n: (n - 1) % layout.PHASES_PER_SLICE for n, files in by_image.items()
                 if "icontour" in files}
     if not phase_of:
-        return {n: None for n in by_image}
-    first, last = min(phase_of.values()), max(phase_of.values())
-    return {n: ("ED" if phase_of.get(n) == first else "ES" if phase_of.get(n) == last else None)
-            for n in by_image}
+        return {n: None for n in by_image}, None
+    earliest = min(phase_of.values())
+    outer = sorted({phase_of[n] for n, files in by_image.items() if "ocontour" in files and n in phase_of})
+    ed, warning = earliest, None
+    if len(outer) == 1:
+        ed = outer[0]
+        if ed != earliest:
+            warning = ("case %s: the outer contours are at phase %d, not at the earliest contoured "
+                       "phase %d; phase %d is taken as end-diastole (outer contours are drawn at ED), "
+                       "phase %d as end-systole: check the case's contours if that is wrong"
+                       % (case, ed, earliest, ed, max(p for p in phase_of.values() if p != ed)))
+    elif len(outer) > 1:
+        warning = ("case %s: outer contours at %d phases (%s), drawn at end-diastole only in the "
+                   "release; the earliest contoured phase %d is taken as end-diastole"
+                   % (case, len(outer), ", ".join(map(str, outer)), earliest))
+    others = [p for p in phase_of.values() if p != ed]
+    es = max(others) if others else None
+    return {n: ("ED" if phase_of.get(n) == ed else "ES" if es is not None and phase_of.get(n) == es else None)
+            for n in by_image}, warning
 
 
 def _folder_problem(path, what):
