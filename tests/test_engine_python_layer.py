@@ -332,3 +332,97 @@ def test_a_subclass_that_skips_caffe_layer_init_is_refused(tmp_path):
         """)
     with pytest.raises(PythonLayerError, match=r"'Lazy' .* did not run caffe.Layer.__init__; .*super\(\).__init__"):
         _layer(_param("user_layer_lazy", "Lazy"), [tmp_path]).setup([(1, 2)])
+
+
+# -- modules from the net's own folders: one module per file, not per name ----------------------
+SCALING_MODULE = """
+    import caffe
+
+    FACTOR = {factor}
+
+    class Scaling(caffe.Layer):
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = FACTOR * bottom[0].data
+    """
+
+
+def _job_net(folder, module="user_layer_scaling", factor=2):
+    """A job-like folder: net.prototxt with a Python layer and the module ``module`` beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if factor is not None:
+        _write_module(folder, module, SCALING_MODULE.format(factor=factor))
+    (folder / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+        f'layer {{ name: "py" type: "Python" bottom: "x" top: "y" python_param {{ module: "{module}" '
+        'layer: "Scaling" } }\n')
+    return str(folder / "net.prototxt")
+
+
+def _run(prototxt):
+    from engine.net import Net
+    net = Net(prototxt, caffe_pb2.TEST)
+    net.blobs["x"].data[...] = [[1.0, 2.0]]
+    net.forward()
+    return net, net.blobs["y"].data.tolist()
+
+
+def test_two_jobs_modules_of_the_same_name_each_run_their_own_code(tmp_path, monkeypatch):
+    # the web server evaluates many jobs in one process: job B must not get job A's class
+    monkeypatch.chdir(tmp_path)
+    job_a = _job_net(tmp_path / "jobs" / "a", factor=2)
+    job_b = _job_net(tmp_path / "jobs" / "b", factor=3)
+    net_a, out_a = _run(job_a)
+    net_b, out_b = _run(job_b)
+    assert out_a == [[2.0, 4.0]] and out_b == [[3.0, 6.0]]
+    assert _run(job_a)[1] == [[2.0, 4.0]]
+    class_a, class_b = (type(n.layers[1].impl.user) for n in (net_a, net_b))
+    assert class_a is not class_b and class_a.__module__ != class_b.__module__
+    assert "user_layer_scaling" not in sys.modules  # nothing answers the plain name for a later job
+    assert sys.modules[class_a.__module__].__file__ == os.path.join(os.path.dirname(job_a), "user_layer_scaling.py")
+
+
+def test_a_job_module_pickles_and_inspect_finds_its_source(tmp_path):
+    import inspect
+    import pickle
+    net, _ = _run(_job_net(tmp_path / "job", factor=4))
+    cls = type(net.layers[1].impl.user)
+    assert pickle.loads(pickle.dumps(cls)) is cls  # pickle finds the class through sys.modules
+    assert "class Scaling(caffe.Layer)" in inspect.getsource(cls)
+
+
+def test_a_job_module_is_executed_again_when_its_file_changes(tmp_path):
+    prototxt = _job_net(tmp_path / "job", factor=2)
+    assert _run(prototxt)[1] == [[2.0, 4.0]]
+    _write_module(tmp_path / "job", "user_layer_scaling", SCALING_MODULE.format(factor=10))
+    assert _run(prototxt)[1] == [[10.0, 20.0]]
+
+
+def test_a_module_found_on_sys_path_keeps_pycaffes_import_by_name(tmp_path, monkeypatch):
+    # pycaffe's way: the module is whatever `import NAME` gives, state set by the caller included
+    site = tmp_path / "site"
+    site.mkdir()
+    _write_module(site, "user_layer_onpath", SCALING_MODULE.format(factor=2))
+    monkeypatch.syspath_prepend(str(site))
+    import user_layer_onpath
+    user_layer_onpath.FACTOR = 7
+    net, out = _run(_job_net(tmp_path / "job", module="user_layer_onpath", factor=None))
+    assert out == [[7.0, 14.0]]
+    assert type(net.layers[1].impl.user).__module__ == "user_layer_onpath"
+
+
+def test_a_job_module_the_caller_imported_from_that_file_is_shared(tmp_path, monkeypatch):
+    # a script beside its prototxt that imported the layer module itself sees the same module
+    prototxt = _job_net(tmp_path / "job", factor=2)
+    monkeypatch.syspath_prepend(str(tmp_path / "job"))
+    import user_layer_scaling
+    user_layer_scaling.FACTOR = 5
+    net, out = _run(prototxt)
+    assert out == [[5.0, 10.0]] and type(net.layers[1].impl.user).__module__ == "user_layer_scaling"
+
+
+def test_a_module_name_that_is_a_path_is_refused(tmp_path):
+    with pytest.raises(PythonLayerError, match=r"'\.\./evil' is not a module name"):
+        _layer(_param("../evil", "X"), [tmp_path]).setup([(1,)])

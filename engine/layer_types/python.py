@@ -14,20 +14,32 @@ The blob objects it hands to user code are ``LayerBlob`` views that live for one
 arrays are numpy views of CPU tensors; on an accelerator the adapter copies to and from the
 host, since user code is numpy code anyway).
 
-Module lookup, first hit wins: ``PythonLayer.search_dirs`` (set by the net/runner: the job
-folder, the prototxt's folder), the working directory (unless ``SEARCH_WORKING_DIRECTORY`` is
-off, as in the web server), ``<dir>/python_layers`` for each of
-those, the project's ``python_layers/``, then ``sys.path``. ``import caffe`` inside the module
-resolves to the engine when real pycaffe is absent (``engine.caffe_shim``).
+Module lookup, first hit wins: the net's own folders (``PythonLayer.search_dirs``: the
+prototxt's folder, which for a job is the job folder, and any the runner adds) and their
+``python_layers/``; the working directory and its ``python_layers/`` (unless
+``SEARCH_WORKING_DIRECTORY`` is off, as in the web server); the project's ``python_layers/``;
+then ``sys.path``. A module found in a net's own folder is loaded from that file under a name
+unique to its path (``mylayer__file_<hash>``, registered in ``sys.modules`` so pickling and
+``inspect`` work), so two jobs' ``mylayer.py`` built in one process (the web server evaluates
+many jobs) each get their own classes; the file is executed again when it changes. Elsewhere
+(the working directory, the project's layers, ``sys.path``) the module is imported by its name,
+pycaffe's way (BVLC's tests define their layers in the test module itself); so is a net-folder
+module the caller already imported by name from that same file. ``import caffe`` inside the
+module resolves to the engine when real pycaffe is absent (``engine.caffe_shim``). (Modules a
+layer module imports itself are ordinary imports, shared by name: the searched folders are on
+``sys.path`` while the layer module runs.)
 
 Python layers are not Caffe ``LossLayer``s: their tops weigh 0 unless ``loss_weight`` is given.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 import os
 import sys
+import threading
 import traceback
 from typing import Sequence
 
@@ -189,30 +201,110 @@ def is_annotated_user_error(err: BaseException) -> bool:
 SEARCH_WORKING_DIRECTORY = True
 
 
+#: one Python-layer import at a time: the lookup puts folders on sys.path for its duration, and
+#: the web server builds nets in several threads
+_IMPORT_LOCK = threading.RLock()
+#: os.stat facts of the file each per-path module was executed from, keyed by its unique name
+_LOADED_FROM: dict[str, tuple[int, int, int]] = {}
+_UNIQUE_MARK = "__file_"  # mylayer__file_<hash of the file's path>
+
+
+def _lookup_folders(search_dirs: Sequence[str]) -> list[tuple[str, bool]]:
+    """(folder, is the net's own) in lookup order, existing folders only, each once; the net's
+    own folders come first."""
+    folders = []
+    for d in search_dirs:
+        folders += [(d, True), (os.path.join(d, "python_layers"), True)]
+    if SEARCH_WORKING_DIRECTORY:
+        cwd = os.getcwd()
+        folders += [(cwd, False), (os.path.join(cwd, "python_layers"), False)]
+    folders.append((_shipped_python_layers(), False))
+    unique: dict[str, bool] = {}
+    for d, own in folders:
+        d = os.path.abspath(d)
+        if d not in unique and os.path.isdir(d):
+            unique[d] = own
+    return list(unique.items())
+
+
+def _own_file(top: str, folders: list[tuple[str, bool]]) -> str | None:
+    """The file of module or package ``top`` in the first of the net's own folders holding one
+    (a package before a module, as the import system does), or None."""
+    for folder, own in folders:
+        if own:
+            for candidate in (os.path.join(folder, top, "__init__.py"), os.path.join(folder, top + ".py")):
+                if os.path.isfile(candidate):
+                    return candidate
+    return None
+
+
+def _real_file(module) -> str | None:
+    path = getattr(module, "__file__", None)
+    return os.path.realpath(path) if isinstance(path, str) else None
+
+
+def _stat_key(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _load_own_module(module_name: str, path: str):
+    """``module_name`` whose top-level module is the file ``path`` in one of the net's own
+    folders: that file's module under its unique name (executed once per version of the file)."""
+    origin = os.path.realpath(path)
+    top, _, rest = module_name.partition(".")
+    if _real_file(sys.modules.get(top)) == origin:
+        # the caller imported this very file by name (a script beside its prototxt): share it
+        return importlib.import_module(module_name)
+    unique = top + _UNIQUE_MARK + hashlib.sha256(origin.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    stat = _stat_key(origin)
+    module = sys.modules.get(unique)
+    if module is None or _LOADED_FROM.get(unique) != stat:
+        for name in [n for n in sys.modules if n == unique or n.startswith(unique + ".")]:
+            del sys.modules[name]  # an older version of the file, and its submodules
+        own_spec = importlib.util.spec_from_file_location(unique, origin)
+        module = importlib.util.module_from_spec(own_spec)
+        sys.modules[unique] = module  # before it runs, as an import does (dataclasses, pickling)
+        try:
+            own_spec.loader.exec_module(module)
+        except BaseException:
+            if sys.modules.get(unique) is module:
+                del sys.modules[unique]
+            _LOADED_FROM.pop(unique, None)
+            raise
+        _LOADED_FROM[unique] = stat
+    return importlib.import_module(unique + "." + rest) if rest else module
+
+
 def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str):
     from engine import caffe_shim
     caffe_shim.install()
-    dirs = []
-    for d in list(search_dirs) + ([os.getcwd()] if SEARCH_WORKING_DIRECTORY else []):
-        dirs += [d, os.path.join(d, "python_layers")]
-    dirs.append(_shipped_python_layers())
-    dirs = [os.path.abspath(d) for d in dict.fromkeys(dirs) if os.path.isdir(d)]
-    added = [d for d in dirs if d not in sys.path]
-    sys.path[:0] = added
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.split(".")[0] == err.name.split(".")[0]:
-            raise PythonLayerError(
-                f"layer '{layer_name}' (Python): python_param.module '{module_name}' was not found; "
-                f"searched {', '.join(dirs)} and sys.path") from None
-        raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
-    except Exception as err:
-        raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
-    finally:
-        for d in added:
-            if d in sys.path:
-                sys.path.remove(d)
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise PythonLayerError(f"layer '{layer_name}' (Python): python_param.module '{module_name}' is not a "
+                               "module name (Python identifiers joined by dots, not a path)")
+    folders = _lookup_folders(search_dirs)
+    dirs = [d for d, _ in folders]
+    top = module_name.partition(".")[0]
+    with _IMPORT_LOCK:
+        added = [d for d in dirs if d not in sys.path]
+        sys.path[:0] = added
+        try:
+            own = _own_file(top, folders)
+            return _load_own_module(module_name, own) if own else importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            missing_top = (err.name or "").split(".")[0]
+            if missing_top == top or missing_top.startswith(top + _UNIQUE_MARK):
+                hint = " (python_param.module names the module without .py)" if module_name.endswith(".py") else ""
+                raise PythonLayerError(
+                    f"layer '{layer_name}' (Python): python_param.module '{module_name}' was not found; "
+                    f"searched {', '.join(dirs)} and sys.path{hint}") from None
+            raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
+        except Exception as err:
+            raise _annotate_user_error(layer_name, f"importing module '{module_name}'", err)
+        finally:
+            for d in added:
+                if d in sys.path:
+                    sys.path.remove(d)
 
 
 @base.register
