@@ -155,3 +155,24 @@ def _python_layer_lookup_is_per_test():
     saved = python_layers.SEARCH_WORKING_DIRECTORY
     yield
     python_layers.SEARCH_WORKING_DIRECTORY = saved
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")
+
+
+@pytest.fixture(autouse=True)
+def _thread_settings_are_per_test():
+    """``caffeseg worker``/``serve`` set this process's thread plan (jobs.threads) when a test runs
+    them in-process; restore it, so later subprocesses (real Caffe's OpenBLAS) and torch see the
+    machine's defaults again."""
+    import torch
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    threads = torch.get_num_threads()
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
