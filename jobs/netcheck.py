@@ -151,7 +151,8 @@ PATH_FIELDS = (
 )
 # list files: ImageData's (one 'path label' a line), HDF5Data's (paths), WindowData's window file
 LIST_FILES = {("image_data_param", "source"), ("hdf5_data_param", "source"), ("window_data_param", "source")}
-MAX_LIST_LINES = 100000  # a list file longer than this is refused rather than read
+MAX_LIST_LINES = 100000  # a list file naming more files than this is refused rather than read
+MAX_LIST_BYTES = 64 * 1024 * 1024  # ... and one larger than this (it is read whole)
 
 
 class NetworkPathError(ValueError):
@@ -200,6 +201,9 @@ def check_file_paths(net, job_dir, roots):
             if not _inside(where(value), allowed):
                 refuse(layer, name, value)
             if (message, field) in LIST_FILES and os.path.isfile(where(value)):
+                if os.path.getsize(where(value)) > MAX_LIST_BYTES:
+                    raise NetworkPathError("layer '%s' %s: %r is larger than %d MiB, more than a list "
+                                           "file is read here" % (layer.name, name, value, MAX_LIST_BYTES >> 20))
                 root = params.root_folder if message != "hdf5_data_param" else ""
                 for n, entry in enumerate(_list_entries(where(value), message), 1):
                     if n > MAX_LIST_LINES:
@@ -252,7 +256,6 @@ def _window_images(raw):
     yield from _caffe_window_images(raw)
 
 
-_WS = b" \t\n\v\f\r"
 
 
 def _caffe_window_images(raw):
@@ -260,28 +263,27 @@ def _caffe_window_images(raw):
     4 ints); a failed extraction stops the stream for good (its failbit is sticky)."""
     import os
     import re
+    space, text = re.compile(rb"[ \t\n\v\f\r]*"), re.compile(rb"[^ \t\n\v\f\r]+")
     number = {"int": re.compile(rb"[+-]?[0-9]+"),
-              "float": re.compile(rb"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?(?![eE])")}
+              "float": re.compile(rb"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
     pos = [0]
 
     def skip():
-        while pos[0] < len(raw) and raw[pos[0]:pos[0] + 1] in _WS:
-            pos[0] += 1
+        pos[0] = space.match(raw, pos[0]).end()
 
     def word():
         skip()
-        start = pos[0]
-        while pos[0] < len(raw) and raw[pos[0]:pos[0] + 1] not in _WS:
-            pos[0] += 1
-        if start == pos[0]:
+        match = text.match(raw, pos[0])
+        if not match:
             raise EOFError
-        return raw[start:pos[0]]
+        pos[0] = match.end()
+        return match.group()
 
     def read(kind):
         skip()
         match = number[kind].match(raw, pos[0])
-        if not match:
-            raise EOFError
+        if not match or (kind == "float" and raw[match.end():match.end() + 1] in (b"e", b"E")):
+            raise EOFError  # '1e' without exponent digits fails in libstdc++ too
         pos[0] = match.end()
         return int(match.group()) if kind == "int" else 0
 

@@ -102,3 +102,12 @@ def test_a_window_path_that_only_caffes_stream_reading_sees_is_refused(dirs):
     windows = _write(data, "windows.txt", "# 0\nimg0.jpg\n3 10 10\n1\n1 1.0 0 0 5 5#\n1\n../../../../../../etc/hostname\n3 10 10\n0\n")
     with pytest.raises(NetworkPathError, match="/etc/hostname"):
         check_file_paths(_net(WINDOW_NET % (windows, data + "/")), job, [data])
+
+
+def test_a_list_file_too_large_to_read_is_refused(dirs, monkeypatch):
+    from jobs import netcheck
+    job, data = dirs
+    listing = _write(data, "list.txt", "a.h5\n" * 100)
+    monkeypatch.setattr(netcheck, "MAX_LIST_BYTES", 100)
+    with pytest.raises(NetworkPathError, match="larger than"):
+        check_file_paths(_hdf5(listing), job, [data])
