@@ -78,9 +78,24 @@ def _readable(member):
     return member
 
 
-def _write_archive(out_path, files, info, classes, fmt="tar.gz"):
+class _Tee:
+    """A binary file that also hands every chunk written to ``sink`` (the download stream)."""
+
+    def __init__(self, raw, sink):
+        self.raw, self.sink = raw, sink
+
+    def write(self, data):
+        self.sink(bytes(data))
+        return self.raw.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def _write_archive(out_path, files, info, classes, fmt="tar.gz", sink=None):
     """Write the tar.gz or zip atomically (``jobs.paths.atomic_output``): concurrent writers never
-    share a temporary name, and readers see whole archives only."""
+    share a temporary name, and readers see whole archives only. ``sink`` (tar.gz only: a zip
+    seeks back to write its headers) receives the bytes as they are written."""
     texts = (("labels.txt", "".join("%s\n" % c for c in classes)),
              ("info.json", json.dumps(info, indent=2, sort_keys=True)))
     if fmt == "zip":
@@ -94,7 +109,7 @@ def _write_archive(out_path, files, info, classes, fmt="tar.gz"):
                 zf.writestr(entry, text.encode("utf-8"))
         return out_path
     with atomic_output(out_path, mode=0o644) as raw, \
-            tarfile.open(fileobj=raw, mode="w:gz", compresslevel=COMPRESS_LEVEL) as tar:
+            tarfile.open(fileobj=_Tee(raw, sink) if sink else raw, mode="w:gz", compresslevel=COMPRESS_LEVEL) as tar:
         for src, arcname in files:
             tar.add(src, arcname=arcname, filter=lambda m: _readable(m))
         for arcname, text in texts:
@@ -154,7 +169,7 @@ def _manifest_name(archive_name):
     return archive_name[:-len(".tar.gz")] + ".json" if archive_name.endswith(".tar.gz") else archive_name + ".json"
 
 
-def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz", job=None):
+def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz", job=None, sink=None):
     """The model download for ``snapshot`` (default: the newest): a .tar.gz (``fmt`` "tar.gz") or
     .zip (``fmt`` "zip") real Caffe loads as-is; ``job`` (the store row) fills info.json's DIGITS
     job keys (id, creation time, username).
@@ -163,7 +178,8 @@ def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz",
     snapshot and format is returned, built once: it is rebuilt only when one of its input files
     changed (size or modification time) or its info did, concurrent requests wait for one build
     instead of each writing 200 MB, and archives no longer requested are removed (see
-    ``KEEP_ARCHIVES``).
+    ``KEEP_ARCHIVES``). ``sink`` receives the bytes of a tar.gz while it is built (see
+    ``export_stream``); a cached archive or a zip is not passed to it.
     """
     if fmt not in FORMATS:
         raise ExportError("unknown download format %r (one of %s)" % (fmt, ", ".join(FORMATS)))
@@ -188,12 +204,93 @@ def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz",
             if os.path.isfile(archive) and _read_json(manifest_path) == manifest:
                 os.utime(manifest_path)  # most recently requested: kept by the clean-up
                 return archive
-            _write_archive(archive, files, dict(info, exported_at=time.time()), classes, fmt)
+            _write_archive(archive, files, dict(info, exported_at=time.time()), classes, fmt,
+                           sink if fmt == "tar.gz" else None)
             atomic_write_json(manifest_path, manifest)
             _clean_exports(folder, keep=os.path.basename(manifest_path))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return archive
+
+
+class _StreamCancelled(Exception):
+    """The client went away: the build in progress stops (its temporary file is removed)."""
+
+
+STREAM_CHUNK = 1 << 20
+
+
+def export_stream(job_dir, snapshot=None, name=None, fmt="tar.gz", job=None):
+    """(archive path, iterator of its bytes): the model download as ``export_model`` caches it,
+    sent while it is built. When the archive must be built (first request for a snapshot), its
+    tar.gz bytes reach the client as gzip writes them, so the first byte comes at once instead of
+    after the whole build; a cached archive or a zip (which seeks while it is written) is sent
+    from the file. Errors before the first byte (no snapshot…) are raised here; a client that
+    stops reading stops the build."""
+    import queue
+    import threading
+    weights = latest_snapshot(job_dir, snapshot)  # the user's errors, before anything starts
+    stem = "model_%s" % os.path.splitext(os.path.basename(weights))[0]
+    path = os.path.join(job_dir, EXPORT_DIR, "%s.%s" % (stem, fmt))
+    events, cancelled = queue.Queue(maxsize=16), threading.Event()
+
+    def put(item):
+        while True:
+            if cancelled.is_set():
+                raise _StreamCancelled()
+            try:
+                events.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    pending = bytearray()  # gzip writes small pieces: hand them on in blocks of STREAM_CHUNK
+
+    def sink(data):
+        pending.extend(data)
+        if len(pending) >= STREAM_CHUNK:
+            put(("data", bytes(pending)))
+            pending.clear()
+
+    def build():
+        try:
+            archive = export_model(job_dir, snapshot=snapshot, name=name, fmt=fmt, job=job, sink=sink)
+            if pending:
+                put(("data", bytes(pending)))
+            put(("done", archive))
+        except _StreamCancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the request that waits for it
+            try:
+                put(("error", exc))
+            except _StreamCancelled:
+                pass
+
+    threading.Thread(target=build, name="export-stream", daemon=True).start()
+    first = events.get()
+    if first[0] == "error":
+        raise first[1]
+
+    def chunks():
+        event, streamed = first, False
+        try:
+            while True:
+                kind, value = event
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    if not streamed:
+                        with open(value, "rb") as f:
+                            for block in iter(lambda: f.read(STREAM_CHUNK), b""):
+                                yield block
+                    return
+                streamed = True
+                yield value
+                event = events.get()
+        finally:
+            cancelled.set()
+
+    return path, chunks()
 
 
 def _read_json(path):

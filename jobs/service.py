@@ -819,6 +819,17 @@ class JobService:
         except (InferError, ExportError) as exc:
             raise ServiceError(str(exc))
 
+    def export_stream(self, job_id, snapshot=None, fmt="tar.gz"):
+        """(archive path, iterator of its bytes): the cached model download, sent while it is built
+        the first time (``jobs.export.export_stream``)."""
+        from jobs.export import ExportError, export_stream
+        from jobs.infer import InferError
+        job = self._model(job_id)
+        try:
+            return export_stream(job["dir"], snapshot=snapshot, name=job["name"], fmt=fmt, job=job)
+        except (InferError, ExportError) as exc:
+            raise ServiceError(str(exc))
+
     def make_pretrained(self, job_id, pretrained_dir, snapshot=None, name=None, description="", owner=None):
         """DIGITS' "Make Pretrained Model": the job's snapshot (default: the newest) with its network,
         deploy net, mean, labels and image facts becomes an uploaded pretrained model in

@@ -1,5 +1,6 @@
 """Evaluation maths (hand-computed), preprocessing and inference on a recording numpy net,
 DICOM upload, contours, and the export archive round trip."""
+import io
 import json
 import os
 import tarfile
@@ -298,3 +299,52 @@ def test_concurrent_exports_build_one_archive_without_errors(job):
         t.join()
     assert not errors and len(set(results)) == 1 and tarfile.is_tarfile(results[0])
     assert os.path.isfile(results[0][:-len(".tar.gz")] + ".json")
+
+
+def _streamed(folder, **kw):
+    path, chunks = ex.export_stream(folder, **kw)
+    return path, b"".join(chunks)
+
+
+def test_a_first_download_is_streamed_while_it_is_built_and_equals_the_cached_archive(job, monkeypatch):
+    folder, _ = job
+    monkeypatch.setattr(ex, "STREAM_CHUNK", 64)  # several blocks even for the test's tiny snapshot
+    sizes = []
+    path, chunks = ex.export_stream(folder, snapshot=1)
+    body = b""
+    for block in chunks:
+        sizes.append(len(block))
+        body += block
+    assert len(sizes) > 1  # it came in pieces, not at the end in one
+    assert body == open(path, "rb").read() and tarfile.is_tarfile(path)
+    built = os.stat(path).st_mtime_ns
+    again, body2 = _streamed(folder, snapshot=1)  # cached now: sent from the file, not rebuilt
+    assert again == path and body2 == body and os.stat(path).st_mtime_ns == built
+
+
+def test_a_zip_download_is_sent_from_the_file(job):
+    folder, _ = job
+    path, body = _streamed(folder, snapshot=1, fmt="zip")
+    assert path.endswith(".zip") and body == open(path, "rb").read()
+
+
+def test_stream_errors_come_before_the_first_byte(job):
+    folder, _ = job
+    with pytest.raises(inf.InferError, match="no snapshot at iteration 99"):
+        ex.export_stream(folder, snapshot=99)
+
+
+def test_a_client_that_stops_reading_stops_the_build_and_leaves_no_partial_file(job, monkeypatch):
+    folder, _ = job
+    monkeypatch.setattr(ex, "STREAM_CHUNK", 16)
+    path, chunks = ex.export_stream(folder, snapshot=1)
+    next(chunks)
+    chunks.close()  # the browser went away
+    import time
+    deadline = time.time() + 10
+    leftovers = lambda: [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".tmp-")]  # noqa: E731
+    while leftovers() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not leftovers()
+    _, body = _streamed(folder, snapshot=1)  # the next request builds it whole
+    assert tarfile.is_tarfile(io.BytesIO(body))

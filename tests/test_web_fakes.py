@@ -240,6 +240,10 @@ class FakeBackend:
         path.write_bytes(b"archive")
         return str(path)
 
+    def download_stream(self, job_id, snapshot=None, fmt="tar.gz"):
+        path = self.download(job_id, snapshot, fmt)
+        return path, iter([b"arch", b"ive"])
+
     # DIGITS parity (issue 18): editing, details, info, pretrained round trip, Test Many
     def edit_job(self, job_id, fields):
         self.calls.append(("edit_job", job_id, dict(fields)))

@@ -567,9 +567,9 @@ def test_model_download_needs_a_snapshot_and_is_named_after_the_job(env, monkeyp
     assert resp.status_code == 302
     assert "no snapshot at iteration 99" in client.get(resp.headers["Location"]).get_data(as_text=True)
 
-    def refuse(job_id, snapshot=None):
+    def refuse(job_id, snapshot=None, fmt="tar.gz"):
         raise ValueError(f"job {job_id} has no snapshot yet")
-    monkeypatch.setattr(fake, "download", refuse)
+    monkeypatch.setattr(fake, "download_stream", refuse)
     resp = client.get(f"/models/{done}/download")
     assert resp.status_code == 302
     assert "could not be packed" in client.get(resp.headers["Location"]).get_data(as_text=True)

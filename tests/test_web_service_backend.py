@@ -200,3 +200,22 @@ def test_the_explorer_waits_for_an_evaluation_holding_the_same_lmdb(site):
     reader.join(10)
     holder.join(10)
     assert answers and answers[0][0].shape == (1, 8, 8)
+
+
+def test_the_model_page_download_streams_the_archive_the_service_caches(site, tmp_path):
+    import io
+    import tarfile
+    from web import create_app
+    backend, svc, _, model = site
+    Path(model["dir"], "snapshot_iter_4.caffemodel").write_bytes(os.urandom(300_000))
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": backend, "START_WORKER": False})
+    client = app.test_client()
+    first = client.get(f"/models/{model['id']}/download")
+    assert first.status_code == 200 and first.is_streamed  # sent while it is built, no wait for the whole
+    assert 'attachment; filename=m_%s_iter_4.tar.gz' % model["id"] in first.headers["Content-Disposition"]
+    body = first.get_data()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert tar.getmember("snapshot_iter_4.caffemodel").size == 300_000
+    cached = os.path.join(model["dir"], "downloads", "model_snapshot_iter_4.tar.gz")
+    assert open(cached, "rb").read() == body
+    assert client.get(f"/models/{model['id']}/download").get_data() == body  # the cached archive, again

@@ -19,7 +19,7 @@ Shapes returned (plain dicts, JSON-ready):
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Iterable, Protocol
 
 
 class Unavailable(RuntimeError):
@@ -181,6 +181,11 @@ class Backend(Protocol):
 
     def download(self, job_id: str, snapshot: int | None = None, fmt: str = "tar.gz") -> str:
         """Path of a model archive ready to send (``fmt`` tar.gz or zip, as DIGITS' download.<ext>)."""
+
+    def download_stream(self, job_id: str, snapshot: int | None = None,
+                        fmt: str = "tar.gz") -> "tuple[str, Iterable[bytes]]":
+        """(archive path, its bytes): the same archive as ``download``, whose bytes flow while it
+        is built the first time (the first byte comes at once, not after the whole build)."""
 
     # -- DIGITS parity: editing, details, info, pretrained round trip, Test Many --------
     # The user of the request (web.users.current_user) is the owner of what is created and is

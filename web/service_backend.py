@@ -351,6 +351,10 @@ class ServiceBackend:
         with _service_errors():  # "no snapshot yet" is the user's 400, not a server error
             return str(self.service.export(check_job_id(job_id), snapshot=snapshot, fmt=fmt))
 
+    def download_stream(self, job_id, snapshot=None, fmt="tar.gz"):
+        with _service_errors():
+            return self.service.export_stream(check_job_id(job_id), snapshot=snapshot, fmt=fmt)
+
     # -- DIGITS parity (issue 18) -------------------------------------------------------------
     def edit_job(self, job_id, fields):
         changes = {("group_name" if k == "group" else k): v for k, v in fields.items()

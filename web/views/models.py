@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file,
+from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    url_for)
 
 from web.backend import BadRequest, Unavailable, running_seconds
@@ -214,14 +214,16 @@ def download(job_id):
     elif snapshot is not None and snapshot not in iterations:
         problem = f"This model has no snapshot at iteration {snapshot}."
     if problem is None:
-        try:
-            path = backend().download(job_id, snapshot)
+        try:  # the bytes flow while the archive is built the first time (then it is cached)
+            path, chunks = backend().download_stream(job_id, snapshot)
         except (ValueError, LookupError, OSError) as exc:  # e.g. the snapshot vanished meanwhile
             problem = f"The model could not be packed for download: {exc}"
     if problem is not None:
         flash(problem, "error")
         return redirect(url_for("models.show", job_id=job_id))
-    response = send_file(path, as_attachment=True, download_name=_download_name(job, path, snapshot, iterations))
+    name = _download_name(job, path, snapshot, iterations)
+    response = Response(chunks, mimetype="application/gzip")
+    response.headers.set("Content-Disposition", "attachment", filename=name)
     token = request.args.get("download_token", "")
     if re.fullmatch(r"[a-z0-9]{1,16}", token):  # the model page's "preparing…" note ends when this arrives
         response.set_cookie("caffeseg_download", token, max_age=120, samesite="Strict",
