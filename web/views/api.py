@@ -12,31 +12,13 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from web.backend import BadRequest
 from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from web.safety import check_job_id, complete_path
-from web.views.common import backend, load_job, plugin_by_id, plugins
+from web.views.common import backend, json_body, load_job, plugin_by_id, plugins, require_non_form_origin
 from web.job_options import fill_model_choices, model_options
 from web import api_spec, inference_store, pretrained_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-@bp.before_request
-def require_non_form_origin():
-    if request.method in SAFE_METHODS:
-        return None
-    if request.is_json or request.headers.get("X-Requested-With"):
-        return None
-    abort(403, "state-changing API calls need a JSON body or the X-Requested-With header")
-
-
-def _body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None:
-        data = request.form.to_dict()
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
+bp.before_request(require_non_form_origin)
 
 
 @bp.route("/health")
@@ -122,7 +104,7 @@ def job_action(job_id, action):
 
 @bp.route("/datasets", methods=["POST"])
 def create_dataset():
-    body = _body()
+    body = json_body()
     api_spec.refuse_unknown_keys(body, {"plugin", "values", "options"})
     plugin = plugin_by_id(str(body.get("plugin") or ""))
     flat = {**(body.get("values") or {}), **(body.get("options") or {})}
@@ -156,7 +138,7 @@ def dataset_records(job_id):
 
 @bp.route("/models", methods=["POST"])
 def create_model():
-    body = _body()
+    body = json_body()
     api_spec.refuse_unknown_keys(body, api_spec.form_field_names(ModelForm))
     flat = {}
     for key, value in body.items():
@@ -221,7 +203,7 @@ def pretrained_network(pretrained_id):
 
 @bp.route("/network/inspect", methods=["POST"])
 def inspect_network():
-    body = _body()
+    body = json_body()
     api_spec.refuse_unknown_keys(body, {"text", "dataset"})
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -255,7 +237,7 @@ def download(job_id):
 @bp.route("/jobs/<job_id>/infer", methods=["POST"])
 def infer(job_id):
     job = load_job(job_id, "model")
-    body = _body() if not request.files else request.form.to_dict()
+    body = json_body() if not request.files else request.form.to_dict()
     snapshot = body.get("snapshot")
     snapshot = int(snapshot) if str(snapshot or "").isdigit() else None
     visualize = str(body.get("visualize", "")).lower() in ("1", "true", "yes", "y", "on")

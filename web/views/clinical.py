@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, render_template, request, send_f
 from werkzeug.utils import secure_filename
 
 from web.backend import BadRequest, NotFound
-from web.views.api import require_non_form_origin
+from web.views.common import require_non_form_origin
 from web.views.common import backend, load_job
 
 bp = Blueprint("clinical", __name__)

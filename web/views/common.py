@@ -1,10 +1,10 @@
 """Small helpers shared by the views."""
 from __future__ import annotations
 
-from flask import abort, current_app, flash, redirect, url_for
+from flask import abort, current_app, flash, redirect, request, url_for
 
 from web import plugins as web_plugins
-from web.backend import NotFound
+from web.backend import BadRequest, NotFound
 from web.safety import check_job_id
 
 
@@ -58,3 +58,24 @@ def add_post_actions(bp, kind: str, actions: dict) -> None:
             return post_action(job_id, kind, action, message)
         view.__name__ = view.__qualname__ = endpoint  # CSRFProtect and Flask name views by these
         bp.add_url_rule(f"/<job_id>/{path}", endpoint, view, methods=["POST"])
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def require_non_form_origin():
+    """A JSON API's ``before_request``: a state change needs a JSON body or the X-Requested-With
+    header, which a cross-site form cannot send (the API's CSRF defence)."""
+    if request.method in SAFE_METHODS or request.is_json or request.headers.get("X-Requested-With"):
+        return None
+    abort(403, "state-changing API calls need a JSON body or the X-Requested-With header")
+
+
+def json_body() -> dict:
+    """The request's JSON object (or its form fields); BadRequest for any other body."""
+    data = request.get_json(silent=True)
+    if data is None:
+        data = request.form.to_dict()
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data

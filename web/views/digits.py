@@ -29,13 +29,12 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
 
 from web.backend import BadRequest, NotFound
 from web.safety import check_job_id
-from web.views.common import backend, load_job
+from web.views.common import SAFE_METHODS, backend, json_body, load_job, require_non_form_origin
 
 bp = Blueprint("digits", __name__)
 api_bp = Blueprint("digits_api", __name__, url_prefix="/api")
 digits_bp = Blueprint("digits_compat", __name__)
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 FINISHED = ("Done", "Error", "Aborted", "Interrupted")
 
 
@@ -232,25 +231,12 @@ def _test_many_request(form, files):
 
 # -- caffeseg's JSON API additions ------------------------------------------------------------------
 
-@api_bp.before_request
-def require_non_form_origin():
-    if request.method in SAFE_METHODS or request.is_json or request.headers.get("X-Requested-With"):
-        return None
-    abort(403, "state-changing API calls need a JSON body or the X-Requested-With header")
-
-
-def _body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None:
-        data = request.form.to_dict()
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
+api_bp.before_request(require_non_form_origin)
 
 
 @api_bp.route("/jobs/<job_id>", methods=["PUT"])
 def api_edit(job_id):
-    body = _body()
+    body = json_body()
     unknown = sorted(set(body) - {"name", "notes", "group"})
     if unknown:
         raise BadRequest("unknown field(s) %s (name, notes, group)" % ", ".join(unknown))
@@ -260,7 +246,7 @@ def api_edit(job_id):
 
 @api_bp.route("/jobs/bulk", methods=["POST"])
 def api_bulk():
-    body = _body()
+    body = json_body()
     ids = body.get("job_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise BadRequest("job_ids: a list of job ids", {"job_ids": "a list of job ids"})
@@ -280,7 +266,7 @@ def api_info():
 
 @api_bp.route("/jobs/<job_id>/make-pretrained", methods=["POST"])
 def api_make_pretrained(job_id):
-    body = _body()
+    body = json_body()
     load_job(job_id, "model")
     entry = backend().make_pretrained(job_id, _int_or_none(body.get("snapshot"), "snapshot"), body.get("name"))
     return jsonify(entry), 201
@@ -303,7 +289,7 @@ def api_pretrained_layers(pretrained_id):
 def api_test_many(job_id):
     load_job(job_id, "model")
     if request.is_json:
-        body = _body()
+        body = json_body()
         source = {k: body[k] for k in ("folder", "list_file", "dataset_stage") if body.get(k)}
         options = {"snapshot": _int_or_none(body.get("snapshot"), "snapshot"),
                    "probabilities": bool(body.get("probabilities")), "resize": body.get("resize")}
