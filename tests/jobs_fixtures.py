@@ -137,3 +137,15 @@ def contours_without_images(root):
         f.write("100.0 100.0\n110.0 100.0\n110.0 110.0\n")
     os.makedirs(os.path.join(str(root), "img", "SC-HF-I-1"))
     return os.path.join(str(root), "img"), os.path.join(str(root), "con")
+
+
+def fake_pycaffe_service(tmp_path, monkeypatch):
+    """A JobService on the pycaffe backend whose runners import the fake pycaffe above (the calls
+    they make go to ``tmp_path/calls.jsonl``); ``service.fake_path`` is the fake's folder."""
+    from jobs.service import JobService
+    fake = install_fake_caffe(str(tmp_path / "fake"))
+    monkeypatch.setenv("PYTHONPATH", fake)
+    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
+    service = JobService(str(tmp_path / "jobs"), backend="pycaffe")
+    service.fake_path = fake
+    return service

@@ -10,15 +10,12 @@ import pytest
 
 from jobs import store as st
 from jobs.service import JobService, ServiceError
-from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 
 
 @pytest.fixture
 def svc(tmp_path, monkeypatch):
-    fake = install_fake_caffe(str(tmp_path / "fake"))
-    monkeypatch.setenv("PYTHONPATH", fake)
-    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
-    return JobService(str(tmp_path / "jobs"), backend="pycaffe")
+    return fake_pycaffe_service(tmp_path, monkeypatch)
 
 
 @pytest.fixture

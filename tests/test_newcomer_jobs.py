@@ -13,18 +13,12 @@ from jobs import runner as runner_mod
 from jobs import scheduler as scheduler_mod
 from jobs import store as st
 from jobs.scheduler import IMPORT_ROOT, Scheduler
-from jobs.service import JobService
-from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 
 
 @pytest.fixture
 def svc(tmp_path, monkeypatch):
-    fake = install_fake_caffe(str(tmp_path / "fake"))
-    monkeypatch.setenv("PYTHONPATH", fake)
-    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
-    service = JobService(str(tmp_path / "jobs"), backend="pycaffe")
-    service.fake_path = fake
-    return service
+    return fake_pycaffe_service(tmp_path, monkeypatch)
 
 
 def _start_unsupervised(svc, tmp_path, **env):

@@ -11,21 +11,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from jobs import export as ex
 from jobs import pretrained, pretrained_archive as pa
 from jobs import store as st
 from jobs.pretrained import UploadError
-from jobs.service import JobService, ServiceError
-from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
+from jobs.service import ServiceError
+from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 from tests.web_helpers import write_weights
 
 
 @pytest.fixture
 def svc(tmp_path, monkeypatch):
-    fake = install_fake_caffe(str(tmp_path / "fake"))
-    monkeypatch.setenv("PYTHONPATH", fake)
-    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
-    return JobService(str(tmp_path / "jobs"), backend="pycaffe")
+    return fake_pycaffe_service(tmp_path, monkeypatch)
 
 
 def _conv_weights(path, c_in=1):
