@@ -8,10 +8,11 @@ and ``info.json`` — what DIGITS' download held.
 ``info.json`` carries caffeseg's keys (``name``, ``snapshot``, ``classes``, ``preprocess``,
 ``framework``, ``deploy``) and DIGITS' own (``digits_info``, the names its Caffe train task's
 ``get_task_stats`` and job ``json_dict`` write and its ``upload_archive`` reads): "snapshot file",
-"model file" (original.prototxt, the all-stages network), "deploy file", "train_val file",
+"model file" (original.prototxt, the all-stages network; also as "network file", the name
+DIGITS' other frameworks use), "deploy file", "train_val file",
 "solver file", "mean file" ("" without a mean image), "labels file", "framework" ("caffe"),
 "image dimensions" ([height, width, channels], DIGITS' ``get_feature_dims`` order), "image
-resize mode" ("squash": how caffeseg resizes an image of another size), "job id", "creation
+type" ("grayscale" or "color", the values of DIGITS' upload form), "image resize mode" ("squash": how caffeseg resizes an image of another size), "job id", "creation
 time", "username" and "python layer file" (when the job has one).
 """
 import datetime
@@ -152,9 +153,12 @@ def digits_info(job_dir, files, weights, pre, job=None):
                       ("train_val file", "train_val.prototxt"), ("solver file", "solver.prototxt")):
         if name in names:
             info[key] = name
+    if "model file" in info:  # the name DIGITS' other frameworks (and their readers) use for it
+        info["network file"] = info["model file"]
     dims = _image_dimensions(job_dir)
     if dims:
         info["image dimensions"] = dims
+        info["image type"] = "grayscale" if dims[2] == 1 else "color"  # DIGITS' upload form's values
     layers = sorted(n for n in names if n.endswith(".py"))
     if layers:
         info["python layer file"] = layers[0]

@@ -65,6 +65,7 @@ def test_download_info_json_has_digits_keys_in_tar_gz_and_zip(trained):
     assert info["snapshot file"] == "snapshot_iter_20.caffemodel" and info["model file"] == "original.prototxt"
     assert info["framework"] == "caffe" and info["mean file"] == ""  # trained without a mean image
     assert info["image dimensions"] == [8, 8, 1] and info["image resize mode"] == "squash"
+    assert info["image type"] == "grayscale" and info["network file"] == "original.prototxt"
     assert info["job id"] == job["id"] and info["username"] == "alice" and info["creation time"]
     assert members["labels.txt"] == b"background\nlv\n" and info["classes"] == ["background", "lv"]
     # caffeseg's own keys stay
