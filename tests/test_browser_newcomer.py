@@ -242,9 +242,9 @@ def test_ui_download_model_says_it_is_preparing_until_the_download_starts(browse
     m = fake.add_job("model", "big", dataset_id=ds)
     real_download = fake.download
 
-    def slow_download(job_id, snapshot=None):
-        _time.sleep(2.5)  # packing a 200 MB archive
-        return real_download(job_id, snapshot)
+    def slow_download(job_id, snapshot=None, fmt="tar.gz"):
+        _time.sleep(2.5)  # packing a 200 MB archive (the fake's download_stream waits for it)
+        return real_download(job_id, snapshot, fmt)
     fake.download = slow_download
     page = browser_page
     page.goto(f"{url}/models/{m}")
