@@ -136,3 +136,15 @@ def test_a_warning_of_the_option_check_is_on_the_model_page(real_env, tmp_path):
     page = client.get(f"/models/{job_id}").get_data(as_text=True)
     assert "data-warning" in page and "the dataset has no validation records" in page
     assert client.get(f"/api/jobs/{job_id}").get_json()["warnings"][0].startswith("the dataset has no validation")
+
+
+def test_a_sweep_from_the_form_says_the_option_checks_warning_on_the_page_it_leads_to(real_env, tmp_path):
+    client, service, _ = real_env
+    no_val = service.import_dataset(make_dataset_dir(str(tmp_path / "noval"), train=10, val=0), "no val")
+    form = dict(_model_body(no_val), base_lr="0.01,0.001", solver_type="SGD", snapshot_interval="1",
+                val_interval="1", batch_accumulation="1")
+    resp = client.post("/models/new", data=form)
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:2000]
+    assert len([j for j in service.list_jobs() if j["kind"] == "model"]) == 2
+    home = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "2 models created" in home and "Warning: the dataset has no validation records" in home

@@ -51,9 +51,11 @@ def new():
         except Unavailable as exc:
             flash(str(exc), "error")
             return _render(form, lists, status=501)
-        if len(ids) == 1:
+        if len(ids) == 1:  # its page shows the option check's warnings
             return redirect(url_for("models.show", job_id=ids[0]))
         flash(f"{len(ids)} models created (one per combination of values).", "ok")
+        for warning in sorted({w for i in ids for w in backend().job(i).get("warnings") or []}):
+            flash(f"Warning: {warning}", "info")  # the home page lists the sweep, not each job's page
         return redirect(url_for("home.index", tab="model"))
     return _render(form, lists, status=400 if request.method == "POST" else 200)
 
