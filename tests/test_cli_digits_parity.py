@@ -1,27 +1,10 @@
 """caffeseg CLI for what DIGITS did in its web UI only: job edit/bulk/details, info (one
 function for CLI and web), the RMSProp decay option."""
-import json
 import os
 
-import pytest
-
 from caffeseg import cli
-from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", install_fake_caffe(str(tmp_path / "fake")))
-    monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))
-    net = tmp_path / "net.prototxt"
-    net.write_text(TINY_NET)
-    return tmp_path, ["--data", str(tmp_path / "data"), "--json"], str(net)
-
-
-def run_json(capsys, argv):
-    code = cli.main(argv)
-    out = capsys.readouterr().out
-    return code, (json.loads(out) if out.strip() else None)
+from tests.jobs_fixtures import make_dataset_dir
+from tests.test_cli import env, run_json  # noqa: F401  (the CLI's fake-pycaffe fixture)
 
 
 def _dataset_and_models(env, capsys, *extra):
