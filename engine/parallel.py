@@ -38,6 +38,7 @@ test nets only there. Random seeds are not offset per rank (Caffe's workers copy
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
@@ -94,6 +95,9 @@ def join(device: torch.device, uid: bytes | str | None = None, world_size: int |
         address = "env://"
     dist.init_process_group(_backend_for(device), init_method=address, world_size=world, rank=me,
                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    # The group's C++ threads must be stopped before the interpreter exits: left running, their
+    # std::thread destructors abort the process ("terminate called without an active exception").
+    atexit.register(leave)
 
 
 def leave() -> None:
