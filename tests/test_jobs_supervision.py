@@ -33,12 +33,9 @@ def _history(store, job_id):
     return [h["status"] for h in store.history(job_id)]
 
 
-# -- finding 1 -----------------------------------------------------------------------------------
-
-def test_a_job_claimed_by_the_worker_survives_a_service_start_before_its_runner_has_a_pid(svc, tmp_path):
-    """step() claims the job Running, then prepares it and starts the runner in a thread; a CLI
-    command or web start meanwhile builds a JobService (recover) — the job must stay Running, and
-    end Done once its runner has trained."""
+def _claimed_and_held_in_prepare(svc, tmp_path):
+    """A queued model job that the worker's step() has claimed Running and holds inside prepare()
+    (before its runner, so before any runner pid) until the returned event is set."""
     job = _model(svc, tmp_path)
     svc.submit(job["id"])
     preparing, go_on = threading.Event(), threading.Event()
@@ -51,6 +48,16 @@ def test_a_job_claimed_by_the_worker_survives_a_service_start_before_its_runner_
     svc.scheduler.prepare = slow_prepare
     assert svc.scheduler.step() == [job["id"]]
     assert preparing.wait(30)
+    return job, go_on
+
+
+# -- finding 1 -----------------------------------------------------------------------------------
+
+def test_a_job_claimed_by_the_worker_survives_a_service_start_before_its_runner_has_a_pid(svc, tmp_path):
+    """step() claims the job Running, then prepares it and starts the runner in a thread; a CLI
+    command or web start meanwhile builds a JobService (recover) — the job must stay Running, and
+    end Done once its runner has trained."""
+    job, go_on = _claimed_and_held_in_prepare(svc, tmp_path)
     row = svc.store.get(job["id"])
     assert row["status"] == st.RUNNING and row["pid"] is None
 
@@ -76,18 +83,7 @@ def test_a_job_aborted_while_the_worker_prepares_it_does_not_train(svc, tmp_path
     """Abort before the runner has a pid: the claim moves it to Aborted; the runner started
     afterwards is stopped at once, and the job stays Aborted."""
     monkeypatch.setenv("FAKE_STEP_SECONDS", "0.2")
-    job = _model(svc, tmp_path)
-    svc.submit(job["id"])
-    preparing, go_on = threading.Event(), threading.Event()
-    prepare = svc.scheduler.prepare
-
-    def slow_prepare(j):
-        preparing.set()
-        assert go_on.wait(30)
-        return prepare(j)
-    svc.scheduler.prepare = slow_prepare
-    assert svc.scheduler.step() == [job["id"]]
-    assert preparing.wait(30)
+    job, go_on = _claimed_and_held_in_prepare(svc, tmp_path)
     svc.abort(job["id"])
     assert svc.store.get(job["id"])["status"] == st.ABORTED
     go_on.set()
