@@ -168,13 +168,19 @@ def _recording_python(tmp_path):
     return str(path)
 
 
-def test_scheduler_runs_a_pycaffe_job_with_the_builds_interpreter(tmp_path, monkeypatch):
-    recorder = _recording_python(tmp_path)
-    prefix = fake_build(tmp_path / "cache", python=recorder)
+def _only_the_cache_has_caffe(tmp_path, monkeypatch):
+    """The environment of env_for(tmp_path), with no real Caffe on PYTHONPATH or CAFFESEG_CAFFE_ROOT:
+    the fake build in the cache is the one the locator finds."""
     for key, value in env_for(tmp_path).items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.delenv("CAFFESEG_CAFFE_ROOT", raising=False)
+
+
+def test_scheduler_runs_a_pycaffe_job_with_the_builds_interpreter(tmp_path, monkeypatch):
+    recorder = _recording_python(tmp_path)
+    prefix = fake_build(tmp_path / "cache", python=recorder)
+    _only_the_cache_has_caffe(tmp_path, monkeypatch)
     store = st.JobStore(str(tmp_path / "jobs"))
     _waiting_model(store, "pycaffe")
     assert sched.Scheduler(store, backend="pycaffe").train("m1", poll=0.05) == st.ERROR
@@ -184,10 +190,7 @@ def test_scheduler_runs_a_pycaffe_job_with_the_builds_interpreter(tmp_path, monk
 
 
 def test_scheduler_errors_a_pycaffe_job_when_no_caffe_is_found(tmp_path, monkeypatch):
-    for key, value in env_for(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    monkeypatch.delenv("CAFFESEG_CAFFE_ROOT", raising=False)
+    _only_the_cache_has_caffe(tmp_path, monkeypatch)
     store = st.JobStore(str(tmp_path / "jobs"))
     _waiting_model(store, "pycaffe")
     assert sched.Scheduler(store, backend="pycaffe").train("m1") == st.ERROR
@@ -242,10 +245,7 @@ def test_the_engine_and_its_installed_proxy_are_not_real_pycaffe(monkeypatch):
 def test_scheduler_errors_a_gpu_pycaffe_job_on_a_cpu_only_build(tmp_path, monkeypatch):
     recorder = _recording_python(tmp_path)
     fake_build(tmp_path / "cache", python=recorder)
-    for key, value in env_for(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    monkeypatch.delenv("CAFFESEG_CAFFE_ROOT", raising=False)
+    _only_the_cache_has_caffe(tmp_path, monkeypatch)
     store = st.JobStore(str(tmp_path / "jobs"))
     _waiting_model(store, "pycaffe")
     assert sched.Scheduler(store, backend="pycaffe").train("m1", gpu=0) == st.ERROR
