@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.dataset import build_dataset  # noqa: E402
-from plugin.sunnybrook import SunnybrookPlugin, phantom  # noqa: E402
+from caffeseg.jobs.dataset import build_dataset  # noqa: E402
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, phantom  # noqa: E402
 
 
 def main():

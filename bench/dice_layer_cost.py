@@ -23,8 +23,8 @@ sys.path.insert(0, ROOT)
 
 
 def train_net_param(size: int, channels: int, with_python: bool = True):
-    from engine.proto import caffe_pb2
-    from engine.prototxt import read_net
+    from caffeseg.engine.proto import caffe_pb2
+    from caffeseg.engine.prototxt import read_net
     net = read_net(os.path.join(ROOT, "prototxt", "fcn_alexnet_dice.prototxt"))
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
@@ -56,11 +56,11 @@ def main(argv=None):
     ap.add_argument("--gpu", action="store_true")
     args = ap.parse_args(argv)
 
-    import engine
+    from caffeseg import engine
     import torch
-    from engine.layer_types.python import PythonLayer
-    from engine.proto import caffe_pb2
-    from engine.solvers import SGDSolver
+    from caffeseg.engine.layer_types.python import PythonLayer
+    from caffeseg.engine.proto import caffe_pb2
+    from caffeseg.engine.solvers import SGDSolver
 
     if args.gpu:
         engine.set_mode_gpu()

@@ -28,11 +28,12 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import engine.layer_types  # noqa: E402,F401
-from engine import rng  # noqa: E402
-from engine.layer_types.base import layer_class  # noqa: E402
-from engine.prototxt import read_net  # noqa: E402
-from engine.proto import caffe_pb2  # noqa: E402
+from caffeseg import engine  # noqa: E402
+from caffeseg.engine import layer_types  # noqa: E402,F401  (registers the layers)
+from caffeseg.engine import rng  # noqa: E402
+from caffeseg.engine.layer_types.base import layer_class  # noqa: E402
+from caffeseg.engine.prototxt import read_net  # noqa: E402
+from caffeseg.engine.proto import caffe_pb2  # noqa: E402
 
 CAFFE_REFERENCE = {  # seconds per image at 1×1×256×256 on the 2-core CI machine
     "fcn_alexnet": (0.33, 0.89),
@@ -206,7 +207,7 @@ def input_net_text(path, data_shape, label_shape):
     """The train stage of ``path`` with Input layers 'data' and 'label' in place of the Data
     layers (and without Accuracy/Python layers), as prototxt text: forward+backward in TRAIN
     phase includes the loss."""
-    from engine.prototxt import format_message
+    from caffeseg.engine.prototxt import format_message
     source = read_net(path)
     bench_net_param = caffe_pb2.NetParameter(name=source.name)
     for name, shape in (("data", data_shape), ("label", label_shape)):
@@ -225,7 +226,7 @@ def input_net_text(path, data_shape, label_shape):
 
 def engine_net_row(path, data, label, repeat):
     """Time engine.Net (TRAIN, with the loss) on ``input_net_text``."""
-    import engine
+    from caffeseg import engine
     Net = engine.Net
     import tempfile
     try:
@@ -260,7 +261,7 @@ def prepare_case(folder, net_name, channels, batch, size):
     """Net text, weights (the engine's fillers, written as a .caffemodel both backends load) and
     the input arrays of one case, as files in ``folder``."""
     import numpy as np
-    import engine
+    from caffeseg import engine
     path = os.path.join(ROOT, "prototxt", f"{net_name}.prototxt")
     data_shape, label_shape = (batch, channels, size, size), (batch, 1, size, size)
     stem = os.path.join(folder, f"{net_name}-{channels}-{batch}")
@@ -303,8 +304,8 @@ def side_by_side(args):
     with one CPU-bound load process (started here, bounded, stopped after the pair)."""
     import subprocess
     import tempfile
-    from jobs import real_caffe
-    from jobs import threads as thread_policy
+    from caffeseg.jobs import real_caffe
+    from caffeseg.jobs import threads as thread_policy
     found = real_caffe.find_real_caffe()
     if found is None:
         print("real Caffe not found (" + real_caffe.BUILD_HINT + "): engine figures only, no ratio")

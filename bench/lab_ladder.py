@@ -50,10 +50,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "python_layers"))
 
-from jobs import boundary  # noqa: E402
-from engine.prototxt import format_message, read_net  # noqa: E402
-from engine.proto import caffe_pb2  # noqa: E402
-from jobs import derive  # noqa: E402
+from caffeseg.jobs import boundary  # noqa: E402
+from caffeseg.engine.prototxt import format_message, read_net  # noqa: E402
+from caffeseg.engine.proto import caffe_pb2  # noqa: E402
+from caffeseg.jobs import derive  # noqa: E402
 
 # id, net, solver, base_lr, loss, slim divisor, default iterations, what it stands for.
 # Rungs "a0"/"a1" use the DIGITS example's FCN-AlexNet fillers: none, i.e. Caffe's default
@@ -93,8 +93,8 @@ def to_8bit(pixels):
 def load_phantom(folder, size, seed):
     """(train_x, train_y, val_x, val_y): N x 1 x size x size float32, labels 0/1."""
     import cv2
-    from plugin.sunnybrook import phantom
-    from plugin.sunnybrook.plugin import SunnybrookPlugin
+    from caffeseg.plugin.sunnybrook import phantom
+    from caffeseg.plugin.sunnybrook.plugin import SunnybrookPlugin
     images = os.path.join(folder, "challenge_training")
     if not os.path.isdir(images):
         phantom.generate(folder, seed=seed)
@@ -356,7 +356,7 @@ def main(argv=None):
     else:
         import torch
         torch.set_num_threads(args.threads)
-        import engine as caffe
+        from caffeseg import engine as caffe
     caffe.set_mode_cpu()
 
     start = time.time()

@@ -48,10 +48,10 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    import engine
-    from engine.net import Net
-    from engine.proto import caffe_pb2
-    from engine.prototxt import parse_net
+    from caffeseg import engine
+    from caffeseg.engine.net import Net
+    from caffeseg.engine.proto import caffe_pb2
+    from caffeseg.engine.prototxt import parse_net
 
     torch.set_num_threads(args.threads)
     if args.device == "cuda":

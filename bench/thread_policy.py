@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jobs import threads  # noqa: E402  (stdlib only: the parent never loads torch)
+from caffeseg.jobs import threads  # noqa: E402  (stdlib only: the parent never loads torch)
 
 NET = os.path.join(ROOT, "prototxt", "fcn_alexnet.prototxt")
 
@@ -74,8 +74,8 @@ def load_average():
 
 def _input_net(size, phase_stage):
     """FCN-AlexNet with Input blobs data (1×1×size²) and label in place of its Data layers."""
-    from engine.prototxt import format_message, read_net
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.prototxt import format_message, read_net
+    from caffeseg.engine.proto import caffe_pb2
     source = read_net(NET)
     param = caffe_pb2.NetParameter(name=source.name)
     for name, channels in (("data", 1), ("label", 1)):
@@ -102,7 +102,7 @@ def _input_net(size, phase_stage):
 def run_child(role, size, seconds):
     import numpy as np
     import torch
-    import engine
+    from caffeseg import engine
     path = _input_net(size, "train" if role == "train" else "deploy")
     net = engine.Net(path, engine.TRAIN if role == "train" else engine.TEST)
     os.unlink(path)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from jobs.pretrained import PretrainedError
+from caffeseg.jobs.pretrained import PretrainedError
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -25,12 +25,12 @@ class CliError(Exception):
 
 
 def data_root(args):
-    from jobs.paths import default_data_dir
+    from caffeseg.jobs.paths import default_data_dir
     return os.path.abspath(os.path.expanduser(args.data)) if args.data else default_data_dir()
 
 
 def service(args):
-    from jobs.service import JobService
+    from caffeseg.jobs.service import JobService
     text = getattr(args, "gpus", None) or ""
     gpus = "auto" if text.strip() == "auto" else [int(g) for g in text.split(",") if g.strip()]
     return JobService(os.path.join(data_root(args), "jobs"), backend=getattr(args, "backend", None) or "auto",
@@ -150,7 +150,7 @@ def cmd_job_details(args):
 
 
 def cmd_phantom(args):
-    from plugin.sunnybrook import phantom
+    from caffeseg.plugin.sunnybrook import phantom
     out = os.path.abspath(args.out or os.path.join(data_root(args), "sample"))
     phantom.generate(out, cases=args.cases, seed=args.seed,
                      progress=_progress_bar("phantom") if not args.json else None)
@@ -164,7 +164,7 @@ SUNNYBROOK_OPTIONS = {"image_folder": "image_folder", "contour_folder": "contour
 
 
 def _plugin_fields(plugin_id):
-    from plugin.base import PluginError, get_plugin
+    from caffeseg.plugin.base import PluginError, get_plugin
     try:
         return {f.name: f for f in get_plugin(plugin_id).form_fields()}
     except PluginError as exc:
@@ -212,7 +212,7 @@ def cmd_dataset_create(args):
 
 def dataset_summary(job, shown=20):
     """"dataset ID (name) Done: train 240, val 26; 3 records skipped:" and why, as the web page says."""
-    from jobs.dataset import load_dataset_info
+    from caffeseg.jobs.dataset import load_dataset_info
     try:
         info = load_dataset_info(job["dir"])
     except ValueError:
@@ -269,7 +269,7 @@ def _model_options(args):
 def cmd_model_create(args):
     svc = service(args)
     jobs = svc.create_model(_model_options(args))
-    from jobs.model_job import job_warnings
+    from caffeseg.jobs.model_job import job_warnings
     for job in jobs:  # what the options check let through but probably is not meant
         for warning in job_warnings(job["dir"]):
             print("warning: %s: %s" % (job["id"], warning), file=sys.stderr)
@@ -297,7 +297,7 @@ def _queued_note(args, jobs):
 # Which worker takes a Waiting model job, by its recorded backend (jobs.scheduler.Scheduler.takes).
 QUEUED_FOR = {
     "pycaffe": "a pycaffe worker takes it (`caffeseg --backend pycaffe worker`, "
-               "`python3 -m jobs.worker --backend pycaffe`, docker compose's pycaffe-worker)",
+               "`python3 -m caffeseg.jobs.worker --backend pycaffe`, docker compose's pycaffe-worker)",
     "engine": "an engine worker takes it (`caffeseg --backend engine worker`, or the app's worker)",
     "auto": "any worker takes it",
     "": "the app's worker (`caffeseg serve`) or an engine worker (`caffeseg worker`) takes it",
@@ -325,7 +325,7 @@ def _dataset_progress():
 
 
 def _train_foreground(svc, job_id, resume=False):
-    from jobs.service import training_progress
+    from caffeseg.jobs.service import training_progress
     update = _progress_bar("training %s" % job_id)
 
     def on_progress(status):
@@ -438,7 +438,7 @@ def _write_prediction(out_dir, index, r):
     """class map PNG (0/1/2…), probabilities .npy, and each LV contour in Sunnybrook's format."""
     import cv2
     import numpy as np
-    from jobs.infer import sunnybrook_contour_text
+    from caffeseg.jobs.infer import sunnybrook_contour_text
     os.makedirs(out_dir, exist_ok=True)
     stem = "%04d_%s" % (index, os.path.splitext(os.path.basename(r["source"].replace("record:", "")))[0])
     files = [os.path.join(out_dir, stem + "_classes.png"), os.path.join(out_dir, stem + "_probabilities.npy")]
@@ -455,12 +455,12 @@ def _write_prediction(out_dir, index, r):
 def installation(check_caffe=True):
     """What ``caffeseg info`` and ``caffeseg --version`` report (``jobs.server_info``, which the
     web's Info menu shows too): server, versions, the real Caffe found, plugins, CPU/GPUs."""
-    from jobs.server_info import server_info
+    from caffeseg.jobs.server_info import server_info
     return server_info(check_caffe=check_caffe)
 
 
 def installation_text(info):
-    from jobs.server_info import server_info_text
+    from caffeseg.jobs.server_info import server_info_text
     return server_info_text(info)
 
 
@@ -481,7 +481,7 @@ class _VersionAction(argparse.Action):
 
 
 def cmd_worker(args):
-    from jobs import threads
+    from caffeseg.jobs import threads
     threads.apply_to_this_process("dataset")  # it builds datasets in its own threads; runners get theirs
     svc = service(args)
     print("worker on %s (Ctrl-C to stop)" % svc.root, file=sys.stderr)
@@ -494,12 +494,12 @@ def cmd_worker(args):
 def cmd_serve(args):
     # This process answers the inference requests itself: its thread count and OpenMP wait
     # policy (jobs.threads) are set before anything loads torch, so a training keeps its cores.
-    from jobs import threads
+    from caffeseg.jobs import threads
     threads.apply_to_this_process("inference")
     root = data_root(args)
     sample_folder(args)
     os.makedirs(os.path.join(root, "jobs"), exist_ok=True)
-    from web import server
+    from caffeseg.web import server
     config = {"JOBS_DIR": os.path.join(root, "jobs"), "DATA_DIR": root, "HOST": args.host, "PORT": args.port}
     if args.trusted_hosts:
         config["TRUSTED_HOSTS"] = args.trusted_hosts
@@ -510,7 +510,7 @@ def cmd_serve(args):
 
 
 def cmd_surgery(args):
-    from jobs import surgery
+    from caffeseg.jobs import surgery
     fn = {"alexnet-fcn": surgery.alexnet_to_fcn, "vgg16-fcn8s": surgery.vgg16_to_fcn8s}.get(args.kind)
     if fn is not None:
         report = fn(args.src, args.dst, num_classes=args.classes, gray=args.gray)
@@ -521,15 +521,15 @@ def cmd_surgery(args):
 
 
 def cmd_pretrained(args):
-    from jobs import pretrained
+    from caffeseg.jobs import pretrained
     store_dir = os.path.join(data_root(args), "pretrained")
     if args.import_archive:
-        from jobs.pretrained_archive import import_archive
+        from caffeseg.jobs.pretrained_archive import import_archive
         entry = import_archive(store_dir, args.import_archive, name=args.name)
         emit(args, entry, "pretrained model %s (%s) from %s" % (entry["id"], entry["name"], args.import_archive))
         return
     if args.layers:
-        from jobs.pretrained_archive import layer_table
+        from caffeseg.jobs.pretrained_archive import layer_table
         entry = pretrained.upload_entry(store_dir, args.layers)
         with open(entry["prototxt"]) as f:
             table = layer_table(entry["weights"], f.read())
@@ -562,7 +562,7 @@ def sample_folder(args, cases=None):
     """DATA/sample: the phantom release, generated on first use."""
     sample = os.path.join(data_root(args), "sample")
     if not os.path.isdir(os.path.join(sample, "challenge_training")):
-        from plugin.sunnybrook import phantom
+        from caffeseg.plugin.sunnybrook import phantom
         print("generating the sample phantom into %s" % sample, file=sys.stderr)
         phantom.generate(sample, **({"cases": cases} if cases else {}))
     return sample
@@ -571,7 +571,7 @@ def sample_folder(args, cases=None):
 def cmd_lab(args):
     """The DIGITS medical-imaging lab on the phantom: dataset, then each lab network with a short
     schedule, evaluated; prints the results table."""
-    from jobs import networks
+    from caffeseg.jobs import networks
     sample = sample_folder(args, args.cases)
     svc = service(args)
     values = {"image_folder": os.path.join(sample, "challenge_training"),

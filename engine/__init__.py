@@ -10,9 +10,9 @@ count/rank functions and ``__version__``. Heavy parts load on first use.
 """
 from __future__ import annotations
 
-from engine import proto  # noqa: F401
-from engine.proto import caffe_pb2
-from engine.device import set_device, set_mode_cpu, set_mode_gpu  # noqa: F401
+from caffeseg.engine import proto  # noqa: F401
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.device import set_device, set_mode_cpu, set_mode_gpu  # noqa: F401
 
 proto.caffe_pb2 = caffe_pb2
 
@@ -21,50 +21,50 @@ TEST = caffe_pb2.TEST
 #: the BVLC Caffe release whose behaviour the engine follows (pycaffe's ``caffe.__version__``)
 __version__ = "1.0.0"
 
-from engine.runtime import (NCCL, Timer, has_nccl, init_log, log, set_multiprocess,  # noqa: E402,F401
+from caffeseg.engine.runtime import (NCCL, Timer, has_nccl, init_log, log, set_multiprocess,  # noqa: E402,F401
                             set_solver_count, set_solver_rank, solver_count, solver_rank)
 
 
 def set_random_seed(seed: int) -> None:
     """Seed the engine's generator (fillers, Dropout, random crops and mirrors)."""
-    from engine import rng
+    from caffeseg.engine import rng
     rng.set_seed(seed)
 
 
 def layer_type_list() -> list[str]:
     """The layer types this engine implements (pycaffe: the registry's type names)."""
-    import engine.layer_types
-    return engine.layer_types.registered_types()
+    from . import layer_types
+    return layer_types.registered_types()
 
 
 def __getattr__(name):
     # Heavy pieces load on first use, so `import engine` stays cheap for the format tools
     if name == "Net":
-        from engine.net import Net
+        from caffeseg.engine.net import Net
         return Net
     if name == "Blob":
-        from engine.blob import Blob
+        from caffeseg.engine.blob import Blob
         return Blob
     if name == "Layer":
-        from engine.layer_types.python import Layer
+        from caffeseg.engine.layer_types.python import Layer
         return Layer
     if name in ("io", "net_spec", "coord_map", "draw", "classifier", "detector"):
         import importlib
-        return importlib.import_module("engine." + name)
+        return importlib.import_module(__name__ + "." + name)
     if name in ("NetSpec", "layers", "params", "to_proto"):
-        from engine import net_spec
+        from caffeseg.engine import net_spec
         return getattr(net_spec, name)
     if name == "Classifier":
-        from engine.classifier import Classifier
+        from caffeseg.engine.classifier import Classifier
         return Classifier
     if name == "Detector":
-        from engine.detector import Detector
+        from caffeseg.engine.detector import Detector
         return Detector
     if name == "layer_type_list":
         return layer_type_list
     if name in ("get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
                 "AdaDeltaSolver", "AdamSolver", "Solver"):
-        import engine.solvers as solvers
+        from caffeseg.engine import solvers
         return getattr(solvers, name)
     raise AttributeError(f"module 'engine' has no attribute '{name}'")
 

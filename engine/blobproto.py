@@ -13,7 +13,7 @@ Caffe's rules (``Blob::FromProto``/``ToProto``, and the shape check of ``Net::Co
 
 import numpy as np
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 _LEGACY_DIMS = ("num", "channels", "height", "width")
 

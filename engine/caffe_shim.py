@@ -71,7 +71,7 @@ class _CaffeSubmoduleFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if not fullname.startswith("caffe."):
             return None
-        import engine
+        from caffeseg import engine
         if sys.modules.get("caffe") is not engine:
             return None
         rest = fullname[len("caffe."):]
@@ -79,9 +79,9 @@ class _CaffeSubmoduleFinder(importlib.abc.MetaPathFinder):
             module = engine
         else:
             try:
-                module = importlib.import_module("engine." + rest)
+                module = importlib.import_module(engine.__name__ + "." + rest)
             except ModuleNotFoundError as err:
-                if err.name == "engine." + rest:
+                if err.name == engine.__name__ + "." + rest:
                     return None
                 raise
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(module),
@@ -100,7 +100,7 @@ def install(replacing=None) -> object:
     existing = sys.modules.get("caffe")
     if existing is not None and existing is not replacing:
         return existing
-    import engine
+    from caffeseg import engine
 
     engine.__caffeseg_engine__ = True
     sys.modules["caffe"] = engine
@@ -108,5 +108,5 @@ def install(replacing=None) -> object:
         sys.meta_path.insert(0, _FINDER)
     # modules a Caffe user imports by their dotted name
     for name in ("proto", "proto.caffe_pb2", "io"):
-        sys.modules.setdefault("caffe." + name, importlib.import_module("engine." + name))
+        sys.modules.setdefault("caffe." + name, importlib.import_module(engine.__name__ + "." + name))
     return engine

@@ -16,9 +16,9 @@ import warnings
 
 from google.protobuf.message import DecodeError
 
-from engine.blobproto import blobproto_to_array
-from engine.proto import caffe_pb2
-from engine.upgrade import UpgradeError, upgrade_net
+from caffeseg.engine.blobproto import blobproto_to_array
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.upgrade import UpgradeError, upgrade_net
 
 try:  # protobuf >= 4.21 (upb): unknown fields are read through this helper
     from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import io as caffe_io
-from engine.net import TEST, Net
+from caffeseg.engine import io as caffe_io
+from caffeseg.engine.net import TEST, Net
 
 
 def configured_transformer(net, mean=None, input_scale=None, raw_scale=None, channel_swap=None):

@@ -35,7 +35,7 @@ import collections
 
 import numpy as np
 
-from engine import net_spec
+from caffeseg.engine import net_spec
 
 #: layers whose every output pixel sits where its input pixel is
 PASS_THROUGH_LAYERS = ["AbsVal", "BatchNorm", "Bias", "BNLL", "Dropout", "Eltwise", "ELU", "Log", "LRN",

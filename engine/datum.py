@@ -19,7 +19,7 @@ equals ``a``. To store an RGB image so that image viewers show it correctly, pas
 
 import numpy as np
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 _ENCODINGS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg"}
 

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from engine import io as caffe_io
-from engine.classifier import configured_transformer
-from engine.net import TEST, Net
+from caffeseg.engine import io as caffe_io
+from caffeseg.engine.classifier import configured_transformer
+from caffeseg.engine.net import TEST, Net
 
 
 class Detector(Net):

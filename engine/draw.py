@@ -12,7 +12,7 @@ import shutil
 
 import pydot
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 LAYER_STYLE_DEFAULT = {"shape": "record", "fillcolor": "#6495ED", "style": "filled"}
 NEURON_LAYER_STYLE = {"shape": "record", "fillcolor": "#90EE90", "style": "filled"}

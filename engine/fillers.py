@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from engine import rng
-from engine.proto import caffe_pb2
+from caffeseg.engine import rng
+from caffeseg.engine.proto import caffe_pb2
 
 
 class FillerError(ValueError):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.blobproto import array_to_blobproto as _array_to_blobproto
-from engine.blobproto import blobproto_to_array as _blobproto_to_array
-from engine.datum import array_to_datum as _array_to_datum
-from engine.datum import datum_to_array  # noqa: F401
-from engine.proto import caffe_pb2  # noqa: F401
-from engine import resize as _resize
+from caffeseg.engine.blobproto import array_to_blobproto as _array_to_blobproto
+from caffeseg.engine.blobproto import blobproto_to_array as _blobproto_to_array
+from caffeseg.engine.datum import array_to_datum as _array_to_datum
+from caffeseg.engine.datum import datum_to_array  # noqa: F401
+from caffeseg.engine.proto import caffe_pb2  # noqa: F401
+from caffeseg.engine import resize as _resize
 
 
 def array_to_datum(arr, label=None):

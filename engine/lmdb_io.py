@@ -13,7 +13,7 @@ import os
 
 import lmdb
 
-from engine.datum import bytes_to_array
+from caffeseg.engine.datum import bytes_to_array
 
 _MISSING = object()
 

@@ -18,14 +18,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import engine.layer_types  # noqa: F401  (fills the layer registry)
-from engine import device as device_state
-from engine.blob import Blob
-from engine.layer_types.base import LayerError, layer_class, registered_types
-from engine.layer_types.python import is_annotated_user_error
-from engine.netfilter import filter_net
-from engine.proto import caffe_pb2
-from engine.splits import insert_splits
+from caffeseg.engine import layer_types  # noqa: F401  (fills the layer registry)
+from caffeseg.engine import device as device_state
+from caffeseg.engine.blob import Blob
+from caffeseg.engine.layer_types.base import LayerError, layer_class, registered_types
+from caffeseg.engine.layer_types.python import is_annotated_user_error
+from caffeseg.engine.netfilter import filter_net
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.splits import insert_splits
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -128,7 +128,7 @@ def _read_net_param(network) -> tuple[caffe_pb2.NetParameter, str | None]:
         network = network.decode()
     path = os.fspath(network)
     _check_file(path)
-    from engine.prototxt import read_net
+    from caffeseg.engine.prototxt import read_net
     return read_net(path), path
 
 
@@ -689,7 +689,7 @@ class Net:
     def set_input_arrays(self, data, labels) -> None:
         """pycaffe's ``set_input_arrays``: feed the first layer, a MemoryData layer (its rules and
         messages are in ``engine.layer_types.memory_data.set_input_arrays``)."""
-        from engine.layer_types.memory_data import set_input_arrays
+        from caffeseg.engine.layer_types.memory_data import set_input_arrays
         set_input_arrays(self, data, labels)
 
     # ------------------------------------------------------------------------------------
@@ -831,8 +831,8 @@ class Net:
     # ------------------------------------------------------------------------------------
     def copy_from(self, path) -> None:
         """Load a .caffemodel: layers matched by name, shapes checked (``CopyTrainedLayersFrom``)."""
-        from engine.blobproto import blobproto_to_array, shape_equals, stored_shape
-        from engine.caffemodel import read_caffemodel
+        from caffeseg.engine.blobproto import blobproto_to_array, shape_equals, stored_shape
+        from caffeseg.engine.caffemodel import read_caffemodel
         path = os.fspath(path)
         source = read_caffemodel(path)
         by_name = {}
@@ -894,7 +894,7 @@ class Net:
                 mine.share_data(theirs)
 
     def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
-        from engine.blobproto import array_to_blobproto
+        from caffeseg.engine.blobproto import array_to_blobproto
         out = caffe_pb2.NetParameter()
         out.name = self.param.name
         for layer in self.layers:
@@ -908,7 +908,7 @@ class Net:
 
     def save(self, path, write_diff: bool = False) -> None:
         """Write the net with its current weights as a binary .caffemodel."""
-        from engine.caffemodel import write_caffemodel
+        from caffeseg.engine.caffemodel import write_caffemodel
         write_caffemodel(os.fspath(path), self.to_proto(write_diff))
 
     def save_hdf5(self, path, write_diff: bool = False) -> None:

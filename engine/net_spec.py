@@ -34,7 +34,7 @@ import collections
 
 from google.protobuf.message import Message
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Which layers a NetState keeps: Caffe's include/exclude rules (``Net::FilterNet``)."""
 from __future__ import annotations
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 
 class NetFilterError(ValueError):

@@ -46,7 +46,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from engine import runtime
+from caffeseg.engine import runtime
 
 #: seconds a rank waits in a collective for the others (rank 0 may be validating or writing a
 #: snapshot meanwhile); a peer that died is noticed sooner: its connection closes.

@@ -14,8 +14,8 @@ import warnings
 
 from google.protobuf import descriptor_pool, text_format
 
-from engine.proto import caffe_pb2
-from engine.upgrade import V1_TYPE_TO_STRING, UpgradeError, upgrade_net, upgrade_solver
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.upgrade import V1_TYPE_TO_STRING, UpgradeError, upgrade_net, upgrade_solver
 
 
 class PrototxtError(ValueError):

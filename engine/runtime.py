@@ -19,7 +19,7 @@ import sys
 import time
 
 _GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
-_LOGGER = logging.getLogger("engine")
+_LOGGER = logging.getLogger("caffeseg.engine")
 _stderr_handler: logging.Handler | None = None
 
 _solver_count = 1
@@ -79,7 +79,7 @@ def set_multiprocess(value: bool) -> None:
 
 
 def has_nccl() -> bool:
-    from engine import parallel
+    from caffeseg.engine import parallel
     return parallel.available()
 
 
@@ -95,12 +95,12 @@ class NCCL:
 
     @staticmethod
     def new_uid() -> bytes:
-        from engine import parallel
+        from caffeseg.engine import parallel
         return parallel.new_uid()
 
     def _impl(self):
         if self._sync is None:
-            from engine import parallel
+            from caffeseg.engine import parallel
             self._sync = parallel.GradientSync(self.solver, self.uid)
         return self._sync
 

@@ -1,3 +1,3 @@
 """pycaffe-style names for the solvers (the implementation lives in ``engine.solvers``)."""
-from engine.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, IterationInfo, NesterovSolver,  # noqa: F401
+from caffeseg.engine.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, IterationInfo, NesterovSolver,  # noqa: F401
                             RMSPropSolver, SGDSolver, Solver, SolverConfigError, TestResult, get_solver)

@@ -6,7 +6,7 @@ through a ``Split`` layer, so each consumer gets its own top and the gradients a
 """
 from __future__ import annotations
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 
 class UnknownBottomError(ValueError):

@@ -19,8 +19,8 @@ import os
 import numpy as np
 import torch
 
-from engine import rng
-from engine.proto import caffe_pb2
+from caffeseg.engine import rng
+from caffeseg.engine.proto import caffe_pb2
 
 
 class TransformError(ValueError):
@@ -42,7 +42,7 @@ class Transformer:
             raise TransformError(f"{where}: cannot specify mean_file and mean_value at the same time")
         self.mean_blob = None
         if param.HasField("mean_file"):
-            from engine.blobproto import read_binaryproto
+            from caffeseg.engine.blobproto import read_binaryproto
             path = param.mean_file
             if base_dir and not os.path.isabs(path):
                 path = os.path.join(base_dir, path)

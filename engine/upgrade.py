@@ -18,7 +18,7 @@ Every function here works on the protobuf message in place and returns the list 
 (things Caffe reports as incompatibilities but does not treat as fatal).
 """
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 
 class UpgradeError(ValueError):

@@ -21,8 +21,8 @@ import zipfile
 
 import numpy as np
 
-from jobs import clinical
-from jobs.infer import sunnybrook_contour_text
+from caffeseg.jobs import clinical
+from caffeseg.jobs.infer import sunnybrook_contour_text
 
 AUTO_SUBDIR = "contours-auto/caffeseg"
 ALGORITHM = "caffeseg"
@@ -65,7 +65,7 @@ def safe_name(text):
 
 
 def _case_dir(case):
-    from plugin.sunnybrook.layout import dir_from_case
+    from caffeseg.plugin.sunnybrook.layout import dir_from_case
     try:
         return dir_from_case(case)
     except ValueError:

@@ -13,10 +13,10 @@ import os
 import threading
 import time
 
-from engine.prototxt import PrototxtError, read_net
-from jobs import derive
-from jobs import store as st
-from jobs.scheduler import read_runner_status
+from caffeseg.engine.prototxt import PrototxtError, read_net
+from caffeseg.jobs import derive
+from caffeseg.jobs import store as st
+from caffeseg.jobs.scheduler import read_runner_status
 
 ENDED = (st.DONE, st.ABORTED, st.INTERRUPTED)
 
@@ -100,8 +100,8 @@ def measure_seconds_per_image(network, dataset_dir, repeats=2):
     the first real training replaces."""
     import numpy as np
 
-    import engine
-    from jobs import resources
+    from caffeseg import engine
+    from caffeseg.jobs import resources
     original = read_net(resources.network_path(network))
     facts = derive.DatasetFacts.load(dataset_dir)
     train_val, deploy = derive.derive_networks(original, facts, {})
@@ -156,7 +156,7 @@ class Estimator:
         return {"state": "measuring"}
 
     def _run(self, key, network, dataset_dir):
-        from jobs.paths import atomic_write_json
+        from caffeseg.jobs.paths import atomic_write_json
         try:
             per_image, batch = self.measure(network, dataset_dir)
             entry = {"state": "done", "seconds_per_image": per_image, "batch": batch, "measured_at": time.time()}

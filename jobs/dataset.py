@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from plugin.base import EntryError
+from caffeseg.plugin.base import EntryError
 
 DATASET_JSON = "dataset.json"
 DATASET_FORMAT, DATASET_VERSION = "caffeseg-dataset", 1  # what build_dataset writes, DatasetInfo reads
@@ -51,7 +51,7 @@ class DatasetError(ValueError):
 
 def _encode_entry(plugin, entry, values, encoding, label_encoding="none"):
     """Run in a worker: one entry -> ("ok", feature bytes, label bytes, info) or ("skip", msg)."""
-    from engine.datum import array_to_datum, datum_to_array, DatumError
+    from caffeseg.engine.datum import array_to_datum, datum_to_array, DatumError
     try:
         rec = plugin.encode(entry, values)
         feature = np.asarray(rec.feature)
@@ -179,8 +179,8 @@ def build_dataset(plugin, form_values, out_dir, *, encoding="none", label_encodi
       they are: the built files are moved in beside them.
     Returns the dataset.json content. Raises FormError, PluginError or DatasetError.
     """
-    from engine.blobproto import write_binaryproto
-    from engine.lmdb_io import LmdbWriter
+    from caffeseg.engine.blobproto import write_binaryproto
+    from caffeseg.engine.lmdb_io import LmdbWriter
 
     if encoding not in ENCODINGS:
         raise DatasetError("encoding must be one of %s, got %r" % (", ".join(ENCODINGS), encoding))

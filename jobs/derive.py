@@ -19,7 +19,7 @@ Deliberate differences from DIGITS (documented in docs/ARCHITECTURE.md):
 import math
 import os
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 DEFAULT_BATCH_SIZE = 16
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
@@ -99,7 +99,7 @@ class DatasetFacts:
 
     @classmethod
     def load(cls, folder):
-        from jobs.dataset import DatasetError, DatasetInfo
+        from caffeseg.jobs.dataset import DatasetError, DatasetInfo
         try:
             return cls(folder, DatasetInfo.read(folder))
         except DatasetError as exc:
@@ -142,7 +142,7 @@ def _configure_data_layer(layer, source, is_features, options, facts):
         if mean == "image":
             layer.transform_param.mean_file = mean_path
         else:
-            from engine.blobproto import read_binaryproto
+            from caffeseg.engine.blobproto import read_binaryproto
             arr = read_binaryproto(mean_path)
             arr = arr.reshape(-1, *arr.shape[-2:]) if arr.ndim >= 2 else arr.reshape(-1, 1, 1)
             for c in range(arr.shape[0]):
@@ -321,7 +321,7 @@ def derive_solver(train_count, val_count, batch_size, val_batch_size, options):
         raise DeriveError("the dataset has no training records")
     # A job on N GPUs reads N batches per iteration (one per rank, jobs/ranks.py): N times fewer
     # iterations make an epoch.
-    from jobs.gpus import devices_of
+    from caffeseg.jobs.gpus import devices_of
     per_epoch = int(math.ceil(float(train_count) / (batch_size * s.iter_size * devices_of(options))))
     s.max_iter = per_epoch * epochs
     s.snapshot = _interval(float(options.get("snapshot_interval", 1)), per_epoch, s.max_iter, 0)

@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 
-from jobs import boundary, clinical
-from jobs.dataset import DatasetInfo
-from jobs.paths import atomic_output, atomic_write_json
+from caffeseg.jobs import boundary, clinical
+from caffeseg.jobs.dataset import DatasetInfo
+from caffeseg.jobs.paths import atomic_output, atomic_write_json
 
 LV_CLASS = 1
 METRICS = ("dice", "iou", "pixel_accuracy", "pred_area_px", "label_area_px", "pred_area_mm2", "label_area_mm2")
@@ -70,9 +70,9 @@ def record_spacing(info, stage, index, key):
 
 def iter_stage(dataset_dir, stage="val"):
     """(index, key, image C×H×W, label H×W) for every record of one stage, in key order."""
-    from engine.datum import datum_to_array
-    from engine.lmdb_io import LmdbReader
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.datum import datum_to_array
+    from caffeseg.engine.lmdb_io import LmdbReader
+    from caffeseg.engine.proto import caffe_pb2
     base = os.path.join(dataset_dir, "%s_db" % stage)
     with LmdbReader(os.path.join(base, "features")) as feats, LmdbReader(os.path.join(base, "labels")) as labels:
         for index, (key, value) in enumerate(feats.items()):
@@ -107,8 +107,8 @@ def _full_frame(pred, shape):
 def _expert_contour(info, meta, kind, label_mask):
     """(points, source) of the expert's contour: its contour file when the dataset names one that
     is still readable, else the outline traced from the label mask."""
-    from plugin.base import EntryError
-    from plugin.sunnybrook.contours import read_contour
+    from caffeseg.plugin.base import EntryError
+    from caffeseg.plugin.sunnybrook.contours import read_contour
     rel = (meta.get("files") or {}).get(kind)
     folder = (info.get("form_values") or {}).get("contour_folder")
     if rel and folder and os.path.isfile(os.path.join(folder, rel)):

@@ -25,8 +25,8 @@ import tarfile
 import time
 import zipfile
 
-from jobs.infer import latest_snapshot, preprocessing_from_train_val
-from jobs.paths import atomic_output, atomic_write_json
+from caffeseg.jobs.infer import latest_snapshot, preprocessing_from_train_val
+from caffeseg.jobs.paths import atomic_output, atomic_write_json
 
 
 #: gzip level of the download: trained float32 weights hardly compress (7 % at any level), and
@@ -124,7 +124,7 @@ def _write_archive(out_path, files, info, classes, fmt="tar.gz", sink=None):
 def _image_dimensions(job_dir):
     """[height, width, channels] of the dataset's features (DIGITS' ``get_feature_dims``), else
     of the deploy net's input; None when neither can be read."""
-    from jobs.dataset import DatasetError, DatasetInfo
+    from caffeseg.jobs.dataset import DatasetError, DatasetInfo
     try:
         with open(os.path.join(job_dir, "job.json")) as f:
             dataset_dir = json.load(f).get("dataset_dir")
@@ -133,7 +133,7 @@ def _image_dimensions(job_dir):
     except (OSError, ValueError, TypeError, KeyError, DatasetError):
         pass
     try:
-        from engine.prototxt import read_net
+        from caffeseg.engine.prototxt import read_net
         net = read_net(os.path.join(job_dir, "deploy.prototxt"))
         dims = list(net.input_shape[0].dim) if len(net.input_shape) else list(net.input_dim)
         if not dims:

@@ -12,7 +12,7 @@ that ended meanwhile.
 """
 import os
 
-from jobs import threads
+from caffeseg.jobs import threads
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -21,7 +21,7 @@ class InferError(ValueError):
 
 def get_caffe(backend="auto"):
     """The ``caffe`` module: real pycaffe when importable (auto/pycaffe), else the engine."""
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     if backend in ("auto", "pycaffe") and caffe_shim.real_pycaffe_available():
         import caffe
         return caffe
@@ -31,7 +31,7 @@ def get_caffe(backend="auto"):
 
 
 def latest_snapshot(job_dir, iteration=None):
-    from jobs.runner import snapshot_iteration
+    from caffeseg.jobs.runner import snapshot_iteration
     models = glob.glob(os.path.join(job_dir, "*_iter_*.caffemodel"))
     if iteration is not None:
         models = [m for m in models if snapshot_iteration(m) == int(iteration)]
@@ -44,8 +44,8 @@ def latest_snapshot(job_dir, iteration=None):
 
 def preprocessing_from_train_val(path):
     """The val features Data layer's transform_param as a plain dict."""
-    from engine.prototxt import read_net
-    from jobs import derive
+    from caffeseg.engine.prototxt import read_net
+    from caffeseg.jobs import derive
     net = read_net(path)
     for layer in net.layer:
         if layer.type == "Data" and derive.layer_in_state(layer, *derive.VAL_STATE) and \
@@ -62,7 +62,7 @@ def load_image(path):
 
     ``plugin.images.read_image``: the size is checked from the header before decoding, and DICOM
     is read exactly as the dataset builder reads it (Modality LUT / Rescale Slope+Intercept)."""
-    from plugin.images import ImageTooLarge, UnreadableImage, read_image
+    from caffeseg.plugin.images import ImageTooLarge, UnreadableImage, read_image
     try:
         return read_image(path)
     except (ImageTooLarge, UnreadableImage) as exc:
@@ -134,7 +134,7 @@ class DeployModel:
         self.input_name = list(self.net.inputs)[0]
         self.mean = None
         if self.preprocess_spec.get("mean_file"):
-            from engine.blobproto import read_binaryproto
+            from caffeseg.engine.blobproto import read_binaryproto
             mean = np.asarray(read_binaryproto(self.preprocess_spec["mean_file"]), dtype=np.float32)
             self.mean = mean.reshape(mean.shape[-3:]) if mean.ndim >= 3 else mean
         elif self.preprocess_spec.get("mean_value"):
@@ -210,22 +210,22 @@ class DeployModel:
         result = {"class_map": probs.argmax(axis=0).astype(np.uint8), "probabilities": probs.astype(np.float32),
                   "output": name}
         if label is not None:
-            from jobs.evaluate import mask_metrics
+            from caffeseg.jobs.evaluate import mask_metrics
             result["metrics"] = mask_metrics(result["class_map"], self.crop_like(np.asarray(label).reshape(
                 np.asarray(label).shape[-2:])))
         if visualize:
             result["activations"] = {k: blob_stats(b.data) for k, b in self.net.blobs.items()}
             result["weights"] = {k: [blob_stats(p.data) for p in ps] for k, ps in self.net.params.items()}
-            from jobs.visualize import layer_visuals  # DIGITS' pictures: activation grids, weight images, counts
+            from caffeseg.jobs.visualize import layer_visuals  # DIGITS' pictures: activation grids, weight images, counts
             result["visuals"] = layer_visuals(self.net)
         return result
 
 
 def record_by_key(dataset_dir, key, stage="val"):
     """(image, label) of one record of a dataset stage, by LMDB key."""
-    from engine.datum import datum_to_array
-    from engine.lmdb_io import LmdbReader
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.datum import datum_to_array
+    from caffeseg.engine.lmdb_io import LmdbReader
+    from caffeseg.engine.proto import caffe_pb2
     base = os.path.join(dataset_dir, "%s_db" % stage)
     arrays = []
     for part in ("features", "labels"):

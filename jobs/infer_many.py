@@ -27,7 +27,7 @@ import zipfile
 
 import numpy as np
 
-from jobs.paths import atomic_write, atomic_write_json
+from caffeseg.jobs.paths import atomic_write, atomic_write_json
 
 TESTS_DIR = "tests"
 #: images per request (CAFFESEG_MAX_TEST_IMAGES overrides)
@@ -141,7 +141,7 @@ def collect_images(folder=None, list_file=None, paths=None, zip_path=None, roots
 def dataset_inputs(dataset_dir, stage, keys, lock):
     """Yield (source, image, label) of a dataset stage's records ``keys`` (LMDB), reading each
     under ``lock`` (the service's LMDB lock)."""
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     for key in keys:
         with lock:
             image, label = inf.record_by_key(dataset_dir, key, stage)
@@ -223,7 +223,7 @@ def run(model, inputs, total, folder, classes, probabilities=False, resize=None,
     """Predict every input (source, image array or file path, label or None) into the request's
     ``folder``; ``resize`` (height, width) squashes each image first (None: as it is); ``extra(result,
     path)`` may add to a result (e.g. a DICOM's mm² area). Returns the final status."""
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     rows = []
     if probabilities:
         os.makedirs(os.path.join(folder, "probabilities"), exist_ok=True)

@@ -17,7 +17,7 @@ Pure functions over store rows and the file system; ``jobs.service.JobService.de
 import os
 import time
 
-from jobs import store as st
+from caffeseg.jobs import store as st
 
 
 def status_timeline(history, now=None):

@@ -10,8 +10,8 @@ device that ran it). Missing or unreadable files give fewer entries, never an er
 import json
 import os
 
-from engine.prototxt import PrototxtError, read_net, read_solver
-from jobs import derive
+from caffeseg.engine.prototxt import PrototxtError, read_net, read_solver
+from caffeseg.jobs import derive
 
 # Which solver.prototxt fields each LR policy uses (Caffe's SGDSolver::GetLearningRate).
 POLICY_FIELDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",), "inv": ("gamma", "power"),

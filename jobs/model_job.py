@@ -8,9 +8,9 @@ import json
 import os
 import shutil
 
-from engine.prototxt import PrototxtError, format_message, parse_net
-from jobs import derive, model_options, netcheck, resources
-from jobs.paths import atomic_write, atomic_write_json
+from caffeseg.engine.prototxt import PrototxtError, format_message, parse_net
+from caffeseg.jobs import derive, model_options, netcheck, resources
+from caffeseg.jobs.paths import atomic_write, atomic_write_json
 
 
 class ModelJobError(ValueError):
@@ -200,8 +200,8 @@ def check_pretrained(net, weight_files, data_channels, param_shapes=None):
     Returns {"matched": [...], "unused": [...], "mismatches": [...]}; a mismatch message offers
     the channel surgeries (``caffeseg surgery rgb-to-gray|gray-to-rgb``) or the classifier→FCN surgery.
     """
-    from engine.blobproto import stored_shape
-    from engine.caffemodel import read_caffemodel
+    from caffeseg.engine.blobproto import stored_shape
+    from caffeseg.engine.caffemodel import read_caffemodel
     layers = {l.name: l for l in net.layer}
     first_conv = next((l.name for l in net.layer if l.type == "Convolution"), None)
     report = {"matched": [], "unused": [], "mismatches": []}

@@ -8,7 +8,7 @@ weights can be compared blob by blob with what ``copy_from`` will need (Caffe's
 The build happens in the server process, so it never imports user code: a deploy net with a
 Python layer is not built here (its shapes are checked when the runner builds the net).
 """
-from engine.blobproto import shape_equals, stored_shape
+from caffeseg.engine.blobproto import shape_equals, stored_shape
 
 SHAPE_UNKNOWN_REASON = "the network has a Python layer (built only by the runner)"
 
@@ -107,9 +107,9 @@ def deploy_param_shapes(deploy):
         raise NetworkCheckError("building it would need about %.1f GiB (blobs and weights, float32), more "
                                 "than the %.0f GiB a network is built with here; check num_output and the "
                                 "input size" % (estimate * 4.0 / 2 ** 30, MAX_BUILD_ELEMENTS * 4.0 / 2 ** 30))
-    import engine
-    from engine.layer_types.base import LayerError
-    from engine.net import NetError
+    from caffeseg import engine
+    from caffeseg.engine.layer_types.base import LayerError
+    from caffeseg.engine.net import NetError
     try:
         net = engine.Net.from_param(deploy, engine.TEST)
     except (NetError, LayerError, ValueError, RuntimeError) as exc:
@@ -313,11 +313,11 @@ def backend_layer_types(backend):
     ``caffe.layer_type_list()``, asked of the located Caffe (``jobs.real_caffe``) in a
     subprocess with its interpreter, since real pycaffe is usually not importable in the server."""
     if backend != "pycaffe":
-        from engine.layer_types import registered_types
+        from caffeseg.engine.layer_types import registered_types
         return "the engine", set(registered_types())
     import json
     import subprocess
-    from jobs import real_caffe
+    from caffeseg.jobs import real_caffe
     try:
         found = real_caffe.find_real_caffe()
     except real_caffe.RealCaffeError:

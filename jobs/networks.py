@@ -9,7 +9,7 @@ or the shared "DIGITS-style description" note).
 """
 import os
 
-from jobs import resources
+from caffeseg.jobs import resources
 
 NOT_NETWORKS = ("deploy.prototxt", "solver.prototxt")
 

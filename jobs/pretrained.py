@@ -224,7 +224,7 @@ def prepare(name, dest_dir, gray=False, num_classes=2, url=None, progress=None):
     None when the downloaded file is used unchanged). Converted files are written beside the
     download as ``<stem>-fcn[-gray].caffemodel``.
     """
-    from jobs import surgery  # only needed here; keeps `fetch` free of the engine's imports
+    from caffeseg.jobs import surgery  # only needed here; keeps `fetch` free of the engine's imports
 
     model = _model(name)
     downloaded = fetch(model, dest_dir, url=url, progress=progress)
@@ -420,7 +420,7 @@ def scan_caffemodel_layers(source):
 
 def _check_upload_network(name, prototxt):
     """The checked (name, network text, parsed net) of an upload; raises UploadError."""
-    from engine.prototxt import PrototxtError, parse_net
+    from caffeseg.engine.prototxt import PrototxtError, parse_net
 
     name = (name or "").strip()
     if not _UPLOAD_NAME.match(name):

@@ -20,8 +20,8 @@ import tarfile
 import tempfile
 import zipfile
 
-from jobs import pretrained as store
-from jobs.pretrained import UploadError
+from caffeseg.jobs import pretrained as store
+from caffeseg.jobs.pretrained import UploadError
 
 #: members an archive may hold (a download has about ten)
 MAX_MEMBERS = 64
@@ -48,8 +48,8 @@ def max_archive_bytes():
 def make_pretrained(job_dir, dest_dir, name, snapshot=None, description="", job=None):
     """Store a model job's snapshot (default: the newest) as an uploaded pretrained model; see the
     module docstring. ``job``: the store row (its id and owner are recorded). Returns the entry."""
-    from jobs.export import _archive_files, _image_dimensions, _job_classes
-    from jobs.infer import latest_snapshot
+    from caffeseg.jobs.export import _archive_files, _image_dimensions, _job_classes
+    from caffeseg.jobs.infer import latest_snapshot
     weights = latest_snapshot(job_dir, snapshot)
     files, pre = _archive_files(job_dir, weights)
     names = {arcname: src for src, arcname in files}
@@ -62,7 +62,7 @@ def make_pretrained(job_dir, dest_dir, name, snapshot=None, description="", job=
     if dims:
         image = {"type": "gray" if dims[2] == 1 else "color", "resize_mode": "squash",
                  "height": dims[0], "width": dims[1]}
-    from jobs.runner import snapshot_iteration
+    from caffeseg.jobs.runner import snapshot_iteration
     source = {"job_id": (job or {}).get("id") or os.path.basename(job_dir),
               "snapshot": snapshot_iteration(weights), "owner": (job or {}).get("owner")}
     staged = tempfile.NamedTemporaryFile(dir=str(_incoming(dest_dir)), suffix=".caffemodel", delete=False)
@@ -306,7 +306,7 @@ def layer_table(weights, prototxt=None):
     import numpy as np
     types = {}
     if prototxt:
-        from engine.prototxt import parse_net
+        from caffeseg.engine.prototxt import parse_net
         types = {layer.name: layer.type for layer in parse_net(prototxt, source="network").layer}
     rows = []
     with open(str(weights), "rb") as f:
@@ -330,8 +330,8 @@ def layer_table(weights, prototxt=None):
 def layer_weight_image(weights, layer):
     """PNG bytes of one layer's first parameter blob (``jobs.visualize.weight_image``), or None
     when it is not 4-D; KeyError for a layer the caffemodel does not have."""
-    from engine.caffemodel import layer_arrays, read_caffemodel
-    from jobs import visualize
+    from caffeseg.engine.caffemodel import layer_arrays, read_caffemodel
+    from caffeseg.jobs import visualize
     arrays = layer_arrays(read_caffemodel(str(weights)))
     if layer not in arrays:
         raise KeyError("the weights have no layer %r" % (layer,))

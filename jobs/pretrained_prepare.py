@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from jobs import pretrained
-from jobs.paths import atomic_write_json
+from caffeseg.jobs import pretrained
+from caffeseg.jobs.paths import atomic_write_json
 
 STATE_FILE = ".prepare-%s.json"
 WRITE_EVERY_S = 0.5  # progress is written at most this often while downloading

@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 
-from jobs import resources
+from caffeseg.jobs import resources
 
 CAFFE_COMMIT = "9b891540183ddc834a02b2bd81b31afae71b2153"  # BVLC master's last commit; what CI tests
 ROOT_ENV = "CAFFESEG_CAFFE_ROOT"

@@ -2,8 +2,8 @@
 
 * the Standard Networks: ``prototxt/*.prototxt`` and its ``README.md`` (package ``prototxt``);
 * the lab's Python layers: ``python_layers/*.py`` (package ``python_layers``);
-* the import root: the folder from which the ``jobs`` package is imported, which a process we
-  start with another interpreter (the runner under real pycaffe) gets on its ``PYTHONPATH``.
+* the import root: the folder from which the ``caffeseg`` package is imported, which a process
+  we start with another interpreter (the runner under real pycaffe) gets on its ``PYTHONPATH``.
 
 Files are found with ``importlib.resources`` over the packages, never by walking up from a
 module, so a checkout, an editable install, a wheel install (``pip install .``, the app image)
@@ -15,8 +15,8 @@ Python 3.9 and the standard library only: the runner's worker image imports it.
 import os
 from importlib import resources
 
-NETWORKS_PACKAGE = "prototxt"
-PYTHON_LAYERS_PACKAGE = "python_layers"
+NETWORKS_PACKAGE = "caffeseg.prototxt"
+PYTHON_LAYERS_PACKAGE = "caffeseg.python_layers"
 NETWORKS_README = "README.md"
 
 
@@ -54,6 +54,8 @@ def python_layer_file(module):
 
 
 def import_root():
-    """The folder holding the ``jobs`` package (and ``engine``, ``python_layers``): what a
-    child process needs on ``PYTHONPATH`` to import them (site-packages in a wheel install)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The folder holding the ``caffeseg`` package (a checkout's root, or site-packages in a wheel
+    install): what a child process needs on ``PYTHONPATH`` to import ``caffeseg.jobs``,
+    ``caffeseg.engine`` and the rest."""
+    import caffeseg
+    return os.path.dirname(os.path.dirname(os.path.abspath(caffeseg.__file__)))

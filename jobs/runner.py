@@ -42,9 +42,10 @@ import signal
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: the jobs package is beside this file
-    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jobs import ranks as ranks_mod  # noqa: E402
+if __package__ in (None, ""):  # run as a script: put the folder holding the caffeseg package on the path
+    _up = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a checkout, or site-packages/caffeseg
+    sys.path.insert(1, _up if os.path.isdir(os.path.join(_up, "caffeseg")) else os.path.dirname(_up))
+from caffeseg.jobs import ranks as ranks_mod  # noqa: E402
 
 EXIT_DONE, EXIT_ERROR, EXIT_NAN, EXIT_ABORTED = 0, 2, 3, 143
 RUN_SOLVER = "solver_run.prototxt"
@@ -166,13 +167,8 @@ def import_backend(name):
         except ImportError:
             if name == "pycaffe":
                 raise RunnerError("backend pycaffe asked for, but 'import caffe' fails on this Python")
-    # Run as a script (python jobs/runner.py): the folder holding jobs/ also holds engine/
-    # (jobs.resources.import_root(), which this file cannot import before this line).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
     try:
-        from engine import caffe_shim
+        from caffeseg.engine import caffe_shim
     except ImportError as exc:  # e.g. the pycaffe image, which has no torch: say so, exit 2
         raise RunnerError("the engine backend cannot be imported (%s)" % exc)
     return caffe_shim.install()

@@ -8,6 +8,7 @@ errored fails with it), respecting CPU slots and one training per GPU. Waiting d
 built in a thread of the worker (``build_dataset``, set by the service), one at a time by default
 (``dataset_slots``), beside the trainings.
 """
+import importlib.util
 import json
 import os
 import signal
@@ -19,13 +20,13 @@ import threading
 import time
 import traceback
 
-from jobs import gpus as gpu_policy
-from jobs import real_caffe, resources, threads
-from jobs import runner as runner_mod
-from jobs import store as st
+from caffeseg.jobs import gpus as gpu_policy
+from caffeseg.jobs import real_caffe, resources, threads
+from caffeseg.jobs import runner as runner_mod
+from caffeseg.jobs import store as st
 
 RUNNER_PATH = os.path.abspath(runner_mod.__file__)
-IMPORT_ROOT = resources.import_root()  # on the runner's PYTHONPATH: it imports engine/ from there
+IMPORT_ROOT = resources.import_root()  # on the runner's PYTHONPATH: it imports caffeseg from there
 ABORT_FLAG = runner_mod.ABORT_FLAG  # the runner stops at its next iteration when it appears
 ABORT_GRACE_SECONDS = 10.0  # a runner still busy in one long iteration after this is killed
 # A locked job database (another process holding a write lock) is waited out, never fatal to a
@@ -165,13 +166,18 @@ def _real_pycaffe_importable():
     return real_caffe.importable_real_pycaffe()
 
 
+def _engine_importable():
+    """Whether this installation has the engine (the pycaffe image ships caffeseg without it)."""
+    return importlib.util.find_spec("caffeseg.engine") is not None
+
+
 def runnable_backends(backend):
     """What a scheduler started with ``--backend backend`` can run: itself, or for ``auto``
-    each backend importable here (the engine's package beside ``jobs/``, real pycaffe)."""
+    each backend importable here (the engine, real pycaffe)."""
     if backend in BACKENDS:
         return {backend}
     found = set()
-    if os.path.isfile(os.path.join(IMPORT_ROOT, "engine", "__init__.py")):
+    if _engine_importable():
         found.add("engine")
     if _real_pycaffe_importable():
         found.add("pycaffe")

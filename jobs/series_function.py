@@ -9,7 +9,7 @@ one with the smallest** (no expert contour names them here), EF = (EDV − ESV) 
 """
 import numpy as np
 
-from jobs import clinical
+from caffeseg.jobs import clinical
 
 
 def image_reading(class_map, header, lv_class=1):

@@ -28,7 +28,7 @@ def _cpu_model():
 
 def _nvml_gpus():
     """Every GPU NVML lists (jobs.hardware.gpu_usage over all indices); [] without NVML."""
-    from jobs import hardware
+    from caffeseg.jobs import hardware
     try:
         import pynvml
         pynvml.nvmlInit()
@@ -44,10 +44,10 @@ def _nvml_gpus():
 def server_info(service=None, check_caffe=True):
     """The facts above; ``check_caffe``: the real Caffe's interpreter imports it once (about a
     second), else only where it is is reported."""
-    import engine
+    from caffeseg import engine
     import torch
-    from jobs import hardware, real_caffe
-    from plugin.base import discover_plugins
+    from caffeseg.jobs import hardware, real_caffe
+    from caffeseg.plugin.base import discover_plugins
     try:
         version = importlib.metadata.version("caffeseg")
     except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never pip-installed
@@ -74,7 +74,7 @@ def _bytes(n):
 
 
 def server_info_text(info):
-    from jobs import real_caffe
+    from caffeseg.jobs import real_caffe
     cpu = info.get("cpu") or {}
     lines = ["caffeseg %s on %s" % (info["caffeseg"] or "(not installed: no package metadata)", info["server"]),
              "Python %s (%s)" % (info["python"], info["python_executable"]),

@@ -49,15 +49,15 @@ import shutil
 import threading
 import time
 
-from jobs import derive
-from jobs import gpus as gpu_policy
-from jobs import hardware
-from jobs import store as st
-from jobs.job_settings import training_settings
-from jobs.model_job import ModelJobError, job_warnings, write_model_job
-from jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
-from jobs.scheduler import Scheduler, ingest_metrics, job_is_live, patiently, pid_alive, read_runner_status
-from plugin.base import PluginError, get_plugin
+from caffeseg.jobs import derive
+from caffeseg.jobs import gpus as gpu_policy
+from caffeseg.jobs import hardware
+from caffeseg.jobs import store as st
+from caffeseg.jobs.job_settings import training_settings
+from caffeseg.jobs.model_job import ModelJobError, job_warnings, write_model_job
+from caffeseg.jobs.paths import atomic_write, check_job_id, job_dir, new_job_id
+from caffeseg.jobs.scheduler import Scheduler, ingest_metrics, job_is_live, patiently, pid_alive, read_runner_status
+from caffeseg.plugin.base import PluginError, get_plugin
 
 
 DATASET_LOG = "log.txt"  # a dataset job's log: queued, built (the builder's lines), finished
@@ -196,7 +196,7 @@ class JobService:
         return job
 
     def snapshots(self, job_id):
-        from jobs.runner import snapshot_iteration
+        from caffeseg.jobs.runner import snapshot_iteration
         folder = self.store.get(job_id)["dir"]
         names = [n for n in os.listdir(folder) if n.endswith(".caffemodel")] if os.path.isdir(folder) else []
         return sorted(((snapshot_iteration(n), n) for n in names))
@@ -220,7 +220,7 @@ class JobService:
         """The job's log text, or None before it has one: ``log.txt`` (trainings and dataset
         jobs), else the ``build.log`` of an imported dataset folder."""
         folder = self.store.get(check_job_id(job_id))["dir"]
-        from jobs.dataset import LOG_FILE
+        from caffeseg.jobs.dataset import LOG_FILE
         for name in (DATASET_LOG, LOG_FILE):
             path = os.path.join(folder, name)
             if os.path.isfile(path):
@@ -231,7 +231,7 @@ class JobService:
     def dataset_info(self, job_id):
         """A dataset job's dataset.json (``jobs.dataset.DatasetInfo``), None while it is not
         written yet; DatasetError when it cannot be read."""
-        from jobs.dataset import DATASET_JSON, DatasetInfo
+        from caffeseg.jobs.dataset import DATASET_JSON, DatasetInfo
         job = self._dataset_job(job_id)
         if not os.path.isfile(os.path.join(job["dir"], DATASET_JSON)):
             return None
@@ -244,14 +244,14 @@ class JobService:
             return []
         cache_key = (folder, os.stat(folder).st_mtime)
         if cache_key not in self._key_cache:
-            from engine.lmdb_io import LmdbReader
+            from caffeseg.engine.lmdb_io import LmdbReader
             with self.lmdb_lock, LmdbReader(folder) as reader:
                 self._key_cache[cache_key] = list(reader.keys())
         return self._key_cache[cache_key]
 
     def dataset_record(self, job_id, stage, key):
         """(feature C x H x W, label H x W) of one record of a dataset job's stage, by LMDB key."""
-        from jobs import infer as inf
+        from caffeseg.jobs import infer as inf
         folder = self._dataset_job(job_id)["dir"]
         try:
             with self.lmdb_lock:
@@ -291,7 +291,7 @@ class JobService:
         if unknown:
             raise ServiceError("unknown dataset build option(s) %s (known: %s)"
                                % (", ".join(unknown), ", ".join(DATASET_BUILD_OPTIONS)))
-        from jobs.dataset import ENCODINGS, LABEL_ENCODINGS
+        from caffeseg.jobs.dataset import ENCODINGS, LABEL_ENCODINGS
         for option, allowed in (("encoding", ENCODINGS), ("label_encoding", LABEL_ENCODINGS)):
             value = build_options.get(option, "none")
             if value not in allowed:
@@ -334,8 +334,8 @@ class JobService:
         after the last one (the dataset is then complete). Whatever an earlier build of the job
         left in its folder (a build interrupted after its files were in place) is removed first,
         except the log. Returns (final status, exception or None); the job records the error."""
-        from jobs import dataset as dataset_builder
-        from jobs.scheduler import ABORT_FLAG
+        from caffeseg.jobs import dataset as dataset_builder
+        from caffeseg.jobs.scheduler import ABORT_FLAG
         job = self.store.get(job_id)
         folder, options = job["dir"], job["options"]
         flag = os.path.join(folder, ABORT_FLAG)
@@ -409,7 +409,7 @@ class JobService:
             raise ServiceError("job %s is not a dataset" % dataset_id, {"dataset_id": "not a dataset"})
         if options.get("pretrained_job_id"):
             # a previous job's snapshot as pretrained weights (its newest, or pretrained_snapshot)
-            from jobs.infer import InferError, latest_snapshot
+            from caffeseg.jobs.infer import InferError, latest_snapshot
             try:
                 snap = latest_snapshot(self.store.get(check_job_id(options["pretrained_job_id"]))["dir"],
                                        options.get("pretrained_snapshot"))
@@ -431,7 +431,7 @@ class JobService:
         combos = [(lr, bs) for lr in lrs for bs in batches]
         group = options.get("group_name") or (name if len(combos) > 1 else None)
         jobs = []
-        from jobs.model_options import ModelOptionError, check_model_options
+        from caffeseg.jobs.model_options import ModelOptionError, check_model_options
         for lr, bs in combos:  # one check for the CLI, the form and the API, before any job exists
             try:
                 check_model_options(dict(options, base_lr=lr, batch_size=bs))
@@ -446,7 +446,7 @@ class JobService:
                 if dataset["status"] in (st.INITIALIZED, st.WAITING, st.RUNNING):
                     # The dataset is still being built: keep the network now, derive when the
                     # worker starts the job (it waits for the dataset to be Done).
-                    from jobs.model_job import network_text
+                    from caffeseg.jobs.model_job import network_text
                     text, _ = network_text(one)
                     atomic_write(os.path.join(job["dir"], "original.prototxt"), text)
                     one = dict(one, network_text=text, _derive_pending=True)
@@ -509,7 +509,7 @@ class JobService:
 
     def submit(self, job_id, resume=False):
         """Queue a model job: Waiting, for the worker that takes its backend (``Scheduler.takes``:
-        ``caffeseg worker``, ``python3 -m jobs.worker``, or ``start_worker``). A job already
+        ``caffeseg worker``, ``python3 -m caffeseg.jobs.worker``, or ``start_worker``). A job already
         Waiting or Running is refused."""
         job = self.store.get(check_job_id(job_id))
         if job["kind"] != "model":
@@ -527,7 +527,7 @@ class JobService:
             raise ServiceError("job %s is %s; only Interrupted, Aborted or Error jobs resume" % (job_id, job["status"]))
         if job["kind"] == "dataset":
             # Resuming builds it again (build_dataset_job clears what an earlier build left).
-            from jobs.scheduler import ABORT_FLAG
+            from caffeseg.jobs.scheduler import ABORT_FLAG
             flag = os.path.join(job["dir"], ABORT_FLAG)
             if os.path.exists(flag):
                 os.unlink(flag)
@@ -539,7 +539,7 @@ class JobService:
             _append_line(os.path.join(job["dir"], DATASET_LOG), "queued again (resume)")
             self.store.set_status(job_id, st.WAITING, "resumed")
             return st.WAITING
-        from jobs.runner import latest_solverstate
+        from caffeseg.jobs.runner import latest_solverstate
         if latest_solverstate(job["dir"]) is None:
             raise ServiceError("job %s has no .solverstate to resume from" % job_id)
         if wait:
@@ -566,7 +566,7 @@ class JobService:
         return job
 
     def _deploy_model(self, job, snapshot=None):
-        from jobs.infer import DeployModel, InferError
+        from caffeseg.jobs.infer import DeployModel, InferError
         try:
             return DeployModel.from_job(job["dir"], snapshot, backend=self.scheduler.backend)
         except InferError as exc:
@@ -576,7 +576,7 @@ class JobService:
         """Run the deploy net over the whole val set; stores and returns the table
         ({"snapshot", "records": [{key, case, image_no, dice, iou, pixel_accuracy, *_area_px, *_area_mm2}],
         "count", "summary": {metric: {mean, std, min, max}}, "worst": [records, lowest Dice first]})."""
-        from jobs.evaluate import evaluate
+        from caffeseg.jobs.evaluate import evaluate
         job = self._model(job_id)
         dataset = self.store.get(job["dataset_id"])
         model = self._deploy_model(job, snapshot)
@@ -600,15 +600,15 @@ class JobService:
         text files in a zip laid out like the expert release) or "dicom-seg" (DICOM SEG per
         patient and phase, referencing the source images), for one record (key), one patient
         (case) or all. Returns (file name, content type, bytes); jobs/clinical_export.py."""
-        from jobs import clinical_export as cx
-        from jobs.evaluate import masks_path
+        from caffeseg.jobs import clinical_export as cx
+        from caffeseg.jobs.evaluate import masks_path
         job = self._model(job_id)
         table = self.evaluation(job_id, snapshot)
         if table is None:
             raise ServiceError("job %s has no evaluation%s: evaluate it first"
                                % (job_id, "" if snapshot is None else " at iteration %d" % int(snapshot)))
         name = "evaluation.json" if snapshot is None else "evaluation_iter_%d.json" % int(snapshot)
-        from jobs.dataset import DatasetError, load_dataset_info
+        from caffeseg.jobs.dataset import DatasetError, load_dataset_info
         try:
             info = load_dataset_info(self.store.get(job["dataset_id"])["dir"])
         except DatasetError as exc:
@@ -622,13 +622,13 @@ class JobService:
     def infer(self, job_id, snapshot=None, record=None, image_path=None, visualize=False):
         """Predict one val record (by key), one image file, or every image of a folder.
         Returns {"results": [{"source", "class_map", "probabilities", "metrics"?, "contours"}]}."""
-        from jobs import infer as inf
+        from caffeseg.jobs import infer as inf
         job = self._model(job_id)
         model = self._deploy_model(job, snapshot)
         inputs = []
         try:
             if record is not None:
-                from jobs.dataset import DatasetError, DatasetInfo
+                from caffeseg.jobs.dataset import DatasetError, DatasetInfo
                 dataset_dir = self.store.get(job["dataset_id"])["dir"]
                 try:
                     record = DatasetInfo.read(dataset_dir).record_key("val", record)
@@ -660,7 +660,7 @@ class JobService:
         lie in (None: any, the CLI); ``resize`` (height, width) or None (as the images are).
         Without ``wait`` it runs in a thread of this process and returns at once. Returns
         ``test_many_status`` of the request."""
-        from jobs import infer_many as im
+        from caffeseg.jobs import infer_many as im
         job = self._model(job_id)
         model = self._deploy_model(job, snapshot)
         request = {"snapshot": os.path.basename(model.weights), "probabilities": bool(probabilities),
@@ -708,7 +708,7 @@ class JobService:
         """{"id", "request", "status" (state, done, total, started, finished, error), "rows" and
         "classes" once written, "folder"}; a request left Running by a process that ended (no
         thread here runs it) reads as Interrupted. KeyError for an unknown request."""
-        from jobs import infer_many as im
+        from caffeseg.jobs import infer_many as im
         job = self._model(job_id)
         out = im.read_request(job["dir"], test_id, with_rows=with_rows)
         thread = getattr(self, "_test_threads", {}).get(test_id)
@@ -718,13 +718,13 @@ class JobService:
 
     def test_many_list(self, job_id):
         """The model's Test Many requests, oldest first (without their rows)."""
-        from jobs import infer_many as im
+        from caffeseg.jobs import infer_many as im
         job = self._model(job_id)
         return [self.test_many_status(job_id, r["id"], with_rows=False) for r in im.list_requests(job["dir"])]
 
     def test_many_abort(self, job_id, test_id):
         """Ask a running request to stop after its current image."""
-        from jobs import infer_many as im
+        from caffeseg.jobs import infer_many as im
         folder = im.read_request(self._model(job_id)["dir"], test_id, with_rows=False)["folder"]
         with open(os.path.join(folder, "abort_requested"), "w"):
             pass
@@ -735,10 +735,10 @@ class JobService:
         (jobs/series_function.py: ED = largest volume, ES = smallest). Returns {"snapshot",
         "images": [{"source", "lv_area_mm2", "slice_location", "phase_key", ...}], "function"}."""
         import tempfile
-        from jobs import infer as inf
-        from jobs import series_function as sf
-        from plugin.base import EntryError
-        from plugin.sunnybrook.dicom import read_header
+        from caffeseg.jobs import infer as inf
+        from caffeseg.jobs import series_function as sf
+        from caffeseg.plugin.base import EntryError
+        from caffeseg.plugin.sunnybrook.dicom import read_header
         job = self._model(job_id)
         model = self._deploy_model(job, snapshot)
         readings = []
@@ -760,7 +760,7 @@ class JobService:
     def infer_record(self, job_id, record, snapshot=None, visualize=False):
         """One val record by key → {"image", "class_map", "probabilities", "label", "metrics",
         "contours", "classes", "layers" (with visualize: name, kind, shape, mean, std, histogram)}."""
-        from jobs import infer as inf
+        from caffeseg.jobs import infer as inf
         job = self._model(job_id)
         try:
             with self.lmdb_lock:
@@ -771,7 +771,7 @@ class JobService:
 
     def infer_image(self, job_id, image_path, snapshot=None, visualize=False):
         """One uploaded image (PNG/TIFF 8/16-bit or DICOM); same answer as infer_record, no label."""
-        from jobs import infer as inf
+        from caffeseg.jobs import infer as inf
         job = self._model(job_id)
         try:
             image = inf.load_image(image_path)
@@ -782,7 +782,7 @@ class JobService:
         return result
 
     def _infer_one(self, job, snapshot, image, label, source, visualize):
-        from jobs import infer as inf
+        from caffeseg.jobs import infer as inf
         model = self._deploy_model(job, snapshot)
         try:
             r = model.predict(image, label=label, visualize=visualize)
@@ -811,8 +811,8 @@ class JobService:
     def export(self, job_id, snapshot=None, out=None, fmt="tar.gz"):
         """Write the model download (``fmt`` "tar.gz" or "zip"; info.json with caffeseg's and
         DIGITS' keys, jobs/export.py) and return its path."""
-        from jobs.export import ExportError, export_model
-        from jobs.infer import InferError
+        from caffeseg.jobs.export import ExportError, export_model
+        from caffeseg.jobs.infer import InferError
         job = self._model(job_id)
         try:
             return export_model(job["dir"], out_path=out, snapshot=snapshot, name=job["name"], fmt=fmt, job=job)
@@ -822,8 +822,8 @@ class JobService:
     def export_stream(self, job_id, snapshot=None, fmt="tar.gz"):
         """(archive path, iterator of its bytes): the cached model download, sent while it is built
         the first time (``jobs.export.export_stream``)."""
-        from jobs.export import ExportError, export_stream
-        from jobs.infer import InferError
+        from caffeseg.jobs.export import ExportError, export_stream
+        from caffeseg.jobs.infer import InferError
         job = self._model(job_id)
         try:
             return export_stream(job["dir"], snapshot=snapshot, name=job["name"], fmt=fmt, job=job)
@@ -835,9 +835,9 @@ class JobService:
         deploy net, mean, labels and image facts becomes an uploaded pretrained model in
         ``pretrained_dir`` (jobs/pretrained_archive.py). Anyone who may view the job may do it (as
         a clone); ``owner`` is recorded. Returns the pretrained entry."""
-        from jobs.infer import InferError
-        from jobs.pretrained import UploadError
-        from jobs.pretrained_archive import make_pretrained, upload_name
+        from caffeseg.jobs.infer import InferError
+        from caffeseg.jobs.pretrained import UploadError
+        from caffeseg.jobs.pretrained_archive import make_pretrained, upload_name
         job = self._model(job_id)
         try:
             entry = make_pretrained(job["dir"], pretrained_dir, name or upload_name(job["name"]), snapshot=snapshot,
@@ -926,7 +926,7 @@ class JobService:
         duration), "folder", "disk_bytes", "related" [{id, name, kind, status, relation}],
         "pretrained" (weights a model loaded, with their source; ``pretrained_dir`` is the
         pretrained store), "owner"}."""
-        from jobs import job_details
+        from caffeseg.jobs import job_details
         job = self.store.get(check_job_id(job_id))
         jobs = self.store.list()
         return {"timeline": job_details.status_timeline(self.store.history(job_id)),
@@ -938,14 +938,14 @@ class JobService:
     def epoch_costs(self):
         """{standard network: its latest ended training's seconds per training image, ...} for
         the New Model form's cost hint (``jobs.cost.epoch_costs``)."""
-        from jobs import cost
+        from caffeseg.jobs import cost
         return cost.epoch_costs(self.store)
 
     def cost_estimate(self, network, dataset_id):
         """No training of ``network`` here yet: its measured training step on this dataset's image
         size (``jobs.cost.Estimator``: measured once in the background, then kept)."""
-        from jobs import cost, networks
-        from jobs.dataset import DatasetInfo
+        from caffeseg.jobs import cost, networks
+        from caffeseg.jobs.dataset import DatasetInfo
         if network not in {n["name"] for n in networks.standard_networks()}:
             raise ServiceError("no standard network %r" % network, {"network": "unknown network"})
         job = self._dataset_job(dataset_id)
@@ -956,7 +956,7 @@ class JobService:
     def metric_summary(self, job_id):
         """Every metric the job recorded with its last, min and max ({"val/dice": {...}}; see
         jobs.job_details.metric_summary): the home table's metric columns."""
-        from jobs import job_details
+        from caffeseg.jobs import job_details
         return job_details.metric_summary(self.metrics(job_id)["series"])
 
     def clone_values(self, job_id):
@@ -987,10 +987,10 @@ class JobService:
 def _add_dicom_area(result, path):
     """An uploaded DICOM's predicted LV area in mm² (jobs.series_function) into its metrics, when
     its header gives PixelSpacing and the prediction has the image's own size."""
-    from jobs import series_function as sf
-    from plugin.base import EntryError
-    from plugin.images import looks_like_dicom
-    from plugin.sunnybrook.dicom import read_header
+    from caffeseg.jobs import series_function as sf
+    from caffeseg.plugin.base import EntryError
+    from caffeseg.plugin.images import looks_like_dicom
+    from caffeseg.plugin.sunnybrook.dicom import read_header
     if not (str(path).lower().endswith((".dcm", ".dicom")) or looks_like_dicom(path)):
         return
     try:

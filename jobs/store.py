@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 
-from jobs.paths import DB_NAME, check_job_id
+from caffeseg.jobs.paths import DB_NAME, check_job_id
 
 INITIALIZED, WAITING, RUNNING, DONE, ERROR, ABORTED, INTERRUPTED = (
     "Initialized", "Waiting", "Running", "Done", "Error", "Aborted", "Interrupted")

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import read_caffemodel, write_caffemodel
-from engine.proto import caffe_pb2
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import read_caffemodel, write_caffemodel
+from caffeseg.engine.proto import caffe_pb2
 
 ALEXNET_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",

@@ -1,4 +1,4 @@
-"""A job worker without the web app: ``python3 -m jobs.worker --backend pycaffe --data /data``.
+"""A job worker without the web app: ``python3 -m caffeseg.jobs.worker --backend pycaffe --data /data``.
 
 Runs the queued model jobs for its backend (``--backend pycaffe``: jobs recorded ``pycaffe`` or
 ``auto``; see ``Scheduler.takes``) from the shared jobs folder and database. Standard library plus
@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
-from jobs import store as st
-from jobs.scheduler import Scheduler
+from caffeseg.jobs import store as st
+from caffeseg.jobs.scheduler import Scheduler
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python3 -m jobs.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m caffeseg.jobs.worker", description=__doc__)
     parser.add_argument("--data", default=os.environ.get("CAFFESEG_DATA", "data"),
                         help="data root holding the jobs folder and database")
     parser.add_argument("--backend", choices=["engine", "pycaffe", "auto"],

@@ -1,6 +1,6 @@
 """Data plugins: the contract (plugin.base) and the built-in Sunnybrook plugin."""
 
-from plugin.base import (BrokenPlugin, DataPlugin, Discovery, EncodedRecord, Entry, EntryError, FormError,
+from caffeseg.plugin.base import (BrokenPlugin, DataPlugin, Discovery, EncodedRecord, Entry, EntryError, FormError,
                          FormField, Itemization, PluginError, discover_plugins, get_plugin)
 
 __all__ = ["BrokenPlugin", "DataPlugin", "Discovery", "EncodedRecord", "Entry", "EntryError", "FormError",

@@ -43,8 +43,8 @@ STAGES = ("train", "val", "test")
 
 # The plugins this package ships (its pyproject entry points), found even where the package
 # metadata is absent: a checkout on PYTHONPATH that was never pip-installed.
-BUILTIN_PLUGINS = {"sunnybrook": "plugin.sunnybrook:SunnybrookPlugin",
-                   "image_segmentation": "plugin.image_segmentation:ImageSegmentationPlugin"}
+BUILTIN_PLUGINS = {"sunnybrook": "caffeseg.plugin.sunnybrook:SunnybrookPlugin",
+                   "image_segmentation": "caffeseg.plugin.image_segmentation:ImageSegmentationPlugin"}
 
 
 class PluginError(ValueError):

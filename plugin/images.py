@@ -149,8 +149,8 @@ def read_image(path, name=None):
     name = name or path
     lower = path.lower()
     if lower.endswith((".dcm", ".dicom")) or looks_like_dicom(path):
-        from plugin.base import EntryError
-        from plugin.sunnybrook.dicom import read_slice
+        from caffeseg.plugin.base import EntryError
+        from caffeseg.plugin.sunnybrook.dicom import read_slice
         try:
             arr = read_slice(path).pixels  # checks the pixel count itself
         except EntryError as exc:

@@ -4,10 +4,10 @@ import os
 import cv2
 import numpy as np
 
-from jobs import evaluate as ev
-from jobs.dataset import build_dataset
-from plugin.sunnybrook import phantom
-from plugin.sunnybrook.plugin import SunnybrookPlugin
+from caffeseg.jobs import evaluate as ev
+from caffeseg.jobs.dataset import build_dataset
+from caffeseg.plugin.sunnybrook import phantom
+from caffeseg.plugin.sunnybrook.plugin import SunnybrookPlugin
 
 CASES = ["SC-HF-I-1", "SC-N-2", "SC-HYP-1"]
 

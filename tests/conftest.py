@@ -60,7 +60,7 @@ def assert_close_to_caffe(actual, expected, what: str) -> None:
 # -- running a golden case through engine.Net -------------------------------------------
 def build(case: GoldenCase, weights: str = "weights.caffemodel"):
     """``engine.Net`` for a golden case, with its Caffe weights."""
-    import engine
+    from caffeseg import engine
     phase = engine.TRAIN if case.phase_name == "TRAIN" else engine.TEST
     if os.environ.get("CAFFESEG_TEST_GPU"):
         # CAFFESEG_TEST_GPU=1 runs the golden cases on the CUDA device (not in CI)
@@ -141,7 +141,7 @@ def golden():
 @pytest.fixture
 def phantom_release(tmp_path):
     """``(image_folder, contour_folder)`` of a 2-case, 3-slice phantom release under tmp_path."""
-    from plugin.sunnybrook import phantom
+    from caffeseg.plugin.sunnybrook import phantom
     root = tmp_path / "sample"
     phantom.generate(str(root), cases=2, seed=0, slices=3)
     return root / "challenge_training", root / "TrainingDataContours"
@@ -151,7 +151,7 @@ def phantom_release(tmp_path):
 def _python_layer_lookup_is_per_test():
     """``web.create_app`` turns off the working-directory lookup of Python layers for its process;
     in the test process each test starts from pycaffe's default again."""
-    from engine.layer_types import python as python_layers
+    from caffeseg.engine.layer_types import python as python_layers
     saved = python_layers.SEARCH_WORKING_DIRECTORY
     yield
     python_layers.SEARCH_WORKING_DIRECTORY = saved

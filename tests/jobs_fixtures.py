@@ -142,7 +142,7 @@ def contours_without_images(root):
 def fake_pycaffe_service(tmp_path, monkeypatch):
     """A JobService on the pycaffe backend whose runners import the fake pycaffe above (the calls
     they make go to ``tmp_path/calls.jsonl``); ``service.fake_path`` is the fake's folder."""
-    from jobs.service import JobService
+    from caffeseg.jobs.service import JobService
     fake = install_fake_caffe(str(tmp_path / "fake"))
     monkeypatch.setenv("PYTHONPATH", fake)
     monkeypatch.setenv("FAKE_CAFFE_CALLS", str(tmp_path / "calls.jsonl"))

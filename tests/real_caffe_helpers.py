@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from jobs import real_caffe as rc
+from caffeseg.jobs import real_caffe as rc
 
 TASKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "real_caffe", "pycaffe_tasks.py")
 _FOUND = {}

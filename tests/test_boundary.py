@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jobs import boundary
+from caffeseg.jobs import boundary
 
 
 def square(n=20, top=5, left=5, side=8):

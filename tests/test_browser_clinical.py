@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 @pytest.fixture
 def clinical_site(tmp_path):
-    from web import create_app
+    from caffeseg.web import create_app
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "START_WORKER": False})
     svc = app.extensions["caffeseg_backend"].service
     _, job = evaluated_model_job(svc, tmp_path)

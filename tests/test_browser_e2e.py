@@ -80,7 +80,7 @@ def shot(page, name):
 @pytest.fixture
 def fake_site(tmp_path):
     from test_web_fakes import FakeBackend, sunnybrook_plugin
-    from web import create_app
+    from caffeseg.web import create_app
     fake = FakeBackend(tmp_path / "jobs")
     data = tmp_path / "data"
     (data / "sunny" / "images").mkdir(parents=True)
@@ -271,7 +271,7 @@ def test_ui_pretrained_network_fills_the_form(browser_page, fake_site):
     the dataset's channels; Customize puts an uploaded model's network in the editor and its weights
     in "Pretrained model(s)"."""
     import numpy as np
-    from jobs import pretrained
+    from caffeseg.jobs import pretrained
     from web_helpers import write_weights
     url, fake, _ = fake_site
     ds = fake.add_job("dataset", "d")  # 1-channel features: the gray variants are used
@@ -445,7 +445,7 @@ def test_full_workflow(request, tmp_path):
     """Phantom dataset → slim model trained one epoch → live chart → inference → opacity slider."""
     browser_page = request.getfixturevalue("browser_page")
     image_folder, contour_folder = request.getfixturevalue("phantom_release")
-    from web import create_app
+    from caffeseg.web import create_app
 
     data = tmp_path / "data"
     app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data), str(image_folder.parent)],

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 @pytest.fixture
 def login_site(tmp_path):
     from test_web_fakes import FakeBackend, sunnybrook_plugin
-    from web import create_app
+    from caffeseg.web import create_app
     fake = FakeBackend(tmp_path / "jobs")
     (tmp_path / "data").mkdir()
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],

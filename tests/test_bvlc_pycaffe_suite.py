@@ -74,7 +74,7 @@ def suite_dir(tmp_path_factory):
 
 
 def test_import_caffe_in_the_suite_subprocess_is_the_engine(suite_dir):
-    out = subprocess.run([sys.executable, "-c", "import caffe, engine; print(caffe is engine)"],
+    out = subprocess.run([sys.executable, "-c", "import caffe; from caffeseg import engine; print(caffe is engine)"],
                          env=_engine_env(), cwd=suite_dir, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
@@ -132,7 +132,7 @@ def test_bvlc_pyloss_example_layer_trains_linreg(suite_dir, monkeypatch):
     """examples/pycaffe/linreg.prototxt with its Python EuclideanLossLayer (pyloss.py), both
     unchanged: the loss and the gradients are the closed-form Euclidean ones."""
     import numpy as np
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     caffe = caffe_shim.install()
     source = suite_dir.parents[2]
     monkeypatch.syspath_prepend(str(source / "examples" / "pycaffe" / "layers"))

@@ -73,8 +73,8 @@ def test_queue_leaves_jobs_waiting_for_the_worker_of_their_backend(env, capsys):
     """model create --queue and model train ID --queue: Waiting, taken by a worker that runs the
     recorded backend (a pycaffe job by a pycaffe worker only), and then trained by it; resume
     --queue still refuses a job that never ran."""
-    from jobs import scheduler as sched
-    from jobs import store as st
+    from caffeseg.jobs import scheduler as sched
+    from caffeseg.jobs import store as st
     tmp_path, common, net = env
     code, ds = run_json(capsys, common + ["dataset", "import", make_dataset_dir(str(tmp_path / "b")), "--name", "d"])
     code, [queued] = run_json(capsys, common + ["model", "create", "--dataset", ds["id"], "--network-file", net,
@@ -103,7 +103,7 @@ def test_queue_leaves_jobs_waiting_for_the_worker_of_their_backend(env, capsys):
 
 def test_version_and_info_report_the_installation(env, capsys, monkeypatch):
     import torch
-    from jobs import real_caffe
+    from caffeseg.jobs import real_caffe
     tmp_path, common, net = env
     monkeypatch.setattr(real_caffe, "caffe_info", lambda check_import=True, env=None: {
         "found": False, "hint": "run `make caffe`"})

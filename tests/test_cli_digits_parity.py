@@ -47,7 +47,7 @@ def test_info_is_the_shared_server_info(env, capsys, monkeypatch):
     import socket
 
     import torch
-    from jobs import real_caffe, server_info
+    from caffeseg.jobs import real_caffe, server_info
     tmp_path, common, net = env
     monkeypatch.setattr(real_caffe, "caffe_info", lambda check_import=True, env=None: {
         "found": False, "hint": "run `make caffe`"})
@@ -65,7 +65,7 @@ def test_info_is_the_shared_server_info(env, capsys, monkeypatch):
 def test_export_zip_make_pretrained_import_layers_and_test_many(env, capsys, monkeypatch):
     import zipfile
 
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     from tests.test_jobs_eval_infer_export import FakeCaffe
     from tests.web_helpers import write_weights
     import numpy as np

@@ -39,7 +39,7 @@ def test_model_show_reads_as_dates_not_epoch_seconds(env, capsys):
 
 
 def test_infer_takes_the_record_name_the_pages_show(tmp_path):
-    from jobs.dataset import DatasetError, DatasetInfo
+    from caffeseg.jobs.dataset import DatasetError, DatasetInfo
     info = DatasetInfo.__new__(DatasetInfo)
     info.info = {"records": {"val": [{"key": "00000000", "case": "SC-HF-I-1", "image_no": 21},
                                      {"key": "00000001", "case": "SC-HF-I-1", "image_no": 48}]}}

@@ -4,9 +4,9 @@ import json
 import numpy as np
 
 from caffeseg import cli
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import read_caffemodel, write_caffemodel
-from engine.proto import caffe_pb2
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import read_caffemodel, write_caffemodel
+from caffeseg.engine.proto import caffe_pb2
 
 
 def write_conv1(path, channels):

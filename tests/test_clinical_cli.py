@@ -58,7 +58,7 @@ def test_evaluate_report_and_clinical_exports(tmp_path, capsys):
     assert "of patient SC-N-40" in capsys.readouterr().err
 
     # the inference read-out of an uploaded series (the patient's DICOM folder) on the same model
-    from jobs.service import JobService
+    from caffeseg.jobs.service import JobService
     svc = JobService(str(tmp_path / "data" / "jobs"), backend="engine")
     got = svc.infer_series(job_id, os.path.join(root, "challenge_training", case))
     assert len(got["images"]) == 4 and all(r["lv_area_mm2"] is not None for r in got["images"])

@@ -8,10 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from jobs import clinical
-from jobs import clinical_export as cx
-from jobs import evaluate as ev
-from plugin.sunnybrook import layout
+from caffeseg.jobs import clinical
+from caffeseg.jobs import clinical_export as cx
+from caffeseg.jobs import evaluate as ev
+from caffeseg.plugin.sunnybrook import layout
 from tests.clinical_fixtures import OracleModel, make_dataset, make_release
 
 

@@ -8,7 +8,7 @@ import zipfile
 
 import numpy as np
 
-from jobs import clinical_export as cx
+from caffeseg.jobs import clinical_export as cx
 
 HOSTILE = ["../../../tmp/evil", "/etc/cron.d/x", "..", "a/../../b", "C:\\windows\\x"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs.clinical import mask_contour, polygon_area, record_clinical
+from caffeseg.jobs.clinical import mask_contour, polygon_area, record_clinical
 
 
 def _ring_around_a_square():

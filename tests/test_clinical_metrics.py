@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from jobs import clinical
-from plugin.sunnybrook.contours import fill_polygon
+from caffeseg.jobs import clinical
+from caffeseg.plugin.sunnybrook.contours import fill_polygon
 
 
 def circle(cx, cy, r, n=3600):

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from jobs import clinical
-from jobs import evaluate as ev
-from plugin.sunnybrook import contours, layout, phantom
+from caffeseg.jobs import clinical
+from caffeseg.jobs import evaluate as ev
+from caffeseg.plugin.sunnybrook import contours, layout, phantom
 from tests.clinical_fixtures import CASES, OracleModel, make_dataset, make_release
 
 

@@ -5,9 +5,9 @@ import zipfile
 
 import pytest
 
-from jobs import series_function as sf
-from plugin.sunnybrook import contours, layout
-from plugin.sunnybrook.dicom import read_header
+from caffeseg.jobs import series_function as sf
+from caffeseg.plugin.sunnybrook import contours, layout
+from caffeseg.plugin.sunnybrook.dicom import read_header
 from tests.clinical_fixtures import make_release
 
 CASE = "SC-N-3"

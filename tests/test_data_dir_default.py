@@ -5,7 +5,7 @@ import os
 import subprocess
 
 from caffeseg import cli
-from web import config
+from caffeseg.web import config
 
 
 def test_cli_and_web_share_the_default(monkeypatch, tmp_path):

@@ -4,13 +4,13 @@ import os
 import numpy as np
 import pytest
 
-from engine import rng
-from engine.datum import array_to_datum
-from engine.layer_types.base import LayerError
-from engine.layer_types.data import DataLayer
-from engine.lmdb_io import LmdbWriter
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_net, read_net
+from caffeseg.engine import rng
+from caffeseg.engine.datum import array_to_datum
+from caffeseg.engine.layer_types.base import LayerError
+from caffeseg.engine.layer_types.data import DataLayer
+from caffeseg.engine.lmdb_io import LmdbWriter
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_net, read_net
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "data", "lmdb_transform")
 
@@ -131,7 +131,7 @@ def test_mirror_is_random_in_both_phases(tmp_path, phase):
 
 
 def test_mean_then_scale_and_mean_file_at_uncropped_position(tmp_path):
-    from engine.blobproto import write_binaryproto
+    from caffeseg.engine.blobproto import write_binaryproto
     _indexed_db(tmp_path / "db", 1, h=4, w=4)
     mean = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     write_binaryproto(str(tmp_path / "mean.binaryproto"), mean)
@@ -195,7 +195,7 @@ def test_rand_skip_starts_within_the_first_records(tmp_path):
 
 
 def test_golden_lmdb_transform_through_the_engine_net(monkeypatch):
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     monkeypatch.chdir(GOLDEN)
     net = Net("net.prototxt", caffe_pb2.TEST)
     expected = np.load("expected.npz")

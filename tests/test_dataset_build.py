@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from engine.blobproto import read_binaryproto
-from engine.datum import bytes_to_array
-from engine.lmdb_io import LmdbReader
-from jobs import dataset as ds_mod
-from jobs.dataset import DatasetError, build_dataset, load_dataset_info
-from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormField, Itemization)
+from caffeseg.engine.blobproto import read_binaryproto
+from caffeseg.engine.datum import bytes_to_array
+from caffeseg.engine.lmdb_io import LmdbReader
+from caffeseg.jobs import dataset as ds_mod
+from caffeseg.jobs.dataset import DatasetError, build_dataset, load_dataset_info
+from caffeseg.plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormField, Itemization)
 
 
 class ToyPlugin(DataPlugin):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from caffeseg import cli
-from engine.datum import bytes_to_array, parse_datum
-from jobs.dataset import DatasetInfo
-from jobs.service import JobService, ServiceError
+from caffeseg.engine.datum import bytes_to_array, parse_datum
+from caffeseg.jobs.dataset import DatasetInfo
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.test_plugin_image_segmentation import classes_of, names, read_db, rgb_of, write_pairs
 from tests.jobs_fixtures import make_dataset_dir  # noqa: F401
 
@@ -94,7 +94,7 @@ def test_cli_names_the_fields_when_the_options_do_not_fit(tmp_path, capsys):
 def test_a_jpeg_datasets_mean_is_the_mean_of_its_decoded_pixels(tmp_path):
     # Caffe's compute_image_mean decodes each stored Datum (DecodeDatumNative) and averages those
     # pixels: JPEG is lossy, so the mean of the pixels before encoding is not what a net reads
-    from engine.blobproto import read_binaryproto
+    from caffeseg.engine.blobproto import read_binaryproto
     job, info = build(tmp_path, encoding="jpg")
     decoded = [bytes_to_array(raw)[0].astype(np.float64) for _, raw in read_db(job["dir"], "train", "features")]
     expected = np.mean(decoded, axis=0)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.net import Net
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_net, parse_solver
-from engine.solvers import SGDSolver
+from caffeseg.engine.net import Net
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_net, parse_solver
+from caffeseg.engine.solvers import SGDSolver
 
 MODULE = "deferred_metric_layers"
 
@@ -148,7 +148,7 @@ def test_a_failing_deferred_metric_names_the_users_file(layers_module):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_deferral_is_the_default_and_changes_no_value(layers_module):
-    import engine
+    from caffeseg import engine
     engine.set_mode_gpu()
     try:
         solvers = {defer: make_solver(defer) for defer in (False, True)}

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from engine.prototxt import parse_net
-from jobs import derive
+from caffeseg.engine.prototxt import parse_net
+from caffeseg.jobs import derive
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 
 
@@ -132,7 +132,7 @@ def test_missing_bottom_names_layer_and_blob(dataset):
 
 
 def test_standard_network_derives(dataset):
-    from engine.prototxt import read_net
+    from caffeseg.engine.prototxt import read_net
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     train_val, deploy = derive.derive_networks(read_net(os.path.join(root, "prototxt", "lab_fc.prototxt")),
                                                dataset, {})
@@ -142,7 +142,7 @@ def test_standard_network_derives(dataset):
 
 def test_pixel_and_image_mean(dataset):
     import numpy as np
-    from engine.blobproto import write_binaryproto
+    from caffeseg.engine.blobproto import write_binaryproto
     mean = np.zeros((1, 1, 8, 8), np.float32)
     mean[0, 0, :4] = 1000.5  # a 16-bit dataset: the per-channel mean stays fractional
     write_binaryproto(os.path.join(dataset.folder, "mean.binaryproto"), mean)
@@ -162,7 +162,7 @@ BIG_NETS = {"fcn_alexnet", "fcn_alexnet_lab", "fcn_alexnet_dice", "fcn_8s"}
 
 
 def _prototxt(name):
-    from engine.prototxt import read_net
+    from caffeseg.engine.prototxt import read_net
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return read_net(os.path.join(root, "prototxt", name + ".prototxt"))
 
@@ -228,7 +228,7 @@ def test_class_count_refuses_a_reshape_without_spatial_dims():
 
 def _with_inputs(net, shape):
     """The filtered net with its Data layers turned into Input layers (label: one channel)."""
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.proto import caffe_pb2
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     for layer in out.layer:
@@ -247,8 +247,8 @@ def test_three_class_nets_build_and_score_three_channels(name, tmp_path):
     """Every prototxt net, given 3 classes by set_class_count (through derive_networks'
     set_num_output), builds on the engine in train, val and deploy with a N x 3 x H x W score."""
     import numpy as np
-    import engine
-    from engine.prototxt import format_message
+    from caffeseg import engine
+    from caffeseg.engine.prototxt import format_message
     h, w = (256, 256) if name == "lab_fc" else (67, 61)
     folder = make_dataset_dir(str(tmp_path / "ds"), shape=(1, h, w), classes=("background", "lv", "myo"))
     facts = derive.DatasetFacts.load(folder)

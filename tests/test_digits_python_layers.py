@@ -3,11 +3,11 @@ values, empty cases, gradient check, and the same layers running inside an engin
 import numpy as np
 import pytest
 
-import engine
-from engine import caffe_shim
+from caffeseg import engine
+from caffeseg.engine import caffe_shim
 
 caffe_shim.install()  # the layer file says ``import caffe``: the engine, unless real pycaffe is loaded
-from python_layers import digits_python_layers as dpl  # noqa: E402
+from caffeseg.python_layers import digits_python_layers as dpl  # noqa: E402
 
 
 class FakeBlob(object):

@@ -82,7 +82,7 @@ def test_pycaffe_image():
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1])
     assert json.loads(first(pairs, "VOLUME")[0]) == ["/data"]
     cmd = json.loads(first(pairs, "CMD")[-1])
-    assert cmd[:3] == ["python3", "-m", "jobs.worker"]
+    assert cmd[:3] == ["python3", "-m", "caffeseg.jobs.worker"]
     assert cmd[cmd.index("--backend") + 1] == "pycaffe"
     module = ROOT / "jobs" / "worker.py"
     assert module.exists(), "the pycaffe image runs jobs/worker.py"
@@ -117,7 +117,7 @@ def test_pycaffe_image_built_from_bvlc_source():
     assert json.loads(first(pairs, "VOLUME")[0]) == ["/data"]
     assert "real_caffe" in first(pairs, "HEALTHCHECK")[0]
     cmd = json.loads(first(pairs, "CMD")[-1])
-    assert cmd == ["python3", "-m", "jobs.worker", "--backend", "pycaffe", "--data", "/data"]
+    assert cmd == ["python3", "-m", "caffeseg.jobs.worker", "--backend", "pycaffe", "--data", "/data"]
     for copied in first(pairs, "COPY"):
         source = copied.split()[0]
         assert (ROOT / source).exists(), f"Dockerfile.pycaffe-bvlc copies {source}, which is missing"
@@ -127,9 +127,44 @@ def test_pycaffe_image_built_from_bvlc_source():
 
 
 def test_build_script_and_locator_pin_the_same_commit():
-    from jobs import real_caffe
+    from caffeseg.jobs import real_caffe
     script = (DOCKER / "build_caffe.sh").read_text()
     assert f"CAFFE_COMMIT={real_caffe.CAFFE_COMMIT}" in script
     assert f"STAMP_NAME={real_caffe.STAMP_NAME}" in script
     result = subprocess.run(["bash", "-n", str(DOCKER / "build_caffe.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _lay_out_copies(dockerfile: Path, into: Path) -> None:
+    """Copy what ``dockerfile``'s COPY lines copy into ``into``, as its WORKDIR."""
+    for copied in first(instructions(dockerfile), "COPY"):
+        source, dest = copied.split()
+        target = into / dest
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.pycaffe", "Dockerfile.pycaffe-bvlc"])
+def test_the_pycaffe_images_layout_starts_the_worker(tmp_path, name):
+    """The files the pycaffe image copies, laid out as it lays them out, are enough for its CMD
+    to import the worker: ``python3 -m caffeseg.jobs.worker`` from the WORKDIR, without site
+    packages (-S: nothing of this venv, so a COPY that is missing cannot be made up for)."""
+    _lay_out_copies(DOCKER / name, tmp_path)
+    assert not (tmp_path / "pyproject.toml").exists()  # the image has the installed layout
+    cmd = json.loads(first(instructions(DOCKER / name), "CMD")[-1])
+    assert cmd[:3] == ["python3", "-m", "caffeseg.jobs.worker"]
+    out = subprocess.run([__import__("sys").executable, "-S", "-m", "caffeseg.jobs.worker", "--help"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "--backend" in out.stdout
+    found = subprocess.run([__import__("sys").executable, "-S", "-c",
+                            "from caffeseg.jobs import resources as r; "
+                            "print(r.networks_dir()); print(r.python_layer_file('digits_python_layers'))"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert found.returncode == 0, found.stderr
+    networks, dice = found.stdout.split()
+    assert networks == str(tmp_path / "caffeseg" / "prototxt")
+    assert dice == str(tmp_path / "caffeseg" / "python_layers" / "digits_python_layers.py")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.layer_types.python import LayerBlob, PythonLayer, PythonLayerError
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_net, read_net
+from caffeseg.engine.layer_types.python import LayerBlob, PythonLayer, PythonLayerError
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_net, read_net
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "layers", "python_layer")
 
@@ -145,7 +145,7 @@ def test_layer_blob_legacy_accessors():
 
 
 def test_golden_python_layer_through_the_engine_net(monkeypatch):
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     monkeypatch.chdir(GOLDEN)  # the module sits beside the prototxt; the cwd is searched
     io = np.load("io.npz")
     net = Net("net.prototxt", caffe_pb2.TRAIN)
@@ -158,7 +158,7 @@ def test_golden_python_layer_through_the_engine_net(monkeypatch):
 
 
 def test_python_loss_layer_weighs_zero_unless_loss_weight_is_given(tmp_path, monkeypatch):
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     _write_module(tmp_path, "user_layer_loss", """
         import caffe
 
@@ -190,7 +190,7 @@ def test_python_loss_layer_weighs_zero_unless_loss_weight_is_given(tmp_path, mon
 
 
 def test_python_layer_blobs_become_learnable_net_params(tmp_path, monkeypatch):
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     _write_module(tmp_path, "user_layer_scale", """
         import caffe
 
@@ -231,7 +231,7 @@ def test_python_layer_blobs_become_learnable_net_params(tmp_path, monkeypatch):
 
 def test_python_data_layer_without_bottoms_and_changing_shapes(tmp_path, monkeypatch):
     """FCN's voc_layers style: no bottoms, the next image is loaded in reshape, sizes vary."""
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     _write_module(tmp_path, "user_layer_source", """
         import numpy as np
         import caffe
@@ -362,7 +362,7 @@ def _job_net(folder, module="user_layer_scaling", factor=2):
 
 
 def _run(prototxt):
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     net = Net(prototxt, caffe_pb2.TEST)
     net.blobs["x"].data[...] = [[1.0, 2.0]]
     net.forward()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from jobs import evaluate as ev
+from caffeseg.jobs import evaluate as ev
 from tests.clinical_fixtures import OracleModel, make_dataset, make_release
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import caffe_shim
+from caffeseg.engine import caffe_shim
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "third_party" / "fcn"

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from engine import rng
-from engine.fillers import FillerError, fill
-from engine.proto import caffe_pb2
+from caffeseg.engine import rng
+from caffeseg.engine.fillers import FillerError, fill
+from caffeseg.engine.proto import caffe_pb2
 
 
 def filler(**fields):

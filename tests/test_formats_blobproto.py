@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from engine.blobproto import (BlobShapeError, array_to_blobproto, blobproto_to_array,
+from caffeseg.engine.blobproto import (BlobShapeError, array_to_blobproto, blobproto_to_array,
                               read_binaryproto, shape_equals, write_binaryproto)
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 LMDB_CASE = os.path.join(os.path.dirname(__file__), "golden", "data", "lmdb_transform")
 
@@ -122,7 +122,7 @@ def test_bad_binaryproto(tmp_path):
 def test_a_0_axis_blob_is_written_without_shape_as_caffe_does():
     # Caffe's Blob::ToProto clears the shape and adds no dim for a 0-axis blob (PReLU channel_shared)
     import numpy as np
-    from engine.blobproto import array_to_blobproto, blobproto_to_array, stored_shape
+    from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array, stored_shape
     bp = array_to_blobproto(np.float32(0.25))
     assert not bp.HasField("shape") and list(bp.data) == [0.25]
     assert stored_shape(bp) == () and blobproto_to_array(bp).shape == ()

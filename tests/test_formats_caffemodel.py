@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from engine.blobproto import array_to_blobproto, blobproto_to_array, stored_shape
-from engine.caffemodel import (CaffemodelError, layer_arrays, parse_caffemodel,
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array, stored_shape
+from caffeseg.engine.caffemodel import (CaffemodelError, layer_arrays, parse_caffemodel,
                                read_caffemodel, read_solverstate, write_caffemodel,
                                write_solverstate)
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 LAYER_AND_NET_MODELS = sorted(glob.glob(os.path.join(GOLDEN, "layers", "*", "weights.caffemodel"))

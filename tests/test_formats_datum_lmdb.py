@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from engine.datum import DatumError, array_to_datum, datum_to_array, parse_datum
-from engine.lmdb_io import LmdbError, LmdbReader, LmdbWriter
-from engine.proto import caffe_pb2
+from caffeseg.engine.datum import DatumError, array_to_datum, datum_to_array, parse_datum
+from caffeseg.engine.lmdb_io import LmdbError, LmdbReader, LmdbWriter
+from caffeseg.engine.proto import caffe_pb2
 
 LMDB_CASE = os.path.join(os.path.dirname(__file__), "golden", "data", "lmdb_transform")
 

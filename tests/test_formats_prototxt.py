@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from engine.prototxt import (PrototxtError, format_message, parse_net, parse_solver, read_net,
+from caffeseg.engine.prototxt import (PrototxtError, format_message, parse_net, parse_solver, read_net,
                              read_solver)
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 PROTOTXTS = sorted(glob.glob(os.path.join(GOLDEN, "**", "*.prototxt"), recursive=True))

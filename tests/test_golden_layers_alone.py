@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import engine.layer_types  # noqa: F401  (registers the layers)
+from caffeseg.engine import layer_types  # noqa: F401  (registers the layers)
 from conftest import assert_close_to_caffe
-from engine.layer_types.base import layer_class
-from engine.prototxt import read_net
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types.base import layer_class
+from caffeseg.engine.prototxt import read_net
+from caffeseg.engine.proto import caffe_pb2
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "layers")
 NET_LEVEL = {"split_implicit", "inplace_chain", "shared_params", "python_layer"}

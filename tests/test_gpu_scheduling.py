@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from jobs import gpus as gpu_policy
-from jobs import hardware
-from jobs import scheduler as sched
-from jobs import store as st
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs import gpus as gpu_policy
+from caffeseg.jobs import hardware
+from caffeseg.jobs import scheduler as sched
+from caffeseg.jobs import store as st
+from caffeseg.jobs.service import JobService, ServiceError
 
 R = gpu_policy.GpuRequest
 
@@ -218,7 +218,7 @@ def test_process_usage_counts_child_processes_and_is_none_when_gone():
 
 
 def test_an_epoch_of_a_two_gpu_job_has_half_the_iterations():
-    from jobs import derive
+    from caffeseg.jobs import derive
     one = derive.derive_solver(100, 10, 5, 5, {"epochs": 2})
     two = derive.derive_solver(100, 10, 5, 5, {"epochs": 2, "gpu_count": 2})
     given = derive.derive_solver(100, 10, 5, 5, {"epochs": 2, "gpus": "0,1,2,3"})

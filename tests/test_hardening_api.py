@@ -11,7 +11,7 @@ import pytest
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
-from web import create_app
+from caffeseg.web import create_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "WEB.md"
 

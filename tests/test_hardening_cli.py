@@ -10,8 +10,8 @@ import os
 import pytest
 
 from caffeseg import cli
-from jobs.model_options import ModelOptionError, check_against_dataset, check_model_options
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs.model_options import ModelOptionError, check_against_dataset, check_model_options
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 
 

@@ -13,11 +13,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from jobs import infer
-from jobs.dataset import build_dataset
-from plugin.base import EntryError
-from plugin.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, check_image_file, read_image
-from plugin.sunnybrook import SunnybrookPlugin, contours, dicom
+from caffeseg.jobs import infer
+from caffeseg.jobs.dataset import build_dataset
+from caffeseg.plugin.base import EntryError
+from caffeseg.plugin.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, check_image_file, read_image
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, contours, dicom
 
 
 def _png_bomb(path, side):
@@ -175,7 +175,7 @@ def test_a_real_contour_keeps_its_area():
 
 def test_the_dataset_page_says_which_records_were_skipped_and_why(tmp_path, phantom_release):
     """Item 12: the skip is said on the page too, not only in the log."""
-    from web import create_app
+    from caffeseg.web import create_app
     plugin, values, entries = _sunnybrook(phantom_release)
     line = entries[0]["icontour"]
     with open(line, "w") as fh:

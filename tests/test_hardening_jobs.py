@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from jobs import runner as runner_mod
-from jobs import store as st
-from jobs.scheduler import IMPORT_ROOT, Scheduler
-from jobs.service import JobService
+from caffeseg.jobs import runner as runner_mod
+from caffeseg.jobs import store as st
+from caffeseg.jobs.scheduler import IMPORT_ROOT, Scheduler
+from caffeseg.jobs.service import JobService
 from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, install_fake_caffe, make_dataset_dir
 
 
@@ -157,7 +157,7 @@ def test_a_locked_database_is_a_message_not_a_500(tmp_path, monkeypatch):
     """Pages that write (ingesting a running job's metrics) while another process holds the
     database's write lock answer 503 with a message, not 500."""
     monkeypatch.setenv("CAFFESEG_DB_BUSY_TIMEOUT", "0.2")
-    from web import create_app
+    from caffeseg.web import create_app
     app = create_app({"DATA_DIR": str(tmp_path), "START_WORKER": False, "WTF_CSRF_ENABLED": False})
     client = app.test_client()
     store = app.extensions["caffeseg_backend"].service.store

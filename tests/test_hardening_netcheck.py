@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from jobs import netcheck
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs import netcheck
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from web.backend import BadRequest
-from web.netinspect import MAX_PREVIEW_BYTES, MAX_PREVIEW_LAYERS, inspect
+from caffeseg.web.backend import BadRequest
+from caffeseg.web.netinspect import MAX_PREVIEW_BYTES, MAX_PREVIEW_LAYERS, inspect
 
 NET_WITH_PYTHON = """name: "n"
 layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 1 dim: 8 dim: 8 }} }} }}
@@ -111,7 +111,7 @@ def test_a_network_that_would_allocate_gigabytes_is_refused_before_building():
 
 
 def test_the_standard_networks_fit_the_preview():
-    from engine import prototxt as _  # noqa: F401
+    from caffeseg.engine import prototxt as _  # noqa: F401
     folder = Path(__file__).resolve().parent.parent / "prototxt"
     for path in sorted(folder.glob("*.prototxt")):
         result = inspect(path.read_text(), [1, 256, 256])
@@ -131,8 +131,8 @@ def test_layers_that_read_files_are_not_built_by_the_preview(tmp_path):
 def test_the_server_never_imports_python_layers_from_its_working_directory(tmp_path, monkeypatch):
     # pycaffe's lookup includes the working directory; the web process turns that off, so a
     # module someone left in the server's folder cannot run when a job's net is built there
-    from engine.layer_types import python as python_layers
-    from web import create_app
+    from caffeseg.engine.layer_types import python as python_layers
+    from caffeseg.web import create_app
     monkeypatch.setattr(python_layers, "SEARCH_WORKING_DIRECTORY", True)
     marker = tmp_path / "ran.txt"
     (tmp_path / "planted_layer.py").write_text("open(%r, 'w').write('ran')\n" % str(marker))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jobs.service import JobService
+from caffeseg.jobs.service import JobService
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 
 HDF5_LAYER = ('layer { name: "extra" type: "HDF5Data" top: "extra" include { stage: "train" } '
@@ -49,7 +49,7 @@ def test_a_symlink_out_of_the_dataset_is_followed_and_refused(svc, tmp_path):
 
 def test_files_of_the_dataset_are_allowed(svc):
     mean = os.path.join(svc.dataset["dir"], "mean.binaryproto")
-    from engine.blobproto import write_binaryproto
+    from caffeseg.engine.blobproto import write_binaryproto
     import numpy as np
     write_binaryproto(mean, np.zeros((1, 1, 8, 8), np.float32))
     [job] = _create(svc, _with_mean_file(mean))
@@ -69,7 +69,7 @@ def test_a_list_file_naming_files_outside_is_refused(svc):
 def test_configured_data_roots_are_allowed(svc, tmp_path, monkeypatch):
     shared = tmp_path / "shared"
     shared.mkdir()
-    from engine.blobproto import write_binaryproto
+    from caffeseg.engine.blobproto import write_binaryproto
     import numpy as np
     write_binaryproto(str(shared / "mean.binaryproto"), np.zeros((1, 1, 8, 8), np.float32))
     with pytest.raises(ValueError, match="outside"):

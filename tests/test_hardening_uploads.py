@@ -11,8 +11,8 @@ import numpy as np
 
 from test_web_fakes import FakeBackend
 from test_web_upload_and_results import _png, _site
-from web.backend import BadRequest
-from web.inference_store import STALE_UPLOAD_SECONDS, prune_uploads
+from caffeseg.web.backend import BadRequest
+from caffeseg.web.inference_store import STALE_UPLOAD_SECONDS, prune_uploads
 
 
 def _uploads(fake, model):

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
-from web import create_app
-from web.safety import host_allowed, trusted_hosts
+from caffeseg.web import create_app
+from caffeseg.web.safety import host_allowed, trusted_hosts
 
 
 def _app(tmp_path, **extra):
@@ -103,7 +103,7 @@ def test_flask_debug_in_the_environment_does_not_enable_the_debugger(tmp_path, m
 
 
 def test_dev_server_refuses_a_non_loopback_address(tmp_path):
-    from web.server import serve
+    from caffeseg.web.server import serve
     with pytest.raises(ValueError, match="loopback"):
         serve({"DATA_DIR": str(tmp_path), "BACKEND": FakeBackend(tmp_path), "HOST": "0.0.0.0"}, dev=True)
 
@@ -111,9 +111,9 @@ def test_dev_server_refuses_a_non_loopback_address(tmp_path):
 def test_waitress_holds_no_thread_for_idle_connections_and_closes_them(tmp_path, monkeypatch):
     """50 clients that connect and send nothing (or half a request) tie up no application thread;
     a real request is still answered, and waitress drops the idle ones after its timeout."""
-    from web import server as server_module
+    from caffeseg.web import server as server_module
     monkeypatch.setattr(server_module, "CHANNEL_TIMEOUT_S", 2)
-    from web import config as config_module
+    from caffeseg.web import config as config_module
     settings = config_module.resolve({"DATA_DIR": str(tmp_path), "BACKEND": FakeBackend(tmp_path / "jobs"),
                                       "PLUGINS": [sunnybrook_plugin()], "HOST": "127.0.0.1", "PORT": 0,
                                       "START_WORKER": False})
@@ -151,7 +151,7 @@ def test_waitress_holds_no_thread_for_idle_connections_and_closes_them(tmp_path,
 
 
 def test_server_options_bound_requests():
-    from web.server import server_options
+    from caffeseg.web.server import server_options
     options = server_options({"HOST": "127.0.0.1", "PORT": 5000, "MAX_CONTENT_LENGTH": 64 << 20,
                               "MAX_PRETRAINED_UPLOAD": 1 << 30})
     assert options["host"] == "127.0.0.1"
@@ -162,7 +162,7 @@ def test_server_options_bound_requests():
 def test_caffeseg_serve_runs_waitress_and_the_debugger_only_with_dev(tmp_path, monkeypatch):
     """`caffeseg serve` (what `make serve` runs) goes through web.server.serve: waitress unless --dev."""
     from caffeseg import cli
-    from web import server as server_module
+    from caffeseg.web import server as server_module
     calls = []
     monkeypatch.setattr(server_module, "serve", lambda config, dev=False: calls.append((config, dev)))
     monkeypatch.setattr(cli, "sample_folder", lambda args, cases=None: str(tmp_path / "sample"))

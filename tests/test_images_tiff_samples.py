@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from plugin.images import ImageTooLarge, check_image_file, read_image
+from caffeseg.plugin.images import ImageTooLarge, check_image_file, read_image
 
 
 def test_a_tiff_with_thousands_of_samples_per_pixel_is_refused_from_its_header(tmp_path, monkeypatch):

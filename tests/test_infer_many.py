@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs import infer as inf
-from jobs import infer_many as im
-from jobs import visualize
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs import infer as inf
+from caffeseg.jobs import infer_many as im
+from caffeseg.jobs import visualize
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.jobs_fixtures import TINY_NET
 from tests.test_jobs_eval_infer_export import FakeCaffe, job  # noqa: F401 (the fixture)
 
@@ -70,7 +70,7 @@ def test_a_server_folder_inside_the_roots(model, tmp_path):
     assert [t["lv_area_px"] for t in table] == ["2", "4", "6"] and float(table[2]["fraction_lv"]) == 6 / 64.0
     assert [r["id"] for r in svc.test_many_list(m["id"])] == [done["id"]]
     # the web's results grid: a coloured thumbnail of each class map
-    from web import create_app
+    from caffeseg.web import create_app
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "JOBS_DIR": svc.root, "WTF_CSRF_ENABLED": False,
                       "START_WORKER": False})
     client = app.test_client()

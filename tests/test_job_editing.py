@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from jobs import job_details
-from jobs import store as st
-from jobs.service import NotOwner, ServiceError
+from caffeseg.jobs import job_details
+from caffeseg.jobs import store as st
+from caffeseg.jobs.service import NotOwner, ServiceError
 from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 
 

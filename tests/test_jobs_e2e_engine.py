@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from engine.datum import array_to_datum
-from engine.lmdb_io import LmdbWriter
-from jobs import export as ex
-from jobs import infer as inf
-from jobs import store as st
-from jobs.service import JobService
+from caffeseg.engine.datum import array_to_datum
+from caffeseg.engine.lmdb_io import LmdbWriter
+from caffeseg.jobs import export as ex
+from caffeseg.jobs import infer as inf
+from caffeseg.jobs import store as st
+from caffeseg.jobs.service import JobService
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 from tests.test_jobs_eval_infer_export import write_dicom
 

@@ -8,13 +8,13 @@ import tarfile
 import numpy as np
 import pytest
 
-from engine.datum import array_to_datum
-from engine.lmdb_io import LmdbWriter
-from jobs import evaluate as ev
-from jobs import export as ex
-from jobs import infer as inf
-from jobs.derive import DatasetFacts, derive_networks, derive_solver
-from engine.prototxt import format_message, parse_net
+from caffeseg.engine.datum import array_to_datum
+from caffeseg.engine.lmdb_io import LmdbWriter
+from caffeseg.jobs import evaluate as ev
+from caffeseg.jobs import export as ex
+from caffeseg.jobs import infer as inf
+from caffeseg.jobs.derive import DatasetFacts, derive_networks, derive_solver
+from caffeseg.engine.prototxt import format_message, parse_net
 from tests.jobs_fixtures import TINY_NET, make_dataset_dir
 
 
@@ -123,7 +123,7 @@ def test_infer_record_and_dicom_and_contour(job, tmp_path):
     assert "data" in r["activations"] and r["activations"]["data"]["histogram"]
     contour = inf.lv_contours(r["class_map"])
     assert len(contour) == 1 and (2.5, 2.5) in contour[0]  # pixel (2, 2) of the outline, at its centre
-    from jobs.clinical import mask_contour
+    from caffeseg.jobs.clinical import mask_contour
     assert sorted(contour[0]) == sorted(map(tuple, mask_contour(r["class_map"] == 1).tolist()))
     assert inf.sunnybrook_contour_text([(2, 3)]) == "2.00 3.00\n"
     with pytest.raises(inf.InferError, match="no record"):
@@ -166,7 +166,7 @@ def test_export_archive_round_trip(job, tmp_path):
 
 
 def test_service_evaluate_infer_export_with_fake_net(job, tmp_path, monkeypatch):
-    from jobs.service import JobService, ServiceError
+    from caffeseg.jobs.service import JobService, ServiceError
     _, ds = job
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
     svc = JobService(str(tmp_path / "jobs"))
@@ -214,10 +214,10 @@ def test_web_upload_of_another_size_is_resized_to_the_dataset_size(job, tmp_path
     the result page says so, and an image of the dataset's size is used as it is."""
     import io
     import cv2
-    from engine.blobproto import write_binaryproto
-    from jobs.service import JobService
-    from web import create_app
-    from web.service_backend import ServiceBackend
+    from caffeseg.engine.blobproto import write_binaryproto
+    from caffeseg.jobs.service import JobService
+    from caffeseg.web import create_app
+    from caffeseg.web.service_backend import ServiceBackend
     _, ds = job
     write_binaryproto(os.path.join(ds, "mean.binaryproto"), np.full((1, 1, 8, 8), 10.0, np.float32))
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jobs import runner
+from caffeseg.jobs import runner
 from tests.jobs_fixtures import install_fake_caffe
 
 PY39 = "/root/.pyenv/versions/3.9.18/bin/python3.9"

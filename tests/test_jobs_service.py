@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from jobs import store as st
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs import store as st
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 
 
@@ -178,7 +178,7 @@ def test_worker_runs_queued_jobs_and_fails_models_of_errored_datasets(svc, datas
 
 
 def test_abort_kills_a_runner_stuck_in_a_long_iteration(svc, dataset, monkeypatch):
-    from jobs import scheduler
+    from caffeseg.jobs import scheduler
     monkeypatch.setattr(scheduler, "ABORT_GRACE_SECONDS", 0.5)
     monkeypatch.setenv("FAKE_STEP_SECONDS", "20")
     [job] = model(svc, dataset)
@@ -285,7 +285,7 @@ def test_a_failing_build_records_its_message_and_log(svc, tmp_path):
 
 
 def test_abort_stops_a_running_build_and_resume_builds_it_again(svc, phantom_release, monkeypatch):
-    from plugin.sunnybrook import SunnybrookPlugin
+    from caffeseg.plugin.sunnybrook import SunnybrookPlugin
     encode = SunnybrookPlugin.encode
     gate = threading.Event()
 
@@ -331,7 +331,7 @@ def _run_worker_build(svc, job_id):
 
 
 def test_an_abort_after_the_files_are_in_place_leaves_the_dataset_done(svc, phantom_release, monkeypatch):
-    from jobs import dataset as builder
+    from caffeseg.jobs import dataset as builder
     write = builder._write_atomic
 
     def status_then_abort(path, text):  # the user clicks Abort just as the build completes
@@ -346,7 +346,7 @@ def test_an_abort_after_the_files_are_in_place_leaves_the_dataset_done(svc, phan
 
 
 def test_an_abort_before_the_move_keeps_the_log_and_completes(svc, phantom_release, monkeypatch):
-    from jobs import dataset as builder
+    from caffeseg.jobs import dataset as builder
     move = builder._move_into_place
 
     def abort_then_move(tmp, out_dir, *args, **kw):  # the flag lands after the last record
@@ -404,7 +404,7 @@ def test_abort_of_a_waiting_dataset_does_not_undo_a_workers_claim(svc, monkeypat
 
 
 def test_a_claimed_build_has_its_pid_from_the_claim_on(svc, monkeypatch):
-    from jobs.scheduler import pid_alive
+    from caffeseg.jobs.scheduler import pid_alive
     job = svc._new_job("dataset", "claimed", options={"plugin": "sunnybrook"})
     svc.store.set_status(job["id"], st.WAITING)
     claim, update, pids, in_claim = svc.store.claim, svc.store.update, [], []
@@ -434,7 +434,7 @@ def test_a_claimed_build_has_its_pid_from_the_claim_on(svc, monkeypatch):
 
 
 def test_an_abort_racing_the_end_of_a_build_leaves_no_flag(svc, monkeypatch):
-    from jobs import scheduler as scheduler_mod
+    from caffeseg.jobs import scheduler as scheduler_mod
     job = svc._new_job("dataset", "finishing", options={"plugin": "sunnybrook"})
     svc.store.claim(job["id"], st.INITIALIZED, st.RUNNING, "worker", pid=os.getpid())
     write = scheduler_mod._write_abort_flag

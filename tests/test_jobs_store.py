@@ -3,8 +3,8 @@ import sqlite3
 
 import pytest
 
-from jobs import store as st
-from jobs.paths import JobPathError, atomic_write, check_job_id, inside, new_job_id
+from caffeseg.jobs import store as st
+from caffeseg.jobs.paths import JobPathError, atomic_write, check_job_id, inside, new_job_id
 
 
 def test_jobs_history_metrics_and_claims(tmp_path):

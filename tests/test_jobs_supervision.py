@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from jobs import store as st
-from jobs.scheduler import Scheduler, patiently, read_runner_status
-from jobs.service import JobService, ServiceError
+from caffeseg.jobs import store as st
+from caffeseg.jobs.scheduler import Scheduler, patiently, read_runner_status
+from caffeseg.jobs.service import JobService, ServiceError
 from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
 
 

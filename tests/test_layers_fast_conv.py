@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.layer_types import fast_conv
+from caffeseg.engine.layer_types import fast_conv
 
 
 @pytest.mark.parametrize("n,stride,pad,dilation", [(1, (1, 1), (0, 0), (1, 1)), (2, (2, 1), (1, 2), (1, 2))])

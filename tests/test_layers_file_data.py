@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import engine
+from caffeseg import engine
 from conftest import GOLDEN_DIR, assert_close_to_caffe
-from engine import rng
-from engine.layer_types.base import LayerError
-from engine.layer_types.hdf5_data import HDF5DataLayer, HDF5OutputLayer
-from engine.layer_types.image_data import ImageDataLayer, WindowDataLayer
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_net
+from caffeseg.engine import rng
+from caffeseg.engine.layer_types.base import LayerError
+from caffeseg.engine.layer_types.hdf5_data import HDF5DataLayer, HDF5OutputLayer
+from caffeseg.engine.layer_types.image_data import ImageDataLayer, WindowDataLayer
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_net
 
 DATA_CASES = os.path.join(GOLDEN_DIR, "data")
 

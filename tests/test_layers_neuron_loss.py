@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-import engine
-from engine.blobproto import write_binaryproto
-from engine.layer_types.base import LayerError
-from engine.net import NetError
-from engine.prototxt import parse_net
+from caffeseg import engine
+from caffeseg.engine.blobproto import write_binaryproto
+from caffeseg.engine.layer_types.base import LayerError
+from caffeseg.engine.net import NetError
+from caffeseg.engine.prototxt import parse_net
 
 
 def sigmoid(v):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from engine.layer_types.base import LayerError
-from engine.layer_types.recurrent import LSTMLayer, LSTMUnitLayer, RNNLayer
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_net
+from caffeseg import engine
+from caffeseg.engine.layer_types.base import LayerError
+from caffeseg.engine.layer_types.recurrent import LSTMLayer, LSTMUnitLayer, RNNLayer
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_net
 
 
 def _build(cls, bottoms: str, tops: str, extra: str = "", num_output: int = 3, shapes=()):

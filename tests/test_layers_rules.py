@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-import engine.layer_types  # noqa: F401
-from engine import rng
-from engine.layer_types.base import LayerError, layer_class
-from engine.prototxt import parse_net
-from engine.proto import caffe_pb2
+from caffeseg.engine import layer_types  # noqa: F401
+from caffeseg.engine import rng
+from caffeseg.engine.layer_types.base import LayerError, layer_class
+from caffeseg.engine.prototxt import parse_net
+from caffeseg.engine.proto import caffe_pb2
 
 FLT_MAX = float(torch.finfo(torch.float32).max)  # Caffe's FLT_MAX
 

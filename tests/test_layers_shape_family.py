@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import engine
-from engine.layer_types.base import LayerError
-from engine.net import NetError
-from engine.prototxt import parse_net
+from caffeseg import engine
+from caffeseg.engine.layer_types.base import LayerError
+from caffeseg.engine.net import NetError
+from caffeseg.engine.prototxt import parse_net
 
 
 def net(text: str, phase=engine.TRAIN) -> engine.Net:

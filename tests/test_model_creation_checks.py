@@ -4,7 +4,7 @@ is queued, naming the layer and the shapes."""
 import numpy as np
 import pytest
 
-from jobs.service import ServiceError
+from caffeseg.jobs.service import ServiceError
 from tests.jobs_fixtures import TINY_NET
 from tests.test_jobs_service import dataset, svc  # noqa: F401  (fixtures)
 from tests.web_helpers import write_weights
@@ -57,7 +57,7 @@ def test_fitting_weights_pass_and_are_reported_matched(svc, dataset, tmp_path):
 def test_real_caffe_is_refused_a_16_bit_png_dataset_at_creation(tmp_path):
     # BVLC Caffe's Data layer decodes 8-bit images only (tests/test_real_caffe_data_and_layers.py
     # shows it stopping on such a dataset); the engine reads it, so only pycaffe jobs are refused
-    from jobs.service import JobService
+    from caffeseg.jobs.service import JobService
     from tests.jobs_fixtures import make_dataset_dir, write_dataset_json
     folder = make_dataset_dir(str(tmp_path / "png16"))
     write_dataset_json(folder, {"train": 10, "val": 4}, (1, 8, 8), dtype="uint16")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from engine.net import NetError, WeightsMismatchError
+from caffeseg import engine
+from caffeseg.engine.net import NetError, WeightsMismatchError
 
 CONV_NET = """
 name: "tiny"
@@ -142,7 +142,7 @@ def test_share_with_aliases_parameter_values(tmp_path):
 
 
 def test_module_names_and_proto_alias():
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     caffe = caffe_shim.install()
     import sys
     assert sys.modules["caffe.proto.caffe_pb2"].NetParameter is engine.proto.caffe_pb2.NetParameter
@@ -196,7 +196,7 @@ def test_gpu_net_host_writes_reach_the_device(tmp_path):
 
 
 def test_caffe_io_conversions_and_transformer(tmp_path):
-    from engine import io
+    from caffeseg.engine import io
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     np.testing.assert_array_equal(io.datum_to_array(io.array_to_datum(arr, label=3)), arr)
     values = np.random.RandomState(0).randn(2, 3, 4).astype(np.float32)
@@ -228,7 +228,7 @@ def test_net_errors_name_the_file(tmp_path):
 def test_backward_through_the_autograd_engine_equals_torch_autograd_grad(tmp_path, monkeypatch):
     """The net calls autograd's engine directly (skipping torch.autograd.grad's checks); the
     public function, used when a torch lacks that entry point, must give the same diffs."""
-    from engine import net as net_module
+    from caffeseg.engine import net as net_module
     text = CONV_NET.format(c=2, head="score").replace('name: "tiny"', 'name: "tiny" force_backward: true')
     (tmp_path / "fb.prototxt").write_text(text)
     rs = np.random.RandomState(4)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import engine
-from engine.net import NetError
-from engine.proto import caffe_pb2
+from caffeseg import engine
+from caffeseg.engine.net import NetError
+from caffeseg.engine.proto import caffe_pb2
 
 INPUT = 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
 LABEL = 'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }\n'
@@ -312,7 +312,7 @@ def test_net_from_a_netparameter_and_constructor_forms(tmp_path):
                 engine.Net(str(path), engine.TEST, weights=str(tmp_path / "w.caffemodel"))):
         assert (net.params["fc"][0].data == 7.0).all()
     param = caffe_pb2.NetParameter()
-    from engine.prototxt import read_net
+    from caffeseg.engine.prototxt import read_net
     param.CopyFrom(read_net(str(path)))
     assert engine.Net.from_param(param, engine.TRAIN).phase == engine.TRAIN
     with pytest.raises(TypeError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import coord_map, net_spec
+from caffeseg.engine import coord_map, net_spec
 
 L, P = net_spec.layers, net_spec.params
 

@@ -8,8 +8,8 @@ import os
 import pytest
 from google.protobuf import text_format
 
-from engine.proto import caffe_pb2
-from jobs.netcheck import NetworkPathError, check_file_paths
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.jobs.netcheck import NetworkPathError, check_file_paths
 
 
 def _net(text):
@@ -105,7 +105,7 @@ def test_a_window_path_that_only_caffes_stream_reading_sees_is_refused(dirs):
 
 
 def test_a_list_file_too_large_to_read_is_refused(dirs, monkeypatch):
-    from jobs import netcheck
+    from caffeseg.jobs import netcheck
     job, data = dirs
     listing = _write(data, "list.txt", "a.h5\n" * 100)
     monkeypatch.setattr(netcheck, "MAX_LIST_BYTES", 100)

@@ -9,10 +9,10 @@ import types
 
 import pytest
 
-from jobs import runner as runner_mod
-from jobs import scheduler as scheduler_mod
-from jobs import store as st
-from jobs.scheduler import IMPORT_ROOT, Scheduler
+from caffeseg.jobs import runner as runner_mod
+from caffeseg.jobs import scheduler as scheduler_mod
+from caffeseg.jobs import store as st
+from caffeseg.jobs.scheduler import IMPORT_ROOT, Scheduler
 from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 
 
@@ -120,7 +120,7 @@ def test_settings_read_back_what_the_training_uses(svc, tmp_path):
     assert rows["Backend"] == "pycaffe"
     epochs = rows["Epochs"]
     assert epochs.startswith("3 (") and "iterations" in epochs
-    from jobs.job_settings import training_settings
+    from caffeseg.jobs.job_settings import training_settings
     used = dict(training_settings(job["dir"], {"name": "engine", "version": "1.0", "device": "gpu:1", "torch": "2.13.0"}))
     assert used["Backend"] == "pycaffe; ran on engine 1.0 (torch 2.13.0)" and used["Device"] == "gpu:1"
     import json
@@ -153,7 +153,7 @@ def _ended_job(store, root, job_id, network, batch, iter_size, iterations, runni
 
 
 def test_epoch_cost_is_time_running_per_training_image_of_the_latest_ended_job(tmp_path):
-    from jobs import cost
+    from caffeseg.jobs import cost
     store = st.JobStore(str(tmp_path))
     # older fcn_alexnet job: 100 s for 10 images; newer one: ran 300 s + 100 s (resumed) for
     # 20 iterations × batch 2 × iter_size 5 = 200 images -> 2 s per image
@@ -171,7 +171,7 @@ def test_epoch_cost_is_time_running_per_training_image_of_the_latest_ended_job(t
 
 def test_the_estimate_is_measured_once_in_the_background_and_kept(tmp_path):
     import threading
-    from jobs import cost
+    from caffeseg.jobs import cost
     release, calls = threading.Event(), []
 
     def measure(network, dataset_dir):
@@ -198,19 +198,19 @@ def test_the_estimate_is_measured_once_in_the_background_and_kept(tmp_path):
 
 
 def test_a_training_step_is_measured_on_the_engine(tmp_path):
-    from jobs import cost
-    from jobs.model_job import network_text
+    from caffeseg.jobs import cost
+    from caffeseg.jobs.model_job import network_text
     folder = make_dataset_dir(str(tmp_path / "built"))
     per_image, batch = cost.measure_seconds_per_image("lab_cnn", folder)
     text, _ = network_text({"standard_network": "lab_cnn"})
-    from engine.prototxt import parse_net
-    from jobs import derive
+    from caffeseg.engine.prototxt import parse_net
+    from caffeseg.jobs import derive
     assert batch == derive.data_batch_size(parse_net(text), derive.TRAIN_STATE)
     assert 0 < per_image < 60
 
 
 def test_the_service_estimates_only_standard_networks_on_built_datasets(svc, tmp_path):
-    from jobs.service import ServiceError
+    from caffeseg.jobs.service import ServiceError
     dataset = svc.import_dataset(make_dataset_dir(str(tmp_path / "built")), "phantom")
     with pytest.raises(ServiceError, match="no standard network"):
         svc.cost_estimate("../../etc/passwd", dataset["id"])

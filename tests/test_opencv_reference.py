@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-import engine
+from caffeseg import engine
 from conftest import golden_case_names, load_golden
-from engine.prototxt import format_message, read_net
+from caffeseg.engine.prototxt import format_message, read_net
 
 if not hasattr(cv2.dnn, "readNetFromCaffe"):
     pytest.skip(f"OpenCV {cv2.__version__} has no Caffe importer (OpenCV 5 dropped it; the project "

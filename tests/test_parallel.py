@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
-import engine
-from engine.datum import array_to_datum
-from engine.lmdb_io import LmdbWriter
+from caffeseg import engine
+from caffeseg.engine.datum import array_to_datum
+from caffeseg.engine.lmdb_io import LmdbWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 12
@@ -61,7 +61,7 @@ SOLVER = textwrap.dedent("""
 WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, %(root)r)
-    import engine as caffe
+    from caffeseg import engine as caffe
     solver_path, out, world, rank, uid, iters = sys.argv[1:7]
     world, rank, iters = int(world), int(rank), int(iters)
     if world > 1:
@@ -193,7 +193,7 @@ def test_solver_of_another_rank_builds_no_test_net(tmp_path):
 
 
 def test_joining_without_a_count_or_an_address_is_refused(monkeypatch):
-    from engine import parallel
+    from caffeseg.engine import parallel
     import torch
     with pytest.raises(parallel.ParallelError, match="set_solver_count"):
         parallel.join(torch.device("cpu"), b"")
@@ -228,7 +228,7 @@ def metric_lines(job_dir):
 
 
 def final_weights(job_dir, iteration):
-    from engine.caffemodel import layer_arrays, read_caffemodel
+    from caffeseg.engine.caffemodel import layer_arrays, read_caffemodel
     return layer_arrays(read_caffemodel(os.path.join(job_dir, "snapshot_iter_%d.caffemodel" % iteration)))
 
 
@@ -295,7 +295,7 @@ def test_two_rank_job_aborts_together_and_resumes(tmp_path):
     time.sleep(0.5)
     assert peers_of(job_dir) == [], "a rank outlived the abort"
     # Shorten the job so the resumed run ends soon: 4 iterations past the newest solverstate.
-    from jobs.runner import latest_solverstate, snapshot_iteration
+    from caffeseg.jobs.runner import latest_solverstate, snapshot_iteration
     resume_at = snapshot_iteration(latest_solverstate(job_dir))
     solver_path = os.path.join(job_dir, "solver.prototxt")
     text = open(solver_path).read()
@@ -309,7 +309,7 @@ def test_two_rank_job_aborts_together_and_resumes(tmp_path):
 
 
 def test_pycaffe_backend_refuses_several_devices(tmp_path):
-    from jobs import ranks
+    from caffeseg.jobs import ranks
 
     class RealPycaffe:  # what the runner sees under real Caffe: not the engine
         __name__ = "caffe"
@@ -319,7 +319,7 @@ def test_pycaffe_backend_refuses_several_devices(tmp_path):
 
 
 def test_gpu_lists_are_checked():
-    from jobs import ranks
+    from caffeseg.jobs import ranks
     assert ranks.parse_gpus("0, 2") == [0, 2]
     with pytest.raises(ranks.RanksError, match="twice"):
         ranks.parse_gpus("1,1")

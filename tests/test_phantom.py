@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from plugin.sunnybrook import contours, layout, phantom
+from caffeseg.plugin.sunnybrook import contours, layout, phantom
 
 
 @pytest.fixture(scope="module")

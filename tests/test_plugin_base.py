@@ -2,9 +2,9 @@
 
 import pytest
 
-from plugin import base
-from plugin.base import DataPlugin, FormError, PluginError, discover_plugins, get_plugin
-from plugin.sunnybrook import SunnybrookPlugin
+from caffeseg.plugin import base
+from caffeseg.plugin.base import DataPlugin, FormError, PluginError, discover_plugins, get_plugin
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin
 
 
 def test_sunnybrook_is_discovered():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from plugin import base
+from caffeseg.plugin import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 
-from plugin.base import EntryError
-from plugin.sunnybrook import dicom
+from caffeseg.plugin.base import EntryError
+from caffeseg.plugin.sunnybrook import dicom
 
 
 def _testfile(name):

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.datum import bytes_to_array, parse_datum
-from engine.lmdb_io import LmdbReader
-from jobs import store as st
-from jobs.dataset import DatasetInfo
-from jobs.service import JobService, ServiceError
-from plugin.base import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, EntryError, FormError, PluginError
-from plugin.base import discover_plugins, get_plugin
-from plugin.image_segmentation import ImageSegmentationPlugin
-from plugin.image_segmentation.classes import generated_palette
+from caffeseg.engine.datum import bytes_to_array, parse_datum
+from caffeseg.engine.lmdb_io import LmdbReader
+from caffeseg.jobs import store as st
+from caffeseg.jobs.dataset import DatasetInfo
+from caffeseg.jobs.service import JobService, ServiceError
+from caffeseg.plugin.base import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, EntryError, FormError, PluginError
+from caffeseg.plugin.base import discover_plugins, get_plugin
+from caffeseg.plugin.image_segmentation import ImageSegmentationPlugin
+from caffeseg.plugin.image_segmentation.classes import generated_palette
 from tests.jobs_fixtures import TINY_NET
 
 H, W = 6, 8
@@ -95,7 +95,7 @@ def chw_of(i):
 def test_found_through_its_entry_point():
     [ep] = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
             if ep.name == "image_segmentation"]
-    assert ep.value == "plugin.image_segmentation:ImageSegmentationPlugin"
+    assert ep.value == "caffeseg.plugin.image_segmentation:ImageSegmentationPlugin"
     assert BUILTIN_PLUGINS["image_segmentation"] == ep.value  # the uninstalled checkout's fallback
     found = discover_plugins()
     assert isinstance(found.plugins["image_segmentation"], ImageSegmentationPlugin)
@@ -403,7 +403,7 @@ def test_one_epoch_of_a_tiny_model(tmp_path):
 # -- the web, unchanged, builds its form and the dataset --------------------------------------
 
 def test_the_web_form_builds_it_without_any_web_change(tmp_path):
-    from web import create_app
+    from caffeseg.web import create_app
     data = tmp_path / "data"
     feat, lab = write_pairs(str(data), names(4))
     app = create_app({"DATA_DIR": str(data), "DATA_ROOTS": [str(data)], "WTF_CSRF_ENABLED": False,
@@ -455,7 +455,7 @@ def test_worker_processes_build_the_same_dataset(tmp_path):
 
 def test_class_files_outside_the_data_roots_are_refused_by_form_and_api(tmp_path):
     # a `file` field is a server path: /etc/passwd must not become class names on the dataset page
-    from web import create_app
+    from caffeseg.web import create_app
     data = tmp_path / "data"
     feat, lab = write_pairs(str(data), names(4))
     outside = tmp_path / "secret.txt"

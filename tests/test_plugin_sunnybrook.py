@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from engine.datum import bytes_to_array
-from engine.lmdb_io import LmdbReader
-from jobs.dataset import DatasetError, build_dataset, load_dataset_info
-from plugin.base import FormError, PluginError
-from plugin.sunnybrook import SunnybrookPlugin, contours, layout, phantom
+from caffeseg.engine.datum import bytes_to_array
+from caffeseg.engine.lmdb_io import LmdbReader
+from caffeseg.jobs.dataset import DatasetError, build_dataset, load_dataset_info
+from caffeseg.plugin.base import FormError, PluginError
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, contours, layout, phantom
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def _check_label_is_polygon(label, pts):
 
 
 def test_mean_is_float_mean_of_training_features(release, tmp_path):
-    from engine.blobproto import read_binaryproto
+    from caffeseg.engine.blobproto import read_binaryproto
     out = str(tmp_path / "ds")
     build_dataset(SunnybrookPlugin(), _form(release), out)
     feats = np.stack([f.astype(np.float64) for _, f in _read(out, "train", "features")])

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from jobs.dataset import build_dataset
-from plugin.sunnybrook import SunnybrookPlugin, layout, phantom
+from caffeseg.jobs.dataset import build_dataset
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, layout, phantom
 
 
 def _image(slice_index, phase):

@@ -2,8 +2,8 @@
 the refusal names every way out, with the channel surgery of the direction that fits."""
 import numpy as np
 
-from engine.proto import caffe_pb2
-from jobs.model_job import check_pretrained
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.jobs.model_job import check_pretrained
 from tests.web_helpers import write_weights
 
 

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from jobs import pretrained
-from jobs.pretrained import KnownModel, PretrainedError
+from caffeseg.jobs import pretrained
+from caffeseg.jobs.pretrained import KnownModel, PretrainedError
 
 PAYLOAD = bytes(range(256)) * 1500 + b"tail"  # 384004 bytes, several 1 MiB-chunk-free reads
 
@@ -136,7 +136,7 @@ def test_unknown_name_and_http_error(server, tmp_path):
 def test_prepare_fetches_and_converts(server, tmp_path):
     """fetch + surgery in one call: a classifier served locally becomes FCN weights."""
     from test_surgery import ALEXNET, random_params, write_classifier
-    from engine.caffemodel import read_caffemodel
+    from caffeseg.engine.caffemodel import read_caffemodel
 
     write_classifier(tmp_path / "classifier.caffemodel", random_params(ALEXNET), legacy=True)
     server.payload = (tmp_path / "classifier.caffemodel").read_bytes()
@@ -156,7 +156,7 @@ def test_prepare_fetches_and_converts(server, tmp_path):
 
 def test_each_known_model_is_paired_with_its_network_and_the_steps_that_make_its_weights(tmp_path):
     import os
-    from jobs import resources
+    from caffeseg.jobs import resources
     assert {n: m.network for n, m in pretrained.KNOWN_MODELS.items()} == {
         "bvlc_alexnet": "fcn_alexnet", "fcn8s-heavy-pascal": "fcn_8s", "VGG16": "fcn_8s"}
     for model in pretrained.KNOWN_MODELS.values():
@@ -187,7 +187,7 @@ NET = 'name: "up"\nlayer { name: "data" type: "Input" top: "data" input_param { 
 def test_uploaded_models_are_checked_stored_listed_and_deleted(tmp_path):
     import numpy as np
     from web_helpers import write_weights
-    from jobs.pretrained import UploadError
+    from caffeseg.jobs.pretrained import UploadError
 
     def weights(name="conv"):
         path = tmp_path / ("w-%s.caffemodel" % name)
@@ -229,7 +229,7 @@ def test_cli_prepare_fetches_and_converts_in_one_command(server, tmp_path, monke
     import json
     from caffeseg import cli
     from test_surgery import ALEXNET, random_params, write_classifier
-    from engine.caffemodel import read_caffemodel
+    from caffeseg.engine.caffemodel import read_caffemodel
 
     write_classifier(tmp_path / "classifier.caffemodel", random_params(ALEXNET), legacy=False)
     server.payload = (tmp_path / "classifier.caffemodel").read_bytes()

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from jobs import pretrained, pretrained_prepare
-from jobs.pretrained import KnownModel
+from caffeseg.jobs import pretrained, pretrained_prepare
+from caffeseg.jobs.pretrained import KnownModel
 from test_pretrained_fetch import server  # noqa: F401  (the local HTTP server fixture)
 
 

@@ -11,10 +11,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from jobs import pretrained, pretrained_archive as pa
-from jobs import store as st
-from jobs.pretrained import UploadError
-from jobs.service import ServiceError
+from caffeseg.jobs import pretrained, pretrained_archive as pa
+from caffeseg.jobs import store as st
+from caffeseg.jobs.pretrained import UploadError
+from caffeseg.jobs.service import ServiceError
 from tests.jobs_fixtures import TINY_NET, fake_pycaffe_service, make_dataset_dir
 from tests.web_helpers import write_weights
 
@@ -207,7 +207,7 @@ def test_layer_table_streams_shapes_and_counts(tmp_path):
         {"name": "score", "type": "Convolution", "shapes": [[7, 4, 1, 1], [7]], "param_count": 28 + 7}]
     assert table["total"] == 112 + 35
     # a legacy V1 caffemodel (layers, blobs with num/channels/height/width): shapes from the legacy dims
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.proto import caffe_pb2
     net = caffe_pb2.NetParameter(name="old")
     old = net.layers.add(name="conv1", type=caffe_pb2.V1LayerParameter.CONVOLUTION)
     blob = old.blobs.add(num=2, channels=1, height=3, width=3)

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from engine.caffemodel import read_caffemodel
-from engine.proto import caffe_pb2
-from jobs import pretrained
+from caffeseg.engine.caffemodel import read_caffemodel
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.jobs import pretrained
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = sorted(glob.glob(os.path.join(HERE, "golden", "nets", "*", "weights*.caffemodel")))
@@ -100,8 +100,8 @@ class Storage:
 
 
 def test_upload_is_written_straight_into_its_store_folder(tmp_path):
-    from web import pretrained_store
-    from web.backend import BadRequest
+    from caffeseg.web import pretrained_store
+    from caffeseg.web.backend import BadRequest
     from web_helpers import write_weights
     src = tmp_path / "w.caffemodel"
     write_weights(src, {"conv": [np.ones((2, 1, 3, 3), np.float32)]})

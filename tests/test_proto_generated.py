@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import read_caffemodel, read_solverstate
-from engine.datum import array_to_datum
-from engine.lmdb_io import LmdbReader
-from engine.proto import caffe_pb2
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import read_caffemodel, read_solverstate
+from caffeseg.engine.datum import array_to_datum
+from caffeseg.engine.lmdb_io import LmdbReader
+from caffeseg.engine.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTO_DIR = os.path.join(ROOT, "engine", "proto")

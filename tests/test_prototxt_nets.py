@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-import engine
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import write_caffemodel
-from engine.prototxt import format_message, read_net
-from engine.proto import caffe_pb2
+from caffeseg import engine
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import write_caffemodel
+from caffeseg.engine.prototxt import format_message, read_net
+from caffeseg.engine.proto import caffe_pb2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOTXT_DIR = os.path.join(ROOT, "prototxt")
@@ -269,7 +269,7 @@ def test_the_lab_fcn_alexnet_is_fcn_alexnet_with_the_labs_zero_fillers():
 
 
 def test_the_lab_fcn_alexnet_starts_at_zero_in_the_engine(tmp_path):
-    import engine
+    from caffeseg import engine
     deploy = derive("fcn_alexnet_lab", "deploy", [1, 1, 64, 64])
     path = tmp_path / "deploy.prototxt"
     path.write_text(format_message(deploy))
@@ -475,7 +475,7 @@ def test_fcn_alexnet_reproduces_the_golden_caffe_scores(case, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_jobs_derivation_gives_working_deploy_nets(name, tmp_path):
     """The job runner's own DIGITS derivation (jobs.derive) accepts every file; its deploy net runs."""
-    from jobs.derive import DatasetFacts, derive_networks
+    from caffeseg.jobs.derive import DatasetFacts, derive_networks
     from tests.jobs_fixtures import make_dataset_dir
     size = (256, 256) if name == "lab_fc" else (67, 61)
     facts = DatasetFacts.load(make_dataset_dir(str(tmp_path), shape=(1,) + size))

@@ -1,5 +1,5 @@
 """python_layers must run under Python 3.9 with numpy only (users drop it next to real pycaffe),
-and so must the job worker of the pycaffe image (``python3 -m jobs.worker`` and what it imports).
+and so must the job worker of the pycaffe image (``python3 -m caffeseg.jobs.worker`` and what it imports).
 
 Two checks: vermin's static minimum-version analysis, and a real import + Dice forward under a
 Python 3.9 interpreter with a stub `caffe` module. The 3.9 venv is cached in the temp dir.
@@ -18,7 +18,7 @@ VENV_DIR = os.path.join(tempfile.gettempdir(), "caffeseg-py39-numpy-venv")
 
 
 def _worker_modules():
-    """The in-repo modules ``python3 -m jobs.worker`` imports (the pycaffe image runs it under
+    """The in-repo modules ``python3 -m caffeseg.jobs.worker`` imports (the pycaffe image runs it under
     Python 3.9), followed statically from jobs/worker.py; the engine is not in that image (the
     runner imports it only for the engine backend)."""
     todo, seen = [os.path.join("jobs", "worker.py")], set()
@@ -36,14 +36,18 @@ def _worker_modules():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module] + ["%s.%s" % (node.module, a.name) for a in node.names]
             for name in names:
-                module = os.path.join(*name.split(".")) + ".py"
-                if name.split(".")[0] == "jobs" and os.path.isfile(os.path.join(ROOT, module)):
+                parts = name.split(".")
+                if parts[:2] != ["caffeseg", "jobs"]:
+                    continue
+                module = os.path.join(*parts[1:]) + ".py"  # caffeseg.jobs.x is jobs/x.py
+                if os.path.isfile(os.path.join(ROOT, module)):
                     todo.append(module)
     return sorted(seen)
 
 
 def _vermin_targets():
-    return [os.path.join(ROOT, "python_layers")] + [os.path.join(ROOT, m) for m in _worker_modules()]
+    return [os.path.join(ROOT, "python_layers"), os.path.join(ROOT, "caffeseg", "__init__.py")] + \
+        [os.path.join(ROOT, m) for m in _worker_modules()]
 
 
 def test_the_worker_closure_is_followed():
@@ -119,3 +123,14 @@ def test_python_layers_run_under_python_3_9(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "Dice 0.5"  # |P|=2, |L|=2, |P∩L|=1
     assert lines[-1] == "(3, 9)"
+
+
+def test_the_worker_starts_under_python_3_9():
+    """``python3 -m caffeseg.jobs.worker`` imports under 3.9 with the standard library only (-S:
+    no site-packages), from a checkout's root as the image starts it from its WORKDIR."""
+    if not os.path.exists(PY39):
+        pytest.skip("Python 3.9 interpreter not found at %s" % PY39)
+    result = subprocess.run([PY39, "-S", "-m", "caffeseg.jobs.worker", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--backend" in result.stdout

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine
-from engine import caffe_shim
-from engine.net import WeightsMismatchError
+from caffeseg import engine
+from caffeseg.engine import caffe_shim
+from caffeseg.engine.net import WeightsMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 caffe = caffe_shim.install()
@@ -42,11 +42,11 @@ def _run_script(tmp_path, code, pythonpath=()):
 def test_plain_script_import_caffe_gets_the_engine_and_its_submodules(tmp_path):
     out = _run_script(tmp_path, """
         import caffe
-        import engine
+        from caffeseg import engine
         import caffe.io, caffe.draw, caffe.coord_map, caffe.net_spec
         from caffe.proto import caffe_pb2
         from caffe.pycaffe import Net
-        from engine import caffe_shim
+        from caffeseg.engine import caffe_shim
         assert caffe is engine
         assert caffe.io is engine.io and caffe.draw is engine.draw and caffe.net_spec is engine.net_spec
         assert caffe_pb2 is engine.proto.caffe_pb2 and Net is engine.Net
@@ -62,8 +62,8 @@ def test_a_real_pycaffe_earlier_on_the_path_wins_over_the_proxy(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("IS_REAL = True\n")
     out = _run_script(tmp_path, """
-        from engine import caffe_shim
-        from jobs import scheduler
+        from caffeseg.engine import caffe_shim
+        from caffeseg.jobs import scheduler
         assert caffe_shim.real_pycaffe_available() and scheduler._real_pycaffe_importable()
         import caffe
         print(getattr(caffe, "IS_REAL", False))
@@ -74,7 +74,7 @@ def test_a_real_pycaffe_earlier_on_the_path_wins_over_the_proxy(tmp_path):
 
 def test_the_proxy_is_not_taken_for_real_pycaffe_by_the_scheduler(tmp_path):
     out = _run_script(tmp_path, """
-        from jobs import scheduler
+        from caffeseg.jobs import scheduler
         print(scheduler._real_pycaffe_importable())
         """)
     assert out.returncode == 0, out.stderr
@@ -108,7 +108,7 @@ def test_process_wide_helpers():
 
 def test_log_writes_an_info_record(caplog):
     caffe.init_log(0)
-    with caplog.at_level("INFO", logger="engine"):
+    with caplog.at_level("INFO", logger="caffeseg.engine"):
         caffe.log("hello from pycaffe")
     assert "hello from pycaffe" in caplog.text
 
@@ -649,7 +649,7 @@ def test_transformer_resizes_an_elementwise_mean_of_another_size():
 
 
 def test_missing_files_raise_runtime_error_as_pycaffe(tmp_path):
-    from engine.net import NetError
+    from caffeseg.engine.net import NetError
     with pytest.raises(RuntimeError, match="Could not open file .*nope.prototxt") as info:
         caffe.Net(str(tmp_path / "nope.prototxt"), caffe.TEST)
     assert isinstance(info.value, NetError)  # and the engine's own error class

@@ -14,10 +14,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from engine.datum import bytes_to_array
-from engine.lmdb_io import LmdbReader
-from jobs.dataset import build_dataset
-from plugin.sunnybrook import SunnybrookPlugin, phantom
+from caffeseg.engine.datum import bytes_to_array
+from caffeseg.engine.lmdb_io import LmdbReader
+from caffeseg.jobs.dataset import build_dataset
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, phantom
 from tests.real_caffe_helpers import TASKS, real_caffe, real_env, run_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def test_python_layers_in_real_caffe_give_the_engines_values(tmp_path, monkeypat
              "--path", LAYER_DIR, PYTHONDONTWRITEBYTECODE="1")
     real = np.load(str(tmp_path / "real.npz"))
 
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     engine = caffe_shim.install()
     monkeypatch.syspath_prepend(LAYER_DIR)
     net = engine.Net(str(net_path), engine.TEST)

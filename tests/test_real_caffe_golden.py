@@ -118,8 +118,8 @@ SOLVER_CASES = sorted(c for c in os.listdir(os.path.join(GOLDEN_DIR, "solvers"))
 @pytest.mark.parametrize("name", SOLVER_CASES)
 def test_real_caffe_reproduces_the_golden_solver_trace(tmp_path, name):
     """Each step's parameters and loss, then the snapshot (.caffemodel and .solverstate)."""
-    from engine.blobproto import blobproto_to_array
-    from engine.caffemodel import read_caffemodel, read_solverstate
+    from caffeseg.engine.blobproto import blobproto_to_array
+    from caffeseg.engine.caffemodel import read_caffemodel, read_solverstate
     real_caffe()
     golden = os.path.join(GOLDEN_DIR, "solvers", name)
     case = shutil.copytree(golden, str(tmp_path / "case"))

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from jobs import real_caffe as rc
-from jobs import resources
-from jobs import scheduler as sched
-from jobs import store as st
+from caffeseg.jobs import real_caffe as rc
+from caffeseg.jobs import resources
+from caffeseg.jobs import scheduler as sched
+from caffeseg.jobs import store as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPORT_ROOT = resources.import_root()
@@ -210,7 +210,7 @@ def test_engine_jobs_keep_the_apps_interpreter(tmp_path, monkeypatch):
 
 
 def test_runner_records_the_backend_it_used(tmp_path):
-    from jobs import runner
+    from caffeseg.jobs import runner
     fake = tmp_path / "caffe"
     fake.mkdir()
     (fake / "__init__.py").write_text("__version__ = '1.0.0'\n")
@@ -225,7 +225,7 @@ def test_runner_records_the_backend_it_used(tmp_path):
     assert used == {"name": "pycaffe", "version": "1.0.0", "module": str(fake), "python": sys.executable,
                     "device": "cpu"}
     assert runner.backend_used(module, gpu=1)["device"] == "gpu:1"
-    import engine
+    from caffeseg import engine
     import torch
     assert runner.backend_used(engine)["name"] == "engine"
     assert runner.backend_used(engine)["torch"] == torch.__version__
@@ -234,7 +234,7 @@ def test_runner_records_the_backend_it_used(tmp_path):
 
 def test_the_engine_and_its_installed_proxy_are_not_real_pycaffe(monkeypatch):
     monkeypatch.undo()  # the real importable_real_pycaffe, not the fixture's stand-in
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     assert rc.importable_real_pycaffe() == caffe_shim.real_pycaffe_available()
     monkeypatch.delitem(sys.modules, "caffe", raising=False)
     assert rc.importable_real_pycaffe() is False  # the venv's `caffe` is the project's proxy

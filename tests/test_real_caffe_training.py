@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from caffeseg import cli
-from jobs import store as st
-from jobs.dataset import build_dataset
-from jobs.infer import latest_snapshot, preprocessing_from_train_val, record_by_key
-from jobs.service import JobService
-from plugin.sunnybrook import SunnybrookPlugin, phantom
+from caffeseg.jobs import store as st
+from caffeseg.jobs.dataset import build_dataset
+from caffeseg.jobs.infer import latest_snapshot, preprocessing_from_train_val, record_by_key
+from caffeseg.jobs.service import JobService
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin, phantom
 from tests.real_caffe_helpers import real_caffe, run_task
 from tests.web_helpers import write_weights
 
@@ -209,12 +209,12 @@ def _run_worker_until_done(command, svc, job_id, timeout=300):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("how", ["system python3 -m jobs.worker", "caffeseg worker"])
+@pytest.mark.parametrize("how", ["system python3 -m caffeseg.jobs.worker", "caffeseg worker"])
 def test_a_pycaffe_worker_trains_a_queued_job_on_real_caffe(trained, how):
     svc, jobs, _, data_root = trained
     job = _queued_pycaffe_job(svc, jobs["engine"], "queued " + how)
     if how.startswith("system"):
-        command = ["/usr/bin/python3", "-m", "jobs.worker", "--backend", "pycaffe", "--data", data_root]
+        command = ["/usr/bin/python3", "-m", "caffeseg.jobs.worker", "--backend", "pycaffe", "--data", data_root]
     else:
         command = [os.path.join(os.path.dirname(sys.executable), "caffeseg"), "worker", "--backend", "pycaffe",
                    "--data", data_root]

@@ -3,7 +3,7 @@ MAX_PRETRAINED_UPLOAD = 0 ("no limit") a pretrained upload larger than MAX_CONTE
 must still get through waitress to the app."""
 from __future__ import annotations
 
-from web.server import server_options
+from caffeseg.web.server import server_options
 
 BASE = {"HOST": "127.0.0.1", "PORT": 5000, "MAX_CONTENT_LENGTH": 64 << 20}
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import read_caffemodel, read_solverstate, write_caffemodel
-from engine.proto import caffe_pb2
-from engine.solvers import get_solver
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import read_caffemodel, read_solverstate, write_caffemodel
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.solvers import get_solver
 
 ROOT = os.path.join(os.path.dirname(__file__), "golden", "solvers")
 CASES = sorted(os.listdir(ROOT))
@@ -107,7 +107,7 @@ def _engine_cuda_factory():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     _engine_factory()
-    import engine
+    from caffeseg import engine
     engine.set_mode_gpu()  # nets built from now on live on the GPU; the fixture below resets
     return None
 
@@ -115,7 +115,7 @@ def _engine_cuda_factory():
 @pytest.fixture(autouse=True)
 def _cpu_mode_afterwards():
     yield
-    import engine
+    from caffeseg import engine
     engine.set_mode_cpu()
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.proto import caffe_pb2
-from engine.prototxt import parse_solver
-from engine.solvers import SolverConfigError, get_solver
-from engine.solvers.lr_policy import LearningRate
-from engine.solvers import updates
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.prototxt import parse_solver
+from caffeseg.engine.solvers import SolverConfigError, get_solver
+from caffeseg.engine.solvers.lr_policy import LearningRate
+from caffeseg.engine.solvers import updates
 
 from tests.test_solvers_golden import ROOT, ReferenceNet, _feed
 
@@ -156,7 +156,7 @@ def test_weights_field_is_copied_into_every_net(monkeypatch):
 
 
 def test_default_snapshot_prefix_is_the_solver_path_stem(monkeypatch, tmp_path):
-    from engine.solvers import Solver
+    from caffeseg.engine.solvers import Solver
     monkeypatch.chdir(os.path.join(ROOT, "sgd_fixed"))
     text = open("solver.prototxt").read().replace('snapshot_prefix: "snap"', "")
     path = tmp_path / "my_solver.prototxt"
@@ -174,8 +174,8 @@ def test_test_compute_loss_reports_the_mean_objective(monkeypatch):
 
 
 def test_solve_trains_from_lmdb_data_layers_with_tests_and_snapshots(monkeypatch, tmp_path):
-    from engine.datum import array_to_datum
-    from engine.lmdb_io import LmdbWriter
+    from caffeseg.engine.datum import array_to_datum
+    from caffeseg.engine.lmdb_io import LmdbWriter
     gen = np.random.default_rng(0)
     with LmdbWriter(str(tmp_path / "train_db")) as w:
         for i in range(5):
@@ -213,5 +213,5 @@ def test_solve_trains_from_lmdb_data_layers_with_tests_and_snapshots(monkeypatch
 
 
 def read_solverstate_path(path):
-    from engine.caffemodel import read_solverstate
+    from caffeseg.engine.caffemodel import read_solverstate
     return read_solverstate(str(path))

@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from engine.blobproto import array_to_blobproto, blobproto_to_array
-from engine.caffemodel import read_caffemodel, write_caffemodel
-from engine.proto import caffe_pb2
-from jobs import surgery
+from caffeseg.engine.blobproto import array_to_blobproto, blobproto_to_array
+from caffeseg.engine.caffemodel import read_caffemodel, write_caffemodel
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.jobs import surgery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_NETS = os.path.join(ROOT, "tests", "golden", "nets")
@@ -217,8 +217,8 @@ def test_errors_name_the_file_and_layer(tmp_path):
 @pytest.mark.parametrize("gray", [False, True])
 def test_surgery_output_loads_into_fcn_alexnet_with_the_engine(tmp_path, gray):
     """The converted file fills prototxt/fcn_alexnet.prototxt (at the synthetic widths) by name."""
-    import engine
-    from engine.prototxt import format_message
+    from caffeseg import engine
+    from caffeseg.engine.prototxt import format_message
     from test_prototxt_nets import derive
     params = random_params(ALEXNET, seed=6)
     write_classifier(tmp_path / "alexnet.caffemodel", params, legacy=True)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from jobs import scheduler as sched
-from jobs import store as st
-from jobs import threads
+from caffeseg.jobs import scheduler as sched
+from caffeseg.jobs import store as st
+from caffeseg.jobs import threads
 
 
 @pytest.mark.parametrize("cores, trainings, expected", [
@@ -84,7 +84,7 @@ def test_usable_cores_follow_the_affinity():
 
 def test_apply_before_torch_sets_the_wait_policy_of_a_new_process():
     # A fresh interpreter: the policy is applied before torch loads, so torch's pool starts so.
-    code = ("import os, sys; sys.path.insert(0, %r); from jobs import threads; "
+    code = ("import os, sys; sys.path.insert(0, %r); from caffeseg.jobs import threads; "
             "plan, effective = threads.apply_to_this_process('inference', cores=8); "
             "import torch; print(plan.threads, effective, torch.get_num_threads(), "
             "os.environ['OMP_WAIT_POLICY'])" % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,7 +133,7 @@ def test_caffeseg_serve_sets_the_inference_plan_before_torch_loads(tmp_path):
     code = textwrap.dedent("""
         import os, sys
         from caffeseg import cli
-        from web import server
+        from caffeseg.web import server
         cli.sample_folder = lambda args, cases=None: None
         def serve(config, dev=False):
             import torch

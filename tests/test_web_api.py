@@ -7,7 +7,7 @@ import re
 import pytest
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
-from web import create_app
+from caffeseg.web import create_app
 
 H = {"X-Requested-With": "test"}
 
@@ -126,7 +126,7 @@ def test_records_networks_paths(env):
 
 
 def test_network_inspect_requires_text_and_reports_the_error_line(env, monkeypatch):
-    from web.backend import Unavailable
+    from caffeseg.web.backend import Unavailable
     client, fake, _ = env
     assert client.post("/api/network/inspect", json={}).status_code == 400
     res = client.post("/api/network/inspect", json={"text": 'name: "n"\nlayer {\n  typo: 1\n}\n'})

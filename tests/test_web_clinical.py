@@ -9,10 +9,10 @@ import zipfile
 import pydicom
 import pytest
 
-from plugin.sunnybrook import layout
+from caffeseg.plugin.sunnybrook import layout
 from tests.clinical_fixtures import evaluated_model_job
-from web import create_app
-from web.views.clinical import RECORD_COLUMNS
+from caffeseg.web import create_app
+from caffeseg.web.views.clinical import RECORD_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_series_upload_reads_areas_volumes_and_ef(site, tmp_path):
     """The series page on the real service: the model job gets a real (untrained, xavier) engine
     snapshot of its deploy net; the DICOMs of one phantom patient go up as files and as a zip."""
     import zipfile as zf
-    import engine
+    from caffeseg import engine
     client, svc, job, table = site
     net = engine.Net(os.path.join(job["dir"], "deploy.prototxt"), engine.TEST)
     net.save(os.path.join(job["dir"], "snapshot_iter_1.caffemodel"))

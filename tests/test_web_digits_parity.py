@@ -14,7 +14,7 @@ import pytest
 from test_web_fakes import FakeBackend, sunnybrook_plugin
 from tests.jobs_fixtures import TINY_NET, install_fake_caffe, make_dataset_dir
 from tests.web_helpers import write_weights
-from web import create_app
+from caffeseg.web import create_app
 
 JSON = {"X-Requested-With": "test"}
 
@@ -228,7 +228,7 @@ def test_make_pretrained_and_archive_upload_on_the_real_service(real):
     client = app.test_client()
     ds, job = _model(svc, tmp_path, "alice")
     assert svc.train(job["id"]) == "Done"
-    from jobs.infer import latest_snapshot
+    from caffeseg.jobs.infer import latest_snapshot
     write_weights(latest_snapshot(job["dir"]), {"conv1": [np.ones((4, 1, 3, 3), np.float32), np.zeros(4, np.float32)]})
     resp = client.post(f"/models/{job['id']}/to_pretrained", data={"name": "from m"})
     assert resp.status_code == 302 and "tab=pretrained" in resp.headers["Location"]
@@ -278,7 +278,7 @@ def test_rmsprop_decay_field_reaches_the_solver_and_comes_back_on_clone(tmp_path
 def test_layer_pictures_in_the_inference_result(tmp_path, monkeypatch):
     """DIGITS' "Show visualizations": each blob's activation grid is stored beside the result and
     shown in the layer table."""
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     from tests.test_jobs_eval_infer_export import FakeCaffe, job as job_fixture  # noqa: F401
     from tests.test_jobs_eval_infer_export import write_db
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
@@ -360,7 +360,7 @@ def test_upload_form_digits_fields_and_the_layers_page(env, tmp_path):
 
 def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_path, monkeypatch):
     import cv2
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
     ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
@@ -401,7 +401,7 @@ def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_pat
 
 
 def test_inference_json_gives_probabilities_when_asked(tmp_path, monkeypatch):
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
     ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)

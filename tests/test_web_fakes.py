@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from web.backend import Backend, BadRequest, NotFound
-from plugin.sunnybrook import SunnybrookPlugin
+from caffeseg.web.backend import Backend, BadRequest, NotFound
+from caffeseg.plugin.sunnybrook import SunnybrookPlugin
 
 
 def sunnybrook_plugin() -> SunnybrookPlugin:
@@ -172,20 +172,20 @@ class FakeBackend:
     # Pretrained models: the real store (web.pretrained_store) under this fake's folder; every
     # dataset of the fake has 1-channel features.
     def pretrained_models(self):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         return pretrained_store.catalogue(self.root)
 
     def pretrained_network(self, pretrained_id, dataset_id):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         return pretrained_store.resolve(self.root, pretrained_id, 1)
 
     def upload_pretrained(self, name, prototxt, weights, description="", fields=None):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         self.calls.append(("upload_pretrained", name))
         return pretrained_store.save_upload(self.root, name, prototxt, weights, description, fields)
 
     def delete_pretrained(self, pretrained_id):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         self.calls.append(("delete_pretrained", pretrained_id))
         pretrained_store.delete_upload(self.root, pretrained_id)
 
@@ -194,7 +194,7 @@ class FakeBackend:
         return {"name": name, "phase": "queued", "gray": gray}
 
     def inspect_network(self, text, dataset_id=None):
-        from web.netinspect import inspect  # the real parser and shape inference (Visualize)
+        from caffeseg.web.netinspect import inspect  # the real parser and shape inference (Visualize)
         return inspect(text, [1, 32, 32])
 
     def evaluation(self, job_id):
@@ -297,16 +297,16 @@ class FakeBackend:
         return {"id": "up-000000000001", "name": name or job["name"], "source": {"job_id": job_id}}
 
     def upload_pretrained_archive(self, archive, name=None):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         self.calls.append(("upload_pretrained_archive", name))
         return pretrained_store.save_archive(self.root, archive, name)
 
     def pretrained_layers(self, pretrained_id):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         return pretrained_store.layers(self.root, pretrained_id)
 
     def pretrained_layer_image(self, pretrained_id, layer):
-        from web import pretrained_store
+        from caffeseg.web import pretrained_store
         return pretrained_store.layer_image(self.root, pretrained_id, layer)
 
     def test_many(self, job_id, source, options):
@@ -333,7 +333,7 @@ def test_fake_and_real_backends_implement_every_method_of_the_contract():
     """Both implement each method of web.backend.Backend with its parameters, so a change of the
     contract fails here, not on a page."""
     import inspect
-    from web.service_backend import ServiceBackend
+    from caffeseg.web.service_backend import ServiceBackend
     contract = {name: inspect.signature(fn) for name, fn in vars(Backend).items()
                 if callable(fn) and not name.startswith("_")}
     assert len(contract) > 20

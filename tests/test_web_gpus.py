@@ -6,7 +6,7 @@ import pytest
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
 from test_web_pages import model_form
-from web import create_app, job_options
+from caffeseg.web import create_app, job_options
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.jobs_fixtures import write_dataset_json
-from web import create_app
+from caffeseg.web import create_app
 from web_helpers import write_lmdb_dataset
 
 TINY_NET = """name: "tiny"
@@ -30,7 +30,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top
 
 def _built_dataset(folder):
     """A dataset folder as the builder writes it: LMDBs of Datums, mean, dataset.json."""
-    from engine.blobproto import write_binaryproto
+    from caffeseg.engine.blobproto import write_binaryproto
     counts = {"train": 4, "val": 2}
     write_lmdb_dataset(folder, counts, side=16, scale=16, box=(4, 9))
     write_binaryproto(str(folder / "mean.binaryproto"), np.full((1, 16, 16), 2000.0, np.float32))
@@ -170,7 +170,7 @@ def test_known_pretrained_models_are_network_sources(site):
     resp = client.post("/models/new", data=_pretrained_form(ds["id"], "fcn8s-heavy-pascal"))
     assert resp.status_code == 302, resp.get_data(as_text=True)
     job = svc.show(svc.list_jobs("model")[0]["id"])
-    from jobs import resources
+    from caffeseg.jobs import resources
     assert open(f"{job['dir']}/original.prototxt").read() == open(resources.network_path("fcn_8s")).read()
     assert job["options"]["pretrained"] == [str(gray)] and job["options"]["standard_network"] == "fcn_8s"
     report = json.load(open(f"{job['dir']}/pretrained_report.json"))
@@ -284,7 +284,7 @@ def test_a_failing_dataset_build_shows_its_error_on_the_dataset_page(site):
 
 
 def test_a_dataset_is_queued_then_built_by_the_worker_with_live_progress(site, phantom_release, monkeypatch):
-    from plugin.sunnybrook import SunnybrookPlugin
+    from caffeseg.plugin.sunnybrook import SunnybrookPlugin
     client, svc, _, data = site
     encode, calls, gate = SunnybrookPlugin.encode, [], threading.Event()
 
@@ -321,7 +321,7 @@ def test_a_dataset_is_queued_then_built_by_the_worker_with_live_progress(site, p
 def test_the_model_form_records_the_backend_a_worker_must_have(site):
     """'Run on' is stored on the job (a pycaffe worker takes only pycaffe/auto jobs); the
     default records nothing, so the app's own worker keeps the job."""
-    from jobs import scheduler as sched
+    from caffeseg.jobs import scheduler as sched
     client, svc, ds, _ = site
     base = {"dataset": ds["id"], "epochs": "1", "snapshot_interval": "1", "val_interval": "1",
             "batch_accumulation": "1", "solver_type": "SGD", "base_lr": "0.01", "lr_policy": "fixed",
@@ -342,7 +342,7 @@ def test_a_known_model_is_prepared_from_the_pretrained_tab(site, tmp_path, monke
     """Prepare downloads (from PRETRAINED_MIRRORS), checks and converts on the server; the tab
     shows the outcome and the model becomes a network source."""
     import hashlib
-    from jobs import pretrained, pretrained_prepare
+    from caffeseg.jobs import pretrained, pretrained_prepare
     from test_surgery import ALEXNET, random_params, write_classifier
     from test_pretrained_fetch import Handler
     import http.server
@@ -459,7 +459,7 @@ def test_a_job_waiting_for_a_pycaffe_worker_says_how_to_start_one(site):
     html = client.get(f"/models/{ids['on caffe']}").get_data(as_text=True)
     assert "Waiting for a real-Caffe (pycaffe) worker" in html
     assert f"caffeseg worker --backend pycaffe --data {data}" in html
-    assert "python3 -m jobs.worker --backend pycaffe --data /data" in html and "docker/compose.yaml" in html
+    assert "python3 -m caffeseg.jobs.worker --backend pycaffe --data /data" in html and "docker/compose.yaml" in html
     assert client.get(f"/models/{ids['on caffe']}/live").get_json()["waiting_note"]["backend"] == "pycaffe"
     html = client.get(f"/models/{ids['here']}").get_data(as_text=True)  # the app's own worker takes it
     assert "waiting-note" not in html and "Waiting for the first iterations" in html

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import resources
+from caffeseg.jobs import resources
 from test_web_pages import env, model_form  # noqa: F401  (pytest fixture)
 
 
@@ -54,7 +54,7 @@ def test_dataset_form_is_prefilled_with_the_sample_when_it_exists(env):
 def test_dataset_form_has_no_encoder_batch_size_and_clone_keeps_the_build_options(env):
     app, client, fake, _ = env
     assert 'name="encoder_batch_size"' not in client.get("/datasets/new/sunnybrook").get_data(as_text=True)
-    from web import job_options
+    from caffeseg.web import job_options
     restored = job_options.dataset_form_values(
         {"plugin": "sunnybrook", "values": {"val_percent": 10}, "name": "d (clone)",
          "build": {"encoding": "png", "label_encoding": "png", "workers": 1, "enforce_same_shape": False}},
@@ -79,7 +79,7 @@ def test_dataset_page_shows_options_by_label_and_why_delete_is_disabled(env):
 def test_pretrained_tab_says_what_is_done_in_words_and_the_download_size(env):
     app, client, fake, _ = env
     html = client.get("/?tab=pretrained").get_data(as_text=True)
-    assert "jobs.surgery" not in html and "gray=True" not in html
+    assert "caffeseg.jobs.surgery" not in html and "jobs.surgery" not in html and "gray=True" not in html
     assert "made into FCN-AlexNet weights" in html
     assert "download: about 232.7 MB" in html  # bvlc_alexnet: 61.0 M parameters x 4 bytes
 
@@ -119,11 +119,11 @@ def test_new_model_page_shows_the_channel_advice_once_beside_the_pretrained_fiel
 
     import numpy as np
 
-    from engine.blobproto import array_to_blobproto
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.blobproto import array_to_blobproto
+    from caffeseg.engine.proto import caffe_pb2
     from test_web_integration import TINY_NET
     from tests.jobs_fixtures import write_dataset_json
-    from web import create_app
+    from caffeseg.web import create_app
     from web_helpers import write_lmdb_dataset
     data, built = tmp_path / "data", tmp_path / "built"
     data.mkdir()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
-from web import create_app
+from caffeseg.web import create_app
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_home_lists_jobs_in_tabs_with_groups_and_metrics(env):
 
 
 def test_home_when_the_job_listing_is_unavailable_says_so(tmp_path):
-    from web.backend import Unavailable
+    from caffeseg.web.backend import Unavailable
 
     class NoListing(FakeBackend):
         def jobs(self, kind=None):
@@ -204,7 +204,7 @@ def test_dataset_page_follows_the_queued_build_abort_and_build_again(env):
 
 
 def test_every_form_field_has_a_help_tooltip(env):
-    from web.forms import InferenceForm, ModelForm, dataset_form_class
+    from caffeseg.web.forms import InferenceForm, ModelForm, dataset_form_class
     app, client, fake, _ = env
     # The network pickers are the tabs of the network section; each tab explains itself.
     tabs = {"network_source", "standard_network", "previous_network", "pretrained_network"}
@@ -528,7 +528,7 @@ def test_pretrained_tab_counts_models_and_has_no_job_actions(env):
 def test_explorer_pages_count_from_one_as_shown(env, monkeypatch):
     app, client, fake, _ = env
     ds = fake.add_job("dataset", "paged")
-    monkeypatch.setattr("web.views.datasets.PAGE_SIZE", 3)  # the fake's train stage has 4 records
+    monkeypatch.setattr("caffeseg.web.views.datasets.PAGE_SIZE", 3)  # the fake's train stage has 4 records
     first = client.get(f"/datasets/{ds}/explore?stage=train").get_data(as_text=True)
     assert "page 1 of 2" in first and "SC-HF-NI-3 / 0048" in first and "SC-HF-NI-3 / 0051" not in first
     second = client.get(f"/datasets/{ds}/explore?stage=train&page=2").get_data(as_text=True)
@@ -634,7 +634,7 @@ def test_new_model_page_does_not_load_plotly_with_the_page(env):
 
 
 def test_job_and_group_names_have_a_length_limit(env):
-    from web.forms import MAX_JOB_NAME
+    from caffeseg.web.forms import MAX_JOB_NAME
     app, client, fake, data = env
     ds = fake.add_job("dataset", "d")
     form = {"dataset": ds, "epochs": "1", "snapshot_interval": "1", "val_interval": "1",

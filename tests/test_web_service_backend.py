@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs import networks
-from jobs import store as st
-from jobs.dataset import DatasetError, DatasetInfo
-from jobs.service import JobService, training_progress
+from caffeseg.jobs import networks
+from caffeseg.jobs import store as st
+from caffeseg.jobs.dataset import DatasetError, DatasetInfo
+from caffeseg.jobs.service import JobService, training_progress
 from tests.jobs_fixtures import TINY_NET, write_dataset_json
-from web.backend import BadRequest, NotFound
-from web.service_backend import ServiceBackend, list_job_files
+from caffeseg.web.backend import BadRequest, NotFound
+from caffeseg.web.service_backend import ServiceBackend, list_job_files
 from web_helpers import write_lmdb_dataset
 
 VAL_RECORDS = [{"key": "00000000", "case": "SC-HF-NI-3", "image_no": 48, "title": "record SC-HF-NI-3 / image 0048"},
@@ -181,7 +181,7 @@ def test_a_running_build_shows_the_builders_progress(site):
 def test_the_explorer_waits_for_an_evaluation_holding_the_same_lmdb(site):
     """LMDB opens a database once per process: while the worker thread's evaluation has the val
     LMDB open (under the service's lmdb_lock), the explorer waits instead of failing."""
-    from engine.lmdb_io import LmdbReader
+    from caffeseg.engine.lmdb_io import LmdbReader
     backend, svc, dataset, _ = site
     opened, release, answers = threading.Event(), threading.Event(), []
 
@@ -205,7 +205,7 @@ def test_the_explorer_waits_for_an_evaluation_holding_the_same_lmdb(site):
 def test_the_model_page_download_streams_the_archive_the_service_caches(site, tmp_path):
     import io
     import tarfile
-    from web import create_app
+    from caffeseg.web import create_app
     backend, svc, _, model = site
     Path(model["dir"], "snapshot_iter_4.caffemodel").write_bytes(os.urandom(300_000))
     app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": backend, "START_WORKER": False})

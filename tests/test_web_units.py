@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from web import imaging
-from web.safety import UnsafePath, check_job_id, complete_path, job_file, within
+from caffeseg.web import imaging
+from caffeseg.web.safety import UnsafePath, check_job_id, complete_path, job_file, within
 
 
 def test_job_ids():
@@ -72,7 +72,7 @@ def test_to_display_shapes():
 
 
 def test_config_is_one_dict_of_the_documented_keys(tmp_path, monkeypatch):
-    from web.config import resolve
+    from caffeseg.web.config import resolve
     monkeypatch.delenv("CAFFESEG_DATA_DIR", raising=False)
     assert resolve({"DATA_DIR": str(tmp_path)})["JOBS_DIR"] == str(tmp_path.resolve() / "jobs")
     with pytest.raises(TypeError, match="config is a dict"):
@@ -84,8 +84,8 @@ def test_config_is_one_dict_of_the_documented_keys(tmp_path, monkeypatch):
 
 
 def test_the_installed_sunnybrook_plugin_builds_the_dataset_form():
-    from plugin.base import discover_plugins
-    from web.forms import GENERIC_DATASET_FIELDS, dataset_form_class
+    from caffeseg.plugin.base import discover_plugins
+    from caffeseg.web.forms import GENERIC_DATASET_FIELDS, dataset_form_class
     sunny = discover_plugins().plugins["sunnybrook"]
     fields = sunny.form_fields()
     assert [f.name for f in fields[:2]] == ["image_folder", "contour_folder"]
@@ -102,8 +102,8 @@ def test_a_broken_plugin_is_listed_and_hides_nothing(tmp_path, monkeypatch):
     both shown as broken in the New Dataset menu; Sunnybrook stays offered; asking for a broken
     one names its error."""
     import importlib.metadata
-    from plugin import base
-    from web import create_app
+    from caffeseg.plugin import base
+    from caffeseg.web import create_app
     from test_web_fakes import FakeBackend
 
     class Incomplete(base.DataPlugin):  # no encode(), class_labels(), palette(): cannot be built
@@ -142,7 +142,7 @@ def test_a_broken_plugin_is_listed_and_hides_nothing(tmp_path, monkeypatch):
 
 
 def test_standard_network_descriptions_are_whole_sentences_and_distinct():
-    from jobs.networks import network_description as _network_description, standard_networks
+    from caffeseg.jobs.networks import network_description as _network_description, standard_networks
     descriptions = {n["name"]: n["description"] for n in standard_networks()}
     assert len(descriptions) >= 7
     assert all(d.endswith(".") for d in descriptions.values()), descriptions  # never cut mid-sentence
@@ -153,8 +153,8 @@ def test_standard_network_descriptions_are_whole_sentences_and_distinct():
 
 
 def test_visualize_errors_name_the_editor_line_never_a_temporary_file():
-    from web.backend import BadRequest
-    from web.netinspect import inspect
+    from caffeseg.web.backend import BadRequest
+    from caffeseg.web.netinspect import inspect
     with pytest.raises(BadRequest) as info:
         inspect('name: "n"\n\n\n\nlayer { layer { } }\n')
     assert str(info.value).startswith("custom network, line 5, column ") and str(info.value).count("line") == 1

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from test_web_fakes import FakeBackend, sunnybrook_plugin
-from web import create_app
+from caffeseg.web import create_app
 
 
 def test_max_pretrained_upload_0_means_no_limit_on_its_endpoints(tmp_path):
@@ -49,7 +49,7 @@ def tmp_path_root(job):
 
 
 def test_a_stale_result_is_replaced_and_nothing_is_left_aside(tmp_path):
-    from web.inference_store import save_result
+    from caffeseg.web.inference_store import save_result
     job = _job(tmp_path)
     save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [1, 1]})
     save_result(job, _result(2), "record", token="rec-10-ab", extra={"snapshot_stamp": [2, 2]})
@@ -60,7 +60,7 @@ def test_a_stale_result_is_replaced_and_nothing_is_left_aside(tmp_path):
 def test_a_concurrent_fresh_result_is_kept_not_deleted(tmp_path):
     """Two requests for the same out-of-date record: the second must not delete the first's
     fresh result (a reader may be loading its PNGs)."""
-    from web.inference_store import save_result
+    from caffeseg.web.inference_store import save_result
     job = _job(tmp_path)
     save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [2, 2]})
     marker = tmp_path_root(job) / "rec-10-ab" / "reader-holds-this"
@@ -71,7 +71,7 @@ def test_a_concurrent_fresh_result_is_kept_not_deleted(tmp_path):
 
 
 def test_a_winner_between_the_two_renames_is_kept(tmp_path, monkeypatch):
-    from web import inference_store as inference
+    from caffeseg.web import inference_store as inference
     job = _job(tmp_path)
     inference.save_result(job, _result(1), "record", token="rec-10-ab", extra={"snapshot_stamp": [1, 1]})
     real_rename = os.rename
@@ -92,7 +92,7 @@ def test_a_winner_between_the_two_renames_is_kept(tmp_path, monkeypatch):
 
 def test_library_version_is_looked_up_once(monkeypatch):
     import importlib.metadata
-    from web.views import vendor
+    from caffeseg.web.views import vendor
     vendor.library_version.cache_clear()
     asked = []
     real = importlib.metadata.version
@@ -145,7 +145,7 @@ def test_an_upload_of_another_size_is_resized_to_the_datasets_size(tmp_path):
 
 
 def test_an_unreadable_upload_is_named_as_the_user_named_it_never_by_server_path(tmp_path):
-    from web.backend import BadRequest
+    from caffeseg.web.backend import BadRequest
 
     class Refusing(FakeBackend):
         def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):

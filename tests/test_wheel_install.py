@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 
 import pytest
 
@@ -21,10 +22,11 @@ NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-in
 
 PROBE = """
 import importlib.metadata, json
-import jobs
-from jobs import networks, resources
+from caffeseg import jobs
+from caffeseg.jobs import networks, resources
 print(json.dumps({
     "jobs": jobs.__file__,
+    "site": __import__("os").path.dirname(__import__("os").path.dirname(__import__("caffeseg").__file__)),
     "networks_dir": resources.networks_dir(),
     "networks": [n["name"] for n in networks.standard_networks()],
     "titles": {n["name"]: n["title"] for n in networks.standard_networks()},
@@ -43,6 +45,10 @@ def test_a_wheel_install_lists_the_standard_networks_and_finds_the_dice_module(t
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(wheels), str(source)], check=True, timeout=600, cwd=tmp_path, capture_output=True)
     [wheel] = list(wheels.glob("caffeseg-*.whl"))
+    # Nothing generic at the top of site-packages: the project's folders are inside caffeseg/.
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if ".dist-info/" not in name}
+    assert tops == {"caffeseg", "caffe"}, tops
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, system_site_packages=False).create(env)
     python = env / "bin" / "python"
@@ -61,3 +67,24 @@ def test_a_wheel_install_lists_the_standard_networks_and_finds_the_dice_module(t
     assert found["titles"]["fcn_alexnet"] == "FCN-AlexNet"  # read from the installed prototxt/README.md
     assert found["dice"].startswith(site) and found["dice"].endswith("python_layers/digits_python_layers.py")
     assert found["plugins"] == ["image_segmentation", "sunnybrook"] and "caffeseg" in found["scripts"]
+    assert found["jobs"] == os.path.join(found["site"], "caffeseg", "jobs", "__init__.py")
+
+
+def test_the_install_layout_lists_every_package_folder():
+    """pyproject's explicit package list (needed for package-dir) names every folder of the tree
+    that is a package, under the name it installs as; a new subpackage missing from it would be
+    missing from the wheel."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        setup = tomllib.load(f)["tool"]["setuptools"]
+    folder_of = {name: folder for name, folder in setup["package-dir"].items()}
+    folder_of.setdefault("caffeseg", "caffeseg")
+    expected = set()
+    for name, folder in folder_of.items():
+        for here, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not os.path.join(here, d).startswith(
+                os.path.join(ROOT, "engine", "pycaffe_proxy"))]
+            if "__init__.py" in files:
+                rel = os.path.relpath(here, os.path.join(ROOT, folder))
+                expected.add(name if rel == "." else name + "." + rel.replace(os.sep, "."))
+    assert set(setup["packages"]) == expected

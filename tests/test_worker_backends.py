@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from caffeseg import cli
-from jobs import scheduler as sched
-from jobs import store as st
+from caffeseg.jobs import scheduler as sched
+from caffeseg.jobs import store as st
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def _ready(scheduler):
 
 def test_pycaffe_worker_takes_only_pycaffe_and_auto_jobs(store):
     _jobs(store)
-    worker = sched.Scheduler(store, backend="pycaffe")  # python3 -m jobs.worker --backend pycaffe
+    worker = sched.Scheduler(store, backend="pycaffe")  # python3 -m caffeseg.jobs.worker --backend pycaffe
     assert _ready(worker) == ["m-auto", "m-pycaffe"]
 
 
@@ -57,7 +57,7 @@ def test_auto_worker_takes_what_is_importable_here(store, monkeypatch):
     monkeypatch.setattr(sched, "_real_pycaffe_importable", lambda: True)
     assert _ready(sched.Scheduler(store, backend="auto")) == ["m-auto", "m-engine", "m-none", "m-pycaffe"]
     # the pycaffe image has no engine package: its auto worker is a pycaffe worker
-    monkeypatch.setattr(sched, "IMPORT_ROOT", str(store.root))
+    monkeypatch.setattr(sched, "_engine_importable", lambda: False)
     assert _ready(sched.Scheduler(store, backend="auto")) == ["m-auto", "m-pycaffe"]
 
 

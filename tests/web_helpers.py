@@ -9,8 +9,8 @@ def write_lmdb_dataset(folder, counts: dict, side: int, scale: int, box: tuple[i
 
     Feature ``i`` is the uint16 ramp ``arange(side²) * scale + i`` (1×side×side); every label is
     class 1 on the square ``box[0]:box[1]`` in both axes, 0 elsewhere."""
-    from engine.datum import array_to_datum
-    from engine.lmdb_io import LmdbWriter
+    from caffeseg.engine.datum import array_to_datum
+    from caffeseg.engine.lmdb_io import LmdbWriter
     for stage, count in counts.items():
         for part in ("features", "labels"):
             path = folder / f"{stage}_db" / part
@@ -27,9 +27,9 @@ def write_lmdb_dataset(folder, counts: dict, side: int, scale: int, box: tuple[i
 
 def write_weights(path, layers: dict) -> None:
     """A .caffemodel with ``{layer name: [arrays]}`` (the blobs copy_from matches by name)."""
-    from engine.blobproto import array_to_blobproto
-    from engine.caffemodel import write_caffemodel
-    from engine.proto import caffe_pb2
+    from caffeseg.engine.blobproto import array_to_blobproto
+    from caffeseg.engine.caffemodel import write_caffemodel
+    from caffeseg.engine.proto import caffe_pb2
     net = caffe_pb2.NetParameter(name="weights")
     for name, arrays in layers.items():
         layer = net.layer.add(name=name, type="Convolution")

@@ -14,10 +14,10 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from engine.layer_types import python as python_layer_types
-from web import config as config_module
-from web.backend import BadRequest, Forbidden, NotFound, Unavailable
-from web.safety import SECURITY_HEADERS, UnsafePath, host_allowed, trusted_hosts
+from caffeseg.engine.layer_types import python as python_layer_types
+from caffeseg.web import config as config_module
+from caffeseg.web.backend import BadRequest, Forbidden, NotFound, Unavailable
+from caffeseg.web.safety import SECURITY_HEADERS, UnsafePath, host_allowed, trusted_hosts
 
 log = logging.getLogger(__name__)
 csrf = CSRFProtect()
@@ -82,7 +82,7 @@ def _register_errors(app: Flask) -> None:
 def _open_backend(settings: dict):
     if settings.get("BACKEND") is not None:
         return settings["BACKEND"]
-    from web.service_backend import ServiceBackend  # the worker starts with the server
+    from caffeseg.web.service_backend import ServiceBackend  # the worker starts with the server
     return ServiceBackend(settings)
 
 
@@ -122,28 +122,28 @@ def create_app(config=None) -> Flask:
     # folder and the project's python_layers/ only, never from the server's working directory.
     python_layer_types.SEARCH_WORKING_DIRECTORY = False
     app.extensions["caffeseg_backend"] = _open_backend(settings)
-    from web.views import pretrained
+    from caffeseg.web.views import pretrained
     pretrained.install_upload_limit(app)  # before CSRFProtect reads the body
     csrf.init_app(app)
 
-    from web.views import api, datasets, files, home, inference, models, vendor
+    from caffeseg.web.views import api, datasets, files, home, inference, models, vendor
     for module in (home, datasets, models, inference, files, vendor, pretrained):
         app.register_blueprint(module.bp)
     # The JSON API authenticates state changes by requiring a JSON body or a custom header,
     # which a cross-site form cannot send; the browser pages send both the header and the token.
     csrf.exempt(api.bp)
     app.register_blueprint(api.bp)
-    from web.views import clinical  # the evaluation page, take-aways, DICOM series (and their API)
+    from caffeseg.web.views import clinical  # the evaluation page, take-aways, DICOM series (and their API)
     app.register_blueprint(clinical.bp)
     csrf.exempt(clinical.api_bp)
     app.register_blueprint(clinical.api_bp)
 
-    from web import users  # DIGITS' login (optional), the owner of what a request creates or changes
+    from caffeseg.web import users  # DIGITS' login (optional), the owner of what a request creates or changes
     users.install(app)
-    from web.views import digits  # job editing, Info, Make Pretrained, archive upload, Test Many, DIGITS' URLs
+    from caffeseg.web.views import digits  # job editing, Info, Make Pretrained, archive upload, Test Many, DIGITS' URLs
     digits.install(app)
 
-    from web import templating
+    from caffeseg.web import templating
     templating.install(app)
     _register_errors(app)
     return app

@@ -45,7 +45,7 @@ def operations() -> tuple[dict, list[dict]]:
 def _form_field_help() -> dict:
     """{field name: its form help} of the forms the API bodies go through (the model form and
     the dataset form's generic fields): a body field the spec does not describe gets the form's text."""
-    from web.forms import ModelForm, _DatasetBase
+    from caffeseg.web.forms import ModelForm, _DatasetBase
     out = {}
     for form_cls in (_DatasetBase, ModelForm):
         for name in dir(form_cls):
@@ -95,7 +95,7 @@ def form_errors(form) -> dict:
 def refuse_unknown_keys(given, known, where="the request body") -> None:
     """BadRequest naming every key of ``given`` that is not in ``known`` (a misspelt option would
     otherwise be ignored silently and its default used)."""
-    from web.backend import BadRequest
+    from caffeseg.web.backend import BadRequest
     unknown = sorted(str(k) for k in given if k not in known)
     if unknown:
         raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(unknown)}; "

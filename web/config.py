@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from jobs.paths import default_data_dir
+from caffeseg.jobs.paths import default_data_dir
 
 DEFAULTS = {
     # Root of everything the app owns: jobs live in DATA_DIR/jobs unless JOBS_DIR says otherwise.

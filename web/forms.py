@@ -6,6 +6,7 @@ help text in ``description``; the templates show it as a tooltip.
 """
 from __future__ import annotations
 
+import os
 import re
 
 from flask import current_app
@@ -15,7 +16,7 @@ from wtforms import (BooleanField, FloatField, HiddenField, IntegerField, RadioF
                      SelectField, StringField, TextAreaField)
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional, ValidationError
 
-from plugin.base import DataPlugin, FormField
+from caffeseg.plugin.base import DataPlugin, FormField
 
 try:  # WTForms >= 3.3 deprecates (value, label) tuples in favour of SelectChoice
     from wtforms.fields.choices import SelectChoice as _SelectChoice
@@ -27,7 +28,7 @@ def choice_list(pairs):
     """(value, label) pairs in the form the installed WTForms prefers."""
     pairs = [(str(v), str(l)) for v, l in pairs]
     return [_SelectChoice(v, l) for v, l in pairs] if _SelectChoice else pairs
-from web.safety import UnsafePath, within
+from caffeseg.web.safety import UnsafePath, within
 
 
 class ServerPath:
@@ -62,12 +63,13 @@ class PythonLayerPath(ServerPath):
         super().__init__(folder=False)
 
     def __call__(self, form, field):
-        from jobs import resources
+        from caffeseg.jobs import resources
         value = (field.data or "").strip()
         name = value.replace("\\", "/").rsplit("/", 1)[-1]
         if name.endswith(".py"):
             own = resources.python_layer_file(name[:-len(".py")])
-            if own and value in (name, f"{resources.PYTHON_LAYERS_PACKAGE}/{name}", own):
+            folder = os.path.basename(resources.python_layers_dir())  # python_layers/, as the user sees it
+            if own and value in (name, f"{folder}/{name}", own):
                 field.data = own
                 return
         super().__call__(form, field)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from werkzeug.utils import secure_filename
 
-from web import imaging
-from web.backend import BadRequest, NotFound, Unavailable
-from web.safety import FILE_NAME_RE, check_record_key, job_file
+from caffeseg.web import imaging
+from caffeseg.web.backend import BadRequest, NotFound, Unavailable
+from caffeseg.web.safety import FILE_NAME_RE, check_record_key, job_file
 
 UPLOAD_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", "")
 TOKEN_BYTES = 8
@@ -244,7 +244,7 @@ def prepare_upload(backend, job: dict, path: str, name: str) -> tuple[str, dict]
     16-bit). Returns (the path to infer, facts for result.json). An image of the dataset's size is
     used as it is, and so is a file this process cannot read: the backend has the last word on
     it (``run_inference`` shows its error with the user's file name, never the server path)."""
-    from jobs import infer as inf
+    from caffeseg.jobs import infer as inf
     size = _dataset_size(backend, job)
     if size is None:
         return path, {}
@@ -277,7 +277,7 @@ def _hide_paths(message: str, paths, name: str) -> str:
 def store_server_file(job: dict, path, roots) -> str:
     """Copy an image on the server (inside ``roots``, the data folders) into the model's uploads,
     as an upload of that file: it is inferred and then removed like one, the original is left alone."""
-    from web.safety import within
+    from caffeseg.web.safety import within
     source = within(path, roots)
     if not source.is_file():
         raise BadRequest(f"{path} is not a file on the server", {"server_path": "not a file"})

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from werkzeug.utils import secure_filename
 
-from web.backend import BadRequest, Unavailable
-from web.forms import ModelForm, choice_list, parse_number_list
+from caffeseg.web.backend import BadRequest, Unavailable
+from caffeseg.web.forms import ModelForm, choice_list, parse_number_list
 
 # Names the jobs service uses in its field errors → the form's fields.
 SERVICE_FIELD_NAMES = {"dataset_id": "dataset", "name": "model_name", "network": "custom_network",
@@ -83,7 +83,7 @@ def model_options(form: ModelForm, backend) -> dict:
         options["python_layer_upload"] = {"filename": upload.filename, "content": upload.read()}
     if (options.get("network_source") or "standard") == "pretrained":
         # The chosen pretrained model gives the network and its weights (BadRequest when not made yet).
-        from web.pretrained_store import with_network
+        from caffeseg.web.pretrained_store import with_network
         options = with_network(options, backend.pretrained_network(options["pretrained_network"], options["dataset"]))
     return options
 

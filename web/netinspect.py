@@ -19,11 +19,11 @@ import re
 import sys
 from pathlib import Path
 
-import engine
-from engine import caffe_shim, prototxt
-from engine.proto import caffe_pb2
-from jobs import netcheck, resources
-from web.backend import BadRequest
+from caffeseg import engine
+from caffeseg.engine import caffe_shim, prototxt
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.jobs import netcheck, resources
+from caffeseg.web.backend import BadRequest
 
 DEFAULT_FEATURE_SHAPE = [1, 256, 256]
 SOURCE = "custom network"

@@ -6,7 +6,7 @@ discovery, for tests.
 """
 from __future__ import annotations
 
-from plugin.base import BrokenPlugin, DataPlugin, Discovery, discover_plugins
+from caffeseg.plugin.base import BrokenPlugin, DataPlugin, Discovery, discover_plugins
 
 
 def catalogue(app) -> Discovery:

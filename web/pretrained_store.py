@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs import pretrained, pretrained_prepare
-from jobs.pretrained import MAX_PROTOTXT_BYTES
-from web.backend import BadRequest, NotFound
+from caffeseg.jobs import pretrained, pretrained_prepare
+from caffeseg.jobs.pretrained import MAX_PROTOTXT_BYTES
+from caffeseg.web.backend import BadRequest, NotFound
 
 
 def folder(data_dir) -> Path:
@@ -110,7 +110,7 @@ def save_archive(data_dir, archive_storage, name=None) -> dict:
     uploaded pretrained model (``jobs.pretrained_archive.import_archive``: safe unpacking, limits);
     the upload is written into the store's incoming folder first and removed after."""
     import tempfile
-    from jobs import pretrained_archive
+    from caffeseg.jobs import pretrained_archive
     root = folder(data_dir)
     incoming = pretrained.uploads_dir(root) / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def save_archive(data_dir, archive_storage, name=None) -> dict:
 
 def layers(data_dir, pretrained_id) -> dict:
     """An uploaded pretrained model's layers with parameter shapes (``layer_table``)."""
-    from jobs import pretrained_archive
+    from caffeseg.jobs import pretrained_archive
     try:
         entry = pretrained.upload_entry(folder(data_dir), pretrained_id)
     except KeyError:
@@ -139,7 +139,7 @@ def layers(data_dir, pretrained_id) -> dict:
 def layer_image(data_dir, pretrained_id, layer) -> bytes | None:
     """PNG of one layer's weights of an uploaded model (``jobs.pretrained_archive``), None when
     they are not 4-D; NotFound for an unknown model or layer."""
-    from jobs import pretrained_archive
+    from caffeseg.jobs import pretrained_archive
     try:
         entry = pretrained.upload_entry(folder(data_dir), pretrained_id)
         return pretrained_archive.layer_weight_image(entry["weights"], layer)

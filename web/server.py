@@ -50,8 +50,8 @@ def serve(config: dict, dev: bool = False) -> None:
 
     ``dev``: Werkzeug's development server with the debugger and reloader, for a developer on
     this machine only: refused on any address other than loopback."""
-    import web
-    from web import config as config_module
+    from caffeseg import web
+    from caffeseg.web import config as config_module
     settings = config_module.resolve({**config, "DEBUG": bool(dev)})
     if dev:
         if settings["HOST"] not in ("127.0.0.1", "localhost", "::1"):
@@ -71,7 +71,7 @@ def serve(config: dict, dev: bool = False) -> None:
 def build_server(settings: dict):
     """A waitress server for ``settings`` (resolved), bound but not yet running (``.run()``)."""
     import waitress.server
-    import web
+    from caffeseg import web
     app = web.create_app(settings)  # HOST goes in: the Host check trusts the bound name
     server = waitress.server.create_server(app, **server_options(settings))
     server.flask_app = app  # waitress keeps only the WSGI callable

@@ -13,14 +13,14 @@ import shutil
 import time
 from pathlib import Path
 
-from jobs import networks
-from jobs.dataset import DatasetError, record_name
-from jobs.service import JobService, NotOwner
-from web import job_options, pretrained_store
-from web.backend import BadRequest, Forbidden, NotFound, running_seconds
-from web.netinspect import inspect
-from web.users import current_user
-from web.safety import check_job_id
+from caffeseg.jobs import networks
+from caffeseg.jobs.dataset import DatasetError, record_name
+from caffeseg.jobs.service import JobService, NotOwner
+from caffeseg.web import job_options, pretrained_store
+from caffeseg.web.backend import BadRequest, Forbidden, NotFound, running_seconds
+from caffeseg.web.netinspect import inspect
+from caffeseg.web.users import current_user
+from caffeseg.web.safety import check_job_id
 
 # Folders inside a job directory whose content is listed as one entry (LMDB internals, results).
 OPAQUE_DIRS = ("_db", "inference", "uploads", "__pycache__")
@@ -373,7 +373,7 @@ class ServiceBackend:
                                         pretrained_dir=str(pretrained_store.folder(self.settings["DATA_DIR"])))
 
     def server_info(self):
-        from jobs.server_info import server_info
+        from caffeseg.jobs.server_info import server_info
         return server_info(self.service, check_caffe=False)
 
     def make_pretrained(self, job_id, snapshot=None, name=None):

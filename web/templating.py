@@ -7,7 +7,7 @@ import re
 
 from markupsafe import Markup, escape
 
-from web import plugins
+from caffeseg.web import plugins
 
 STATUS_CLASS = {
     "done": "ok", "running": "run", "waiting": "wait", "initialized": "wait", "queued": "wait",
@@ -118,5 +118,5 @@ def install(app) -> None:
 def _vendor_url(name: str) -> str:
     """URL of a library served from an installed package (web.views.vendor), versioned for caching."""
     from flask import url_for
-    from web.views.vendor import library_version
+    from caffeseg.web.views.vendor import library_version
     return url_for("vendor.library", name=name, v=library_version(name))

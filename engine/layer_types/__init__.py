@@ -1,5 +1,5 @@
 """Engine layers: importing this package registers every layer type (see ``base.register``)."""
-from engine.layer_types import (  # noqa: F401  (imported for their @register side effects)
+from caffeseg.engine.layer_types import (  # noqa: F401  (imported for their @register side effects)
     accuracy,
     activation,
     argmax,
@@ -24,4 +24,4 @@ from engine.layer_types import (  # noqa: F401  (imported for their @register si
     sources,
     spatial,
 )
-from engine.layer_types.base import Layer, LayerError, layer_class, register, registered_types  # noqa: F401
+from caffeseg.engine.layer_types.base import Layer, LayerError, layer_class, register, registered_types  # noqa: F401

@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from engine import fillers
-from engine.layer_types.base import Layer
+from caffeseg.engine import fillers
+from caffeseg.engine.layer_types.base import Layer
 
 FLT_MIN = 1.17549435e-38
 FLT_MAX = 3.402823466e38

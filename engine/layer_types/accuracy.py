@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import (canonical_axis, check_label_count, count, optional_ignore_label,
+from caffeseg.engine.layer_types._util import (canonical_axis, check_label_count, count, optional_ignore_label,
                                  valid_and_safe_labels)
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 @register

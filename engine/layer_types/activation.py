@@ -7,11 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from engine import rng
-from engine.layer_types._util import filled, legacy_dim, no_backward
-from engine.layer_types.base import Layer
-from engine.layer_types.base import register
-from engine.proto import caffe_pb2
+from caffeseg.engine import rng
+from caffeseg.engine.layer_types._util import filled, legacy_dim, no_backward
+from caffeseg.engine.layer_types.base import Layer
+from caffeseg.engine.layer_types.base import register
+from caffeseg.engine.proto import caffe_pb2
 
 
 class _ElementWise(Layer):

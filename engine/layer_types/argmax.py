@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import canonical_axis, count, no_backward
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types._util import canonical_axis, count, no_backward
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 def _top_k_caffe_order(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from engine.proto import caffe_pb2
+from caffeseg.engine.proto import caffe_pb2
 
 Shape = tuple[int, ...]
 

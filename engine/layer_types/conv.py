@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.layer_types import fast_conv
-from engine.layer_types._util import canonical_axis, count, filled
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types import fast_conv
+from caffeseg.engine.layer_types._util import canonical_axis, count, filled
+from caffeseg.engine.layer_types.base import Layer, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

@@ -29,10 +29,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine import rng, runtime
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
-from engine.transformer import TransformError, Transformer
+from caffeseg.engine import rng, runtime
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.transformer import TransformError, Transformer
 
 
 def resolve_path(path: str, base_dir: str | None) -> str:
@@ -45,7 +45,7 @@ def resolve_path(path: str, base_dir: str | None) -> str:
 
 def decode_record(raw: bytes, tp: caffe_pb2.TransformationParameter, where: str):
     """Datum bytes -> (C x H x W array, label), honouring force_color / force_gray."""
-    from engine.datum import datum_to_array, parse_datum
+    from caffeseg.engine.datum import datum_to_array, parse_datum
     datum = parse_datum(raw, where)
     if datum.encoded and (tp.force_color or tp.force_gray):
         import cv2
@@ -71,7 +71,7 @@ class _SharedReaders:
 
     @classmethod
     def acquire(cls, path: str):
-        from engine.lmdb_io import LmdbReader
+        from caffeseg.engine.lmdb_io import LmdbReader
         key = os.path.realpath(path)
         with cls._lock:
             entry = cls._open.get(key)
@@ -219,7 +219,7 @@ class DataLayer(Layer):
         where = f"layer '{self.name}' ({self.type}) transform_param"
         try:
             self.transformer = Transformer(self.param.transform_param, self.phase, where, self.base_dir)
-            from engine.lmdb_io import LmdbError
+            from caffeseg.engine.lmdb_io import LmdbError
             try:
                 probe = _SharedReaders.acquire(self.source)
             except LmdbError as err:

@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine import rng
-from engine.layer_types.base import Layer, register
-from engine.layer_types.data import resolve_path
+from caffeseg.engine import rng
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.data import resolve_path
 
 # the dataset names Caffe's HDF5Output writes (HDF5_DATA_DATASET_NAME, HDF5_DATA_LABEL_NAME)
 OUTPUT_DATA_NAME = "data"

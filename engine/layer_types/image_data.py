@@ -19,10 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine import rng
-from engine.layer_types.base import Layer, register
-from engine.layer_types.data import resolve_path
-from engine.transformer import TransformError, Transformer
+from caffeseg.engine import rng
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.data import resolve_path
+from caffeseg.engine.transformer import TransformError, Transformer
 
 
 def _seeded_generator() -> np.random.Generator:
@@ -321,7 +321,7 @@ class WindowDataLayer(Layer):
         if tp.HasField("mean_file") and len(tp.mean_value):
             raise self.fail("cannot specify mean_file and mean_value at the same time")
         if tp.HasField("mean_file"):
-            from engine.blobproto import read_binaryproto
+            from caffeseg.engine.blobproto import read_binaryproto
             path = resolve_path(tp.mean_file, self.base_dir)
             try:
                 mean = read_binaryproto(path)

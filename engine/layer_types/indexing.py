@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import filled
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types._util import filled
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 def _refuse(layer: Layer, propagate_down, index: int, what: str) -> None:

@@ -1,7 +1,7 @@
 """Input layer: no bottoms; its tops are the net's inputs."""
 from __future__ import annotations
 
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 @register

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.blobproto import BlobShapeError, read_binaryproto
-from engine.layer_types._util import (canonical_axis, check_label_count, count, legacy_dim, optional_ignore_label,
+from caffeseg.engine.blobproto import BlobShapeError, read_binaryproto
+from caffeseg.engine.layer_types._util import (canonical_axis, check_label_count, count, legacy_dim, optional_ignore_label,
                                       valid_and_safe_labels)
-from engine.layer_types.base import Layer, register
-from engine.layer_types.softmax import normalization_mode, normalizer
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.softmax import normalization_mode, normalizer
+from caffeseg.engine.proto import caffe_pb2
 
 
 @register

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
 
 
 @register

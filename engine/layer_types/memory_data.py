@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types.base import Layer, register
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import canonical_axis, count, filled
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types._util import canonical_axis, count, filled
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
 
 
 @register

@@ -13,9 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from engine.layer_types._util import FLT_MAX
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types._util import FLT_MAX
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
 
 _P = caffe_pb2.PoolingParameter
 

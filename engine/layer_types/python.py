@@ -46,15 +46,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.layer_types import base
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types import base
+from caffeseg.engine.proto import caffe_pb2
 
 
 def _shipped_python_layers() -> str:
     """The folder of caffeseg's ``python_layers`` package (the lab's Dice layers) wherever it is
     installed: the lookup of ``jobs.resources.python_layers_dir`` (the engine imports nothing
     of ``jobs``)."""
-    return os.fspath(importlib.resources.files("python_layers"))
+    return os.fspath(importlib.resources.files("caffeseg.python_layers"))
 
 
 class PythonLayerError(base.LayerError):
@@ -277,7 +277,7 @@ def _load_own_module(module_name: str, path: str):
 
 
 def _import_module(module_name: str, search_dirs: Sequence[str], layer_name: str):
-    from engine import caffe_shim
+    from caffeseg.engine import caffe_shim
     caffe_shim.install()
     if not all(part.isidentifier() for part in module_name.split(".")):
         raise PythonLayerError(f"layer '{layer_name}' (Python): python_param.module '{module_name}' is not a "

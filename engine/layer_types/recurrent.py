@@ -27,8 +27,8 @@ from typing import Sequence
 
 import torch
 
-from engine.layer_types._util import count, filled
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types._util import count, filled
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 class _CaffeLSTMCell(torch.autograd.Function):

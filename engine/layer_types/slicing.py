@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import canonical_axis
-from engine.layer_types.base import Layer, register
+from caffeseg.engine.layer_types._util import canonical_axis
+from caffeseg.engine.layer_types.base import Layer, register
 
 
 @register

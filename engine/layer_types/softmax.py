@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.layer_types._util import (FLT_MIN, canonical_axis, check_label_count, count, optional_ignore_label,
+from caffeseg.engine.layer_types._util import (FLT_MIN, canonical_axis, check_label_count, count, optional_ignore_label,
                                  valid_and_safe_labels)
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
 
 _N = caffe_pb2.LossParameter
 

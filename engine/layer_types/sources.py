@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from engine import device as device_state
-from engine import fillers
-from engine.layer_types._util import filled
-from engine.layer_types.base import Layer, register
-from engine.proto import caffe_pb2
+from caffeseg.engine import device as device_state
+from caffeseg.engine import fillers
+from caffeseg.engine.layer_types._util import filled
+from caffeseg.engine.layer_types.base import Layer, register
+from caffeseg.engine.proto import caffe_pb2
 
 
 @register

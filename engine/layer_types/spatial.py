@@ -13,10 +13,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from engine.layer_types._util import canonical_axis, count
-from engine.layer_types.base import Layer, LayerError, register
-from engine.layer_types.pooling import PoolingLayer
-from engine.proto import caffe_pb2
+from caffeseg.engine.layer_types._util import canonical_axis, count
+from caffeseg.engine.layer_types.base import Layer, LayerError, register
+from caffeseg.engine.layer_types.pooling import PoolingLayer
+from caffeseg.engine.proto import caffe_pb2
 
 
 def _per_axis(layer: Layer, values, default: int | None, what: str, naxes: int) -> list[int]:

@@ -22,12 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import rng, runtime
-from engine.proto import caffe_pb2
-from engine.solvers import updates
-from engine.solvers.lr_policy import LearningRate, SolverConfigError
+from caffeseg.engine import rng, runtime
+from caffeseg.engine.proto import caffe_pb2
+from caffeseg.engine.solvers import updates
+from caffeseg.engine.solvers.lr_policy import LearningRate, SolverConfigError
 
-log = logging.getLogger("engine.solver")
+log = logging.getLogger("caffeseg.engine.solver")
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ def _merged_state(phase: int, net_param: caffe_pb2.NetParameter, extra: caffe_pb
 
 def build_net(net_param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, source: str):
     """Construct an engine ``Net`` from a NetParameter with the solver's merged NetState."""
-    from engine.net import Net
+    from caffeseg.engine.net import Net
     param = caffe_pb2.NetParameter()
     param.CopyFrom(net_param)
     param.state.CopyFrom(state)
@@ -72,7 +72,7 @@ def build_net(net_param: caffe_pb2.NetParameter, state: caffe_pb2.NetState, sour
     except TypeError:
         # A Net that only takes file paths: hand it the upgraded text form
         import tempfile
-        from engine.prototxt import format_message
+        from caffeseg.engine.prototxt import format_message
         directory = os.path.dirname(os.path.abspath(source)) if source else None
         with tempfile.NamedTemporaryFile("w", suffix=".prototxt", dir=directory, delete=False) as f:
             f.write(format_message(param))
@@ -97,7 +97,7 @@ class Solver:
         A net from it needs the surface the solver uses: ``_forward_backward()`` (one pass),
         ``last_loss``, ``forward()``, ``blobs``, ``outputs``, ``learnable_params``, ``params``,
         ``copy_from``/``save``/``share_with`` (see tests/test_solvers_golden.py's ReferenceNet)."""
-        from engine.prototxt import read_solver
+        from caffeseg.engine.prototxt import read_solver
         self._build_net = net_factory or build_net
         if isinstance(solver_file, caffe_pb2.SolverParameter):
             self.param, self.source = solver_file, ""
@@ -150,7 +150,7 @@ class Solver:
             raise SolverConfigError("snapshot > 0 needs snapshot_prefix")
 
     def _read_net_file(self, path: str) -> caffe_pb2.NetParameter:
-        from engine.prototxt import read_net
+        from caffeseg.engine.prototxt import read_net
         # Caffe opens net files relative to the process working directory
         return read_net(path)
 
@@ -382,8 +382,8 @@ class Solver:
         if directory:
             os.makedirs(directory, exist_ok=True)
         self._save_net(model_path)
-        from engine.blobproto import array_to_blobproto
-        from engine.caffemodel import write_solverstate
+        from caffeseg.engine.blobproto import array_to_blobproto
+        from caffeseg.engine.caffemodel import write_solverstate
         state = caffe_pb2.SolverState()
         state.iter = self.iter
         state.learned_net = model_path
@@ -404,8 +404,8 @@ class Solver:
         self.net.save(path)
 
     def restore(self, state_file: str):
-        from engine.blobproto import blobproto_to_array
-        from engine.caffemodel import read_solverstate
+        from caffeseg.engine.blobproto import blobproto_to_array
+        from caffeseg.engine.caffemodel import read_solverstate
         if state_file.endswith(".h5"):
             raise SolverConfigError(f"{state_file}: HDF5 solver states are not supported")
         state = read_solverstate(state_file)
@@ -443,7 +443,7 @@ _BY_TYPE = {"SGD": SGDSolver, "Nesterov": NesterovSolver, "AdaGrad": AdaGradSolv
 
 def get_solver(solver_file, net_factory: Callable | None = None) -> Solver:
     """``caffe.get_solver``: the solver class named by the file's ``type`` (default SGD)."""
-    from engine.prototxt import read_solver
+    from caffeseg.engine.prototxt import read_solver
     param = solver_file if isinstance(solver_file, caffe_pb2.SolverParameter) else read_solver(str(solver_file))
     cls = _BY_TYPE.get(param.type)
     if cls is None:

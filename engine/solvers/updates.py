@@ -107,7 +107,7 @@ UPDATE_RULES = {"SGD": sgd, "Nesterov": nesterov, "AdaGrad": adagrad, "RMSProp":
 
 def check_solver_param(p) -> None:
     """Caffe's fatal checks on the update-rule fields."""
-    from engine.solvers.lr_policy import SolverConfigError
+    from caffeseg.engine.solvers.lr_policy import SolverConfigError
     kind = p.type
     if kind not in UPDATE_RULES:
         raise SolverConfigError(f"solver type '{kind}' is not one of {', '.join(SOLVER_TYPES)}")

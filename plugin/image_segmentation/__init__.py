@@ -1,5 +1,5 @@
 """DIGITS' generic Image Segmentation data plugin (feature + label image folders)."""
 
-from plugin.image_segmentation.plugin import ImageSegmentationPlugin
+from caffeseg.plugin.image_segmentation.plugin import ImageSegmentationPlugin
 
 __all__ = ["ImageSegmentationPlugin"]

@@ -41,10 +41,10 @@ import warnings
 
 import numpy as np
 
-from plugin import images
-from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormError, FormField,
+from caffeseg.plugin import images
+from caffeseg.plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormError, FormField,
                          Itemization, PluginError)
-from plugin.image_segmentation import classes as class_files
+from caffeseg.plugin.image_segmentation import classes as class_files
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")

@@ -1,5 +1,5 @@
 """Sunnybrook LV segmentation data plugin (LV Segmentation Challenge release layout)."""
 
-from plugin.sunnybrook.plugin import SunnybrookPlugin
+from caffeseg.plugin.sunnybrook.plugin import SunnybrookPlugin
 
 __all__ = ["SunnybrookPlugin"]

@@ -8,7 +8,7 @@ plugin rounded them, so labels match datasets built with DIGITS pixel for pixel.
 
 import numpy as np
 
-from plugin.base import EntryError
+from caffeseg.plugin.base import EntryError
 
 # A contour enclosing less than this (in pixels²) outlines nothing: its points lie on one line.
 MIN_AREA_PX = 0.5

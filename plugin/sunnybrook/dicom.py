@@ -17,8 +17,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from plugin.base import EntryError
-from plugin.images import ImageTooLarge, check_pixel_count
+from caffeseg.plugin.base import EntryError
+from caffeseg.plugin.images import ImageTooLarge, check_pixel_count
 
 # What to install for each family of compressed transfer syntaxes.
 _PLUGIN_HINTS = (

@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from plugin.sunnybrook import layout
+from caffeseg.plugin.sunnybrook import layout
 
 IMAGE_SIZE = 256
 PHASES_PER_SLICE = 20
@@ -329,7 +329,7 @@ def _truth_function(slices):
 def window_png(dicom_path, png_path, center=900, width=1800):
     """Write a windowed 8-bit PNG of a phantom (or real) slice, for eyeballing."""
     import cv2
-    from plugin.sunnybrook.dicom import read_slice
+    from caffeseg.plugin.sunnybrook.dicom import read_slice
     px = read_slice(dicom_path).pixels.astype(np.float64)
     lo = center - width / 2
     img = np.clip((px - lo) / width * 255, 0, 255).astype(np.uint8)

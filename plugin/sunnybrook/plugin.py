@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormError, FormField,
+from caffeseg.plugin.base import (DataPlugin, EncodedRecord, Entry, EntryError, FormError, FormField,
                          Itemization, PluginError)
-from plugin.sunnybrook import contours, dicom, layout
+from caffeseg.plugin.sunnybrook import contours, dicom, layout
 
 CLASS_LABELS = {"inner": ["background", "LV cavity"],
                 "inner_outer": ["background", "LV cavity", "myocardium"]}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request, send_file, url_for
 
-from web.backend import BadRequest
-from web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
-from web.safety import check_job_id, complete_path
-from web.views.common import backend, json_body, load_job, plugin_by_id, plugins, require_non_form_origin
-from web.job_options import fill_model_choices, model_options
-from web import api_spec, inference_store, pretrained_store
+from caffeseg.web.backend import BadRequest
+from caffeseg.web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
+from caffeseg.web.safety import check_job_id, complete_path
+from caffeseg.web.views.common import backend, json_body, load_job, plugin_by_id, plugins, require_non_form_origin
+from caffeseg.web.job_options import fill_model_choices, model_options
+from caffeseg.web import api_spec, inference_store, pretrained_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -165,7 +165,7 @@ def pretrained_list():
 
 @bp.route("/pretrained", methods=["POST"])
 def upload_pretrained():
-    from web.forms import PretrainedUploadForm
+    from caffeseg.web.forms import PretrainedUploadForm
     form = PretrainedUploadForm(meta={"csrf": False})
     if not form.validate():
         raise BadRequest("invalid pretrained model upload", api_spec.form_errors(form))

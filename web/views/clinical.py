@@ -18,9 +18,9 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, render_template, request, send_file, url_for
 from werkzeug.utils import secure_filename
 
-from web.backend import BadRequest, NotFound
-from web.views.common import require_non_form_origin
-from web.views.common import backend, load_job
+from caffeseg.web.backend import BadRequest, NotFound
+from caffeseg.web.views.common import require_non_form_origin
+from caffeseg.web.views.common import backend, load_job
 
 bp = Blueprint("clinical", __name__)
 api_bp = Blueprint("clinical_api", __name__, url_prefix="/api")

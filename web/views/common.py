@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import abort, current_app, flash, redirect, request, url_for
 
-from web import plugins as web_plugins
-from web.backend import BadRequest, NotFound
-from web.safety import check_job_id
+from caffeseg.web import plugins as web_plugins
+from caffeseg.web.backend import BadRequest, NotFound
+from caffeseg.web.safety import check_job_id
 
 
 def backend():
@@ -39,7 +39,7 @@ def load_job(job_id: str, kind: str | None = None) -> dict:
 def post_action(job_id: str, kind: str, action: str, message: str):
     """A lifecycle button (abort, resume…): form token checked, the backend's refusal flashed,
     back to the job's page."""
-    from web.forms import ConfirmForm
+    from caffeseg.web.forms import ConfirmForm
     load_job(job_id, kind)
     if not ConfirmForm().validate_on_submit():
         abort(400, "missing form token")

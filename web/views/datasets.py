@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 
-from web import imaging
-from web.backend import BadRequest, Unavailable
-from web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
-from web.safety import check_job_id
-from web.views.common import add_post_actions, backend, load_job, plugin_by_id
+from caffeseg.web import imaging
+from caffeseg.web.backend import BadRequest, Unavailable
+from caffeseg.web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
+from caffeseg.web.safety import check_job_id
+from caffeseg.web.views.common import add_post_actions, backend, load_job, plugin_by_id
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, url_for)
 
-from web.backend import BadRequest, NotFound
-from web.safety import check_job_id
-from web.views.common import SAFE_METHODS, backend, json_body, load_job, require_non_form_origin
+from caffeseg.web.backend import BadRequest, NotFound
+from caffeseg.web.safety import check_job_id
+from caffeseg.web.views.common import SAFE_METHODS, backend, json_body, load_job, require_non_form_origin
 
 bp = Blueprint("digits", __name__)
 api_bp = Blueprint("digits_api", __name__, url_prefix="/api")
@@ -39,7 +39,7 @@ FINISHED = ("Done", "Error", "Aborted", "Interrupted")
 
 
 def _form_token_ok() -> bool:
-    from web.forms import ConfirmForm
+    from caffeseg.web.forms import ConfirmForm
     return ConfirmForm().validate_on_submit()
 
 
@@ -162,7 +162,7 @@ def test_many_preview(job_id, test_id, index):
     class indices themselves)."""
     import cv2
     import numpy as np
-    from web import imaging
+    from caffeseg.web import imaging
     response = _test_file(job_id, test_id, "class_maps/%05d.png" % index, "image/png")
     response.direct_passthrough = False
     class_map = cv2.imdecode(np.frombuffer(response.get_data(), np.uint8), cv2.IMREAD_UNCHANGED)
@@ -345,7 +345,7 @@ def _digits_type(job):
 def _digits_entry(job, fields):
     """DIGITS' home-table json_dict: id, name, group, status, status_css, submitted, elapsed,
     progress (percent), dataset_id, type, framework, and per model output "<name> (<phase>) last/min/max"."""
-    from web.templating import STATUS_CLASS
+    from caffeseg.web.templating import STATUS_CLASS
     d = {"id": job["id"], "name": job["name"], "group": job.get("group") or "", "status": job["status"],
          "status_css": STATUS_CLASS.get(str(job["status"]).lower(), ""), "submitted": job.get("submitted"),
          "elapsed": job.get("elapsed"), "type": _digits_type(job), "username": job.get("owner") or ""}
@@ -550,9 +550,9 @@ def digits_model_form(form):
 def digits_create_model():
     """DIGITS' New Model POST with its form field names; answers its job JSON ({id, name, status},
     {jobs: [...]} for a sweep) or, without .json, redirects to the model page."""
-    from web import api_spec
-    from web.forms import ModelForm
-    from web.job_options import fill_model_choices, model_options
+    from caffeseg.web import api_spec
+    from caffeseg.web.forms import ModelForm
+    from caffeseg.web.job_options import fill_model_choices, model_options
     values, unused = digits_model_form(request.form)
     if unused:
         raise BadRequest("fields caffeseg does not know: %s" % ", ".join(sorted(unused)),
@@ -590,7 +590,7 @@ def digits_download(job_id, extension):
 
 
 def install(app) -> None:
-    from web import csrf
+    from caffeseg.web import csrf
     # the job pages include _job_panels.html, which asks for its panels itself
     app.jinja_env.globals["job_details"] = lambda job_id: backend().job_details(job_id)
     app.register_blueprint(bp)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, send_file
 
-from web.views.common import load_job
-from web.safety import job_file
+from caffeseg.web.views.common import load_job
+from caffeseg.web.safety import job_file
 
 bp = Blueprint("files", __name__)
 

@@ -5,10 +5,10 @@ from collections import OrderedDict
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-from web.backend import Unavailable
-from web.forms import BulkForm, ConfirmForm, PretrainedUploadForm
-from web.safety import UnsafePath, check_job_id
-from web.views.common import backend
+from caffeseg.web.backend import Unavailable
+from caffeseg.web.forms import BulkForm, ConfirmForm, PretrainedUploadForm
+from caffeseg.web.safety import UnsafePath, check_job_id
+from caffeseg.web.views.common import backend
 
 bp = Blueprint("home", __name__)
 

@@ -9,11 +9,11 @@ import re
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
-from web import inference_store as store
-from web.backend import BadRequest, Unavailable
-from web.forms import InferenceForm, choice_list
-from web.safety import check_job_id, job_file
-from web.views.common import backend, load_job
+from caffeseg.web import inference_store as store
+from caffeseg.web.backend import BadRequest, Unavailable
+from caffeseg.web.forms import InferenceForm, choice_list
+from caffeseg.web.safety import check_job_id, job_file
+from caffeseg.web.views.common import backend, load_job
 
 bp = Blueprint("inference", __name__)
 

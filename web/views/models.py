@@ -7,11 +7,11 @@ import re
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    url_for)
 
-from web.backend import BadRequest, Unavailable, running_seconds
-from web.forms import ConfirmForm, ModelForm
-from web.job_options import (SERVICE_FIELD_NAMES, clone_form_data, fill_model_choices, model_options,
+from caffeseg.web.backend import BadRequest, Unavailable, running_seconds
+from caffeseg.web.forms import ConfirmForm, ModelForm
+from caffeseg.web.job_options import (SERVICE_FIELD_NAMES, clone_form_data, fill_model_choices, model_options,
                               restore_network_tab)
-from web.views.common import add_post_actions, backend, load_job
+from caffeseg.web.views.common import add_post_actions, backend, load_job
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 DEFAULT_NETWORK = "fcn_alexnet"  # the network the lab starts from (the list is sorted by file name)
@@ -102,7 +102,7 @@ def _waiting_note(job: dict) -> dict | None:
             "command": f"caffeseg worker --backend {wanted} --data {data}"}
     if wanted == "pycaffe":
         note["docker"] = "docker compose -f docker/compose.yaml up"
-        note["docker_command"] = "python3 -m jobs.worker --backend pycaffe --data /data"
+        note["docker_command"] = "python3 -m caffeseg.jobs.worker --backend pycaffe --data /data"
     return note
 
 

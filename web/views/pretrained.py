@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 
-from web import pretrained_store
-from web.backend import BadRequest, NotFound, Unavailable
-from web.forms import ConfirmForm, PretrainedUploadForm
-from web.safety import check_job_id
-from web.views.common import backend
+from caffeseg.web import pretrained_store
+from caffeseg.web.backend import BadRequest, NotFound, Unavailable
+from caffeseg.web.forms import ConfirmForm, PretrainedUploadForm
+from caffeseg.web.safety import check_job_id
+from caffeseg.web.views.common import backend
 
 bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
 
 UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
 @bp.route("/upload", methods=["POST"])
 def upload():
-    from web.views.home import render_home
+    from caffeseg.web.views.home import render_home
     form = PretrainedUploadForm()
     if not form.validate_on_submit():
         for name, messages in form.errors.items():

@@ -6,6 +6,6 @@ __caffeseg_proxy__ = True
 
 import sys as _sys
 
-from engine import caffe_shim as _caffe_shim
+from caffeseg.engine import caffe_shim as _caffe_shim
 
 _caffe_shim.install(replacing=_sys.modules[__name__])
