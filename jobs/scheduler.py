@@ -449,12 +449,17 @@ class Scheduler:
             if not self.store.claim(job["id"], st.WAITING, st.RUNNING, "build started by worker %d" % os.getpid(),
                                     pid=os.getpid()):
                 continue  # another worker took it
-            t = threading.Thread(target=self.build_dataset, args=(job["id"],), daemon=True,
+            t = threading.Thread(target=self._build_in_background, args=(job["id"],), daemon=True,
                                  name="dataset-%s" % job["id"])
             self._building[job["id"]] = t
             t.start()
             started.append(job["id"])
         return started
+
+    def _build_in_background(self, job_id):
+        # batch work: the trainings and the web's answers go first when cores are short (jobs.threads)
+        threads.lower_this_threads_priority()
+        self.build_dataset(job_id)
 
     def step(self):
         """Start what can start now (in threads); returns the started job ids."""

@@ -14,7 +14,10 @@ The policy (``plan``), from the usable cores C and the training slots T:
   idle thread sleeps at once and hands its core to whoever needs it;
 * inference gets ``max(1, C // 4)`` threads (1 on a 2-4 core machine): a single record is small,
   and the web must not take the training's cores;
-* a dataset build gets 1 thread (its work is DICOM decoding and LMDB writes, one record at a time);
+* a dataset build gets 1 thread (its work is DICOM decoding and LMDB writes, one record at a time)
+  and runs at a lower priority (``DATASET_NICENESS``): it is batch work that can wait a moment,
+  while the training and the web's answers cannot, and on a machine with fewer cores than the
+  three roles' threads the build would otherwise take an equal share from each;
 * each training gets ``max(1, (C - R) // T)`` threads, R being the inference threads reserved for the
   web (R = 0 when ``reserve_inference`` is false, e.g. a worker with no web server beside it).
 
@@ -34,6 +37,25 @@ ROLES = ("training", "inference", "dataset")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 OVERRIDE_ENV = "CAFFESEG_THREADS"  # "training=2,inference=1": the operator's own counts win
+
+
+DATASET_NICENESS = 10  # added to a dataset build thread's niceness (Linux: per thread)
+
+
+def lower_this_threads_priority(by=DATASET_NICENESS):
+    """Lower the priority of the calling thread by ``by`` niceness steps, and of the threads and
+    processes it starts afterwards (Linux keeps a niceness per thread, and a new thread or a
+    forked process inherits its creator's). Returns the thread's new niceness, or None where the
+    system has no per-thread niceness (then nothing changes: the rest of the process keeps its
+    priority). Niceness only matters when the cores are contended: a build alone runs at full
+    speed."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return None
+    import threading
+    tid = threading.get_native_id()
+    niceness = os.getpriority(os.PRIO_PROCESS, tid) + int(by)
+    os.setpriority(os.PRIO_PROCESS, tid, min(niceness, 19))
+    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 class ThreadPlan(object):

@@ -147,3 +147,46 @@ def test_caffeseg_serve_sets_the_inference_plan_before_torch_loads(tmp_path):
                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["PASSIVE", wanted, wanted]
+
+
+# -- a dataset build yields to the trainings and the web -------------------------------------------
+
+def _niceness_of_this_thread():
+    import threading
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lowering_a_threads_priority_leaves_the_rest_of_the_process_alone():
+    import threading
+    seen = {}
+
+    def build():
+        seen["before"] = _niceness_of_this_thread()
+        seen["after"] = threads.lower_this_threads_priority()
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"],
+                               capture_output=True, text=True, timeout=60)
+        seen["child"] = int(child.stdout)
+
+    main_before = _niceness_of_this_thread()
+    worker = threading.Thread(target=build)
+    worker.start()
+    worker.join()
+    assert seen["after"] == min(seen["before"] + threads.DATASET_NICENESS, 19) > seen["before"]
+    assert seen["child"] == seen["after"]  # what the build starts (a process pool) inherits it
+    assert _niceness_of_this_thread() == main_before  # the web's threads keep their priority
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_scheduler_builds_a_queued_dataset_at_the_lower_priority(tmp_path):
+    store = st.JobStore(str(tmp_path / "jobs"))
+    folder = os.path.join(store.root, "d1")
+    os.makedirs(folder)
+    store.add_job("d1", "dataset", "d1", folder, status=st.WAITING)
+    scheduler = sched.Scheduler(store, backend="engine")
+    seen = {}
+    scheduler.build_dataset = lambda job_id: seen.update(job=job_id, niceness=_niceness_of_this_thread())
+    assert scheduler.step() == ["d1"]
+    scheduler._building["d1"].join(30)
+    assert seen["job"] == "d1"
+    assert seen["niceness"] == min(_niceness_of_this_thread() + threads.DATASET_NICENESS, 19)
