@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -131,6 +132,9 @@ class DeployModel:
         self.classes = list(classes or [])
         self.caffe = caffe or get_caffe(backend)
         self.net = self.caffe.Net(deploy_path, weights, self.caffe.TEST)
+        # a net's blobs are shared state: one prediction at a time (the web answers in several
+        # threads, and jobs.net_cache hands one loaded model to all of them)
+        self.lock = threading.Lock()
         self.input_name = list(self.net.inputs)[0]
         self.mean = None
         if self.preprocess_spec.get("mean_file"):
@@ -141,9 +145,11 @@ class DeployModel:
             self.mean = np.asarray(self.preprocess_spec["mean_value"], dtype=np.float32)[:, None, None]
 
     @classmethod
-    def from_job(cls, job_dir, snapshot=None, backend="auto", caffe=None):
+    def from_job(cls, job_dir, snapshot=None, backend="auto", caffe=None, weights=None):
+        """The job's deploy net with snapshot iteration ``snapshot`` (None: the newest), or with
+        the snapshot file ``weights`` when given (jobs.net_cache names the file it keys on)."""
         info = _read_json(os.path.join(job_dir, "job.json"))
-        return cls(os.path.join(job_dir, "deploy.prototxt"), latest_snapshot(job_dir, snapshot),
+        return cls(os.path.join(job_dir, "deploy.prototxt"), weights or latest_snapshot(job_dir, snapshot),
                    preprocessing_from_train_val(os.path.join(job_dir, "train_val.prototxt")),
                    classes=info.get("classes"), caffe=caffe, backend=backend)
 
@@ -194,6 +200,10 @@ class DeployModel:
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, image, label=None, visualize=False):
+        with self.lock:
+            return self._predict(image, label, visualize)
+
+    def _predict(self, image, label, visualize):
         x = self.preprocess(image)
         blob = self.net.blobs[self.input_name]
         blob.reshape(1, *x.shape)

@@ -164,6 +164,10 @@ class JobService:
         # dataset's LMDBs here (evaluation, also the worker thread's after a training; inference of
         # a record; the web's dataset explorer) takes this lock.
         self.lmdb_lock = threading.RLock()
+        # deploy nets loaded for inference, kept between requests (loading one costs more than
+        # its forward pass); DeployModel.predict serialises the requests on one net
+        from caffeseg.jobs.net_cache import DeployNetCache
+        self.deploy_nets = DeployNetCache()
         self._key_cache = {}
         # Running jobs nobody supervises (server restart, kill, power loss): a runner that ended
         # meanwhile gets its real outcome (Done is evaluated), one that stopped mid-way becomes
@@ -566,9 +570,9 @@ class JobService:
         return job
 
     def _deploy_model(self, job, snapshot=None):
-        from caffeseg.jobs.infer import DeployModel, InferError
+        from caffeseg.jobs.infer import InferError
         try:
-            return DeployModel.from_job(job["dir"], snapshot, backend=self.scheduler.backend)
+            return self.deploy_nets.deploy_model(job["dir"], snapshot, backend=self.scheduler.backend)
         except InferError as exc:
             raise ServiceError(str(exc))
 
@@ -861,6 +865,7 @@ class JobService:
 
     def _remove(self, job):
         self.store.delete(job["id"])
+        self.deploy_nets.forget(job["dir"])
         shutil.rmtree(job["dir"], ignore_errors=True)
 
     def rename(self, job_id, name, user=None):
