@@ -107,7 +107,8 @@ def test_json_api_additions(env):
     client, fake, ds, model, _ = env
     edited = client.put(f"/api/jobs/{model}", json={"notes": "from a script", "group": "api"}).get_json()
     assert edited["notes"] == "from a script" and edited["group"] == "api"
-    assert client.put(f"/api/jobs/{model}", json={"status": "Done"}).status_code == 400
+    refused = client.put(f"/api/jobs/{model}", json={"status": "Done"})
+    assert refused.status_code == 400 and refused.get_json()["fields"] == {"status": "unknown field"}
     assert client.put(f"/api/jobs/{model}", data={"notes": "x"}).status_code == 403  # a form post: refused
     result = client.post("/api/jobs/bulk", json={"action": "group", "job_ids": [model, "nope"], "group": "x"}).get_json()
     assert result["done"] == [model] and "nope" in result["errors"]
@@ -141,6 +142,29 @@ def test_test_many_form_result_and_api(env):
     assert body["rows"][0]["files"]["class_map"].endswith("/class_maps/0.png")
     assert client.get(f"/api/jobs/{model}/test-many/{body['id']}").get_json()["status"]["state"] == "Done"
     assert client.get(f"/api/jobs/{model}/test-many/t-0000000999").status_code == 404
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"dataset_stage": "val", "resize": [16]}, "resize"),
+    ({"dataset_stage": "val", "resize": "16x16"}, "resize"),
+    ({"dataset_stage": "val", "resize": [True, 16]}, "resize"),
+    ({"dataset_stage": "val", "snapshot": "latest"}, "snapshot"),
+    ({"dataset_stage": "val", "probabilites": True}, "probabilites"),  # misspelt: not silently ignored
+])
+def test_test_many_json_bad_values_are_refused_by_field(env, body, field):
+    client, fake, _ds, model, _ = env
+    calls = len(fake.calls)
+    resp = client.post(f"/api/jobs/{model}/test-many", json=body)
+    assert resp.status_code == 400 and field in resp.get_json()["fields"]
+    assert len(fake.calls) == calls  # nothing started
+
+
+def test_test_many_json_needs_exactly_one_source_like_the_form(env):
+    client, fake, _ds, model, data = env
+    for body in ({}, {"folder": str(data), "dataset_stage": "val"}):
+        resp = client.post(f"/api/jobs/{model}/test-many", json=body)
+        assert resp.status_code == 400 and "exactly one" in resp.get_json()["error"]
+    assert not [c for c in fake.calls if c[0] == "test_many"]
 
 
 # -- on the real jobs service ----------------------------------------------------------------------

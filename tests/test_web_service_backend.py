@@ -15,7 +15,8 @@ from caffeseg.jobs.dataset import DatasetError, DatasetInfo
 from caffeseg.jobs.service import JobService, training_progress
 from tests.jobs_fixtures import TINY_NET, write_dataset_json
 from caffeseg.web.backend import BadRequest, NotFound
-from caffeseg.web.service_backend import ServiceBackend, list_job_files
+from caffeseg.web.backend_shapes import list_job_files
+from caffeseg.web.service_backend import ServiceBackend
 from web_helpers import write_lmdb_dataset
 
 VAL_RECORDS = [{"key": "00000000", "case": "SC-HF-NI-3", "image_no": 48, "title": "record SC-HF-NI-3 / image 0048"},
@@ -114,6 +115,17 @@ def test_dataset_json_of_another_format_is_refused_by_name(site, tmp_path):
         svc.dataset_info(dataset["id"])
     page = backend.job(dataset["id"])  # the page still shows the job, without the dataset's facts
     assert page["info"]["counts"] == {} and page["summary"]["train_count"] is None
+
+
+def test_the_job_size_counts_a_hard_linked_file_once_as_the_details_panel_does(site):
+    backend, _svc, _dataset, model = site
+    weights = Path(model["dir"], "snapshot_iter_4.caffemodel")
+    weights.write_bytes(b"0" * 1000)
+    os.link(weights, Path(model["dir"], "pretrained.caffemodel"))
+    size = backend.job(model["id"])["size"]
+    assert size == backend.job_details(model["id"])["disk_bytes"]
+    assert size == sum(p.stat().st_size for p in Path(model["dir"]).rglob("*")
+                       if p.is_file() and p.name != "pretrained.caffemodel")
 
 
 def test_list_job_files_hides_lmdb_internals(tmp_path):

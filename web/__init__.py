@@ -126,22 +126,42 @@ def create_app(config=None) -> Flask:
     pretrained.install_upload_limit(app)  # before CSRFProtect reads the body
     csrf.init_app(app)
 
-    from caffeseg.web.views import api, datasets, files, home, inference, models, vendor
-    for module in (home, datasets, models, inference, files, vendor, pretrained):
-        app.register_blueprint(module.bp)
-    # The JSON API authenticates state changes by requiring a JSON body or a custom header,
-    # which a cross-site form cannot send; the browser pages send both the header and the token.
-    csrf.exempt(api.bp)
-    app.register_blueprint(api.bp)
-    from caffeseg.web.views import clinical  # the evaluation page, take-aways, DICOM series (and their API)
-    app.register_blueprint(clinical.bp)
-    csrf.exempt(clinical.api_bp)
-    app.register_blueprint(clinical.api_bp)
-
     from caffeseg.web import users  # DIGITS' login (optional), the owner of what a request creates or changes
     users.install(app)
-    from caffeseg.web.views import digits  # job editing, Info, Make Pretrained, archive upload, Test Many, DIGITS' URLs
-    digits.install(app)
+    from caffeseg.web.views import (api, clinical, datasets, digits_urls, files, home, info, inference, job_panels,
+                                    models, test_many, vendor)
+    pages = (
+        home.bp,            # the job tables and the Pretrained Models tab
+        datasets.bp,        # New Dataset, the dataset page and its records
+        models.bp,          # New Model, the model page (live charts), its buttons and download
+        inference.bp,       # one record or image through a model, compare
+        clinical.bp,        # the evaluation page, take-aways, DICOM series
+        job_panels.bp,      # a job page's name/notes/group form, Make Pretrained Model
+        test_many.bp,       # Test Many
+        pretrained.bp,      # upload, delete, prepare, archive upload, layers
+        info.bp,            # the navbar's Info
+        files.bp,           # a job's files
+        vendor.bp,          # Plotly from the installed package
+    )
+    # The JSON APIs authenticate state changes by requiring a JSON body or a custom header,
+    # which a cross-site form cannot send; the browser pages send both the header and the token.
+    apis = (
+        api.bp,
+        clinical.api_bp,
+        job_panels.api_bp,
+        test_many.api_bp,
+        pretrained.api_bp,
+        info.api_bp,
+        # DIGITS' URLs take its form posts without a token, as DIGITS did; they refuse another
+        # site's Origin instead
+        digits_urls.bp,
+    )
+    for blueprint in pages:
+        app.register_blueprint(blueprint)
+    for blueprint in apis:
+        csrf.exempt(blueprint)
+        app.register_blueprint(blueprint)
+    job_panels.install_details(app)
 
     from caffeseg.web import templating
     templating.install(app)

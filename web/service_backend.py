@@ -1,60 +1,26 @@
 """``Backend`` on ``jobs.service.JobService`` (the facade the CLI also uses).
 
-Each method calls the one service method that answers it and shapes the answer for the
-templates (``web.backend`` documents the shapes). The service's errors map onto the web's:
+Each method calls the one service method that answers it; ``web.backend_shapes`` turns the
+answer into the shape ``web.backend`` documents. The service's errors map onto the web's:
 ``KeyError`` → NotFound, ``ValueError`` (``ServiceError``, ``DatasetError``, a bad job id) →
 BadRequest.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import time
 from pathlib import Path
 
 from caffeseg.jobs import networks
-from caffeseg.jobs.dataset import DatasetError, record_name
+from caffeseg.jobs.dataset import DatasetError
+from caffeseg.jobs.job_details import folder_size
 from caffeseg.jobs.service import JobService, NotOwner
-from caffeseg.web import job_options, pretrained_store
-from caffeseg.web.backend import BadRequest, Forbidden, NotFound, running_seconds
+from caffeseg.web import backend_shapes as shapes, job_options, pretrained_store
+from caffeseg.web.backend import BadRequest, Forbidden, NotFound
 from caffeseg.web.netinspect import inspect
-from caffeseg.web.users import current_user
 from caffeseg.web.safety import check_job_id
-
-# Folders inside a job directory whose content is listed as one entry (LMDB internals, results).
-OPAQUE_DIRS = ("_db", "inference", "uploads", "__pycache__")
-LOG_LIMIT = 200000  # characters of a log the pages get (its end)
-BOOKKEEPING_SERIES = ("epoch", "eta", "throughput")  # phase-less rows that are not charted
-EVALUATION_COLUMNS = ("dice", "iou", "pixel_accuracy")
-SPARK_POINTS = 60
-
-
-def list_job_files(job_dir: Path) -> list[dict]:
-    """Files a user may open or download, relative to the job directory (one level of folders)."""
-    out = []
-    if not job_dir.is_dir():
-        return out
-    for entry in sorted(job_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file():
-            out.append({"name": entry.name, "size": entry.stat().st_size})
-        elif entry.is_dir() and not entry.name.endswith(OPAQUE_DIRS):
-            for sub in sorted(entry.iterdir()):
-                if sub.is_file() and not sub.name.startswith("."):
-                    out.append({"name": f"{entry.name}/{sub.name}", "size": sub.stat().st_size})
-    return out
-
-
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):  # a file removed meanwhile (a running job's)
-                total += (Path(root) / name).stat().st_size
-    return total
-
+from caffeseg.web.test_many_uploads import upload_root
+from caffeseg.web.users import current_user
 
 @contextlib.contextmanager
 def _service_errors():
@@ -73,65 +39,6 @@ def _service_errors():
         raise err from None
 
 
-def dataset_view(info) -> dict:
-    """A ``jobs.dataset.DatasetInfo`` as the dataset page and the model form read it."""
-    if info is None:
-        return {"counts": {}, "classes": [], "palette": [], "form_values": {}}
-    return {"counts": info.counts, "feature_shape": info.feature_shape, "feature_dtype": info.feature_dtype,
-            "label_shape": info.label_shape, "label_dtype": info.label_dtype, "classes": info.classes,
-            "palette": info.palette, "form_values": info.form_values,
-            "split": info.info.get("split") or {},  # by slice|patient, val_cases, cases_in_both
-            "skipped": list(info.info.get("skipped") or [])}  # [{file, message}]: records left out, why
-
-
-def _dataset_summary(view: dict) -> dict:
-    return {"train_count": view["counts"].get("train"), "val_count": view["counts"].get("val"),
-            "feature_shape": view.get("feature_shape"), "feature_dtype": view.get("feature_dtype"),
-            "classes": view["classes"]}
-
-
-def _series(rows, since=0) -> tuple[dict, dict]:
-    """The service's metric rows → charted series {train/<name>, val/<name>, lr: [[it, v]]} and
-    the bookkeeping ones (epoch, eta, throughput)."""
-    charted, bookkeeping = {}, {}
-    for iteration, name, value, phase in rows:
-        if iteration < since:
-            continue
-        if phase:
-            # A non-finite output (stored as NULL) stays a point: null, a gap in the chart; the
-            # job's status message says why (the runner stops on it).
-            charted.setdefault(f"{phase}/{name}", []).append([iteration, None if value is None else float(value)])
-            continue
-        if value is None:
-            continue
-        if name in BOOKKEEPING_SERIES:
-            bookkeeping.setdefault(name, []).append([iteration, float(value)])
-            continue
-        charted.setdefault(name, []).append([iteration, float(value)])
-    return charted, bookkeeping
-
-
-def _key_metrics(series: dict) -> dict:
-    """last/min/max and a sparkline of every output the job records (train/<name>, val/<name>),
-    as DIGITS' model table (the home page shows the validation outputs and the training loss
-    first; its column chooser shows the others)."""
-    out = {}
-    for name, points in series.items():
-        if name.startswith(("val/", "train/")):
-            values = [p[1] for p in points if p[1] is not None]
-            if not values:
-                continue
-            step = max(1, len(values) // SPARK_POINTS)
-            out[name] = {"last": values[-1], "min": min(values), "max": max(values), "spark": values[::step]}
-    return out
-
-
-def _snapshot_entries(snapshots, job_dir: Path, per_epoch) -> list[dict]:
-    return [{"iteration": it, "epoch": it / per_epoch if per_epoch else None, "file": name,
-             "size": (job_dir / name).stat().st_size if (job_dir / name).is_file() else None}
-            for it, name in snapshots]
-
-
 class ServiceBackend:
     """``web.backend.Backend`` on a ``JobService`` over ``settings["JOBS_DIR"]`` (or ``service``).
     With ``START_WORKER`` (default) this process also runs the queued jobs (single-process serve)."""
@@ -145,22 +52,10 @@ class ServiceBackend:
     # -- listing and lifecycle ----------------------------------------------------------------
     def _summary(self, job: dict) -> dict:
         """A ``show`` answer as a listing entry."""
-        history = [{"status": status, "time": at} for status, at in job["history"]]
-        if job["kind"] == "model":
-            elapsed = running_seconds(history, job["status"])
-        else:
-            end = job["updated_at"] if job["status"] not in ("Initialized", "Waiting", "Running") else time.time()
-            elapsed = max(0.0, end - job["created_at"])
-        out = dict(job, group=job["group_name"] or "", submitted=job["created_at"], elapsed=elapsed,
-                   history=history, metrics={})
         if job["kind"] == "model":
             with _service_errors():
-                out["metrics"] = _key_metrics(_series(self.service.metrics(job["id"])["series"])[0])
-        else:
-            out["info"] = dataset_view(self._dataset_info(job["id"]))
-            out["summary"] = _dataset_summary(out["info"])
-            out["plugin"] = job["options"].get("plugin")
-        return out
+                return shapes.job_summary(job, metric_rows=self.service.metrics(job["id"])["series"])
+        return shapes.job_summary(job, dataset_info=self._dataset_info(job["id"]))
 
     def _dataset_info(self, job_id):
         try:
@@ -178,12 +73,12 @@ class ServiceBackend:
     def job(self, job_id):
         job = self._summary(self._show(job_id))
         job_dir = Path(job["dir"])
-        job["files"] = list_job_files(job_dir)
-        job["size"] = _dir_size(job_dir)
+        job["files"] = shapes.list_job_files(job_dir)
+        job["size"] = folder_size(job_dir)
         log = self.service.log(job_id)
-        job["log"] = log[-LOG_LIMIT:] if log is not None else None
+        job["log"] = log[-shapes.LOG_LIMIT:] if log is not None else None
         if job["kind"] == "model":
-            job["snapshots"] = _snapshot_entries(job["snapshots"], job_dir, job["iters_per_epoch"])
+            job["snapshots"] = shapes.snapshot_entries(job["snapshots"], job_dir, job["iters_per_epoch"])
             try:
                 job["dataset_name"] = self.service.show(job["dataset_id"])["name"]
             except KeyError:  # the dataset was deleted
@@ -194,16 +89,12 @@ class ServiceBackend:
         """A model's snapshots from its listing entry, without the rest of ``job()`` (the New
         Model form lists those of every previous model)."""
         with _service_errors():
-            return _snapshot_entries(self.service.snapshots(job["id"]), Path(job["dir"]), job.get("iters_per_epoch"))
+            return shapes.snapshot_entries(self.service.snapshots(job["id"]), Path(job["dir"]),
+                                           job.get("iters_per_epoch"))
 
     def metrics(self, job_id, since=0):
         with _service_errors():
-            raw = self.service.metrics(check_job_id(job_id), since)
-        series, bookkeeping = _series(raw["series"], since)
-        throughput = bookkeeping.get("throughput")
-        return {"status": raw["status"], "progress": raw["progress"], "eta": raw["eta"],
-                "iters_per_epoch": raw["iters_per_epoch"], "series": series,
-                "throughput": throughput[-1][1] if throughput else None}
+            return shapes.metrics_view(self.service.metrics(check_job_id(job_id), since), since)
 
     def abort(self, job_id):
         with _service_errors():
@@ -323,11 +214,11 @@ class ServiceBackend:
     # -- evaluation / inference ---------------------------------------------------------------
     def evaluation(self, job_id):
         with _service_errors():
-            return _evaluation_view(self.service.evaluation(check_job_id(job_id)))
+            return shapes.evaluation_view(self.service.evaluation(check_job_id(job_id)))
 
     def evaluate(self, job_id):
         with _service_errors():
-            return _evaluation_view(self.service.evaluate(check_job_id(job_id)))
+            return shapes.evaluation_view(self.service.evaluate(check_job_id(job_id)))
 
     def clinical_export(self, job_id, fmt, *, case=None, record=None):
         with _service_errors():
@@ -345,7 +236,7 @@ class ServiceBackend:
             else:
                 raw = self.service.infer_image(job_id, image_path, snapshot=snapshot, visualize=visualize)
         info = self._dataset_info(job["dataset_id"]) if job.get("dataset_id") else None
-        return _inference_view(raw, info)
+        return shapes.inference_view(raw, info)
 
     def download(self, job_id, snapshot=None, fmt="tar.gz"):
         with _service_errors():  # "no snapshot yet" is the user's 400, not a server error
@@ -391,61 +282,17 @@ class ServiceBackend:
         return pretrained_store.layer_image(self.settings["DATA_DIR"], pretrained_id, layer)
 
     def test_many(self, job_id, source, options):
-        allowed = {"folder", "list_file", "paths", "zip_path", "dataset_stage"}
-        if len([k for k, v in source.items() if v]) != 1 or not set(source) <= allowed:
-            raise BadRequest("give exactly one source: %s" % ", ".join(sorted(allowed)))
         resize = options.get("resize")
-        # uploaded images are staged by the view in test_upload_dir(), the only place besides the
-        # data roots a request may read
-        roots = list(self.settings["DATA_ROOTS"]) + [self.test_upload_dir()]
+        # uploaded images are staged in upload_root (web.test_many_uploads), the only place
+        # besides the data roots a request may read
+        roots = list(self.settings["DATA_ROOTS"]) + [upload_root(self.settings["DATA_DIR"])]
         with _service_errors():
             return self.service.test_many(check_job_id(job_id), snapshot=options.get("snapshot"),
                                           probabilities=bool(options.get("probabilities")),
                                           resize=tuple(int(v) for v in resize) if resize else None,
                                           roots=roots, wait=False, **source)
 
-    def test_upload_dir(self):
-        """Where the Test Many page stages uploaded images (inside DATA_DIR)."""
-        path = os.path.join(self.settings["DATA_DIR"], "test-uploads")
-        os.makedirs(path, exist_ok=True)
-        return path
-
     def test_many_status(self, job_id, test_id):
         with _service_errors():
             return self.service.test_many_status(check_job_id(job_id), str(test_id))
 
-
-def _evaluation_view(table):
-    """The service's evaluation table with each worst record's name and the columns to show."""
-    if not table:
-        return None
-    worst = [dict(w, name=record_name(w)) for w in table["worst"]]
-    columns = [k for k in EVALUATION_COLUMNS if worst and k in worst[0]]
-    # every record named, and the clinical part (docs/CLINICAL.md) for the evaluation page
-    records = [dict(r, name=record_name(r)) for r in table["records"]]
-    return {"summary": table["summary"], "worst": worst, "worst_columns": columns, "records": records,
-            "clinical": table.get("clinical"), "snapshot": table.get("snapshot"), "stage": table.get("stage")}
-
-
-def _inference_view(raw: dict, info) -> dict:
-    """``infer_record``/``infer_image``'s answer → ``Backend.infer``'s (palette from the dataset)."""
-    import numpy as np
-    # png: DIGITS' picture of the layer (activation grid, conv weights; jobs.visualize), stored as
-    # a file beside the result by web.inference_store; param_count on a layer's first weight row
-    layers = [{"name": layer["name"], "kind": layer["kind"], "shape": layer["shape"], "mean": layer["mean"],
-               "std": layer["std"], "hist": {"counts": layer["histogram"], "edges": layer["edges"]},
-               "png": layer.get("png"), "param_count": layer.get("param_count")}
-              for layer in raw.get("layers") or []]
-    snapshot = raw["snapshot"]
-    probabilities = raw.get("probabilities")
-    return {"image": np.asarray(raw["image"]), "prediction": np.asarray(raw["class_map"]),
-            "probabilities": None if probabilities is None else np.asarray(probabilities),  # C x H x W
-            # the foreground class's probability (2-class results): the view's binary threshold
-            "foreground_probability": (np.asarray(probabilities)[1] if probabilities is not None
-                                       and np.ndim(probabilities) == 3 and len(probabilities) == 2 else None),
-            "label": None if raw.get("label") is None else np.asarray(raw["label"]),
-            "classes": list(raw.get("classes") or (info.classes if info is not None else [])),
-            "palette": info.palette if info is not None else [],
-            "metrics": {k: float(v) for k, v in (raw.get("metrics") or {}).items() if isinstance(v, (int, float))},
-            "layers": layers, "source": raw.get("source"), "param_total": raw.get("param_total"),
-            "snapshot": int(snapshot.rsplit("_iter_", 1)[1].split(".")[0]) if "_iter_" in snapshot else snapshot}

@@ -12,8 +12,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from caffeseg.web.backend import BadRequest
 from caffeseg.web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_class
 from caffeseg.web.safety import check_job_id, complete_path
-from caffeseg.web.views.common import backend, json_body, load_job, plugin_by_id, plugins, require_non_form_origin
-from caffeseg.web.job_options import fill_model_choices, model_options
+from caffeseg.web.views.common import (backend, create_model_from_fields, job_json, json_body, load_job, plugin_by_id,
+                                       plugins, require_non_form_origin)
 from caffeseg.web import api_spec, inference_store, pretrained_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -61,9 +61,7 @@ def list_jobs():
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
 def show_job(job_id):
-    job = dict(load_job(job_id))
-    job.pop("log", None)
-    return jsonify(job)
+    return jsonify(job_json(load_job(job_id)))
 
 
 @bp.route("/jobs/<job_id>", methods=["DELETE"])
@@ -145,11 +143,7 @@ def create_model():
         if isinstance(value, list):
             value = (":" if key == "pretrained_model" else ",").join(str(v) for v in value)
         flat[key] = value
-    form = ModelForm(formdata=api_spec.with_defaults(ModelForm, flat), meta={"csrf": False})
-    fill_model_choices(form, backend())
-    if not form.validate():
-        raise BadRequest("invalid model options", api_spec.form_errors(form))
-    ids = backend().create_model(model_options(form, backend()))
+    ids = create_model_from_fields(flat)
     return jsonify({"ids": ids, "urls": [url_for("models.show", job_id=i) for i in ids]}), 201
 
 

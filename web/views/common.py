@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from flask import abort, current_app, flash, redirect, request, url_for
 
-from caffeseg.web import plugins as web_plugins
+from caffeseg.web import api_spec, plugins as web_plugins
 from caffeseg.web.backend import BadRequest, NotFound
+from caffeseg.web.forms import ConfirmForm, ModelForm
+from caffeseg.web.job_options import fill_model_choices, model_options
 from caffeseg.web.safety import check_job_id
 
 
@@ -36,13 +38,33 @@ def load_job(job_id: str, kind: str | None = None) -> dict:
     return job
 
 
+def require_form_token() -> None:
+    """A page's POST button: 400 unless the form carries this site's CSRF token."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400, "missing form token")
+
+
+def int_or_none(value, field: str) -> int | None:
+    """A form or JSON value that may be left empty: None, or a whole number (else BadRequest naming
+    ``field``)."""
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{field} must be a whole number", {field: "a whole number"}) from None
+
+
+def job_json(job: dict) -> dict:
+    """A job as the JSON API answers it: without its log (``/api/jobs/<id>/log`` serves that)."""
+    return {k: v for k, v in job.items() if k != "log"}
+
+
 def post_action(job_id: str, kind: str, action: str, message: str):
     """A lifecycle button (abort, resume…): form token checked, the backend's refusal flashed,
     back to the job's page."""
-    from caffeseg.web.forms import ConfirmForm
     load_job(job_id, kind)
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     try:
         getattr(backend(), action)(job_id)
         flash(message, "ok")
@@ -79,3 +101,13 @@ def json_body() -> dict:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
+
+
+def create_model_from_fields(fields: dict) -> list[str]:
+    """Model jobs from an API body's New Model form fields (caffeseg's or DIGITS' renamed to
+    them): checked by the form itself, so the API refuses what the page refuses. The new ids."""
+    form = ModelForm(formdata=api_spec.with_defaults(ModelForm, fields), meta={"csrf": False})
+    fill_model_choices(form, backend())
+    if not form.validate():
+        raise BadRequest("invalid model options", api_spec.form_errors(form))
+    return backend().create_model(model_options(form, backend()))

@@ -7,7 +7,7 @@ from caffeseg.web import imaging
 from caffeseg.web.backend import BadRequest, Unavailable
 from caffeseg.web.forms import GENERIC_DATASET_FIELDS, ConfirmForm, dataset_form_class
 from caffeseg.web.safety import check_job_id
-from caffeseg.web.views.common import add_post_actions, backend, load_job, plugin_by_id
+from caffeseg.web.views.common import add_post_actions, backend, load_job, plugin_by_id, require_form_token
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 
@@ -154,9 +154,7 @@ add_post_actions(bp, "dataset", {"abort": ("abort_build", "abort", "Dataset buil
 @bp.route("/<job_id>/delete", methods=["POST"])
 def delete(job_id):
     load_job(job_id, "dataset")
-    form = ConfirmForm()
-    if not form.validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     try:
         backend().delete(job_id)
     except (ValueError, RuntimeError) as exc:

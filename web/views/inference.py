@@ -1,6 +1,7 @@
 """Inference: choose a snapshot and a record (or upload an image); result and compare pages.
 
-Results are computed and stored by ``web.inference_store``; these views only route.
+Results are computed and stored by ``web.inference_store``, the record each compared model
+shows is chosen by ``web.compare_records``; these views only route.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 
 from caffeseg.web import inference_store as store
 from caffeseg.web.backend import BadRequest, Unavailable
+from caffeseg.web.compare_records import records_offered, same_record_everywhere
 from caffeseg.web.forms import InferenceForm, choice_list
 from caffeseg.web.safety import check_job_id, job_file
 from caffeseg.web.views.common import backend, load_job
@@ -121,7 +123,7 @@ def compare():
     panels, error = [], None
     if model_ids and record:
         jobs = [load_job(model_id, "model") for model_id in model_ids[:6]]
-        for job, key, refusal in _same_record_everywhere(jobs, record):
+        for job, key, refusal in same_record_everywhere(backend(), jobs, record):
             if refusal:
                 panels.append({"job": job, "error": refusal})
                 continue
@@ -133,68 +135,17 @@ def compare():
     elif request.args:  # the form was sent with something missing (a bare /compare is the empty form)
         missing = ([] if model_ids else ["tick at least one model"]) + ([] if record else ["choose a validation record"])
         error = "Nothing compared yet: " + " and ".join(missing) + "."
-    listing = _compare_records(model_ids)
+    listing = records_offered(backend(), model_ids)
     datasets = {j["id"]: j.get("name") or j["id"] for j in _safe_jobs("dataset")}
     return render_template("compare.html", models=models, chosen=model_ids, record=record, dataset_names=datasets,
                            records=listing["records"], records_note=listing["note"], panels=panels, error=error)
-
-
-def _same_record_everywhere(jobs: list[dict], key: str):
-    """``(job, key in its dataset, refusal)`` per model: ``key`` names a record of the first model's
-    dataset; a model trained on another dataset gets the record with the same identity (case and
-    image, the record's name) there, never whatever sits under the same key."""
-    first = next((j for j in jobs if j.get("dataset_id")), None)
-    by_key = {r["key"]: r for r in store.val_records(backend(), first)} if first else {}
-    chosen = by_key.get(key)
-    name = chosen.get("name") if chosen else None
-    for job in jobs:
-        if first is None or job.get("dataset_id") == first.get("dataset_id"):
-            yield job, key, None
-            continue
-        if not name or name == key:
-            yield job, None, ("Not compared: this model was trained on another dataset, and the record has no case/image "
-                              "name to find it there (keys are positions, not identities).")
-            continue
-        match = next((r["key"] for r in store.val_records(backend(), job) if r.get("name") == name), None)
-        if match is None:
-            yield job, None, (f"Not compared: this model was trained on another dataset, whose validation set has "
-                              f"no record {name}.")
-        else:
-            yield job, match, None
-
-
-def _compare_records(model_ids: list[str]) -> dict:
-    """The validation records offered for ``model_ids``: those of the first chosen model's dataset
-    (with a note when the others were trained on another dataset)."""
-    if not model_ids:
-        return {"records": [], "note": "Tick a model to list the records of its validation set."}
-    jobs = []
-    for model_id in model_ids:
-        try:
-            jobs.append(backend().job(model_id))
-        except (Unavailable, LookupError, ValueError):
-            continue
-    first = next((j for j in jobs if j.get("dataset_id")), None)
-    if first is None:
-        return {"records": [], "note": "The chosen models have no dataset, so no validation records."}
-    records = [{"key": r["key"], "name": r.get("name") or r["key"]} for r in store.val_records(backend(), first)]
-    others = [j.get("name") or j["id"] for j in jobs if j.get("dataset_id") and j["dataset_id"] != first["dataset_id"]]
-    if not records:
-        note = f"The dataset of {first.get('name') or first['id']} has no validation records."
-    elif others:
-        note = (f"Records of {first.get('name') or first['id']}'s dataset; {', '.join(others)} "
-                "were trained on another dataset: there the record with the same case and image is used, "
-                "or the model is left out with the reason.")
-    else:
-        note = f"{len(records)} records of the validation set of {first.get('name') or first['id']}'s dataset."
-    return {"records": records, "note": note}
 
 
 @bp.route("/compare/records")
 def compare_records():
     """JSON: the records the compare form offers for the ticked models (``?models=A&models=B``)."""
     model_ids = [check_job_id(m) for m in request.args.getlist("models") if m]
-    return _compare_records(model_ids)
+    return records_offered(backend(), model_ids)
 
 
 def _safe_jobs(kind):

@@ -1,17 +1,17 @@
 """New model form, model page (live charts), and the model's lifecycle buttons."""
 from __future__ import annotations
 
-import os
 import re
 
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request,
                    url_for)
 
+from caffeseg.web import model_page
 from caffeseg.web.backend import BadRequest, Unavailable, running_seconds
 from caffeseg.web.forms import ConfirmForm, ModelForm
 from caffeseg.web.job_options import (SERVICE_FIELD_NAMES, clone_form_data, fill_model_choices, model_options,
                               restore_network_tab)
-from caffeseg.web.views.common import add_post_actions, backend, load_job
+from caffeseg.web.views.common import add_post_actions, backend, load_job, require_form_token
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 DEFAULT_NETWORK = "fcn_alexnet"  # the network the lab starts from (the list is sorted by file name)
@@ -81,31 +81,6 @@ def clone(job_id):
     return _render(form, lists, clone_of=job)
 
 
-WORKER_KINDS = {"pycaffe": "a real-Caffe (pycaffe) worker", "engine": "a PyTorch-engine worker"}
-BACKEND_TITLES = {"pycaffe": "real Caffe", "engine": "the PyTorch engine"}
-
-
-def _waiting_note(job: dict) -> dict | None:
-    """Why a Waiting model is not started here: it asked for a backend (``options.backend``) this
-    server's own worker does not run (``Scheduler.takes``), so it waits for another worker."""
-    if str(job.get("status") or "").lower() != "waiting":
-        return None
-    wanted = (job.get("options") or {}).get("backend")
-    if wanted not in WORKER_KINDS:
-        return None
-    if backend().worker_takes(job):
-        return None
-    data = current_app.config.get("DATA_DIR") or "DATA"  # the folder a worker's --data names
-    runs = backend().worker_backends()
-    note = {"backend": wanted, "worker": WORKER_KINDS[wanted],
-            "server": " and ".join(BACKEND_TITLES.get(b, b) for b in sorted(runs)) or None,
-            "command": f"caffeseg worker --backend {wanted} --data {data}"}
-    if wanted == "pycaffe":
-        note["docker"] = "docker compose -f docker/compose.yaml up"
-        note["docker_command"] = "python3 -m caffeseg.jobs.worker --backend pycaffe --data /data"
-    return note
-
-
 def _live(job: dict) -> dict:
     """What the model page refreshes while the job runs (besides the charts)."""
     status = str(job.get("status") or "")
@@ -117,7 +92,8 @@ def _live(job: dict) -> dict:
                           "archive_url": url_for("models.download", job_id=job["id"], snapshot=s["iteration"])})
     return {"status": status, "progress": job.get("progress"), "elapsed": running_seconds(job.get("history"), job.get("status"), job.get("elapsed")),
             "eta": job.get("eta") if running else None, "snapshots": snapshots,
-            "log": (job.get("log") or "")[-LOG_TAIL:], "waiting_note": _waiting_note(job),
+            "log": (job.get("log") or "")[-LOG_TAIL:],
+            "waiting_note": model_page.waiting_note(backend(), job, current_app.config.get("DATA_DIR")),
             "hardware": _hardware(job["id"])}
 
 
@@ -169,8 +145,7 @@ add_post_actions(bp, "model", {
 def evaluate(job_id):
     """Run the deploy net over the validation set now (DIGITS does it after training)."""
     load_job(job_id, "model")
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     try:
         backend().evaluate(job_id)
         flash("Evaluation finished.", "ok")
@@ -182,8 +157,7 @@ def evaluate(job_id):
 @bp.route("/<job_id>/delete", methods=["POST"])
 def delete(job_id):
     load_job(job_id, "model")
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     try:
         backend().delete(job_id)
     except (ValueError, RuntimeError) as exc:  # e.g. still training: abort it first
@@ -191,18 +165,6 @@ def delete(job_id):
         return redirect(url_for("models.show", job_id=job_id))
     flash("Model deleted.", "ok")
     return redirect(url_for("home.index", tab="model"))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(text or "")).strip("-").lower()[:60] or "model"
-
-
-def _download_name(job: dict, path: str, snapshot: int | None, iterations) -> str:
-    """``<model name>_<job id>_iter_<N>.tar.gz``: downloads of different models never collide."""
-    found = re.search(r"_iter_(\d+)", os.path.basename(path))
-    iteration = snapshot if snapshot is not None else (int(found.group(1)) if found else max(iterations))
-    stem = f"{_slug(job.get('name'))}_{job['id']}"
-    return f"{stem}_iter_{iteration}.tar.gz" if iteration is not None else f"{stem}.tar.gz"
 
 
 @bp.route("/<job_id>/download")
@@ -223,7 +185,7 @@ def download(job_id):
     if problem is not None:
         flash(problem, "error")
         return redirect(url_for("models.show", job_id=job_id))
-    name = _download_name(job, path, snapshot, iterations)
+    name = model_page.download_name(job, path, snapshot, iterations)
     response = Response(chunks, mimetype="application/gzip")
     response.headers.set("Content-Disposition", "attachment", filename=name)
     token = request.args.get("download_token", "")

@@ -1,22 +1,29 @@
 """The home page's Pretrained Models tab: upload and delete pretrained models (DIGITS' "Upload
-Pretrained Model"), and prepare a known public model on the server.
+Pretrained Model"), upload a model archive (a caffeseg or DIGITS download), an uploaded model's
+layers with pictures of their weights, and prepare a known public model on the server.
 
 Uploads are stored under ``DATA_DIR/pretrained/uploaded/<id>/`` with names the server chooses;
 the request size is limited by ``MAX_PRETRAINED_UPLOAD``. Preparing downloads a known model
-(from ``PRETRAINED_MIRRORS`` when set), checks it and runs its surgery in the background."""
+(from ``PRETRAINED_MIRRORS`` when set), checks it and runs its surgery in the background.
+``api_bp``: ``POST /api/pretrained/archive`` and ``GET /api/pretrained/<id>/layers`` (the other
+``/api/pretrained`` routes are ``web.views.api``'s)."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from caffeseg.web import pretrained_store
 from caffeseg.web.backend import BadRequest, NotFound, Unavailable
-from caffeseg.web.forms import ConfirmForm, PretrainedUploadForm
+from caffeseg.web.forms import PretrainedUploadForm
 from caffeseg.web.safety import check_job_id
-from caffeseg.web.views.common import backend
+from caffeseg.web.views.common import backend, require_form_token, require_non_form_origin
 
 bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
+api_bp = Blueprint("pretrained_api", __name__, url_prefix="/api/pretrained")
+api_bp.before_request(require_non_form_origin)
 
 UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
+
+
 @bp.route("/upload", methods=["POST"])
 def upload():
     from caffeseg.web.views.home import render_home
@@ -39,8 +46,7 @@ def upload():
 @bp.route("/<pretrained_id>/delete", methods=["POST"])
 def delete(pretrained_id):
     check_job_id(pretrained_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     try:
         backend().delete_pretrained(pretrained_id)
         flash("Pretrained model deleted.", "ok")
@@ -51,8 +57,7 @@ def delete(pretrained_id):
 
 @bp.route("/known/<name>/prepare", methods=["POST"])
 def prepare(name):
-    if not ConfirmForm().validate_on_submit():
-        abort(400, "missing form token")
+    require_form_token()
     back = redirect(url_for("home.index", tab="pretrained"))
     try:
         variant = request.form.get("variant", "")
@@ -65,6 +70,55 @@ def prepare(name):
     flash(f"Preparing {name} ({variant} weights) on the server: download, check, conversion. "
           "Its row shows the progress.", "ok")
     return back
+
+
+@bp.route("/archive", methods=["GET", "POST"])
+def upload_archive():
+    error = None
+    if request.method == "POST":
+        require_form_token()
+        archive = request.files.get("archive")
+        if archive is None or not archive.filename:
+            error = "choose an archive (.tar, .tar.gz or .zip)"
+        else:
+            try:
+                entry = backend().upload_pretrained_archive(archive, request.form.get("name"))
+                flash("Pretrained model %s uploaded." % entry["name"], "ok")
+                return redirect(url_for("home.index", tab="pretrained"))
+            except BadRequest as exc:
+                error = str(exc)
+    return render_template("pretrained_archive.html", error=error), (400 if error else 200)
+
+
+@bp.route("/<pretrained_id>/layers")
+def layers_page(pretrained_id):
+    """An uploaded pretrained model's layers with parameter shapes and counts, and per layer a
+    picture of its weights (DIGITS' pretrained model page and layer visualisations)."""
+    entry = next((p for p in backend().pretrained_models() if p["id"] == pretrained_id), None)
+    if entry is None:
+        raise NotFound("no pretrained model %r" % (pretrained_id,))
+    return render_template("pretrained_layers.html", entry=entry, table=backend().pretrained_layers(pretrained_id))
+
+
+@bp.route("/<pretrained_id>/layers/<path:layer>.png")
+def layer_png(pretrained_id, layer):
+    image = backend().pretrained_layer_image(pretrained_id, layer)
+    if image is None:
+        abort(404, "the weights of %s are not 4-D: no picture" % layer)
+    return Response(image, mimetype="image/png")
+
+
+@api_bp.route("/archive", methods=["POST"])
+def api_upload_archive():
+    archive = request.files.get("archive")
+    if archive is None or not archive.filename:
+        raise BadRequest("send the archive as the multipart field 'archive'", {"archive": "missing"})
+    return jsonify(backend().upload_pretrained_archive(archive, request.form.get("name"))), 201
+
+
+@api_bp.route("/<pretrained_id>/layers")
+def api_layers(pretrained_id):
+    return jsonify(backend().pretrained_layers(pretrained_id))
 
 
 def upload_limit(config) -> int | None:
