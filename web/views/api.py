@@ -14,7 +14,7 @@ from caffeseg.web.forms import GENERIC_DATASET_FIELDS, ModelForm, dataset_form_c
 from caffeseg.web.safety import check_job_id, complete_path
 from caffeseg.web.views.common import (backend, create_model_from_fields, job_json, json_body, load_job, plugin_by_id,
                                        plugins, require_non_form_origin)
-from caffeseg.web import api_spec, inference_store, pretrained_store
+from caffeseg.web import api_spec, inference_store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -150,49 +150,6 @@ def create_model():
 @bp.route("/networks")
 def networks():
     return jsonify({"standard": backend().standard_networks(), "pretrained": backend().pretrained_models()})
-
-
-@bp.route("/pretrained")
-def pretrained_list():
-    return jsonify(backend().pretrained_models())
-
-
-@bp.route("/pretrained", methods=["POST"])
-def upload_pretrained():
-    from caffeseg.web.forms import PretrainedUploadForm
-    form = PretrainedUploadForm(meta={"csrf": False})
-    if not form.validate():
-        raise BadRequest("invalid pretrained model upload", api_spec.form_errors(form))
-    return jsonify(pretrained_store.upload_from_form(backend(), form)), 201
-
-
-@bp.route("/pretrained/<pretrained_id>", methods=["DELETE"])
-def delete_pretrained(pretrained_id):
-    check_job_id(pretrained_id)
-    backend().delete_pretrained(pretrained_id)
-    return jsonify({"deleted": pretrained_id})
-
-
-@bp.route("/pretrained/<name>/prepare", methods=["POST"])
-def prepare_pretrained(name):
-    """Start downloading and converting a known model on the server; 202 with its state."""
-    body = request.get_json(silent=True) or {}
-    state = backend().prepare_pretrained(name, pretrained_store.variant_is_gray(body.get("variant", "")))
-    return jsonify(state), 202
-
-
-@bp.route("/pretrained/<pretrained_id>/network")
-def pretrained_network(pretrained_id):
-    """The network and weights a model job gets from this pretrained model on ``?dataset=ID``."""
-    check_job_id(pretrained_id)
-    dataset = request.args.get("dataset") or None
-    if dataset:
-        load_job(dataset, "dataset")
-    chosen = dict(backend().pretrained_network(pretrained_id, dataset))
-    if chosen.get("standard_network"):
-        texts = {n["name"]: n.get("text") for n in backend().standard_networks()}
-        chosen["network_text"] = texts.get(chosen["standard_network"])
-    return jsonify(chosen)
 
 
 @bp.route("/network/inspect", methods=["POST"])

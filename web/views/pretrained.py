@@ -5,23 +5,23 @@ layers with pictures of their weights, and prepare a known public model on the s
 Uploads are stored under ``DATA_DIR/pretrained/uploaded/<id>/`` with names the server chooses;
 the request size is limited by ``MAX_PRETRAINED_UPLOAD``. Preparing downloads a known model
 (from ``PRETRAINED_MIRRORS`` when set), checks it and runs its surgery in the background.
-``api_bp``: ``POST /api/pretrained/archive`` and ``GET /api/pretrained/<id>/layers`` (the other
-``/api/pretrained`` routes are ``web.views.api``'s)."""
+``api_bp``: every ``/api/pretrained`` route: list, upload, delete, prepare, the network a model
+would get, archive upload, layers."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
-from caffeseg.web import pretrained_store
+from caffeseg.web import api_spec, pretrained_store
 from caffeseg.web.backend import BadRequest, NotFound, Unavailable
 from caffeseg.web.forms import PretrainedUploadForm
 from caffeseg.web.safety import check_job_id
-from caffeseg.web.views.common import backend, require_form_token, require_non_form_origin
+from caffeseg.web.views.common import backend, load_job, require_form_token, require_non_form_origin
 
 bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
 api_bp = Blueprint("pretrained_api", __name__, url_prefix="/api/pretrained")
 api_bp.before_request(require_non_form_origin)
 
-UPLOAD_ENDPOINTS = ("pretrained.upload", "api.upload_pretrained")
+UPLOAD_ENDPOINTS = ("pretrained.upload", "pretrained_api.api_upload")
 
 
 @bp.route("/upload", methods=["POST"])
@@ -106,6 +106,48 @@ def layer_png(pretrained_id, layer):
     if image is None:
         abort(404, "the weights of %s are not 4-D: no picture" % layer)
     return Response(image, mimetype="image/png")
+
+
+@api_bp.route("")
+def api_list():
+    return jsonify(backend().pretrained_models())
+
+
+@api_bp.route("", methods=["POST"])
+def api_upload():
+    form = PretrainedUploadForm(meta={"csrf": False})
+    if not form.validate():
+        raise BadRequest("invalid pretrained model upload", api_spec.form_errors(form))
+    return jsonify(pretrained_store.upload_from_form(backend(), form)), 201
+
+
+@api_bp.route("/<pretrained_id>", methods=["DELETE"])
+def api_delete(pretrained_id):
+    check_job_id(pretrained_id)
+    backend().delete_pretrained(pretrained_id)
+    return jsonify({"deleted": pretrained_id})
+
+
+@api_bp.route("/<name>/prepare", methods=["POST"])
+def api_prepare(name):
+    """Start downloading and converting a known model on the server; 202 with its state."""
+    body = request.get_json(silent=True) or {}
+    state = backend().prepare_pretrained(name, pretrained_store.variant_is_gray(body.get("variant", "")))
+    return jsonify(state), 202
+
+
+@api_bp.route("/<pretrained_id>/network")
+def api_network(pretrained_id):
+    """The network and weights a model job gets from this pretrained model on ``?dataset=ID``."""
+    check_job_id(pretrained_id)
+    dataset = request.args.get("dataset") or None
+    if dataset:
+        load_job(dataset, "dataset")
+    chosen = dict(backend().pretrained_network(pretrained_id, dataset))
+    if chosen.get("standard_network"):
+        texts = {n["name"]: n.get("text") for n in backend().standard_networks()}
+        chosen["network_text"] = texts.get(chosen["standard_network"])
+    return jsonify(chosen)
 
 
 @api_bp.route("/archive", methods=["POST"])
