@@ -52,6 +52,36 @@ class LayerError(ValueError):
 
 
 class Layer:
+    """The base of every engine layer: one Caffe layer type, built from its ``LayerParameter``.
+
+    A subclass sets ``type`` (the prototxt type string), is registered with ``@register``, and
+    may narrow the bottom/top counts and flags below (the net checks the counts before
+    ``setup``). Its docstring gives the Caffe type, the parameters that matter and the shapes.
+    A ``Shape`` is a tuple of ints, e.g. ``(N, C, H, W)``; ``()`` is a scalar. It provides:
+
+    * ``setup(bottom_shapes)``, optional: one ``Shape`` per bottom. Reads and checks the
+      parameters (``raise self.fail(...)``) and returns the parameter blobs as float32 CPU
+      tensors filled by their fillers, in Caffe's blob order and shapes: a caffemodel's blobs
+      must match those shapes and are copied over them. Default: no parameters.
+    * ``reshape(bottom_shapes)``, required: one ``Shape`` per top, the automatic loss top that
+      the net adds when a loss layer names none included. Called after ``setup``, again before
+      a forward whose bottom shapes differ from the last ones, and by ``Net.reshape`` (except
+      for Input layers); it checks the shapes and raises ``self.fail`` on one it cannot take.
+    * ``forward(bottoms, params)``, required: the bottoms as float32 tensors on the net's
+      device, with the shapes last given to ``reshape``; the params in ``setup``'s order and
+      shapes. Returns one new tensor per top with the shapes ``reshape`` gave (a data layer's
+      batch may decide its own: the top blobs take the shapes forward returns), and does not
+      write into its bottoms, which other layers may share. When the net needs this layer's
+      gradient, forward runs with autograd recording and its torch operations are the backward.
+    * ``backward(bottoms, params, tops, top_diffs, propagate_down, param_propagate_down)``, only
+      with ``explicit_backward = True``: the forward's bottoms, params and tops, one diff per top
+      (the top's shape), and per bottom / per param whether a gradient is wanted. Returns
+      ``(bottom_diffs, param_diffs)``: per bottom a tensor with that bottom's element count
+      (None: zeros), per param a tensor of its shape (None: nothing to add). The net replaces
+      the bottom diffs and adds the param diffs to the param blobs' diffs (Caffe accumulates
+      them, e.g. over ``iter_size``).
+    """
+
     #: prototxt ``type`` string this class implements
     type: ClassVar[str] = ""
     #: allowed numbers of bottoms/tops (None = any)

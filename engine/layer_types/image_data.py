@@ -55,14 +55,23 @@ def _chw(image: np.ndarray) -> np.ndarray:
 class ImageDataLayer(Layer):
     """Caffe ``ImageData``: images named in a list file, with integer labels.
 
-    ``image_data_param``: ``source`` (lines ``path label``; the label follows the LAST space, so
-    paths may contain spaces), ``root_folder`` (prepended to every path), ``batch_size``,
-    ``shuffle`` (at setup and at every wrap), ``rand_skip``, ``new_height``/``new_width`` (resize,
-    bilinear; both or neither), ``is_color`` (false: one gray channel). ``transform_param``
-    (crop_size, mirror, mean_file/mean_value, scale) applies per image as for the Data layer.
-    No bottoms; tops ``data`` (batch_size, C, H', W') shaped by each batch's first image, and
-    ``label`` (batch_size,). The list wraps around.
-    """
+    The list is read in order and wraps around; images are decoded by OpenCV (BGR).
+
+    Parameters (``image_data_param``): ``source`` (required; lines ``path label``, the label
+    after the LAST space, so paths may contain spaces), ``root_folder`` (prepended to every
+    path, default empty), ``batch_size`` (> 0, default 1), ``shuffle`` (default false; at setup
+    and at every wrap), ``rand_skip`` (default 0: skip a random number of lines below it at
+    setup), ``new_height``/``new_width`` (default 0: no resize; both or neither, bilinear),
+    ``is_color`` (default true; false: one gray channel). ``transform_param`` (``crop_size``,
+    ``mirror``, ``mean_file``/``mean_value``, ``scale``) applies per image as for the Data layer.
+    No blobs.
+
+    Shape (C = 3 with ``is_color``, else 1):
+        - no bottoms
+        - top 0 (``data``): ``(batch_size, C, H, W)``: ``H = W = crop_size`` when set, else the
+          image's size after ``new_height``/``new_width``; each batch takes its first image's
+          size, and an image of another size in the batch is an error
+        - top 1 (``label``): ``(batch_size,)``, the labels as floats"""
 
     type = "ImageData"
     exact_bottoms = 0
@@ -211,18 +220,26 @@ class _WindowFile:
 class WindowDataLayer(Layer):
     """Caffe ``WindowData``: foreground and background windows cut from listed images and warped.
 
-    ``window_data_param``: ``source`` (the window file: per image ``# index``, image path,
-    channels, height, width, window count, then one ``label overlap x1 y1 x2 y2`` line per
-    window), ``root_folder``, ``batch_size``, ``fg_threshold`` (overlap ≥ it: foreground, label
-    > 0), ``bg_threshold`` (overlap < it: background, label 0; windows between are dropped),
-    ``fg_fraction`` (foreground share of a batch: ``int(batch_size · fg_fraction)``),
-    ``context_pad`` (pixels of context around the warped window), ``crop_mode`` (``warp`` or
-    ``square``), ``cache_images`` (keep the encoded files in memory), ``scale`` (after the
-    mean). ``transform_param``: ``crop_size`` (required, the output size), ``mirror``,
-    ``mean_file`` or ``mean_value``. No bottoms; tops ``data`` (batch_size, C, crop, crop),
-    background windows first, parts outside the image left 0, and ``label`` (batch_size,).
-    Each window is drawn at random (uniformly) from its set, as Caffe does.
-    """
+    A batch holds ``batch_size − int(batch_size · fg_fraction)`` background windows first, then
+    the foreground ones, each drawn at random (uniformly) from its set, as Caffe does; each is
+    warped to ``crop_size`` square, parts outside the image left 0, and ``(pixel − mean)·scale``.
+
+    Parameters (``window_data_param``): ``source`` (required; the window file: per image
+    ``# index``, image path, channels (3), height, width, window count, then one
+    ``label overlap x1 y1 x2 y2`` line per window), ``root_folder`` (default empty),
+    ``batch_size`` (> 0), ``fg_threshold`` (default 0.5; overlap ≥ it: foreground, label > 0),
+    ``bg_threshold`` (default 0.5; overlap < it: background, label 0; windows between are
+    dropped), ``fg_fraction`` (default 0.25, in [0, 1]), ``context_pad`` (default 0: pixels of
+    context around the warped window), ``crop_mode`` (``warp``, the default, or ``square``),
+    ``cache_images`` (default false; true: keep the encoded files in memory), ``scale`` (default
+    1, applied after the mean). ``transform_param``: ``crop_size`` (required, > 2·context_pad),
+    ``mirror``, ``mean_file`` (its centred crop_size square is used) or ``mean_value`` (1 or 3
+    values). No blobs.
+
+    Shape (every image is decoded as colour: 3 channels, BGR):
+        - no bottoms
+        - top 0 (``data``): ``(batch_size, 3, crop_size, crop_size)``
+        - top 1 (``label``): ``(batch_size,)``, the window labels as floats (0 for background)"""
 
     type = "WindowData"
     exact_bottoms = 0

@@ -79,11 +79,18 @@ def lstm_cell(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor):
 class LSTMUnitLayer(Layer):
     """Caffe ``LSTMUnit``: one LSTM cell step (the building block of Caffe's unrolled LSTM).
 
-    Bottoms: ``c_prev`` (1, N, H), ``x`` gate inputs (1, N, 4H) laid out [i, f, o, g],
-    ``cont`` (1, N). Tops: ``c`` (1, N, H), ``h`` (1, N, H), with
     ``i, f, o = σ(x_i), cont·σ(x_f), σ(x_o)``, ``g = tanh(x_g)``, ``c = f·c_prev + i·g``,
-    ``h = o·tanh(c)``. Gradients go to ``c_prev`` and ``x`` only (Caffe's formulas); no params.
-    """
+    ``h = o·tanh(c)``. Gradients go to ``c_prev`` and ``x`` only, by Caffe's formulas.
+
+    Parameters: none (Caffe has no ``LSTMUnit`` parameter message); no blobs. The hidden size H
+    is ``c_prev``'s last axis.
+
+    Shape (N streams, one timestep):
+        - bottom 0 (``c_prev``, the previous cell state): ``(1, N, H)``
+        - bottom 1 (``x``, the gate inputs laid out [i, f, o, g]): ``(1, N, 4H)``
+        - bottom 2 (``cont``, the sequence continuation indicators): ``(1, N)``; no gradient
+        - top 0 (``c``, the new cell state): ``(1, N, H)``
+        - top 1 (``h``, the new hidden state): ``(1, N, H)``"""
 
     type = "LSTMUnit"
     exact_bottoms = 3
@@ -236,15 +243,28 @@ class _Recurrent(Layer):
 
 @register
 class LSTMLayer(_Recurrent):
-    """Caffe ``LSTM`` (``recurrent_param``: num_output H, weight_filler, bias_filler, expose_hidden).
+    """Caffe ``LSTM``: a long short-term memory layer over T timesteps of N independent streams.
 
-    Bottoms: ``x`` (T, N, ...), ``cont`` (T, N), optional ``x_static`` (N, ...), and with
-    expose_hidden ``h_0``, ``c_0`` (1, N, H). Tops: ``h`` (T, N, H), with expose_hidden also
-    ``h_T``, ``c_T`` (1, N, H). Per step:
-    ``gates = W_hc·(cont_t·h_{t-1}) + W_xc·x_t + b_c [+ W_xc_static·x_static]``, then the
-    LSTMUnit cell. Params (Caffe's order): W_xc (4H, K), b_c (4H), [W_xc_static (4H, S)],
-    W_hc (4H, H); gates laid out [i, f, o, g].
-    """
+    Per step ``gates = W_hc·(cont_t·h_{t-1}) + W_xc·x_t + b_c [+ W_xc_static·x_static]``, laid
+    out [i, f, o, g], then the ``LSTMUnit`` cell: ``c_t = f·c_{t-1} + i·g``, ``h_t = o·tanh(c_t)``
+    (``f`` is 0 where ``cont_t`` is 0, which starts a new sequence). The top is every step's
+    ``h_t``. Without ``expose_hidden`` the last step's ``h`` and ``c`` are the next forward's
+    initial state (zeros before the first).
+
+    Parameters (``recurrent_param``): ``num_output`` H (> 0), ``weight_filler`` and
+    ``bias_filler`` (default constant 0), ``expose_hidden`` (default false; true: the initial
+    state comes from bottoms and the final state goes to tops). Blobs, in Caffe's order:
+    ``W_xc (4H, K)``, ``b_c (4H,)``, ``W_xc_static (4H, S)`` (with a static input only),
+    ``W_hc (4H, H)``.
+
+    Shape (K: the product of ``x``'s axes from 2 on, S: of ``x_static``'s from 1 on; T and K
+    are fixed at setup, N may change):
+        - bottom 0 (``x``): ``(T, N, ...)``, at least 3 axes
+        - bottom 1 (``cont``, per step and stream; Caffe expects 0 or 1): ``(T, N)``; no gradient
+        - bottom 2, optional (``x_static``, added at every step): ``(N, ...)``
+        - then, with ``expose_hidden``, ``h_0`` and ``c_0``: ``(1, N, H)`` each; no gradient
+        - top 0 (``h``): ``(T, N, H)``
+        - tops 1, 2, with ``expose_hidden`` (``h_T``, ``c_T``): ``(1, N, H)`` each"""
 
     type = "LSTM"
     state_names = ("h", "c")
@@ -279,15 +299,27 @@ class LSTMLayer(_Recurrent):
 
 @register
 class RNNLayer(_Recurrent):
-    """Caffe ``RNN`` (``recurrent_param``: num_output H, weight_filler, bias_filler, expose_hidden).
+    """Caffe ``RNN``: a simple (Elman) recurrent layer over T timesteps of N independent streams.
 
-    Bottoms: ``x`` (T, N, ...), ``cont`` (T, N), optional ``x_static`` (N, ...), and with
-    expose_hidden ``h_0`` (1, N, H). Tops: ``o`` (T, N, H), with expose_hidden also ``h_T``
-    (1, N, H). Per step:
-    ``h_t = tanh(W_hh·(cont_t·h_{t-1}) + W_xh·x_t + b_h [+ W_xh_static·x_static])``,
-    ``o_t = tanh(W_ho·h_t + b_o)``. Params (Caffe's order): W_xh (H, K), b_h (H),
-    [W_xh_static (H, S)], W_hh (H, H), W_ho (H, H), b_o (H).
-    """
+    Per step ``h_t = tanh(W_hh·(cont_t·h_{t-1}) + W_xh·x_t + b_h [+ W_xh_static·x_static])`` and
+    ``o_t = tanh(W_ho·h_t + b_o)``; ``cont_t = 0`` starts a new sequence. The top is every
+    step's ``o_t``. Without ``expose_hidden`` the last step's ``h`` is the next forward's
+    initial state (zeros before the first).
+
+    Parameters (``recurrent_param``): ``num_output`` H (> 0), ``weight_filler`` and
+    ``bias_filler`` (default constant 0), ``expose_hidden`` (default false; true: the initial
+    state comes from a bottom and the final state goes to a top). Blobs, in Caffe's order:
+    ``W_xh (H, K)``, ``b_h (H,)``, ``W_xh_static (H, S)`` (with a static input only),
+    ``W_hh (H, H)``, ``W_ho (H, H)``, ``b_o (H,)``.
+
+    Shape (K: the product of ``x``'s axes from 2 on, S: of ``x_static``'s from 1 on; T and K
+    are fixed at setup, N may change):
+        - bottom 0 (``x``): ``(T, N, ...)``, at least 3 axes
+        - bottom 1 (``cont``, per step and stream; Caffe expects 0 or 1): ``(T, N)``; no gradient
+        - bottom 2, optional (``x_static``, added at every step): ``(N, ...)``
+        - then, with ``expose_hidden``, ``h_0``: ``(1, N, H)``; no gradient
+        - top 0 (``o``): ``(T, N, H)``
+        - top 1, with ``expose_hidden`` (``h_T``): ``(1, N, H)``"""
 
     type = "RNN"
     state_names = ("h",)
