@@ -495,6 +495,23 @@ def test_pretrained_upload_form_csrf_and_its_own_size_limit(tmp_path):
     assert not any(c[0] == "upload_pretrained" for c in fake.calls)
 
 
+def test_a_model_archive_upload_has_the_pretrained_limit_not_the_apps(tmp_path):
+    """A DIGITS or caffeseg model archive holds a caffemodel (FCN-AlexNet's is 227 MB), so its
+    upload routes get MAX_PRETRAINED_UPLOAD like the model upload, not MAX_CONTENT_LENGTH."""
+    fake = FakeBackend(tmp_path / "jobs")
+    app = create_app({"DATA_DIR": str(tmp_path / "data"), "BACKEND": fake, "PLUGINS": [sunnybrook_plugin()],
+                      "MAX_CONTENT_LENGTH": 1000, "MAX_PRETRAINED_UPLOAD": 20_000, "WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+
+    def post(url, size, **headers):
+        return client.post(url, data={"name": "n", "archive": (io.BytesIO(b"a" * size), "m.tar.gz")},
+                           content_type="multipart/form-data", headers=headers)
+    for url, headers in (("/pretrained/archive", {}), ("/api/pretrained/archive", {"X-Requested-With": "t"})):
+        assert post(url, 5000, **headers).status_code != 413, url  # over the app's limit, under the archive's
+        assert post(url, 30_000, **headers).status_code == 413, url
+    assert client.post("/models/new", data={"x": "y" * 5000}).status_code == 413  # others keep the app limit
+
+
 def test_model_form_lists_pretrained_networks_and_refuses_unready_ones(env):
     app, client, fake, _ = env
     ds = fake.add_job("dataset", "d")

@@ -21,7 +21,9 @@ bp = Blueprint("pretrained", __name__, url_prefix="/pretrained")
 api_bp = Blueprint("pretrained_api", __name__, url_prefix="/api/pretrained")
 api_bp.before_request(require_non_form_origin)
 
-UPLOAD_ENDPOINTS = ("pretrained.upload", "pretrained_api.api_upload")
+# the routes that receive weights (a caffemodel, or an archive holding one): MAX_PRETRAINED_UPLOAD
+UPLOAD_ENDPOINTS = ("pretrained.upload", "pretrained_api.api_upload",
+                    "pretrained.upload_archive", "pretrained_api.api_upload_archive")
 
 
 @bp.route("/upload", methods=["POST"])
@@ -171,8 +173,8 @@ def upload_limit(config) -> int | None:
 
 
 def install_upload_limit(app) -> None:
-    """Pretrained uploads may exceed MAX_CONTENT_LENGTH: raise the limit for their two endpoints
-    only. Registered before CSRFProtect, whose check reads the body first."""
+    """Pretrained uploads (models and archives) may exceed MAX_CONTENT_LENGTH: raise the limit for
+    their endpoints only. Registered before CSRFProtect, whose check reads the body first."""
     import sys
 
     from flask import request
