@@ -794,7 +794,8 @@ class JobService:
             raise ServiceError(str(exc))
         r.update(source=source, image=model.crop_like(image), classes=model.classes,
                  label=None if label is None else model.crop_like(label),
-                 contours=inf.lv_contours(r["class_map"]), snapshot=os.path.basename(model.weights))
+                 contours=inf.lv_contours(r["class_map"]), snapshot=os.path.basename(model.weights),
+                 dataset_id=job.get("dataset_id"))
         if visualize:
             layers = [dict(stats, name=name, kind="activation") for name, stats in r.pop("activations").items()]
             for name, blobs in r.pop("weights").items():

@@ -348,3 +348,29 @@ def test_a_client_that_stops_reading_stops_the_build_and_leaves_no_partial_file(
     assert not leftovers()
     _, body = _streamed(folder, snapshot=1)  # the next request builds it whole
     assert tarfile.is_tarfile(io.BytesIO(body))
+
+
+def test_the_webs_inference_answer_does_not_look_the_job_up_again(job, tmp_path, monkeypatch):
+    """Backend.infer reads the dataset's facts from the answer's dataset_id: JobService.show
+    (which parses the job's prototxts for the Settings panel) is not called per answer, and an
+    unknown job is still a 404."""
+    from caffeseg.jobs.service import JobService
+    from caffeseg.web.backend import NotFound
+    from caffeseg.web.service_backend import ServiceBackend
+    _, ds = job
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    svc = JobService(str(tmp_path / "jobs"))
+    dataset = svc.import_dataset(ds, "d")
+    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    backend = ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs")}, svc)
+    shows = []
+    real_show = svc.show
+    monkeypatch.setattr(svc, "show", lambda job_id: shows.append(job_id) or real_show(job_id))
+    image = tmp_path / "one.png"
+    import cv2
+    cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
+    answer = backend.infer(m["id"], None, image_path=str(image))
+    assert shows == [] and answer["prediction"].shape == (8, 8)
+    with pytest.raises(NotFound):
+        backend.infer("m-000000000000", None, image_path=str(image))

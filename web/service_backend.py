@@ -229,13 +229,15 @@ class ServiceBackend:
             return self.service.infer_series(check_job_id(job_id), path)
 
     def infer(self, job_id, snapshot, *, record=None, image_path=None, visualize=False):
-        job = self._show(job_id)
-        with _service_errors():
+        job_id = check_job_id(job_id)
+        with _service_errors():  # an unknown job is the service's KeyError: a 404
             if record is not None:
                 raw = self.service.infer_record(job_id, record, snapshot=snapshot, visualize=visualize)
             else:
                 raw = self.service.infer_image(job_id, image_path, snapshot=snapshot, visualize=visualize)
-        info = self._dataset_info(job["dataset_id"]) if job.get("dataset_id") else None
+        # the dataset's facts (class names, ...) from the answer's dataset_id: no second look-up
+        # of the job, whose full view parses its prototxts (a few % of a warm answer)
+        info = self._dataset_info(raw["dataset_id"]) if raw.get("dataset_id") else None
         return shapes.inference_view(raw, info)
 
     def download(self, job_id, snapshot=None, fmt="tar.gz"):
