@@ -1,9 +1,11 @@
-"""A non-editable install finds the shipped files: a wheel of the project installed into a fresh
-virtual environment (no access to this checkout) lists the Standard Networks and finds the Dice
-layer module, both package data found through ``importlib.resources`` (``jobs.resources``).
+"""A non-editable install finds and serves the shipped files: a wheel of the project installed
+into a fresh virtual environment (no access to this checkout) lists the Standard Networks and
+finds the Dice layer module, both package data found through ``importlib.resources``
+(``caffeseg.jobs.resources``), and its web app lists the networks on its API and its New Model form.
 
-The venv is plain (no system site-packages) and gets the wheel only (``--no-deps``), so what is
-checked needs nothing but the standard library: the resources module and the network catalogue.
+The venv is plain (no system site-packages) and gets the wheel only (``--no-deps``): the first
+probe needs nothing but the standard library; the second reaches this environment's
+dependencies (Flask, torch, ...) through a .pth line, never the checkout.
 """
 import json
 import os
@@ -68,6 +70,33 @@ def test_a_wheel_install_lists_the_standard_networks_and_finds_the_dice_module(t
     assert found["dice"].startswith(site) and found["dice"].endswith("python_layers/digits_python_layers.py")
     assert found["plugins"] == ["image_segmentation", "sunnybrook"] and "caffeseg" in found["scripts"]
     assert found["jobs"] == os.path.join(found["site"], "caffeseg", "jobs", "__init__.py")
+
+    # The same wheel serves them: its web app (the dependencies from this environment through a
+    # .pth line, not the checkout: this venv's project is an editable finder, whose .pth a path
+    # added that way does not run) lists them on /api/networks and in the New Model form.
+    import sysconfig
+    [wheel_site] = [p for p in (env / "lib").glob("python*/site-packages")]
+    (wheel_site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    out = subprocess.run([str(python), "-I", "-c", SERVE_PROBE, str(tmp_path / "data")], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    assert served["web"].startswith(site) and served["status"] == 200, served
+    assert served["names"] == shipped and served["in_form"], served
+
+
+SERVE_PROBE = """
+import json, sys
+import caffeseg.web
+from caffeseg.web import create_app
+app = create_app({"DATA_DIR": sys.argv[1], "START_WORKER": False, "WTF_CSRF_ENABLED": False})
+client = app.test_client()
+answer = client.get("/api/networks")
+form = client.get("/models/new").get_data(as_text=True)
+names = sorted(n["name"] for n in answer.get_json()["standard"])
+print(json.dumps({"web": caffeseg.web.__file__, "status": answer.status_code, "names": names,
+                  "in_form": all(n in form for n in names)}))
+"""
 
 
 def test_the_install_layout_lists_every_package_folder():
