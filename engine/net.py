@@ -21,6 +21,7 @@ import torch
 from caffeseg.engine import layer_types  # noqa: F401  (fills the layer registry)
 from caffeseg.engine import device as device_state
 from caffeseg.engine.blob import Blob
+from caffeseg.engine.layer_types import fast_conv
 from caffeseg.engine.layer_types.base import LayerError, layer_class, registered_types
 from caffeseg.engine.layer_types.python import is_annotated_user_error
 from caffeseg.engine.netfilter import filter_net
@@ -651,6 +652,11 @@ class Net:
             bottom_grads, param_grads = layer.impl.backward(
                 [t.detach() for t in leaves], [p.detach() for p in pleaves],
                 [t.detach() for t in tops], top_diffs, list(down), list(pdown))
+        elif getattr(layer.impl, "adds_param_diffs", False):
+            # the layer's kernels add their weight gradients into the diffs themselves (Caffe's
+            # accumulating GEMM) and hand autograd None for them (fast_conv.param_diffs)
+            with fast_conv.param_diffs({id(p): blob for p, blob, need in zip(pleaves, layer.blobs, pdown) if need}):
+                bottom_grads, param_grads = self._autograd_backward(leaves, pleaves, tops, top_diffs, down, pdown)
         else:
             bottom_grads, param_grads = self._autograd_backward(leaves, pleaves, tops, top_diffs, down, pdown)
         diff_ptrs = {d.data_ptr() for d in top_diffs}

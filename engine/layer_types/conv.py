@@ -5,9 +5,9 @@ numerator in (-stride, 0) still gives one output, which PyTorch refuses, so the 
 zero-extended to make room), and Deconvolution keeps Caffe's weight layout
 [C_in, num_output/group, k...], which is PyTorch's ConvTranspose layout.
 
-Two CPU shapes that PyTorch's default convolution backward handles slowly (FCN's fc6, a
-large kernel on a tiny map, and fc7, a 1×1 with thousands of channels) go through
-``fast_conv`` (explicit matmuls), chosen by shape.
+CPU shapes where PyTorch's default kernels are slower (FCN's fc6, a large kernel on a tiny
+map; fc7, a 1×1 with thousands of channels; 3×3 stride-1 convolutions with many channels, by
+Winograd F(2×2, 3×3)) go through ``fast_conv``, chosen by shape.
 """
 from __future__ import annotations
 
@@ -146,6 +146,8 @@ class ConvolutionLayer(_ConvolutionBase):
           ``out = (size + 2·pad − dilation·(kernel − 1) − 1) / stride + 1`` (C++ integer division)"""
 
     type = "Convolution"
+    #: fast_conv's kernels add the weight gradient into the weight's diff (engine.Net's backward)
+    adds_param_diffs = True
 
     def weight_shape(self):
         return (self.num_output, self.channels // self.group, *self.kernel)
