@@ -12,6 +12,7 @@ before an LRN (convolution summation order) are still amplified by this cancella
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,23 +68,33 @@ class LRNLayer(Layer):
 
 
 def caffe_cross_channel_scale(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
-    """k + α/n·Σ x² over the channel window, accumulated in Caffe's sliding order with FMA rounding."""
-    a = float(torch.tensor(alpha / size, dtype=torch.float32))  # Caffe's float alpha_over_size
+    """k + α/n·Σ x² over the channel window, accumulated in Caffe's sliding order with FMA rounding.
+
+    Only the running sum is sequential; it runs in numpy on channel-major planes (two adds and
+    two roundings per channel, in place): as torch operations with their float32/float64
+    conversions that was ~1200 small ops per pass, 6 % of an FCN-AlexNet step."""
+    a = np.float64(np.float32(alpha / size))  # Caffe's float alpha_over_size (a float64 scalar: the
+    # products below must be formed in float64, not rounded to float32 first)
     pre = (size - 1) // 2
-    squares = F.pad(x * x, (0, 0, 0, 0, pre, size - 1 - pre)).to(torch.float64)
-    running = torch.full_like(squares[:, 0], float(k)).to(torch.float32)
-
-    def axpy(acc, coeff, values):  # float32 acc += coeff·values with a single rounding
-        return torch.add(acc.to(torch.float64), values, alpha=coeff).to(torch.float32)
-
+    n, channels = x.shape[:2]
+    squares = (x * x).to(torch.float32).transpose(0, 1).reshape(channels, -1).numpy()  # (C, N·H·W)
+    # a·x² in float64 is exact (24 × 24 bits), so one float64 add and one cast to float32 is
+    # the float32 axpy's single rounding (as the direct torch version of this loop computed it)
+    products = np.zeros((channels + size - 1, squares.shape[1]), np.float64)
+    np.multiply(squares, a, out=products[pre:pre + channels], dtype=np.float64)
+    scale = np.empty((channels, squares.shape[1]), np.float32)
+    wide = np.empty(squares.shape[1], np.float64)
+    running = np.full(squares.shape[1], np.float32(k), np.float32)
     for c in range(size):
-        running = axpy(running, a, squares[:, c])
-    scales = [running]
-    for c in range(1, x.shape[1]):
-        running = axpy(running, a, squares[:, c + size - 1])
-        running = axpy(running, -a, squares[:, c - 1])
-        scales.append(running)
-    return torch.stack(scales, dim=1)
+        np.add(running, products[c], out=wide)
+        running[...] = wide
+    scale[0] = running
+    for c in range(1, channels):
+        np.add(scale[c - 1], products[c + size - 1], out=wide)
+        scale[c] = wide
+        np.subtract(scale[c], products[c - 1], out=wide)
+        scale[c] = wide
+    return torch.from_numpy(scale).reshape((channels, n) + tuple(x.shape[2:])).transpose(0, 1).contiguous()
 
 
 class _AcrossChannels(torch.autograd.Function):
@@ -99,21 +110,26 @@ class _AcrossChannels(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         # Caffe's CrossChannelBackward order: dx = dy·scale^−β, then for each channel
-        # dx[c] −= (2αβ/n)·x[c]·Σ_window dy·y/scale, the window sum kept as a running sum
+        # dx[c] −= (2αβ/n)·x[c]·Σ_window dy·y/scale, the window sum kept as a float32 running
+        # sum (the only sequential part, in numpy on channel-major planes; the rest at once)
         x, y, scale = ctx.saved_tensors
         size, alpha, beta = ctx.hyper
-        channels = x.shape[1]
+        n, channels = x.shape[:2]
         pre = (size - 1) // 2
-        cache_ratio = float(torch.tensor(2.0 * alpha * beta / size, dtype=torch.float32))
-        ratio = F.pad(dy * y / scale, (0, 0, 0, 0, pre, size - 1 - pre))
-        dx = dy * scale.pow(-beta)
-        accum = torch.zeros_like(ratio[:, 0])
+        cache_ratio = float(np.float32(2.0 * alpha * beta / size))
+        ratio = (dy * y / scale).to(torch.float32).transpose(0, 1).reshape(channels, -1).numpy()
+        padded = np.zeros((channels + size - 1, ratio.shape[1]), np.float32)
+        padded[pre:pre + channels] = ratio
+        window = np.empty_like(ratio)  # the running sum as channel c reads it
+        accum = np.zeros(ratio.shape[1], np.float32)
         for c in range(size - 1):
-            accum = accum + ratio[:, c]
-        columns = []
+            accum += padded[c]
         for c in range(channels):
-            accum = accum + ratio[:, c + size - 1]
-            times_x = (x[:, c] * accum).to(torch.float64)
-            columns.append(torch.add(dx[:, c].to(torch.float64), times_x, alpha=-cache_ratio).to(torch.float32))
-            accum = accum - ratio[:, c]
-        return torch.stack(columns, dim=1), None, None, None, None
+            np.add(accum, padded[c + size - 1], out=window[c])
+            np.subtract(window[c], padded[c], out=accum)
+        window = torch.from_numpy(window).reshape((channels, n) + tuple(x.shape[2:])).transpose(0, 1).contiguous()
+        dx = dy * scale.pow(-beta)
+        # x·Σ rounded to float32, then one fused multiply-subtract (exact float64 product)
+        times_x = (x * window).to(torch.float64)
+        dx = torch.add(dx.to(torch.float64), times_x, alpha=-cache_ratio).to(torch.float32)
+        return dx, None, None, None, None
