@@ -15,20 +15,13 @@ import pytest
 from caffeseg.jobs import infer as inf
 from caffeseg.jobs import infer_many as im
 from caffeseg.jobs import visualize
-from caffeseg.jobs.service import JobService, ServiceError
-from tests.jobs_fixtures import TINY_NET
-from tests.test_jobs_eval_infer_export import FakeCaffe, job  # noqa: F401 (the fixture)
+from caffeseg.jobs.service import ServiceError
+from tests.test_jobs_eval_infer_export import fake_model_job, job  # noqa: F401 (the fixture)
 
 
 @pytest.fixture
 def model(job, tmp_path, monkeypatch):  # noqa: F811
-    _, ds = job
-    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
-    svc = JobService(str(tmp_path / "jobs"))
-    dataset = svc.import_dataset(ds, "d")
-    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
-    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
-    return svc, m, ds
+    return fake_model_job(job, tmp_path, monkeypatch)
 
 
 def _images(folder, n=3):

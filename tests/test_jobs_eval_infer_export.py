@@ -354,15 +354,9 @@ def test_the_webs_inference_answer_does_not_look_the_job_up_again(job, tmp_path,
     """Backend.infer reads the dataset's facts from the answer's dataset_id: JobService.show
     (which parses the job's prototxts for the Settings panel) is not called per answer, and an
     unknown job is still a 404."""
-    from caffeseg.jobs.service import JobService
     from caffeseg.web.backend import NotFound
     from caffeseg.web.service_backend import ServiceBackend
-    _, ds = job
-    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
-    svc = JobService(str(tmp_path / "jobs"))
-    dataset = svc.import_dataset(ds, "d")
-    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
-    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    svc, m, _ = fake_model_job(job, tmp_path, monkeypatch)
     backend = ServiceBackend({"JOBS_DIR": str(tmp_path / "jobs")}, svc)
     shows = []
     real_show = svc.show
@@ -374,3 +368,16 @@ def test_the_webs_inference_answer_does_not_look_the_job_up_again(job, tmp_path,
     assert shows == [] and answer["prediction"].shape == (8, 8)
     with pytest.raises(NotFound):
         backend.infer("m-000000000000", None, image_path=str(image))
+
+
+def fake_model_job(job, tmp_path, monkeypatch):
+    """(service, model job with one snapshot, dataset folder): a model of TINY_NET on ``job``'s
+    dataset whose nets are FakeCaffe's."""
+    from caffeseg.jobs.service import JobService
+    _, ds = job
+    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
+    svc = JobService(str(tmp_path / "jobs"))
+    dataset = svc.import_dataset(ds, "d")
+    [m] = svc.create_model({"dataset_id": dataset["id"], "network_text": TINY_NET, "epochs": 1})
+    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    return svc, m, ds
