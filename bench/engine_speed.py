@@ -319,9 +319,9 @@ def side_by_side(args):
           f"best of {args.rounds} rounds x {args.repeat}; real Caffe: {found.python if found else 'missing'} "
           f"{found.pythonpath if found else ''}")
     print("wall seconds per step (best); ratios engine/Caffe: wall f+b, wall fwd, and CPU-time f+b (the work")
-    print("itself, which other processes' load hardly moves)")
+    print("itself, which other processes' load hardly moves); 'cpu s' = CPU seconds of one f+b (engine, Caffe)")
     print(f"{'net':<12} {'input':<14} {'load':<7} {'engine fwd':>10} {'engine f+b':>10} {'caffe fwd':>10} "
-          f"{'caffe f+b':>10} {'f+b ratio':>9} {'fwd ratio':>9} {'cpu f+b':>8}  loadavg")
+          f"{'caffe f+b':>10} {'f+b ratio':>9} {'fwd ratio':>9} {'cpu f+b':>8} {'cpu s':>13}  loadavg")
     with tempfile.TemporaryDirectory(prefix="engine-speed-") as folder:
         for net_name in args.nets:
             for channels in args.channels:
@@ -351,8 +351,9 @@ def side_by_side(args):
                         shape = f"{batch}x{channels}x{args.size}x{args.size}"
                         cf = f"{caf['forward_s']:>10.3f} {caf['fwdbwd_s']:>10.3f}" if caf else f"{'-':>10} {'-':>10}"
                         ratios = (f"{eng['fwdbwd_s'] / caf['fwdbwd_s']:>8.2f}x {eng['forward_s'] / caf['forward_s']:>8.2f}x "
-                                  f"{eng['fwdbwd_cpu_s'] / caf['fwdbwd_cpu_s']:>7.2f}x"
-                                  if caf else f"{'-':>9} {'-':>9} {'-':>8}")
+                                  f"{eng['fwdbwd_cpu_s'] / caf['fwdbwd_cpu_s']:>7.2f}x "
+                                  f"{eng['fwdbwd_cpu_s']:>6.3f} {caf['fwdbwd_cpu_s']:>6.3f}"
+                                  if caf else f"{'-':>9} {'-':>9} {'-':>8} {eng['fwdbwd_cpu_s']:>6.3f} {'-':>6}")
                         print(f"{net_name:<12} {shape:<14} {loaded:<7} {eng['forward_s']:>10.3f} {eng['fwdbwd_s']:>10.3f} "
                               f"{cf} {ratios}  {before}", flush=True)
 
