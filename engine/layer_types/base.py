@@ -80,6 +80,10 @@ class Layer:
       (None: zeros), per param a tensor of its shape (None: nothing to add). The net replaces
       the bottom diffs and adds the param diffs to the param blobs' diffs (Caffe accumulates
       them, e.g. over ``iter_size``).
+    * ``adds_param_diffs = True`` (Convolution): the layer's CPU kernels sum a weight gradient
+      into the param blob's diff themselves, inside the GEMM as Caffe does
+      (``fast_conv.param_diffs``, which the net opens around the layer's backward), and hand
+      autograd None for it; the net then adds nothing for those params.
     """
 
     #: prototxt ``type`` string this class implements
