@@ -26,7 +26,7 @@ import time
 import zipfile
 
 from caffeseg.jobs.infer import latest_snapshot, preprocessing_from_train_val
-from caffeseg.jobs.paths import atomic_output, atomic_write_json
+from caffeseg.jobs.paths import atomic_output, atomic_write_json, read_json
 
 
 #: gzip level of the download: trained float32 weights hardly compress (7 % at any level), and
@@ -205,7 +205,7 @@ def export_model(job_dir, out_path=None, snapshot=None, name=None, fmt="tar.gz",
     with open(os.path.join(folder, ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others then find it done
         try:
-            if os.path.isfile(archive) and _read_json(manifest_path) == manifest:
+            if os.path.isfile(archive) and read_json(manifest_path) == manifest:
                 os.utime(manifest_path)  # most recently requested: kept by the clean-up
                 return archive
             _write_archive(archive, files, dict(info, exported_at=time.time()), classes, fmt,
@@ -296,13 +296,6 @@ def export_stream(job_dir, snapshot=None, name=None, fmt="tar.gz", job=None):
 
     return path, chunks()
 
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _clean_exports(folder, keep):

@@ -8,12 +8,13 @@ probabilities, metrics when a label exists, optional per-layer activation/weight
 and the LV contour in Sunnybrook's text format.
 """
 import glob
-import json
 import os
 import re
 import threading
 
 import numpy as np
+
+from caffeseg.jobs.paths import read_json
 
 
 class InferError(ValueError):
@@ -148,7 +149,7 @@ class DeployModel:
     def from_job(cls, job_dir, snapshot=None, backend="auto", caffe=None, weights=None):
         """The job's deploy net with snapshot iteration ``snapshot`` (None: the newest), or with
         the snapshot file ``weights`` when given (jobs.net_cache names the file it keys on)."""
-        info = _read_json(os.path.join(job_dir, "job.json"))
+        info = read_json(os.path.join(job_dir, "job.json"), {})
         return cls(os.path.join(job_dir, "deploy.prototxt"), weights or latest_snapshot(job_dir, snapshot),
                    preprocessing_from_train_val(os.path.join(job_dir, "train_val.prototxt")),
                    classes=info.get("classes"), caffe=caffe, backend=backend)
@@ -156,7 +157,7 @@ class DeployModel:
     @classmethod
     def from_export(cls, folder, backend="auto", caffe=None):
         """An extracted export archive (see jobs.export)."""
-        info = _read_json(os.path.join(folder, "info.json"))
+        info = read_json(os.path.join(folder, "info.json"), {})
         pre = dict(info["preprocess"])
         if pre.get("mean_file"):
             pre["mean_file"] = os.path.join(folder, pre["mean_file"])
@@ -255,10 +256,3 @@ def image_files(path):
         return [os.path.join(path, n) for n in names]
     return [path]
 
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}

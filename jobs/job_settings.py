@@ -7,23 +7,16 @@ batch: the form's value, else the network's own) — so the page shows the value
 uses, not the form's blanks. ``trained_on`` is the runner's ``backend_used`` (the backend and
 device that ran it). Missing or unreadable files give fewer entries, never an error.
 """
-import json
 import os
 
 from caffeseg.engine.prototxt import PrototxtError, read_net, read_solver
 from caffeseg.jobs import derive
+from caffeseg.jobs.paths import read_json
 
 # Which solver.prototxt fields each LR policy uses (Caffe's SGDSolver::GetLearningRate).
 POLICY_FIELDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",), "inv": ("gamma", "power"),
                  "multistep": ("gamma", "stepvalue"), "poly": ("power",), "sigmoid": ("gamma", "stepsize")}
 
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def _network(facts):
@@ -64,7 +57,7 @@ def _device(options, trained_on):
 
 def training_settings(job_dir, trained_on=None):
     """``[(label, value)]`` in display order; values are strings (or numbers) a page shows as is."""
-    facts = _read_json(os.path.join(job_dir, "job.json"))
+    facts = read_json(os.path.join(job_dir, "job.json"), {})
     options = facts.get("options") or {}
     solver = None
     try:

@@ -84,3 +84,13 @@ def atomic_write(path, data):
 
 def atomic_write_json(path, obj):
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path, default=None):
+    """The JSON content of ``path``, or ``default`` when it is missing or not JSON (a job's own
+    small files: job.json, info.json, manifests; written atomically, so whole or absent)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
