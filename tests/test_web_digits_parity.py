@@ -382,14 +382,15 @@ def test_upload_form_digits_fields_and_the_layers_page(env, tmp_path):
     assert client.get("/pretrained/up-000000000000/layers").status_code == 404
 
 
-def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_path, monkeypatch):
-    import cv2
+def _fake_net_model_app(tmp_path, monkeypatch, image):
+    """(test client, data folder, model job): the real app on a 2+2-record dataset whose features
+    are ``image`` (1×8×8 uint8), with a TINY_NET model of one snapshot run by FakeCaffe."""
     from caffeseg.jobs import infer as inf
     from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
     monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
     ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
     for stage in ("train", "val"):
-        write_db(os.path.join(ds, "%s_db" % stage, "features"), [np.zeros((1, 8, 8), np.uint8)] * 2)
+        write_db(os.path.join(ds, "%s_db" % stage, "features"), [image, image])
         write_db(os.path.join(ds, "%s_db" % stage, "labels"), [np.zeros((1, 8, 8), np.uint8)] * 2)
     data = tmp_path / "data"
     data.mkdir()
@@ -397,6 +398,12 @@ def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_pat
     client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
     [m] = svc.create_model({"dataset_id": svc.import_dataset(ds, "d")["id"], "network_text": TINY_NET, "epochs": 1})
     open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    return client, data, m
+
+
+def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_path, monkeypatch):
+    import cv2
+    client, data, m = _fake_net_model_app(tmp_path, monkeypatch, np.zeros((1, 8, 8), np.uint8))
     picture = np.zeros((10, 12), np.uint8)
     picture[2:4, 3:9] = 200
     cv2.imwrite(str(data / "wide.png"), picture)
@@ -425,21 +432,9 @@ def test_infer_without_resize_from_a_server_path_and_the_threshold_input(tmp_pat
 
 
 def test_inference_json_gives_probabilities_when_asked(tmp_path, monkeypatch):
-    from caffeseg.jobs import infer as inf
-    from tests.test_jobs_eval_infer_export import FakeCaffe, write_db
-    monkeypatch.setattr(inf, "get_caffe", lambda backend="auto": FakeCaffe)
-    ds = make_dataset_dir(str(tmp_path / "ds"), train=2, val=2)
     image = np.zeros((1, 8, 8), np.uint8)
     image[0, :2, :3] = 200
-    for stage in ("train", "val"):
-        write_db(os.path.join(ds, "%s_db" % stage, "features"), [image, image])
-        write_db(os.path.join(ds, "%s_db" % stage, "labels"), [np.zeros((1, 8, 8), np.uint8)] * 2)
-    data = tmp_path / "data"
-    data.mkdir()
-    app = create_app({"DATA_DIR": str(data), "WTF_CSRF_ENABLED": False, "START_WORKER": False})
-    client, svc = app.test_client(), app.extensions["caffeseg_backend"].service
-    [m] = svc.create_model({"dataset_id": svc.import_dataset(ds, "d")["id"], "network_text": TINY_NET, "epochs": 1})
-    open(os.path.join(m["dir"], "snapshot_iter_1.caffemodel"), "wb").write(b"w")
+    client, _, m = _fake_net_model_app(tmp_path, monkeypatch, image)
     plain = client.post(f"/api/jobs/{m['id']}/infer", json={"record": "00000000"}).get_json()
     assert "probabilities" not in plain["urls"] and plain["urls"]["prediction"].endswith("/prediction.png")
     asked = client.post(f"/api/jobs/{m['id']}/infer", json={"record": "00000001", "probabilities": True}).get_json()
