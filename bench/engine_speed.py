@@ -305,12 +305,15 @@ def side_by_side(args):
     import subprocess
     import tempfile
     from caffeseg.jobs import real_caffe
+    from caffeseg.jobs import allocator
     from caffeseg.jobs import threads as thread_policy
     found = real_caffe.find_real_caffe()
     if found is None:
         print("real Caffe not found (" + real_caffe.BUILD_HINT + "): engine figures only, no ratio")
     threads = args.threads or thread_policy.usable_cores()
-    policy = thread_policy.ThreadPlan("training", threads, thread_policy.usable_cores()).environment()
+    # the variables a runner starts with (jobs.scheduler): its threads and its allocator's policy
+    policy = allocator.runner_environment(
+        thread_policy.ThreadPlan("training", threads, thread_policy.usable_cores()).environment())
     base = {k: v for k, v in os.environ.items() if k not in policy}
     engine_env = dict(base, **policy)
     engine_env["PYTHONPATH"] = ROOT + os.pathsep + base.get("PYTHONPATH", "")
