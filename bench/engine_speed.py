@@ -304,8 +304,7 @@ def side_by_side(args):
     with one CPU-bound load process (started here, bounded, stopped after the pair)."""
     import subprocess
     import tempfile
-    from caffeseg.jobs import real_caffe
-    from caffeseg.jobs import allocator
+    from caffeseg.jobs import allocator, real_caffe
     from caffeseg.jobs import threads as thread_policy
     found = real_caffe.find_real_caffe()
     if found is None:

@@ -6,8 +6,8 @@ threshold has grown) from a fresh ``mmap`` and unmaps it on ``free``, so each st
 those pages in again, zero-filled, 4 KiB at a time: FCN-8s at 256² touches about 1 GB of new
 pages per training step (~210 000 minor faults), FCN-AlexNet at batch 4 about 40 MB
 (bench/memory_reuse.py). Under ``RETAIN_FREED_MEMORY`` glibc takes every block from the heap and
-never trims it, so a step reuses the pages the previous step freed: after the first steps a
-runner faults no pages at all, and its resident size is its peak, which each step reaches anyway.
+never trims it, so a step mostly reuses the pages the previous step freed (FCN-8s: ~10 000
+faults per step instead of ~190 000), and its resident size is its peak, which each step reaches anyway.
 
 glibc reads these variables once, when a process starts, so they travel in the runner's
 environment (``runner_environment``) like the thread variables (``jobs.threads``). Other C
