@@ -152,6 +152,18 @@ def test_numpy_openblas_cblas_is_found_on_this_machine():
     assert fast_conv._cblas() is not None
 
 
+def test_the_cblas_lookup_warms_openblas_up_once(monkeypatch):
+    """The first lookup runs prime_openblas (numpy's OpenBLAS runs skinny products ~3× slower
+    until one wide product has run in the process: bench/gemm_choice.py --cold); later ones don't."""
+    calls = []
+    monkeypatch.setattr(fast_conv, "prime_openblas", lambda: calls.append(1))
+    monkeypatch.setattr(fast_conv, "_cblas_searched", False)
+    monkeypatch.setattr(fast_conv, "_cblas_sgemm", None)
+    fast_conv._cblas()
+    fast_conv._cblas()
+    assert calls == [1]
+
+
 # -- weight gradients added into engine.Net's parameter diffs ----------------------------------------
 NET = """name: "kernels"
 force_backward: true

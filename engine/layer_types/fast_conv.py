@@ -112,6 +112,18 @@ def _sgemm_works(sgemm) -> bool:
     return bool(np.allclose(c, a @ b.T + 1, rtol=1e-5))
 
 
+def prime_openblas():
+    """Run one product with a wide right-hand side (256×256 · 256×512, a few ms) through numpy's
+    OpenBLAS. Until a process has run such a product, OpenBLAS 0.3.31 (numpy's wheel) ran
+    FCN-AlexNet's skinny fc6 products (4096×9216 · 9216×81, and the transposed input gradient)
+    about 3× slower on an AMD EPYC Zen 1 (bench/gemm_choice.py --cold: 0.55-0.75 s against
+    0.19-0.22 s, for every later call, in every thread; narrower products such as 4096×9216×256
+    or 64×64×512 did not end it). A training step's weight gradients are such products, so only
+    forward-only work (inference, a TEST net) stayed slow: FCN-AlexNet's batch-1 forward took 2×
+    Caffe's time there."""
+    np.matmul(np.ones((256, 256), np.float32), np.ones((256, 512), np.float32))
+
+
 def _cblas():
     global _cblas_sgemm, _cblas_searched
     if not _cblas_searched:
@@ -120,6 +132,7 @@ def _cblas():
             _cblas_sgemm = _find_cblas_sgemm()
         except (OSError, AttributeError, TypeError):
             _cblas_sgemm = None
+        prime_openblas()
     return _cblas_sgemm
 
 
