@@ -114,13 +114,12 @@ def _sgemm_works(sgemm) -> bool:
 
 def prime_openblas():
     """Run one product with a wide right-hand side (256×256 · 256×512, a few ms) through numpy's
-    OpenBLAS. Until a process has run such a product, OpenBLAS 0.3.31 (numpy's wheel) ran
-    FCN-AlexNet's skinny fc6 products (4096×9216 · 9216×81, and the transposed input gradient)
-    about 3× slower on an AMD EPYC Zen 1 (bench/gemm_choice.py --cold: 0.55-0.75 s against
-    0.19-0.22 s, for every later call, in every thread; narrower products such as 4096×9216×256
-    or 64×64×512 did not end it). A training step's weight gradients are such products, so only
-    forward-only work (inference, a TEST net) stayed slow: FCN-AlexNet's batch-1 forward took 2×
-    Caffe's time there."""
+    OpenBLAS. Until a process has run such a product, OpenBLAS 0.3.31 (numpy's wheel) ran the
+    skinny fc6/fc7 products (N = 81 columns: forward and input gradient) 2.7-2.9× slower on an
+    AMD EPYC Zen 1, in every later call and every thread (bench/gemm_choice.py --cold: fc6
+    forward 0.54 s against 0.19 s); narrower products (4096×9216×256, 64×64×512) did not end it.
+    A training step's weight gradients are wide products, so only forward-only work (inference,
+    a TEST net) stayed slow: FCN-AlexNet's batch-1 forward took 2× Caffe's time there."""
     np.matmul(np.ones((256, 256), np.float32), np.ones((256, 512), np.float32))
 
 
