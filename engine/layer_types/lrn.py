@@ -102,8 +102,9 @@ class _AcrossChannels(torch.autograd.Function):
     def forward(ctx, x, size, alpha, beta, k):
         with torch.no_grad():
             scale = caffe_cross_channel_scale(x, size, alpha, k)
-            y = scale.pow(-beta) * x
-        ctx.save_for_backward(x, y, scale)
+            power = scale.pow(-beta)  # kept for backward: pow is most of this layer's float32 work
+            y = power * x
+        ctx.save_for_backward(x, y, scale, power)
         ctx.hyper = (size, alpha, beta)
         return y
 
@@ -112,7 +113,7 @@ class _AcrossChannels(torch.autograd.Function):
         # Caffe's CrossChannelBackward order: dx = dy·scale^−β, then for each channel
         # dx[c] −= (2αβ/n)·x[c]·Σ_window dy·y/scale, the window sum kept as a float32 running
         # sum (the only sequential part, in numpy on channel-major planes; the rest at once)
-        x, y, scale = ctx.saved_tensors
+        x, y, scale, power = ctx.saved_tensors
         size, alpha, beta = ctx.hyper
         n, channels = x.shape[:2]
         pre = (size - 1) // 2
@@ -128,7 +129,7 @@ class _AcrossChannels(torch.autograd.Function):
             np.add(accum, padded[c + size - 1], out=window[c])
             np.subtract(window[c], padded[c], out=accum)
         window = torch.from_numpy(window).reshape((channels, n) + tuple(x.shape[2:])).transpose(0, 1).contiguous()
-        dx = dy * scale.pow(-beta)
+        dx = dy * power
         # x·Σ rounded to float32, then one fused multiply-subtract (exact float64 product)
         times_x = (x * window).to(torch.float64)
         dx = torch.add(dx.to(torch.float64), times_x, alpha=-cache_ratio).to(torch.float32)
