@@ -153,7 +153,7 @@ def test_numpy_openblas_cblas_is_found_on_this_machine():
 
 
 def test_the_cblas_lookup_warms_openblas_up_once(monkeypatch):
-    """The first lookup runs prime_openblas (numpy's OpenBLAS runs skinny products ~3× slower
+    """The first lookup runs prime_openblas (numpy's OpenBLAS ran skinny products 2.7-2.9× slower
     until one wide product has run in the process: bench/gemm_choice.py --cold); later ones don't."""
     calls = []
     monkeypatch.setattr(fast_conv, "prime_openblas", lambda: calls.append(1))
