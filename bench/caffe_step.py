@@ -2,15 +2,24 @@
 ``bench/engine_speed.py --caffe``, run once under real Caffe's interpreter and once under the
 engine (``import caffe`` = caffeseg's engine), so both backends run the very same code.
 
-Python 3 + numpy + ``caffe`` only (real Caffe's interpreter has no torch). Prints one JSON line
-``{"backend", "forward_s", "fwdbwd_s", "forward_cpu_s", "fwdbwd_cpu_s", "threads_env"}`` (best of
-``--repeat`` after a warm-up; ``*_cpu_s``: this process's CPU time).
+With ``--solver TYPE`` it also times one training iteration as a job runs it,
+``solver.step(1)``: clearing the diffs, forward+backward, and the update (weight decay 5e-4,
+momentum 0.9 where the type has one, a fixed rate), through a solver built on the same net file
+once the plain net is gone (so the two never hold memory together).
 
-    python bench/caffe_step.py --net NET.prototxt --weights W.caffemodel --data D.npy --label L.npy
+Python 3 + numpy + ``caffe`` only (real Caffe's interpreter has no torch). Prints one JSON line
+``{"backend", "forward_s", "fwdbwd_s", "forward_cpu_s", "fwdbwd_cpu_s", "threads_env"}``, plus
+``"step_s", "step_cpu_s"`` with ``--solver`` (best of ``--repeat`` after a warm-up; ``*_cpu_s``:
+this process's CPU time).
+
+    python bench/caffe_step.py --net NET.prototxt --weights W.caffemodel --data D.npy --label L.npy [--solver SGD]
 """
 import argparse
+import gc
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -36,12 +45,12 @@ def main(argv=None):
     ap.add_argument("--data", required=True)
     ap.add_argument("--label", required=True)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--solver", default="", help="also time solver.step(1) with this solver type (SGD, Adam, ...)")
     args = ap.parse_args(argv)
     import caffe
     caffe.set_mode_cpu()
     net = caffe.Net(args.net, args.weights, caffe.TRAIN)
-    net.blobs["data"].data[...] = np.load(args.data)
-    net.blobs["label"].data[...] = np.load(args.label)
+    feed(net, args)
 
     def step():
         net.forward()
@@ -50,10 +59,49 @@ def main(argv=None):
     forward, forward_cpu = best(net.forward, args.repeat)
     fwdbwd, fwdbwd_cpu = best(step, args.repeat)
     engine = bool(getattr(caffe, "__caffeseg_engine__", False))
-    print(json.dumps({"backend": "engine" if engine else "caffe", "forward_s": forward, "fwdbwd_s": fwdbwd,
-                      "forward_cpu_s": forward_cpu, "fwdbwd_cpu_s": fwdbwd_cpu,
-                      "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}),
-          flush=True)
+    result = {"backend": "engine" if engine else "caffe", "forward_s": forward, "fwdbwd_s": fwdbwd,
+              "forward_cpu_s": forward_cpu, "fwdbwd_cpu_s": fwdbwd_cpu,
+              "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    if args.solver:
+        del net
+        gc.collect()
+        result["step_s"], result["step_cpu_s"] = time_solver_step(caffe, args)
+    print(json.dumps(result), flush=True)
+
+
+def feed(net, args):
+    net.blobs["data"].data[...] = np.load(args.data)
+    net.blobs["label"].data[...] = np.load(args.label)
+
+
+SOLVER_TEXT = """net: "{net}"
+type: "{type}"
+base_lr: 1e-10
+lr_policy: "fixed"
+momentum: {momentum}
+weight_decay: 0.0005
+display: 0
+max_iter: 1000000
+snapshot: 0
+snapshot_prefix: "{prefix}"
+"""
+
+
+def time_solver_step(caffe, args):
+    """(best wall s, best CPU s) of ``solver.step(1)`` on the same net, weights and input."""
+    folder = tempfile.mkdtemp(prefix="caffe-step-")
+    try:
+        path = os.path.join(folder, "solver.prototxt")
+        momentum = 0.0 if args.solver in ("AdaGrad", "RMSProp") else 0.9
+        with open(path, "w") as f:
+            f.write(SOLVER_TEXT.format(net=os.path.abspath(args.net), type=args.solver, momentum=momentum,
+                                       prefix=os.path.join(folder, "snap")))
+        solver = caffe.get_solver(path)
+        solver.net.copy_from(args.weights)
+        feed(solver.net, args)  # Input layers keep what is written into their tops
+        return best(lambda: solver.step(1), args.repeat)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

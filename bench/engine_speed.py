@@ -277,11 +277,13 @@ def prepare_case(folder, net_name, channels, batch, size):
     return files
 
 
-def run_step(python, env, files, repeat, timeout=3600):
+def run_step(python, env, files, repeat, timeout=3600, solver=""):
     import json
     import subprocess
     cmd = [python, STEP_SCRIPT, "--repeat", str(repeat)] + [a for k in ("net", "weights", "data", "label")
                                                              for a in (f"--{k}", files[k])]
+    if solver:
+        cmd += ["--solver", solver]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{python} {STEP_SCRIPT} failed: {proc.stderr.strip()[-800:]}")
@@ -322,8 +324,12 @@ def side_by_side(args):
           f"{found.pythonpath if found else ''}")
     print("wall seconds per step (best); ratios engine/Caffe: wall f+b, wall fwd, and CPU-time f+b (the work")
     print("itself, which other processes' load hardly moves); 'cpu s' = CPU seconds of one f+b (engine, Caffe)")
+    if args.solver:
+        print(f"with --solver {args.solver}: one solver.step(1) (clear diffs, f+b, update), wall s of each backend"
+              " and the CPU-time ratio")
+    step_head = f" {'engine step':>11} {'caffe step':>10} {'cpu step':>8}" if args.solver else ""
     print(f"{'net':<12} {'input':<14} {'load':<7} {'engine fwd':>10} {'engine f+b':>10} {'caffe fwd':>10} "
-          f"{'caffe f+b':>10} {'f+b ratio':>9} {'fwd ratio':>9} {'cpu f+b':>8} {'cpu s':>13}  loadavg")
+          f"{'caffe f+b':>10} {'f+b ratio':>9} {'fwd ratio':>9} {'cpu f+b':>8} {'cpu s':>13}{step_head}  loadavg")
     with tempfile.TemporaryDirectory(prefix="engine-speed-") as folder:
         for net_name in args.nets:
             for channels in args.channels:
@@ -341,7 +347,7 @@ def side_by_side(args):
                                 if found:
                                     runs.append(("caffe", found.python or sys.executable, caffe_env))
                                 for name, python, env in (runs if rnd % 2 == 0 else runs[::-1]):
-                                    got = run_step(python, env, files, args.repeat)
+                                    got = run_step(python, env, files, args.repeat, solver=args.solver)
                                     if name == "engine":
                                         eng = _best_of(eng, got)
                                     else:
@@ -356,8 +362,13 @@ def side_by_side(args):
                                   f"{eng['fwdbwd_cpu_s'] / caf['fwdbwd_cpu_s']:>7.2f}x "
                                   f"{eng['fwdbwd_cpu_s']:>6.3f} {caf['fwdbwd_cpu_s']:>6.3f}"
                                   if caf else f"{'-':>9} {'-':>9} {'-':>8} {eng['fwdbwd_cpu_s']:>6.3f} {'-':>6}")
+                        steps = ""
+                        if args.solver:
+                            steps = f" {eng['step_s']:>11.3f} " + (
+                                f"{caf['step_s']:>10.3f} {eng['step_cpu_s'] / caf['step_cpu_s']:>7.2f}x" if caf
+                                else f"{'-':>10} {'-':>8}")
                         print(f"{net_name:<12} {shape:<14} {loaded:<7} {eng['forward_s']:>10.3f} {eng['fwdbwd_s']:>10.3f} "
-                              f"{cf} {ratios}  {before}", flush=True)
+                              f"{cf} {ratios}{steps}  {before}", flush=True)
 
 
 def main(argv=None):
@@ -370,6 +381,8 @@ def main(argv=None):
     ap.add_argument("--load-limit-s", type=float, default=3600.0,
                     help="--caffe: the load process ends by itself after this many seconds at the latest")
     ap.add_argument("--size", type=int, default=256, help="--caffe: input height and width")
+    ap.add_argument("--solver", default="", help="--caffe: also time solver.step(1) with this solver type "
+                    "(SGD, Nesterov, Adam, ...): a training iteration with its update")
     ap.add_argument("--rounds", type=int, default=2,
                     help="--caffe: engine/Caffe pairs per case, alternating order (best of all)")
     ap.add_argument("--nets", nargs="+", default=["fcn_alexnet"], choices=sorted(CAFFE_REFERENCE))

@@ -213,3 +213,30 @@ def test_solve_snapshots_and_resumes_bit_for_bit(factory, monkeypatch, tmp_path)
         resumed.step(1)
     for (a, _, _), (b, _, _) in zip(solver.net.learnable_params, resumed.net.learnable_params):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_update_by_slices_is_bit_identical_to_whole_tensors(case, monkeypatch):
+    """``updates.slices`` (the update run slice by slice so its passes stay in cache) changes
+    no bit: every golden case, with slices of 5 elements (conv1's 108 weights: 22 slices, the
+    last one short) against one whole-tensor piece per parameter, step by step."""
+    from caffeseg.engine.solvers import updates
+    runs = {}
+    for label, size in (("whole", 1 << 62), ("sliced", 5)):
+        monkeypatch.setattr(updates, "UPDATE_SLICE", size)
+        pieces = []
+        real_slices = updates.slices
+        monkeypatch.setattr(updates, "slices", lambda *a, **k: pieces.append(list(real_slices(*a, **k))) or pieces[-1])
+        solver, trace = _solver(case, "reference", monkeypatch)
+        states = []
+        for it in range(len(trace["loss"])):
+            _feed(solver.net, trace, it)
+            solver.step(1)
+            states.append([b.data.copy() for b, _, _ in solver.net.learnable_params]
+                          + [h.numpy().copy() for h in solver.history])
+        runs[label] = (states, max(len(p) for p in pieces))
+        monkeypatch.setattr(updates, "slices", real_slices)
+    assert runs["whole"][1] == 1 and runs["sliced"][1] == 22
+    for it, (whole, sliced) in enumerate(zip(runs["whole"][0], runs["sliced"][0])):
+        for k, (a, b) in enumerate(zip(whole, sliced)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{case} step {it} array {k}")

@@ -215,3 +215,19 @@ def test_solve_trains_from_lmdb_data_layers_with_tests_and_snapshots(monkeypatch
 def read_solverstate_path(path):
     from caffeseg.engine.caffemodel import read_solverstate
     return read_solverstate(str(path))
+
+
+def test_update_slices_are_views_of_the_parameter():
+    weight, diff = torch.arange(10.0), torch.ones(10)
+    history = [torch.zeros(10), torch.zeros(10)]
+    pieces = list(updates.slices(weight, diff, history, size=4))
+    assert [w.numel() for w, _, _ in pieces] == [4, 4, 2]
+    for w, d, h in pieces:
+        w.sub_(d)
+        h[1].add_(1)
+    assert torch.equal(weight, torch.arange(10.0) - 1) and torch.equal(history[1], torch.ones(10))
+    # a non-contiguous tensor, or one of another size, is updated as one whole piece
+    strided = torch.zeros(10, 2)[:, 0]
+    assert len(list(updates.slices(strided, diff, history, size=4))) == 1
+    assert len(list(updates.slices(weight, diff, [torch.zeros(9)], size=4))) == 1
+    assert len(list(updates.slices(weight, diff, history, size=10))) == 1

@@ -322,13 +322,13 @@ class Solver:
         slots = updates.HISTORY_SLOTS[p.type]
         for i, blob in enumerate(self._params):
             lr_mult, decay_mult = self._mults[i]
-            diff = blob.grad_tensor
-            updates.normalize(diff, p.iter_size)
-            updates.regularize(diff, blob.tensor, float(p.weight_decay) * decay_mult, p.regularization_type)
+            weight, diff = blob.tensor, blob.grad_tensor
             history = [self.history[i + k * n] for k in range(slots)]
-            rule(diff, history, rate * lr_mult, p, self.iter)
-            weight = blob.tensor
-            weight.sub_(diff)
+            for w, d, h in updates.slices(weight, diff, history):
+                updates.normalize(d, p.iter_size)
+                updates.regularize(d, w, float(p.weight_decay) * decay_mult, p.regularization_type)
+                rule(d, h, rate * lr_mult, p, self.iter)
+                w.sub_(d)
             # rebinding marks the device tensors as the current copies, so a host mirror
             # (on an accelerator) is refreshed the next time .data/.diff is read
             blob.tensor = weight

@@ -15,6 +15,31 @@ import torch
 HISTORY_SLOTS = {"SGD": 1, "Nesterov": 1, "AdaGrad": 1, "RMSProp": 1, "AdaDelta": 2, "Adam": 2}
 SOLVER_TYPES = tuple(HISTORY_SLOTS)
 
+#: elements per slice of a CPU parameter in ``slices`` (1 MiB of float32)
+UPDATE_SLICE = 1 << 18
+
+
+def slices(weight, diff, history, size=None):
+    """``(weight, diff, history)`` of one parameter as slices of ``size`` elements, to update
+    one after the other; one whole-tensor piece off the CPU or for non-contiguous tensors.
+
+    Why: every rule below is element-wise but runs as 4-10 passes over the parameter. For
+    fc6/fc7 (37.7M and 16.8M weights) each pass goes through memory; run on a slice that
+    stays in cache, the same passes cost a fraction (bench/solver_update.py, bench/RESULTS.md).
+    The results are bit-identical: no rule mixes elements, and each element sees the same
+    float32 operations in the same order."""
+    size = UPDATE_SLICE if size is None else int(size)
+    tensors = [weight, diff] + list(history)
+    count = weight.numel()
+    if (count <= size or weight.device.type != "cpu"
+            or any(t.numel() != count or not t.is_contiguous() for t in tensors)):
+        yield weight, diff, list(history)
+        return
+    flat = [t.view(-1) for t in tensors]
+    for start in range(0, count, size):
+        part = [t[start:start + size] for t in flat]
+        yield part[0], part[1], part[2:]
+
 
 def normalize(diff: torch.Tensor, iter_size: int) -> None:
     """Average the gradients summed over ``iter_size`` forward/backward passes."""
