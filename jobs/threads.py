@@ -10,8 +10,13 @@ training's step time collapses (issue 20: 1.0 s with one thread, 1.9-4.6 s with 
 
 The policy (``plan``), from the usable cores C and the training slots T:
 
-* every role waits passively (``OMP_WAIT_POLICY=PASSIVE``, Intel's ``KMP_BLOCKTIME=0``): an
-  idle thread sleeps at once and hands its core to whoever needs it;
+* every role waits passively (``OMP_WAIT_POLICY=PASSIVE``, Intel's ``KMP_BLOCKTIME=0``, and
+  OpenBLAS' ``OPENBLAS_THREAD_TIMEOUT=4``): an idle thread sleeps at once and hands its core to
+  whoever needs it. OpenBLAS' own pthread pool (numpy's, which the engine's fc6/fc7 GEMMs use,
+  and real Caffe's) otherwise keeps each idle worker polling with ``sched_yield`` for 2^28 CPU
+  cycles (about 0.1 s) after every call, so between two GEMMs it sat on the core that torch's
+  threads were computing on; 4 is OpenBLAS' minimum, 2^4 cycles. FCN-AlexNet with 2 threads on 2
+  cores: 0.89-0.90× the step time, 16-20 % less CPU time (bench/RESULTS.md);
 * inference gets ``max(1, C // 4)`` threads (1 on a 2-4 core machine): a single record is small,
   and the web must not take the training's cores;
 * a dataset build gets 1 thread (its work is DICOM decoding and LMDB writes, one record at a time)
@@ -35,7 +40,7 @@ import sys
 ROLES = ("training", "inference", "dataset")
 # Every BLAS/OpenMP runtime the backends load: torch's OpenMP and MKL, real Caffe's OpenBLAS.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "OPENBLAS_THREAD_TIMEOUT": "4"}
 OVERRIDE_ENV = "CAFFESEG_THREADS"  # "training=2,inference=1": the operator's own counts win
 
 

@@ -51,7 +51,40 @@ def test_without_the_inference_reserve_the_trainings_share_every_core():
 def test_environment_sets_every_pool_and_the_passive_wait():
     env = threads.plan("training", cores=8, env={}).environment()
     assert env == {"OMP_NUM_THREADS": "6", "MKL_NUM_THREADS": "6", "OPENBLAS_NUM_THREADS": "6",
-                   "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+                   "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+_IDLE_CPU_AFTER_A_GEMM = textwrap.dedent("""
+    import time
+    import numpy as np
+    a = np.ones((600, 600), np.float32)
+    a @ a  # starts OpenBLAS' pool; its worker then waits for the next call
+    start = time.process_time()
+    time.sleep(0.3)  # this thread sleeps: what the process burns now is the idle worker's waiting
+    print(time.process_time() - start)
+""")
+
+
+def _idle_cpu_seconds(extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in threads.THREAD_VARIABLES + tuple(threads.PASSIVE_WAIT)}
+    env.update(extra_env)
+    out = subprocess.run([sys.executable, "-c", _IDLE_CPU_AFTER_A_GEMM], env=env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(threads.usable_cores() < 2, reason="OpenBLAS starts no worker thread on one core")
+def test_the_passive_wait_also_puts_openblas_idle_workers_to_sleep():
+    """numpy's OpenBLAS (the engine's fc6/fc7 GEMMs; real Caffe's is the same code) keeps an idle
+    worker polling for ~0.1 s after each call unless OPENBLAS_THREAD_TIMEOUT is small: with the
+    plan's variables the process burns next to nothing while its only thread sleeps."""
+    two_threads = {name: "2" for name in threads.THREAD_VARIABLES}
+    spinning = _idle_cpu_seconds(two_threads)
+    if spinning < 0.03:
+        pytest.skip(f"this OpenBLAS's idle worker did not poll ({spinning:.3f} CPU s): nothing to put to sleep")
+    env = threads.ThreadPlan("training", 2, 2).environment()
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    assert _idle_cpu_seconds(env) < 0.02 < spinning
 
 
 def test_the_operators_override_wins_for_the_roles_it_names():
@@ -121,6 +154,7 @@ def test_a_runner_starts_with_the_training_plan_in_its_environment(tmp_path, mon
     env = _runner_env(tmp_path, monkeypatch, cpu_slots=3)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "4"  # (16-4)//3
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["KMP_BLOCKTIME"] == "0"
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == "4"
 
 
 def test_a_gpu_scheduler_splits_the_cores_per_gpu_slot(tmp_path, monkeypatch):
