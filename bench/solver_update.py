@@ -89,6 +89,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.threads > 1:
+        print("note: updates.slices keeps whole tensors with more than one torch thread, so every row below "
+              "measures the whole-tensor update")
     print(f"torch {torch.__version__}, {args.threads} thread(s), best of {args.rounds} interleaved rounds, "
           f"default slice {updates.UPDATE_SLICE} elements; loadavg {os.getloadavg()}")
     print(f"{'net':12} {'type':9} {'params':>8} {'variant':>16} {'wall s':>8} {'CPU s':>8} {'/ whole':>8}")

@@ -221,6 +221,15 @@ def test_update_by_slices_is_bit_identical_to_whole_tensors(case, monkeypatch):
     no bit: every golden case, with slices of 5 elements (conv1's 108 weights: 22 slices, the
     last one short) against one whole-tensor piece per parameter, step by step."""
     from caffeseg.engine.solvers import updates
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # slices are taken with one torch thread only
+    try:
+        _compare_whole_and_sliced(case, monkeypatch, updates)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_whole_and_sliced(case, monkeypatch, updates):
     runs = {}
     for label, size in (("whole", 1 << 62), ("sliced", 5)):
         monkeypatch.setattr(updates, "UPDATE_SLICE", size)

@@ -217,7 +217,15 @@ def read_solverstate_path(path):
     return read_solverstate(str(path))
 
 
-def test_update_slices_are_views_of_the_parameter():
+@pytest.fixture
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_update_slices_are_views_of_the_parameter(one_torch_thread):
     weight, diff = torch.arange(10.0), torch.ones(10)
     history = [torch.zeros(10), torch.zeros(10)]
     pieces = list(updates.slices(weight, diff, history, size=4))
@@ -231,3 +239,6 @@ def test_update_slices_are_views_of_the_parameter():
     assert len(list(updates.slices(strided, diff, history, size=4))) == 1
     assert len(list(updates.slices(weight, diff, [torch.zeros(9)], size=4))) == 1
     assert len(list(updates.slices(weight, diff, history, size=10))) == 1
+    # with several torch threads every slice's operation would wake the pool: one whole piece
+    torch.set_num_threads(2)
+    assert len(list(updates.slices(weight, diff, history, size=4))) == 1

@@ -21,17 +21,20 @@ UPDATE_SLICE = 1 << 18
 
 def slices(weight, diff, history, size=None):
     """``(weight, diff, history)`` of one parameter as slices of ``size`` elements, to update
-    one after the other; one whole-tensor piece off the CPU or for non-contiguous tensors.
+    one after the other; one whole-tensor piece off the CPU, with more than one torch thread, or
+    for non-contiguous tensors.
 
     Why: every rule below is element-wise but runs as 4-10 passes over the parameter. For
     fc6/fc7 (37.7M and 16.8M weights) each pass goes through memory; run on a slice that
     stays in cache, the same passes cost a fraction (bench/solver_update.py, bench/RESULTS.md).
     The results are bit-identical: no rule mixes elements, and each element sees the same
-    float32 operations in the same order."""
+    float32 operations in the same order. With several threads each slice's operation is a
+    parallel region whose sleeping threads (the passive wait, jobs/threads.py) must be woken:
+    2.7× slower than whole tensors at 2 threads, so there the update stays whole."""
     size = UPDATE_SLICE if size is None else int(size)
     tensors = [weight, diff] + list(history)
     count = weight.numel()
-    if (count <= size or weight.device.type != "cpu"
+    if (count <= size or weight.device.type != "cpu" or torch.get_num_threads() > 1
             or any(t.numel() != count or not t.is_contiguous() for t in tensors)):
         yield weight, diff, list(history)
         return
