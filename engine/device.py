@@ -38,6 +38,21 @@ def set_device(device_id: int) -> None:
     _device_id = device_id
 
 
+def cpu_threads() -> int:
+    """The engine's CPU threads (torch's intra-op pool)."""
+    return torch.get_num_threads()
+
+
+def set_cpu_threads(count: int) -> None:
+    """Compute with ``count`` CPU threads from now on: torch's pool and numpy's OpenBLAS (the
+    fc6/fc7 GEMMs). caffeseg's own, not pycaffe's: real Caffe's OpenBLAS reads its count once.
+    The web borrows idle cores with it for one inference (``jobs.infer``)."""
+    from caffeseg.engine.layer_types import fast_conv
+    count = max(1, int(count))
+    torch.set_num_threads(count)
+    fast_conv.set_blas_threads(count)
+
+
 def mode() -> str:
     return _mode
 

@@ -7,6 +7,7 @@ center crop, scale; Caffe's order ``(x[crop] - mean[crop]) * scale``). Images: P
 probabilities, metrics when a label exists, optional per-layer activation/weight statistics,
 and the LV contour in Sunnybrook's text format.
 """
+import contextlib
 import glob
 import os
 import re
@@ -19,6 +20,30 @@ from caffeseg.jobs.paths import read_json
 
 class InferError(ValueError):
     pass
+
+
+# one prediction at a time computes on borrowed cores: two at once would each take all of them
+_BORROWING = threading.Lock()
+
+
+@contextlib.contextmanager
+def cpu_threads(caffe, count):
+    """Run the block with ``count`` engine CPU threads (``jobs.threads.inference_threads_now``),
+    then go back to the process's count. Nothing changes for real pycaffe (its OpenBLAS reads
+    its count once), for ``count`` None, or while another prediction holds borrowed threads."""
+    if not count or not getattr(caffe, "__caffeseg_engine__", False) or not _BORROWING.acquire(blocking=False):
+        yield
+        return
+    from caffeseg.engine import device
+    before = device.cpu_threads()
+    try:
+        if count != before:
+            device.set_cpu_threads(count)
+        yield
+    finally:
+        if count != before:
+            device.set_cpu_threads(before)
+        _BORROWING.release()
 
 
 def get_caffe(backend="auto"):
@@ -200,8 +225,9 @@ class DeployModel:
         return x * float(self.preprocess_spec.get("scale") or 1.0)
 
     # -- prediction -----------------------------------------------------------------------------
-    def predict(self, image, label=None, visualize=False):
-        with self.lock:
+    def predict(self, image, label=None, visualize=False, threads=None):
+        """The prediction of one image; ``threads``: CPU threads for this one (``cpu_threads``)."""
+        with self.lock, cpu_threads(self.caffe, threads):
             return self._predict(image, label, visualize)
 
     def _predict(self, image, label, visualize):

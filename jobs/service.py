@@ -647,8 +647,9 @@ class JobService:
             else:
                 raise ServiceError("give a record key or an image path")
             results = []
+            threads_now = self.inference_threads()
             for source, image, label in inputs:
-                r = model.predict(image, label=label, visualize=visualize)
+                r = model.predict(image, label=label, visualize=visualize, threads=threads_now)
                 r["source"] = source
                 r["contours"] = inf.lv_contours(r["class_map"])
                 results.append(r)
@@ -747,10 +748,11 @@ class JobService:
         model = self._deploy_model(job, snapshot)
         readings = []
         try:
+            threads_now = self.inference_threads()
             with tempfile.TemporaryDirectory(prefix="caffeseg-series-") as work:
                 for path_one in sf.series_files(path, work):
                     header = read_header(path_one)
-                    class_map = model.predict(inf.load_image(path_one))["class_map"]
+                    class_map = model.predict(inf.load_image(path_one), threads=threads_now)["class_map"]
                     reading = sf.image_reading(class_map, header)
                     reading["source"] = os.path.basename(path_one)
                     readings.append(reading)
@@ -785,11 +787,17 @@ class JobService:
         _add_dicom_area(result, image_path)
         return result
 
+    def inference_threads(self):
+        """CPU threads for one inference now: all usable cores while no job runs here, else the
+        inference plan's share (``jobs.threads.inference_threads_now``)."""
+        from caffeseg.jobs import threads
+        return threads.inference_threads_now(others_computing=self.store.running_count() > 0)
+
     def _infer_one(self, job, snapshot, image, label, source, visualize):
         from caffeseg.jobs import infer as inf
         model = self._deploy_model(job, snapshot)
         try:
-            r = model.predict(image, label=label, visualize=visualize)
+            r = model.predict(image, label=label, visualize=visualize, threads=self.inference_threads())
         except inf.InferError as exc:
             raise ServiceError(str(exc))
         r.update(source=source, image=model.crop_like(image), classes=model.classes,

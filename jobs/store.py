@@ -225,6 +225,11 @@ class JobStore:
         return [self._job(r) for r in rows.fetchall()]
 
     @_busy_is_explained
+    def running_count(self):
+        """How many jobs (trainings, dataset builds, evaluations) are running now."""
+        return self._db().execute("SELECT COUNT(*) FROM jobs WHERE status=?", (RUNNING,)).fetchone()[0]
+
+    @_busy_is_explained
     def jobs_using_dataset(self, dataset_id):
         rows = self._db().execute("SELECT * FROM jobs WHERE dataset_id=?", (dataset_id,)).fetchall()
         return [self._job(r) for r in rows]

@@ -224,3 +224,27 @@ def test_the_scheduler_builds_a_queued_dataset_at_the_lower_priority(tmp_path):
     scheduler._building["d1"].join(30)
     assert seen["job"] == "d1"
     assert seen["niceness"] == min(_niceness_of_this_thread() + threads.DATASET_NICENESS, 19)
+
+
+def test_an_inference_takes_every_core_while_nothing_else_computes():
+    assert threads.inference_threads_now(others_computing=False, cores=2, env={}) == 2
+    assert threads.inference_threads_now(others_computing=True, cores=2, env={}) == 1
+    assert threads.inference_threads_now(others_computing=True, cores=16, env={}) == 4
+    assert threads.inference_threads_now(others_computing=False, cores=16, env={"CAFFESEG_THREADS": "inference=3"}) == 3
+
+
+def test_the_service_borrows_cores_only_while_no_job_runs(tmp_path):
+    from caffeseg.jobs.service import JobService
+    store = st.JobStore(str(tmp_path))
+    store.add_job("a1", "model", "m", str(tmp_path / "a1"))
+
+    class Service:
+        pass
+    service = Service()
+    service.store = store
+    cores = threads.usable_cores()
+    assert store.running_count() == 0
+    assert JobService.inference_threads(service) == cores
+    store.set_status("a1", st.RUNNING)
+    assert store.running_count() == 1
+    assert JobService.inference_threads(service) == threads.plan("inference").threads

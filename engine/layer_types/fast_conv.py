@@ -104,6 +104,46 @@ def _find_cblas_sgemm():
     return None
 
 
+_THREAD_SYMBOLS = {"set": ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                           "scipy_openblas_set_num_threads", "openblas_set_num_threads"),
+                   "get": ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                           "scipy_openblas_get_num_threads", "openblas_get_num_threads")}
+_thread_functions = {}
+
+
+def _openblas_thread_function(kind):
+    """numpy's OpenBLAS ``openblas_{set,get}_num_threads`` (as the wheel names it), or None."""
+    if kind not in _thread_functions:
+        _thread_functions[kind] = None
+        for path in _numpy_blas_libraries():
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            fn = next((getattr(lib, name) for name in _THREAD_SYMBOLS[kind] if hasattr(lib, name)), None)
+            if fn is not None:
+                fn.argtypes, fn.restype = ([ctypes.c_int], None) if kind == "set" else ([], ctypes.c_int)
+                _thread_functions[kind] = fn
+                break
+    return _thread_functions[kind]
+
+
+def set_blas_threads(count: int) -> bool:
+    """Let numpy's OpenBLAS (fc6/fc7's GEMMs here) use ``count`` threads from now on; it grows its
+    pool when asked for more than it started with. False where the symbol is not found."""
+    fn = _openblas_thread_function("set")
+    if fn is None:
+        return False
+    fn(max(1, int(count)))
+    return True
+
+
+def blas_threads() -> int | None:
+    """numpy's OpenBLAS' current thread count, or None where it cannot be asked."""
+    fn = _openblas_thread_function("get")
+    return None if fn is None else int(fn())
+
+
 def _sgemm_works(sgemm) -> bool:
     rs = np.random.RandomState(0)
     a, b = rs.rand(3, 5).astype(np.float32), rs.rand(4, 5).astype(np.float32)
