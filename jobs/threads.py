@@ -16,7 +16,7 @@ The policy (``plan``), from the usable cores C and the training slots T:
   and real Caffe's) otherwise keeps each idle worker polling with ``sched_yield`` for 2^28 CPU
   cycles (about 0.1 s) after every call, so between two GEMMs it sat on the core that torch's
   threads were computing on; 4 is OpenBLAS' minimum, 2^4 cycles. FCN-AlexNet with 2 threads on 2
-  cores: 0.89-0.90× the step time, 16-20 % less CPU time (bench/RESULTS.md);
+  cores: 0.89-0.90× the forward+backward time, 16-20 % less CPU time (bench/RESULTS.md);
 * inference gets ``max(1, C // 4)`` threads (1 on a 2-4 core machine): a single record is small,
   and the web must not take the training's cores;
 * a dataset build gets 1 thread (its work is DICOM decoding and LMDB writes, one record at a time)

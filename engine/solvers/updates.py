@@ -30,7 +30,7 @@ def slices(weight, diff, history, size=None):
     The results are bit-identical: no rule mixes elements, and each element sees the same
     float32 operations in the same order. With several threads each slice's operation is a
     parallel region whose sleeping threads (the passive wait, jobs/threads.py) must be woken:
-    2.7× slower than whole tensors at 2 threads, so there the update stays whole."""
+    1.7-1.9× the whole-tensor time at 2 threads, so there the update stays whole."""
     size = UPDATE_SLICE if size is None else int(size)
     tensors = [weight, diff] + list(history)
     count = weight.numel()
