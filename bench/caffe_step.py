@@ -87,15 +87,21 @@ snapshot_prefix: "{prefix}"
 """
 
 
+def write_solver(path, net, solver_type="SGD"):
+    """The benches' solver file at ``path`` for ``net``: ``solver_type`` with weight decay 5e-4,
+    momentum 0.9 where the type has one, a fixed rate, no snapshots (prefix beside ``path``)."""
+    momentum = 0.0 if solver_type in ("AdaGrad", "RMSProp") else 0.9
+    with open(path, "w") as f:
+        f.write(SOLVER_TEXT.format(net=os.path.abspath(net), type=solver_type, momentum=momentum,
+                                   prefix=os.path.join(os.path.dirname(os.path.abspath(path)), "snap")))
+    return path
+
+
 def time_solver_step(caffe, args):
     """(best wall s, best CPU s) of ``solver.step(1)`` on the same net, weights and input."""
     folder = tempfile.mkdtemp(prefix="caffe-step-")
     try:
-        path = os.path.join(folder, "solver.prototxt")
-        momentum = 0.0 if args.solver in ("AdaGrad", "RMSProp") else 0.9
-        with open(path, "w") as f:
-            f.write(SOLVER_TEXT.format(net=os.path.abspath(args.net), type=args.solver, momentum=momentum,
-                                       prefix=os.path.join(folder, "snap")))
+        path = write_solver(os.path.join(folder, "solver.prototxt"), args.net, args.solver)
         solver = caffe.get_solver(path)
         solver.net.copy_from(args.weights)
         feed(solver.net, args)  # Input layers keep what is written into their tops

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from caffeseg.engine.solvers import get_solver, updates  # noqa: E402
 
+import caffe_step  # noqa: E402  (the benches' solver file)
 import engine_speed  # noqa: E402  (the side-by-side bench's net text)
 
 WHOLE = 1 << 62  # a slice size no parameter reaches: the whole-tensor update
@@ -38,11 +39,8 @@ def build_solver(folder, net_name, solver_type):
         source = os.path.join(ROOT, "prototxt", f"{net_name}.prototxt")
         with open(net_path, "w") as f:
             f.write(engine_speed.input_net_text(source, (1, 1, 64, 64), (1, 1, 64, 64)))
-    momentum = {"AdaGrad": 0.0, "RMSProp": 0.0}.get(solver_type, 0.9)
-    solver_path = os.path.join(folder, f"{net_name}-{solver_type}.prototxt")
-    with open(solver_path, "w") as f:
-        f.write(f'net: "{net_path}"\ntype: "{solver_type}"\nbase_lr: 1e-10\nlr_policy: "fixed"\n'
-                f'momentum: {momentum}\nweight_decay: 0.0005\nrandom_seed: 1\ndisplay: 0\n')
+    solver_path = caffe_step.write_solver(os.path.join(folder, f"{net_name}-{solver_type}.prototxt"), net_path,
+                                          solver_type)
     solver = get_solver(solver_path)
     generator = torch.Generator().manual_seed(0)
     for blob in solver._params:

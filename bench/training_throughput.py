@@ -27,19 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import caffe_step  # noqa: E402  (the benches' solver file)
 import engine_speed  # noqa: E402  (the case files both benches use)
-
-SOLVER_TEXT = ('net: "{net}"\ntype: "SGD"\nbase_lr: 1e-10\nlr_policy: "fixed"\nmomentum: 0.9\n'
-               'weight_decay: 0.0005\ndisplay: 0\nmax_iter: 100000000\nsnapshot: 0\nsnapshot_prefix: "{prefix}"\n')
-
 
 def time_steps(folder, net_name, channels, batch, size, warmup, steps, device):
     """(seconds per step, images per second) of the engine's SGD solver on one case."""
     from caffeseg import engine
     files = engine_speed.prepare_case(folder, net_name, channels, batch, size)  # weights made on the CPU
-    solver_path = os.path.join(folder, f"{net_name}-{channels}-{batch}-solver.prototxt")
-    with open(solver_path, "w") as f:
-        f.write(SOLVER_TEXT.format(net=files["net"], prefix=os.path.join(folder, "snap")))
+    solver_path = caffe_step.write_solver(os.path.join(folder, f"{net_name}-{channels}-{batch}-solver.prototxt"),
+                                          files["net"])
     if device == "cuda":
         engine.set_mode_gpu()
     try:
