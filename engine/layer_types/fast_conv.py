@@ -79,14 +79,19 @@ def _numpy_blas_libraries():
         yield from sorted(glob.glob(os.path.join(folder, "*openblas*")))
 
 
+def _loaded_blas_libraries():
+    """numpy's OpenBLAS libraries, loaded (those that load)."""
+    for path in _numpy_blas_libraries():
+        try:
+            yield ctypes.CDLL(path)
+        except OSError:
+            continue
+
+
 def _find_cblas_sgemm():
     """cblas_sgemm of numpy's OpenBLAS as ``f(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)``
     (pointers as ints), checked on a small product; None where it is not found or wrong."""
-    for path in _numpy_blas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in _loaded_blas_libraries():
         for name, integer in _SGEMM_SYMBOLS:
             fn = getattr(lib, name, None)
             if fn is None:
@@ -115,11 +120,7 @@ def _openblas_thread_function(kind):
     """numpy's OpenBLAS ``openblas_{set,get}_num_threads`` (as the wheel names it), or None."""
     if kind not in _thread_functions:
         _thread_functions[kind] = None
-        for path in _numpy_blas_libraries():
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
+        for lib in _loaded_blas_libraries():
             fn = next((getattr(lib, name) for name in _THREAD_SYMBOLS[kind] if hasattr(lib, name)), None)
             if fn is not None:
                 fn.argtypes, fn.restype = ([ctypes.c_int], None) if kind == "set" else ([], ctypes.c_int)
