@@ -9,8 +9,10 @@ once the plain net is gone (so the two never hold memory together).
 
 Python 3 + numpy + ``caffe`` only (real Caffe's interpreter has no torch). Prints one JSON line
 ``{"backend", "forward_s", "fwdbwd_s", "forward_cpu_s", "fwdbwd_cpu_s", "threads_env"}``, plus
-``"step_s", "step_cpu_s"`` with ``--solver`` (best of ``--repeat`` after a warm-up; ``*_cpu_s``:
-this process's CPU time).
+``"step_s", "step_cpu_s"`` with ``--solver`` (best of ``--repeat`` after ``--warmup`` runs; ``*_cpu_s``:
+this process's CPU time). The engine allocates its activations afresh each pass and glibc's heap
+takes a few passes to stop growing (each new page is a fault, ~12 µs on a KVM guest measured
+here); Caffe allocates once. ``--warmup 4`` therefore times both in their steady state.
 
     python bench/caffe_step.py --net NET.prototxt --weights W.caffemodel --data D.npy --label L.npy [--solver SGD]
 """
@@ -25,10 +27,11 @@ import time
 import numpy as np
 
 
-def best(fn, repeat):
-    """(best wall seconds, best CPU seconds of this process) of ``repeat`` runs after a warm-up.
+def best(fn, repeat, warmup=1):
+    """(best wall seconds, best CPU seconds of this process) of ``repeat`` runs after ``warmup``.
     CPU time hardly moves with other processes' load; wall time is what a user waits."""
-    fn()  # warm-up: allocations, the engine's lazy kernels, OpenBLAS' pool
+    for _ in range(warmup):  # allocations, the engine's lazy kernels, OpenBLAS' pool
+        fn()
     walls, cpus = [], []
     for _ in range(repeat):
         start, cpu = time.perf_counter(), time.process_time()
@@ -45,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--data", required=True)
     ap.add_argument("--label", required=True)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before each figure")
     ap.add_argument("--solver", default="", help="also time solver.step(1) with this solver type (SGD, Adam, ...)")
     args = ap.parse_args(argv)
     import caffe
@@ -56,8 +60,8 @@ def main(argv=None):
         net.forward()
         net.backward()
 
-    forward, forward_cpu = best(net.forward, args.repeat)
-    fwdbwd, fwdbwd_cpu = best(step, args.repeat)
+    forward, forward_cpu = best(net.forward, args.repeat, args.warmup)
+    fwdbwd, fwdbwd_cpu = best(step, args.repeat, args.warmup)
     engine = bool(getattr(caffe, "__caffeseg_engine__", False))
     result = {"backend": "engine" if engine else "caffe", "forward_s": forward, "fwdbwd_s": fwdbwd,
               "forward_cpu_s": forward_cpu, "fwdbwd_cpu_s": fwdbwd_cpu,
@@ -105,7 +109,7 @@ def time_solver_step(caffe, args):
         solver = caffe.get_solver(path)
         solver.net.copy_from(args.weights)
         feed(solver.net, args)  # Input layers keep what is written into their tops
-        return best(lambda: solver.step(1), args.repeat)
+        return best(lambda: solver.step(1), args.repeat, args.warmup)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

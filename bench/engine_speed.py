@@ -277,11 +277,12 @@ def prepare_case(folder, net_name, channels, batch, size):
     return files
 
 
-def run_step(python, env, files, repeat, timeout=3600, solver=""):
+def run_step(python, env, files, repeat, timeout=3600, solver="", warmup=1):
     import json
     import subprocess
-    cmd = [python, STEP_SCRIPT, "--repeat", str(repeat)] + [a for k in ("net", "weights", "data", "label")
-                                                             for a in (f"--{k}", files[k])]
+    cmd = [python, STEP_SCRIPT, "--repeat", str(repeat), "--warmup", str(warmup)] + [
+        a for k in ("net", "weights", "data", "label")
+        for a in (f"--{k}", files[k])]
     if solver:
         cmd += ["--solver", solver]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -320,7 +321,8 @@ def side_by_side(args):
     engine_env["PYTHONPATH"] = ROOT + os.pathsep + base.get("PYTHONPATH", "")
     caffe_env = dict(found.environment(base), **policy) if found else None
     print(f"side by side, {threads} thread(s) each ({', '.join(f'{k}={v}' for k, v in policy.items())}), "
-          f"best of {args.rounds} rounds x {args.repeat}; real Caffe: {found.python if found else 'missing'} "
+          f"best of {args.rounds} rounds x {args.repeat} after {args.warmup} warm-up run(s); "
+          f"real Caffe: {found.python if found else 'missing'} "
           f"{found.pythonpath if found else ''}")
     print("wall seconds per step (best); ratios engine/Caffe: wall f+b, wall fwd, and CPU-time f+b (the work")
     print("itself, which other processes' load hardly moves); 'cpu s' = CPU seconds of one f+b (engine, Caffe)")
@@ -347,7 +349,8 @@ def side_by_side(args):
                                 if found:
                                     runs.append(("caffe", found.python or sys.executable, caffe_env))
                                 for name, python, env in (runs if rnd % 2 == 0 else runs[::-1]):
-                                    got = run_step(python, env, files, args.repeat, solver=args.solver)
+                                    got = run_step(python, env, files, args.repeat, solver=args.solver,
+                                                   warmup=args.warmup)
                                     if name == "engine":
                                         eng = _best_of(eng, got)
                                     else:
@@ -388,6 +391,8 @@ def main(argv=None):
     ap.add_argument("--nets", nargs="+", default=["fcn_alexnet"], choices=sorted(CAFFE_REFERENCE))
     ap.add_argument("--channels", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (best is reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="--caffe: untimed runs before each figure (4: the "
+                    "engine's heap has stopped growing, bench/caffe_step.py)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--profile", action="store_true", help="also report the time per layer")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the Caffe figures are CPU figures)")
