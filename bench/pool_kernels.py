@@ -1,6 +1,7 @@
 """MAX pooling on FCN's shapes at 256²: PyTorch's NCHW kernel against the channels-last kernel
 that engine/layer_types/pooling.py uses from 8 channels on (the input converted to channels-last
-and the result back, both included), forward and forward+backward, best of --repeat, 1 thread.
+and the result back, both included; the 3- and 8-channel rows run it too, to show the threshold),
+forward and forward+backward, best of --repeat, 1 thread.
 
     .venv/bin/python bench/pool_kernels.py
     .venv/bin/python bench/pool_kernels.py --batches 1 4 8 --repeat 10
@@ -50,6 +51,12 @@ def nchw(x, kernel, stride, pad, ceil_mode):
     return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil_mode)
 
 
+def channels_last(x, kernel, stride, pad, ceil_mode):
+    """The engine's channels-last path, whatever the channel count (so the small rows show why
+    pooling.max_pool2d keeps NCHW below CHANNELS_LAST_MIN)."""
+    return pooling._MaxPoolChannelsLast.apply(x, kernel, stride, pad, ceil_mode)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 4])
@@ -64,7 +71,7 @@ def main(argv=None):
         for net, layer, channels, size, kernel, stride in LAYERS:
             x = F.relu(torch.randn(batch, channels, size, size))
             ref_f, ref_fb = timings(nchw, x, kernel, stride, args.repeat)
-            ours_f, ours_fb = timings(pooling.max_pool2d, x, kernel, stride, args.repeat)
+            ours_f, ours_fb = timings(channels_last, x, kernel, stride, args.repeat)
             shape = f"{batch}x{channels}x{size}x{size}"
             print(f"{net:<12} {layer:<11} {shape:<18} {ref_f:>9.2f} {ours_f:>11.2f} {ours_f / ref_f:>5.2f}x "
                   f"{ref_fb:>9.2f} {ours_fb:>11.2f} {ours_fb / ref_fb:>5.2f}x")
