@@ -44,10 +44,17 @@ def test_channels_last_matches_nchw_forward_and_backward(shape, kernel, stride, 
         assert dx.is_contiguous() and torch.equal(dx, dx_ref)
 
 
-def test_kernel_choice_by_channels_and_device(monkeypatch):
+@pytest.fixture
+def channels_last_calls(monkeypatch):
+    """The input shapes the channels-last path was taken for, in order."""
     calls = []
     real = pooling._MaxPoolChannelsLast.apply
     monkeypatch.setattr(pooling._MaxPoolChannelsLast, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+def test_kernel_choice_by_channels_and_layout(channels_last_calls):
+    calls = channels_last_calls
     pooling.max_pool2d(torch.zeros(1, pooling.CHANNELS_LAST_MIN, 6, 6), (2, 2), (2, 2))
     pooling.max_pool2d(torch.zeros(1, pooling.CHANNELS_LAST_MIN - 1, 6, 6), (2, 2), (2, 2))
     pooling.max_pool2d(torch.zeros(1, 16, 6, 6).transpose(2, 3), (2, 2), (2, 2))  # not contiguous
@@ -61,12 +68,10 @@ def test_without_grad_saves_nothing():
     assert y.grad_fn is None and torch.equal(y, F.max_pool2d(x, 3, 2, ceil_mode=True))
 
 
-def test_net_pooling_layer_uses_it_and_keeps_caffe_shapes(tmp_path, monkeypatch):
+def test_net_pooling_layer_uses_it_and_keeps_caffe_shapes(tmp_path, channels_last_calls):
     """A Pooling layer in a Net (Caffe's ceil rule, a padded case that crops right) on 16 channels:
     data and diff as torch's NCHW kernel on the same padded input gives them."""
-    calls = []
-    real = pooling._MaxPoolChannelsLast.apply
-    monkeypatch.setattr(pooling._MaxPoolChannelsLast, "apply", lambda *a: calls.append(1) or real(*a))
+    calls = channels_last_calls
     path = tmp_path / "pool.prototxt"
     path.write_text('force_backward: true\n'
                     'layer { name: "x" type: "Input" top: "x" '
