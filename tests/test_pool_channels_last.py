@@ -61,7 +61,7 @@ def test_kernel_choice_by_channels_and_layout(channels_last_calls):
     assert calls == [(1, pooling.CHANNELS_LAST_MIN, 6, 6)]
 
 
-def test_without_grad_saves_nothing():
+def test_without_grad_builds_no_graph_and_gives_the_same_result():
     x = torch.rand(1, 16, 8, 8)
     with torch.no_grad():
         y = pooling.max_pool2d(x, (3, 3), (2, 2), (0, 0), True)
@@ -69,8 +69,8 @@ def test_without_grad_saves_nothing():
 
 
 def test_net_pooling_layer_uses_it_and_keeps_caffe_shapes(tmp_path, channels_last_calls):
-    """A Pooling layer in a Net (Caffe's ceil rule, a padded case that crops right) on 16 channels:
-    data and diff as torch's NCHW kernel on the same padded input gives them."""
+    """A padded Pooling layer in a Net (Caffe's ceil rule) on 16 channels: data and diff as torch's
+    NCHW kernel gives them on the same input."""
     calls = channels_last_calls
     path = tmp_path / "pool.prototxt"
     path.write_text('force_backward: true\n'
